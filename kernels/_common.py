@@ -1,0 +1,204 @@
+"""Argument checking and output-size arithmetic shared by every backend (the only copy).
+
+Every backend calls :func:`conv_geometry` / :func:`pool_geometry` first, so a bad argument gets
+the same clear error whichever backend the user picked, and no backend re-derives output sizes.
+
+Layout conventions (all backends):
+    x:  (N, H, W, C_in)            activations, NHWC
+    w:  (KH, KW, C_in, C_out)      conv weights, HWIO
+    b:  (C_out,) or None           bias
+    y:  (N, OH, OW, C_out)         OH = (H + 2*ph - KH) // sh + 1
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def as_pair(value, name: str) -> tuple[int, int]:
+    """Normalise an int or an (h, w) pair of ints to a tuple of two ints."""
+    def is_int(v):
+        return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+    if is_int(value):
+        return int(value), int(value)
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(is_int(v) for v in value):
+        return int(value[0]), int(value[1])
+    raise TypeError(f"{name} must be an int or a pair of ints (h, w), got {value!r}")
+
+
+def check_array(a, name: str, ndim: int, layout: str) -> None:
+    """Raise a clear error unless `a` is an `ndim`-D float32/float64 numpy array."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array of shape {layout}, got {type(a).__name__}")
+    if a.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D {layout}, got shape {a.shape}")
+    if a.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must have dtype float32 or float64, got {a.dtype}")
+
+
+def _check_same_dtype(x: np.ndarray, other: np.ndarray, name: str) -> None:
+    # Mixing dtypes would make NumPy silently upcast float32 work to float64.
+    if other.dtype != x.dtype:
+        raise TypeError(f"{name} has dtype {other.dtype} but x has dtype {x.dtype}; "
+                        f"cast one of them so both are float32 or both float64")
+
+
+def resolve_padding(padding, kh: int, kw: int, sh: int, sw: int) -> tuple[int, int]:
+    """Turn an int, (ph, pw), "valid" or "same" into symmetric zero padding (ph, pw)."""
+    if isinstance(padding, str):
+        mode = padding.lower()
+        if mode == "valid":
+            return 0, 0
+        if mode == "same":
+            # Symmetric padding keeps the size exactly only for stride 1 and odd kernels.
+            if (sh, sw) != (1, 1) or kh % 2 == 0 or kw % 2 == 0:
+                raise ValueError(f'padding="same" needs stride 1 and an odd kernel size, got '
+                                 f"stride ({sh}, {sw}) and kernel ({kh}, {kw}); give explicit padding")
+            return (kh - 1) // 2, (kw - 1) // 2
+        raise ValueError(f'padding must be an int, (ph, pw), "valid" or "same", got {padding!r}')
+    ph, pw = as_pair(padding, "padding")
+    if ph < 0 or pw < 0:
+        raise ValueError(f"padding must be >= 0, got ({ph}, {pw})")
+    return ph, pw
+
+
+def _positive_pair(value, name: str) -> tuple[int, int]:
+    h, w = as_pair(value, name)
+    if h < 1 or w < 1:
+        raise ValueError(f"{name} must be >= 1, got ({h}, {w})")
+    return h, w
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Everything a backend needs to know about one conv2d call's shapes."""
+    n: int
+    h: int
+    w: int
+    c_in: int
+    kh: int
+    kw: int
+    c_out: int
+    sh: int
+    sw: int
+    ph: int
+    pw: int
+    out_h: int
+    out_w: int
+    has_bias: bool
+    dtype: np.dtype
+
+    @property
+    def x_shape(self):
+        return (self.n, self.h, self.w, self.c_in)
+
+    @property
+    def w_shape(self):
+        return (self.kh, self.kw, self.c_in, self.c_out)
+
+    @property
+    def y_shape(self):
+        return (self.n, self.out_h, self.out_w, self.c_out)
+
+    @property
+    def padded_shape(self):
+        return (self.n, self.h + 2 * self.ph, self.w + 2 * self.pw, self.c_in)
+
+    @property
+    def flops(self) -> int:
+        """Multiply-adds of the forward pass counted as 2 FLOPs each."""
+        return 2 * self.n * self.out_h * self.out_w * self.c_out * self.kh * self.kw * self.c_in
+
+
+def conv_geometry(x, w, b, stride, padding) -> ConvGeometry:
+    """Validate conv2d arguments and compute the output size (the only copy of this arithmetic)."""
+    check_array(x, "x", 4, "(N, H, W, C_in)")
+    check_array(w, "w", 4, "(KH, KW, C_in, C_out)")
+    _check_same_dtype(x, w, "w")
+    n, h, wd, c_in = x.shape
+    kh, kw, w_c_in, c_out = w.shape
+    if w_c_in != c_in:
+        raise ValueError(f"w has C_in={w_c_in} (w.shape={w.shape}) but x has C={c_in} "
+                         f"(x.shape={x.shape}); w must be (KH, KW, {c_in}, C_out)")
+    if min(w.shape) < 1 or min(x.shape) < 1:
+        raise ValueError(f"x and w must have no empty axis, got x.shape={x.shape}, w.shape={w.shape}")
+    if b is not None:
+        check_array(b, "b", 1, f"({c_out},)")
+        _check_same_dtype(x, b, "b")
+        if b.shape != (c_out,):
+            raise ValueError(f"b must have shape ({c_out},) to match w's C_out, got {b.shape}")
+    sh, sw = _positive_pair(stride, "stride")
+    ph, pw = resolve_padding(padding, kh, kw, sh, sw)
+    if kh > h + 2 * ph or kw > wd + 2 * pw:
+        raise ValueError(f"kernel ({kh}, {kw}) is larger than the padded input "
+                         f"({h + 2 * ph}, {wd + 2 * pw}) (input {h}x{wd}, padding ({ph}, {pw}))")
+    out_h = (h + 2 * ph - kh) // sh + 1
+    out_w = (wd + 2 * pw - kw) // sw + 1
+    return ConvGeometry(n, h, wd, c_in, kh, kw, c_out, sh, sw, ph, pw, out_h, out_w,
+                        b is not None, x.dtype)
+
+
+@dataclass(frozen=True)
+class PoolGeometry:
+    """Shapes of one pooling call: windows of (kh, kw) every (sh, sw), no padding, floor."""
+    n: int
+    h: int
+    w: int
+    c: int
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    out_h: int
+    out_w: int
+    dtype: np.dtype
+
+    @property
+    def x_shape(self):
+        return (self.n, self.h, self.w, self.c)
+
+    @property
+    def y_shape(self):
+        return (self.n, self.out_h, self.out_w, self.c)
+
+
+def pool_geometry(x, size, stride) -> PoolGeometry:
+    """Validate pooling arguments; `stride=None` means stride = size (non-overlapping windows)."""
+    check_array(x, "x", 4, "(N, H, W, C)")
+    kh, kw = _positive_pair(size, "size")
+    sh, sw = (kh, kw) if stride is None else _positive_pair(stride, "stride")
+    n, h, w, c = x.shape
+    if kh > h or kw > w:
+        raise ValueError(f"pool size ({kh}, {kw}) is larger than the input ({h}, {w}) "
+                         f"(x.shape={x.shape})")
+    out_h = (h - kh) // sh + 1
+    out_w = (w - kw) // sw + 1
+    return PoolGeometry(n, h, w, c, kh, kw, sh, sw, out_h, out_w, x.dtype)
+
+
+def check_grad(dy, expected_shape: tuple, dtype: np.dtype, name: str = "dy") -> None:
+    """Backward passes call this so a wrong dy fails here, not as a broadcast error deep inside."""
+    if not isinstance(dy, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array of shape {expected_shape}, got {type(dy).__name__}")
+    if dy.shape != tuple(expected_shape):
+        raise ValueError(f"{name} must have the forward output's shape {tuple(expected_shape)}, "
+                         f"got {dy.shape}")
+    if dy.dtype != dtype:
+        raise TypeError(f"{name} must have the forward input's dtype {dtype}, got {dy.dtype}")
+
+
+def pad_hw(x: np.ndarray, ph: int, pw: int) -> np.ndarray:
+    """Zero-pad the H and W axes of an NHWC array (no copy when there is nothing to pad)."""
+    if ph == 0 and pw == 0:
+        return x
+    return np.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+
+
+def unpad_hw(x_padded: np.ndarray, ph: int, pw: int) -> np.ndarray:
+    """Inverse of :func:`pad_hw`: crop the padding from the H and W axes."""
+    h, w = x_padded.shape[1] - 2 * ph, x_padded.shape[2] - 2 * pw
+    return x_padded[:, ph:ph + h, pw:pw + w, :]

@@ -1,0 +1,104 @@
+"""The reference backend: explicit Python loops over output positions and kernel offsets.
+
+Slow by design and meant to be read: every other backend must return these numbers.
+Vectorised only over the batch and channel axes (each step is a small (N, C_in) @ (C_in, C_out)).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ._common import check_grad, conv_geometry, pad_hw, pool_geometry, unpad_hw
+
+
+def conv2d_forward(x, w, b=None, stride=1, padding=0):
+    """Cross-correlation. x: (N, H, W, C_in), w: (KH, KW, C_in, C_out), b: (C_out,) or None.
+
+    Returns y: (N, OH, OW, C_out) in x's dtype, and ctx for :func:`conv2d_backward`.
+    """
+    g = conv_geometry(x, w, b, stride, padding)
+    x_padded = pad_hw(x, g.ph, g.pw)
+    y = np.zeros(g.y_shape, dtype=g.dtype)
+    for i in range(g.out_h):
+        for j in range(g.out_w):
+            for di in range(g.kh):
+                for dj in range(g.kw):
+                    # (N, C_in) @ (C_in, C_out): one kernel tap at one output position
+                    y[:, i, j, :] += x_padded[:, i * g.sh + di, j * g.sw + dj, :] @ w[di, dj]
+    if b is not None:
+        y += b
+    return y, {"geometry": g, "x_padded": x_padded, "w": w}
+
+
+def conv2d_backward(dy, ctx, need_dx=True):
+    """dy: (N, OH, OW, C_out) -> (dx (N, H, W, C_in) or None, dw like w, db (C_out,) or None)."""
+    g, x_padded, w = ctx["geometry"], ctx["x_padded"], ctx["w"]
+    check_grad(dy, g.y_shape, g.dtype)
+    dw = np.zeros(g.w_shape, dtype=g.dtype)
+    dx_padded = np.zeros(g.padded_shape, dtype=g.dtype) if need_dx else None
+    for i in range(g.out_h):
+        for j in range(g.out_w):
+            dy_ij = dy[:, i, j, :]                                   # (N, C_out)
+            for di in range(g.kh):
+                for dj in range(g.kw):
+                    r, c = i * g.sh + di, j * g.sw + dj
+                    dw[di, dj] += x_padded[:, r, c, :].T @ dy_ij     # (C_in, C_out)
+                    if need_dx:
+                        dx_padded[:, r, c, :] += dy_ij @ w[di, dj].T  # (N, C_in)
+    db = dy.sum(axis=(0, 1, 2)) if g.has_bias else None
+    dx = unpad_hw(dx_padded, g.ph, g.pw) if need_dx else None
+    return dx, dw, db
+
+
+def _window(x, g, i, j):
+    """The (N, KH, KW, C) input window under output position (i, j)."""
+    return x[:, i * g.sh:i * g.sh + g.kh, j * g.sw:j * g.sw + g.kw, :]
+
+
+def maxpool2d_forward(x, size=2, stride=None):
+    """x: (N, H, W, C) -> y: (N, OH, OW, C). Ties go to the first maximum in row-major order."""
+    g = pool_geometry(x, size, stride)
+    y = np.empty(g.y_shape, dtype=g.dtype)
+    argmax = np.empty(g.y_shape, dtype=np.intp)   # flat index kh*KW + kw inside each window
+    for i in range(g.out_h):
+        for j in range(g.out_w):
+            flat = _window(x, g, i, j).reshape(g.n, g.kh * g.kw, g.c)
+            # np.argmax returns the first maximum (and the first NaN, so NaN propagates)
+            argmax[:, i, j, :] = flat.argmax(axis=1)
+            y[:, i, j, :] = np.take_along_axis(flat, argmax[:, i, j, None, :], axis=1)[:, 0, :]
+    return y, {"geometry": g, "argmax": argmax}
+
+
+def maxpool2d_backward(dy, ctx):
+    """dy: (N, OH, OW, C) -> dx: (N, H, W, C); each window's gradient goes to its argmax."""
+    g, argmax = ctx["geometry"], ctx["argmax"]
+    check_grad(dy, g.y_shape, g.dtype)
+    dx = np.zeros(g.x_shape, dtype=g.dtype)
+    n_idx, c_idx = np.meshgrid(np.arange(g.n), np.arange(g.c), indexing="ij")
+    for i in range(g.out_h):
+        for j in range(g.out_w):
+            di, dj = np.divmod(argmax[:, i, j, :], g.kw)
+            # one target per (n, c) within a window, so fancy-index += has no duplicates
+            dx[n_idx, i * g.sh + di, j * g.sw + dj, c_idx] += dy[:, i, j, :]
+    return dx
+
+
+def avgpool2d_forward(x, size=2, stride=None):
+    """x: (N, H, W, C) -> y: (N, OH, OW, C), the mean of each window."""
+    g = pool_geometry(x, size, stride)
+    y = np.empty(g.y_shape, dtype=g.dtype)
+    for i in range(g.out_h):
+        for j in range(g.out_w):
+            y[:, i, j, :] = _window(x, g, i, j).mean(axis=(1, 2))
+    return y, {"geometry": g}
+
+
+def avgpool2d_backward(dy, ctx):
+    """dy: (N, OH, OW, C) -> dx: (N, H, W, C); each window shares its gradient equally."""
+    g = ctx["geometry"]
+    check_grad(dy, g.y_shape, g.dtype)
+    dx = np.zeros(g.x_shape, dtype=g.dtype)
+    scale = g.dtype.type(1.0 / (g.kh * g.kw))
+    for i in range(g.out_h):
+        for j in range(g.out_w):
+            _window(dx, g, i, j)[...] += dy[:, i, j, None, None, :] * scale
+    return dx
