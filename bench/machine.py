@@ -1,0 +1,89 @@
+"""Describe the machine a benchmark ran on, and measure its matmul peak (the roofline ceiling).
+
+    >>> info = describe_machine()          # dict: cpu, cores, numpy/BLAS, numba/torch/tf versions
+    >>> peak = matmul_peak(np.float32)     # GFLOP/s of the best large numpy matmul sample
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import io
+import os
+import platform
+import time
+
+import numpy as np
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo (Linux), else platform.processor()."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def blas_info() -> str:
+    """The BLAS numpy is linked against, from np.show_config's structured output."""
+    try:
+        config = np.show_config(mode="dicts")
+        blas = config["Build Dependencies"]["blas"]
+        return f"{blas.get('name', '?')} {blas.get('version', '')}".strip()
+    except Exception:  # older numpy: parse the printed text instead
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            np.show_config()
+        lines = [l.strip() for l in buf.getvalue().splitlines() if "blas" in l.lower()]
+        return lines[0] if lines else "unknown"
+
+
+def package_version(name: str) -> str:
+    """Installed version of a distribution, or "not installed" (without importing it)."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def matmul_peak(dtype=np.float32, size: int = 1024, repeat: int = 7) -> float:
+    """GFLOP/s of the fastest of `repeat` (size, size) @ (size, size) products in `dtype`.
+
+    The best sample, not the median: this is the ceiling the BLAS can reach on this machine.
+    """
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size)).astype(dtype)
+    b = rng.standard_normal((size, size)).astype(dtype)
+    out = np.empty((size, size), dtype=dtype)
+    np.matmul(a, b, out=out)                     # warm-up: BLAS thread pool start, page faults
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        np.matmul(a, b, out=out)
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * size ** 3 / best / 1e9
+
+
+def describe_machine(measure_peak: bool = True) -> dict:
+    """Everything a reader needs to interpret the timings, as a JSON-ready dict."""
+    info = {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "blas": blas_info(),
+        "numba": package_version("numba"),
+        "torch": package_version("torch"),
+        "tensorflow": package_version("tensorflow-cpu") if package_version("tensorflow") ==
+        "not installed" else package_version("tensorflow"),
+        "thread_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                                  "MKL_NUM_THREADS") if k in os.environ},
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+    if measure_peak:
+        info["peak_gflops"] = {"float32": matmul_peak(np.float32), "float64": matmul_peak(np.float64)}
+    return info

@@ -1,0 +1,46 @@
+"""How time grows with batch size and with image size, per backend, with the fitted exponent.
+
+The exponent is the slope of log(time) against log(size): 1.0 means linear in the batch (or in
+the side length, for image size 2.0 means linear in the pixel count).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .cases import Case
+from .layers import layer_ops
+from .timing import measure
+
+BATCH_SIZES = (8, 16, 32, 64, 128)
+IMAGE_SIZES = (14, 28, 56, 112)
+QUICK_BATCH_SIZES = (8, 32, 64)
+QUICK_IMAGE_SIZES = (14, 28)
+
+
+def loglog_exponent(sizes, seconds) -> float | None:
+    """Slope of the least-squares line through (log size, log seconds); None with < 2 points."""
+    if len(sizes) < 2:
+        return None
+    slope, _ = np.polyfit(np.log(np.asarray(sizes, float)), np.log(np.asarray(seconds, float)), 1)
+    return float(slope)
+
+
+def scaling_variants(base: Case, axis: str, sizes) -> list[tuple[int, Case]]:
+    """[(size, case)] for axis "batch" (vary N) or "size" (vary H = W)."""
+    if axis == "batch":
+        return [(n, base.with_batch(n)) for n in sizes]
+    if axis == "size":
+        return [(s, base.with_size(s)) for s in sizes]
+    raise ValueError(f"axis must be 'batch' or 'size', got {axis!r}")
+
+
+def time_forward_backward(backend: str, case: Case, repeat: int) -> float:
+    """Median seconds of one forward + backward of `case` on `backend`."""
+    return measure(layer_ops(backend, case)["forward_backward"], repeat=repeat).median
+
+
+def summarize_curve(points: list[tuple[int, float]]) -> dict:
+    """[(size, seconds)] -> {"sizes", "seconds", "exponent"}."""
+    sizes = [p[0] for p in points]
+    seconds = [p[1] for p in points]
+    return {"sizes": sizes, "seconds": seconds, "exponent": loglog_exponent(sizes, seconds)}
