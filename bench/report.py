@@ -105,11 +105,10 @@ def layers_section(results: dict) -> str:
                      fmt_x(r.get("ratio_torch")), fmt_x(r.get("ratio_tensorflow"))])
     cases = {}
     for r in rows:
-        cases.setdefault(r["case"], r.get("shape", ""))
+        cases.setdefault(r["case"], (r.get("shape", ""), r.get("flops")))
     out.append(table(["case", "shape", "forward GFLOP"],
-                     [[c, s, fmt_num(next((r["flops"] for r in rows if r["case"] == c), None)
-                                     and next(r["flops"] for r in rows if r["case"] == c) / 1e9, 3)]
-                      for c, s in cases.items()]))
+                     [[c, shape, fmt_num(flops and flops / 1e9, 3)]
+                      for c, (shape, flops) in cases.items()]))
     out += ["", table(headers, body), "",
             f"![speedup]({PLOTS['speedup']})", "", f"![roofline]({PLOTS['roofline']})"]
     return "\n".join(out)

@@ -1,0 +1,79 @@
+"""pytest-benchmark suite: every layer case x backend, grouped by case so each table compares
+backends side by side.
+
+    pytest tests/benchmarks --benchmark-only                   # time them
+    pytest tests/benchmarks                                    # run each body once (smoke test)
+
+Inputs and the forward context for backward are built outside the timed body (bench.layers).
+JIT backends are compiled (warmup) once per session before any timing.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench.cases import CASES
+from bench.layers import layer_ops, warm_up_backend
+from kernels import BACKEND_NAMES
+
+CONV_CASES = [c for c in CASES.values() if c.kind == "conv"]
+POOL_CASES = [c for c in CASES.values() if c.kind == "pool"]
+# The untimed smoke run must stay at a few seconds: naive on a GFLOP-scale case is left to timing runs.
+SMOKE_NAIVE_MAX_FLOPS = 1e9
+
+_warmed: dict[str, str | None] = {}
+
+
+def backend_or_skip(name: str, case, request) -> str:
+    """Skip (with the reason) a backend that is unavailable, broken, or too slow for the case."""
+    if name not in _warmed:
+        try:
+            warm_up_backend(name)          # numba compiles here, never inside a timed round
+            _warmed[name] = None
+        except Exception as exc:          # a backend still being written: skip, don't error
+            _warmed[name] = f"{type(exc).__name__}: {exc}"
+    if _warmed[name]:
+        pytest.skip(f"backend {name} unusable: {_warmed[name]}")
+    if name in case.skip:
+        pytest.skip(f"{name} skipped: {case.skip[name]}")
+    if (name == "naive" and request.config.option.benchmark_disable
+            and (case.flops or 0) > SMOKE_NAIVE_MAX_FLOPS):
+        pytest.skip("naive on a GFLOP-scale case: left out of the untimed smoke run "
+                    "(runs under --benchmark-only)")
+    return name
+
+
+def _ids(cases):
+    return [c.name for c in cases]
+
+
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
+@pytest.mark.parametrize("case", CONV_CASES, ids=_ids(CONV_CASES))
+def test_conv_forward(benchmark, case, backend, request):
+    ops = layer_ops(backend_or_skip(backend, case, request), case)
+    benchmark.group = f"{case.name}: conv forward"
+    benchmark.extra_info["gflop"] = case.flops / 1e9
+    y, _ = benchmark(ops["forward"])
+    assert y.shape == case.geometry().y_shape and y.dtype == np.float32
+
+
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
+@pytest.mark.parametrize("case", CONV_CASES, ids=_ids(CONV_CASES))
+def test_conv_forward_backward(benchmark, case, backend, request):
+    ops = layer_ops(backend_or_skip(backend, case, request), case)
+    benchmark.group = f"{case.name}: conv forward+backward"
+    benchmark.extra_info["gflop"] = 3 * case.flops / 1e9
+    dx, dw, db = benchmark(ops["forward_backward"])
+    assert dx.shape == case.geometry().x_shape and dw.shape == (case.k, case.k, case.c_in, case.c_out)
+    assert np.isfinite(dw).all()
+
+
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
+@pytest.mark.parametrize("case", POOL_CASES, ids=_ids(POOL_CASES))
+def test_pool_forward_backward(benchmark, case, backend, request):
+    ops = layer_ops(backend_or_skip(backend, case, request), case)
+    benchmark.group = f"{case.name}: maxpool forward+backward"
+    dx = benchmark(ops["forward_backward"])
+    # all-ones dy: each window's gradient lands on exactly one input, so dx sums to the window count
+    assert dx.shape == case.geometry().x_shape
+    assert dx.sum() == pytest.approx(np.prod(case.geometry().y_shape))
