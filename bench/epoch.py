@@ -87,8 +87,16 @@ def make_fitconv_data(seed: int = 0):
     return inputs, np.ascontiguousarray(y.transpose(0, 3, 1, 2))
 
 
-def fitconv_epoch_seconds(backend: str, inputs, targets, repeat: int = 3) -> float:
-    """Median seconds of one epoch of `model.fitconv.fit_kernels` (per-sample SGD) on `backend`."""
+def fitconv_epoch_seconds(backend: str, inputs, targets, repeat: int = 3,
+                          samples: int | None = None) -> tuple[float, bool]:
+    """Median seconds of one epoch of `model.fitconv.fit_kernels` (per-sample SGD) on `backend`.
+
+    With `samples` < len(inputs) the epoch is timed on the first `samples` and scaled up; returns
+    (seconds per full epoch, extrapolated).
+    """
+    full = len(inputs)
+    if samples is not None and samples < full:
+        inputs, targets = inputs[:samples], targets[:samples]
     from model.fitconv import fit_kernels
     module = get_backend(backend)
     if hasattr(module, "warmup"):
@@ -104,4 +112,4 @@ def fitconv_epoch_seconds(backend: str, inputs, targets, repeat: int = 3) -> flo
         start = time.perf_counter()
         one_epoch()
         times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    return float(np.median(times)) * full / len(inputs), len(inputs) < full

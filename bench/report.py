@@ -9,6 +9,7 @@ from pathlib import Path
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
 from .timing import NOISY_IQR_FRACTION  # noqa: E402
 
@@ -145,6 +146,7 @@ def fitconv_section(results: dict) -> str:
     ok = {r["name"]: r["seconds"] for r in fc["rows"] if r["status"] == "ok"}
     keras = ok.get("tensorflow")
     body = [[_label(r["name"]), fmt_seconds(r.get("seconds")) if r["status"] == "ok" else r["status"],
+             "extrapolated" if r.get("extrapolated") else "measured" if r["status"] == "ok" else "",
              fmt_x(r["seconds"] / keras) if keras and r["status"] == "ok" else "—"]
             for r in fc["rows"]]
     return "\n".join([
@@ -152,7 +154,7 @@ def fitconv_section(results: dict) -> str:
         f"Inputs {tuple(fc['inputs'])} NCHW, targets {tuple(fc['targets'])}, 2 kernels 2x2 valid, "
         f"no bias, per-sample SGD (batch 1), lr {fc['lr']}, MSE. Seconds per epoch (median); "
         "/ Keras: time ratio, >1 = slower than Keras.", "",
-        table(["implementation", "seconds / epoch", "/ Keras"], body)])
+        table(["implementation", "seconds / epoch", "how", "/ Keras"], body)])
 
 
 def memory_section(results: dict) -> str:
@@ -260,13 +262,18 @@ def plot_roofline(results, path):
     if not rows:
         return False
     peak = results["machine"].get("peak_gflops", {}).get("float32")
-    fig, ax = plt.subplots(figsize=(9, 4.5))
+    fig, ax = plt.subplots(figsize=(10, 4.5))
     markers = {"forward": "o", "backward": "s"}
     names = sorted({r["backend"] for r in rows}, key=_order)
     colors = {n: f"C{i}" for i, n in enumerate(names)}
     for r in rows:
         flops = r["flops"] * (2 if r["pass"] == "backward" else 1)
         ax.scatter(flops, r["gflops"], color=colors[r["backend"]], marker=markers[r["pass"]], s=30)
+    for case in dict.fromkeys(r["case"] for r in rows):    # name each case above its points
+        r = next(r for r in rows if r["case"] == case and r["pass"] == "forward")
+        top = max(q["gflops"] for q in rows if q["case"] == case and q["pass"] == "forward")
+        ax.annotate(case, (r["flops"], top), textcoords="offset points", xytext=(0, 8),
+                    ha="center", fontsize=7, color="dimgray")
     for n in names:
         ax.scatter([], [], color=colors[n], label=_label(n))
     for p, m in markers.items():
@@ -278,7 +285,7 @@ def plot_roofline(results, path):
     ax.set_xlabel("FLOPs per call")
     ax.set_ylabel("achieved GFLOP/s")
     ax.set_title("Achieved GFLOP/s per layer case against the float32 matmul peak")
-    ax.legend(fontsize=8, ncol=2, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
@@ -300,9 +307,14 @@ def plot_epoch(results, path):
             bar.set_hatch("//")
         ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {r['seconds_per_60k']:.1f} s",
                 va="center", fontsize=8)
-    ax.set_xscale("log")
+    if max(vals) / min(vals) > 20:            # naive next to PyTorch: only a log axis shows both
+        ax.set_xscale("log")
+        ax.set_xlim(left=min(vals) / 2, right=max(vals) * 3)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    else:
+        ax.set_xlim(right=max(vals) * 1.15)
     ax.invert_yaxis()
-    ax.set_xlabel("seconds per 60k-image epoch (log scale; red = PyTorch/Keras)")
+    ax.set_xlabel("seconds per 60k-image epoch (red = PyTorch/Keras; hatched = extrapolated)")
     ax.set_title("seed model: one training epoch, batch 64, float32")
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
@@ -323,6 +335,9 @@ def plot_scaling(results, path):
             ax.plot(c["sizes"], c["seconds"], "o-", label=name + exp)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        sizes = sorted({s for c in sc.get(axis, {}).values() for s in c.get("sizes", [])})
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xticks(sizes, [str(s) for s in sizes])
         ax.set_xlabel(xlabel)
         ax.set_ylabel("seconds (forward + backward)")
         ax.legend(fontsize=8)

@@ -29,6 +29,7 @@ from .timing import measure
 NUMPY_BACKENDS = ("naive", "einsum", "im2col")   # pure-numpy: the "best numpy backend" baseline
 PASSES = ("forward", "backward")
 FULL_EPOCH = 60_000
+QUICK_FITCONV_SAMPLES = 20        # --quick times the fit on 20 of its 100 samples and scales up
 
 
 @dataclass
@@ -180,8 +181,10 @@ def run_fitconv(opts: Options, backends, bar) -> dict:
                     raise peers.PeerUnavailable("disabled (--no-peers)")
                 row.update(status="ok", seconds=peers.fitconv_epoch_seconds(name, inputs, targets))
             else:
-                row.update(status="ok", seconds=epoch_mod.fitconv_epoch_seconds(
-                    name, inputs, targets, repeat=1 if opts.quick else 3))
+                seconds, extrapolated = epoch_mod.fitconv_epoch_seconds(
+                    name, inputs, targets, repeat=1 if opts.quick else 3,
+                    samples=QUICK_FITCONV_SAMPLES if opts.quick else None)
+                row.update(status="ok", seconds=seconds, extrapolated=extrapolated)
         except peers.PeerUnavailable as exc:
             row["status"] = str(exc)
         except Exception as exc:
