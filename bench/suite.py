@@ -246,6 +246,7 @@ def run_scaling(opts: Options, backends, bar) -> dict:
             for size, case in scaling.scaling_variants(base, axis, sizes):
                 if name in case.skip:
                     skipped.append(size)
+                    tqdm.write(f"scaling {case.name}: {name} skipped: {case.skip[name]}")
                     continue
                 try:
                     points.append((size, scaling.time_forward_backward(name, case, opts.repeat)))
@@ -288,7 +289,11 @@ def run_suite(options: Options, name: str | None = None) -> dict:
                "created": created.isoformat(timespec="seconds"),
                "options": asdict(opts), "numpy_backends": list(NUMPY_BACKENDS)}
     tqdm.write("measuring the machine (matmul peak)...")
-    results["machine"] = describe_machine()
+    results["machine"] = m = describe_machine()
+    tqdm.write(f"{m['cpu']}, {m['cores']} cores, numpy {m['numpy']} ({m['blas']}), matmul peak "
+               f"{m['peak_gflops']['float32']:.0f} GFLOP/s float32 / "
+               f"{m['peak_gflops']['float64']:.0f} float64; numba {m['numba']}, torch {m['torch']}, "
+               f"tensorflow {m['tensorflow']}")
     results["peers"] = peers.available_peers() if opts.peers else {
         p: "disabled (--no-peers)" for p in peers.PEERS}
     backends, broken = usable_backends(opts.backends)
