@@ -49,7 +49,7 @@ def package_version(name: str) -> str:
         return "not installed"
 
 
-def matmul_peak(dtype=np.float32, size: int = 1024, repeat: int = 7) -> float:
+def matmul_peak(dtype=np.float32, size: int = 2048, repeat: int = 5) -> float:
     """GFLOP/s of the fastest of `repeat` (size, size) @ (size, size) products in `dtype`.
 
     The best sample, not the median: this is the ceiling the BLAS can reach on this machine.

@@ -67,7 +67,7 @@ def machine_header(results: dict) -> str:
             ["Python / NumPy", f"{m['python']} / {m['numpy']}"],
             ["BLAS", m["blas"]],
             ["numba / torch / tensorflow", f"{m['numba']} / {m['torch']} / {m['tensorflow']}"],
-            ["matmul peak (1024², best of 7)",
+            ["numpy matmul peak (2048², best of 5)",
              f"{fmt_num(peak.get('float32'))} GFLOP/s float32, {fmt_num(peak.get('float64'))} "
              f"GFLOP/s float64"],
             ["backends run", ", ".join(results.get("backends", []))],
@@ -113,6 +113,28 @@ def layers_section(results: dict) -> str:
     out += ["", table(headers, body), "",
             f"![speedup]({PLOTS['speedup']})", "", f"![roofline]({PLOTS['roofline']})"]
     return "\n".join(out)
+
+
+def summary_section(results: dict) -> str:
+    """The main table: forward + backward median per case (rows) and backend (columns)."""
+    times = _fwd_bwd_times(results)
+    if not times:
+        return ""
+    names = sorted({b for d in times.values() for b in d}, key=_order)
+    numpy_names = [n for n in names if n not in PEER_LABELS]
+    body = []
+    for case, d in times.items():
+        ours = {n: d[n] for n in numpy_names if n in d}
+        best = min(ours, key=ours.get) if ours else None
+        cells = [f"**{fmt_seconds(d[n])}**" if n == best else fmt_seconds(d.get(n))
+                 for n in names]
+        vs_torch = fmt_x(ours[best] / d["torch"]) if best and "torch" in d else "—"
+        body.append([case, *cells, best or "—", vs_torch])
+    return "\n".join([
+        "## Summary: forward + backward per layer case", "",
+        "Median seconds of one forward plus one backward call; bold = fastest of our backends; "
+        "last column = that backend's time / PyTorch's (>1 = slower).", "",
+        table(["case", *[_label(n) for n in names], "fastest ours", "fastest / PyTorch"], body)])
 
 
 def epoch_section(results: dict) -> str:
@@ -213,7 +235,7 @@ def skipped_lines(results: dict) -> str:
 
 
 def render_markdown(results: dict) -> str:
-    parts = [machine_header(results), layers_section(results), epoch_section(results),
+    parts = [machine_header(results), summary_section(results), layers_section(results), epoch_section(results),
              fitconv_section(results), memory_section(results), compile_section(results),
              scaling_section(results)]
     skipped = skipped_lines(results)
