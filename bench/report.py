@@ -261,7 +261,7 @@ def plot_speedup(results, path):
     if not cases:
         return False
     names = sorted({b for c in cases for b in times[c]}, key=_order)
-    fig, ax = plt.subplots(figsize=(9, 4.2))
+    fig, ax = plt.subplots(figsize=(10, 4.2))
     width = 0.8 / len(names)
     for i, name in enumerate(names):
         xs = [k + i * width for k, c in enumerate(cases) if name in times[c]]
@@ -272,7 +272,7 @@ def plot_speedup(results, path):
     ax.set_xticks([k + 0.4 - width / 2 for k in range(len(cases))], cases)
     ax.set_ylabel("speedup vs naive (forward + backward)")
     ax.set_title("Speedup over the naive backend (log scale, higher is faster)")
-    ax.legend(fontsize=8, ncol=3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
@@ -293,8 +293,8 @@ def plot_roofline(results, path):
         ax.scatter(flops, r["gflops"], color=colors[r["backend"]], marker=markers[r["pass"]], s=30)
     for case in dict.fromkeys(r["case"] for r in rows):    # name each case above its points
         r = next(r for r in rows if r["case"] == case and r["pass"] == "forward")
-        top = max(q["gflops"] for q in rows if q["case"] == case and q["pass"] == "forward")
-        ax.annotate(case, (r["flops"], top), textcoords="offset points", xytext=(0, 8),
+        low = min(q["gflops"] for q in rows if q["case"] == case and q["pass"] == "forward")
+        ax.annotate(case, (r["flops"], low), textcoords="offset points", xytext=(0, -14),
                     ha="center", fontsize=7, color="dimgray")
     for n in names:
         ax.scatter([], [], color=colors[n], label=_label(n))
@@ -304,7 +304,8 @@ def plot_roofline(results, path):
         ax.axhline(peak, color="red", ls="--", label=f"numpy matmul peak {peak:.0f} GFLOP/s")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("FLOPs per call")
+    ax.set_xlabel("FLOPs per call (backward = 2x forward)")
+    ax.margins(y=0.15)
     ax.set_ylabel("achieved GFLOP/s")
     ax.set_title("Achieved GFLOP/s per layer case against the float32 matmul peak")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
