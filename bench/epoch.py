@@ -33,11 +33,11 @@ def load_training_data(data_dir, n_samples: int, seed: int = 0):
     """
     if data_dir and Path(data_dir).is_dir():
         try:
-            from model.data import load_mnist, one_hot, to_nhwc
+            from model.data import load_mnist, to_nhwc
             data = load_mnist(data_dir)
             x = to_nhwc(data.x_train[:n_samples])
             x = x.astype(np.float32) / np.float32(255) if x.dtype == np.uint8 else x.astype(np.float32)
-            y = one_hot(data.y_train[:n_samples], 10).astype(np.float32)
+            y = np.eye(10, dtype=np.float32)[np.asarray(data.y_train[:n_samples], dtype=np.intp)]
             return x, y, f"real MNIST from {data_dir} ({len(x)} training images)"
         except Exception as exc:  # model.data missing or files unreadable: fall back, but say why
             reason = f"{type(exc).__name__}: {exc}"
