@@ -43,7 +43,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -105,8 +105,8 @@ class ConvFit:
     """
     kernels: np.ndarray
     bias: np.ndarray | None
-    losses: list = field(default_factory=list)
-    epoch_seconds: list = field(default_factory=list)
+    losses: list[float]
+    epoch_seconds: list[float]
 
 
 def _resolve_dtype(dtype, inputs: np.ndarray) -> np.dtype:
@@ -191,7 +191,9 @@ def fit_conv(inputs_nchw, targets_nchw, num_kernels: int, kernel_size, lr: float
     # The one layout conversion of the fit: NCHW -> NHWC data, (K, C, KH, KW) -> HWIO kernels.
     x_all = np.ascontiguousarray(inputs_nchw.transpose(0, 2, 3, 1), dtype=dtype)
     t_all = np.ascontiguousarray(targets_nchw.transpose(0, 2, 3, 1), dtype=dtype)
-    w = np.ascontiguousarray(kernels0.transpose(2, 3, 1, 0), dtype=dtype)
+    # A copy, always: w is updated in place and must never alias the caller's initial_kernels
+    # (ascontiguousarray would return a view when the transpose happens to be contiguous).
+    w = np.array(kernels0.transpose(2, 3, 1, 0), dtype=dtype, order="C", copy=True)
     b = np.zeros(num_kernels, dtype=dtype) if bias else None
 
     # Per-epoch buffers: samples are gathered into visiting order once per epoch, so every step
@@ -200,7 +202,7 @@ def fit_conv(inputs_nchw, targets_nchw, num_kernels: int, kernel_size, lr: float
     dy_buf = np.empty((min(batch_size, s),) + t_all.shape[1:], dtype=dtype)
     per_sample = t_all[0].size
     lr_t = dtype.type(lr)     # a NumPy scalar of the training dtype keeps float32 updates float32
-    result = ConvFit(kernels=kernels0, bias=None)
+    losses, epoch_seconds = [], []
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         order = rng.permutation(s) if shuffle else np.arange(s)
@@ -223,16 +225,15 @@ def fit_conv(inputs_nchw, targets_nchw, num_kernels: int, kernel_size, lr: float
                     b -= lr_t * db
         avg = loss_sum / s
         seconds = time.perf_counter() - start
-        result.losses.append(avg)
-        result.epoch_seconds.append(seconds)
+        losses.append(avg)
+        epoch_seconds.append(seconds)
         if not np.isfinite(avg):
             raise FloatingPointError(f"training diverged in epoch {epoch} (avg loss {avg}); "
                                      f"use a smaller learning rate than {lr}")
         if callback is not None:
             callback(epoch, avg, seconds)
-    result.kernels = np.ascontiguousarray(w.transpose(3, 2, 0, 1))
-    result.bias = b
-    return result
+    return ConvFit(kernels=np.ascontiguousarray(w.transpose(3, 2, 0, 1)), bias=b,
+                   losses=losses, epoch_seconds=epoch_seconds)
 
 
 def fit_kernels(inputs_nchw, targets_nchw, num_kernels: int, kernel_size, lr: float, epochs: int,
