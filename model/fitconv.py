@@ -375,10 +375,9 @@ def _generate(args) -> None:
 def _train(args) -> None:
     inputs = load_npy(args.input, "--input")
     targets = load_npy(args.target, "--target")
-    for name, a in (("--input", inputs), ("--target", targets)):
+    for option, path, a in (("--input", args.input, inputs), ("--target", args.target, targets)):
         if a.ndim != 4:
-            raise ValueError(f"{name} {args.input if name == '--input' else args.target!r} must hold "
-                             f"a 4-D NCHW array, got shape {a.shape}")
+            raise ValueError(f"{option} {path!r} must hold a 4-D NCHW array, got shape {a.shape}")
     num_kernels = targets.shape[1] if args.kernels is None else args.kernels
     kernel_size = inputs.shape[2] - targets.shape[2] + 1 if args.kernel_size is None else args.kernel_size
     if kernel_size < 1:
