@@ -1,0 +1,82 @@
+"""Finite-difference gradient checks in float64, on every backend: conv dx, dw, db and both pools.
+
+Loss: L = sum(y * R) for a fixed random R, so dL/dy = R and the analytic gradient is backward(R).
+Each entry of the input is nudged by +-eps and the central difference compared with backward's entry.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kernels import get_backend
+from kernels_helpers import BACKENDS
+
+EPS = 1e-6
+# central differences in float64 are accurate to ~eps^2 * |L'''| + rounding / eps ~ 1e-9 here
+TOL = 1e-6
+
+CONV_CONFIGS = [  # x shape, (KH, KW, C_out), stride, padding
+    ((2, 5, 6, 3), (3, 3, 2), 1, 0),
+    ((2, 5, 6, 3), (3, 2, 2), (2, 1), (1, 2)),
+    ((1, 7, 7, 2), (3, 3, 3), 2, 1),
+    ((2, 4, 4, 1), (2, 2, 4), 3, 2),
+]
+POOL_CONFIGS = [  # x shape, size, stride
+    ((2, 6, 6, 2), 2, None),
+    ((1, 7, 5, 3), (3, 2), (2, 1)),
+    ((2, 5, 5, 1), 3, 1),   # overlapping windows: one input can be the max of several
+]
+
+
+def numeric_grad(loss, a):
+    """Central-difference gradient of the scalar function loss() w.r.t. every entry of a (in place)."""
+    grad = np.empty_like(a)
+    for idx in np.ndindex(a.shape):
+        original = a[idx]
+        a[idx] = original + EPS
+        plus = loss()
+        a[idx] = original - EPS
+        minus = loss()
+        a[idx] = original
+        grad[idx] = (plus - minus) / (2 * EPS)
+    return grad
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("x_shape, kernel, stride, padding", CONV_CONFIGS)
+def test_conv_gradients_match_finite_differences(backend, x_shape, kernel, stride, padding):
+    be = get_backend(backend)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(x_shape)
+    w = rng.standard_normal(kernel[:2] + (x_shape[3], kernel[2]))
+    b = rng.standard_normal(kernel[2])
+    y, ctx = be.conv2d_forward(x, w, b, stride, padding)
+    projection = rng.standard_normal(y.shape)
+    dx, dw, db = be.conv2d_backward(projection, ctx)
+
+    def loss():
+        return float(np.sum(be.conv2d_forward(x, w, b, stride, padding)[0] * projection))
+
+    for name, analytic, param in (("dx", dx, x), ("dw", dw, w), ("db", db, b)):
+        np.testing.assert_allclose(analytic, numeric_grad(loss, param), rtol=TOL, atol=TOL,
+                                   err_msg=f"{backend} {name}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("x_shape, size, stride", POOL_CONFIGS)
+def test_pool_gradients_match_finite_differences(backend, kind, x_shape, size, stride):
+    be = get_backend(backend)
+    forward, backward = getattr(be, f"{kind}pool2d_forward"), getattr(be, f"{kind}pool2d_backward")
+    rng = np.random.default_rng(2)
+    # distinct values at least 0.01 apart: a +-EPS nudge never changes which element is the max
+    x = (rng.permutation(int(np.prod(x_shape))) * 0.01).reshape(x_shape)
+    y, ctx = forward(x, size, stride)
+    projection = rng.standard_normal(y.shape)
+    dx = backward(projection, ctx)
+
+    def loss():
+        return float(np.sum(forward(x, size, stride)[0] * projection))
+
+    np.testing.assert_allclose(dx, numeric_grad(loss, x), rtol=TOL, atol=TOL,
+                               err_msg=f"{backend} {kind}pool dx")

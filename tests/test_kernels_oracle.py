@@ -1,0 +1,125 @@
+"""Outside oracles: every backend's forward and backward against PyTorch and TensorFlow (float64).
+
+PyTorch wants NCHW / OIHW, so arrays are transposed on the way in and out; TensorFlow takes our
+NHWC / HWIO layout as is. Gradients come from each framework's autograd with the same upstream dy.
+Pooling inputs have distinct values, since the frameworks do not promise our tie rule.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kernels import get_backend
+from kernels_helpers import BACKENDS, assert_close
+
+CONV_CONFIGS = [  # x shape, (KH, KW, C_out), stride, padding (ph, pw)
+    ((2, 7, 7, 3), (3, 3, 4), (1, 1), (0, 0)),
+    ((2, 8, 9, 3), (3, 3, 4), (2, 2), (1, 1)),
+    ((1, 9, 7, 2), (5, 3, 3), (2, 1), (2, 1)),
+    ((3, 6, 6, 1), (2, 2, 5), (3, 2), (0, 1)),
+]
+POOL_CONFIGS = [  # x shape, size, stride
+    ((2, 8, 8, 3), (2, 2), (2, 2)),
+    ((2, 7, 9, 2), (3, 3), (2, 2)),
+    ((1, 6, 7, 4), (2, 3), (1, 2)),
+]
+
+
+def _conv_data(x_shape, kernel):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(x_shape)
+    w = rng.standard_normal(kernel[:2] + (x_shape[3], kernel[2]))
+    b = rng.standard_normal(kernel[2])
+    return rng, x, w, b
+
+
+def _ours_conv(backend, x, w, b, stride, padding, dy):
+    be = get_backend(backend)
+    y, ctx = be.conv2d_forward(x, w, b, stride, padding)
+    return (y,) + be.conv2d_backward(dy, ctx)
+
+
+def _pool_input(x_shape):
+    rng = np.random.default_rng(4)
+    return rng, rng.permutation(int(np.prod(x_shape))).reshape(x_shape) / 10.0
+
+
+@pytest.fixture(scope="module")
+def torch():
+    torch = pytest.importorskip("torch", reason="PyTorch not installed (pip install '.[peers]')")
+    return torch
+
+
+@pytest.fixture(scope="module")
+def tf():
+    return pytest.importorskip("tensorflow", reason="TensorFlow not installed (pip install '.[peers]')")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("x_shape, kernel, stride, padding", CONV_CONFIGS)
+def test_conv_against_torch(torch, backend, x_shape, kernel, stride, padding):
+    import torch.nn.functional as F
+    rng, x, w, b = _conv_data(x_shape, kernel)
+    tx = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)        # NCHW
+    tw = torch.tensor(w.transpose(3, 2, 0, 1), requires_grad=True)        # OIHW
+    tb = torch.tensor(b, requires_grad=True)
+    ty = F.conv2d(tx, tw, tb, stride=stride, padding=padding)
+    dy = rng.standard_normal(ty.shape).transpose(0, 2, 3, 1).copy()       # NHWC
+    ty.backward(torch.tensor(dy.transpose(0, 3, 1, 2)))
+    expected = (ty.detach().numpy().transpose(0, 2, 3, 1), tx.grad.numpy().transpose(0, 2, 3, 1),
+                tw.grad.numpy().transpose(2, 3, 1, 0), tb.grad.numpy())
+    for name, got, want in zip(("y", "dx", "dw", "db"),
+                               _ours_conv(backend, x, w, b, stride, padding, dy), expected):
+        assert_close(got, np.ascontiguousarray(want), f"{backend} {name} vs torch")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("x_shape, size, stride", POOL_CONFIGS)
+def test_pool_against_torch(torch, backend, kind, x_shape, size, stride):
+    import torch.nn.functional as F
+    rng, x = _pool_input(x_shape)
+    tx = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)
+    ty = getattr(F, f"{kind}_pool2d")(tx, size, stride)
+    dy = rng.standard_normal(ty.shape).transpose(0, 2, 3, 1).copy()
+    ty.backward(torch.tensor(dy.transpose(0, 3, 1, 2)))
+    be = get_backend(backend)
+    y, ctx = getattr(be, f"{kind}pool2d_forward")(x, size, stride)
+    dx = getattr(be, f"{kind}pool2d_backward")(dy, ctx)
+    assert_close(y, np.ascontiguousarray(ty.detach().numpy().transpose(0, 2, 3, 1)), f"{backend} y")
+    assert_close(dx, np.ascontiguousarray(tx.grad.numpy().transpose(0, 2, 3, 1)), f"{backend} dx")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("x_shape, kernel, stride, padding", CONV_CONFIGS)
+def test_conv_against_tensorflow(tf, backend, x_shape, kernel, stride, padding):
+    rng, x, w, b = _conv_data(x_shape, kernel)
+    tx, tw, tb = tf.Variable(x), tf.Variable(w), tf.Variable(b)
+    (ph, pw) = padding
+    with tf.GradientTape() as tape:
+        ty = tf.nn.conv2d(tx, tw, strides=(1,) + stride + (1,),
+                          padding=[[0, 0], [ph, ph], [pw, pw], [0, 0]]) + tb
+        dy = rng.standard_normal(ty.shape)
+        loss = tf.reduce_sum(ty * dy)
+    gx, gw, gb = tape.gradient(loss, [tx, tw, tb])
+    expected = (ty.numpy(), gx.numpy(), gw.numpy(), gb.numpy())
+    for name, got, want in zip(("y", "dx", "dw", "db"),
+                               _ours_conv(backend, x, w, b, stride, padding, dy), expected):
+        assert_close(got, want, f"{backend} {name} vs tensorflow")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("x_shape, size, stride", POOL_CONFIGS)
+def test_pool_against_tensorflow(tf, backend, kind, x_shape, size, stride):
+    rng, x = _pool_input(x_shape)
+    tx = tf.Variable(x)
+    with tf.GradientTape() as tape:
+        ty = getattr(tf.nn, f"{kind}_pool2d")(tx, size, stride, padding="VALID")
+        dy = rng.standard_normal(ty.shape)
+        loss = tf.reduce_sum(ty * dy)
+    be = get_backend(backend)
+    y, ctx = getattr(be, f"{kind}pool2d_forward")(x, size, stride)
+    dx = getattr(be, f"{kind}pool2d_backward")(dy, ctx)
+    assert_close(y, ty.numpy(), f"{backend} y vs tensorflow")
+    assert_close(dx, tape.gradient(loss, tx).numpy(), f"{backend} dx vs tensorflow")
