@@ -1,0 +1,239 @@
+"""Training plots: a grid of test predictions and the loss/accuracy history, saved as PNG.
+
+    >>> from model.plots import plot_history, plot_predictions, maybe_show
+    >>> plot_predictions(images[:10], labels[:10], preds[:10], "out/predictions.png", probs=p)
+    >>> plot_history(history, "out/history.png")
+
+Without a display (Linux with neither DISPLAY nor WAYLAND_DISPLAY) plots are only saved, never
+shown, and the non-interactive Agg backend is selected at import so nothing tries to open a window.
+Figures that are not going to be shown are plain `matplotlib.figure.Figure`s, not pyplot figures:
+pyplot keeps every figure alive until closed, which leaks memory in a long training run.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+
+
+def display_available() -> bool:
+    """True when a window can be opened: macOS/Windows, or Linux with an X11/Wayland display."""
+    if sys.platform in ("darwin", "win32"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+# A user's MPLBACKEND (e.g. Jupyter's inline backend) or an already imported pyplot wins: switching
+# backends under pyplot closes every open figure.
+if not display_available() and not os.environ.get("MPLBACKEND") and "matplotlib.pyplot" not in sys.modules:
+    matplotlib.use("Agg")
+
+from matplotlib.figure import Figure  # noqa: E402  (after the backend choice)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+GRID_ROWS, GRID_COLS = 2, 5
+RIGHT_COLOUR, WRONG_COLOUR = "green", "red"
+HISTORY_KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc")
+
+
+# ---- display -------------------------------------------------------------------------------------
+
+def _wants_window(show: bool) -> bool:
+    return bool(show) and display_available()
+
+
+def _new_figure(show: bool, **kwargs) -> Figure:
+    """A pyplot figure when it will be shown (pyplot owns the windows), else a detached Figure."""
+    if _wants_window(show):
+        import matplotlib.pyplot as plt
+        return plt.figure(**kwargs)
+    return Figure(**kwargs)
+
+
+def maybe_show(show: bool, paths=()) -> bool:
+    """Show the open pyplot figures (blocking) if `show` and a display exists; returns whether it did.
+
+    Otherwise prints one line saying where the plots were saved (`paths`: the saved files).
+    """
+    if _wants_window(show):
+        import matplotlib.pyplot as plt
+        plt.show()
+        plt.close("all")
+        return True
+    where = ", ".join(str(p) for p in paths) or "their output files"
+    reason = " (no display available)" if show else ""
+    print(f"plots saved to {where}{reason}")
+    return False
+
+
+def save_figure(fig: Figure, path) -> Path:
+    """Write `fig` to `path` (format from the suffix, PNG if none), creating parent directories.
+
+    Written to a temp file in the same directory, then os.replace'd: a reader never sees half a PNG.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = path.suffix[1:].lower() or "png"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fig.savefig(fh, format=fmt, dpi=100)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def _finish(fig: Figure, path, show: bool) -> Path:
+    path = save_figure(fig, path)
+    if show:
+        maybe_show(show, [path])
+    return path
+
+
+# ---- predictions grid ----------------------------------------------------------------------------
+
+def _check_images(images) -> np.ndarray:
+    images = np.asarray(images)
+    if images.ndim == 4 and images.shape[-1] == 1:
+        images = images[..., 0]
+    if images.ndim != 3 or images.shape[0] == 0:
+        raise ValueError(f"images must be (N, H, W) or (N, H, W, 1) with N >= 1, "
+                         f"got shape {images.shape}")
+    return images
+
+
+def _check_length(values, name: str, n: int) -> np.ndarray:
+    values = np.asarray(values)
+    if values.ndim == 0 or len(values) != n:
+        got = "a scalar" if values.ndim == 0 else f"{len(values)} entries"
+        raise ValueError(f"{name} must have one entry per image ({n}), got {got}")
+    return values
+
+
+def _image_range(images: np.ndarray) -> tuple:
+    """Fixed grey scale for the usual encodings so faint digits stay faint; else autoscale."""
+    if images.dtype == np.uint8:
+        return 0, 255
+    if images.size and np.nanmin(images) >= 0 and np.nanmax(images) <= 1:
+        return 0.0, 1.0
+    return None, None
+
+
+def predictions_figure(images, true_labels, pred_labels, probs=None, show: bool = False) -> Figure:
+    """The 2x5 grid of the first (up to) 10 images, each titled "true T / pred P" [+ "p=0.98"].
+
+    images: (N, H, W) or (N, H, W, 1), uint8 or float; true_labels, pred_labels: (N,) ints;
+    probs: None, (N,) probability of each prediction, or (N, classes) probabilities (the predicted
+    class's is shown). A title is green when pred == true, red otherwise. Axes without an image
+    (N < 10) are hidden. Raises ValueError naming the argument whose length does not match images.
+    """
+    images = _check_images(images)
+    n = images.shape[0]
+    true_labels = _check_length(true_labels, "true_labels", n)
+    pred_labels = _check_length(pred_labels, "pred_labels", n)
+    if probs is not None:
+        probs = _check_length(probs, "probs", n)
+        if probs.ndim == 2:
+            probs = probs[np.arange(n), pred_labels.astype(int)]
+        elif probs.ndim != 1:
+            raise ValueError(f"probs must be (N,) or (N, classes), got shape {probs.shape}")
+
+    vmin, vmax = _image_range(images)
+    fig = _new_figure(show, figsize=(GRID_COLS * 1.9, GRID_ROWS * 2.2), layout="constrained")
+    axes = fig.subplots(GRID_ROWS, GRID_COLS, squeeze=False).ravel()
+    for i, ax in enumerate(axes):
+        ax.set_axis_off()
+        if i >= n:
+            continue
+        ax.imshow(images[i], cmap="gray", vmin=vmin, vmax=vmax, interpolation="nearest")
+        true, pred = int(true_labels[i]), int(pred_labels[i])
+        title = f"true {true} / pred {pred}"
+        if probs is not None:
+            title += f"\np={float(probs[i]):.2f}"
+        ax.set_title(title, color=RIGHT_COLOUR if true == pred else WRONG_COLOUR, fontsize=10)
+    return fig
+
+
+def plot_predictions(images, true_labels, pred_labels, path, probs=None, show: bool = False) -> Path:
+    """Save the predictions grid (see `predictions_figure`) to `path`; returns the path written.
+
+    With `show` and a display the figure is also shown (blocking until closed).
+    """
+    fig = predictions_figure(images, true_labels, pred_labels, probs=probs, show=show)
+    return _finish(fig, path, show)
+
+
+# ---- history -------------------------------------------------------------------------------------
+
+def _series(history: dict, key: str, n: int, required: bool) -> np.ndarray | None:
+    """history[key] as float (n,) with None -> NaN (a gap), or None when absent/empty/all None."""
+    values = history.get(key)
+    if values is None or len(values) == 0:
+        if required:
+            raise ValueError(f"history[{key!r}] is missing or empty; it needs one value per epoch")
+        return None
+    if len(values) != n:
+        raise ValueError(f"history[{key!r}] has {len(values)} values but history['epoch'] has {n}")
+    series = np.array([np.nan if v is None else float(v) for v in values])
+    if np.isnan(series).all():
+        if required:
+            raise ValueError(f"history[{key!r}] holds no values (all None)")
+        return None
+    return series
+
+
+def history_figure(history: dict, show: bool = False) -> Figure:
+    """Loss (left axis) and accuracy (right axis, twinx) per epoch, train solid, test dashed.
+
+    history: {"epoch": [...], "train_loss", "train_acc": one value per epoch, "test_loss",
+    "test_acc": the same, or empty/None-filled/absent when there is no test set}. Values may be
+    None (drawn as a gap). Accuracy is plotted as given (fraction or percent). Raises ValueError
+    naming the key that is missing or whose length differs from history["epoch"].
+    """
+    if not isinstance(history, dict):
+        raise ValueError(f"history must be a dict of lists, got {type(history).__name__}")
+    epochs = _series(history, "epoch", len(history.get("epoch") or ()), required=True)
+    n = len(epochs)
+    lines = {key: _series(history, key, n, required=key.startswith("train")) for key in HISTORY_KEYS[1:]}
+
+    fig = _new_figure(show, figsize=(7, 4.2), layout="constrained")
+    ax_loss = fig.subplots()
+    ax_acc = ax_loss.twinx()
+    # Markers make a single epoch (one point, no line segment) visible.
+    style = {"train": dict(linestyle="-", marker="o"), "test": dict(linestyle="--", marker="s")}
+    for ax, metric, colour in ((ax_loss, "loss", "tab:blue"), (ax_acc, "acc", "tab:orange")):
+        for split in ("train", "test"):
+            series = lines[f"{split}_{metric}"]
+            if series is not None:
+                name = "loss" if metric == "loss" else "accuracy"
+                ax.plot(epochs, series, color=colour, label=f"{split} {name}", markersize=4,
+                        **style[split])
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("loss", color="tab:blue")
+    ax_acc.set_ylabel("accuracy", color="tab:orange")
+    ax_loss.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    if n == 1:
+        ax_loss.set_xlim(epochs[0] - 0.5, epochs[0] + 0.5)
+    ax_loss.grid(True, alpha=0.3)
+    handles_loss, labels_loss = ax_loss.get_legend_handles_labels()
+    handles_acc, labels_acc = ax_acc.get_legend_handles_labels()
+    # One legend for both axes, below the plot where it cannot hide a line.
+    fig.legend(handles_loss + handles_acc, labels_loss + labels_acc, loc="outside lower center",
+               ncols=len(labels_loss + labels_acc), frameon=False)
+    ax_loss.set_title("training history")
+    return fig
+
+
+def plot_history(history: dict, path, show: bool = False) -> Path:
+    """Save the history plot (see `history_figure`) to `path`; returns the path written.
+
+    With `show` and a display the figure is also shown (blocking until closed).
+    """
+    return _finish(history_figure(history, show=show), path, show)
