@@ -240,10 +240,15 @@ def _fetch(url: str, target: Path, sha256: str, progress: bool, timeout: float) 
             total = int(length) if length and length.isdigit() else None
             with tqdm(total=total, unit="B", unit_scale=True, desc=target.name, leave=False,
                       disable=not progress) as bar:
+                received = 0
                 while chunk := response.read(_CHUNK):
                     out.write(chunk)
                     digest.update(chunk)
+                    received += len(chunk)
                     bar.update(len(chunk))
+            # http.client's read(n) returns b"" on a dropped connection instead of raising.
+            if total is not None and received != total:
+                raise DownloadError(f"connection closed after {received} of {total} bytes")
             out.flush()
             os.fsync(out.fileno())   # the bytes are on disk before the name says "complete"
         if digest.hexdigest() != sha256.lower():
