@@ -1,5 +1,6 @@
 """MNIST: finding, downloading and reading it, and turning it into training batches.
 
+    >>> import numpy as np
     >>> from model.data import load_mnist, scale, one_hot, iterate_batches
     >>> data = load_mnist("/path/to/mnist")          # or $MNIST_DIR, the cache, a download
     >>> x, y = scale(data.x_train), one_hot(data.y_train)   # (60000, 28, 28, 1) f32, (60000, 10) f32
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import tempfile
 import urllib.request
@@ -116,7 +118,7 @@ def read_idx(path, ndim: int | None = None) -> np.ndarray:
     if len(raw) < header:
         raise MNISTFormatError(f"{path}: truncated IDX header ({len(raw)} of {header} bytes)")
     shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=dims_count, offset=4))
-    expected = header + int(np.prod(shape, dtype=np.int64))
+    expected = header + math.prod(shape)   # Python ints: a corrupt header cannot overflow
     if len(raw) != expected:
         kind = "truncated" if len(raw) < expected else "trailing bytes"
         raise MNISTFormatError(f"{path}: {kind}: header says {shape} -> {expected} bytes, "
@@ -295,8 +297,10 @@ def load_mnist(data_dir=None, cache_dir=None, download: bool = True, mirrors=MIR
                                     f"expected {_expected_names()}")
         data = _load_dir(directory, what)
         if data is None:
-            raise FileNotFoundError(f"MNIST directory {directory} ({what}) lacks the data; "
-                                    f"expected {_expected_names()}")
+            missing = [IDX_FILES[key][0] + "[.gz]"
+                       for key, path in _idx_paths(directory).items() if path is None]
+            raise FileNotFoundError(f"MNIST directory {directory} ({what}) lacks "
+                                    f"{', '.join(missing)}; expected {_expected_names()}")
         return data
 
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
@@ -465,6 +469,13 @@ def _batches(x, y, batch_size, order):
 
 # ---- augmentation --------------------------------------------------------------------------------
 
+def _check_images(x) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 4 or not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"x must be (N, H, W, C) floating, got {x.dtype} {x.shape}")
+    return x
+
+
 def transform_batch(x: np.ndarray, shifts, degrees) -> np.ndarray:
     """Rotate each image about its centre by degrees[i], then shift it by shifts[i] = (dy, dx) px.
 
@@ -473,9 +484,7 @@ def transform_batch(x: np.ndarray, shifts, degrees) -> np.ndarray:
     the inverse-mapped position, all samples at once by fancy indexing; positions outside the
     image read zero. Integer shifts without rotation move pixels exactly.
     """
-    x = np.asarray(x)
-    if x.ndim != 4 or not np.issubdtype(x.dtype, np.floating):
-        raise ValueError(f"x must be (N, H, W, C) floating, got {x.dtype} {x.shape}")
+    x = _check_images(x)
     n, h, w, _ = x.shape
     shifts = np.asarray(shifts, dtype=np.float64)
     theta = np.deg2rad(np.asarray(degrees, dtype=np.float64))
@@ -524,7 +533,8 @@ def augment_batch(x: np.ndarray, rng: np.random.Generator, max_shift: int = 2,
         raise ValueError(f"max_shift must be a non-negative integer, got {max_shift!r}")
     if not max_degrees >= 0:
         raise ValueError(f"max_degrees must be non-negative, got {max_degrees!r}")
-    n = len(x)
+    # Checked before drawing, so a bad call leaves rng's stream untouched.
+    n = len(_check_images(x))
     shifts = rng.integers(-max_shift, max_shift + 1, size=(n, 2))
     degrees = rng.uniform(-max_degrees, max_degrees, size=n)
     return transform_batch(x, shifts, degrees)

@@ -99,7 +99,7 @@ def serve():
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         server.daemon_threads = True
         server.routes = routes
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
         thread.start()
         servers.append(server)
 
@@ -230,6 +230,14 @@ def test_corrupt_idx_names_file(tmp_path, kind, message, gz):
     assert isinstance(info.value, ValueError)
 
 
+def test_absurd_header_is_truncated_not_overflow(tmp_path):
+    # 2**32-1 cubed overflows int64; the length check must still see a short file.
+    path = tmp_path / "huge"
+    path.write_bytes(bytes([0, 0, 8, 3]) + b"\xff" * 12)
+    with pytest.raises(MNISTFormatError, match="truncated"):
+        read_idx(path)
+
+
 @pytest.mark.parametrize("damage", ["cut", "flipped"])
 def test_bad_gzip_names_file(tmp_path, damage):
     packed = bytearray(gzip.compress(idx_bytes(np.arange(200, dtype=np.uint8).reshape(2, 10, 10))))
@@ -296,6 +304,8 @@ def test_explicit_dir_without_files(tmp_path, monkeypatch, no_env, via_env, exis
     assert str(directory) in message and ("MNIST_DIR" if via_env else "data_dir") in message
     for name in ("train-images-idx3-ubyte", "t10k-labels-idx1-ubyte", "mnist.npz"):
         assert name in message
+    if exists:   # says what is missing, not just what is expected
+        assert "lacks train-labels-idx1-ubyte[.gz], t10k-images" in message
 
 
 # ---- the downloader ------------------------------------------------------------------------------
@@ -518,6 +528,11 @@ def test_augment_keeps_shape_and_dtype(dtype):
     assert out.shape == x.shape and out.dtype == dtype
     assert not np.shares_memory(out, x)
     assert np.all(out >= 0) and np.all(out <= 1 + 1e-6)   # bilinear mixes, never extrapolates
+
+
+def test_augment_empty_batch():
+    x = np.zeros((0, 28, 28, 1), np.float32)
+    assert augment_batch(x, np.random.default_rng(0)).shape == x.shape
 
 
 def test_augment_zero_is_identity():
