@@ -125,7 +125,7 @@ def load_image(path, invert: bool | None = None) -> np.ndarray:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"image not found: {str(path)!r}")
+        raise FileNotFoundError(f"image not found (or not a file): {str(path)!r}")
     is_npy = path.suffix.lower() == ".npy"
     gray = _read_npy(path) if is_npy else _read_pixels(path)
     if gray.size == 0:
@@ -193,7 +193,7 @@ def load_checkpoint(path):
     """The network saved at `path`; FileNotFoundError/ValueError naming the file otherwise."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {str(path)!r}")
+        raise FileNotFoundError(f"checkpoint not found (or not a file): {str(path)!r}")
     from model.network import load_network
     try:
         return load_network(path)
@@ -232,14 +232,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="image files (PNG, JPEG, ... or .npy of shape (28, 28))")
     parser.add_argument("--checkpoint", required=True,
                         help="trained network (.npz written by net.save / model.train) (required)")
-    parser.add_argument("--top", type=_positive_int, default=1,
-                        help="print the K most probable digits per image (default 1)")
+    parser.add_argument("--top", type=_positive_int, default=1, metavar="K",
+                        help="print the K most probable digits per image, most probable first "
+                             "(default 1)")
     invert = parser.add_mutually_exclusive_group()
     invert.add_argument("--invert", dest="invert", action="store_true", default=None,
-                        help="always invert (for dark digits on a light background)")
+                        help="always invert, for dark digits on a light background (default: "
+                             "invert when the mean brightness is above 0.5)")
     invert.add_argument("--no-invert", dest="invert", action="store_false",
-                        help="never invert (for light digits on a dark background)")
-    parser.epilog = "Default for inversion: invert when the image's mean brightness is above 0.5."
+                        help="never invert, for light digits on a dark background (default: "
+                             "invert when the mean brightness is above 0.5)")
     return parser
 
 
