@@ -319,6 +319,7 @@ def test_download_good_files(tmp_path, serve):
     assert sorted(p.name for p in cache.iterdir()) == sorted(files)
     for name, content in files.items():
         assert (cache / name).read_bytes() == content
+        assert (cache / name).stat().st_mode & 0o777 == 0o644
     # Everything cached: nothing fetched again.
     assert download_mnist(cache, [url + "/mnist/"], files=sha256s(files), progress=False) == {}
 
