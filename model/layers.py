@@ -1,0 +1,260 @@
+"""Layers: each holds its parameters and gradients; forward and backward sit side by side.
+
+Every layer has `forward(x, training) -> y` and `backward(dy) -> dx`, and three dicts:
+`params` (trainable arrays), `grads` (same keys, filled by backward) and `buffers` (state saved in
+checkpoints but not trained, e.g. BatchNorm's running statistics). `no_decay` names the
+parameters that L2 weight decay must skip (biases, BatchNorm's scale and shift).
+
+Activations are NHWC `(N, H, W, C)`; Dense works on `(N, features)`. The conv and pool layers
+delegate all arithmetic to a `kernels` backend chosen by name, so the layer code does not change
+with the backend. Random draws (initialisation, dropout masks) come from the generator the
+network passes in, so one seed fixes everything.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from kernels import get_backend
+from kernels._common import as_pair
+
+
+class Layer:
+    """Base class: a layer with no parameters that passes shapes through unchanged."""
+
+    no_decay: frozenset = frozenset()
+
+    def __init__(self):
+        self.params: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}
+        self.buffers: dict[str, np.ndarray] = {}
+
+    def forward(self, x, training=False):
+        raise NotImplementedError
+
+    def backward(self, dy):
+        raise NotImplementedError
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+def he_normal(rng, shape, fan_in, dtype):
+    """He et al. (2015) initialisation: N(0, 2 / fan_in), right for layers followed by ReLU."""
+    return (rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(dtype)
+
+
+def _check_features(x, expected: int, layer: str, axis_name: str):
+    if x.shape[-1] != expected:
+        raise ValueError(f"{layer}: input x has {x.shape[-1]} {axis_name} on its last axis "
+                         f"(shape {x.shape}), expected {expected}")
+
+
+class Conv2D(Layer):
+    """2-D convolution (cross-correlation). x: (N, H, W, C_in) -> y: (N, OH, OW, C_out).
+
+    Weights are HWIO `(KH, KW, C_in, C_out)`, bias `(C_out,)`. `need_dx=False` tells the backend
+    not to compute the input gradient: the first layer of a network has nobody to pass it to.
+    """
+
+    no_decay = frozenset({"b"})
+
+    def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=0,
+                 backend="im2col", rng=None, dtype=np.float32, bias=True, need_dx=True):
+        super().__init__()
+        kh, kw = as_pair(kernel_size, "kernel_size")
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"Conv2D: {name} must be a positive integer, got {value!r}")
+        rng = np.random.default_rng() if rng is None else rng
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.kernel_size, self.stride, self.padding = (kh, kw), stride, padding
+        self.backend_name, self.backend = backend, get_backend(backend)
+        self.need_dx = need_dx
+        self.params["w"] = he_normal(rng, (kh, kw, in_channels, out_channels),
+                                     kh * kw * in_channels, dtype)
+        if bias:
+            self.params["b"] = np.zeros(out_channels, dtype=dtype)
+        self._ctx = None
+
+    def forward(self, x, training=False):
+        _check_features(x, self.in_channels, "Conv2D", "channels")
+        y, self._ctx = self.backend.conv2d_forward(x, self.params["w"], self.params.get("b"),
+                                                   stride=self.stride, padding=self.padding)
+        return y
+
+    def backward(self, dy):
+        dx, dw, db = self.backend.conv2d_backward(dy, self._ctx, need_dx=self.need_dx)
+        self.grads["w"] = dw
+        if db is not None:
+            self.grads["b"] = db
+        return dx
+
+    def __repr__(self):
+        return (f"Conv2D({self.in_channels}->{self.out_channels}, {self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, backend={self.backend_name!r})")
+
+
+class _Pool2D(Layer):
+    """Shared wiring of the two pools; `kind` picks the backend functions."""
+
+    kind = ""
+
+    def __init__(self, size=2, stride=None, backend="im2col"):
+        super().__init__()
+        self.size, self.stride = size, stride
+        self.backend_name, self.backend = backend, get_backend(backend)
+        self._forward = getattr(self.backend, f"{self.kind}pool2d_forward")
+        self._backward = getattr(self.backend, f"{self.kind}pool2d_backward")
+        self._ctx = None
+
+    def forward(self, x, training=False):
+        y, self._ctx = self._forward(x, size=self.size, stride=self.stride)
+        return y
+
+    def backward(self, dy):
+        return self._backward(dy, self._ctx)
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.size}, stride={self.stride}, backend={self.backend_name!r})"
+
+
+class MaxPool2D(_Pool2D):
+    """x: (N, H, W, C) -> (N, OH, OW, C), the maximum of each window."""
+    kind = "max"
+
+
+class AvgPool2D(_Pool2D):
+    """x: (N, H, W, C) -> (N, OH, OW, C), the mean of each window."""
+    kind = "avg"
+
+
+class Dense(Layer):
+    """Fully connected: x: (N, in_features) -> y = x @ W + b: (N, out_features)."""
+
+    no_decay = frozenset({"b"})
+
+    def __init__(self, in_features, out_features, rng=None, dtype=np.float32):
+        super().__init__()
+        rng = np.random.default_rng() if rng is None else rng
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.params["w"] = he_normal(rng, (in_features, out_features), in_features, dtype)
+        self.params["b"] = np.zeros(out_features, dtype=dtype)
+        self._x = None
+
+    def forward(self, x, training=False):
+        if x.ndim != 2:
+            raise ValueError(f"Dense: input x must be 2-D (N, {self.in_features}), got shape "
+                             f"{x.shape}; put a Flatten before it")
+        _check_features(x, self.in_features, "Dense", "features")
+        self._x = x
+        return x @ self.params["w"] + self.params["b"]
+
+    def backward(self, dy):
+        self.grads["w"] = self._x.T @ dy
+        self.grads["b"] = dy.sum(axis=0)
+        return dy @ self.params["w"].T
+
+    def __repr__(self):
+        return f"Dense({self.in_features}->{self.out_features})"
+
+
+class ReLU(Layer):
+    """y = max(x, 0), any shape. The gradient at exactly 0 is taken as 0."""
+
+    def forward(self, x, training=False):
+        self._positive = x > 0
+        return np.maximum(x, x.dtype.type(0))
+
+    def backward(self, dy):
+        return dy * self._positive
+
+
+class Flatten(Layer):
+    """x: (N, d1, d2, ...) -> (N, d1*d2*...), in NHWC (row-major) order."""
+
+    def forward(self, x, training=False):
+        self._shape = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dy):
+        return dy.reshape(self._shape)
+
+
+class Dropout(Layer):
+    """Inverted dropout: in training, zero each element with probability `rate` and scale the
+    survivors by 1 / (1 - rate), so evaluation (which passes x through) needs no rescaling."""
+
+    def __init__(self, rate=0.5, rng=None):
+        super().__init__()
+        if not 0 <= rate < 1:
+            raise ValueError(f"Dropout: rate must be in [0, 1), got {rate!r}")
+        self.rate = rate
+        self.rng = np.random.default_rng() if rng is None else rng
+        self._mask = None
+
+    def forward(self, x, training=False):
+        if not training or self.rate == 0:
+            self._mask = None
+            return x
+        keep = self.rng.random(x.shape, dtype=np.float64 if x.dtype == np.float64 else np.float32)
+        self._mask = (keep >= self.rate).astype(x.dtype) * x.dtype.type(1 / (1 - self.rate))
+        return x * self._mask
+
+    def backward(self, dy):
+        return dy if self._mask is None else dy * self._mask
+
+    def __repr__(self):
+        return f"Dropout({self.rate})"
+
+
+class BatchNorm(Layer):
+    """Batch normalisation over the last axis: per channel for (N, H, W, C), per feature for (N, F).
+
+    Training normalises with the batch's mean and (biased) variance and updates the running
+    statistics (running = momentum * running + (1 - momentum) * batch, unbiased variance as in
+    PyTorch); evaluation uses the running statistics. gamma (scale) and beta (shift): (C,).
+    """
+
+    no_decay = frozenset({"gamma", "beta"})
+
+    def __init__(self, num_features, momentum=0.9, eps=1e-5, dtype=np.float32):
+        super().__init__()
+        self.num_features, self.momentum, self.eps = int(num_features), momentum, eps
+        self.params["gamma"] = np.ones(num_features, dtype=dtype)
+        self.params["beta"] = np.zeros(num_features, dtype=dtype)
+        self.buffers["running_mean"] = np.zeros(num_features, dtype=dtype)
+        self.buffers["running_var"] = np.ones(num_features, dtype=dtype)
+        self._cache = None
+
+    def forward(self, x, training=False):
+        _check_features(x, self.num_features, "BatchNorm", "channels/features")
+        axes = tuple(range(x.ndim - 1))
+        if training:
+            count = x.size // self.num_features
+            mean = x.mean(axis=axes)
+            centred = x - mean
+            var = (centred * centred).mean(axis=axes)
+            m = x.dtype.type(self.momentum)
+            self.buffers["running_mean"] = m * self.buffers["running_mean"] + (1 - m) * mean
+            unbiased = var * x.dtype.type(count / max(count - 1, 1))
+            self.buffers["running_var"] = m * self.buffers["running_var"] + (1 - m) * unbiased
+        else:
+            mean, var = self.buffers["running_mean"], self.buffers["running_var"]
+            centred = x - mean
+        inv_std = (1 / np.sqrt(var + x.dtype.type(self.eps))).astype(x.dtype)
+        x_hat = centred * inv_std
+        self._cache = (x_hat, inv_std, axes)
+        return x_hat * self.params["gamma"] + self.params["beta"]
+
+    def backward(self, dy):
+        x_hat, inv_std, axes = self._cache
+        count = dy.size // self.num_features
+        self.grads["gamma"] = (dy * x_hat).sum(axis=axes)
+        self.grads["beta"] = dy.sum(axis=axes)
+        dx_hat = dy * self.params["gamma"]
+        # d/dx of (x - mean) / std through both batch statistics, in its compact form
+        return (inv_std / count) * (count * dx_hat - dx_hat.sum(axis=axes)
+                                    - x_hat * (dx_hat * x_hat).sum(axis=axes))
+
+    def __repr__(self):
+        return f"BatchNorm({self.num_features})"

@@ -1,0 +1,265 @@
+"""The network: an ordered list of layers with forward, backward, update, evaluate, predict, save.
+
+    net = build_network("seed", backend="im2col", dtype=np.float32, seed=0)
+    logits = net.forward(x)                       # x: (N, 28, 28, 1) -> (N, 10)
+    loss, correct = net.train_step(xb, yb, opt)   # one mini-batch: forward, backward, update
+    net.train(x, y, epochs=3, optimizer=opt)      # epochs of mini-batches (model.training.fit)
+    net.save("ckpt.npz"); net = load_network("ckpt.npz")
+
+Checkpoints are `.npz` files holding every parameter, buffer and optimizer slot as arrays plus one
+JSON string of metadata (architecture, backend, dtype, seed, epoch, generator state, history...),
+so they load with `allow_pickle=False` and are written atomically.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from . import layers as L
+from .losses import softmax, softmax_cross_entropy
+from .optim import OPTIMIZERS, Optimizer
+
+ARCHITECTURES = ("seed", "deep")
+DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+def _build_layers(arch, backend, dtype, rng):
+    conv = dict(backend=backend, rng=rng, dtype=dtype)
+    if arch == "seed":
+        return [L.Conv2D(1, 16, 3, padding=1, need_dx=False, **conv), L.ReLU(),
+                L.MaxPool2D(2, backend=backend), L.Flatten(),
+                L.Dense(14 * 14 * 16, 128, rng=rng, dtype=dtype), L.ReLU(),
+                L.Dense(128, 10, rng=rng, dtype=dtype)]
+    if arch == "deep":
+        # No conv bias before BatchNorm: BN's shift (beta) makes it redundant.
+        return [L.Conv2D(1, 32, 3, padding=1, bias=False, need_dx=False, **conv),
+                L.BatchNorm(32, dtype=dtype), L.ReLU(), L.MaxPool2D(2, backend=backend),
+                L.Conv2D(32, 64, 3, padding=1, bias=False, **conv),
+                L.BatchNorm(64, dtype=dtype), L.ReLU(), L.MaxPool2D(2, backend=backend),
+                L.Flatten(), L.Dense(7 * 7 * 64, 128, rng=rng, dtype=dtype), L.ReLU(),
+                L.Dropout(0.5, rng=rng), L.Dense(128, 10, rng=rng, dtype=dtype)]
+    raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+
+
+def resolve_dtype(dtype) -> np.dtype:
+    """'float32' / 'float64' / a numpy float dtype -> np.dtype; anything else is a clear error."""
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        dtype = DTYPES[dtype]
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+    return dtype
+
+
+def build_network(arch="seed", backend="im2col", dtype=np.float32, seed=0) -> "Sequential":
+    """A named architecture ('seed' or 'deep') for (N, 28, 28, 1) inputs and 10 classes.
+
+    All random draws (initialisation, dropout, and the trainer's shuffling and augmentation)
+    come from one generator seeded with `seed`.
+    """
+    dtype = resolve_dtype(dtype)
+    rng = np.random.default_rng(seed)
+    net = Sequential(_build_layers(arch, backend, dtype, rng), dtype=dtype, rng=rng)
+    net.meta.update(arch=arch, backend=backend, dtype=dtype.name, seed=seed)
+    return net
+
+
+class Sequential:
+    """Layers applied in order. x: (N, H, W, C) of `dtype` -> logits (N, classes)."""
+
+    def __init__(self, layers, dtype=np.float32, rng=None):
+        self.layers = list(layers)
+        self.dtype = resolve_dtype(dtype)
+        self.rng = np.random.default_rng() if rng is None else rng
+        self.meta: dict = {}
+
+    # ---- forward / backward / update -------------------------------------------------------
+    def forward(self, x, training=False):
+        """x: (N, 28, 28, 1) -> logits (N, 10). `training` switches dropout and batch statistics."""
+        x = np.asarray(x)
+        if x.ndim != 4:
+            raise ValueError(f"input x must be 4-D (N, H, W, C), got shape {x.shape}")
+        x = x.astype(self.dtype, copy=False)
+        for layer in self.layers:
+            x = layer.forward(x, training=training)
+        return x
+
+    def backward(self, dlogits):
+        """dlogits: (N, 10) -> fills every layer's grads; returns dx, or None when the first
+        layer was told not to compute it."""
+        dy = dlogits
+        for layer in reversed(self.layers):
+            dy = layer.backward(dy)
+            if dy is None:
+                break
+        return dy
+
+    def parameters(self):
+        """[(key, layer, name)] for every trainable array, keys like '0.w' (layer index.name)."""
+        return [(f"{i}.{name}", layer, name)
+                for i, layer in enumerate(self.layers) for name in layer.params]
+
+    def update(self, optimizer: Optimizer):
+        """Apply one optimizer step with the gradients from the last backward."""
+        optimizer.step((key, layer.params[name], layer.grads[name], name not in layer.no_decay)
+                       for key, layer, name in self.parameters())
+
+    def train_step(self, xb, yb, optimizer: Optimizer):
+        """One mini-batch: forward (training mode), cross-entropy, backward, update.
+
+        xb: (B, 28, 28, 1); yb: (B, 10) one-hot or (B,) labels. Returns (mean loss, number correct).
+        """
+        logits = self.forward(xb, training=True)
+        loss, dlogits = softmax_cross_entropy(logits, yb)
+        self.backward(dlogits)
+        self.update(optimizer)
+        return loss, int((logits.argmax(axis=1) == _labels(yb)).sum())
+
+    def train(self, x, y, epochs=1, optimizer=None, batch_size=64, **kwargs):
+        """Epochs of shuffled mini-batches; see model.training.fit for every option."""
+        from .training import fit
+        return fit(self, x, y, epochs=epochs, optimizer=optimizer, batch_size=batch_size, **kwargs)
+
+    # ---- inference -------------------------------------------------------------------------
+    def _batched_logits(self, x, batch_size):
+        return np.concatenate([self.forward(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+                              or [np.empty((0, 10), self.dtype)])
+
+    def predict_proba(self, x, batch_size=1000):
+        """x: (N, 28, 28, 1) -> class probabilities (N, 10), evaluation mode."""
+        return softmax(self._batched_logits(x, batch_size))
+
+    def predict(self, x, batch_size=1000):
+        """x: (N, 28, 28, 1) -> predicted labels (N,) int."""
+        return self._batched_logits(x, batch_size).argmax(axis=1)
+
+    def evaluate(self, x, y, batch_size=1000):
+        """Mean cross-entropy and accuracy on (x, y), y one-hot (N, 10) or labels (N,)."""
+        if len(x) == 0:
+            raise ValueError("evaluate: x is empty")
+        if len(x) != len(y):
+            raise ValueError(f"evaluate: x has {len(x)} samples but y has {len(y)}")
+        loss_sum, correct = 0.0, 0
+        for i in range(0, len(x), batch_size):
+            logits = self.forward(x[i:i + batch_size])
+            loss, _ = softmax_cross_entropy(logits, y[i:i + batch_size])
+            loss_sum += loss * len(logits)
+            correct += int((logits.argmax(axis=1) == _labels(y[i:i + batch_size])).sum())
+        return loss_sum / len(x), correct / len(x)
+
+    # ---- state and checkpoints -------------------------------------------------------------
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """Every parameter ('param/0.w') and buffer ('buffer/1.running_mean') by name."""
+        arrays = {f"param/{key}": layer.params[name] for key, layer, name in self.parameters()}
+        for i, layer in enumerate(self.layers):
+            arrays.update({f"buffer/{i}.{name}": a for name, a in layer.buffers.items()})
+        return arrays
+
+    def load_state_arrays(self, arrays: dict[str, np.ndarray]):
+        """Copy arrays saved by state_arrays() into this network, checking names and shapes."""
+        expected = self.state_arrays()
+        missing = sorted(set(expected) - set(arrays))
+        if missing:
+            raise ValueError(f"checkpoint does not match this network: missing {missing[:4]}")
+        for name, current in expected.items():
+            if arrays[name].shape != current.shape:
+                raise ValueError(f"checkpoint array {name} has shape {arrays[name].shape}, "
+                                 f"this network expects {current.shape}")
+            kind, key = name.split("/", 1)
+            index, attr = key.split(".", 1)
+            store = getattr(self.layers[int(index)], "params" if kind == "param" else "buffers")
+            store[attr] = arrays[name].astype(self.dtype)
+
+    def save(self, path, optimizer: Optimizer | None = None, **meta):
+        """Write an .npz checkpoint atomically (temp file + rename): a crash mid-write leaves the
+        previous checkpoint intact. `meta` (JSON-able) is stored beside the network's own."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        info = {**self.meta, **meta, "rng_state": self.rng.bit_generator.state,
+                "layers": [repr(layer) for layer in self.layers]}
+        arrays = dict(self.state_arrays())
+        if optimizer is not None:
+            scalars, slots = optimizer.state_dict()
+            info["optimizer"] = scalars
+            arrays.update({f"optim/{name}": a for name, a in slots.items()})
+        arrays["meta"] = np.array(json.dumps(info, default=_json_default))
+        write_atomically(path, lambda f: np.savez(f, **arrays))
+        return path
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot store {type(value).__name__} in checkpoint metadata")
+
+
+def write_atomically(path, write):
+    """Call write(file object) on a temp file beside `path`, then rename it over `path`."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_checkpoint(path) -> tuple[dict, dict[str, np.ndarray]]:
+    """(metadata, arrays) from a checkpoint; any unreadable file is a ValueError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+        meta = json.loads(str(arrays.pop("meta")))
+    except Exception as exc:
+        raise ValueError(f"checkpoint {path} is not a readable convbench checkpoint "
+                         f"({type(exc).__name__}: {exc})") from None
+    return meta, arrays
+
+
+def load_network(path, backend=None, with_optimizer=False):
+    """Rebuild the network saved at `path` (optionally on another backend).
+
+    Returns the network (its `meta` holds the saved metadata), or (network, optimizer or None)
+    with `with_optimizer=True`; the optimizer comes back with its slots and step count.
+    """
+    meta, arrays = read_checkpoint(path)
+    if meta.get("arch") not in ARCHITECTURES:
+        raise ValueError(f"checkpoint {path} has no known architecture (arch={meta.get('arch')!r})")
+    net = build_network(meta["arch"], backend=backend or meta.get("backend", "im2col"),
+                        dtype=meta.get("dtype", "float32"), seed=meta.get("seed", 0))
+    net.load_state_arrays({k: v for k, v in arrays.items() if not k.startswith("optim/")})
+    if "rng_state" in meta:
+        net.rng.bit_generator.state = meta["rng_state"]
+    net.meta.update({k: v for k, v in meta.items() if k not in ("rng_state", "layers")})
+    if backend:
+        net.meta["backend"] = backend
+    if not with_optimizer:
+        return net
+    optimizer = None
+    if "optimizer" in meta:
+        scalars = dict(meta["optimizer"])
+        cls = OPTIMIZERS[scalars.pop("name")]
+        t = scalars.pop("t", 0)
+        optimizer = cls(**scalars)
+        optimizer.load_state_dict({"t": t}, {k[len("optim/"):]: v for k, v in arrays.items()
+                                             if k.startswith("optim/")})
+    return net, optimizer
+
+
+def _labels(y):
+    """(N, K) one-hot or (N,) labels -> (N,) labels."""
+    y = np.asarray(y)
+    return y.argmax(axis=1) if y.ndim == 2 else y

@@ -1,0 +1,165 @@
+"""Optimizers (SGD, momentum, Adam), L2 weight decay, gradient clipping and learning-rate schedules.
+
+An optimizer updates parameters in place from a list of `(key, param, grad, decay)` tuples, where
+`key` names the parameter (its state, e.g. momentum, is kept per key) and `decay` says whether L2
+weight decay applies (not to biases or BatchNorm's scale and shift). Its state round-trips through
+`state_dict()` / `load_state_dict()` so a resumed run continues exactly.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def global_norm(grads) -> float:
+    """sqrt of the sum of squares of every gradient array (accumulated in float64)."""
+    return math.sqrt(sum(float(np.dot(g.ravel(), g.ravel())) for g in grads))
+
+
+def clip_by_global_norm(grads, max_norm: float) -> float:
+    """Scale every gradient in place by max_norm / norm when the global norm exceeds max_norm,
+    so the update keeps its direction. Returns the norm before clipping."""
+    norm = global_norm(grads)
+    if norm > max_norm:
+        for g in grads:
+            g *= g.dtype.type(max_norm / norm)
+    return norm
+
+
+class Optimizer:
+    """Base: weight decay and clipping are applied here; subclasses define `_update`."""
+
+    name = ""
+    default_lr = 0.01
+
+    def __init__(self, lr=None, weight_decay=0.0, clip_norm=None):
+        lr = self.default_lr if lr is None else lr
+        if not lr > 0:
+            raise ValueError(f"learning rate lr must be > 0, got {lr!r}")
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+        if clip_norm is not None and not clip_norm > 0:
+            raise ValueError(f"clip_norm must be > 0 (or None), got {clip_norm!r}")
+        self.lr, self.weight_decay, self.clip_norm = lr, weight_decay, clip_norm
+        self.t = 0                           # number of steps taken
+        self.state: dict[str, dict[str, np.ndarray]] = {}
+        self.last_grad_norm = None
+
+    def step(self, params):
+        """params: iterable of (key, param, grad, decay); updates each param in place."""
+        params = list(params)
+        grads = [g for _, _, g, _ in params]
+        if self.clip_norm is not None:
+            self.last_grad_norm = clip_by_global_norm(grads, self.clip_norm)
+        self.t += 1
+        for key, p, g, decay in params:
+            if decay and self.weight_decay:
+                g = g + p.dtype.type(self.weight_decay) * p     # L2: d/dp of wd/2 * ||p||^2
+            self._update(key, p, g)
+
+    def _slot(self, key, slot, like):
+        slots = self.state.setdefault(key, {})
+        if slot not in slots:
+            slots[slot] = np.zeros_like(like)
+        return slots[slot]
+
+    def _update(self, key, p, g):
+        raise NotImplementedError
+
+    def config(self) -> dict:
+        return {"name": self.name, "lr": self.lr, "weight_decay": self.weight_decay,
+                "clip_norm": self.clip_norm}
+
+    def state_dict(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """(scalars as JSON-able dict, arrays by 'key/slot')."""
+        arrays = {f"{key}/{slot}": a for key, slots in self.state.items() for slot, a in slots.items()}
+        return {**self.config(), "t": self.t}, arrays
+
+    def load_state_dict(self, scalars: dict, arrays: dict[str, np.ndarray]):
+        self.t = int(scalars.get("t", 0))
+        self.state = {}
+        for name, a in arrays.items():
+            key, slot = name.rsplit("/", 1)
+            self.state.setdefault(key, {})[slot] = np.array(a)
+
+
+class SGD(Optimizer):
+    """p -= lr * g"""
+    name, default_lr = "sgd", 0.1
+
+    def _update(self, key, p, g):
+        p -= p.dtype.type(self.lr) * g
+
+
+class Momentum(Optimizer):
+    """Heavy-ball momentum: v = momentum * v + g;  p -= lr * v  (PyTorch's convention)."""
+    name, default_lr = "momentum", 0.01
+
+    def __init__(self, lr=None, momentum=0.9, weight_decay=0.0, clip_norm=None):
+        super().__init__(lr, weight_decay, clip_norm)
+        if not 0 <= momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+        self.momentum = momentum
+
+    def _update(self, key, p, g):
+        v = self._slot(key, "velocity", p)
+        v *= p.dtype.type(self.momentum)
+        v += g
+        p -= p.dtype.type(self.lr) * v
+
+    def config(self):
+        return {**super().config(), "momentum": self.momentum}
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba) with bias correction."""
+    name, default_lr = "adam", 1e-3
+
+    def __init__(self, lr=None, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, clip_norm=None):
+        super().__init__(lr, weight_decay, clip_norm)
+        self.beta1, self.beta2, self.eps = beta1, beta2, eps
+
+    def _update(self, key, p, g):
+        m, v = self._slot(key, "m", p), self._slot(key, "v", p)
+        f = p.dtype.type
+        m *= f(self.beta1)
+        m += f(1 - self.beta1) * g
+        v *= f(self.beta2)
+        v += f(1 - self.beta2) * (g * g)
+        # bias correction folded into the step size
+        step = self.lr * math.sqrt(1 - self.beta2 ** self.t) / (1 - self.beta1 ** self.t)
+        p -= f(step) * m / (np.sqrt(v) + f(self.eps))
+
+    def config(self):
+        return {**super().config(), "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}
+
+
+OPTIMIZERS = {cls.name: cls for cls in (SGD, Momentum, Adam)}
+
+
+def make_optimizer(name: str, lr=None, weight_decay=0.0, clip_norm=None) -> Optimizer:
+    """Optimizer by name ('sgd', 'momentum', 'adam'); lr None = that optimizer's default."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[name](lr=lr, weight_decay=weight_decay, clip_norm=clip_norm)
+
+
+SCHEDULES = ("none", "step", "cosine")
+
+
+def lr_at(schedule: str, base_lr: float, epoch: int, total_epochs: int,
+          step_size: int | None = None, gamma: float = 0.1, min_lr: float = 0.0) -> float:
+    """Learning rate for 0-based `epoch`.
+
+    none: base_lr. step: base_lr * gamma ** (epoch // step_size), step_size defaulting to a third
+    of the run. cosine: min_lr + (base_lr - min_lr) * (1 + cos(pi * epoch / total_epochs)) / 2.
+    """
+    if schedule == "none":
+        return base_lr
+    if schedule == "step":
+        step_size = step_size or max(1, math.ceil(total_epochs / 3))
+        return base_lr * gamma ** (epoch // step_size)
+    if schedule == "cosine":
+        return min_lr + (base_lr - min_lr) * (1 + math.cos(math.pi * epoch / max(total_epochs, 1))) / 2
+    raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")

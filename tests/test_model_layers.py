@@ -1,0 +1,198 @@
+"""Layers, losses and the whole network against finite differences (float64); layer behaviour."""
+import numpy as np
+import pytest
+
+from model import layers as L
+from model.losses import mse, softmax, softmax_cross_entropy
+from model.network import Sequential, build_network
+
+
+def numeric_grad(f, a, eps=1e-6):
+    """Central differences of the scalar f() with respect to every element of a (in place)."""
+    grad = np.zeros_like(a)
+    for i in np.ndindex(a.shape):
+        old = a[i]
+        a[i] = old + eps
+        plus = f()
+        a[i] = old - eps
+        minus = f()
+        a[i] = old
+        grad[i] = (plus - minus) / (2 * eps)
+    return grad
+
+
+def check_layer(layer, x, training=True, rtol=1e-6):
+    """Compare a layer's dx and parameter gradients with finite differences of sum(y * r)."""
+    rng = np.random.default_rng(1)
+    r = rng.standard_normal(layer.forward(x.copy(), training).shape)
+
+    def loss():
+        if isinstance(layer, L.Dropout):       # the same mask for every evaluation
+            return float((x * layer._mask * r).sum())
+        return float((layer.forward(x, training) * r).sum())
+
+    layer.forward(x, training)
+    dx = layer.backward(r)
+    if dx is not None:
+        np.testing.assert_allclose(dx, numeric_grad(loss, x), rtol=rtol, atol=rtol)
+    for name, p in layer.params.items():
+        np.testing.assert_allclose(layer.grads[name], numeric_grad(loss, p), rtol=rtol, atol=rtol,
+                                   err_msg=f"{type(layer).__name__}.{name}")
+
+
+RNG = np.random.default_rng(0)
+F64 = np.float64
+
+
+@pytest.mark.parametrize("backend", ["naive", "im2col", "einsum", "numba"])
+def test_conv2d_layer_gradients(backend):
+    layer = L.Conv2D(2, 3, 3, stride=2, padding=1, backend=backend, rng=RNG, dtype=F64)
+    check_layer(layer, RNG.standard_normal((2, 5, 6, 2)))
+
+
+@pytest.mark.parametrize("cls", [L.MaxPool2D, L.AvgPool2D])
+def test_pool_layer_gradients(cls):
+    check_layer(cls(2, backend="im2col"), RNG.standard_normal((2, 4, 6, 3)))
+
+
+@pytest.mark.parametrize("layer, shape", [
+    (L.Dense(5, 4, rng=RNG, dtype=F64), (3, 5)),
+    (L.ReLU(), (3, 7)),
+    (L.Flatten(), (2, 3, 3, 2)),
+    (L.BatchNorm(3, dtype=F64), (4, 3)),
+    (L.BatchNorm(3, dtype=F64), (2, 3, 2, 3)),
+    (L.Dropout(0.4, rng=np.random.default_rng(5)), (4, 6)),
+], ids=["dense", "relu", "flatten", "batchnorm-dense", "batchnorm-conv", "dropout"])
+def test_layer_gradients(layer, shape):
+    check_layer(layer, RNG.standard_normal(shape) + 0.1)
+
+
+def test_cross_entropy_gradient_is_p_minus_y_over_n():
+    logits = RNG.standard_normal((5, 4))
+    y = np.array([0, 3, 1, 1, 2])
+    loss, grad = softmax_cross_entropy(logits, y)
+    onehot = np.eye(4)[y]
+    np.testing.assert_allclose(grad, (softmax(logits) - onehot) / 5)
+    np.testing.assert_allclose(grad, numeric_grad(lambda: softmax_cross_entropy(logits, y)[0], logits),
+                               atol=1e-8)
+    assert loss == pytest.approx(-np.log(softmax(logits)[np.arange(5), y]).mean())
+    assert softmax_cross_entropy(logits, onehot)[0] == pytest.approx(loss)
+
+
+def test_softmax_and_cross_entropy_are_stable_for_huge_logits():
+    logits = np.array([[1e4, 0.0, -1e4], [-3e38, 3e38, 0.0]], dtype=np.float32)
+    p = softmax(logits)
+    assert np.isfinite(p).all() and np.allclose(p.sum(axis=1), 1)
+    loss, grad = softmax_cross_entropy(logits, np.array([0, 1]))
+    assert np.isfinite(loss) and loss == pytest.approx(0.0) and np.isfinite(grad).all()
+
+
+def test_mse_and_its_gradient():
+    pred, target = RNG.standard_normal((3, 4)), RNG.standard_normal((3, 4))
+    loss, grad = mse(pred, target)
+    assert loss == pytest.approx(((pred - target) ** 2).mean())
+    np.testing.assert_allclose(grad, numeric_grad(lambda: mse(pred, target)[0], pred), atol=1e-8)
+
+
+@pytest.mark.parametrize("arch", ["seed", "deep"])
+def test_whole_network_gradient_matches_finite_differences(arch):
+    """Every parameter of the full architecture, on a small batch in float64 (dropout off by
+    replacing it with identity so the loss is a deterministic function of the weights)."""
+    net = build_network(arch, backend="im2col", dtype="float64", seed=3)
+    net.layers = [L.Dropout(0.0) if isinstance(layer, L.Dropout) else layer for layer in net.layers]
+    x = np.random.default_rng(4).random((2, 28, 28, 1))
+    y = np.array([3, 7])
+
+    def loss():
+        return softmax_cross_entropy(net.forward(x, training=True), y)[0]
+
+    _, dlogits = softmax_cross_entropy(net.forward(x, training=True), y)
+    net.backward(dlogits)
+    pick = np.random.default_rng(5)
+    for key, layer, name in net.parameters():
+        p, g = layer.params[name], layer.grads[name]
+        # a sample of entries per array keeps the test fast; the full check is per layer above
+        for flat in pick.choice(p.size, size=min(p.size, 6), replace=False):
+            i = np.unravel_index(flat, p.shape)
+            old = p[i]
+            p[i] = old + 1e-6
+            plus = loss()
+            p[i] = old - 1e-6
+            minus = loss()
+            p[i] = old
+            assert g[i] == pytest.approx((plus - minus) / 2e-6, rel=1e-5, abs=1e-8), f"{key}{i}"
+
+
+def test_first_conv_computes_no_input_gradient():
+    net = build_network("seed", seed=0)
+    assert net.layers[0].need_dx is False
+    logits = net.forward(np.zeros((2, 28, 28, 1), np.float32), training=True)
+    assert net.backward(np.ones_like(logits)) is None
+    assert "w" in net.layers[0].grads
+
+
+def test_dropout_scales_in_training_and_passes_through_in_eval():
+    drop = L.Dropout(0.5, rng=np.random.default_rng(0))
+    x = np.ones((1000, 100), np.float32)
+    y = drop.forward(x, training=True)
+    assert set(np.unique(y)) <= {0.0, 2.0} and abs(y.mean() - 1) < 0.02 and y.dtype == np.float32
+    assert drop.forward(x, training=False) is x
+
+
+def test_batchnorm_normalises_in_training_and_uses_running_stats_in_eval():
+    bn = L.BatchNorm(3, momentum=0.0, dtype=F64)
+    x = RNG.standard_normal((50, 4, 4, 3)) * 3 + 5
+    y = bn.forward(x, training=True)
+    np.testing.assert_allclose(y.mean(axis=(0, 1, 2)), 0, atol=1e-10)
+    np.testing.assert_allclose(y.std(axis=(0, 1, 2)), 1, atol=1e-4)
+    # momentum 0: the running statistics are exactly this batch's (variance unbiased)
+    np.testing.assert_allclose(bn.buffers["running_mean"], x.mean(axis=(0, 1, 2)))
+    np.testing.assert_allclose(bn.buffers["running_var"], x.var(axis=(0, 1, 2), ddof=1))
+    y_eval = bn.forward(x[:1], training=False)
+    np.testing.assert_allclose(y_eval, (x[:1] - x.mean(axis=(0, 1, 2)))
+                               / np.sqrt(x.var(axis=(0, 1, 2), ddof=1) + 1e-5))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("arch", ["seed", "deep"])
+def test_networks_keep_their_dtype_and_shapes(arch, dtype):
+    net = build_network(arch, dtype=dtype, seed=0)
+    logits = net.forward(np.zeros((3, 28, 28, 1)), training=True)
+    assert logits.shape == (3, 10) and logits.dtype == dtype
+    assert all(layer.params[name].dtype == dtype for _, layer, name in net.parameters())
+    probs = net.predict_proba(np.zeros((3, 28, 28, 1)))
+    np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-5)
+    assert net.predict(np.zeros((3, 28, 28, 1))).shape == (3,)
+
+
+def test_he_initialisation_scale_and_seed():
+    a, b = build_network("seed", seed=7), build_network("seed", seed=7)
+    w = a.layers[4].params["w"]                         # Dense(3136 -> 128)
+    assert w.std() == pytest.approx(np.sqrt(2 / 3136), rel=0.02)
+    for (_, la, name), (_, lb, _) in zip(a.parameters(), b.parameters()):
+        np.testing.assert_array_equal(la.params[name], lb.params[name])
+    c = build_network("seed", seed=8)
+    assert not np.array_equal(c.layers[4].params["w"], w)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: build_network("resnet"), "unknown architecture 'resnet'"),
+    (lambda: build_network("seed", backend="cuda"), "unknown backend 'cuda'"),
+    (lambda: build_network("seed", dtype="float16"), "dtype must be one of"),
+    (lambda: build_network("seed").forward(np.zeros((2, 28, 28))), r"must be 4-D \(N, H, W, C\)"),
+    (lambda: build_network("seed").forward(np.zeros((2, 28, 28, 3))), "has 3 channels"),
+    (lambda: build_network("seed").evaluate(np.zeros((2, 28, 28, 1)), np.zeros(3, int)),
+     "x has 2 samples but y has 3"),
+    (lambda: L.Dropout(1.0), r"rate must be in \[0, 1\)"),
+    (lambda: L.Conv2D(0, 3), "in_channels must be a positive integer"),
+    (lambda: softmax_cross_entropy(np.zeros((2, 10)), np.array([0, 10])), r"must lie in \[0, 10\)"),
+])
+def test_bad_input_gets_a_clear_error(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_sequential_of_custom_layers():
+    rng = np.random.default_rng(0)
+    net = Sequential([L.Flatten(), L.Dense(4, 2, rng=rng)], dtype=np.float32, rng=rng)
+    assert net.forward(np.ones((1, 2, 2, 1))).shape == (1, 2)
