@@ -1,0 +1,216 @@
+"""Train a CNN on MNIST from the command line.
+
+    python -m model.train --backend im2col                 # seed architecture, full data, 3 epochs
+    python -m model.train --arch deep --optimizer adam --augment --epochs 10
+    python -m model.train --resume runs/<name>/last.npz --epochs 6
+
+Writes into --out: history.json and history.csv, last.npz (every epoch) and best.npz (lowest test
+loss), predictions.png (10 random test digits, green right / red wrong) and history.png (loss and
+accuracy curves). Ctrl-C saves interrupted.npz and the history, then exits cleanly.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from kernels import BACKEND_NAMES
+from .data import load_mnist, scale, standardize, standardize_stats, subset
+from .network import ARCHITECTURES, DTYPES, build_network, load_network, read_checkpoint
+from .optim import OPTIMIZERS, SCHEDULES, make_optimizer
+from .training import TrainingDiverged, fit, new_history, save_history
+
+DEFAULT_EPOCHS = 3
+DEFAULT_LR = {"sgd": 0.1, "momentum": 0.02, "adam": 1e-3}
+
+
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def positive_float(text):
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def non_negative_float(text):
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m model.train", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--backend", choices=BACKEND_NAMES, default="im2col",
+                   help="conv/pool implementation (naive is the slow reference)")
+    p.add_argument("--arch", choices=ARCHITECTURES, default="seed",
+                   help="seed: conv16-pool-dense128; deep: two conv+BN blocks, dropout")
+    p.add_argument("--epochs", type=non_negative_int, default=DEFAULT_EPOCHS,
+                   help="total epochs (with --resume: train until this many are done)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="mini-batch size")
+    p.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="momentum",
+                   help="update rule (momentum = SGD with momentum 0.9)")
+    p.add_argument("--lr", type=positive_float, default=None,
+                   help="learning rate; default per optimizer: "
+                        + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()))
+    p.add_argument("--weight-decay", type=non_negative_float, default=0.0,
+                   help="L2 penalty on weights (not on biases or BatchNorm scale/shift)")
+    p.add_argument("--schedule", choices=SCHEDULES, default="none",
+                   help="learning-rate schedule over the epochs (step: x0.1 every third of the run)")
+    p.add_argument("--clip-norm", type=positive_float, default=None,
+                   help="clip gradients to this global L2 norm")
+    p.add_argument("--augment", action="store_true",
+                   help="random shifts (up to 2 px) and rotations (up to 10 degrees) of training images")
+    p.add_argument("--standardize", action="store_true",
+                   help="subtract the training-set mean and divide by its std after scaling to [0, 1]")
+    p.add_argument("--early-stop", type=positive_int, default=None, metavar="PATIENCE",
+                   help="stop after PATIENCE epochs without a lower test loss; restore the best weights")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="float precision")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds initialisation, shuffling, augmentation and dropout")
+    p.add_argument("--train-limit", type=positive_int, default=None,
+                   help="use only the first N training images")
+    p.add_argument("--test-limit", type=positive_int, default=None,
+                   help="use only the first N test images")
+    p.add_argument("--data-dir", default=None,
+                   help="directory with the four MNIST IDX files (or mnist.npz); default: $MNIST_DIR, "
+                        "then the user cache, then a verified download")
+    p.add_argument("--out", default=None,
+                   help="output directory (default: runs/<date>_<time>_<arch>_<backend>)")
+    p.add_argument("--resume", default=None, metavar="CHECKPOINT",
+                   help="continue from a checkpoint (e.g. OUT/last.npz) with its optimizer state")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--show", action="store_true", help="also open the plots in a window")
+    return p
+
+
+def prepare_data(args, mean_std=None):
+    """Load, subset, scale (and standardise) MNIST. Returns x/y train/test and (mean, std)."""
+    print("Loading MNIST dataset...")
+    start = time.perf_counter()
+    data = load_mnist(args.data_dir, progress=not args.no_progress)
+    print(f"Dataset loaded successfully! ({time.perf_counter() - start:.2f}s, {data.source})")
+    print(f"  train: {data.x_train.shape}, test: {data.x_test.shape}")
+    x_train, y_train = subset(data.x_train, data.y_train, args.train_limit, "--train-limit")
+    x_test, y_test = subset(data.x_test, data.y_test, args.test_limit, "--test-limit")
+    if args.train_limit or args.test_limit:
+        print(f"  using train: {len(x_train)} of {len(data.x_train)}, "
+              f"test: {len(x_test)} of {len(data.x_test)}")
+    dtype = DTYPES[args.dtype]
+    x_train, x_test = scale(x_train, dtype), scale(x_test, dtype)
+    if args.standardize:
+        mean_std = mean_std or standardize_stats(x_train)
+        x_train, x_test = standardize(x_train, *mean_std), standardize(x_test, *mean_std)
+        print(f"  standardised with training mean {mean_std[0]:.4f}, std {mean_std[1]:.4f}")
+    print(f"  x_train {x_train.shape} {x_train.dtype}, x_test {x_test.shape} {x_test.dtype}")
+    return x_train, y_train.astype(np.intp), x_test, y_test.astype(np.intp), mean_std
+
+
+def resume_state(args):
+    """(net, optimizer, history, saved args) from --resume; the saved run's settings win except
+    --epochs, --backend (any backend can continue any run), --data-dir, --out and display options."""
+    meta, _ = read_checkpoint(args.resume)
+    net, optimizer = load_network(args.resume, backend=args.backend, with_optimizer=True)
+    saved = meta.get("args", {})
+    for key, value in saved.items():
+        if key not in ("epochs", "backend", "data_dir", "out", "resume", "show", "no_progress"):
+            setattr(args, key, value)
+    history = meta.get("history") or new_history()
+    print(f"Resuming {args.resume}: {len(history['epoch'])} epochs done, training to {args.epochs}")
+    return net, optimizer, history
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.resume:
+            net, optimizer, history = resume_state(args)
+            mean_std = tuple(net.meta["standardize"]) if net.meta.get("standardize") else None
+        else:
+            net, optimizer, history, mean_std = None, None, new_history(), None
+        x_train, y_train, x_test, y_test, mean_std = prepare_data(args, mean_std)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if net is None:
+        net = build_network(args.arch, backend=args.backend, dtype=args.dtype, seed=args.seed)
+        lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
+        optimizer = make_optimizer(args.optimizer, lr=lr, weight_decay=args.weight_decay,
+                                   clip_norm=args.clip_norm)
+        args.lr = lr
+    out = Path(args.out or Path("runs") / f"{datetime.now():%Y-%m-%d_%H%M%S}_{args.arch}_{args.backend}")
+    out.mkdir(parents=True, exist_ok=True)
+    run_args = {k: v for k, v in vars(args).items() if k not in ("resume",)}
+    print(f"Model: {args.arch} on backend {args.backend}, {args.dtype}, {args.optimizer} "
+          f"lr {args.lr:g}, batch {args.batch_size}, {args.epochs} epochs")
+
+    def checkpoint(path, **extra):
+        net.save(path, optimizer=optimizer, history=history, args=run_args,
+                 standardize=list(mean_std) if mean_std else None, **extra)
+
+    def on_epoch_end(net, history, is_best):
+        checkpoint(out / "last.npz", epoch=len(history["epoch"]))
+        if is_best or x_test is None:
+            checkpoint(out / "best.npz", epoch=len(history["epoch"]))
+        save_history(history, out / "history.json", out / "history.csv")
+
+    epochs_before = len(history["epoch"])
+    start = time.perf_counter()
+    try:
+        fit(net, x_train, y_train, epochs=args.epochs, optimizer=optimizer,
+            batch_size=args.batch_size, x_test=x_test, y_test=y_test, schedule=args.schedule,
+            base_lr=args.lr, augment=args.augment, early_stop=args.early_stop, history=history,
+            progress=not args.no_progress, on_epoch_end=on_epoch_end)
+    except TrainingDiverged as exc:
+        print(f"error: {exc}. The last good checkpoint is {out / 'last.npz'}.", file=sys.stderr)
+        save_history(history, out / "history.json", out / "history.csv")
+        return 1
+    except KeyboardInterrupt:
+        checkpoint(out / "interrupted.npz", epoch=len(history["epoch"]), interrupted=True)
+        save_history(history, out / "history.json", out / "history.csv")
+        print(f"\nInterrupted: saved {out / 'interrupted.npz'} (weights mid-epoch) and the history; "
+              f"resume exactly from the end of the last full epoch with --resume {out / 'last.npz'}")
+        return 130
+    total = time.perf_counter() - start
+    epochs_run = history["seconds"][epochs_before:]
+    if epochs_run:
+        print(f"Total training time: {total:.2f}s, mean epoch time: {np.mean(epochs_run):.2f}s")
+    write_plots(net, history, x_test, y_test, out, args.show)
+    print(f"Outputs written to {out}/ (history.json, history.csv, last.npz, best.npz, "
+          f"predictions.png, history.png)")
+    print("Experiment completed!")
+    return 0
+
+
+def write_plots(net, history, x_test, y_test, out, show):
+    """predictions.png from 10 random test images and history.png from the curves."""
+    from .plots import plot_history, plot_predictions
+    pick = np.random.default_rng(0).choice(len(x_test), size=min(10, len(x_test)), replace=False)
+    probs = net.predict_proba(x_test[pick])
+    plot_predictions(x_test[pick], y_test[pick], probs.argmax(axis=1), out / "predictions.png",
+                     probs=probs.max(axis=1), show=show)
+    if history["epoch"]:
+        plot_history(history, out / "history.png", show=show)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
