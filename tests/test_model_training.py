@@ -1,0 +1,312 @@
+"""Optimizers, schedules, the training loop and the python -m model.train CLI."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from model import train as train_cli
+from model import training
+from model.layers import Dense, Flatten
+from model.network import Sequential, build_network, load_network
+from model.optim import SGD, Adam, Momentum, clip_by_global_norm, lr_at, make_optimizer
+from model.training import TrainingDiverged, fit
+
+
+# ---- optimizers ------------------------------------------------------------------------------
+def _one_param(opt, p, g, decay=True, steps=1):
+    for _ in range(steps):
+        opt.step([("p", p, g.copy(), decay)])
+    return p
+
+
+def test_sgd_momentum_adam_match_their_formulas():
+    g = np.array([0.5, -2.0])
+    assert np.allclose(_one_param(SGD(0.1), np.array([1.0, 1.0]), g), [0.95, 1.2])
+    # momentum: v1 = g, v2 = 0.9 g + g
+    p = _one_param(Momentum(0.1, momentum=0.9), np.array([1.0, 1.0]), g, steps=2)
+    assert np.allclose(p, 1 - 0.1 * g - 0.1 * 1.9 * g)
+    # Adam's first step moves every coordinate by lr (bias-corrected m / sqrt(v) = sign(g))
+    p = _one_param(Adam(0.01), np.array([1.0, 1.0]), g)
+    assert np.allclose(p, 1 - 0.01 * np.sign(g), atol=1e-7)
+
+
+def test_weight_decay_applies_only_where_asked():
+    w = _one_param(SGD(0.1, weight_decay=0.5), np.array([2.0]), np.array([0.0]), decay=True)
+    b = _one_param(SGD(0.1, weight_decay=0.5), np.array([2.0]), np.array([0.0]), decay=False)
+    assert w[0] == pytest.approx(2 - 0.1 * 0.5 * 2) and b[0] == 2.0
+
+
+def test_network_update_skips_decay_on_biases_and_batchnorm():
+    net = build_network("deep", seed=0)
+    decayed = {key for key, layer, name in net.parameters() if name not in layer.no_decay}
+    assert decayed == {"0.w", "4.w", "9.w", "12.w"}
+
+
+def test_clip_by_global_norm_keeps_direction():
+    grads = [np.array([3.0]), np.array([4.0])]
+    assert clip_by_global_norm(grads, 1.0) == pytest.approx(5.0)
+    assert np.allclose([grads[0][0], grads[1][0]], [0.6, 0.8])
+    small = [np.array([0.3])]
+    clip_by_global_norm(small, 1.0)
+    assert small[0][0] == 0.3
+
+
+def test_schedules():
+    assert [lr_at("none", 1.0, e, 6) for e in range(6)] == [1.0] * 6
+    assert [lr_at("step", 1.0, e, 6) for e in range(6)] == pytest.approx([1, 1, .1, .1, .01, .01])
+    cosine = [lr_at("cosine", 1.0, e, 4) for e in range(4)]
+    assert cosine == pytest.approx([1.0, (1 + math.cos(math.pi / 4)) / 2, 0.5,
+                                    (1 + math.cos(3 * math.pi / 4)) / 2])
+    with pytest.raises(ValueError, match="unknown schedule 'linear'"):
+        lr_at("linear", 1.0, 0, 3)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(name="rmsprop"), "unknown optimizer 'rmsprop'"),
+    (dict(name="sgd", lr=0), "lr must be > 0"),
+    (dict(name="sgd", weight_decay=-1), "weight_decay must be >= 0"),
+    (dict(name="adam", clip_norm=0), "clip_norm must be > 0"),
+])
+def test_optimizer_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make_optimizer(**kwargs)
+
+
+# ---- the training loop on generated data ------------------------------------------------------
+def separable_data(n=256, seed=0, dtype=np.float32):
+    """Ten classes, each a bright 4x4 square at its own place on a 28x28 canvas, plus noise."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 10, n)
+    x = rng.random((n, 28, 28, 1)).astype(dtype) * 0.3
+    for i, label in enumerate(y):
+        r, c = divmod(int(label), 5)
+        x[i, 4 + 10 * r:8 + 10 * r, 2 + 5 * c:6 + 5 * c, 0] += 1
+    return x, y
+
+
+def test_loss_falls_on_generated_data():
+    x, y = separable_data()
+    net = build_network("seed", seed=0)
+    history = fit(net, x, y, epochs=3, optimizer=Momentum(0.02), batch_size=32, x_test=x[:64],
+                  y_test=y[:64], progress=False, log=None)
+    assert history["train_loss"][2] < history["train_loss"][0] * 0.5
+    assert history["test_acc"][-1] > 0.9
+    assert history["epoch"] == [1, 2, 3] and len(history["seconds"]) == 3
+
+
+def test_same_seed_same_history_and_backends_agree():
+    x, y = separable_data(128)
+    runs = {}
+    for backend in ["im2col", "im2col", "einsum", "numba", "naive"]:
+        net = build_network("deep", backend=backend, seed=1)
+        history = fit(net, x, y, epochs=1, optimizer=Adam(1e-3), batch_size=32, x_test=x[:32],
+                      y_test=y[:32], augment=True, progress=False, log=None)
+        runs.setdefault(backend, []).append(history)
+    first, again = runs["im2col"]
+    assert first["train_loss"] == again["train_loss"] and first["test_loss"] == again["test_loss"]
+    for backend in ["einsum", "numba", "naive"]:
+        other = runs[backend][0]
+        assert other["train_loss"] == pytest.approx(first["train_loss"], rel=1e-4), backend
+        assert other["test_loss"] == pytest.approx(first["test_loss"], rel=1e-4), backend
+
+
+def test_nan_loss_stops_before_touching_the_weights():
+    x, y = separable_data(64)
+    x[40] = np.nan                                      # a poisoned image in the first epoch
+    net = build_network("seed", seed=0)
+    before = {k: a.copy() for k, a in net.state_arrays().items()}
+    with pytest.raises(TrainingDiverged, match=r"at epoch 1, batch \d+") as info:
+        fit(net, x, y, epochs=2, optimizer=SGD(0.1), batch_size=64, progress=False, log=None)
+    assert info.value.epoch == 1 and info.value.batch == 1
+    for key, value in net.state_arrays().items():
+        np.testing.assert_array_equal(value, before[key])
+
+
+def test_early_stopping_restores_the_best_weights(monkeypatch):
+    x, y = separable_data(64)
+    net = build_network("seed", seed=0)
+    scripted = iter([(1.0, 0.5), (0.5, 0.8), (0.7, 0.7), (0.9, 0.6), (0.2, 0.9)])
+    snapshots = []
+    monkeypatch.setattr(net, "evaluate", lambda *_: (snapshots.append(
+        {k: a.copy() for k, a in net.state_arrays().items()}), next(scripted))[1])
+    history = fit(net, x, y, epochs=5, optimizer=SGD(0.1), x_test=x, y_test=y, early_stop=2,
+                  progress=False, log=None)
+    assert history["epoch"] == [1, 2, 3, 4]             # best at 2, two worse epochs, stop
+    for key, value in net.state_arrays().items():
+        np.testing.assert_array_equal(value, snapshots[1][key])
+
+
+def test_fit_bad_arguments():
+    x, y = separable_data(8)
+    net = build_network("seed", seed=0)
+    with pytest.raises(ValueError, match="epochs must be a non-negative integer"):
+        fit(net, x, y, epochs=-1, optimizer=SGD(0.1))
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        fit(net, x, y, epochs=1, optimizer=SGD(0.1), batch_size=0)
+    with pytest.raises(ValueError, match="x has 8 samples but y has 7"):
+        fit(net, x, y[:7], epochs=1, optimizer=SGD(0.1))
+
+
+def test_last_partial_batch_is_trained():
+    x, y = separable_data(70)
+    net = Sequential([Flatten(), Dense(784, 10, rng=np.random.default_rng(0))])
+    steps = []
+    original = training._step
+    training._step, restore = (lambda *a: steps.append(len(a[1])) or original(*a)), original
+    try:
+        fit(net, x, y, epochs=1, optimizer=SGD(0.1), batch_size=32, progress=False, log=None)
+    finally:
+        training._step = restore
+    assert steps == [32, 32, 6]
+
+
+# ---- checkpoints ------------------------------------------------------------------------------
+def test_checkpoint_round_trip_keeps_weights_buffers_optimizer_and_rng(tmp_path):
+    x, y = separable_data(64)
+    net = build_network("deep", seed=2)
+    opt = Adam(1e-3, weight_decay=1e-4)
+    fit(net, x, y, epochs=1, optimizer=opt, progress=False, log=None)
+    net.save(tmp_path / "c.npz", optimizer=opt, note="hello")
+    loaded, opt2 = load_network(tmp_path / "c.npz", with_optimizer=True)
+    for key, value in net.state_arrays().items():
+        np.testing.assert_array_equal(loaded.state_arrays()[key], value)
+    assert loaded.meta["note"] == "hello" and loaded.meta["arch"] == "deep"
+    assert opt2.t == opt.t and opt2.weight_decay == 1e-4 and type(opt2) is Adam
+    assert loaded.rng.random() == net.rng.random()
+    np.testing.assert_array_equal(loaded.predict_proba(x), net.predict_proba(x))
+    assert not list(tmp_path.glob(".*tmp"))             # no temp files left behind
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"not a checkpoint", "not a readable convbench checkpoint"),
+    (None, "does not exist"),
+])
+def test_unreadable_checkpoint_is_a_clear_error(tmp_path, content, message):
+    path = tmp_path / "bad.npz"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        load_network(path)
+
+
+# ---- the CLI ----------------------------------------------------------------------------------
+def run_cli(capsys, *argv):
+    code = train_cli.main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def small_mnist_dir(tmp_path_factory):
+    """A generated MNIST-format directory (IDX gz files) so CLI tests need no real data."""
+    import gzip
+    import struct
+    root = tmp_path_factory.mktemp("mnist")
+    for prefix, n in (("train", 200), ("t10k", 100)):
+        x, y = separable_data(n, seed=len(prefix))
+        images = (np.clip(x[..., 0], 0, 1) * 255).astype(np.uint8)
+        with gzip.open(root / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:
+            f.write(struct.pack(">IIII", 0x803, n, 28, 28) + images.tobytes())
+        with gzip.open(root / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
+            f.write(struct.pack(">II", 0x801, n) + y.astype(np.uint8).tobytes())
+    return root
+
+
+def test_cli_prints_the_run_and_writes_every_output(capsys, tmp_path, small_mnist_dir):
+    out = tmp_path / "run"
+    code, stdout, _ = run_cli(capsys, "--data-dir", small_mnist_dir, "--epochs", 2, "--out", out,
+                              "--no-progress", "--batch-size", 32)
+    assert code == 0
+    lines = stdout.splitlines()
+    order = ["Loading MNIST dataset...", "Dataset loaded successfully!", "Epoch 1/2: Train Loss:",
+             "Epoch 2/2: Train Loss:", "Total training time:", "Outputs written to", "Experiment completed!"]
+    positions = [next(i for i, line in enumerate(lines) if line.startswith(text)) for text in order]
+    assert positions == sorted(positions)
+    assert "Test Acc:" in lines[positions[2]] and "Time:" in lines[positions[2]]
+    history = json.loads((out / "history.json").read_text())
+    assert history["epoch"] == [1, 2]
+    assert (out / "history.csv").read_text().splitlines()[0].startswith("epoch,lr,train_loss")
+    for name in ("last.npz", "best.npz", "predictions.png", "history.png"):
+        assert (out / name).stat().st_size > 0, name
+    import matplotlib.image
+    assert matplotlib.image.imread(out / "history.png").ndim == 3
+
+
+def test_resume_matches_an_uninterrupted_run(capsys, tmp_path, small_mnist_dir):
+    common = ["--data-dir", small_mnist_dir, "--no-progress", "--batch-size", 32, "--optimizer",
+              "adam", "--augment", "--arch", "deep", "--schedule", "cosine", "--standardize"]
+    assert run_cli(capsys, *common, "--epochs", 3, "--out", tmp_path / "straight")[0] == 0
+    assert run_cli(capsys, *common, "--epochs", 1, "--out", tmp_path / "part")[0] == 0
+    code, stdout, _ = run_cli(capsys, "--resume", tmp_path / "part" / "last.npz", "--epochs", 3,
+                              "--out", tmp_path / "part", "--no-progress",
+                              "--data-dir", small_mnist_dir)
+    assert code == 0 and "Resuming" in stdout
+    straight = json.loads((tmp_path / "straight" / "history.json").read_text())
+    resumed = json.loads((tmp_path / "part" / "history.json").read_text())
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr"):
+        assert resumed[key] == pytest.approx(straight[key], rel=1e-6), key
+    a = load_network(tmp_path / "straight" / "last.npz").state_arrays()
+    b = load_network(tmp_path / "part" / "last.npz").state_arrays()
+    for key in a:
+        np.testing.assert_allclose(b[key], a[key], rtol=1e-6, atol=1e-7)
+
+
+def test_ctrl_c_saves_a_checkpoint_and_the_history(capsys, tmp_path, small_mnist_dir, monkeypatch):
+    calls = []
+    original = training._train_epoch
+
+    def interrupted_in_epoch_two(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(*args)
+
+    monkeypatch.setattr(training, "_train_epoch", interrupted_in_epoch_two)
+    out = tmp_path / "run"
+    code, stdout, _ = run_cli(capsys, "--data-dir", small_mnist_dir, "--epochs", 3, "--out", out,
+                              "--no-progress")
+    assert code == 130 and "Interrupted" in stdout
+    assert json.loads((out / "history.json").read_text())["epoch"] == [1]
+    assert load_network(out / "interrupted.npz").meta["interrupted"] is True
+    assert load_network(out / "last.npz").meta["epoch"] == 1
+
+
+def test_nan_loss_in_the_cli_names_epoch_and_keeps_the_last_checkpoint(capsys, tmp_path,
+                                                                      small_mnist_dir):
+    out = tmp_path / "run"
+    code, _, stderr = run_cli(capsys, "--data-dir", small_mnist_dir, "--epochs", 3, "--out", out,
+                              "--no-progress", "--optimizer", "sgd", "--lr", "1e30")
+    assert code == 1
+    assert "at epoch" in stderr and "batch" in stderr and "last good checkpoint" in stderr
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--epochs", "-1"], "must be >= 0"),
+    (["--batch-size", "0"], "must be a positive integer"),
+    (["--backend", "cuda"], "invalid choice: 'cuda'"),
+    (["--optimizer", "rmsprop"], "invalid choice: 'rmsprop'"),
+    (["--lr", "-0.1"], "must be > 0"),
+])
+def test_cli_rejects_bad_arguments(capsys, argv, message):
+    with pytest.raises(SystemExit) as info:
+        train_cli.main(argv)
+    assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_cli_unreadable_checkpoint_and_missing_data(capsys, tmp_path):
+    bad = tmp_path / "bad.npz"
+    bad.write_text("garbage")
+    code, _, err = run_cli(capsys, "--resume", bad, "--data-dir", tmp_path)
+    assert code == 2 and "not a readable convbench checkpoint" in err
+    code, _, err = run_cli(capsys, "--data-dir", tmp_path / "nowhere")
+    assert code == 2 and "nowhere" in err
+
+
+def test_real_mnist_2000_images_reach_90_percent_in_two_epochs(capsys, tmp_path, mnist_dir):
+    out = tmp_path / "run"
+    code, stdout, _ = run_cli(capsys, "--data-dir", mnist_dir, "--train-limit", 2000,
+                              "--epochs", 2, "--out", out, "--no-progress", "--lr", "0.05")
+    assert code == 0
+    history = json.loads((out / "history.json").read_text())
+    assert history["test_acc"][-1] >= 0.90, stdout
