@@ -83,18 +83,21 @@ def maxpool2d_forward(x, size=2, stride=None):
     y = offsets[0].copy()
     for candidate in offsets[1:]:
         np.maximum(y, candidate, out=y)             # propagates NaN, as np.argmax picks NaN
-    # The argmax is the first offset equal to the maximum (or NaN where the maximum is NaN).
-    # Walking the offsets backwards with np.where lets the earliest match overwrite later ones;
-    # this avoids boolean-mask writes, which cost ~8x more than np.where on random masks.
+    # The argmax counts the offsets passed before the first one equal to the maximum (or NaN where
+    # the maximum is NaN): a running "still searching" mask, added up as 0/1. Per offset that is
+    # one compare, one AND and one add on small arrays, ~6x cheaper than np.where with a scalar
+    # (which broadcasts slowly) and far cheaper than boolean-mask writes.
     index_dtype = np.uint8 if g.kh * g.kw < 256 else np.intp
-    argmax = np.zeros(g.y_shape, dtype=index_dtype)
     y_is_nan = np.isnan(y)
     y_is_nan = y_is_nan if y_is_nan.any() else None     # the common case skips the NaN passes
-    for k in range(g.kh * g.kw - 1, -1, -1):
-        match = offsets[k] == y
+    argmax = np.zeros(g.y_shape, dtype=index_dtype)
+    searching = np.ones(g.y_shape, dtype=bool)
+    for candidate in offsets[:-1]:                  # past the last offset nothing is left to find
+        missed = candidate != y
         if y_is_nan is not None:
-            match |= y_is_nan & np.isnan(offsets[k])
-        argmax = np.where(match, index_dtype(k), argmax)
+            missed &= ~(y_is_nan & np.isnan(candidate))
+        searching &= missed
+        argmax += searching
     return y, {"geometry": g, "argmax": argmax}
 
 
