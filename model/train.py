@@ -25,7 +25,7 @@ from .optim import OPTIMIZERS, SCHEDULES, make_optimizer
 from .training import TrainingDiverged, fit, new_history, save_history
 
 DEFAULT_EPOCHS = 3
-DEFAULT_LR = {"sgd": 0.1, "momentum": 0.02, "adam": 1e-3}
+DEFAULT_LR = {"sgd": 0.1, "momentum": 0.05, "adam": 1e-3}
 
 
 def positive_int(text):
@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                         + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()))
     p.add_argument("--weight-decay", type=non_negative_float, default=0.0,
                    help="L2 penalty on weights (not on biases or BatchNorm scale/shift)")
-    p.add_argument("--schedule", choices=SCHEDULES, default="none",
+    p.add_argument("--schedule", choices=SCHEDULES, default="cosine",
                    help="learning-rate schedule over the epochs (step: x0.1 every third of the run)")
     p.add_argument("--clip-norm", type=positive_float, default=None,
                    help="clip gradients to this global L2 norm")
