@@ -306,7 +306,7 @@ def test_cli_unreadable_checkpoint_and_missing_data(capsys, tmp_path):
 def test_real_mnist_2000_images_reach_90_percent_in_two_epochs(capsys, tmp_path, mnist_dir):
     out = tmp_path / "run"
     code, stdout, _ = run_cli(capsys, "--data-dir", mnist_dir, "--train-limit", 2000,
-                              "--epochs", 2, "--out", out, "--no-progress")
+                              "--epochs", 2, "--batch-size", 32, "--out", out, "--no-progress")
     assert code == 0
     history = json.loads((out / "history.json").read_text())
     assert history["test_acc"][-1] >= 0.90, stdout
