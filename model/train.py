@@ -70,8 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="momentum",
                    help="update rule (momentum = SGD with momentum 0.9)")
     p.add_argument("--lr", type=positive_float, default=None,
-                   help="learning rate; default per optimizer: "
-                        + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()))
+                   help="learning rate (None = the optimizer's default: "
+                        + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
     p.add_argument("--weight-decay", type=non_negative_float, default=0.0,
                    help="L2 penalty on weights (not on biases or BatchNorm scale/shift)")
     p.add_argument("--schedule", choices=SCHEDULES, default="cosine",
@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="directory with the four MNIST IDX files (or mnist.npz); default: $MNIST_DIR, "
                         "then the user cache, then a verified download")
     p.add_argument("--out", default=None,
-                   help="output directory (default: runs/<date>_<time>_<arch>_<backend>)")
+                   help="output directory (None = runs/<date>_<time>_<arch>_<backend>)")
     p.add_argument("--resume", default=None, metavar="CHECKPOINT",
                    help="continue from a checkpoint (e.g. OUT/last.npz) with its optimizer state")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
