@@ -21,6 +21,9 @@ import numpy as np
 from numba import njit, prange
 
 from ._common import check_grad, conv_geometry, pool_geometry
+from ._memory import keep_freed_memory
+
+keep_freed_memory()   # reuse freed pages: a step's big arrays would page-fault afresh
 
 # reassoc lets LLVM vectorise the dX dot product over C_out; nnan/ninf are deliberately not enabled,
 # so NaN and inf keep their IEEE meaning (NaN inputs propagate).
