@@ -30,6 +30,26 @@ keep_freed_memory()   # reuse freed pages: a step's big arrays would page-fault 
 _CONV_JIT = dict(cache=True, parallel=True, fastmath={"reassoc", "contract"})
 _POOL_JIT = dict(cache=True, parallel=True)
 
+# Below this many multiply-adds (conv) or elements (pooling) a kernel runs on the calling thread
+# alone. Such a kernel takes ~2 ms or less serially, and a parallel region is only as fast as its
+# slowest thread: on a small machine the other core is often busy (OpenBLAS workers spin for
+# ~0.1 s after every GEMM, other processes run), and then each region waits a scheduler slice.
+# Measured on 2 vCPUs, one `seed` training step (batch 64) with 2 numba threads took 32-140 ms
+# with the other core busy, against 7.5 ms with these kernels serial.
+PARALLEL_MIN_WORK = 1 << 24
+
+
+def _launch(kernel, work, *args):
+    """Call a prange kernel on all numba threads if `work` is large, else on this thread only."""
+    threads = numba.get_num_threads()
+    if threads == 1 or work >= PARALLEL_MIN_WORK:
+        return kernel(*args)
+    numba.set_num_threads(1)       # thread-local, costs ~1 us
+    try:
+        return kernel(*args)
+    finally:
+        numba.set_num_threads(threads)
+
 
 @njit(cache=True)
 def _valid_columns(j, pw, sw, wd, out_w):
@@ -229,7 +249,7 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0):
     x, w = np.ascontiguousarray(x), np.ascontiguousarray(w)
     bias = np.zeros(g.c_out, dtype=g.dtype) if b is None else np.ascontiguousarray(b)
     y = np.empty(g.y_shape, dtype=g.dtype)
-    _conv_forward(x, w, bias, g.sh, g.sw, g.ph, g.pw, y)
+    _launch(_conv_forward, g.flops // 2, x, w, bias, g.sh, g.sw, g.ph, g.pw, y)
     return y, {"geometry": g, "x": x, "w": w}
 
 
@@ -242,16 +262,17 @@ def conv2d_backward(dy, ctx, need_dx=True):
     check_grad(dy, g.y_shape, g.dtype)
     dy = np.ascontiguousarray(dy)
     # one partial dW per thread (at most one per (n, output row) so none is left empty)
-    n_parts = max(1, min(numba.get_num_threads(), g.n * g.out_h))
+    threads = numba.get_num_threads() if g.flops // 2 >= PARALLEL_MIN_WORK else 1
+    n_parts = max(1, min(threads, g.n * g.out_h))
     dw_parts = np.zeros((n_parts,) + g.w_shape, dtype=g.dtype)
     db_parts = np.zeros((n_parts, g.c_out), dtype=g.dtype)   # fused: dy is read once, not twice
-    _conv_dw_db(x, dy, g.sh, g.sw, g.ph, g.pw, dw_parts, db_parts)
+    _launch(_conv_dw_db, g.flops // 2, x, dy, g.sh, g.sw, g.ph, g.pw, dw_parts, db_parts)
     dw = dw_parts.sum(axis=0)
     db = db_parts.sum(axis=0) if g.has_bias else None
     if not need_dx:
         return None, dw, db
     dx = np.zeros(g.x_shape, dtype=g.dtype)
-    _conv_dx(dy, w, g.sh, g.sw, g.ph, g.pw, dx)
+    _launch(_conv_dx, g.flops // 2, dy, w, g.sh, g.sw, g.ph, g.pw, dx)
     return dx, dw, db
 
 
@@ -260,7 +281,7 @@ def maxpool2d_forward(x, size=2, stride=None):
     g = pool_geometry(x, size, stride)
     y = np.empty(g.y_shape, dtype=g.dtype)
     argmax = np.empty(g.y_shape, dtype=np.intp)   # flat index kh*KW + kw inside each window
-    _maxpool_forward(np.ascontiguousarray(x), g.kh, g.kw, g.sh, g.sw, y, argmax)
+    _launch(_maxpool_forward, x.size, np.ascontiguousarray(x), g.kh, g.kw, g.sh, g.sw, y, argmax)
     return y, {"geometry": g, "argmax": argmax}
 
 
@@ -269,7 +290,7 @@ def maxpool2d_backward(dy, ctx):
     g, argmax = ctx["geometry"], ctx["argmax"]
     check_grad(dy, g.y_shape, g.dtype)
     dx = np.zeros(g.x_shape, dtype=g.dtype)
-    _maxpool_backward(np.ascontiguousarray(dy), argmax, g.kw, g.sh, g.sw, dx)
+    _launch(_maxpool_backward, dx.size, np.ascontiguousarray(dy), argmax, g.kw, g.sh, g.sw, dx)
     return dx
 
 
@@ -278,7 +299,7 @@ def avgpool2d_forward(x, size=2, stride=None):
     g = pool_geometry(x, size, stride)
     y = np.empty(g.y_shape, dtype=g.dtype)
     scale = g.dtype.type(1.0 / (g.kh * g.kw))
-    _avgpool_forward(np.ascontiguousarray(x), g.kh, g.kw, g.sh, g.sw, scale, y)
+    _launch(_avgpool_forward, x.size, np.ascontiguousarray(x), g.kh, g.kw, g.sh, g.sw, scale, y)
     return y, {"geometry": g}
 
 
@@ -288,7 +309,8 @@ def avgpool2d_backward(dy, ctx):
     check_grad(dy, g.y_shape, g.dtype)
     dx = np.zeros(g.x_shape, dtype=g.dtype)
     scale = g.dtype.type(1.0 / (g.kh * g.kw))
-    _avgpool_backward(np.ascontiguousarray(dy), g.kh, g.kw, g.sh, g.sw, scale, dx)
+    _launch(_avgpool_backward, dx.size, np.ascontiguousarray(dy), g.kh, g.kw, g.sh, g.sw, scale,
+            dx)
     return dx
 
 
