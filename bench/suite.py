@@ -166,7 +166,8 @@ def run_epoch(opts: Options, backends, bar) -> dict:
             row["status"] = _error(exc)
         rows.append(row)
         bar.update(1)
-    return {"data": source, "samples": len(x), "batch_size": 64, "dtype": "float32", "rows": rows}
+    return {"data": source, "samples": len(x), "batch_size": 64, "dtype": "float32",
+            "blas_threads": epoch_mod.BLAS_THREADS, "rows": rows}
 
 
 def run_fitconv(opts: Options, backends, bar) -> dict:
