@@ -83,3 +83,17 @@ def pool_cases(draw):
     out_h, out_w = (h - kh) // sh + 1, (w - kw) // sw + 1
     return dict(x_shape=(n, h, w, c), size=size, stride=stride, y_shape=(n, out_h, out_w, c),
                 seed=draw(st.integers(0, 2**32 - 1)))
+
+
+def numeric_grad(loss, a, eps=1e-6):
+    """Central-difference gradient of the scalar function loss() w.r.t. every entry of a (in place)."""
+    grad = np.empty_like(a)
+    for idx in np.ndindex(a.shape):
+        original = a[idx]
+        a[idx] = original + eps
+        plus = loss()
+        a[idx] = original - eps
+        minus = loss()
+        a[idx] = original
+        grad[idx] = (plus - minus) / (2 * eps)
+    return grad

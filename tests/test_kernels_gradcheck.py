@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from kernels import get_backend
-from kernels_helpers import BACKENDS
+from kernels_helpers import BACKENDS, numeric_grad
 
 EPS = 1e-6
 # central differences in float64 are accurate to ~eps^2 * |L'''| + rounding / eps ~ 1e-9 here
@@ -26,20 +26,6 @@ POOL_CONFIGS = [  # x shape, size, stride
     ((1, 7, 5, 3), (3, 2), (2, 1)),
     ((2, 5, 5, 1), 3, 1),   # overlapping windows: one input can be the max of several
 ]
-
-
-def numeric_grad(loss, a):
-    """Central-difference gradient of the scalar function loss() w.r.t. every entry of a (in place)."""
-    grad = np.empty_like(a)
-    for idx in np.ndindex(a.shape):
-        original = a[idx]
-        a[idx] = original + EPS
-        plus = loss()
-        a[idx] = original - EPS
-        minus = loss()
-        a[idx] = original
-        grad[idx] = (plus - minus) / (2 * EPS)
-    return grad
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -2,23 +2,10 @@
 import numpy as np
 import pytest
 
+from kernels_helpers import numeric_grad
 from model import layers as L
 from model.losses import mse, softmax, softmax_cross_entropy
 from model.network import Sequential, build_network
-
-
-def numeric_grad(f, a, eps=1e-6):
-    """Central differences of the scalar f() with respect to every element of a (in place)."""
-    grad = np.zeros_like(a)
-    for i in np.ndindex(a.shape):
-        old = a[i]
-        a[i] = old + eps
-        plus = f()
-        a[i] = old - eps
-        minus = f()
-        a[i] = old
-        grad[i] = (plus - minus) / (2 * eps)
-    return grad
 
 
 def check_layer(layer, x, training=True, rtol=1e-6):
