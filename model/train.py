@@ -146,6 +146,16 @@ def resume_state(args):
     return net, optimizer, history
 
 
+def best_weights(out):
+    """The best epoch's arrays from OUT/best.npz, so early stopping after --resume can restore
+    them; None when there is no such file."""
+    path = Path(out) / "best.npz"
+    if not path.is_file():
+        return None
+    _, arrays = read_checkpoint(path)
+    return {k: v for k, v in arrays.items() if not k.startswith("optim/")}
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -186,6 +196,7 @@ def main(argv=None) -> int:
         fit(net, x_train, y_train, epochs=args.epochs, optimizer=optimizer,
             batch_size=args.batch_size, x_test=x_test, y_test=y_test, schedule=args.schedule,
             base_lr=args.lr, augment=args.augment, early_stop=args.early_stop, history=history,
+            best_state=best_weights(out) if args.resume and args.early_stop else None,
             progress=not args.no_progress, on_epoch_end=on_epoch_end)
     except TrainingDiverged as exc:
         print(f"error: {exc}. The last good checkpoint is {out / 'last.npz'}.", file=sys.stderr)

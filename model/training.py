@@ -41,13 +41,14 @@ def new_history() -> dict:
 
 
 def fit(net, x, y, epochs, optimizer, batch_size=64, x_test=None, y_test=None, schedule="none",
-        base_lr=None, augment=False, early_stop=None, history=None, progress=True,
-        on_epoch_end=None, log=print):
+        base_lr=None, augment=False, early_stop=None, history=None, best_state=None,
+        progress=True, on_epoch_end=None, log=print):
     """Train `net` in place until `epochs` epochs are in the history (a resumed run passes its
     history and continues from len(history['epoch'])).
 
     x: (N, 28, 28, 1) of net.dtype; y: (N,) labels or (N, 10) one-hot. `early_stop` = patience in
-    epochs without a lower test loss; when it triggers, the best weights are restored.
+    epochs without a lower test loss; when it triggers, the best weights are restored (a resumed
+    run passes them as `best_state`, net.state_arrays() of the best epoch, e.g. from best.npz).
     `on_epoch_end(net, history, is_best)` runs after each epoch (the CLI writes checkpoints there).
     Raises TrainingDiverged on a NaN/Inf loss, before the bad step is applied to the weights.
     """
@@ -62,7 +63,7 @@ def fit(net, x, y, epochs, optimizer, batch_size=64, x_test=None, y_test=None, s
     history = new_history() if history is None else history
     base_lr = optimizer.lr if base_lr is None else base_lr
     labels = _labels(y)
-    best_loss, best_state, waited = _best_so_far(history)
+    best_loss, waited = _best_so_far(history)
     for epoch in range(len(history["epoch"]), epochs):
         optimizer.lr = lr_at(schedule, base_lr, epoch, epochs)
         start = time.perf_counter()
@@ -99,12 +100,12 @@ def _finite(values):
 
 
 def _best_so_far(history):
-    """(best test loss, best weights, epochs since it) from a resumed history; weights unknown."""
+    """(best test loss, epochs since it) from a resumed history."""
     losses = _finite(history["test_loss"])
     if not losses:
-        return math.inf, None, 0
+        return math.inf, 0
     best = int(np.argmin(losses))
-    return losses[best], None, len(losses) - 1 - best
+    return losses[best], len(losses) - 1 - best
 
 
 def _train_epoch(net, x, labels, optimizer, batch_size, augment, epoch, epochs, progress):
