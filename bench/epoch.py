@@ -18,7 +18,6 @@ from kernels import get_backend
 # naive runs ~0.15 s per batch of 64 here: a full epoch would take minutes, so it is timed on a
 # few batches and extrapolated (and marked so in the report).
 EXTRAPOLATE_BACKENDS = {"naive": 8}
-BLAS_THREADS = 1
 FITCONV_SHAPE = (100, 3, 28, 28)       # seed 003: samples, channels, height, width (NCHW)
 FITCONV_KERNELS, FITCONV_KSIZE, FITCONV_LR = 2, 2, 0.1
 
@@ -58,6 +57,7 @@ def epoch_seconds(backend: str, x, y_onehot, batch_size: int = 64, seed: int = 0
     """
     from model.network import build_network
     from model.optim import Momentum
+    from model.training import blas_threads_for
     module = get_backend(backend)
     if hasattr(module, "warmup"):
         module.warmup()
@@ -67,9 +67,8 @@ def epoch_seconds(backend: str, x, y_onehot, batch_size: int = 64, seed: int = 0
     starts = list(range(0, len(x), batch_size))
     limit = EXTRAPOLATE_BACKENDS.get(backend)
     timed = starts if limit is None or limit >= len(starts) else starts[:limit]
-    # One BLAS thread, as `python -m model.train` runs: on 2 cores a second OpenBLAS thread gains
-    # little for these small GEMMs and its busy-waiting slows everything else (step 8.7 -> 5.3 ms).
-    with threadpool_limits(limits=BLAS_THREADS, user_api="blas"):
+    # The BLAS thread count `python -m model.train` uses for this backend (1 for numba)
+    with threadpool_limits(limits=blas_threads_for(backend), user_api="blas"):
         net.train_step(x[order[:batch_size]], y_onehot[order[:batch_size]], opt)   # warm-up
         start = time.perf_counter()
         for i in timed:

@@ -156,9 +156,9 @@ def epoch_section(results: dict) -> str:
     return "\n".join([
         "## Training epoch (`seed` model, 60 000 images, batch 64, float32, SGD momentum)", "",
         f"Data: {ep['data']}. Seconds for one epoch ({ep['samples']} images timed; scaled to 60 000 "
-        "when fewer). / PyTorch: time ratio, >1 = slower than PyTorch. The NumPy backends run with "
-        f"{ep.get('blas_threads', 'default')} BLAS thread(s), as `python -m model.train` does; "
-        "PyTorch and Keras with 2 threads.", "",
+        "when fewer). / PyTorch: time ratio, >1 = slower than PyTorch. BLAS threads for the NumPy "
+        f"backends: {ep.get('blas_threads', 'default')}, as `python -m model.train` runs them; "
+        "PyTorch and Keras use 2 threads.", "",
         table(["implementation", "seconds / epoch", "how", "/ PyTorch"], body), "",
         f"![epoch]({PLOTS['epoch']})"])
 

@@ -31,12 +31,13 @@ _CONV_JIT = dict(cache=True, parallel=True, fastmath={"reassoc", "contract"})
 _POOL_JIT = dict(cache=True, parallel=True)
 
 # Below this many multiply-adds (conv) or elements (pooling) a kernel runs on the calling thread
-# alone. Such a kernel takes ~2 ms or less serially, and a parallel region is only as fast as its
-# slowest thread: on a small machine the other core is often busy (OpenBLAS workers spin for
-# ~0.1 s after every GEMM, other processes run), and then each region waits a scheduler slice.
-# Measured on 2 vCPUs, one `seed` training step (batch 64) with 2 numba threads took 32-140 ms
-# with the other core busy, against 7.5 ms with these kernels serial.
-PARALLEL_MIN_WORK = 1 << 24
+# alone: a parallel region is only as fast as its slowest thread, and for a tiny kernel the
+# hand-off costs more than the second core saves. Above it, both cores help, provided the other
+# core is free: OpenBLAS workers spin for ~0.1 s after every GEMM, so the trainer runs the numba
+# backend with one BLAS thread (model.training.blas_threads_for). Measured on 2 vCPUs, one `seed`
+# training step (batch 64, 1 BLAS thread): 6.45 ms with its kernels serial (threshold 2**24),
+# 4.80 ms parallel (2**20); with 2 spinning BLAS threads, parallel took 8.0 ms.
+PARALLEL_MIN_WORK = 1 << 20
 
 
 def _launch(kernel, work, *args):

@@ -10,14 +10,7 @@ accuracy curves). Ctrl-C saves interrupted.npz and the history, then exits clean
 """
 from __future__ import annotations
 
-import os
-
-# Before numpy loads OpenBLAS: on a 2-core machine, a second BLAS thread gains little for these
-# small GEMMs, and its busy-waiting after each one slows the main thread (seed step, im2col:
-# 8.7 -> 5.3 ms). Set OPENBLAS_NUM_THREADS yourself to override.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
-import argparse  # noqa: E402
+import argparse
 import sys
 import time
 from datetime import datetime
@@ -105,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output directory (None = runs/<date>_<time>_<arch>_<backend>)")
     p.add_argument("--resume", default=None, metavar="CHECKPOINT",
                    help="continue from a checkpoint (e.g. OUT/last.npz) with its optimizer state")
+    p.add_argument("--blas-threads", type=positive_int, default=None,
+                   help="BLAS threads (None = 1 for numba, whose kernels need the other core; "
+                        "the BLAS default otherwise)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--show", action="store_true", help="also open the plots in a window")
     return p
@@ -197,7 +193,8 @@ def main(argv=None) -> int:
             batch_size=args.batch_size, x_test=x_test, y_test=y_test, schedule=args.schedule,
             base_lr=args.lr, augment=args.augment, early_stop=args.early_stop, history=history,
             best_state=best_weights(out) if args.resume and args.early_stop else None,
-            progress=not args.no_progress, on_epoch_end=on_epoch_end)
+            progress=not args.no_progress, on_epoch_end=on_epoch_end,
+            blas_threads=args.blas_threads or "auto")
     except TrainingDiverged as exc:
         print(f"error: {exc}. The last good checkpoint is {out / 'last.npz'}.", file=sys.stderr)
         save_history(history, out / "history.json", out / "history.csv")
