@@ -210,8 +210,11 @@ def main(argv=None) -> int:
     if epochs_run:
         print(f"Total training time: {total:.2f}s, mean epoch time: {np.mean(epochs_run):.2f}s")
     write_plots(net, history, x_test, y_test, out, args.show)
-    print(f"Outputs written to {out}/ (history.json, history.csv, last.npz, best.npz, "
-          f"predictions.png, history.png)")
+    if not history["epoch"]:
+        net.save(out / "last.npz", optimizer=optimizer, history=history, args=run_args, epoch=0,
+                 standardize=list(mean_std) if mean_std else None)
+    written = sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.startswith("."))
+    print(f"Outputs written to {out}/ ({', '.join(written)})")
     print("Experiment completed!")
     return 0
 
