@@ -123,6 +123,8 @@ CASES: dict[str, Case] = {c.name: c for c in [
          description="deep model first conv, batch 64"),
     Case("deep_conv2", "conv", 64, 14, 14, 32, 64, k=3, padding=1,
          description="deep model second conv, batch 64"),
+    Case("mid", "conv", 64, 14, 14, 16, 32, k=3, padding=1,
+         description="mid-sized conv named by the kernels issue's GFLOP/s target"),
     Case("fit003", "conv", 100, 28, 28, 3, 2, k=2, padding=0,
          description="seed 003 .npy conv-kernel fit, all 100 samples at once"),
     Case("stride2", "conv", 64, 28, 28, 16, 32, k=3, stride=2, padding=1,
