@@ -167,7 +167,7 @@ def run_epoch(opts: Options, backends, bar) -> dict:
         rows.append(row)
         bar.update(1)
     return {"data": source, "samples": len(x), "batch_size": 64, "dtype": "float32",
-            "blas_threads": "1 for numba, the BLAS default (2) otherwise", "rows": rows}
+            "blas_threads": 1, "rows": rows}
 
 
 def run_fitconv(opts: Options, backends, bar) -> dict:

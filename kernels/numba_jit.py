@@ -33,8 +33,8 @@ _POOL_JIT = dict(cache=True, parallel=True)
 # Below this many multiply-adds (conv) or elements (pooling) a kernel runs on the calling thread
 # alone: a parallel region is only as fast as its slowest thread, and for a tiny kernel the
 # hand-off costs more than the second core saves. Above it, both cores help, provided the other
-# core is free: OpenBLAS workers spin for ~0.1 s after every GEMM, so the trainer runs the numba
-# backend with one BLAS thread (model.training.blas_threads_for). Measured on 2 vCPUs, one `seed`
+# core is free: OpenBLAS workers spin for ~0.1 s after every GEMM, so the trainer runs with one
+# BLAS thread (model.training.blas_threads_for). Measured on 2 vCPUs, one `seed`
 # training step (batch 64, 1 BLAS thread): 6.45 ms with its kernels serial (threshold 2**24),
 # 4.80 ms parallel (2**20); with 2 spinning BLAS threads, parallel took 8.0 ms.
 PARALLEL_MIN_WORK = 1 << 20

@@ -99,8 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default=None, metavar="CHECKPOINT",
                    help="continue from a checkpoint (e.g. OUT/last.npz) with its optimizer state")
     p.add_argument("--blas-threads", type=positive_int, default=None,
-                   help="BLAS threads (None = 1 for numba, whose kernels need the other core; "
-                        "the BLAS default otherwise)")
+                   help="BLAS threads (None = 1: the model's GEMMs are small, and idle OpenBLAS "
+                        "workers busy-wait on the core the rest of the step needs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--show", action="store_true", help="also open the plots in a window")
     return p
