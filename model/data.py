@@ -407,7 +407,7 @@ def one_hot(labels: np.ndarray, num_classes: int = NUM_CLASSES, dtype=np.float32
     bad = (labels < 0) | (labels >= num_classes)
     if bad.any():
         i = int(np.argmax(bad))
-        raise ValueError(f"labels must be in [0, {num_classes}): labels[{i}] = {labels[i]} "
+        raise ValueError(f"labels must lie in [0, {num_classes}): labels[{i}] = {labels[i]} "
                          f"({int(bad.sum())} out of range)")
     out = np.zeros((len(labels), num_classes), dtype=dtype)
     out[np.arange(len(labels)), labels] = 1

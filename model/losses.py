@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .data import one_hot
+
 
 def _shift(logits):
     """logits - row max, kept finite: a gap wider than the dtype's range (e.g. -3e38 - 3e38 in
@@ -34,12 +36,7 @@ def as_one_hot(y, num_classes: int, dtype):
     """y: (N,) integer labels or (N, K) one-hot/soft targets -> (N, K) of `dtype`."""
     y = np.asarray(y)
     if y.ndim == 1:
-        if not np.issubdtype(y.dtype, np.integer):
-            raise ValueError(f"labels y of shape {y.shape} must be integers, got dtype {y.dtype}")
-        if y.size and (y.min() < 0 or y.max() >= num_classes):
-            raise ValueError(f"labels y must lie in [0, {num_classes}), got values from "
-                             f"{y.min()} to {y.max()}")
-        return np.eye(num_classes, dtype=dtype)[y]
+        return one_hot(y, num_classes, dtype)
     if y.ndim != 2 or y.shape[1] != num_classes:
         raise ValueError(f"targets y must be (N,) labels or (N, {num_classes}) one-hot, "
                          f"got shape {y.shape}")

@@ -13,13 +13,13 @@ so they load with `allow_pickle=False` and are written atomically.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+import math
 from pathlib import Path
 
 import numpy as np
 
 from . import layers as L
+from .atomic import write_atomically
 from .losses import softmax, softmax_cross_entropy
 from .optim import OPTIMIZERS, Optimizer
 
@@ -58,6 +58,14 @@ def resolve_dtype(dtype) -> np.dtype:
     if dtype not in (np.float32, np.float64):
         raise ValueError(f"dtype must be float32 or float64, got {dtype}")
     return dtype
+
+
+class NonFiniteLoss(FloatingPointError):
+    """A training step's loss was NaN or infinite (`loss`); the step was not applied."""
+
+    def __init__(self, loss: float):
+        super().__init__(f"loss became {loss}")
+        self.loss = loss
 
 
 def build_network(arch="seed", backend="im2col", dtype=np.float32, seed=0) -> "Sequential":
@@ -117,9 +125,12 @@ class Sequential:
         """One mini-batch: forward (training mode), cross-entropy, backward, update.
 
         xb: (B, 28, 28, 1); yb: (B, 10) one-hot or (B,) labels. Returns (mean loss, number correct).
+        Raises NonFiniteLoss, leaving the weights untouched, when the loss is NaN or infinite.
         """
         logits = self.forward(xb, training=True)
         loss, dlogits = softmax_cross_entropy(logits, yb)
+        if not math.isfinite(loss):          # checked before the update: NaN never reaches weights
+            raise NonFiniteLoss(loss)
         self.backward(dlogits)
         self.update(optimizer)
         return loss, int((logits.argmax(axis=1) == _labels(yb)).sum())
@@ -182,8 +193,6 @@ class Sequential:
     def save(self, path, optimizer: Optimizer | None = None, **meta):
         """Write an .npz checkpoint atomically (temp file + rename): a crash mid-write leaves the
         previous checkpoint intact. `meta` (JSON-able) is stored beside the network's own."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         info = {**self.meta, **meta, "rng_state": self.rng.bit_generator.state,
                 "layers": [repr(layer) for layer in self.layers]}
         arrays = dict(self.state_arrays())
@@ -192,8 +201,7 @@ class Sequential:
             info["optimizer"] = scalars
             arrays.update({f"optim/{name}": a for name, a in slots.items()})
         arrays["meta"] = np.array(json.dumps(info, default=_json_default))
-        write_atomically(path, lambda f: np.savez(f, **arrays))
-        return path
+        return write_atomically(path, lambda f: np.savez(f, **arrays))
 
 
 def _json_default(value):
@@ -202,19 +210,6 @@ def _json_default(value):
     if isinstance(value, np.ndarray):
         return value.tolist()
     raise TypeError(f"cannot store {type(value).__name__} in checkpoint metadata")
-
-
-def write_atomically(path, write):
-    """Call write(file object) on a temp file beside `path`, then rename it over `path`."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_checkpoint(path) -> tuple[dict, dict[str, np.ndarray]]:

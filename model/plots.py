@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import matplotlib
 import numpy as np
+
+from .atomic import write_atomically
 
 
 def display_available() -> bool:
@@ -75,19 +76,8 @@ def save_figure(fig: Figure, path) -> Path:
 
     Written to a temp file in the same directory, then os.replace'd: a reader never sees half a PNG.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fmt = path.suffix[1:].lower() or "png"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format=fmt, dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    fmt = Path(path).suffix[1:].lower() or "png"
+    return write_atomically(path, lambda f: fig.savefig(f, format=fmt, dpi=100))
 
 
 def _finish(fig: Figure, path, show: bool) -> Path:

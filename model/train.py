@@ -22,7 +22,7 @@ from kernels import BACKEND_NAMES
 from .data import load_mnist, scale, standardize, standardize_stats, subset
 from .network import ARCHITECTURES, DTYPES, build_network, load_network, read_checkpoint
 from .optim import OPTIMIZERS, SCHEDULES, make_optimizer
-from .training import TrainingDiverged, fit, new_history, save_history
+from .training import TRAIN_BLAS_THREADS, TrainingDiverged, fit, new_history, save_history
 
 DEFAULT_EPOCHS = 3
 DEFAULT_LR = {"sgd": 0.1, "momentum": 0.05, "adam": 1e-3}
@@ -98,9 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output directory (None = runs/<date>_<time>_<arch>_<backend>)")
     p.add_argument("--resume", default=None, metavar="CHECKPOINT",
                    help="continue from a checkpoint (e.g. OUT/last.npz) with its optimizer state")
-    p.add_argument("--blas-threads", type=positive_int, default=None,
-                   help="BLAS threads (None = 1: the model's GEMMs are small, and idle OpenBLAS "
-                        "workers busy-wait on the core the rest of the step needs)")
+    p.add_argument("--blas-threads", type=positive_int, default=TRAIN_BLAS_THREADS,
+                   help="BLAS threads: the model's GEMMs are small, and idle OpenBLAS workers "
+                        "busy-wait on the core the rest of the step needs")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--show", action="store_true", help="also open the plots in a window")
     return p
@@ -180,11 +180,14 @@ def main(argv=None) -> int:
         net.save(path, optimizer=optimizer, history=history, args=run_args,
                  standardize=list(mean_std) if mean_std else None, **extra)
 
+    def write_history():
+        save_history(history, out / "history.json", out / "history.csv")
+
     def on_epoch_end(net, history, is_best):
         checkpoint(out / "last.npz", epoch=len(history["epoch"]))
-        if is_best or x_test is None:
+        if is_best:
             checkpoint(out / "best.npz", epoch=len(history["epoch"]))
-        save_history(history, out / "history.json", out / "history.csv")
+        write_history()
 
     epochs_before = len(history["epoch"])
     start = time.perf_counter()
@@ -194,14 +197,14 @@ def main(argv=None) -> int:
             base_lr=args.lr, augment=args.augment, early_stop=args.early_stop, history=history,
             best_state=best_weights(out) if args.resume and args.early_stop else None,
             progress=not args.no_progress, on_epoch_end=on_epoch_end,
-            blas_threads=args.blas_threads or "auto")
+            blas_threads=args.blas_threads)
     except TrainingDiverged as exc:
         print(f"error: {exc}. The last good checkpoint is {out / 'last.npz'}.", file=sys.stderr)
-        save_history(history, out / "history.json", out / "history.csv")
+        write_history()
         return 1
     except KeyboardInterrupt:
         checkpoint(out / "interrupted.npz", epoch=len(history["epoch"]), interrupted=True)
-        save_history(history, out / "history.json", out / "history.csv")
+        write_history()
         print(f"\nInterrupted: saved {out / 'interrupted.npz'} (weights mid-epoch) and the history; "
               f"resume exactly from the end of the last full epoch with --resume {out / 'last.npz'}")
         return 130
@@ -211,8 +214,7 @@ def main(argv=None) -> int:
         print(f"Total training time: {total:.2f}s, mean epoch time: {np.mean(epochs_run):.2f}s")
     write_plots(net, history, x_test, y_test, out, args.show)
     if not history["epoch"]:
-        net.save(out / "last.npz", optimizer=optimizer, history=history, args=run_args, epoch=0,
-                 standardize=list(mean_std) if mean_std else None)
+        checkpoint(out / "last.npz", epoch=0)
     written = sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.startswith("."))
     print(f"Outputs written to {out}/ ({', '.join(written)})")
     print("Experiment completed!")

@@ -20,11 +20,17 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from .data import augment_batch, num_batches
-from .losses import softmax_cross_entropy
-from .network import _labels, write_atomically
+from .atomic import write_atomically
+from .data import augment_batch, iterate_batches, num_batches
+from .network import NonFiniteLoss, _labels
 from .optim import lr_at
 
+# BLAS threads to train with. The model's GEMMs are small (the largest is 64 x 3136 x 128), so a
+# second OpenBLAS thread gains little, and idle OpenBLAS workers busy-wait ~0.1 s after each GEMM,
+# taking the core that numba's parallel kernels and numpy's other work need. Measured on 2 vCPUs,
+# full seed epochs interleaved 3 times: im2col 4.81 s median with 1 thread (4.72-5.16) against
+# 5.91 s with 2 (4.59-6.70); a numba step 4.8 ms against 8.0 ms.
+TRAIN_BLAS_THREADS = 1
 HISTORY_KEYS = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds")
 
 
@@ -37,22 +43,13 @@ class TrainingDiverged(RuntimeError):
         self.epoch, self.batch, self.loss = epoch, batch, loss
 
 
-def blas_threads_for(backend: str) -> int | None:
-    """BLAS threads to train with: 1 on every backend. The model's GEMMs are small (the largest is
-    64 x 3136 x 128), so a second OpenBLAS thread gains little, and its workers busy-wait ~0.1 s
-    after each GEMM, taking the core that numba's parallel kernels and numpy's other work need.
-    Measured on 2 vCPUs, full seed epochs interleaved 3 times: im2col 4.81 s median with 1 thread
-    (4.72-5.16) against 5.91 s with 2 (4.59-6.70); a numba step 4.8 ms against 8.0 ms."""
-    return 1
-
-
 def new_history() -> dict:
     return {key: [] for key in HISTORY_KEYS}
 
 
 def fit(net, x, y, epochs, optimizer, batch_size=64, x_test=None, y_test=None, schedule="none",
         base_lr=None, augment=False, early_stop=None, history=None, best_state=None,
-        progress=True, on_epoch_end=None, log=print, blas_threads="auto"):
+        progress=True, on_epoch_end=None, log=print, blas_threads=TRAIN_BLAS_THREADS):
     """Train `net` in place until `epochs` epochs are in the history (a resumed run passes its
     history and continues from len(history['epoch'])).
 
@@ -60,7 +57,7 @@ def fit(net, x, y, epochs, optimizer, batch_size=64, x_test=None, y_test=None, s
     epochs without a lower test loss; when it triggers, the best weights are restored (a resumed
     run passes them as `best_state`, net.state_arrays() of the best epoch, e.g. from best.npz).
     `on_epoch_end(net, history, is_best)` runs after each epoch (the CLI writes checkpoints there).
-    `blas_threads`: "auto" (see blas_threads_for; from net.meta["backend"]), None or a count.
+    `blas_threads`: BLAS threads during training (None = the BLAS default; see TRAIN_BLAS_THREADS).
     Raises TrainingDiverged on a NaN/Inf loss, before the bad step is applied to the weights.
     """
     if not isinstance(epochs, (int, np.integer)) or epochs < 0:
@@ -71,8 +68,6 @@ def fit(net, x, y, epochs, optimizer, batch_size=64, x_test=None, y_test=None, s
         raise ValueError(f"x has {len(x)} samples but y has {len(y)}")
     if early_stop is not None and (early_stop < 1 or x_test is None):
         raise ValueError("early_stop needs a patience >= 1 and test data to watch")
-    if blas_threads == "auto":
-        blas_threads = blas_threads_for(net.meta.get("backend", ""))
     with threadpool_limits(limits=blas_threads, user_api="blas"):
         return _fit(net, x, y, epochs, optimizer, batch_size, x_test, y_test, schedule, base_lr,
                     augment, early_stop, history, best_state, progress, on_epoch_end, log)
@@ -130,38 +125,27 @@ def _best_so_far(history):
 
 def _train_epoch(net, x, labels, optimizer, batch_size, augment, epoch, epochs, progress):
     """One pass over a fresh permutation. Returns (mean loss, accuracy) over the epoch's samples."""
-    order = net.rng.permutation(len(x))
-    total = num_batches(len(x), batch_size)
     loss_sum, correct, seen = 0.0, 0, 0
+    total = num_batches(len(x), batch_size)
     bar = tqdm(total=total, desc=f"Epoch {epoch + 1}/{epochs}", unit="batch", leave=False,
                disable=not progress, dynamic_ncols=True)
     try:
-        for batch, start in enumerate(range(0, len(x), batch_size), 1):
-            idx = order[start:start + batch_size]
-            xb, yb = x[idx], labels[idx]
+        for batch, (xb, yb) in enumerate(iterate_batches(x, labels, batch_size, net.rng), 1):
             if augment:
                 xb = augment_batch(xb, net.rng)
-            loss, n_correct = _step(net, xb, yb, optimizer, epoch + 1, batch)
-            loss_sum += loss * len(idx)
+            try:
+                loss, n_correct = net.train_step(xb, yb, optimizer)
+            except NonFiniteLoss as exc:
+                raise TrainingDiverged(epoch + 1, batch, exc.loss) from None
+            loss_sum += loss * len(yb)
             correct += n_correct
-            seen += len(idx)
+            seen += len(yb)
             bar.update(1)
             if batch % 20 == 0 or batch == total:     # postfix formatting is not free
                 bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
     finally:
         bar.close()
     return loss_sum / seen, correct / seen
-
-
-def _step(net, xb, yb, optimizer, epoch, batch):
-    """net.train_step, but checks the loss before the update so a NaN never reaches the weights."""
-    logits = net.forward(xb, training=True)
-    loss, dlogits = softmax_cross_entropy(logits, yb)
-    if not math.isfinite(loss):
-        raise TrainingDiverged(epoch, batch, loss)
-    net.backward(dlogits)
-    net.update(optimizer)
-    return loss, int((logits.argmax(axis=1) == yb).sum())
 
 
 def format_epoch(history, epochs) -> str:
