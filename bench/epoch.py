@@ -57,7 +57,7 @@ def epoch_seconds(backend: str, x, y_onehot, batch_size: int = 64, seed: int = 0
     """
     from model.network import build_network
     from model.optim import Momentum
-    from model.training import blas_threads_for
+    from model.training import TRAIN_BLAS_THREADS
     module = get_backend(backend)
     if hasattr(module, "warmup"):
         module.warmup()
@@ -67,8 +67,7 @@ def epoch_seconds(backend: str, x, y_onehot, batch_size: int = 64, seed: int = 0
     starts = list(range(0, len(x), batch_size))
     limit = EXTRAPOLATE_BACKENDS.get(backend)
     timed = starts if limit is None or limit >= len(starts) else starts[:limit]
-    # The BLAS thread count `python -m model.train` uses (model.training.blas_threads_for)
-    with threadpool_limits(limits=blas_threads_for(backend), user_api="blas"):
+    with threadpool_limits(limits=TRAIN_BLAS_THREADS, user_api="blas"):   # as model.train runs
         net.train_step(x[order[:batch_size]], y_onehot[order[:batch_size]], opt)   # warm-up
         start = time.perf_counter()
         for i in timed:

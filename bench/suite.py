@@ -145,6 +145,7 @@ def derive_ratios(rows: list[dict], peak_gflops: float | None) -> list[dict]:
 
 
 def run_epoch(opts: Options, backends, bar) -> dict:
+    from model.training import TRAIN_BLAS_THREADS
     x, y, source = epoch_mod.load_training_data(opts.data_dir, opts.epoch_samples)
     scale = FULL_EPOCH / len(x)
     rows = []
@@ -167,7 +168,7 @@ def run_epoch(opts: Options, backends, bar) -> dict:
         rows.append(row)
         bar.update(1)
     return {"data": source, "samples": len(x), "batch_size": 64, "dtype": "float32",
-            "blas_threads": 1, "rows": rows}
+            "blas_threads": TRAIN_BLAS_THREADS, "rows": rows}
 
 
 def run_fitconv(opts: Options, backends, bar) -> dict:

@@ -34,16 +34,21 @@ _POOL_JIT = dict(cache=True, parallel=True)
 # alone: a parallel region is only as fast as its slowest thread, and for a tiny kernel the
 # hand-off costs more than the second core saves. Above it, both cores help, provided the other
 # core is free: OpenBLAS workers spin for ~0.1 s after every GEMM, so the trainer runs with one
-# BLAS thread (model.training.blas_threads_for). Measured on 2 vCPUs, one `seed`
+# BLAS thread (model.training.TRAIN_BLAS_THREADS). Measured on 2 vCPUs, one `seed`
 # training step (batch 64, 1 BLAS thread): 6.45 ms with its kernels serial (threshold 2**24),
 # 4.80 ms parallel (2**20); with 2 spinning BLAS threads, parallel took 8.0 ms.
 PARALLEL_MIN_WORK = 1 << 20
 
 
+def _threads_for(work):
+    """How many numba threads a kernel with `work` multiply-adds/elements runs on."""
+    return numba.get_num_threads() if work >= PARALLEL_MIN_WORK else 1
+
+
 def _launch(kernel, work, *args):
-    """Call a prange kernel on all numba threads if `work` is large, else on this thread only."""
+    """Call a prange kernel on _threads_for(work) threads."""
     threads = numba.get_num_threads()
-    if threads == 1 or work >= PARALLEL_MIN_WORK:
+    if _threads_for(work) == threads:
         return kernel(*args)
     numba.set_num_threads(1)       # thread-local, costs ~1 us
     try:
@@ -267,8 +272,7 @@ def conv2d_backward(dy, ctx, need_dx=True):
     check_grad(dy, g.y_shape, g.dtype)
     dy = np.ascontiguousarray(dy)
     # one partial dW per thread (at most one per (n, output row) so none is left empty)
-    threads = numba.get_num_threads() if g.flops // 2 >= PARALLEL_MIN_WORK else 1
-    n_parts = max(1, min(threads, g.n * g.out_h))
+    n_parts = max(1, min(_threads_for(g.flops // 2), g.n * g.out_h))
     dw_parts = np.zeros((n_parts,) + g.w_shape, dtype=g.dtype)
     db_parts = np.zeros((n_parts, g.c_out), dtype=g.dtype)   # fused: dy is read once, not twice
     _launch(_conv_dw_db, g.flops // 2, x, dy, g.sh, g.sw, g.ph, g.pw, dw_parts, db_parts)
