@@ -1,14 +1,13 @@
-"""numba backend: compiled loops, parallel (prange) over outputs that no other iteration writes.
+"""numba backend: compiled loops, parallel (prange) over samples, vectorised along image planes.
 
-Forward:   prange over (n, output row); each output pixel sums KH*KW*C_in taps into its C_out
-           vector (inner loop over the contiguous C_out axis, vectorised by LLVM).
-dW, db:    prange over P blocks of (n, output row); block p accumulates into its own partials
-           dw_parts[p], db_parts[p], summed afterwards, so threads never share an accumulator.
-dX:        a gather: prange over (n, input row); each input pixel collects the taps that reached it.
+Convolution: each sample is copied into zero-padded channel planes (C, Hp*Wp), where every kernel
+           tap is a constant shift of the flattened plane, so forward, dW and dX are long
+           contiguous loops LLVM vectorises (see the comment above _plane_layout).
+           Forward, dW+db and dX each take one prange over blocks of samples; a block owns its
+           scratch planes and its partial dW/db (summed afterwards), so no two threads ever write
+           the same accumulator.
 Pooling:   forward prange over (n, output row); backward prange over samples (windows of one sample
            may overlap, different samples never do).
-Padding is never materialised: the column range each tap can reach is computed once per tap
-(_valid_columns), so the hot loops carry no per-pixel bounds test.
 
 Accumulators have the input's dtype (float32 stays float32 throughout). Arguments are checked by
 kernels._common in Python before any jitted code runs; the jitted code sees C-contiguous arrays.
@@ -25,9 +24,10 @@ from ._memory import keep_freed_memory
 
 keep_freed_memory()   # reuse freed pages: a step's big arrays would page-fault afresh
 
-# reassoc lets LLVM vectorise the dX dot product over C_out; nnan/ninf are deliberately not enabled,
+# reassoc lets LLVM vectorise the dW dot products (sums in any order); nnan/ninf are deliberately not enabled,
 # so NaN and inf keep their IEEE meaning (NaN inputs propagate).
-_CONV_JIT = dict(cache=True, parallel=True, fastmath={"reassoc", "contract"})
+_FASTMATH = {"reassoc", "contract"}
+_CONV_JIT = dict(cache=True, parallel=True, fastmath=_FASTMATH)
 _POOL_JIT = dict(cache=True, parallel=True)
 
 # Below this many multiply-adds (conv) or elements (pooling) a kernel runs on the calling thread
@@ -57,131 +57,262 @@ def _launch(kernel, work, *args):
         numba.set_num_threads(threads)
 
 
-@njit(cache=True)
-def _valid_columns(j, pw, sw, wd, out_w):
-    """Output columns ow whose tap j lands inside the unpadded input: 0 <= ow*sw - pw + j < wd.
+# ---------------------------------------------------------------- convolution on channel planes
+#
+# LLVM vectorises a loop well when it is long and contiguous. In NHWC the only contiguous axis is
+# the channel axis, often just 16 long, and an inner loop that short leaves most of a vector idle
+# (the first version of this backend, looping over C_out innermost, ran at ~5 GFLOP/s). So each
+# sample is copied into channel planes: (C, Hp*Wp), zero-padded, row pitch Wp. In that layout a
+# kernel tap (c, i, j) is a constant shift of the flat plane, and the stride-1 output at flat
+# position p = oh*Wp + ow is
+#
+#     out[co, p] = b[co] + sum over taps t of  planes[offset[t] + p] * weights[t, co]
+#
+# a sum of shifted, contiguous vectors, ~`span` elements long (see _plane_layout). Positions with
+# ow >= OW1 in that flat range straddle two rows; they are computed and never read.
+# Stride > 1 computes every stride-1 position and keeps every sh-th row and sw-th column: simple and
+# exact, at sh*sw times the work (every case this project trains or benchmarks has stride 1).
+#
+# The backward pass scatters dy into zeroed planes of the same pitch (at its stride-1 positions,
+# with zero margins), so
+#   dW[t, co] = sum_p planes[offset[t] + p] * dy_planes[co, p]          (a dot product per tap)
+#   dX        = the same shifted-sum kernel run on dy_planes with the kernel flipped and C_in and
+#               C_out swapped: a "full" correlation, whose rows wrap into zero columns and margins.
+# Every sample is independent, so prange splits the batch into one block per thread; each block
+# owns its scratch planes and its partial dW/db (no shared accumulator, no race).
 
-    Returns the range [lo, hi) so the hot loops need no per-pixel bounds test.
+
+def _plane_layout(g):
+    """(Hp, Wp, span, margin) of the channel-plane layout for one conv geometry.
+
+    span:   flat length covering every stride-1 output position, (OH1 - 1) * Wp + OW1,
+            where OH1 = Hp - KH + 1 and OW1 = Wp - KW + 1.
+    margin: zeros kept before and after each dy plane so every tap of the full correlation (dX)
+            reads inside the plane: (KH - 1) * Wp + KW - 1.
     """
-    lo = max(0, -((j - pw) // sw))                # ceil((pw - j) / sw), clipped at 0
-    hi = min(out_w, (wd - 1 + pw - j) // sw + 1)
-    return lo, hi
+    hp, wp = g.h + 2 * g.ph, g.w + 2 * g.pw
+    span = (hp - g.kh) * wp + (wp - g.kw + 1)
+    margin = (g.kh - 1) * wp + g.kw - 1
+    return hp, wp, span, margin
 
 
-@njit(**_CONV_JIT)
-def _conv_forward(x, w, b, sh, sw, ph, pw, y):
-    n, h, wd, c_in = x.shape
-    kh, kw, _, c_out = w.shape
-    out_h, out_w = y.shape[1], y.shape[2]
-    for t in prange(n * out_h):
-        ni, oh = t // out_h, t % out_h
-        acc = y[ni, oh]                           # (OW, C_out) row of y, owned by this iteration
-        for ow in range(out_w):
-            for co in range(c_out):
-                acc[ow, co] = b[co]
-        for i in range(kh):
-            r = oh * sh - ph + i
-            if r < 0 or r >= h:
-                continue
-            for j in range(kw):
-                lo, hi = _valid_columns(j, pw, sw, wd, out_w)
-                # Four output columns per pass over C_out: with few channels (C_out=16 is two AVX
-                # vectors) the loop's fixed cost dominates, and blocking cut the forward by ~1.35x.
-                ow = lo
-                while ow + 4 <= hi:
-                    c = ow * sw - pw + j
-                    for ci in range(c_in):
-                        v0, v1 = x[ni, r, c, ci], x[ni, r, c + sw, ci]
-                        v2, v3 = x[ni, r, c + 2 * sw, ci], x[ni, r, c + 3 * sw, ci]
-                        for co in range(c_out):
-                            wv = w[i, j, ci, co]
-                            acc[ow, co] += v0 * wv
-                            acc[ow + 1, co] += v1 * wv
-                            acc[ow + 2, co] += v2 * wv
-                            acc[ow + 3, co] += v3 * wv
-                    ow += 4
-                for ow in range(ow, hi):
-                    c = ow * sw - pw + j
-                    for ci in range(c_in):
-                        v = x[ni, r, c, ci]
-                        for co in range(c_out):
-                            acc[ow, co] += v * w[i, j, ci, co]
+def _taps(n_planes, plane, kh, kw, wp, flip, weights, zero_offset, start=0):
+    """A tap list, padded to a multiple of TAP_BLOCK taps (the kernels' register block).
+
+    Taps are ordered (plane, i, j); tap (c, i, j) reads plane c shifted by start + i*wp + j, or
+    by start + (kh-1-i)*wp + (kw-1-j) when `flip` (the full correlation of dX). weights: (T, C)
+    rows in the same order. Padding taps read `zero_offset` (a zero tail of the source buffer) with weight 0,
+    so they add exact zeros (never 0 * inf = NaN).
+    Returns offsets (T',) int64 and weights (T', C), T' a multiple of TAP_BLOCK.
+    """
+    n_taps = n_planes * kh * kw
+    padded_taps = -(-n_taps // TAP_BLOCK) * TAP_BLOCK
+    i, j = np.arange(kh)[:, None], np.arange(kw)[None, :]
+    shift = (kh - 1 - i) * wp + (kw - 1 - j) if flip else i * wp + j
+    offsets = np.full(padded_taps, zero_offset, dtype=np.int64)
+    offsets[:n_taps] = (np.arange(n_planes)[:, None] * plane + start + shift.ravel()).ravel()
+    padded = np.zeros((padded_taps, weights.shape[1]), dtype=weights.dtype)
+    padded[:n_taps] = weights
+    return offsets, padded
 
 
-@njit(**_CONV_JIT)
-def _conv_dw_db(x, dy, sh, sw, ph, pw, dw_parts, db_parts):
-    n, h, wd, c_in = x.shape
-    _, out_h, out_w, c_out = dy.shape
-    n_parts, kh, kw = dw_parts.shape[0], dw_parts.shape[1], dw_parts.shape[2]
-    rows = n * out_h
-    for p in prange(n_parts):
-        dw_part, db_part = dw_parts[p], db_parts[p]   # this block's own accumulators: no race
-        for t in range(p * rows // n_parts, (p + 1) * rows // n_parts):
-            ni, oh = t // out_h, t % out_h
+def _forward_taps(g, w, hp, wp):
+    """Taps ordered (c_in, i, j) into the input planes (C_in planes of Hp*Wp, then a zero tail):
+    offsets (T',), weights (T', C_out)."""
+    weights = w.transpose(2, 0, 1, 3).reshape(-1, g.c_out)
+    return _taps(g.c_in, hp * wp, g.kh, g.kw, wp, False, weights, g.c_in * hp * wp)
+
+
+def _dx_taps(g, w, wp, dy_plane):
+    """Taps ordered (c_out, i, j) of the flipped kernel into the dy planes (C_out planes, each
+    dy_plane long, then a zero tail): offsets (T',), weights (T', C_in).
+
+    Output position p of the correlation is padded-plane position ph*Wp + pw + p, so only the
+    span of the unpadded image, (H - 1) * Wp + W, is computed: the padding gets no gradient."""
+    weights = w.transpose(3, 0, 1, 2).reshape(-1, g.c_in)
+    return _taps(g.c_out, dy_plane, g.kh, g.kw, wp, True, weights, g.c_out * dy_plane,
+                 start=g.ph * wp + g.pw)
+
+
+@njit(cache=True)
+def _to_planes(src, planes, start, pitch, sh, sw):
+    """src (R, C, K) -> planes (K', L): planes[k, start + r*sh*pitch + c*sw] = src[r, c, k]."""
+    rows, cols, k_all = src.shape
+    if k_all == 1:                  # one channel: rows are already contiguous, copy them whole
+        for r in range(rows):
+            row = planes[0, start + r * sh * pitch:]
+            for c in range(cols):
+                row[c * sw] = src[r, c, 0]
+        return
+    for r in range(rows):
+        for c in range(cols):
+            p = start + r * sh * pitch + c * sw
+            for k in range(k_all):
+                planes[k, p] = src[r, c, k]
+
+
+@njit(cache=True)
+def _from_planes(planes, start, pitch, sh, sw, dst):
+    """The inverse gather: dst (R, C, K)[r, c, k] = planes[k, start + r*sh*pitch + c*sw]."""
+    rows, cols, k_all = dst.shape
+    if k_all == 1:
+        for r in range(rows):
+            row = planes[0, start + r * sh * pitch:]
+            for c in range(cols):
+                dst[r, c, 0] = row[c * sw]
+        return
+    for r in range(rows):
+        for c in range(cols):
+            p = start + r * sh * pitch + c * sw
+            for k in range(k_all):
+                dst[r, c, k] = planes[k, p]
+
+
+# Register blocks of the two hot loops below: TAP_BLOCK taps x 2 output channels per pass over p,
+# so each load of a shifted slice feeds two multiply-adds and each output (or accumulator) is
+# loaded and stored once per TAP_BLOCK taps. Unblocked (one tap, one channel per pass) the loops
+# were bound by loads and stores, not arithmetic. Three taps, not four: a 3x3 kernel on one input
+# channel has 9 taps, which four-tap blocks would pad to 12 (the seed layer's 33% waste).
+TAP_BLOCK = 3
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _shifted_sum(src, offsets, weights, bias, out):
+    """out (C, P)[c, p] = bias[c] + sum_t src[offsets[t] + p] * weights[t, c].
+
+    Needs T % TAP_BLOCK == 0 (see _blocked). Channels go in pairs; an odd last one goes alone.
+    The first block of taps starts from the bias instead of reading `out`.
+    """
+    n_taps, n_out = weights.shape
+    length = out.shape[1]
+    for c in range(0, n_out, 2):
+        pair = c + 1 < n_out
+        d = c + 1 if pair else c
+        oa, ob = out[c], out[d]
+        for t in range(0, n_taps, 3):
+            # slices, not src[offsets[t] + p]: an index that might be negative makes numba emit
+            # wraparound code, and LLVM then gathers element by element
+            x0 = src[offsets[t]:offsets[t] + length]
+            x1 = src[offsets[t + 1]:offsets[t + 1] + length]
+            x2 = src[offsets[t + 2]:offsets[t + 2] + length]
+            a0, a1, a2 = weights[t, c], weights[t + 1, c], weights[t + 2, c]
+            b0, b1, b2 = weights[t, d], weights[t + 1, d], weights[t + 2, d]
+            if t == 0 and pair:
+                ba, bb = bias[c], bias[d]
+                for p in range(length):
+                    oa[p] = ba + (x0[p] * a0 + x1[p] * a1 + x2[p] * a2)
+                    ob[p] = bb + (x0[p] * b0 + x1[p] * b1 + x2[p] * b2)
+            elif pair:
+                for p in range(length):
+                    oa[p] += x0[p] * a0 + x1[p] * a1 + x2[p] * a2
+                    ob[p] += x0[p] * b0 + x1[p] * b1 + x2[p] * b2
+            elif t == 0:
+                ba = bias[c]
+                for p in range(length):
+                    oa[p] = ba + (x0[p] * a0 + x1[p] * a1 + x2[p] * a2)
+            else:
+                for p in range(length):
+                    oa[p] += x0[p] * a0 + x1[p] * a1 + x2[p] * a2
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _accumulate_dw_db(src, offsets, grads, start, length, dw, db):
+    """dw (T, C)[t, c] += sum_p src[offsets[t] + p] * g[c, p] and db[c] += sum_p g[c, p],
+    where g = grads[:, start:start + length]. Needs T % TAP_BLOCK == 0 (see _blocked).
+
+    Channels go in pairs (an odd last one is paired with itself and written twice, the same value).
+    """
+    n_taps, n_out = dw.shape
+    for c in range(0, n_out, 2):
+        d = min(c + 1, n_out - 1)
+        ga, gb = grads[c, start:start + length], grads[d, start:start + length]
+        sa, sb = db[c], db[d]                   # accumulators start from dw/db: same dtype
+        for p in range(length):
+            sa += ga[p]
+            sb += gb[p]
+        db[c], db[d] = sa, sb
+        for t in range(0, n_taps, 3):
+            x0 = src[offsets[t]:offsets[t] + length]
+            x1 = src[offsets[t + 1]:offsets[t + 1] + length]
+            x2 = src[offsets[t + 2]:offsets[t + 2] + length]
+            a0, a1, a2 = dw[t, c], dw[t + 1, c], dw[t + 2, c]
+            b0, b1, b2 = dw[t, d], dw[t + 1, d], dw[t + 2, d]
+            for p in range(length):
+                a0 += x0[p] * ga[p]
+                a1 += x1[p] * ga[p]
+                a2 += x2[p] * ga[p]
+                b0 += x0[p] * gb[p]
+                b1 += x1[p] * gb[p]
+                b2 += x2[p] * gb[p]
+            dw[t, c], dw[t + 1, c], dw[t + 2, c] = a0, a1, a2
+            dw[t, d], dw[t + 1, d], dw[t + 2, d] = b0, b1, b2
+
+
+@njit(cache=True)
+def _all_finite(a):
+    """True when no entry of `a` is NaN or inf (x - x is 0 exactly for finite x)."""
+    for v in a.ravel():
+        if v - v != 0:
+            return False
+    return True
+
+
+@njit(cache=True)
+def _accumulate_dw_db_exact(src, offsets, grads, start, wp, sh, sw, out_h, out_w, dw, db):
+    """_accumulate_dw_db summed over real output positions only, for samples holding NaN or inf:
+    the fast loops also multiply the zeros between and beside the outputs, and 0 * NaN would
+    poison taps that never touch the bad pixel (naive leaves those finite). Scalar and slow."""
+    n_taps, n_out = dw.shape
+    for c in range(n_out):
+        for oh in range(out_h):
             for ow in range(out_w):
-                for co in range(c_out):
-                    db_part[co] += dy[ni, oh, ow, co]
-            for i in range(kh):
-                r = oh * sh - ph + i
-                if r < 0 or r >= h:
-                    continue
-                for j in range(kw):
-                    lo, hi = _valid_columns(j, pw, sw, wd, out_w)
-                    for ci in range(c_in):
-                        ow = lo
-                        while ow + 4 <= hi:               # four columns per pass, as in forward
-                            c = ow * sw - pw + j
-                            v0, v1 = x[ni, r, c, ci], x[ni, r, c + sw, ci]
-                            v2, v3 = x[ni, r, c + 2 * sw, ci], x[ni, r, c + 3 * sw, ci]
-                            for co in range(c_out):
-                                dw_part[i, j, ci, co] += (v0 * dy[ni, oh, ow, co]
-                                                          + v1 * dy[ni, oh, ow + 1, co]
-                                                          + v2 * dy[ni, oh, ow + 2, co]
-                                                          + v3 * dy[ni, oh, ow + 3, co])
-                            ow += 4
-                        for ow in range(ow, hi):
-                            v = x[ni, r, ow * sw - pw + j, ci]
-                            for co in range(c_out):
-                                dw_part[i, j, ci, co] += v * dy[ni, oh, ow, co]
+                p = start + oh * sh * wp + ow * sw
+                db[c] += grads[c, p]
+                for t in range(n_taps):
+                    dw[t, c] += src[offsets[t] + p - start] * grads[c, p]
 
 
 @njit(**_CONV_JIT)
-def _conv_dx(dy, w, sh, sw, ph, pw, dx):
-    n, h, wd, c_in = dx.shape
-    kh, kw, _, c_out = w.shape
-    out_h, out_w = dy.shape[1], dy.shape[2]
-    for t in prange(n * h):
-        ni, r = t // h, t % h
-        # only taps i with r + ph - i a multiple of sh came from an output row (oh = that / sh)
-        for i in range((r + ph) % sh, kh, sh):
-            oh = (r + ph - i) // sh
-            if oh < 0 or oh >= out_h:
-                continue
-            for j in range(kw):
-                lo, hi = _valid_columns(j, pw, sw, wd, out_w)
-                ow = lo
-                while ow + 4 <= hi:                       # four columns per pass, as in forward
-                    c = ow * sw - pw + j
-                    for ci in range(c_in):
-                        # accumulators start as dx's (zero) entries, so they have dx's dtype
-                        a0, a1 = dx[ni, r, c, ci], dx[ni, r, c + sw, ci]
-                        a2, a3 = dx[ni, r, c + 2 * sw, ci], dx[ni, r, c + 3 * sw, ci]
-                        for co in range(c_out):
-                            wv = w[i, j, ci, co]
-                            a0 += dy[ni, oh, ow, co] * wv
-                            a1 += dy[ni, oh, ow + 1, co] * wv
-                            a2 += dy[ni, oh, ow + 2, co] * wv
-                            a3 += dy[ni, oh, ow + 3, co] * wv
-                        dx[ni, r, c, ci], dx[ni, r, c + sw, ci] = a0, a1
-                        dx[ni, r, c + 2 * sw, ci], dx[ni, r, c + 3 * sw, ci] = a2, a3
-                    ow += 4
-                for ow in range(ow, hi):
-                    c = ow * sw - pw + j
-                    for ci in range(c_in):
-                        acc = dx[ni, r, c, ci]
-                        for co in range(c_out):
-                            acc += dy[ni, oh, ow, co] * w[i, j, ci, co]
-                        dx[ni, r, c, ci] = acc
+def _conv_forward(x, offsets, weights, bias, hp, wp, ph, pw, sh, sw, span, n_parts, y):
+    n, h, wd, c_in = x.shape
+    # input planes then a zero tail (read by the padding taps of _blocked); borders stay zero
+    plane_values = c_in * hp * wp
+    for part in prange(n_parts):
+        planes = np.zeros(plane_values + span, dtype=x.dtype)
+        out = np.empty((weights.shape[1], span), dtype=y.dtype)
+        for ni in range(part * n // n_parts, (part + 1) * n // n_parts):
+            _to_planes(x[ni], planes[:plane_values].reshape(c_in, hp * wp), ph * wp + pw, wp, 1, 1)
+            _shifted_sum(planes, offsets, weights, bias, out)
+            _from_planes(out, 0, wp, sh, sw, y[ni])
+
+
+@njit(**_CONV_JIT)
+def _conv_backward(x, dy, offsets, dx_offsets, dx_weights, hp, wp, ph, pw, sh, sw, span, margin,
+                   n_parts, dw_parts, db_parts, dx):
+    n, h, wd, c_in = x.shape
+    need_dx = dx.shape[0] == n
+    plane_values = c_in * hp * wp
+    c_out, dy_plane = dy.shape[3], span + 2 * margin
+    no_bias = np.zeros(dx_weights.shape[1], dtype=x.dtype)
+    for part in prange(n_parts):
+        planes = np.zeros(plane_values + span, dtype=x.dtype)
+        # dy at its stride-1 positions with `margin` zeros either side, then a zero tail for the
+        # padding taps; entries never written stay zero from sample to sample
+        grads = np.zeros(c_out * dy_plane + hp * wp, dtype=dy.dtype)
+        grad_planes = grads[:c_out * dy_plane].reshape(c_out, dy_plane)
+        dx_planes = np.empty((c_in, (h - 1) * wp + wd), dtype=x.dtype)
+        for ni in range(part * n // n_parts, (part + 1) * n // n_parts):
+            _to_planes(x[ni], planes[:plane_values].reshape(c_in, hp * wp), ph * wp + pw, wp, 1, 1)
+            _to_planes(dy[ni], grad_planes, margin, wp, sh, sw)
+            if _all_finite(x[ni]):
+                _accumulate_dw_db(planes, offsets, grad_planes, margin, span, dw_parts[part],
+                                  db_parts[part])
+            else:
+                _accumulate_dw_db_exact(planes, offsets, grad_planes, margin, wp, sh, sw,
+                                        dy.shape[1], dy.shape[2], dw_parts[part], db_parts[part])
+            if need_dx:
+                _shifted_sum(grads, dx_offsets, dx_weights, no_bias, dx_planes)
+                _from_planes(dx_planes, 0, wp, 1, 1, dx[ni])
 
 
 @njit(**_POOL_JIT)
@@ -250,39 +381,51 @@ def _avgpool_backward(dy, kh, kw, sh, sw, scale, dx):
                             dx[ni, oh * sh + i, ow * sw + j, ch] += dy[ni, oh, ow, ch] * scale
 
 
+def _parts(g):
+    """How many sample blocks (threads) a conv call on geometry g is split into."""
+    return max(1, min(_threads_for(g.flops // 2), g.n))
+
+
 def conv2d_forward(x, w, b=None, stride=1, padding=0):
     """x: (N, H, W, C_in), w: (KH, KW, C_in, C_out), b: (C_out,) or None -> y: (N, OH, OW, C_out).
 
-    Same dtype as x (float32 or float64). ctx keeps x and w (C-contiguous) for the backward pass.
+    Same dtype as x (float32 or float64). ctx keeps x, w (C-contiguous) and the tap offsets for
+    the backward pass.
     """
     g = conv_geometry(x, w, b, stride, padding)
     x, w = np.ascontiguousarray(x), np.ascontiguousarray(w)
+    hp, wp, span, _ = _plane_layout(g)
+    offsets, weights = _forward_taps(g, w, hp, wp)
     bias = np.zeros(g.c_out, dtype=g.dtype) if b is None else np.ascontiguousarray(b)
     y = np.empty(g.y_shape, dtype=g.dtype)
-    _launch(_conv_forward, g.flops // 2, x, w, bias, g.sh, g.sw, g.ph, g.pw, y)
-    return y, {"geometry": g, "x": x, "w": w}
+    _launch(_conv_forward, g.flops // 2, x, offsets, weights, bias, hp, wp, g.ph, g.pw, g.sh, g.sw,
+            span, _parts(g), y)
+    return y, {"geometry": g, "x": x, "w": w, "offsets": offsets}
 
 
 def conv2d_backward(dy, ctx, need_dx=True):
     """dy: (N, OH, OW, C_out) -> (dx (N, H, W, C_in) or None, dw like w, db (C_out,) or None).
 
-    need_dx=False skips the dX kernel entirely (first layer of a network).
+    need_dx=False skips the dX half of the kernel (first layer of a network).
     """
     g, x, w = ctx["geometry"], ctx["x"], ctx["w"]
     check_grad(dy, g.y_shape, g.dtype)
     dy = np.ascontiguousarray(dy)
-    # one partial dW per thread (at most one per (n, output row) so none is left empty)
-    n_parts = max(1, min(_threads_for(g.flops // 2), g.n * g.out_h))
-    dw_parts = np.zeros((n_parts,) + g.w_shape, dtype=g.dtype)
-    db_parts = np.zeros((n_parts, g.c_out), dtype=g.dtype)   # fused: dy is read once, not twice
-    _launch(_conv_dw_db, g.flops // 2, x, dy, g.sh, g.sw, g.ph, g.pw, dw_parts, db_parts)
-    dw = dw_parts.sum(axis=0)
+    hp, wp, span, margin = _plane_layout(g)
+    offsets = ctx["offsets"]               # the forward's taps, which dW sums over
+    dx_offsets, dx_weights = _dx_taps(g, w, wp, span + 2 * margin)
+    n_parts = _parts(g)
+    # one partial dW/db per sample block, summed afterwards: threads never share an accumulator
+    dw_parts = np.zeros((n_parts, len(offsets), g.c_out), dtype=g.dtype)
+    db_parts = np.zeros((n_parts, g.c_out), dtype=g.dtype)
+    dx = np.empty(g.x_shape if need_dx else (0,) + g.x_shape[1:], dtype=g.dtype)
+    _launch(_conv_backward, g.flops // 2 * (2 if need_dx else 1), x, dy, offsets, dx_offsets,
+            dx_weights, hp, wp, g.ph, g.pw, g.sh, g.sw, span, margin, n_parts, dw_parts, db_parts,
+            dx)
+    # rows of dw are taps ordered (c_in, i, j), then the blocking's padding; w is (i, j, c_in, c_out)
+    dw = dw_parts.sum(axis=0)[:g.c_in * g.kh * g.kw].reshape(g.c_in, g.kh, g.kw, g.c_out)
     db = db_parts.sum(axis=0) if g.has_bias else None
-    if not need_dx:
-        return None, dw, db
-    dx = np.zeros(g.x_shape, dtype=g.dtype)
-    _launch(_conv_dx, g.flops // 2, dy, w, g.sh, g.sw, g.ph, g.pw, dx)
-    return dx, dw, db
+    return (dx if need_dx else None), np.ascontiguousarray(dw.transpose(1, 2, 0, 3)), db
 
 
 def maxpool2d_forward(x, size=2, stride=None):
