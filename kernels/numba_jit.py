@@ -15,6 +15,8 @@ Compiled code is cached on disk (cache=True); call :func:`warmup` to compile eve
 """
 from __future__ import annotations
 
+import functools
+
 import numba
 import numpy as np
 from numba import njit, prange
@@ -96,31 +98,37 @@ def _plane_layout(g):
     return hp, wp, span, margin
 
 
-def _taps(n_planes, plane, kh, kw, wp, flip, weights, zero_offset, start=0):
-    """A tap list, padded to a multiple of TAP_BLOCK taps (the kernels' register block).
+@functools.lru_cache(maxsize=64)
+def _tap_offsets(n_planes, plane, kh, kw, wp, flip, zero_offset, start):
+    """Where each tap reads, padded to a multiple of TAP_BLOCK taps (the kernels' register block).
 
     Taps are ordered (plane, i, j); tap (c, i, j) reads plane c shifted by start + i*wp + j, or
-    by start + (kh-1-i)*wp + (kw-1-j) when `flip` (the full correlation of dX). weights: (T, C)
-    rows in the same order. Padding taps read `zero_offset` (a zero tail of the source buffer) with weight 0,
-    so they add exact zeros (never 0 * inf = NaN).
-    Returns offsets (T',) int64 and weights (T', C), T' a multiple of TAP_BLOCK.
+    by start + (kh-1-i)*wp + (kw-1-j) when `flip` (the full correlation of dX). Padding taps read
+    `zero_offset`, a zero tail of the source buffer. Cached (read-only): a training run asks for
+    the same few layouts every step.
     """
     n_taps = n_planes * kh * kw
-    padded_taps = -(-n_taps // TAP_BLOCK) * TAP_BLOCK
     i, j = np.arange(kh)[:, None], np.arange(kw)[None, :]
     shift = (kh - 1 - i) * wp + (kw - 1 - j) if flip else i * wp + j
-    offsets = np.full(padded_taps, zero_offset, dtype=np.int64)
+    offsets = np.full(-(-n_taps // TAP_BLOCK) * TAP_BLOCK, zero_offset, dtype=np.int64)
     offsets[:n_taps] = (np.arange(n_planes)[:, None] * plane + start + shift.ravel()).ravel()
-    padded = np.zeros((padded_taps, weights.shape[1]), dtype=weights.dtype)
-    padded[:n_taps] = weights
+    offsets.flags.writeable = False
+    return offsets
+
+
+def _taps(offsets, weights):
+    """offsets (T',) from _tap_offsets, weights (T, C) in the same tap order -> (offsets,
+    weights (T', C)), the padding taps with weight 0: they add exact zeros (never 0 * inf)."""
+    padded = np.zeros((len(offsets), weights.shape[1]), dtype=weights.dtype)
+    padded[:len(weights)] = weights
     return offsets, padded
 
 
 def _forward_taps(g, w, hp, wp):
     """Taps ordered (c_in, i, j) into the input planes (C_in planes of Hp*Wp, then a zero tail):
     offsets (T',), weights (T', C_out)."""
-    weights = w.transpose(2, 0, 1, 3).reshape(-1, g.c_out)
-    return _taps(g.c_in, hp * wp, g.kh, g.kw, wp, False, weights, g.c_in * hp * wp)
+    offsets = _tap_offsets(g.c_in, hp * wp, g.kh, g.kw, wp, False, g.c_in * hp * wp, 0)
+    return _taps(offsets, w.transpose(2, 0, 1, 3).reshape(-1, g.c_out))
 
 
 def _dx_taps(g, w, wp, dy_plane):
@@ -129,9 +137,9 @@ def _dx_taps(g, w, wp, dy_plane):
 
     Output position p of the correlation is padded-plane position ph*Wp + pw + p, so only the
     span of the unpadded image, (H - 1) * Wp + W, is computed: the padding gets no gradient."""
-    weights = w.transpose(3, 0, 1, 2).reshape(-1, g.c_in)
-    return _taps(g.c_out, dy_plane, g.kh, g.kw, wp, True, weights, g.c_out * dy_plane,
-                 start=g.ph * wp + g.pw)
+    offsets = _tap_offsets(g.c_out, dy_plane, g.kh, g.kw, wp, True, g.c_out * dy_plane,
+                           g.ph * wp + g.pw)
+    return _taps(offsets, w.transpose(3, 0, 1, 2).reshape(-1, g.c_in))
 
 
 @njit(cache=True)
