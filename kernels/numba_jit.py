@@ -2,7 +2,7 @@
 
 Convolution: each sample is copied into zero-padded channel planes (C, Hp*Wp), where every kernel
            tap is a constant shift of the flattened plane, so forward, dW and dX are long
-           contiguous loops LLVM vectorises (see the comment above _plane_layout).
+           contiguous loops LLVM vectorises (see the comment above _layout).
            Forward, dW+db and dX each take one prange over blocks of samples; a block owns its
            scratch planes and its partial dW/db (summed afterwards), so no two threads ever write
            the same accumulator.
@@ -15,6 +15,7 @@ Compiled code is cached on disk (cache=True); call :func:`warmup` to compile eve
 """
 from __future__ import annotations
 
+import collections
 import functools
 
 import numba
@@ -64,54 +65,76 @@ def _launch(kernel, work, *args):
 # LLVM vectorises a loop well when it is long and contiguous. In NHWC the only contiguous axis is
 # the channel axis, often just 16 long, and an inner loop that short leaves most of a vector idle
 # (the first version of this backend, looping over C_out innermost, ran at ~5 GFLOP/s). So each
-# sample is copied into channel planes: (C, Hp*Wp), zero-padded, row pitch Wp. In that layout a
-# kernel tap (c, i, j) is a constant shift of the flat plane, and the stride-1 output at flat
-# position p = oh*Wp + ow is
+# sample is copied into zero-padded channel planes with row pitch `wq`. In that layout a kernel tap
+# is a constant shift of a flat plane, and the output at flat position p = oh*wq + ow is
 #
 #     out[co, p] = b[co] + sum over taps t of  planes[offset[t] + p] * weights[t, co]
 #
-# a sum of shifted, contiguous vectors, ~`span` elements long (see _plane_layout). Positions with
-# ow >= OW1 in that flat range straddle two rows; they are computed and never read.
-# Stride > 1 computes every stride-1 position and keeps every sh-th row and sw-th column: simple and
-# exact, at sh*sw times the work (every case this project trains or benchmarks has stride 1).
+# a sum of shifted, contiguous vectors, `span` elements long (see _layout). Positions with
+# ow >= OW in that flat range straddle two rows; they are computed and never read.
 #
-# The backward pass scatters dy into zeroed planes of the same pitch (at its stride-1 positions,
-# with zero margins), so
+# Stride: the padded input is split into sh*sw phase planes per channel ("space to depth"): phase
+# (a, b) of channel c holds the pixels at rows a, a+sh, ... and columns b, b+sw, ... Tap (c, i, j)
+# then reads phase (i % sh, j % sw) shifted by (i // sh, j // sw), and the strided convolution is
+# a stride-1 one on the phase planes: no output is computed that is not kept. Stride 1 is the
+# special case of one phase per channel.
+#
+# The backward pass copies dy into zeroed planes of the same pitch (with zero margins), so
 #   dW[t, co] = sum_p planes[offset[t] + p] * dy_planes[co, p]          (a dot product per tap)
 #   dX        = the same shifted-sum kernel run on dy_planes with the kernel flipped and C_in and
-#               C_out swapped: a "full" correlation, whose rows wrap into zero columns and margins.
+#               C_out swapped (a "full" correlation, whose rows wrap into zero columns and
+#               margins), giving the gradient of every phase plane, which is copied back to dx.
 # Every sample is independent, so prange splits the batch into one block per thread; each block
 # owns its scratch planes and its partial dW/db (no shared accumulator, no race).
 
+# The plane layout of one conv geometry (all ints, passed to the kernels as one tuple):
+#   ph, pw, sh, sw  padding and stride
+#   hq, wq          rows and pitch of a phase plane: ceil(Hp / sh), ceil(Wp / sw)
+#   span            flat length covering every output position, (OH - 1) * wq + OW
+#   margin          zeros kept before each dy plane so every tap of the full correlation (dX)
+#                   reads inside its plane: (U - 1) * wq + V - 1, U = ceil(KH / sh), V = ceil(KW / sw)
+#   dx_start        first phase-plane position dX computes, dx_len how many (stride 1: only the
+#                   unpadded image; otherwise whole phase planes)
+Layout = collections.namedtuple("Layout", "ph pw sh sw hq wq span margin dx_start dx_len")
 
-def _plane_layout(g):
-    """(Hp, Wp, span, margin) of the channel-plane layout for one conv geometry.
 
-    span:   flat length covering every stride-1 output position, (OH1 - 1) * Wp + OW1,
-            where OH1 = Hp - KH + 1 and OW1 = Wp - KW + 1.
-    margin: zeros kept before and after each dy plane so every tap of the full correlation (dX)
-            reads inside the plane: (KH - 1) * Wp + KW - 1.
-    """
-    hp, wp = g.h + 2 * g.ph, g.w + 2 * g.pw
-    span = (hp - g.kh) * wp + (wp - g.kw + 1)
-    margin = (g.kh - 1) * wp + g.kw - 1
-    return hp, wp, span, margin
+def _layout(g) -> Layout:
+    hq, wq = -(-(g.h + 2 * g.ph) // g.sh), -(-(g.w + 2 * g.pw) // g.sw)
+    u, v = -(-g.kh // g.sh), -(-g.kw // g.sw)
+    if (g.sh, g.sw) == (1, 1):
+        dx_start, dx_len = g.ph * wq + g.pw, (g.h - 1) * wq + g.w
+    else:
+        dx_start, dx_len = 0, hq * wq
+    return Layout(g.ph, g.pw, g.sh, g.sw, hq, wq, (g.out_h - 1) * wq + g.out_w,
+                  (u - 1) * wq + v - 1, dx_start, dx_len)
+
+
+# Register blocks of the two hot loops below: TAP_BLOCK taps x 2 output channels per pass over p,
+# so each load of a shifted slice feeds two multiply-adds and each output (or accumulator) is
+# loaded and stored once per TAP_BLOCK taps. Unblocked (one tap, one channel per pass) the loops
+# were bound by loads and stores, not arithmetic. Three taps, not four: a 3x3 kernel on one input
+# channel has 9 taps, which four-tap blocks would pad to 12 (the seed layer's 33% waste).
+TAP_BLOCK = 3
 
 
 @functools.lru_cache(maxsize=64)
-def _tap_offsets(n_planes, plane, kh, kw, wp, flip, zero_offset, start):
-    """Where each tap reads, padded to a multiple of TAP_BLOCK taps (the kernels' register block).
+def _tap_offsets(n_planes, plane, kh, kw, sh, sw, wq, flip, zero_offset, start):
+    """Where each tap reads, padded to a multiple of TAP_BLOCK taps.
 
-    Taps are ordered (plane, i, j); tap (c, i, j) reads plane c shifted by start + i*wp + j, or
-    by start + (kh-1-i)*wp + (kw-1-j) when `flip` (the full correlation of dX). Padding taps read
-    `zero_offset`, a zero tail of the source buffer. Cached (read-only): a training run asks for
-    the same few layouts every step.
+    Taps are ordered (c, i, j) for c < n_planes; with sh*sw phases per channel, tap (c, i, j)
+    reads phase plane c*sh*sw + (i % sh)*sw + j % sw (each `plane` long) shifted by
+    start + (i // sh)*wq + j // sw; with `flip` (dX, where sh = sw = 1) by
+    start + (kh-1-i)*wq + (kw-1-j). Padding taps read `zero_offset`, a zero tail of the source.
+    Cached (read-only): a training run asks for the same few layouts every step.
     """
+    c, i, j = np.ix_(np.arange(n_planes), np.arange(kh), np.arange(kw))
+    if flip:
+        plane_index, shift = c, (kh - 1 - i) * wq + (kw - 1 - j)
+    else:
+        plane_index, shift = c * sh * sw + (i % sh) * sw + j % sw, (i // sh) * wq + j // sw
     n_taps = n_planes * kh * kw
-    i, j = np.arange(kh)[:, None], np.arange(kw)[None, :]
-    shift = (kh - 1 - i) * wp + (kw - 1 - j) if flip else i * wp + j
     offsets = np.full(-(-n_taps // TAP_BLOCK) * TAP_BLOCK, zero_offset, dtype=np.int64)
-    offsets[:n_taps] = (np.arange(n_planes)[:, None] * plane + start + shift.ravel()).ravel()
+    offsets[:n_taps] = (plane_index * plane + start + shift).ravel()
     offsets.flags.writeable = False
     return offsets
 
@@ -124,71 +147,98 @@ def _taps(offsets, weights):
     return offsets, padded
 
 
-def _forward_taps(g, w, hp, wp):
-    """Taps ordered (c_in, i, j) into the input planes (C_in planes of Hp*Wp, then a zero tail):
-    offsets (T',), weights (T', C_out)."""
-    offsets = _tap_offsets(g.c_in, hp * wp, g.kh, g.kw, wp, False, g.c_in * hp * wp, 0)
+def _forward_taps(g, lay, w):
+    """Taps ordered (c_in, i, j) into the input phase planes (C_in*sh*sw planes of hq*wq values,
+    then a zero tail): offsets (T',), weights (T', C_out)."""
+    plane = lay.hq * lay.wq
+    offsets = _tap_offsets(g.c_in, plane, g.kh, g.kw, g.sh, g.sw, lay.wq, False,
+                           g.c_in * g.sh * g.sw * plane, 0)
     return _taps(offsets, w.transpose(2, 0, 1, 3).reshape(-1, g.c_out))
 
 
-def _dx_taps(g, w, wp, dy_plane):
-    """Taps ordered (c_out, i, j) of the flipped kernel into the dy planes (C_out planes, each
-    dy_plane long, then a zero tail): offsets (T',), weights (T', C_in).
+def _dx_taps(g, lay, w):
+    """Taps ordered (c_out, u, v) of the flipped phase kernel into the dy planes (C_out planes of
+    margin + hq*wq values, then a zero tail): offsets (T',), weights (T', C_in*sh*sw).
 
-    Output position p of the correlation is padded-plane position ph*Wp + pw + p, so only the
-    span of the unpadded image, (H - 1) * Wp + W, is computed: the padding gets no gradient."""
-    offsets = _tap_offsets(g.c_out, dy_plane, g.kh, g.kw, wp, True, g.c_out * dy_plane,
-                           g.ph * wp + g.pw)
-    return _taps(offsets, w.transpose(3, 0, 1, 2).reshape(-1, g.c_in))
+    Phase (a, b) of input channel c sees kernel entry w[a + u*sh, b + v*sw, c] at tap (u, v):
+    the kernel is zero-padded to (U*sh, V*sw) and split into those phases."""
+    u, v = -(-g.kh // g.sh), -(-g.kw // g.sw)
+    dy_plane = lay.margin + lay.hq * lay.wq
+    offsets = _tap_offsets(g.c_out, dy_plane, u, v, 1, 1, lay.wq, True, g.c_out * dy_plane,
+                           lay.dx_start)
+    w_padded = np.zeros((u * g.sh, v * g.sw, g.c_in, g.c_out), dtype=w.dtype)
+    w_padded[:g.kh, :g.kw] = w
+    phases = w_padded.reshape(u, g.sh, v, g.sw, g.c_in, g.c_out)      # (u, a, v, b, c, co)
+    weights = phases.transpose(5, 0, 2, 4, 1, 3).reshape(g.c_out * u * v, -1)
+    return _taps(offsets, weights)
 
 
 @njit(cache=True)
-def _to_planes(src, planes, start, pitch, sh, sw):
-    """src (R, C, K) -> planes (K', L): planes[k, start + r*sh*pitch + c*sw] = src[r, c, k]."""
+def _to_planes(src, planes, start, pitch, ph, pw, sh, sw):
+    """src (R, C, K) -> phase planes: pixel (r, c, k), at (r + ph, c + pw) in the padded frame,
+    goes to plane k*sh*sw + ((r+ph) % sh)*sw + (c+pw) % sw at start + ((r+ph)//sh)*pitch +
+    (c+pw)//sw. With ph = pw = 0 and sh = sw = 1: planes[k, start + r*pitch + c] = src[r, c, k]."""
+    if sh > 1 or sw > 1:
+        _copy_phases(src, planes, start, pitch, ph, pw, sh, sw, True)
+        return
     rows, cols, k_all = src.shape
-    if k_all == 1:                  # one channel: rows are already contiguous, copy them whole
-        for r in range(rows):
-            row = planes[0, start + r * sh * pitch:]
-            for c in range(cols):
-                row[c * sw] = src[r, c, 0]
-        return
     for r in range(rows):
-        for c in range(cols):
-            p = start + r * sh * pitch + c * sw
-            for k in range(k_all):
-                planes[k, p] = src[r, c, k]
+        base = start + (r + ph) * pitch + pw
+        if k_all == 1:                          # one plane: a row is a contiguous copy
+            row = planes[0, base:base + cols]
+            for c in range(cols):
+                row[c] = src[r, c, 0]
+        else:
+            for c in range(cols):
+                for k in range(k_all):
+                    planes[k, base + c] = src[r, c, k]
 
 
 @njit(cache=True)
-def _from_planes(planes, start, pitch, sh, sw, dst):
-    """The inverse gather: dst (R, C, K)[r, c, k] = planes[k, start + r*sh*pitch + c*sw]."""
-    rows, cols, k_all = dst.shape
-    if k_all == 1:
-        for r in range(rows):
-            row = planes[0, start + r * sh * pitch:]
-            for c in range(cols):
-                dst[r, c, 0] = row[c * sw]
+def _from_planes(planes, start, pitch, ph, pw, sh, sw, dst):
+    """The inverse of _to_planes: dst (R, C, K)[r, c, k] is read from where _to_planes puts it."""
+    if sh > 1 or sw > 1:
+        _copy_phases(dst, planes, start, pitch, ph, pw, sh, sw, False)
         return
+    rows, cols, k_all = dst.shape
     for r in range(rows):
-        for c in range(cols):
-            p = start + r * sh * pitch + c * sw
-            for k in range(k_all):
-                dst[r, c, k] = planes[k, p]
+        base = start + (r + ph) * pitch + pw
+        if k_all == 1:
+            row = planes[0, base:base + cols]
+            for c in range(cols):
+                dst[r, c, 0] = row[c]
+        else:
+            for c in range(cols):
+                for k in range(k_all):
+                    dst[r, c, k] = planes[k, base + c]
 
 
-# Register blocks of the two hot loops below: TAP_BLOCK taps x 2 output channels per pass over p,
-# so each load of a shifted slice feeds two multiply-adds and each output (or accumulator) is
-# loaded and stored once per TAP_BLOCK taps. Unblocked (one tap, one channel per pass) the loops
-# were bound by loads and stores, not arithmetic. Three taps, not four: a 3x3 kernel on one input
-# channel has 9 taps, which four-tap blocks would pad to 12 (the seed layer's 33% waste).
-TAP_BLOCK = 3
+@njit(cache=True)
+def _copy_phases(image, planes, start, pitch, ph, pw, sh, sw, to_planes):
+    """_to_planes / _from_planes for stride > 1: image (R, C, K) <-> sh*sw phase planes per
+    channel, in the direction `to_planes` says."""
+    rows, cols, k_all = image.shape
+    for r in range(rows):
+        a, base = (r + ph) % sh, start + ((r + ph) // sh) * pitch
+        b, q = pw % sw, pw // sw        # phase and position of column c + pw, kept incrementally:
+        for c in range(cols):           # a division per pixel costs more than the copy
+            plane0, p = a * sw + b, base + q
+            if to_planes:
+                for k in range(k_all):
+                    planes[k * sh * sw + plane0, p] = image[r, c, k]
+            else:
+                for k in range(k_all):
+                    image[r, c, k] = planes[k * sh * sw + plane0, p]
+            b += 1
+            if b == sw:
+                b, q = 0, q + 1
 
 
 @njit(cache=True, fastmath=_FASTMATH)
 def _shifted_sum(src, offsets, weights, bias, out):
     """out (C, P)[c, p] = bias[c] + sum_t src[offsets[t] + p] * weights[t, c].
 
-    Needs T % TAP_BLOCK == 0 (see _blocked). Channels go in pairs; an odd last one goes alone.
+    Needs T % TAP_BLOCK == 0 (see _taps). Channels go in pairs; an odd last one goes alone.
     The first block of taps starts from the bias instead of reading `out`.
     """
     n_taps, n_out = weights.shape
@@ -226,7 +276,7 @@ def _shifted_sum(src, offsets, weights, bias, out):
 @njit(cache=True, fastmath=_FASTMATH)
 def _accumulate_dw_db(src, offsets, grads, start, length, dw, db):
     """dw (T, C)[t, c] += sum_p src[offsets[t] + p] * g[c, p] and db[c] += sum_p g[c, p],
-    where g = grads[:, start:start + length]. Needs T % TAP_BLOCK == 0 (see _blocked).
+    where g = grads[:, start:start + length]. Needs T % TAP_BLOCK == 0 (see _taps).
 
     Channels go in pairs (an odd last one is paired with itself and written twice, the same value).
     """
@@ -266,61 +316,64 @@ def _all_finite(a):
 
 
 @njit(cache=True)
-def _accumulate_dw_db_exact(src, offsets, grads, start, wp, sh, sw, out_h, out_w, dw, db):
+def _accumulate_dw_db_exact(src, offsets, grads, start, wq, out_h, out_w, dw, db):
     """_accumulate_dw_db summed over real output positions only, for samples holding NaN or inf:
-    the fast loops also multiply the zeros between and beside the outputs, and 0 * NaN would
-    poison taps that never touch the bad pixel (naive leaves those finite). Scalar and slow."""
+    the fast loops also multiply the zeros beside the outputs, and 0 * NaN would poison taps that
+    never touch the bad pixel (naive leaves those finite). Scalar and slow."""
     n_taps, n_out = dw.shape
     for c in range(n_out):
         for oh in range(out_h):
             for ow in range(out_w):
-                p = start + oh * sh * wp + ow * sw
-                db[c] += grads[c, p]
+                p = oh * wq + ow
+                db[c] += grads[c, start + p]
                 for t in range(n_taps):
-                    dw[t, c] += src[offsets[t] + p - start] * grads[c, p]
+                    dw[t, c] += src[offsets[t] + p] * grads[c, start + p]
 
 
 @njit(**_CONV_JIT)
-def _conv_forward(x, offsets, weights, bias, hp, wp, ph, pw, sh, sw, span, n_parts, y):
-    n, h, wd, c_in = x.shape
-    # input planes then a zero tail (read by the padding taps of _blocked); borders stay zero
-    plane_values = c_in * hp * wp
+def _conv_forward(x, offsets, weights, bias, lay, n_parts, y):
+    n, c_in = x.shape[0], x.shape[3]
+    n_phases, plane = c_in * lay.sh * lay.sw, lay.hq * lay.wq
     for part in prange(n_parts):
-        planes = np.zeros(plane_values + span, dtype=x.dtype)
-        out = np.empty((weights.shape[1], span), dtype=y.dtype)
+        # phase planes, then a zero tail read by the padding taps; the padding stays zero
+        planes = np.zeros(n_phases * plane + lay.span, dtype=x.dtype)
+        phase_planes = planes[:n_phases * plane].reshape(n_phases, plane)
+        out = np.empty((weights.shape[1], lay.span), dtype=y.dtype)
         for ni in range(part * n // n_parts, (part + 1) * n // n_parts):
-            _to_planes(x[ni], planes[:plane_values].reshape(c_in, hp * wp), ph * wp + pw, wp, 1, 1)
+            _to_planes(x[ni], phase_planes, 0, lay.wq, lay.ph, lay.pw, lay.sh, lay.sw)
             _shifted_sum(planes, offsets, weights, bias, out)
-            _from_planes(out, 0, wp, sh, sw, y[ni])
+            _from_planes(out, 0, lay.wq, 0, 0, 1, 1, y[ni])
 
 
 @njit(**_CONV_JIT)
-def _conv_backward(x, dy, offsets, dx_offsets, dx_weights, hp, wp, ph, pw, sh, sw, span, margin,
-                   n_parts, dw_parts, db_parts, dx):
-    n, h, wd, c_in = x.shape
+def _conv_backward(x, dy, offsets, dx_offsets, dx_weights, lay, n_parts, dw_parts, db_parts, dx):
+    n, c_in = x.shape[0], x.shape[3]
+    out_h, out_w, c_out = dy.shape[1], dy.shape[2], dy.shape[3]
     need_dx = dx.shape[0] == n
-    plane_values = c_in * hp * wp
-    c_out, dy_plane = dy.shape[3], span + 2 * margin
-    no_bias = np.zeros(dx_weights.shape[1], dtype=x.dtype)
+    n_phases, plane = c_in * lay.sh * lay.sw, lay.hq * lay.wq
+    dy_plane = lay.margin + plane
+    no_bias = np.zeros(n_phases, dtype=x.dtype)
     for part in prange(n_parts):
-        planes = np.zeros(plane_values + span, dtype=x.dtype)
-        # dy at its stride-1 positions with `margin` zeros either side, then a zero tail for the
-        # padding taps; entries never written stay zero from sample to sample
-        grads = np.zeros(c_out * dy_plane + hp * wp, dtype=dy.dtype)
+        planes = np.zeros(n_phases * plane + lay.span, dtype=x.dtype)
+        phase_planes = planes[:n_phases * plane].reshape(n_phases, plane)
+        # dy after `margin` zeros in each plane, then a zero tail for the padding taps; entries
+        # never written stay zero from sample to sample
+        grads = np.zeros(c_out * dy_plane + lay.dx_len, dtype=dy.dtype)
         grad_planes = grads[:c_out * dy_plane].reshape(c_out, dy_plane)
-        dx_planes = np.empty((c_in, (h - 1) * wp + wd), dtype=x.dtype)
+        dx_planes = np.empty((n_phases, lay.dx_len), dtype=x.dtype)
         for ni in range(part * n // n_parts, (part + 1) * n // n_parts):
-            _to_planes(x[ni], planes[:plane_values].reshape(c_in, hp * wp), ph * wp + pw, wp, 1, 1)
-            _to_planes(dy[ni], grad_planes, margin, wp, sh, sw)
+            _to_planes(x[ni], phase_planes, 0, lay.wq, lay.ph, lay.pw, lay.sh, lay.sw)
+            _to_planes(dy[ni], grad_planes, lay.margin, lay.wq, 0, 0, 1, 1)
             if _all_finite(x[ni]):
-                _accumulate_dw_db(planes, offsets, grad_planes, margin, span, dw_parts[part],
-                                  db_parts[part])
+                _accumulate_dw_db(planes, offsets, grad_planes, lay.margin, lay.span,
+                                  dw_parts[part], db_parts[part])
             else:
-                _accumulate_dw_db_exact(planes, offsets, grad_planes, margin, wp, sh, sw,
-                                        dy.shape[1], dy.shape[2], dw_parts[part], db_parts[part])
+                _accumulate_dw_db_exact(planes, offsets, grad_planes, lay.margin, lay.wq, out_h,
+                                        out_w, dw_parts[part], db_parts[part])
             if need_dx:
                 _shifted_sum(grads, dx_offsets, dx_weights, no_bias, dx_planes)
-                _from_planes(dx_planes, 0, wp, 1, 1, dx[ni])
+                _from_planes(dx_planes, -lay.dx_start, lay.wq, lay.ph, lay.pw, lay.sh, lay.sw,
+                             dx[ni])
 
 
 @njit(**_POOL_JIT)
@@ -397,18 +450,17 @@ def _parts(g):
 def conv2d_forward(x, w, b=None, stride=1, padding=0):
     """x: (N, H, W, C_in), w: (KH, KW, C_in, C_out), b: (C_out,) or None -> y: (N, OH, OW, C_out).
 
-    Same dtype as x (float32 or float64). ctx keeps x, w (C-contiguous) and the tap offsets for
-    the backward pass.
+    Same dtype as x (float32 or float64). ctx keeps x, w (C-contiguous), the layout and the tap
+    offsets for the backward pass.
     """
     g = conv_geometry(x, w, b, stride, padding)
     x, w = np.ascontiguousarray(x), np.ascontiguousarray(w)
-    hp, wp, span, _ = _plane_layout(g)
-    offsets, weights = _forward_taps(g, w, hp, wp)
+    lay = _layout(g)
+    offsets, weights = _forward_taps(g, lay, w)
     bias = np.zeros(g.c_out, dtype=g.dtype) if b is None else np.ascontiguousarray(b)
     y = np.empty(g.y_shape, dtype=g.dtype)
-    _launch(_conv_forward, g.flops // 2, x, offsets, weights, bias, hp, wp, g.ph, g.pw, g.sh, g.sw,
-            span, _parts(g), y)
-    return y, {"geometry": g, "x": x, "w": w, "offsets": offsets}
+    _launch(_conv_forward, g.flops // 2, x, offsets, weights, bias, lay, _parts(g), y)
+    return y, {"geometry": g, "x": x, "w": w, "layout": lay, "offsets": offsets}
 
 
 def conv2d_backward(dy, ctx, need_dx=True):
@@ -416,20 +468,17 @@ def conv2d_backward(dy, ctx, need_dx=True):
 
     need_dx=False skips the dX half of the kernel (first layer of a network).
     """
-    g, x, w = ctx["geometry"], ctx["x"], ctx["w"]
+    g, x, w, lay, offsets = ctx["geometry"], ctx["x"], ctx["w"], ctx["layout"], ctx["offsets"]
     check_grad(dy, g.y_shape, g.dtype)
     dy = np.ascontiguousarray(dy)
-    hp, wp, span, margin = _plane_layout(g)
-    offsets = ctx["offsets"]               # the forward's taps, which dW sums over
-    dx_offsets, dx_weights = _dx_taps(g, w, wp, span + 2 * margin)
+    dx_offsets, dx_weights = _dx_taps(g, lay, w)
     n_parts = _parts(g)
     # one partial dW/db per sample block, summed afterwards: threads never share an accumulator
     dw_parts = np.zeros((n_parts, len(offsets), g.c_out), dtype=g.dtype)
     db_parts = np.zeros((n_parts, g.c_out), dtype=g.dtype)
     dx = np.empty(g.x_shape if need_dx else (0,) + g.x_shape[1:], dtype=g.dtype)
     _launch(_conv_backward, g.flops // 2 * (2 if need_dx else 1), x, dy, offsets, dx_offsets,
-            dx_weights, hp, wp, g.ph, g.pw, g.sh, g.sw, span, margin, n_parts, dw_parts, db_parts,
-            dx)
+            dx_weights, lay, n_parts, dw_parts, db_parts, dx)
     # rows of dw are taps ordered (c_in, i, j), then the blocking's padding; w is (i, j, c_in, c_out)
     dw = dw_parts.sum(axis=0)[:g.c_in * g.kh * g.kw].reshape(g.c_in, g.kh, g.kw, g.c_out)
     db = db_parts.sum(axis=0) if g.has_bias else None
