@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -30,6 +31,11 @@ NUMPY_BACKENDS = ("naive", "einsum", "im2col")   # pure-numpy: the "best numpy b
 PASSES = ("forward", "backward")
 FULL_EPOCH = 60_000
 QUICK_FITCONV_SAMPLES = 20        # --quick times the fit on 20 of its 100 samples and scales up
+# Idle time before each backend's layer timings. OpenBLAS's workers (after im2col/einsum GEMMs)
+# and TensorFlow's pool busy-wait for a while after their last task; on 2 cores they took the
+# second core from the next backend's first samples (numba's seed_conv forward: median 276 us,
+# IQR 1.5 ms, against 240 us alone).
+COOLDOWN_SECONDS = 0.3
 
 
 @dataclass
@@ -97,6 +103,7 @@ def run_layers(opts: Options, backends, broken, bar) -> list[dict]:
                     rows.append({**base, "backend": name, "pass": p, "status": peer_status[name]})
                 bar.update(1)
                 continue
+            time.sleep(COOLDOWN_SECONDS)
             try:
                 ops = peers.layer_ops(name, case) if is_peer else layer_ops(name, case)
             except Exception as exc:
