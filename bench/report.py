@@ -87,8 +87,9 @@ def layers_section(results: dict) -> str:
            "multiply-add (backward = dx + dw = 2× forward); *% peak* is against the float32 matmul "
            "peak above. *vs naive* and *vs best numpy* are speedups (>1 = faster); */ PyTorch* and "
            "*/ TF* are time ratios (>1 = slower than the peer). Pool cases do no multiply-adds, so "
-           f"they have no GFLOP/s. ⚠ marks noisy results (IQR > {NOISY_IQR_FRACTION:.0%} of median).",
-           ""]
+           f"they have no GFLOP/s. ⚠ marks noisy results (IQR > {NOISY_IQR_FRACTION:.0%} of median). "
+           "einsum and im2col are timed with 1 and 2 BLAS threads and keep the faster setting "
+           "(the number after the name); numba and the peers use 2 threads.", ""]
     headers = ["case", "pass", "backend", "median (IQR)", "GFLOP/s", "% peak", "vs naive",
                "vs best numpy", "/ PyTorch", "/ TF"]
     body = []
@@ -98,7 +99,8 @@ def layers_section(results: dict) -> str:
                          ""])
             continue
         pf = r.get("peak_fraction")
-        body.append([r["case"], r["pass"], _label(r["backend"]),
+        label = _label(r["backend"]) + (f" ({r['blas_threads']})" if "blas_threads" in r else "")
+        body.append([r["case"], r["pass"], label,
                      f"{fmt_seconds(r['median'])} ({fmt_seconds(r['iqr'])})"
                      + (" ⚠" if r.get("noisy") else ""),
                      fmt_num(r.get("gflops")), "—" if pf is None else f"{100 * pf:.1f}%",

@@ -18,6 +18,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from . import epoch as epoch_mod
@@ -36,6 +37,14 @@ QUICK_FITCONV_SAMPLES = 20        # --quick times the fit on 20 of its 100 sampl
 # second core from the next backend's first samples (numba's seed_conv forward: median 276 us,
 # IQR 1.5 ms, against 240 us alone).
 COOLDOWN_SECONDS = 0.3
+# The BLAS-bound NumPy backends are timed with 1 and with 2 OpenBLAS threads and keep the faster.
+# Neither is always right here: a second thread halves the big GEMMs, but on the skinny ones of
+# single-channel layers its worker first has to pull the freshly written columns from the other
+# core's cache, and whether OpenBLAS splits them that way varies from process to process
+# (im2col seed_conv forward: 0.47 ms in one process, 1.4-1.6 ms in another; 0.47-0.53 ms on one
+# thread). naive's matmuls are too small for BLAS to thread.
+BLAS_TUNED = ("einsum", "im2col")
+BLAS_THREAD_CHOICES = (1, 2)
 
 
 @dataclass
@@ -82,6 +91,29 @@ def usable_backends(backends) -> tuple[list[str], dict[str, str]]:
     return ok, broken
 
 
+def _timed_rows(ops, base, name, is_peer, repeat) -> list[dict]:
+    """One row per pass. BLAS_TUNED backends are timed under each of BLAS_THREAD_CHOICES and keep
+    the setting with the smaller forward + backward (recorded as "blas_threads")."""
+    choices = BLAS_THREAD_CHOICES if name in BLAS_TUNED else (None,)
+    best = None
+    for threads in choices:
+        rows = []
+        with threadpool_limits(limits=threads, user_api="blas"):
+            for p in PASSES:
+                row = {**base, "backend": name, "pass": p, "peer": is_peer}
+                try:
+                    row.update(measure(ops[p], repeat=repeat).to_dict(), status="ok")
+                except Exception as exc:
+                    row["status"] = _error(exc)
+                if threads is not None:
+                    row["blas_threads"] = threads
+                rows.append(row)
+        total = sum(r["median"] if r["status"] == "ok" else np.inf for r in rows)
+        if best is None or total < best[0]:
+            best = (total, rows)
+    return best[1]
+
+
 def run_layers(opts: Options, backends, broken, bar) -> list[dict]:
     """Every case x backend (+ peers) x pass: timing rows, then derived ratios (see derive_ratios)."""
     rows = []
@@ -108,16 +140,11 @@ def run_layers(opts: Options, backends, broken, bar) -> list[dict]:
                 ops = peers.layer_ops(name, case) if is_peer else layer_ops(name, case)
             except Exception as exc:
                 ops, err = None, _error(exc)
-            for p in PASSES:
-                row = {**base, "backend": name, "pass": p, "peer": is_peer}
-                if ops is None:
-                    row["status"] = err
-                else:
-                    try:
-                        row.update(measure(ops[p], repeat=opts.repeat).to_dict(), status="ok")
-                    except Exception as exc:
-                        row["status"] = _error(exc)
-                rows.append(row)
+            if ops is None:
+                rows += [{**base, "backend": name, "pass": p, "peer": is_peer, "status": err}
+                         for p in PASSES]
+            else:
+                rows += _timed_rows(ops, base, name, is_peer, opts.repeat)
             bar.update(1)
     order = {n: i for i, n in enumerate(list(opts.backends) + list(peers.PEERS))}
     cases = {c: i for i, c in enumerate(opts.cases)}
