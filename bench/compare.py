@@ -34,6 +34,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         f"{', '.join(BACKEND_NAMES)}")
     p.add_argument("--repeat", type=int, default=None,
                    help="timed samples per measurement, after warm-up (default: 7; with --quick: 3)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="passes over the whole layer matrix, pooled into one median per figure so a "
+                        "busy moment spoils one round, not the result (default: 3; with --quick: 1)")
     p.add_argument("--quick", action="store_true",
                    help="reduced matrix (3 cases, 2048-image epoch, short scaling) in under 2 minutes")
     p.add_argument("--out", default=str(DEFAULT_OUT),
@@ -86,7 +89,8 @@ def main(argv=None) -> int:
         if args.compare:
             load_results(args.compare[0])          # fail before a long run, not after it
         opts = Options(cases=args.cases, backends=args.backends, quick=args.quick,
-                       repeat=args.repeat or (3 if args.quick else 7), peers=not args.no_peers,
+                       repeat=args.repeat or (3 if args.quick else 7),
+                       rounds=args.rounds or (1 if args.quick else 3), peers=not args.no_peers,
                        data_dir=args.data_dir, epoch_samples=args.epoch_samples)
         opts.resolved()                            # unknown names fail here, before any timing
         results = run_suite(opts, name=args.name)

@@ -59,7 +59,7 @@ def machine_header(results: dict) -> str:
         f"# convbench report `{results['name']}`",
         "",
         f"Run {results['created']} → {results.get('finished', '?')}, repeats {opts.get('repeat')}"
-        f"{', quick' if opts.get('quick') else ''}.",
+        f" x {opts.get('rounds', 1)} rounds{', quick' if opts.get('quick') else ''}.",
         "",
         table(["machine", ""], [
             ["CPU", f"{m['cpu']}, {m['cores']} cores"],

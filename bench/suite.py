@@ -26,7 +26,7 @@ from . import memory, peers, scaling
 from .cases import QUICK_CASES, get_case, resolve_backends, resolve_cases
 from .layers import layer_ops, warm_up_backend
 from .machine import describe_machine
-from .timing import measure
+from .timing import measure, summarize
 
 NUMPY_BACKENDS = ("naive", "einsum", "im2col")   # pure-numpy: the "best numpy backend" baseline
 PASSES = ("forward", "backward")
@@ -52,6 +52,7 @@ class Options:
     cases: list | None = None          # None: all (or QUICK_CASES with quick)
     backends: list | None = None       # None: all available
     repeat: int = 5
+    rounds: int = 1                    # passes over the whole layer matrix (see run_layers)
     quick: bool = False
     peers: bool = True
     data_dir: str | None = None
@@ -67,6 +68,8 @@ class Options:
                           "backends": resolve_backends(self.backends)})
         if opts.repeat < 1:
             raise ValueError(f"--repeat must be >= 1, got {opts.repeat}")
+        if opts.rounds < 1:
+            raise ValueError(f"--rounds must be >= 1, got {opts.rounds}")
         if opts.epoch_samples is None:
             opts.epoch_samples = 2048 if opts.quick else FULL_EPOCH
         if opts.epoch_samples < 1:
@@ -91,23 +94,37 @@ def usable_backends(backends) -> tuple[list[str], dict[str, str]]:
     return ok, broken
 
 
-def _timed_rows(ops, base, name, is_peer, repeat) -> list[dict]:
-    """One row per pass. BLAS_TUNED backends are timed under each of BLAS_THREAD_CHOICES and keep
-    the setting with the smaller forward + backward (recorded as "blas_threads")."""
-    choices = BLAS_THREAD_CHOICES if name in BLAS_TUNED else (None,)
+def _time_passes(ops, threads, repeat, pooled, key) -> None:
+    """Time every pass of `ops` under `threads` BLAS threads (None: as configured) and append the
+    per-call samples to pooled[key + (threads, pass)] (an error string replaces the list)."""
+    with threadpool_limits(limits=threads, user_api="blas"):
+        for p in PASSES:
+            k = key + (threads, p)
+            if isinstance(pooled.get(k), str):
+                continue
+            try:
+                t = measure(ops[p], repeat=repeat)
+                pooled.setdefault(k, []).extend(t.samples)
+            except Exception as exc:
+                pooled[k] = _error(exc)
+
+
+def _pooled_rows(base, name, is_peer, pooled) -> list[dict]:
+    """Rows of one (case, backend) from its pooled samples: for a BLAS_TUNED backend, the thread
+    setting with the smaller forward + backward median (recorded as "blas_threads")."""
     best = None
-    for threads in choices:
+    for threads in (BLAS_THREAD_CHOICES if name in BLAS_TUNED else (None,)):
         rows = []
-        with threadpool_limits(limits=threads, user_api="blas"):
-            for p in PASSES:
-                row = {**base, "backend": name, "pass": p, "peer": is_peer}
-                try:
-                    row.update(measure(ops[p], repeat=repeat).to_dict(), status="ok")
-                except Exception as exc:
-                    row["status"] = _error(exc)
-                if threads is not None:
-                    row["blas_threads"] = threads
-                rows.append(row)
+        for p in PASSES:
+            row = {**base, "backend": name, "pass": p, "peer": is_peer}
+            got = pooled.get((base["case"], name, threads, p), "error: not measured")
+            if isinstance(got, str):
+                row["status"] = got
+            else:
+                row.update(summarize(got).to_dict(), status="ok")
+            if threads is not None:
+                row["blas_threads"] = threads
+            rows.append(row)
         total = sum(r["median"] if r["status"] == "ok" else np.inf for r in rows)
         if best is None or total < best[0]:
             best = (total, rows)
@@ -115,9 +132,15 @@ def _timed_rows(ops, base, name, is_peer, repeat) -> list[dict]:
 
 
 def run_layers(opts: Options, backends, broken, bar) -> list[dict]:
-    """Every case x backend (+ peers) x pass: timing rows, then derived ratios (see derive_ratios)."""
-    rows = []
+    """Every case x backend (+ peers) x pass: timing rows, then derived ratios (see derive_ratios).
+
+    The whole matrix is timed opts.rounds times, one round after the other, and each figure is the
+    median of all its rounds' samples: a few seconds of disturbance on the shared machine then
+    spoil one round of a measurement instead of all of it.
+    """
+    rows, pooled = [], {}
     peer_status = peers.available_peers() if opts.peers else {p: "disabled (--no-peers)" for p in peers.PEERS}
+    plan = []                                       # (case, base, [(name, is_peer)]) to time
     for case in resolve_cases(opts.cases):
         run, skipped = case.backends(backends)
         base = {"case": case.name, "kind": case.kind, "shape": case.shape_text, "flops": case.flops}
@@ -127,25 +150,35 @@ def run_layers(opts: Options, backends, broken, bar) -> list[dict]:
                              if not reason.startswith("error") else reason})
             if name in skipped:
                 tqdm.write(f"{case.name}: {name} skipped: {reason}")
+        timed = []
         for name in run + list(peers.PEERS):
-            is_peer = name in peers.PEERS
-            bar.set_description(f"layers {case.name} {name}")
-            if is_peer and peer_status[name] != "ok":
-                for p in PASSES:
-                    rows.append({**base, "backend": name, "pass": p, "status": peer_status[name]})
-                bar.update(1)
-                continue
-            time.sleep(COOLDOWN_SECONDS)
-            try:
-                ops = peers.layer_ops(name, case) if is_peer else layer_ops(name, case)
-            except Exception as exc:
-                ops, err = None, _error(exc)
-            if ops is None:
-                rows += [{**base, "backend": name, "pass": p, "peer": is_peer, "status": err}
+            if name in peers.PEERS and peer_status[name] != "ok":
+                rows += [{**base, "backend": name, "pass": p, "status": peer_status[name]}
                          for p in PASSES]
+                bar.update(opts.rounds)                 # its steps in count_steps, done
             else:
-                rows += _timed_rows(ops, base, name, is_peer, opts.repeat)
-            bar.update(1)
+                timed.append((name, name in peers.PEERS))
+        plan.append((case, base, timed))
+    for rnd in range(opts.rounds):
+        for case, base, timed in plan:
+            for name, is_peer in timed:
+                bar.set_description(f"layers {case.name} {name} (round {rnd + 1}/{opts.rounds})")
+                time.sleep(COOLDOWN_SECONDS)
+                key = (case.name, name)
+                try:
+                    ops = peers.layer_ops(name, case) if is_peer else layer_ops(name, case)
+                except Exception as exc:
+                    for threads in (BLAS_THREAD_CHOICES if name in BLAS_TUNED else (None,)):
+                        for p in PASSES:
+                            pooled[key + (threads, p)] = _error(exc)
+                    bar.update(1)
+                    continue
+                for threads in (BLAS_THREAD_CHOICES if name in BLAS_TUNED else (None,)):
+                    _time_passes(ops, threads, opts.repeat, pooled, key)
+                bar.update(1)
+    for case, base, timed in plan:
+        for name, is_peer in timed:
+            rows += _pooled_rows(base, name, is_peer, pooled)
     order = {n: i for i, n in enumerate(list(opts.backends) + list(peers.PEERS))}
     cases = {c: i for i, c in enumerate(opts.cases)}
     return sorted(rows, key=lambda r: (cases[r["case"]], PASSES.index(r["pass"]),
@@ -303,7 +336,7 @@ def count_steps(opts: Options, backends) -> int:
     n_peers = len(peers.PEERS)
     steps = 0
     if "layers" in opts.sections:
-        steps += len(opts.cases) * (len(backends) + n_peers)
+        steps += opts.rounds * len(opts.cases) * (len(backends) + n_peers)
     if "epoch" in opts.sections:
         steps += len(backends) + n_peers
     if "fitconv" in opts.sections:

@@ -154,6 +154,26 @@ def test_missing_peer_reports_not_installed(monkeypatch):
     assert status[("torch", "forward")] == status[("tensorflow", "backward")] == "not installed"
 
 
+def test_rounds_pool_their_samples_and_blas_threads_are_chosen(monkeypatch):
+    monkeypatch.setattr("bench.suite.COOLDOWN_SECONDS", 0)
+    opts = Options(cases=["fit003"], backends=["im2col", "numba"], repeat=2, rounds=3,
+                   peers=False).resolved()
+
+    class Bar:
+        steps = 0
+        def update(self, n): Bar.steps += n
+        def set_description(self, s): pass
+
+    rows = run_layers(opts, ["im2col", "numba"], {}, Bar())
+    assert Bar.steps == 3 * 1 * (2 + len(peers.PEERS))      # rounds x cases x (backends + peers)
+    ok = {(r["backend"], r["pass"]): r for r in rows if r["status"] == "ok"}
+    assert {len(r["samples"]) for r in ok.values()} == {6}  # 3 rounds x 2 samples, pooled
+    assert ok[("im2col", "forward")]["blas_threads"] == ok[("im2col", "backward")]["blas_threads"]
+    assert "blas_threads" not in ok[("numba", "forward")]
+    with pytest.raises(ValueError, match="--rounds"):
+        Options(rounds=0).resolved()
+
+
 def test_slow_backend_is_reported_not_dropped():
     big = get_case("seed_conv").with_size(112)
     run, skipped = big.backends(["naive", "im2col"])
