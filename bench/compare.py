@@ -1,7 +1,7 @@
 """Benchmark every conv/pool backend against each other, the machine's matmul peak, and PyTorch /
 TensorFlow; write reports/<name>/ (report.md, results.json, PNGs) and refresh reports/latest.md.
 
-    python -m bench.compare                       # the full matrix (about 15-20 minutes here)
+    python -m bench.compare                       # the full matrix (about 4 minutes here)
     python -m bench.compare --quick               # reduced matrix, under 2 minutes (CI smoke test)
     python -m bench.compare --compare OLD.json    # run, then ratios against an earlier run
     python -m bench.compare --compare OLD.json NEW.json   # only compare two existing runs
