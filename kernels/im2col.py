@@ -1,7 +1,8 @@
 """im2col backend: unfold every receptive field into a row of a matrix, then one GEMM.
 
-Forward:   cols (N*OH*OW, KH*KW*C_in) @ w (KH*KW*C_in, C_out)          -> y
-Backward:  dw = cols.T @ dy,   dcols = dy @ w.T,   dx = col2im(dcols)
+Forward:   cols (N*OH*OW, KH*KW*C_in [+1]) @ [w; b] (KH*KW*C_in [+1], C_out)   -> y
+Backward:  [dw; db] = cols.T @ dy,   dcols = dy @ w.T,   dx = col2im(dcols)
+(the +1: a column of ones in cols carries the bias, see im2col)
 Pooling walks the same kernel offsets without materialising columns (max/mean per offset),
 and col2im's per-offset accumulation for the gradient.
 """
@@ -15,27 +16,34 @@ from ._memory import keep_freed_memory
 keep_freed_memory()   # reuse freed pages: a step's big arrays would page-fault afresh
 
 
-def im2col(x_padded, kh, kw, sh, sw, out_h, out_w):
-    """x_padded: (N, Hp, Wp, C) -> cols: (N, OH, OW, KH, KW, C), filled one kernel offset at a time.
+def im2col(x_padded, kh, kw, sh, sw, out_h, out_w, ones=False):
+    """x_padded: (N, Hp, Wp, C) -> cols: (N*OH*OW, KH*KW*C), plus a last column of ones if `ones`.
 
-    KH*KW strided slice copies, each as large as the output, which is far cheaper than
-    transposing a sliding-window view element by element. The memory order depends on C:
-    - C > 1: cols is C-contiguous, each receptive field one row of the GEMM's (M, K) matrix, and
-      each copy moves runs of C contiguous values.
-    - C == 1: those runs would be single floats, stored KH*KW apart. The array is instead laid
-      out offset-major, (KH, KW, C, N, OH, OW) in memory (Caffe's column order), and returned as a
-      transposed view: each copy is then a contiguous image block (64x28x28: 0.24 -> 0.11 ms),
-      col2im's adds become contiguous too, and BLAS takes the transposed matrix as it is.
-    Either way cols.reshape(N*OH*OW, KH*KW*C) is a view, not a copy.
+    Row m is the receptive field of output pixel m, ordered (kh, kw, c) like w.reshape(-1, C_out);
+    the ones column is the input that multiplies the bias, so one GEMM adds it (and dW's GEMM
+    gives db), instead of two more passes over the output. Filled one kernel offset at a time:
+    KH*KW strided slice copies, each as large as the output, far cheaper than transposing a
+    sliding-window view element by element. The memory order depends on C:
+    - C > 1: row-major, so each copy moves runs of C contiguous values.
+    - C == 1: those runs would be single floats, stored KH*KW apart. The matrix is instead stored
+      column-major (offset-major, Caffe's order) and returned as a transposed view: each copy is
+      then a contiguous image block (64x28x28: 0.24 -> 0.11 ms), col2im's adds become contiguous
+      too, and BLAS takes the transposed matrix as it is.
     """
     n, _, _, c = x_padded.shape
+    rows, width = n * out_h * out_w, kh * kw * c + (1 if ones else 0)
     if c == 1:
-        cols = np.empty((kh, kw, c, n, out_h, out_w), dtype=x_padded.dtype).transpose(3, 4, 5, 0, 1, 2)
+        cols = np.empty((width, rows), dtype=x_padded.dtype).T
     else:
-        cols = np.empty((n, out_h, out_w, kh, kw, c), dtype=x_padded.dtype)
+        cols = np.empty((rows, width), dtype=x_padded.dtype)
     for i in range(kh):
         for j in range(kw):
-            cols[:, :, :, i, j, :] = x_padded[:, i:i + sh * out_h:sh, j:j + sw * out_w:sw, :]
+            first = (i * kw + j) * c
+            # splitting the row axis into (N, OH, OW) is always a view, so this writes into cols
+            block = cols[:, first:first + c].reshape(n, out_h, out_w, c)
+            block[...] = x_padded[:, i:i + sh * out_h:sh, j:j + sw * out_w:sw, :]
+    if ones:
+        cols[:, -1] = 1
     return cols
 
 
@@ -56,15 +64,10 @@ def col2im(dcols, padded_shape, sh, sw):
 def conv2d_forward(x, w, b=None, stride=1, padding=0):
     """x: (N, H, W, C_in), w: (KH, KW, C_in, C_out), b: (C_out,) or None -> y: (N, OH, OW, C_out)."""
     g = conv_geometry(x, w, b, stride, padding)
-    cols = im2col(pad_hw(x, g.ph, g.pw), g.kh, g.kw, g.sh, g.sw, g.out_h, g.out_w)
-    cols = cols.reshape(-1, g.kh * g.kw * g.c_in)
+    cols = im2col(pad_hw(x, g.ph, g.pw), g.kh, g.kw, g.sh, g.sw, g.out_h, g.out_w, ones=g.has_bias)
     w_mat = w.reshape(-1, g.c_out)
-    y = cols @ w_mat
-    if b is not None:
-        # added per sample against b tiled over the OH*OW pixels: the same sums, but numpy's inner
-        # loop runs over OH*OW*C_out elements instead of C_out (64x28x28x16: 0.33 -> 0.08 ms)
-        per_sample = y.reshape(g.n, g.out_h * g.out_w * g.c_out)   # a view: += writes into y
-        per_sample += np.tile(b, g.out_h * g.out_w)
+    # with a bias, its row under w_mat meets the ones column of cols (see im2col)
+    y = cols @ (np.vstack([w_mat, b]) if g.has_bias else w_mat)
     return y.reshape(g.y_shape), {"geometry": g, "cols": cols, "w_mat": w_mat}
 
 
@@ -73,10 +76,9 @@ def conv2d_backward(dy, ctx, need_dx=True):
     g, cols, w_mat = ctx["geometry"], ctx["cols"], ctx["w_mat"]
     check_grad(dy, g.y_shape, g.dtype)
     dy_mat = dy.reshape(-1, g.c_out)
-    dw = (cols.T @ dy_mat).reshape(g.w_shape)
-    # a GEMV with ones: dy_mat.sum(axis=0) walks (N*OH*OW, C_out) one short row at a time, 20x
-    # slower for C_out=16 (1.0 vs 0.05 ms on 50176 rows), and sums less accurately
-    db = np.ones(len(dy_mat), dtype=g.dtype) @ dy_mat if g.has_bias else None
+    grads = cols.T @ dy_mat                      # (KH*KW*C_in [+ 1], C_out): dw, then db's row
+    dw = grads[:len(w_mat)].reshape(g.w_shape)
+    db = grads[-1] if g.has_bias else None
     if not need_dx:
         return None, dw, db
     if g.c_in == 1:
