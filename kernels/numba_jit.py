@@ -27,8 +27,8 @@ from ._memory import keep_freed_memory
 
 keep_freed_memory()   # reuse freed pages: a step's big arrays would page-fault afresh
 
-# reassoc lets LLVM vectorise the dW dot products (sums in any order); nnan/ninf are deliberately not enabled,
-# so NaN and inf keep their IEEE meaning (NaN inputs propagate).
+# reassoc lets LLVM vectorise the dW dot products (sums in any order); nnan/ninf are deliberately
+# not enabled, so NaN and inf keep their IEEE meaning (NaN inputs propagate).
 _FASTMATH = {"reassoc", "contract"}
 _CONV_JIT = dict(cache=True, parallel=True, fastmath=_FASTMATH)
 _POOL_JIT = dict(cache=True, parallel=True)
@@ -92,7 +92,8 @@ def _launch(kernel, work, *args):
 #   hq, wq          rows and pitch of a phase plane: ceil(Hp / sh), ceil(Wp / sw)
 #   span            flat length covering every output position, (OH - 1) * wq + OW
 #   margin          zeros kept before each dy plane so every tap of the full correlation (dX)
-#                   reads inside its plane: (U - 1) * wq + V - 1, U = ceil(KH / sh), V = ceil(KW / sw)
+#                   reads inside its plane: (U - 1) * wq + V - 1,
+#                   with U = ceil(KH / sh), V = ceil(KW / sw)
 #   dx_start        first phase-plane position dX computes, dx_len how many (stride 1: only the
 #                   unpadded image; otherwise whole phase planes)
 Layout = collections.namedtuple("Layout", "ph pw sh sw hq wq span margin dx_start dx_len")
@@ -111,9 +112,9 @@ def _layout(g) -> Layout:
 
 # Register blocks of the two hot loops below: TAP_BLOCK taps x 2 output channels (x 4 for dW) per
 # pass over p, so each load of a shifted slice feeds several multiply-adds and each output (or
-# accumulator) is loaded and stored once per TAP_BLOCK taps. Unblocked (one tap, one channel per pass) the loops
-# were bound by loads and stores, not arithmetic. Three taps, not four: a 3x3 kernel on one input
-# channel has 9 taps, which four-tap blocks would pad to 12 (the seed layer's 33% waste).
+# accumulator) is loaded and stored once per TAP_BLOCK taps. Unblocked (one tap, one channel per
+# pass) the loops were bound by loads and stores, not arithmetic. Three taps, not four: a 3x3
+# kernel on one input channel has 9 taps, which four-tap blocks would pad to 12 (33% waste).
 TAP_BLOCK = 3
 
 
@@ -266,8 +267,8 @@ def _copy_phases(image, planes, start, pitch, ph, pw, sh, sw, to_planes):
 
 @njit(cache=True, fastmath=_FASTMATH)
 def _shifted_sum(src, offsets, weights, bias, out):
-    """out (C, P): channel c at position p gets bias[c] + sum_t src[offsets[t] + p] * weights[t, c],
-    stored where _output_index says (channel pairs interleaved across their two rows, for
+    """out (C, P): channel c at position p gets
+    bias[c] + sum_t src[offsets[t] + p] * weights[t, c], stored where _output_index says (channel pairs interleaved across their two rows, for
     _from_planes). Needs T % TAP_BLOCK == 0 (see _taps). The first block of taps starts from the
     bias instead of reading `out`.
     """
@@ -538,7 +539,7 @@ def conv2d_backward(dy, ctx, need_dx=True):
     dx = np.empty(g.x_shape if need_dx else (0,) + g.x_shape[1:], dtype=g.dtype)
     _launch(_conv_backward, g.flops // 2 * (2 if need_dx else 1), x, dy, offsets, dx_offsets,
             dx_weights, lay, n_parts, _PAIR_LIKE[g.dtype], dw_parts, db_parts, dx)
-    # rows of dw are taps ordered (c_in, i, j), then the blocking's padding; w is (i, j, c_in, c_out)
+    # rows of dw: taps ordered (c_in, i, j), then the blocking's padding; w is (i, j, c_in, c_out)
     dw = dw_parts.sum(axis=0)[:g.c_in * g.kh * g.kw].reshape(g.c_in, g.kh, g.kw, g.c_out)
     db = db_parts.sum(axis=0) if g.has_bias else None
     return (dx if need_dx else None), np.ascontiguousarray(dw.transpose(1, 2, 0, 3)), db
