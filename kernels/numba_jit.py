@@ -267,10 +267,10 @@ def _copy_phases(image, planes, start, pitch, ph, pw, sh, sw, to_planes):
 
 @njit(cache=True, fastmath=_FASTMATH)
 def _shifted_sum(src, offsets, weights, bias, out):
-    """out (C, P): channel c at position p gets
-    bias[c] + sum_t src[offsets[t] + p] * weights[t, c], stored where _output_index says (channel pairs interleaved across their two rows, for
-    _from_planes). Needs T % TAP_BLOCK == 0 (see _taps). The first block of taps starts from the
-    bias instead of reading `out`.
+    """out (C, P): channel c at position p gets bias[c] + sum_t src[offsets[t] + p] * w[t, c]
+    (w = weights), stored where _output_index says: channel pairs interleaved across their two
+    rows, for _from_planes. Needs T % TAP_BLOCK == 0 (see _taps). The first block of taps
+    starts from the bias instead of reading `out`.
     """
     n_taps, n_out = weights.shape
     length = out.shape[1]
