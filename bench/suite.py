@@ -94,9 +94,15 @@ def usable_backends(backends) -> tuple[list[str], dict[str, str]]:
     return ok, broken
 
 
+def _blas_choices(name) -> tuple:
+    """The BLAS thread settings `name` is timed under (None: leave BLAS as configured)."""
+    return BLAS_THREAD_CHOICES if name in BLAS_TUNED else (None,)
+
+
 def _time_passes(ops, threads, repeat, pooled, key) -> None:
-    """Time every pass of `ops` under `threads` BLAS threads (None: as configured) and append the
-    per-call samples to pooled[key + (threads, pass)] (an error string replaces the list)."""
+    """Time every pass of `ops` under `threads` BLAS threads (None: as configured) and add the
+    per-call samples to pooled[key + (threads, pass)] = (samples, calls per sample); an error
+    string replaces the entry."""
     with threadpool_limits(limits=threads, user_api="blas"):
         for p in PASSES:
             k = key + (threads, p)
@@ -104,7 +110,7 @@ def _time_passes(ops, threads, repeat, pooled, key) -> None:
                 continue
             try:
                 t = measure(ops[p], repeat=repeat)
-                pooled.setdefault(k, []).extend(t.samples)
+                pooled[k] = (pooled.get(k, ([], 0))[0] + t.samples, t.number)
             except Exception as exc:
                 pooled[k] = _error(exc)
 
@@ -113,7 +119,7 @@ def _pooled_rows(base, name, is_peer, pooled) -> list[dict]:
     """Rows of one (case, backend) from its pooled samples: for a BLAS_TUNED backend, the thread
     setting with the smaller forward + backward median (recorded as "blas_threads")."""
     best = None
-    for threads in (BLAS_THREAD_CHOICES if name in BLAS_TUNED else (None,)):
+    for threads in _blas_choices(name):
         rows = []
         for p in PASSES:
             row = {**base, "backend": name, "pass": p, "peer": is_peer}
@@ -121,7 +127,7 @@ def _pooled_rows(base, name, is_peer, pooled) -> list[dict]:
             if isinstance(got, str):
                 row["status"] = got
             else:
-                row.update(summarize(got).to_dict(), status="ok")
+                row.update(summarize(*got).to_dict(), status="ok")
             if threads is not None:
                 row["blas_threads"] = threads
             rows.append(row)
@@ -168,12 +174,12 @@ def run_layers(opts: Options, backends, broken, bar) -> list[dict]:
                 try:
                     ops = peers.layer_ops(name, case) if is_peer else layer_ops(name, case)
                 except Exception as exc:
-                    for threads in (BLAS_THREAD_CHOICES if name in BLAS_TUNED else (None,)):
+                    for threads in _blas_choices(name):
                         for p in PASSES:
                             pooled[key + (threads, p)] = _error(exc)
                     bar.update(1)
                     continue
-                for threads in (BLAS_THREAD_CHOICES if name in BLAS_TUNED else (None,)):
+                for threads in _blas_choices(name):
                     _time_passes(ops, threads, opts.repeat, pooled, key)
                 bar.update(1)
     for case, base, timed in plan:
