@@ -412,7 +412,7 @@ def _conv_backward(x, dy, offsets, dx_offsets, dx_weights, lay, n_parts, pair_li
         # never written stay zero from sample to sample
         grads = np.zeros(c_out * dy_plane + lay.dx_len, dtype=dy.dtype)
         grad_planes = grads[:c_out * dy_plane].reshape(c_out, dy_plane)
-        dx_planes = np.empty((n_phases, lay.dx_len), dtype=x.dtype)
+        dx_planes = np.empty((n_phases, lay.dx_len if need_dx else 0), dtype=x.dtype)
         for ni in range(part * n // n_parts, (part + 1) * n // n_parts):
             _to_planes(x[ni], phase_planes, 0, lay.wq, lay.ph, lay.pw, lay.sh, lay.sw)
             _to_planes(dy[ni], grad_planes, lay.margin, lay.wq, 0, 0, 1, 1)
@@ -531,7 +531,11 @@ def conv2d_backward(dy, ctx, need_dx=True):
     g, x, w, lay, offsets = ctx["geometry"], ctx["x"], ctx["w"], ctx["layout"], ctx["offsets"]
     check_grad(dy, g.y_shape, g.dtype)
     dy = np.ascontiguousarray(dy)
-    dx_offsets, dx_weights = _dx_taps(g, lay, w)
+    if need_dx:
+        dx_offsets, dx_weights = _dx_taps(g, lay, w)
+    else:                                   # the kernel never reads them (first layer)
+        dx_offsets = np.zeros(0, dtype=np.int64)
+        dx_weights = np.zeros((0, g.c_in * g.sh * g.sw), dtype=g.dtype)
     n_parts = _parts(g)
     # one partial dW/db per sample block, summed afterwards: threads never share an accumulator
     dw_parts = np.zeros((n_parts, len(offsets), g.c_out), dtype=g.dtype)
