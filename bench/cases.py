@@ -7,7 +7,7 @@ that are reasonable for it.
     >>> case.flops                                       # forward FLOPs (ConvGeometry.flops)
 
 Layouts are the kernels' (NHWC activations, HWIO weights). FLOPs come from
-`kernels._common.ConvGeometry.flops` (the only copy of that arithmetic); pool cases have no FLOP
+`kernels.geometry.ConvGeometry.flops` (the only copy of that arithmetic); pool cases have no FLOP
 count (they do comparisons, not multiply-adds), so they get times and speedups but no GFLOP/s.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from kernels import BACKEND_NAMES, available_backends
-from kernels._common import conv_geometry, pool_geometry
+from kernels.geometry import conv_geometry, pool_geometry
 
 TOO_SLOW = "too slow for this case"
 # Above this many loop steps (~0.5 s forward, ~10 s with backward and repeats) naive is skipped.

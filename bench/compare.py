@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from kernels import BACKEND_NAMES
+from kernels.memory import keep_freed_memory
 
 from .cases import CASES, QUICK_CASES
 from .epoch import default_data_dir
@@ -80,6 +81,7 @@ def comparison(old_path, new: dict, new_path: str, factor: float, out_dir: Path 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    keep_freed_memory()   # time the kernels as model.train runs them
     try:
         if args.compare and len(args.compare) == 2:
             new = load_results(args.compare[1])

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ._common import check_grad, conv_geometry, pad_hw, pool_geometry, unpad_hw
+from .geometry import check_grad, conv_geometry, pad_hw, pool_geometry, unpad_hw
 from .im2col import col2im
 
 
@@ -75,7 +75,7 @@ def conv2d_backward(dy, ctx, need_dx=True):
     # output pixel: measured, the gather wins for stride 1 unless C_out is much larger than C_in
     # (e.g. 16 -> 32: 3.6 vs 4.2 ms, 64 -> 64: 35 vs 56 ms, but 1 -> 16: 5.3 vs 1.1 ms).
     if g.sh == g.sw == 1 and g.c_out <= 2 * g.c_in:
-        dy_windows = _full_windows(dy, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.h, g.w)
+        dy_windows = _full_windows(dy, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.height, g.width)
         w_flipped = w[::-1, ::-1].transpose(0, 1, 3, 2)       # (KH, KW, C_out, C_in)
         return np.tensordot(dy_windows, w_flipped, axes=3), dw, db   # "nhwijo,ijoc->nhwc"
     dcols = np.tensordot(dy, w, axes=([3], [3]))              # "nhwo,ijco->nhwijc"
@@ -114,5 +114,5 @@ def avgpool2d_backward(dy, ctx):
     """dy: (N, OH, OW, C) -> dx: (N, H, W, C): a full correlation of dy with a constant kernel."""
     g = ctx["geometry"]
     check_grad(dy, g.y_shape, g.dtype)
-    dy_windows = _full_windows(dy, g.kh, g.kw, g.sh, g.sw, 0, 0, g.h, g.w)
+    dy_windows = _full_windows(dy, g.kh, g.kw, g.sh, g.sw, 0, 0, g.height, g.width)
     return np.einsum("nhwijc->nhwc", dy_windows) * g.dtype.type(1.0 / (g.kh * g.kw))

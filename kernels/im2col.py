@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import check_grad, conv_geometry, pad_hw, pool_geometry, unpad_hw
-from ._memory import keep_freed_memory
-
-keep_freed_memory()   # reuse freed pages: a step's big arrays would page-fault afresh
+from .geometry import check_grad, conv_geometry, pad_hw, pool_geometry, unpad_hw
 
 
 def im2col(x_padded, kh, kw, sh, sw, out_h, out_w, ones=False):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import check_grad, conv_geometry, pad_hw, pool_geometry, unpad_hw
+from .geometry import check_grad, conv_geometry, pad_hw, pool_geometry, unpad_hw
 
 
 def conv2d_forward(x, w, b=None, stride=1, padding=0):

@@ -10,7 +10,7 @@ Pooling:   forward prange over (n, output row); backward prange over samples (wi
            may overlap, different samples never do).
 
 Accumulators have the input's dtype (float32 stays float32 throughout). Arguments are checked by
-kernels._common in Python before any jitted code runs; the jitted code sees C-contiguous arrays.
+kernels.geometry in Python before any jitted code runs; the jitted code sees C-contiguous arrays.
 Compiled code is cached on disk (cache=True); call :func:`warmup` to compile everything up front.
 """
 from __future__ import annotations
@@ -22,10 +22,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from ._common import check_grad, conv_geometry, pool_geometry
-from ._memory import keep_freed_memory
-
-keep_freed_memory()   # reuse freed pages: a step's big arrays would page-fault afresh
+from .geometry import check_grad, conv_geometry, pool_geometry
 
 # reassoc lets LLVM vectorise the dW dot products (sums in any order); nnan/ninf are deliberately
 # not enabled, so NaN and inf keep their IEEE meaning (NaN inputs propagate).
@@ -100,10 +97,10 @@ Layout = collections.namedtuple("Layout", "ph pw sh sw hq wq span margin dx_star
 
 
 def _layout(g) -> Layout:
-    hq, wq = -(-(g.h + 2 * g.ph) // g.sh), -(-(g.w + 2 * g.pw) // g.sw)
+    hq, wq = -(-(g.height + 2 * g.ph) // g.sh), -(-(g.width + 2 * g.pw) // g.sw)
     u, v = -(-g.kh // g.sh), -(-g.kw // g.sw)
     if (g.sh, g.sw) == (1, 1):
-        dx_start, dx_len = g.ph * wq + g.pw, (g.h - 1) * wq + g.w
+        dx_start, dx_len = g.ph * wq + g.pw, (g.height - 1) * wq + g.width
     else:
         dx_start, dx_len = 0, hq * wq
     return Layout(g.ph, g.pw, g.sh, g.sw, hq, wq, (g.out_h - 1) * wq + g.out_w,

@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from kernels import available_backends, get_backend
-from kernels._common import FLOAT_DTYPES, as_pair
+from kernels.geometry import FLOAT_DTYPES, as_pair
 
 INPUT_FILE = "input_data.npy"
 TARGET_FILE = "target_output.npy"

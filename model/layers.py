@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from kernels import get_backend
-from kernels._common import as_pair
+from kernels.geometry import as_pair
 
 
 class Layer:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from kernels import BACKEND_NAMES
+from kernels.memory import keep_freed_memory
 from .data import load_mnist, scale, standardize, standardize_stats, subset
 from .network import ARCHITECTURES, DTYPES, build_network, load_network, read_checkpoint
 from .optim import OPTIMIZERS, SCHEDULES, make_optimizer
@@ -154,6 +155,7 @@ def best_weights(out):
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()   # a step's multi-MB arrays are reused, not page-faulted afresh
     try:
         if args.resume:
             net, optimizer, history = resume_state(args)

@@ -77,8 +77,8 @@ def _positive_pair(value, name: str) -> tuple[int, int]:
 class ConvGeometry:
     """Everything a backend needs to know about one conv2d call's shapes."""
     n: int
-    h: int
-    w: int
+    height: int     # input rows and columns (not `w`, which means weights everywhere else)
+    width: int
     c_in: int
     kh: int
     kw: int
@@ -94,7 +94,7 @@ class ConvGeometry:
 
     @property
     def x_shape(self):
-        return (self.n, self.h, self.w, self.c_in)
+        return (self.n, self.height, self.width, self.c_in)
 
     @property
     def w_shape(self):
@@ -106,7 +106,7 @@ class ConvGeometry:
 
     @property
     def padded_shape(self):
-        return (self.n, self.h + 2 * self.ph, self.w + 2 * self.pw, self.c_in)
+        return (self.n, self.height + 2 * self.ph, self.width + 2 * self.pw, self.c_in)
 
     @property
     def flops(self) -> int:
@@ -119,7 +119,7 @@ def conv_geometry(x, w, b, stride, padding) -> ConvGeometry:
     check_array(x, "x", 4, "(N, H, W, C_in)")
     check_array(w, "w", 4, "(KH, KW, C_in, C_out)")
     _check_same_dtype(x, w, "w")
-    n, h, wd, c_in = x.shape
+    n, height, width, c_in = x.shape
     kh, kw, w_c_in, c_out = w.shape
     if w_c_in != c_in:
         raise ValueError(f"w has C_in={w_c_in} (w.shape={w.shape}) but x has C={c_in} "
@@ -133,12 +133,12 @@ def conv_geometry(x, w, b, stride, padding) -> ConvGeometry:
             raise ValueError(f"b must have shape ({c_out},) to match w's C_out, got {b.shape}")
     sh, sw = _positive_pair(stride, "stride")
     ph, pw = resolve_padding(padding, kh, kw, sh, sw)
-    if kh > h + 2 * ph or kw > wd + 2 * pw:
+    if kh > height + 2 * ph or kw > width + 2 * pw:
         raise ValueError(f"kernel ({kh}, {kw}) is larger than the padded input "
-                         f"({h + 2 * ph}, {wd + 2 * pw}) (input {h}x{wd}, padding ({ph}, {pw}))")
-    out_h = (h + 2 * ph - kh) // sh + 1
-    out_w = (wd + 2 * pw - kw) // sw + 1
-    return ConvGeometry(n, h, wd, c_in, kh, kw, c_out, sh, sw, ph, pw, out_h, out_w,
+                         f"({height + 2 * ph}, {width + 2 * pw}) (input {height}x{width}, padding ({ph}, {pw}))")
+    out_h = (height + 2 * ph - kh) // sh + 1
+    out_w = (width + 2 * pw - kw) // sw + 1
+    return ConvGeometry(n, height, width, c_in, kh, kw, c_out, sh, sw, ph, pw, out_h, out_w,
                         b is not None, x.dtype)
 
 
@@ -146,8 +146,8 @@ def conv_geometry(x, w, b, stride, padding) -> ConvGeometry:
 class PoolGeometry:
     """Shapes of one pooling call: windows of (kh, kw) every (sh, sw), no padding, floor."""
     n: int
-    h: int
-    w: int
+    height: int
+    width: int
     c: int
     kh: int
     kw: int
@@ -159,7 +159,7 @@ class PoolGeometry:
 
     @property
     def x_shape(self):
-        return (self.n, self.h, self.w, self.c)
+        return (self.n, self.height, self.width, self.c)
 
     @property
     def y_shape(self):
@@ -171,13 +171,13 @@ def pool_geometry(x, size, stride) -> PoolGeometry:
     check_array(x, "x", 4, "(N, H, W, C)")
     kh, kw = _positive_pair(size, "size")
     sh, sw = (kh, kw) if stride is None else _positive_pair(stride, "stride")
-    n, h, w, c = x.shape
-    if kh > h or kw > w:
-        raise ValueError(f"pool size ({kh}, {kw}) is larger than the input ({h}, {w}) "
+    n, height, width, c = x.shape
+    if kh > height or kw > width:
+        raise ValueError(f"pool size ({kh}, {kw}) is larger than the input ({height}, {width}) "
                          f"(x.shape={x.shape})")
-    out_h = (h - kh) // sh + 1
-    out_w = (w - kw) // sw + 1
-    return PoolGeometry(n, h, w, c, kh, kw, sh, sw, out_h, out_w, x.dtype)
+    out_h = (height - kh) // sh + 1
+    out_w = (width - kw) // sw + 1
+    return PoolGeometry(n, height, width, c, kh, kw, sh, sw, out_h, out_w, x.dtype)
 
 
 def check_grad(dy, expected_shape: tuple, dtype: np.dtype, name: str = "dy") -> None:
