@@ -10,6 +10,7 @@ Layouts are the kernels' (NHWC activations, HWIO weights). FLOPs come from
 `kernels.geometry.ConvGeometry.flops` (the only copy of that arithmetic); pool cases have no FLOP
 count (they do comparisons, not multiply-adds), so they get times and speedups but no GFLOP/s.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -28,8 +29,9 @@ NAIVE_MAX_STEPS = 50_000
 class Case:
     """One layer call. kind "conv": x (n, h, w, c_in) * w (k, k, c_in, c_out); kind "pool": max-pool
     of size k (stride k) over x (n, h, w, c_in)."""
+
     name: str
-    kind: str                      # "conv" or "pool"
+    kind: str  # "conv" or "pool"
     n: int
     h: int
     w: int
@@ -53,8 +55,11 @@ class Case:
 
     def geometry(self, dtype=np.float32):
         """The kernels' own ConvGeometry / PoolGeometry for this case (validated)."""
-        x, w, b = self.make_inputs(dtype) if self.n * self.h * self.w * self.c_in < 2**22 else \
-            _shape_only(self, dtype)
+        x, w, b = (
+            self.make_inputs(dtype)
+            if self.n * self.h * self.w * self.c_in < 2**22
+            else _shape_only(self, dtype)
+        )
         if self.kind == "pool":
             return pool_geometry(x, self.k, None)
         return conv_geometry(x, w, b, self.stride, self.padding)
@@ -68,8 +73,10 @@ class Case:
     def shape_text(self) -> str:
         if self.kind == "pool":
             return f"maxpool{self.k} ({self.n}, {self.h}, {self.w}, {self.c_in})"
-        return (f"({self.n}, {self.h}, {self.w}, {self.c_in}) -> {self.c_out}, {self.k}x{self.k}, "
-                f"stride {self.stride}, pad {self.padding}")
+        return (
+            f"({self.n}, {self.h}, {self.w}, {self.c_in}) -> {self.c_out}, {self.k}x{self.k}, "
+            f"stride {self.stride}, pad {self.padding}"
+        )
 
     @property
     def loop_steps(self) -> int:
@@ -94,10 +101,10 @@ class Case:
                 run.append(name)
         return run, skipped
 
-    def with_batch(self, n: int) -> "Case":
+    def with_batch(self, n: int) -> Case:
         return _replace(self, name=f"{self.name}@n{n}", n=n)
 
-    def with_size(self, hw: int) -> "Case":
+    def with_size(self, hw: int) -> Case:
         return _replace(self, name=f"{self.name}@{hw}px", h=hw, w=hw)
 
 
@@ -114,24 +121,97 @@ def _shape_only(case: Case, dtype):
     return x, w, np.zeros(case.c_out, dtype)
 
 
-CASES: dict[str, Case] = {c.name: c for c in [
-    Case("seed_conv", "conv", 64, 28, 28, 1, 16, k=3, padding=1,
-         description="seed model conv, batch 64"),
-    Case("seed_pool", "pool", 64, 28, 28, 16, k=2,
-         description="seed model max-pool, batch 64"),
-    Case("deep_conv1", "conv", 64, 28, 28, 1, 32, k=3, padding=1,
-         description="deep model first conv, batch 64"),
-    Case("deep_conv2", "conv", 64, 14, 14, 32, 64, k=3, padding=1,
-         description="deep model second conv, batch 64"),
-    Case("mid", "conv", 64, 14, 14, 16, 32, k=3, padding=1,
-         description="mid-sized conv named by the kernels issue's GFLOP/s target"),
-    Case("fit003", "conv", 100, 28, 28, 3, 2, k=2, padding=0,
-         description="seed 003 .npy conv-kernel fit, all 100 samples at once"),
-    Case("stride2", "conv", 64, 28, 28, 16, 32, k=3, stride=2, padding=1,
-         description="strided conv"),
-    Case("big", "conv", 32, 32, 32, 64, 64, k=3, padding=1,
-         description="compute-bound conv (2.4 GFLOP forward)"),
-]}
+CASES: dict[str, Case] = {
+    c.name: c
+    for c in [
+        Case(
+            "seed_conv",
+            "conv",
+            64,
+            28,
+            28,
+            1,
+            16,
+            k=3,
+            padding=1,
+            description="seed model conv, batch 64",
+        ),
+        Case("seed_pool", "pool", 64, 28, 28, 16, k=2, description="seed model max-pool, batch 64"),
+        Case(
+            "deep_conv1",
+            "conv",
+            64,
+            28,
+            28,
+            1,
+            32,
+            k=3,
+            padding=1,
+            description="deep model first conv, batch 64",
+        ),
+        Case(
+            "deep_conv2",
+            "conv",
+            64,
+            14,
+            14,
+            32,
+            64,
+            k=3,
+            padding=1,
+            description="deep model second conv, batch 64",
+        ),
+        Case(
+            "mid",
+            "conv",
+            64,
+            14,
+            14,
+            16,
+            32,
+            k=3,
+            padding=1,
+            description="mid-sized conv named by the kernels issue's GFLOP/s target",
+        ),
+        Case(
+            "fit003",
+            "conv",
+            100,
+            28,
+            28,
+            3,
+            2,
+            k=2,
+            padding=0,
+            description="seed 003 .npy conv-kernel fit, all 100 samples at once",
+        ),
+        Case(
+            "stride2",
+            "conv",
+            64,
+            28,
+            28,
+            16,
+            32,
+            k=3,
+            stride=2,
+            padding=1,
+            description="strided conv",
+        ),
+        Case(
+            "big",
+            "conv",
+            32,
+            32,
+            32,
+            64,
+            64,
+            k=3,
+            padding=1,
+            description="compute-bound conv (2.4 GFLOP forward)",
+        ),
+    ]
+}
 
 # A reduced matrix for --quick and CI smoke runs.
 QUICK_CASES = ("seed_conv", "seed_pool", "fit003")
@@ -149,8 +229,9 @@ def resolve_cases(names) -> list[Case]:
         return list(CASES.values())
     unknown = [n for n in names if n not in CASES]
     if unknown:
-        raise ValueError(f"unknown case(s) {', '.join(map(repr, unknown))}; "
-                         f"known cases: {', '.join(CASES)}")
+        raise ValueError(
+            f"unknown case(s) {', '.join(map(repr, unknown))}; known cases: {', '.join(CASES)}"
+        )
     return [CASES[n] for n in names]
 
 
@@ -161,10 +242,14 @@ def resolve_backends(names) -> list[str]:
         return available
     unknown = [n for n in names if n not in BACKEND_NAMES]
     if unknown:
-        raise ValueError(f"unknown backend(s) {', '.join(map(repr, unknown))}; "
-                         f"known backends: {', '.join(BACKEND_NAMES)}")
+        raise ValueError(
+            f"unknown backend(s) {', '.join(map(repr, unknown))}; "
+            f"known backends: {', '.join(BACKEND_NAMES)}"
+        )
     missing = [n for n in names if n not in available]
     if missing:
-        raise ValueError(f"backend(s) {', '.join(map(repr, missing))} not available on this machine; "
-                         f"available: {', '.join(available)}")
+        raise ValueError(
+            f"backend(s) {', '.join(map(repr, missing))} not available on this machine; "
+            f"available: {', '.join(available)}"
+        )
     return list(names)

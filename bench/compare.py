@@ -6,6 +6,7 @@ TensorFlow; write reports/<name>/ (report.md, results.json, PNGs) and refresh re
     python -m bench.compare --compare OLD.json    # run, then ratios against an earlier run
     python -m bench.compare --compare OLD.json NEW.json   # only compare two existing runs
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,40 +26,85 @@ DEFAULT_OUT = Path(__file__).resolve().parent.parent / "reports"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cases", nargs="+", metavar="CASE",
-                   help=f"layer cases to run (default: all; with --quick: {' '.join(QUICK_CASES)}). "
-                        f"Known: {', '.join(CASES)}")
-    p.add_argument("--backends", nargs="+", metavar="BACKEND",
-                   help=f"backends to run (default: every available one). Known: "
-                        f"{', '.join(BACKEND_NAMES)}")
-    p.add_argument("--repeat", type=int, default=None,
-                   help="timed samples per measurement, after warm-up (default: 7; with --quick: 3)")
-    p.add_argument("--rounds", type=int, default=None,
-                   help="passes over the whole layer matrix, pooled into one median per figure so a "
-                        "busy moment spoils one round, not the result (default: 3; with --quick: 1)")
-    p.add_argument("--quick", action="store_true",
-                   help="reduced matrix (3 cases, 2048-image epoch, short scaling) in under 2 minutes")
-    p.add_argument("--out", default=str(DEFAULT_OUT),
-                   help="directory that receives <name>/ and latest.md (default: %(default)s)")
-    p.add_argument("--name", default=None,
-                   help="report directory name (default: the UTC date-time, e.g. 2026-11-23_040500)")
-    p.add_argument("--data-dir", default=default_data_dir(),
-                   help="real MNIST (four IDX files) for the epoch benchmark; without it random data "
-                        "of the same shape is used and the report says so (default: $MNIST_DIR = "
-                        "%(default)s)")
-    p.add_argument("--epoch-samples", type=int, default=None,
-                   help="images in the timed training epoch; times are scaled to 60000 and marked "
-                        "extrapolated when fewer (default: 60000; with --quick: 2048)")
-    p.add_argument("--no-peers", action="store_true",
-                   help="skip PyTorch and TensorFlow (default: run them when installed)")
-    p.add_argument("--compare", nargs="+", metavar="JSON",
-                   help="OLD.json: run, then print and write ratios against that earlier "
-                        "results.json; OLD.json NEW.json: compare the two files only, without running")
-    p.add_argument("--regression-factor", type=float, default=1.5,
-                   help="with --compare, flag measurements slower than old by more than this factor "
-                        "(default: %(default)s)")
+    p = argparse.ArgumentParser(
+        prog="python -m bench.compare",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--cases",
+        nargs="+",
+        metavar="CASE",
+        help=f"layer cases to run (default: all; with --quick: {' '.join(QUICK_CASES)}). "
+        f"Known: {', '.join(CASES)}",
+    )
+    p.add_argument(
+        "--backends",
+        nargs="+",
+        metavar="BACKEND",
+        help=f"backends to run (default: every available one). Known: {', '.join(BACKEND_NAMES)}",
+    )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        help="timed samples per measurement, after warm-up (default: 7; with --quick: 3)",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="passes over the whole layer matrix, pooled into one median per figure so a "
+        "busy moment spoils one round, not the result (default: 3; with --quick: 1)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="reduced matrix (3 cases, 2048-image epoch, short scaling) in under 2 minutes",
+    )
+    p.add_argument(
+        "--out",
+        default=str(DEFAULT_OUT),
+        help="directory that receives <name>/ and latest.md (default: %(default)s)",
+    )
+    p.add_argument(
+        "--name",
+        default=None,
+        help="report directory name (default: the UTC date-time, e.g. 2026-11-23_040500)",
+    )
+    p.add_argument(
+        "--data-dir",
+        default=default_data_dir(),
+        help="real MNIST (four IDX files) for the epoch benchmark; without it random data "
+        "of the same shape is used and the report says so (default: $MNIST_DIR = "
+        "%(default)s)",
+    )
+    p.add_argument(
+        "--epoch-samples",
+        type=int,
+        default=None,
+        help="images in the timed training epoch; times are scaled to 60000 and marked "
+        "extrapolated when fewer (default: 60000; with --quick: 2048)",
+    )
+    p.add_argument(
+        "--no-peers",
+        action="store_true",
+        help="skip PyTorch and TensorFlow (default: run them when installed)",
+    )
+    p.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="JSON",
+        help="OLD.json: run, then print and write ratios against that earlier "
+        "results.json; OLD.json NEW.json: compare the two files only, without running",
+    )
+    p.add_argument(
+        "--regression-factor",
+        type=float,
+        default=1.5,
+        help="with --compare, flag measurements slower than old by more than this factor "
+        "(default: %(default)s)",
+    )
     args = p.parse_args(argv)
     if args.compare and len(args.compare) > 2:
         p.error("--compare takes OLD.json or OLD.json NEW.json")
@@ -73,34 +119,57 @@ def comparison(old_path, new: dict, new_path: str, factor: float, out_dir: Path 
     text = render_comparison(rows, old["name"], new["name"], factor)
     if out_dir is not None:
         (out_dir / "compare.md").write_text(text)
-        (out_dir / "compare.json").write_text(json.dumps(
-            {"old": str(old_path), "new": new_path, "regression_factor": factor, "rows": rows},
-            indent=1))
+        (out_dir / "compare.json").write_text(
+            json.dumps(
+                {"old": str(old_path), "new": new_path, "regression_factor": factor, "rows": rows},
+                indent=1,
+            )
+        )
     return text
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    keep_freed_memory()   # time the kernels as model.train runs them
+    keep_freed_memory()  # time the kernels as model.train runs them
     try:
         if args.compare and len(args.compare) == 2:
             new = load_results(args.compare[1])
-            print(comparison(args.compare[0], new, args.compare[1], args.regression_factor,
-                             Path(args.compare[1]).parent))
+            print(
+                comparison(
+                    args.compare[0],
+                    new,
+                    args.compare[1],
+                    args.regression_factor,
+                    Path(args.compare[1]).parent,
+                )
+            )
             return 0
         if args.compare:
-            load_results(args.compare[0])          # fail before a long run, not after it
-        opts = Options(cases=args.cases, backends=args.backends, quick=args.quick,
-                       repeat=args.repeat or (3 if args.quick else 7),
-                       rounds=args.rounds or (1 if args.quick else 3), peers=not args.no_peers,
-                       data_dir=args.data_dir, epoch_samples=args.epoch_samples)
-        opts.resolved()                            # unknown names fail here, before any timing
+            load_results(args.compare[0])  # fail before a long run, not after it
+        opts = Options(
+            cases=args.cases,
+            backends=args.backends,
+            quick=args.quick,
+            repeat=args.repeat or (3 if args.quick else 7),
+            rounds=args.rounds or (1 if args.quick else 3),
+            peers=not args.no_peers,
+            data_dir=args.data_dir,
+            epoch_samples=args.epoch_samples,
+        )
+        opts.resolved()  # unknown names fail here, before any timing
         results = run_suite(opts, name=args.name)
         out_dir = write_report(results, args.out)
         print(f"report: {out_dir / 'report.md'}  (also {Path(args.out) / 'latest.md'})")
         if args.compare:
-            print(comparison(args.compare[0], results, str(out_dir / "results.json"),
-                             args.regression_factor, out_dir))
+            print(
+                comparison(
+                    args.compare[0],
+                    results,
+                    str(out_dir / "results.json"),
+                    args.regression_factor,
+                    out_dir,
+                )
+            )
         return 0
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

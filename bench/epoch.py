@@ -1,9 +1,10 @@
 """Application-level workloads: a training epoch of the `seed` model, and the .npy conv-kernel fit.
 
-    epoch_seconds(backend, x, y)     -> (seconds for all of x, extrapolated?)
-    fitconv_epoch_seconds(backend, inputs, targets) -> seconds per epoch (median)
-    load_training_data(data_dir, n)  -> x (n, 28, 28, 1) float32, y (n, 10) one-hot, source text
+epoch_seconds(backend, x, y)     -> (seconds for all of x, extrapolated?)
+fitconv_epoch_seconds(backend, inputs, targets) -> seconds per epoch (median)
+load_training_data(data_dir, n)  -> x (n, 28, 28, 1) float32, y (n, 10) one-hot, source text
 """
+
 from __future__ import annotations
 
 import os
@@ -18,7 +19,7 @@ from kernels import get_backend
 # naive runs ~0.15 s per batch of 64 here: a full epoch would take minutes, so it is timed on a
 # few batches and extrapolated (and marked so in the report).
 EXTRAPOLATE_BACKENDS = {"naive": 8}
-FITCONV_SHAPE = (100, 3, 28, 28)       # seed 003: samples, channels, height, width (NCHW)
+FITCONV_SHAPE = (100, 3, 28, 28)  # seed 003: samples, channels, height, width (NCHW)
 FITCONV_KERNELS, FITCONV_KSIZE, FITCONV_LR = 2, 2, 0.1
 
 
@@ -35,9 +36,14 @@ def load_training_data(data_dir, n_samples: int, seed: int = 0):
     if data_dir and Path(data_dir).is_dir():
         try:
             from model.data import load_mnist, to_nhwc
+
             data = load_mnist(data_dir)
             x = to_nhwc(data.x_train[:n_samples])
-            x = x.astype(np.float32) / np.float32(255) if x.dtype == np.uint8 else x.astype(np.float32)
+            x = (
+                x.astype(np.float32) / np.float32(255)
+                if x.dtype == np.uint8
+                else x.astype(np.float32)
+            )
             y = np.eye(10, dtype=np.float32)[np.asarray(data.y_train[:n_samples], dtype=np.intp)]
             return x, y, f"real MNIST from {data_dir} ({len(x)} training images)"
         except Exception as exc:  # model.data missing or files unreadable: fall back, but say why
@@ -58,6 +64,7 @@ def epoch_seconds(backend: str, x, y_onehot, batch_size: int = 64, seed: int = 0
     from model.network import build_network
     from model.optim import Momentum
     from model.training import TRAIN_BLAS_THREADS
+
     module = get_backend(backend)
     if hasattr(module, "warmup"):
         module.warmup()
@@ -67,11 +74,11 @@ def epoch_seconds(backend: str, x, y_onehot, batch_size: int = 64, seed: int = 0
     starts = list(range(0, len(x), batch_size))
     limit = EXTRAPOLATE_BACKENDS.get(backend)
     timed = starts if limit is None or limit >= len(starts) else starts[:limit]
-    with threadpool_limits(limits=TRAIN_BLAS_THREADS, user_api="blas"):   # as model.train runs
-        net.train_step(x[order[:batch_size]], y_onehot[order[:batch_size]], opt)   # warm-up
+    with threadpool_limits(limits=TRAIN_BLAS_THREADS, user_api="blas"):  # as model.train runs
+        net.train_step(x[order[:batch_size]], y_onehot[order[:batch_size]], opt)  # warm-up
         start = time.perf_counter()
         for i in timed:
-            idx = order[i:i + batch_size]
+            idx = order[i : i + batch_size]
             net.train_step(x[idx], y_onehot[idx], opt)
         seconds = time.perf_counter() - start
     if len(timed) < len(starts):
@@ -84,14 +91,16 @@ def make_fitconv_data(seed: int = 0):
     hidden 2x2 valid conv, so the fit has something to find."""
     rng = np.random.default_rng(seed)
     inputs = rng.standard_normal(FITCONV_SHAPE).astype(np.float32)
-    true_w = rng.standard_normal((FITCONV_KSIZE, FITCONV_KSIZE, FITCONV_SHAPE[1],
-                                  FITCONV_KERNELS)).astype(np.float32)
+    true_w = rng.standard_normal(
+        (FITCONV_KSIZE, FITCONV_KSIZE, FITCONV_SHAPE[1], FITCONV_KERNELS)
+    ).astype(np.float32)
     y, _ = get_backend("im2col").conv2d_forward(inputs.transpose(0, 2, 3, 1), true_w)
     return inputs, np.ascontiguousarray(y.transpose(0, 3, 1, 2))
 
 
-def fitconv_epoch_seconds(backend: str, inputs, targets, repeat: int = 3,
-                          samples: int | None = None) -> tuple[float, bool]:
+def fitconv_epoch_seconds(
+    backend: str, inputs, targets, repeat: int = 3, samples: int | None = None
+) -> tuple[float, bool]:
     """Median seconds of one epoch of `model.fitconv.fit_kernels` (per-sample SGD) on `backend`.
 
     With `samples` < len(inputs) the epoch is timed on the first `samples` and scaled up; returns
@@ -101,15 +110,25 @@ def fitconv_epoch_seconds(backend: str, inputs, targets, repeat: int = 3,
     if samples is not None and samples < full:
         inputs, targets = inputs[:samples], targets[:samples]
     from model.fitconv import fit_kernels
+
     module = get_backend(backend)
     if hasattr(module, "warmup"):
         module.warmup()
 
     def one_epoch():
-        fit_kernels(inputs, targets, num_kernels=FITCONV_KERNELS, kernel_size=FITCONV_KSIZE,
-                    lr=FITCONV_LR, epochs=1, backend=backend, batch_size=1, seed=0)
+        fit_kernels(
+            inputs,
+            targets,
+            num_kernels=FITCONV_KERNELS,
+            kernel_size=FITCONV_KSIZE,
+            lr=FITCONV_LR,
+            epochs=1,
+            backend=backend,
+            batch_size=1,
+            seed=0,
+        )
 
-    one_epoch()                                   # warm-up
+    one_epoch()  # warm-up
     times = []
     for _ in range(repeat):
         start = time.perf_counter()

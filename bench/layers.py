@@ -6,6 +6,7 @@
 Inputs, and the forward context the backward pass needs, are built here, outside the timed calls.
 Backward times dx + dw + db for conv (need_dx=True everywhere, like the peers' autograd).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -20,8 +21,10 @@ def layer_ops(backend: str, case: Case, dtype=np.float32) -> dict:
     be = get_backend(backend)
     x, w, b = case.make_inputs(dtype)
     if case.kind == "pool":
+
         def forward():
             return be.maxpool2d_forward(x, case.k)
+
         y, ctx = forward()
         dy = np.ones_like(y)
 
@@ -32,8 +35,10 @@ def layer_ops(backend: str, case: Case, dtype=np.float32) -> dict:
             y_, ctx_ = be.maxpool2d_forward(x, case.k)
             return be.maxpool2d_backward(dy, ctx_)
     else:
+
         def forward():
             return be.conv2d_forward(x, w, b, case.stride, case.padding)
+
         y, ctx = forward()
         dy = np.random.default_rng(1).standard_normal(y.shape).astype(dtype)
 
@@ -43,6 +48,7 @@ def layer_ops(backend: str, case: Case, dtype=np.float32) -> dict:
         def forward_backward():
             y_, ctx_ = be.conv2d_forward(x, w, b, case.stride, case.padding)
             return be.conv2d_backward(dy, ctx_)
+
     return {"forward": forward, "backward": backward, "forward_backward": forward_backward}
 
 

@@ -1,8 +1,9 @@
 """Describe the machine a benchmark ran on, and measure its matmul peak (the roofline ceiling).
 
-    >>> info = describe_machine()          # dict: cpu, cores, numpy/BLAS, numba/torch/tf versions
-    >>> peak = matmul_peak(np.float32)     # GFLOP/s of the best large numpy matmul sample
+>>> info = describe_machine()          # dict: cpu, cores, numpy/BLAS, numba/torch/tf versions
+>>> peak = matmul_peak(np.float32)     # GFLOP/s of the best large numpy matmul sample
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -58,13 +59,13 @@ def matmul_peak(dtype=np.float32, size: int = 2048, repeat: int = 5) -> float:
     a = rng.standard_normal((size, size)).astype(dtype)
     b = rng.standard_normal((size, size)).astype(dtype)
     out = np.empty((size, size), dtype=dtype)
-    np.matmul(a, b, out=out)                     # warm-up: BLAS thread pool start, page faults
+    np.matmul(a, b, out=out)  # warm-up: BLAS thread pool start, page faults
     best = float("inf")
     for _ in range(repeat):
         start = time.perf_counter()
         np.matmul(a, b, out=out)
         best = min(best, time.perf_counter() - start)
-    return 2.0 * size ** 3 / best / 1e9
+    return 2.0 * size**3 / best / 1e9
 
 
 def describe_machine(measure_peak: bool = True) -> dict:
@@ -78,12 +79,19 @@ def describe_machine(measure_peak: bool = True) -> dict:
         "blas": blas_info(),
         "numba": package_version("numba"),
         "torch": package_version("torch"),
-        "tensorflow": package_version("tensorflow-cpu") if package_version("tensorflow") ==
-        "not installed" else package_version("tensorflow"),
-        "thread_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                                                  "MKL_NUM_THREADS") if k in os.environ},
+        "tensorflow": package_version("tensorflow-cpu")
+        if package_version("tensorflow") == "not installed"
+        else package_version("tensorflow"),
+        "thread_env": {
+            k: os.environ[k]
+            for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+            if k in os.environ
+        },
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
     if measure_peak:
-        info["peak_gflops"] = {"float32": matmul_peak(np.float32), "float64": matmul_peak(np.float64)}
+        info["peak_gflops"] = {
+            "float32": matmul_peak(np.float32),
+            "float64": matmul_peak(np.float64),
+        }
     return info

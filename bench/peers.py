@@ -8,6 +8,7 @@ and OIHW; TensorFlow takes our NHWC / HWIO directly). A peer that is not install
     epoch_seconds(peer, x, y, batch_size)   -> seconds for one training epoch of the seed model
     fitconv_epoch_seconds(peer, inputs, targets) -> seconds per epoch of the .npy conv-kernel fit
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -28,6 +29,7 @@ def _torch():
     if importlib.util.find_spec("torch") is None:
         raise PeerUnavailable("not installed")
     import torch
+
     torch.set_num_threads(THREADS)
     return torch
 
@@ -43,6 +45,7 @@ def _tf():
         raise PeerUnavailable("not installed")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import tensorflow as tf
+
     try:
         # Only possible before TF's runtime starts; afterwards the first setting stays in force.
         tf.config.threading.set_intra_op_parallelism_threads(THREADS)
@@ -59,6 +62,7 @@ def available_peers() -> dict[str, str]:
 
 # ---- layer cases ---------------------------------------------------------------------------------
 
+
 def layer_ops(peer: str, case, dtype=np.float32) -> dict:
     """The case's forward and backward (dx, dw, db via autograd) as zero-argument callables."""
     x, w, b = case.make_inputs(dtype)
@@ -71,6 +75,7 @@ def layer_ops(peer: str, case, dtype=np.float32) -> dict:
 
 def _torch_layer_ops(torch, case, x, w, b):
     import torch.nn.functional as F
+
     xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).requires_grad_(True)
     if case.kind == "pool":
         params = [xt]
@@ -84,6 +89,7 @@ def _torch_layer_ops(torch, case, x, w, b):
 
         def fwd():
             return F.conv2d(xt, wt, bt, stride=case.stride, padding=case.padding)
+
     y = fwd()
     dy = torch.ones_like(y)
 
@@ -111,12 +117,13 @@ def _tf_layer_ops(tf, case, x, w, b):
 
         def fwd():
             return tf.nn.bias_add(tf.nn.conv2d(xt, wt, case.stride, pad), bt)
+
     with tf.GradientTape(persistent=True) as tape:
         y = fwd()
     dy = tf.ones_like(y)
 
     def forward():
-        return fwd().numpy()            # .numpy() waits for the result
+        return fwd().numpy()  # .numpy() waits for the result
 
     def backward():
         return [g.numpy() for g in tape.gradient(y, params, output_gradients=dy)]
@@ -126,8 +133,16 @@ def _tf_layer_ops(tf, case, x, w, b):
 
 # ---- seed model epoch ----------------------------------------------------------------------------
 
-def epoch_seconds(peer: str, x, y_onehot, batch_size: int = 64, lr: float = 0.01,
-                  momentum: float = 0.9, seed: int = 0) -> float:
+
+def epoch_seconds(
+    peer: str,
+    x,
+    y_onehot,
+    batch_size: int = 64,
+    lr: float = 0.01,
+    momentum: float = 0.9,
+    seed: int = 0,
+) -> float:
     """One shuffled training epoch of the seed architecture on x: (N, 28, 28, 1) float32,
     y_onehot: (N, 10). Graph building / first-step tracing happens before the clock starts."""
     if peer == "torch":
@@ -140,8 +155,15 @@ def epoch_seconds(peer: str, x, y_onehot, batch_size: int = 64, lr: float = 0.01
 def _torch_epoch(torch, x, y_onehot, batch_size, lr, momentum, seed):
     nn = torch.nn
     torch.manual_seed(seed)
-    model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                          nn.Linear(16 * 14 * 14, 128), nn.ReLU(), nn.Linear(128, 10))
+    model = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16 * 14 * 14, 128),
+        nn.ReLU(),
+        nn.Linear(128, 10),
+    )
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     loss_fn = nn.CrossEntropyLoss()
     xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
@@ -154,10 +176,10 @@ def _torch_epoch(torch, x, y_onehot, batch_size, lr, momentum, seed):
         loss.backward()
         opt.step()
 
-    step(order[:batch_size])                      # warm-up (allocator, oneDNN primitive cache)
+    step(order[:batch_size])  # warm-up (allocator, oneDNN primitive cache)
     start = time.perf_counter()
     for i in range(0, len(x), batch_size):
-        step(order[i:i + batch_size])
+        step(order[i : i + batch_size])
     return time.perf_counter() - start
 
 
@@ -169,13 +191,23 @@ def _keras_model(tf, layers):
 def _keras_epoch(tf, x, y_onehot, batch_size, lr, momentum, seed):
     keras = tf.keras
     keras.utils.set_random_seed(seed)
-    model = _keras_model(tf, [
-        keras.layers.Conv2D(16, 3, padding="same", activation="relu"), keras.layers.MaxPooling2D(2),
-        keras.layers.Flatten(), keras.layers.Dense(128, activation="relu"), keras.layers.Dense(10)])
-    model.compile(optimizer=keras.optimizers.SGD(learning_rate=lr, momentum=momentum),
-                  loss=keras.losses.CategoricalCrossentropy(from_logits=True))
-    model.fit(x[:2 * batch_size], y_onehot[:2 * batch_size], batch_size=batch_size, epochs=1,
-              verbose=0)                          # traces and compiles the train step
+    model = _keras_model(
+        tf,
+        [
+            keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
+            keras.layers.MaxPooling2D(2),
+            keras.layers.Flatten(),
+            keras.layers.Dense(128, activation="relu"),
+            keras.layers.Dense(10),
+        ],
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=lr, momentum=momentum),
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+    )
+    model.fit(
+        x[: 2 * batch_size], y_onehot[: 2 * batch_size], batch_size=batch_size, epochs=1, verbose=0
+    )  # traces and compiles the train step
     start = time.perf_counter()
     model.fit(x, y_onehot, batch_size=batch_size, epochs=1, shuffle=True, verbose=0)
     return time.perf_counter() - start
@@ -183,8 +215,16 @@ def _keras_epoch(tf, x, y_onehot, batch_size, lr, momentum, seed):
 
 # ---- the .npy conv-kernel fit (seed 003) ---------------------------------------------------------
 
-def fitconv_epoch_seconds(peer: str, inputs_nchw, targets_nchw, kernel_size: int = 2,
-                          lr: float = 0.1, epochs: int = 2, seed: int = 0) -> float:
+
+def fitconv_epoch_seconds(
+    peer: str,
+    inputs_nchw,
+    targets_nchw,
+    kernel_size: int = 2,
+    lr: float = 0.1,
+    epochs: int = 2,
+    seed: int = 0,
+) -> float:
     """Seconds per epoch of per-sample SGD (MSE) fitting a bias-free valid conv
     inputs (S, C_in, H, W) -> targets (S, K, OH, OW); the first epoch is a warm-up."""
     if peer == "torch":
@@ -196,16 +236,19 @@ def fitconv_epoch_seconds(peer: str, inputs_nchw, targets_nchw, kernel_size: int
 
 def _torch_fitconv(torch, inputs, targets, k, lr, epochs, seed):
     import torch.nn.functional as F
+
     torch.manual_seed(seed)
     xt, yt = torch.from_numpy(inputs), torch.from_numpy(targets)
-    w = (torch.randn(targets.shape[1], inputs.shape[1], k, k, dtype=xt.dtype) * 0.1).requires_grad_()
+    w = (
+        torch.randn(targets.shape[1], inputs.shape[1], k, k, dtype=xt.dtype) * 0.1
+    ).requires_grad_()
     opt = torch.optim.SGD([w], lr=lr)
     times = []
     for _ in range(epochs):
         start = time.perf_counter()
         for i in range(len(xt)):
             opt.zero_grad()
-            loss = F.mse_loss(F.conv2d(xt[i:i + 1], w), yt[i:i + 1])
+            loss = F.mse_loss(F.conv2d(xt[i : i + 1], w), yt[i : i + 1])
             loss.backward()
             opt.step()
         times.append(time.perf_counter() - start)
@@ -217,10 +260,11 @@ def _keras_fitconv(tf, inputs, targets, k, lr, epochs, seed):
     keras.utils.set_random_seed(seed)
     x = np.ascontiguousarray(inputs.transpose(0, 2, 3, 1))
     y = np.ascontiguousarray(targets.transpose(0, 2, 3, 1))
-    model = keras.Sequential([keras.Input(x.shape[1:]),
-                              keras.layers.Conv2D(y.shape[-1], k, use_bias=False)])
+    model = keras.Sequential(
+        [keras.Input(x.shape[1:]), keras.layers.Conv2D(y.shape[-1], k, use_bias=False)]
+    )
     model.compile(optimizer=keras.optimizers.SGD(learning_rate=lr), loss="mse")
-    model.fit(x[:2], y[:2], batch_size=1, epochs=1, verbose=0)     # trace and compile
+    model.fit(x[:2], y[:2], batch_size=1, epochs=1, verbose=0)  # trace and compile
     times = []
     for _ in range(max(epochs - 1, 1)):
         start = time.perf_counter()

@@ -3,6 +3,7 @@
 The exponent is the slope of log(time) against log(size): 1.0 means linear in the batch (or in
 the side length, for image size 2.0 means linear in the pixel count).
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -6,6 +6,7 @@ Each section (layers, epoch, fitconv, memory, numba compile, scaling) catches fa
 records them (status "error: ..." / "not installed" / "skipped: ...") so one broken backend or a
 missing peer never stops the run.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -28,10 +29,10 @@ from .layers import layer_ops, warm_up_backend
 from .machine import describe_machine
 from .timing import measure, summarize
 
-NUMPY_BACKENDS = ("naive", "einsum", "im2col")   # pure-numpy: the "best numpy backend" baseline
+NUMPY_BACKENDS = ("naive", "einsum", "im2col")  # pure-numpy: the "best numpy backend" baseline
 PASSES = ("forward", "backward")
 FULL_EPOCH = 60_000
-QUICK_FITCONV_SAMPLES = 20        # --quick times the fit on 20 of its 100 samples and scales up
+QUICK_FITCONV_SAMPLES = 20  # --quick times the fit on 20 of its 100 samples and scales up
 # Idle time before each backend's layer timings. OpenBLAS's workers (after im2col/einsum GEMMs)
 # and TensorFlow's pool busy-wait for a while after their last task; on 2 cores they took the
 # second core from the next backend's first samples (numba's seed_conv forward: median 276 us,
@@ -49,23 +50,30 @@ BLAS_THREAD_CHOICES = (1, 2)
 
 @dataclass
 class Options:
-    cases: list | None = None          # None: all (or QUICK_CASES with quick)
-    backends: list | None = None       # None: all available
+    cases: list | None = None  # None: all (or QUICK_CASES with quick)
+    backends: list | None = None  # None: all available
     repeat: int = 5
-    rounds: int = 1                    # passes over the whole layer matrix (see run_layers)
+    rounds: int = 1  # passes over the whole layer matrix (see run_layers)
     quick: bool = False
     peers: bool = True
     data_dir: str | None = None
-    epoch_samples: int | None = None   # None: 60000 (quick: 2048)
+    epoch_samples: int | None = None  # None: 60000 (quick: 2048)
     scaling_case: str = "seed_conv"
     memory_case: str = "deep_conv2"
     sections: tuple = ("layers", "epoch", "fitconv", "memory", "compile", "scaling")
 
-    def resolved(self) -> "Options":
+    def resolved(self) -> Options:
         """Validate names (ValueError with the known names) and fill quick-mode defaults."""
-        cases = self.cases if self.cases is not None else (list(QUICK_CASES) if self.quick else None)
-        opts = Options(**{**asdict(self), "cases": [c.name for c in resolve_cases(cases)],
-                          "backends": resolve_backends(self.backends)})
+        cases = (
+            self.cases if self.cases is not None else (list(QUICK_CASES) if self.quick else None)
+        )
+        opts = Options(
+            **{
+                **asdict(self),
+                "cases": [c.name for c in resolve_cases(cases)],
+                "backends": resolve_backends(self.backends),
+            }
+        )
         if opts.repeat < 1:
             raise ValueError(f"--repeat must be >= 1, got {opts.repeat}")
         if opts.rounds < 1:
@@ -89,7 +97,7 @@ def usable_backends(backends) -> tuple[list[str], dict[str, str]]:
         try:
             warm_up_backend(name)
             ok.append(name)
-        except Exception as exc:   # a backend still being written must not stop the run
+        except Exception as exc:  # a backend still being written must not stop the run
             broken[name] = _error(exc)
     return ok, broken
 
@@ -145,28 +153,40 @@ def run_layers(opts: Options, backends, broken, bar) -> list[dict]:
     spoil one round of a measurement instead of all of it.
     """
     rows, pooled = [], {}
-    peer_status = peers.available_peers() if opts.peers else {p: "disabled (--no-peers)" for p in peers.PEERS}
-    plan = []                                       # (case, base, [(name, is_peer)]) to time
+    peer_status = (
+        peers.available_peers() if opts.peers else {p: "disabled (--no-peers)" for p in peers.PEERS}
+    )
+    plan = []  # (case, base, [(name, is_peer)]) to time
     for case in resolve_cases(opts.cases):
         run, skipped = case.backends(backends)
         base = {"case": case.name, "kind": case.kind, "shape": case.shape_text, "flops": case.flops}
         for name, reason in {**skipped, **{b: broken[b] for b in broken}}.items():
             for p in PASSES:
-                rows.append({**base, "backend": name, "pass": p, "status": f"skipped: {reason}"
-                             if not reason.startswith("error") else reason})
+                rows.append(
+                    {
+                        **base,
+                        "backend": name,
+                        "pass": p,
+                        "status": f"skipped: {reason}"
+                        if not reason.startswith("error")
+                        else reason,
+                    }
+                )
             if name in skipped:
                 tqdm.write(f"{case.name}: {name} skipped: {reason}")
         timed = []
         for name in run + list(peers.PEERS):
             if name in peers.PEERS and peer_status[name] != "ok":
-                rows += [{**base, "backend": name, "pass": p, "status": peer_status[name]}
-                         for p in PASSES]
-                bar.update(opts.rounds)                 # its steps in count_steps, done
+                rows += [
+                    {**base, "backend": name, "pass": p, "status": peer_status[name]}
+                    for p in PASSES
+                ]
+                bar.update(opts.rounds)  # its steps in count_steps, done
             else:
                 timed.append((name, name in peers.PEERS))
         plan.append((case, base, timed))
     for rnd in range(opts.rounds):
-        for case, base, timed in plan:
+        for case, _base, timed in plan:
             for name, is_peer in timed:
                 bar.set_description(f"layers {case.name} {name} (round {rnd + 1}/{opts.rounds})")
                 time.sleep(COOLDOWN_SECONDS)
@@ -182,13 +202,19 @@ def run_layers(opts: Options, backends, broken, bar) -> list[dict]:
                 for threads in _blas_choices(name):
                     _time_passes(ops, threads, opts.repeat, pooled, key)
                 bar.update(1)
-    for case, base, timed in plan:
+    for _case, base, timed in plan:
         for name, is_peer in timed:
             rows += _pooled_rows(base, name, is_peer, pooled)
     order = {n: i for i, n in enumerate(list(opts.backends) + list(peers.PEERS))}
     cases = {c: i for i, c in enumerate(opts.cases)}
-    return sorted(rows, key=lambda r: (cases[r["case"]], PASSES.index(r["pass"]),
-                                       order.get(r["backend"], len(order))))
+    return sorted(
+        rows,
+        key=lambda r: (
+            cases[r["case"]],
+            PASSES.index(r["pass"]),
+            order.get(r["backend"], len(order)),
+        ),
+    )
 
 
 def derive_ratios(rows: list[dict], peak_gflops: float | None) -> list[dict]:
@@ -219,6 +245,7 @@ def derive_ratios(rows: list[dict], peak_gflops: float | None) -> list[dict]:
 
 def run_epoch(opts: Options, backends, bar) -> dict:
     from model.training import TRAIN_BLAS_THREADS
+
     x, y, source = epoch_mod.load_training_data(opts.data_dir, opts.epoch_samples)
     scale = FULL_EPOCH / len(x)
     rows = []
@@ -232,16 +259,27 @@ def run_epoch(opts: Options, backends, bar) -> dict:
                 seconds, extrapolated, batches = peers.epoch_seconds(name, x, y), False, None
             else:
                 seconds, extrapolated, batches = epoch_mod.epoch_seconds(name, x, y)
-            row.update(status="ok", seconds=seconds, seconds_per_60k=seconds * scale,
-                       extrapolated=extrapolated or scale != 1.0, batches_timed=batches)
+            row.update(
+                status="ok",
+                seconds=seconds,
+                seconds_per_60k=seconds * scale,
+                extrapolated=extrapolated or scale != 1.0,
+                batches_timed=batches,
+            )
         except peers.PeerUnavailable as exc:
             row["status"] = str(exc)
         except Exception as exc:
             row["status"] = _error(exc)
         rows.append(row)
         bar.update(1)
-    return {"data": source, "samples": len(x), "batch_size": 64, "dtype": "float32",
-            "blas_threads": TRAIN_BLAS_THREADS, "rows": rows}
+    return {
+        "data": source,
+        "samples": len(x),
+        "batch_size": 64,
+        "dtype": "float32",
+        "blas_threads": TRAIN_BLAS_THREADS,
+        "rows": rows,
+    }
 
 
 def run_fitconv(opts: Options, backends, bar) -> dict:
@@ -257,8 +295,12 @@ def run_fitconv(opts: Options, backends, bar) -> dict:
                 row.update(status="ok", seconds=peers.fitconv_epoch_seconds(name, inputs, targets))
             else:
                 seconds, extrapolated = epoch_mod.fitconv_epoch_seconds(
-                    name, inputs, targets, repeat=1 if opts.quick else 3,
-                    samples=QUICK_FITCONV_SAMPLES if opts.quick else None)
+                    name,
+                    inputs,
+                    targets,
+                    repeat=1 if opts.quick else 3,
+                    samples=QUICK_FITCONV_SAMPLES if opts.quick else None,
+                )
                 row.update(status="ok", seconds=seconds, extrapolated=extrapolated)
         except peers.PeerUnavailable as exc:
             row["status"] = str(exc)
@@ -266,8 +308,14 @@ def run_fitconv(opts: Options, backends, bar) -> dict:
             row["status"] = _error(exc)
         rows.append(row)
         bar.update(1)
-    return {"inputs": list(inputs.shape), "targets": list(targets.shape), "lr": epoch_mod.FITCONV_LR,
-            "batch_size": 1, "loss": "mse", "rows": rows}
+    return {
+        "inputs": list(inputs.shape),
+        "targets": list(targets.shape),
+        "lr": epoch_mod.FITCONV_LR,
+        "batch_size": 1,
+        "loss": "mse",
+        "rows": rows,
+    }
 
 
 def run_memory(opts: Options, backends, bar) -> dict:
@@ -276,7 +324,9 @@ def run_memory(opts: Options, backends, bar) -> dict:
     for name in backends:
         bar.set_description(f"memory {name}")
         try:
-            rows.append({"backend": name, "status": "ok", "peak_bytes": memory.peak_bytes(name, case)})
+            rows.append(
+                {"backend": name, "status": "ok", "peak_bytes": memory.peak_bytes(name, case)}
+            )
         except Exception as exc:
             rows.append({"backend": name, "status": _error(exc)})
         bar.update(1)
@@ -300,8 +350,14 @@ def numba_compile_time(timeout: float = 600) -> dict:
     (so neither this process's JIT nor the on-disk cache hides it)."""
     with tempfile.TemporaryDirectory() as cache:
         env = {**os.environ, "NUMBA_CACHE_DIR": cache}
-        proc = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True,
-                              text=True, timeout=timeout, cwd=os.path.dirname(os.path.dirname(__file__)))
+        proc = subprocess.run(
+            [sys.executable, "-c", _COMPILE_SCRIPT],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=os.path.dirname(os.path.dirname(__file__)),
+        )
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         return {"status": f"error: {last[:200]}"}
@@ -310,8 +366,10 @@ def numba_compile_time(timeout: float = 600) -> dict:
 
 def run_scaling(opts: Options, backends, bar) -> dict:
     base = get_case(opts.scaling_case)
-    axes = {"batch": scaling.QUICK_BATCH_SIZES if opts.quick else scaling.BATCH_SIZES,
-            "size": scaling.QUICK_IMAGE_SIZES if opts.quick else scaling.IMAGE_SIZES}
+    axes = {
+        "batch": scaling.QUICK_BATCH_SIZES if opts.quick else scaling.BATCH_SIZES,
+        "size": scaling.QUICK_IMAGE_SIZES if opts.quick else scaling.IMAGE_SIZES,
+    }
     out = {"case": base.name, "shape": base.shape_text, "pass": "forward+backward"}
     for axis, sizes in axes.items():
         curves = {}
@@ -329,10 +387,13 @@ def run_scaling(opts: Options, backends, bar) -> dict:
                     curves[name] = {"status": _error(exc)}
                     break
             else:
-                curves[name] = {"status": "ok", **scaling.summarize_curve(points),
-                                "skipped_sizes": skipped,
-                                "skip_reason": base.skip.get(name) or (
-                                    "too slow for this case" if skipped else None)}
+                curves[name] = {
+                    "status": "ok",
+                    **scaling.summarize_curve(points),
+                    "skipped_sizes": skipped,
+                    "skip_reason": base.skip.get(name)
+                    or ("too slow for this case" if skipped else None),
+                }
             bar.update(1)
         out[axis] = curves
     return out
@@ -360,17 +421,23 @@ def run_suite(options: Options, name: str | None = None) -> dict:
     """Measure the machine, then every section in opts.sections; returns the results dict."""
     opts = options.resolved()
     created = dt.datetime.now(dt.timezone.utc)
-    results = {"name": name or created.strftime("%Y-%m-%d_%H%M%S"),
-               "created": created.isoformat(timespec="seconds"),
-               "options": asdict(opts), "numpy_backends": list(NUMPY_BACKENDS)}
+    results = {
+        "name": name or created.strftime("%Y-%m-%d_%H%M%S"),
+        "created": created.isoformat(timespec="seconds"),
+        "options": asdict(opts),
+        "numpy_backends": list(NUMPY_BACKENDS),
+    }
     tqdm.write("measuring the machine (matmul peak)...")
     results["machine"] = m = describe_machine()
-    tqdm.write(f"{m['cpu']}, {m['cores']} cores, numpy {m['numpy']} ({m['blas']}), matmul peak "
-               f"{m['peak_gflops']['float32']:.0f} GFLOP/s float32 / "
-               f"{m['peak_gflops']['float64']:.0f} float64; numba {m['numba']}, torch {m['torch']}, "
-               f"tensorflow {m['tensorflow']}")
-    results["peers"] = peers.available_peers() if opts.peers else {
-        p: "disabled (--no-peers)" for p in peers.PEERS}
+    tqdm.write(
+        f"{m['cpu']}, {m['cores']} cores, numpy {m['numpy']} ({m['blas']}), matmul peak "
+        f"{m['peak_gflops']['float32']:.0f} GFLOP/s float32 / "
+        f"{m['peak_gflops']['float64']:.0f} float64; numba {m['numba']}, torch {m['torch']}, "
+        f"tensorflow {m['tensorflow']}"
+    )
+    results["peers"] = (
+        peers.available_peers() if opts.peers else {p: "disabled (--no-peers)" for p in peers.PEERS}
+    )
     backends, broken = usable_backends(opts.backends)
     results["backends"] = backends
     results["broken_backends"] = broken
@@ -388,8 +455,11 @@ def run_suite(options: Options, name: str | None = None) -> dict:
             results["memory"] = run_memory(opts, backends, bar)
         if "compile" in opts.sections:
             bar.set_description("numba compile (fresh process)")
-            results["numba_compile"] = numba_compile_time() if "numba" in backends else {
-                "status": "skipped: numba backend not in this run"}
+            results["numba_compile"] = (
+                numba_compile_time()
+                if "numba" in backends
+                else {"status": "skipped: numba backend not in this run"}
+            )
             bar.update(1)
         if "scaling" in opts.sections:
             results["scaling"] = run_scaling(opts, backends, bar)

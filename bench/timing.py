@@ -4,6 +4,7 @@ The machine is shared, so single timings are noise: every figure the harness rep
 over `repeat` samples, and each sample loops the call enough times to last `min_sample` seconds
 (as timeit does) so that perf_counter's resolution and call overhead do not dominate fast kernels.
 """
+
 from __future__ import annotations
 
 import time
@@ -15,10 +16,11 @@ import numpy as np
 @dataclass
 class Timing:
     """Seconds per call: the median, IQR (q75 - q25), and the raw per-call samples."""
+
     median: float
     iqr: float
     samples: list[float]
-    number: int              # calls per sample
+    number: int  # calls per sample
 
     @property
     def noisy(self) -> bool:
@@ -39,8 +41,9 @@ def summarize(samples, number: int = 1) -> Timing:
     return Timing(float(q50), float(q75 - q25), [float(s) for s in arr], number)
 
 
-def measure(fn, repeat: int = 5, warmup: int = 1, min_sample: float = 0.02,
-            max_number: int = 1000) -> Timing:
+def measure(
+    fn, repeat: int = 5, warmup: int = 1, min_sample: float = 0.02, max_number: int = 1000
+) -> Timing:
     """Call `fn()` `warmup` times untimed, then time `repeat` samples of `number` calls each.
 
     `number` is chosen from the last warm-up call so one sample lasts about `min_sample` seconds.

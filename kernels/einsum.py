@@ -13,6 +13,7 @@ np.einsum(..., optimize=True) on these 6-D views often picks its own C loop inst
 was 2-3x slower on (32, 32, 32, 64) -> 64. Each tensordot copies the view once into a GEMM operand;
 the window axes are ordered (KH, KW, C) so that copy reads contiguous channel runs.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,7 +26,9 @@ from .im2col import col2im
 def _windows(a, kh, kw, sh, sw, out_h, out_w):
     """a: (N, H, W, C) -> view (N, OH, OW, KH, KW, C) of the windows every (sh, sw); no copy."""
     view = sliding_window_view(a, (kh, kw), axis=(1, 2))
-    return view[:, :sh * (out_h - 1) + 1:sh, :sw * (out_w - 1) + 1:sw].transpose(0, 1, 2, 4, 5, 3)
+    return view[:, : sh * (out_h - 1) + 1 : sh, : sw * (out_w - 1) + 1 : sw].transpose(
+        0, 1, 2, 4, 5, 3
+    )
 
 
 def _full_windows(dy, kh, kw, sh, sw, ph, pw, h, w):
@@ -45,7 +48,9 @@ def _full_windows(dy, kh, kw, sh, sw, ph, pw, h, w):
     keep_c = (cols >= 0) & (cols < dy_full.shape[2])
     if keep_r.any() and keep_c.any():
         r0, c0 = rows[keep_r][0], cols[keep_c][0]
-        dy_full[:, r0:rows[keep_r][-1] + 1:sh, c0:cols[keep_c][-1] + 1:sw] = dy[:, keep_r][:, :, keep_c]
+        dy_full[:, r0 : rows[keep_r][-1] + 1 : sh, c0 : cols[keep_c][-1] + 1 : sw] = dy[:, keep_r][
+            :, :, keep_c
+        ]
     return sliding_window_view(dy_full, (kh, kw), axis=(1, 2)).transpose(0, 1, 2, 4, 5, 3)
 
 
@@ -56,7 +61,7 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0):
     """
     g = conv_geometry(x, w, b, stride, padding)
     windows = _windows(pad_hw(x, g.ph, g.pw), g.kh, g.kw, g.sh, g.sw, g.out_h, g.out_w)
-    y = np.tensordot(windows, w, axes=3)                     # "nhwijc,ijco->nhwo"
+    y = np.tensordot(windows, w, axes=3)  # "nhwijc,ijco->nhwo"
     if b is not None:
         y += b
     return y, {"geometry": g, "windows": windows, "w": w}
@@ -76,9 +81,9 @@ def conv2d_backward(dy, ctx, need_dx=True):
     # (e.g. 16 -> 32: 3.6 vs 4.2 ms, 64 -> 64: 35 vs 56 ms, but 1 -> 16: 5.3 vs 1.1 ms).
     if g.sh == g.sw == 1 and g.c_out <= 2 * g.c_in:
         dy_windows = _full_windows(dy, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.height, g.width)
-        w_flipped = w[::-1, ::-1].transpose(0, 1, 3, 2)       # (KH, KW, C_out, C_in)
-        return np.tensordot(dy_windows, w_flipped, axes=3), dw, db   # "nhwijo,ijoc->nhwc"
-    dcols = np.tensordot(dy, w, axes=([3], [3]))              # "nhwo,ijco->nhwijc"
+        w_flipped = w[::-1, ::-1].transpose(0, 1, 3, 2)  # (KH, KW, C_out, C_in)
+        return np.tensordot(dy_windows, w_flipped, axes=3), dw, db  # "nhwijo,ijoc->nhwc"
+    dcols = np.tensordot(dy, w, axes=([3], [3]))  # "nhwo,ijco->nhwijc"
     return unpad_hw(col2im(dcols, g.padded_shape, g.sh, g.sw), g.ph, g.pw), dw, db
 
 
@@ -86,8 +91,8 @@ def maxpool2d_forward(x, size=2, stride=None):
     """x: (N, H, W, C) -> y: (N, OH, OW, C). Ties go to the first maximum in row-major order."""
     g = pool_geometry(x, size, stride)
     windows = _windows(x, g.kh, g.kw, g.sh, g.sw, g.out_h, g.out_w)
-    flat = windows.reshape(g.n, g.out_h, g.out_w, g.kh * g.kw, g.c)   # taps in row-major order
-    argmax = flat.argmax(axis=3)          # first maximum (and first NaN, so NaN propagates)
+    flat = windows.reshape(g.n, g.out_h, g.out_w, g.kh * g.kw, g.c)  # taps in row-major order
+    argmax = flat.argmax(axis=3)  # first maximum (and first NaN, so NaN propagates)
     y = np.take_along_axis(flat, argmax[:, :, :, None, :], axis=3)[:, :, :, 0, :]
     return y, {"geometry": g, "argmax": argmax}
 
@@ -98,8 +103,9 @@ def maxpool2d_backward(dy, ctx):
     check_grad(dy, g.y_shape, g.dtype)
     # one-hot over the window taps, laid out (N, OH, OW, KH, KW, C) as col2im expects
     taps = np.arange(g.kh * g.kw).reshape(g.kh, g.kw, 1)
-    dcols = np.where(argmax[:, :, :, None, None, :] == taps, dy[:, :, :, None, None, :],
-                     g.dtype.type(0))
+    dcols = np.where(
+        argmax[:, :, :, None, None, :] == taps, dy[:, :, :, None, None, :], g.dtype.type(0)
+    )
     return col2im(dcols, g.x_shape, g.sh, g.sw)
 
 

@@ -9,6 +9,7 @@ Layout conventions (all backends):
     b:  (C_out,) or None           bias
     y:  (N, OH, OW, C_out)         OH = (H + 2*ph - KH) // sh + 1
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 def as_pair(value, name: str) -> tuple[int, int]:
     """Normalise an int or an (h, w) pair of ints to a tuple of two ints."""
+
     def is_int(v):
         return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
@@ -43,8 +45,10 @@ def check_array(a, name: str, ndim: int, layout: str) -> None:
 def _check_same_dtype(x: np.ndarray, other: np.ndarray, name: str) -> None:
     # Mixing dtypes would make NumPy silently upcast float32 work to float64.
     if other.dtype != x.dtype:
-        raise TypeError(f"{name} has dtype {other.dtype} but x has dtype {x.dtype}; "
-                        f"cast one of them so both are float32 or both float64")
+        raise TypeError(
+            f"{name} has dtype {other.dtype} but x has dtype {x.dtype}; "
+            f"cast one of them so both are float32 or both float64"
+        )
 
 
 def resolve_padding(padding, kh: int, kw: int, sh: int, sw: int) -> tuple[int, int]:
@@ -56,8 +60,10 @@ def resolve_padding(padding, kh: int, kw: int, sh: int, sw: int) -> tuple[int, i
         if mode == "same":
             # Symmetric padding keeps the size exactly only for stride 1 and odd kernels.
             if (sh, sw) != (1, 1) or kh % 2 == 0 or kw % 2 == 0:
-                raise ValueError(f'padding="same" needs stride 1 and an odd kernel size, got '
-                                 f"stride ({sh}, {sw}) and kernel ({kh}, {kw}); give explicit padding")
+                raise ValueError(
+                    f'padding="same" needs stride 1 and an odd kernel size, got '
+                    f"stride ({sh}, {sw}) and kernel ({kh}, {kw}); give explicit padding"
+                )
             return (kh - 1) // 2, (kw - 1) // 2
         raise ValueError(f'padding must be an int, (ph, pw), "valid" or "same", got {padding!r}')
     ph, pw = as_pair(padding, "padding")
@@ -76,8 +82,9 @@ def _positive_pair(value, name: str) -> tuple[int, int]:
 @dataclass(frozen=True)
 class ConvGeometry:
     """Everything a backend needs to know about one conv2d call's shapes."""
+
     n: int
-    height: int     # input rows and columns (not `w`, which means weights everywhere else)
+    height: int  # input rows and columns (not `w`, which means weights everywhere else)
     width: int
     c_in: int
     kh: int
@@ -122,10 +129,14 @@ def conv_geometry(x, w, b, stride, padding) -> ConvGeometry:
     n, height, width, c_in = x.shape
     kh, kw, w_c_in, c_out = w.shape
     if w_c_in != c_in:
-        raise ValueError(f"w has C_in={w_c_in} (w.shape={w.shape}) but x has C={c_in} "
-                         f"(x.shape={x.shape}); w must be (KH, KW, {c_in}, C_out)")
+        raise ValueError(
+            f"w has C_in={w_c_in} (w.shape={w.shape}) but x has C={c_in} "
+            f"(x.shape={x.shape}); w must be (KH, KW, {c_in}, C_out)"
+        )
     if min(w.shape) < 1 or min(x.shape) < 1:
-        raise ValueError(f"x and w must have no empty axis, got x.shape={x.shape}, w.shape={w.shape}")
+        raise ValueError(
+            f"x and w must have no empty axis, got x.shape={x.shape}, w.shape={w.shape}"
+        )
     if b is not None:
         check_array(b, "b", 1, f"({c_out},)")
         _check_same_dtype(x, b, "b")
@@ -134,17 +145,21 @@ def conv_geometry(x, w, b, stride, padding) -> ConvGeometry:
     sh, sw = _positive_pair(stride, "stride")
     ph, pw = resolve_padding(padding, kh, kw, sh, sw)
     if kh > height + 2 * ph or kw > width + 2 * pw:
-        raise ValueError(f"kernel ({kh}, {kw}) is larger than the padded input "
-                         f"({height + 2 * ph}, {width + 2 * pw}) (input {height}x{width}, padding ({ph}, {pw}))")
+        raise ValueError(
+            f"kernel ({kh}, {kw}) is larger than the padded input "
+            f"({height + 2 * ph}, {width + 2 * pw}) (input {height}x{width}, padding ({ph}, {pw}))"
+        )
     out_h = (height + 2 * ph - kh) // sh + 1
     out_w = (width + 2 * pw - kw) // sw + 1
-    return ConvGeometry(n, height, width, c_in, kh, kw, c_out, sh, sw, ph, pw, out_h, out_w,
-                        b is not None, x.dtype)
+    return ConvGeometry(
+        n, height, width, c_in, kh, kw, c_out, sh, sw, ph, pw, out_h, out_w, b is not None, x.dtype
+    )
 
 
 @dataclass(frozen=True)
 class PoolGeometry:
     """Shapes of one pooling call: windows of (kh, kw) every (sh, sw), no padding, floor."""
+
     n: int
     height: int
     width: int
@@ -173,8 +188,10 @@ def pool_geometry(x, size, stride) -> PoolGeometry:
     sh, sw = (kh, kw) if stride is None else _positive_pair(stride, "stride")
     n, height, width, c = x.shape
     if kh > height or kw > width:
-        raise ValueError(f"pool size ({kh}, {kw}) is larger than the input ({height}, {width}) "
-                         f"(x.shape={x.shape})")
+        raise ValueError(
+            f"pool size ({kh}, {kw}) is larger than the input ({height}, {width}) "
+            f"(x.shape={x.shape})"
+        )
     out_h = (height - kh) // sh + 1
     out_w = (width - kw) // sw + 1
     return PoolGeometry(n, height, width, c, kh, kw, sh, sw, out_h, out_w, x.dtype)
@@ -183,10 +200,13 @@ def pool_geometry(x, size, stride) -> PoolGeometry:
 def check_grad(dy, expected_shape: tuple, dtype: np.dtype, name: str = "dy") -> None:
     """Backward passes call this so a wrong dy fails here, not as a broadcast error deep inside."""
     if not isinstance(dy, np.ndarray):
-        raise TypeError(f"{name} must be a numpy array of shape {expected_shape}, got {type(dy).__name__}")
+        raise TypeError(
+            f"{name} must be a numpy array of shape {expected_shape}, got {type(dy).__name__}"
+        )
     if dy.shape != tuple(expected_shape):
-        raise ValueError(f"{name} must have the forward output's shape {tuple(expected_shape)}, "
-                         f"got {dy.shape}")
+        raise ValueError(
+            f"{name} must have the forward output's shape {tuple(expected_shape)}, got {dy.shape}"
+        )
     if dy.dtype != dtype:
         raise TypeError(f"{name} must have the forward input's dtype {dtype}, got {dy.dtype}")
 
@@ -201,4 +221,4 @@ def pad_hw(x: np.ndarray, ph: int, pw: int) -> np.ndarray:
 def unpad_hw(x_padded: np.ndarray, ph: int, pw: int) -> np.ndarray:
     """Inverse of :func:`pad_hw`: crop the padding from the H and W axes."""
     h, w = x_padded.shape[1] - 2 * ph, x_padded.shape[2] - 2 * pw
-    return x_padded[:, ph:ph + h, pw:pw + w, :]
+    return x_padded[:, ph : ph + h, pw : pw + w, :]

@@ -6,6 +6,7 @@ Backward:  [dw; db] = cols.T @ dy,   dcols = dy @ w.T,   dx = col2im(dcols)
 Pooling walks the same kernel offsets without materialising columns (max/mean per offset),
 and col2im's per-offset accumulation for the gradient.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -37,8 +38,8 @@ def im2col(x_padded, kh, kw, sh, sw, out_h, out_w, ones=False):
         for j in range(kw):
             first = (i * kw + j) * c
             # splitting the row axis into (N, OH, OW) is always a view, so this writes into cols
-            block = cols[:, first:first + c].reshape(n, out_h, out_w, c)
-            block[...] = x_padded[:, i:i + sh * out_h:sh, j:j + sw * out_w:sw, :]
+            block = cols[:, first : first + c].reshape(n, out_h, out_w, c)
+            block[...] = x_padded[:, i : i + sh * out_h : sh, j : j + sw * out_w : sw, :]
     if ones:
         cols[:, -1] = 1
     return cols
@@ -54,7 +55,9 @@ def col2im(dcols, padded_shape, sh, sw):
     dx_padded = np.zeros(padded_shape, dtype=dcols.dtype)
     for i in range(kh):
         for j in range(kw):
-            dx_padded[:, i:i + sh * out_h:sh, j:j + sw * out_w:sw, :] += dcols[:, :, :, i, j, :]
+            dx_padded[:, i : i + sh * out_h : sh, j : j + sw * out_w : sw, :] += dcols[
+                :, :, :, i, j, :
+            ]
     return dx_padded
 
 
@@ -73,8 +76,8 @@ def conv2d_backward(dy, ctx, need_dx=True):
     g, cols, w_mat = ctx["geometry"], ctx["cols"], ctx["w_mat"]
     check_grad(dy, g.y_shape, g.dtype)
     dy_mat = dy.reshape(-1, g.c_out)
-    grads = cols.T @ dy_mat                      # (KH*KW*C_in [+ 1], C_out): dw, then db's row
-    dw = grads[:len(w_mat)].reshape(g.w_shape)
+    grads = cols.T @ dy_mat  # (KH*KW*C_in [+ 1], C_out): dw, then db's row
+    dw = grads[: len(w_mat)].reshape(g.w_shape)
     db = grads[-1] if g.has_bias else None
     if not need_dx:
         return None, dw, db
@@ -91,7 +94,7 @@ def conv2d_backward(dy, ctx, need_dx=True):
 
 def _offset_slice(a, g, i, j):
     """The (N, OH, OW, C) strided view of `a` seen by kernel offset (i, j) of every window."""
-    return a[:, i:i + g.sh * g.out_h:g.sh, j:j + g.sw * g.out_w:g.sw, :]
+    return a[:, i : i + g.sh * g.out_h : g.sh, j : j + g.sw * g.out_w : g.sw, :]
 
 
 def maxpool2d_forward(x, size=2, stride=None):
@@ -105,17 +108,17 @@ def maxpool2d_forward(x, size=2, stride=None):
     offsets = [_offset_slice(x, g, *divmod(k, g.kw)) for k in range(g.kh * g.kw)]
     y = offsets[0].copy()
     for candidate in offsets[1:]:
-        np.maximum(y, candidate, out=y)             # propagates NaN, as np.argmax picks NaN
+        np.maximum(y, candidate, out=y)  # propagates NaN, as np.argmax picks NaN
     # The argmax counts the offsets passed before the first one equal to the maximum (or NaN where
     # the maximum is NaN): a running "still searching" mask, added up as 0/1. Per offset that is
     # one compare, one AND and one add on small arrays, ~6x cheaper than np.where with a scalar
     # (which broadcasts slowly) and far cheaper than boolean-mask writes.
     index_dtype = np.uint8 if g.kh * g.kw < 256 else np.intp
     y_is_nan = np.isnan(y)
-    y_is_nan = y_is_nan if y_is_nan.any() else None     # the common case skips the NaN passes
+    y_is_nan = y_is_nan if y_is_nan.any() else None  # the common case skips the NaN passes
     argmax = np.zeros(g.y_shape, dtype=index_dtype)
     searching = np.ones(g.y_shape, dtype=bool)
-    for candidate in offsets[:-1]:                  # past the last offset nothing is left to find
+    for candidate in offsets[:-1]:  # past the last offset nothing is left to find
         missed = candidate != y
         if y_is_nan is not None:
             missed &= ~(y_is_nan & np.isnan(candidate))

@@ -12,14 +12,15 @@ pooling backward 3-5x slower inside a network than on a reused array. Serving ar
 The setting is process-wide and only grows the process by at most the trim threshold; it is a
 no-op where glibc's mallopt is not available (macOS, Windows, musl).
 """
+
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3      # glibc <malloc.h> parameter numbers
-MMAP_THRESHOLD = 32 << 20     # arrays up to this size come from the heap, not a fresh mmap
-TRIM_THRESHOLD = 64 << 20     # freed heap up to this size stays in the process
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc <malloc.h> parameter numbers
+MMAP_THRESHOLD = 32 << 20  # arrays up to this size come from the heap, not a fresh mmap
+TRIM_THRESHOLD = 64 << 20  # freed heap up to this size stays in the process
 
 _applied = False
 
@@ -35,6 +36,7 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    _applied = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-                    and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    _applied = bool(
+        mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    )
     return _applied

@@ -3,6 +3,7 @@
 Slow by design and meant to be read: every other backend must return these numbers.
 Vectorised only over the batch and channel axes (each step is a small (N, C_in) @ (C_in, C_out)).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -37,11 +38,11 @@ def conv2d_backward(dy, ctx, need_dx=True):
     dx_padded = np.zeros(g.padded_shape, dtype=g.dtype) if need_dx else None
     for i in range(g.out_h):
         for j in range(g.out_w):
-            dy_ij = dy[:, i, j, :]                                   # (N, C_out)
+            dy_ij = dy[:, i, j, :]  # (N, C_out)
             for di in range(g.kh):
                 for dj in range(g.kw):
                     r, c = i * g.sh + di, j * g.sw + dj
-                    dw[di, dj] += x_padded[:, r, c, :].T @ dy_ij     # (C_in, C_out)
+                    dw[di, dj] += x_padded[:, r, c, :].T @ dy_ij  # (C_in, C_out)
                     if need_dx:
                         dx_padded[:, r, c, :] += dy_ij @ w[di, dj].T  # (N, C_in)
     db = dy.sum(axis=(0, 1, 2)) if g.has_bias else None
@@ -51,14 +52,14 @@ def conv2d_backward(dy, ctx, need_dx=True):
 
 def _window(x, g, i, j):
     """The (N, KH, KW, C) input window under output position (i, j)."""
-    return x[:, i * g.sh:i * g.sh + g.kh, j * g.sw:j * g.sw + g.kw, :]
+    return x[:, i * g.sh : i * g.sh + g.kh, j * g.sw : j * g.sw + g.kw, :]
 
 
 def maxpool2d_forward(x, size=2, stride=None):
     """x: (N, H, W, C) -> y: (N, OH, OW, C). Ties go to the first maximum in row-major order."""
     g = pool_geometry(x, size, stride)
     y = np.empty(g.y_shape, dtype=g.dtype)
-    argmax = np.empty(g.y_shape, dtype=np.intp)   # flat index kh*KW + kw inside each window
+    argmax = np.empty(g.y_shape, dtype=np.intp)  # flat index kh*KW + kw inside each window
     for i in range(g.out_h):
         for j in range(g.out_w):
             flat = _window(x, g, i, j).reshape(g.n, g.kh * g.kw, g.c)

@@ -13,6 +13,7 @@ Accumulators have the input's dtype (float32 stays float32 throughout). Argument
 kernels.geometry in Python before any jitted code runs; the jitted code sees C-contiguous arrays.
 Compiled code is cached on disk (cache=True); call :func:`warmup` to compile everything up front.
 """
+
 from __future__ import annotations
 
 import collections
@@ -50,7 +51,7 @@ def _launch(kernel, work, *args):
     threads = numba.get_num_threads()
     if _threads_for(work) == threads:
         return kernel(*args)
-    numba.set_num_threads(1)       # thread-local, costs ~1 us
+    numba.set_num_threads(1)  # thread-local, costs ~1 us
     try:
         return kernel(*args)
     finally:
@@ -103,8 +104,18 @@ def _layout(g) -> Layout:
         dx_start, dx_len = g.ph * wq + g.pw, (g.height - 1) * wq + g.width
     else:
         dx_start, dx_len = 0, hq * wq
-    return Layout(g.ph, g.pw, g.sh, g.sw, hq, wq, (g.out_h - 1) * wq + g.out_w,
-                  (u - 1) * wq + v - 1, dx_start, dx_len)
+    return Layout(
+        g.ph,
+        g.pw,
+        g.sh,
+        g.sw,
+        hq,
+        wq,
+        (g.out_h - 1) * wq + g.out_w,
+        (u - 1) * wq + v - 1,
+        dx_start,
+        dx_len,
+    )
 
 
 # Register blocks of the two hot loops below: TAP_BLOCK taps x 2 output channels (x 4 for dW) per
@@ -141,7 +152,7 @@ def _taps(offsets, weights):
     """offsets (T',) from _tap_offsets, weights (T, C) in the same tap order -> (offsets,
     weights (T', C)), the padding taps with weight 0: they add exact zeros (never 0 * inf)."""
     padded = np.zeros((len(offsets), weights.shape[1]), dtype=weights.dtype)
-    padded[:len(weights)] = weights
+    padded[: len(weights)] = weights
     return offsets, padded
 
 
@@ -149,8 +160,9 @@ def _forward_taps(g, lay, w):
     """Taps ordered (c_in, i, j) into the input phase planes (C_in*sh*sw planes of hq*wq values,
     then a zero tail): offsets (T',), weights (T', C_out)."""
     plane = lay.hq * lay.wq
-    offsets = _tap_offsets(g.c_in, plane, g.kh, g.kw, g.sh, g.sw, lay.wq, False,
-                           g.c_in * g.sh * g.sw * plane, 0)
+    offsets = _tap_offsets(
+        g.c_in, plane, g.kh, g.kw, g.sh, g.sw, lay.wq, False, g.c_in * g.sh * g.sw * plane, 0
+    )
     return _taps(offsets, w.transpose(2, 0, 1, 3).reshape(-1, g.c_out))
 
 
@@ -162,11 +174,12 @@ def _dx_taps(g, lay, w):
     the kernel is zero-padded to (U*sh, V*sw) and split into those phases."""
     u, v = -(-g.kh // g.sh), -(-g.kw // g.sw)
     dy_plane = lay.margin + lay.hq * lay.wq
-    offsets = _tap_offsets(g.c_out, dy_plane, u, v, 1, 1, lay.wq, True, g.c_out * dy_plane,
-                           lay.dx_start)
+    offsets = _tap_offsets(
+        g.c_out, dy_plane, u, v, 1, 1, lay.wq, True, g.c_out * dy_plane, lay.dx_start
+    )
     w_padded = np.zeros((u * g.sh, v * g.sw, g.c_in, g.c_out), dtype=w.dtype)
-    w_padded[:g.kh, :g.kw] = w
-    phases = w_padded.reshape(u, g.sh, v, g.sw, g.c_in, g.c_out)      # (u, a, v, b, c, co)
+    w_padded[: g.kh, : g.kw] = w
+    phases = w_padded.reshape(u, g.sh, v, g.sw, g.c_in, g.c_out)  # (u, a, v, b, c, co)
     weights = phases.transpose(5, 0, 2, 4, 1, 3).reshape(g.c_out * u * v, -1)
     return _taps(offsets, weights)
 
@@ -182,8 +195,8 @@ def _to_planes(src, planes, start, pitch, ph, pw, sh, sw):
     rows, cols, k_all = src.shape
     for r in range(rows):
         base = start + (r + ph) * pitch + pw
-        if k_all == 1:                          # one plane: a row is a contiguous copy
-            row = planes[0, base:base + cols]
+        if k_all == 1:  # one plane: a row is a contiguous copy
+            row = planes[0, base : base + cols]
             for c in range(cols):
                 row[c] = src[r, c, 0]
         else:
@@ -216,15 +229,15 @@ def _from_planes(planes, start, pitch, ph, pw, sh, sw, pair_like, dst):
         return
     rows, cols, k_all = dst.shape
     length = planes.shape[1]
-    if k_all == 1:                              # one plain row: a contiguous copy
+    if k_all == 1:  # one plain row: a contiguous copy
         for r in range(rows):
-            row = planes[0, start + (r + ph) * pitch + pw:]
+            row = planes[0, start + (r + ph) * pitch + pw :]
             for c in range(cols):
                 dst[r, c, 0] = row[c]
         return
     if k_all % 2 == 0:
-        pairs = planes.reshape(k_all // 2, 2 * length).view(pair_like.dtype)    # (K/2, L)
-        dst_pairs = dst.view(pair_like.dtype)                                   # (R, C, K/2)
+        pairs = planes.reshape(k_all // 2, 2 * length).view(pair_like.dtype)  # (K/2, L)
+        dst_pairs = dst.view(pair_like.dtype)  # (R, C, K/2)
         for r in range(rows):
             base = start + (r + ph) * pitch + pw
             for c in range(cols):
@@ -248,8 +261,8 @@ def _copy_phases(image, planes, start, pitch, ph, pw, sh, sw, to_planes):
     flat = planes.ravel()
     for r in range(rows):
         a, base = (r + ph) % sh, start + ((r + ph) // sh) * pitch
-        b, q = pw % sw, pw // sw        # phase and position of column c + pw, kept incrementally:
-        for c in range(cols):           # a division per pixel costs more than the copy
+        b, q = pw % sw, pw // sw  # phase and position of column c + pw, kept incrementally:
+        for c in range(cols):  # a division per pixel costs more than the copy
             plane0, p = a * sw + b, base + q
             if to_planes:
                 for k in range(k_all):
@@ -272,13 +285,13 @@ def _shifted_sum(src, offsets, weights, bias, out):
     n_taps, n_out = weights.shape
     length = out.shape[1]
     for c in range(0, n_out - 1, 2):
-        o = out[c:c + 2].reshape(2 * length)    # channel c at o[2p], channel c + 1 at o[2p + 1]
+        o = out[c : c + 2].reshape(2 * length)  # channel c at o[2p], channel c + 1 at o[2p + 1]
         for t in range(0, n_taps, 3):
             # slices, not src[offsets[t] + p]: an index that might be negative makes numba emit
             # wraparound code, and LLVM then gathers element by element
-            x0 = src[offsets[t]:offsets[t] + length]
-            x1 = src[offsets[t + 1]:offsets[t + 1] + length]
-            x2 = src[offsets[t + 2]:offsets[t + 2] + length]
+            x0 = src[offsets[t] : offsets[t] + length]
+            x1 = src[offsets[t + 1] : offsets[t + 1] + length]
+            x2 = src[offsets[t + 2] : offsets[t + 2] + length]
             a0, a1, a2 = weights[t, c], weights[t + 1, c], weights[t + 2, c]
             b0, b1, b2 = weights[t, c + 1], weights[t + 1, c + 1], weights[t + 2, c + 1]
             if t == 0:
@@ -290,13 +303,13 @@ def _shifted_sum(src, offsets, weights, bias, out):
                 for p in range(length):
                     o[2 * p] += x0[p] * a0 + x1[p] * a1 + x2[p] * a2
                     o[2 * p + 1] += x0[p] * b0 + x1[p] * b1 + x2[p] * b2
-    if n_out % 2:                               # an odd last channel: a plain row
+    if n_out % 2:  # an odd last channel: a plain row
         c = n_out - 1
         o = out[c]
         for t in range(0, n_taps, 3):
-            x0 = src[offsets[t]:offsets[t] + length]
-            x1 = src[offsets[t + 1]:offsets[t + 1] + length]
-            x2 = src[offsets[t + 2]:offsets[t + 2] + length]
+            x0 = src[offsets[t] : offsets[t] + length]
+            x1 = src[offsets[t + 1] : offsets[t + 1] + length]
+            x2 = src[offsets[t + 2] : offsets[t + 2] + length]
             a0, a1, a2 = weights[t, c], weights[t + 1, c], weights[t + 2, c]
             if t == 0:
                 ba = bias[c]
@@ -319,18 +332,18 @@ def _accumulate_dw_db(src, offsets, grads, start, length, dw, db):
     n_taps, n_out = dw.shape
     for c in range(0, n_out, 4):
         c1, c2, c3 = min(c + 1, n_out - 1), min(c + 2, n_out - 1), min(c + 3, n_out - 1)
-        g0, g1 = grads[c, start:start + length], grads[c1, start:start + length]
-        g2, g3 = grads[c2, start:start + length], grads[c3, start:start + length]
+        g0, g1 = grads[c, start : start + length], grads[c1, start : start + length]
+        g2, g3 = grads[c2, start : start + length], grads[c3, start : start + length]
         for k in range(c, min(c + 4, n_out)):
-            g = grads[k, start:start + length]
-            total = db[k]                       # accumulators start from dw/db: same dtype
+            g = grads[k, start : start + length]
+            total = db[k]  # accumulators start from dw/db: same dtype
             for p in range(length):
                 total += g[p]
             db[k] = total
         for t in range(0, n_taps, 3):
-            x0 = src[offsets[t]:offsets[t] + length]
-            x1 = src[offsets[t + 1]:offsets[t + 1] + length]
-            x2 = src[offsets[t + 2]:offsets[t + 2] + length]
+            x0 = src[offsets[t] : offsets[t] + length]
+            x1 = src[offsets[t + 1] : offsets[t + 1] + length]
+            x2 = src[offsets[t + 2] : offsets[t + 2] + length]
             a0, a1, a2 = dw[t, c], dw[t + 1, c], dw[t + 2, c]
             b0, b1, b2 = dw[t, c1], dw[t + 1, c1], dw[t + 2, c1]
             d0, d1, d2 = dw[t, c2], dw[t + 1, c2], dw[t + 2, c2]
@@ -385,7 +398,7 @@ def _conv_forward(x, offsets, weights, bias, lay, n_parts, pair_like, y):
     for part in prange(n_parts):
         # phase planes, then a zero tail read by the padding taps; the padding stays zero
         planes = np.zeros(n_phases * plane + lay.span, dtype=x.dtype)
-        phase_planes = planes[:n_phases * plane].reshape(n_phases, plane)
+        phase_planes = planes[: n_phases * plane].reshape(n_phases, plane)
         out = np.empty((weights.shape[1], lay.span), dtype=y.dtype)
         for ni in range(part * n // n_parts, (part + 1) * n // n_parts):
             _to_planes(x[ni], phase_planes, 0, lay.wq, lay.ph, lay.pw, lay.sh, lay.sw)
@@ -394,8 +407,9 @@ def _conv_forward(x, offsets, weights, bias, lay, n_parts, pair_like, y):
 
 
 @njit(**_CONV_JIT)
-def _conv_backward(x, dy, offsets, dx_offsets, dx_weights, lay, n_parts, pair_like, dw_parts,
-                   db_parts, dx):
+def _conv_backward(
+    x, dy, offsets, dx_offsets, dx_weights, lay, n_parts, pair_like, dw_parts, db_parts, dx
+):
     n, c_in = x.shape[0], x.shape[3]
     out_h, out_w, c_out = dy.shape[1], dy.shape[2], dy.shape[3]
     need_dx = dx.shape[0] == n
@@ -404,25 +418,50 @@ def _conv_backward(x, dy, offsets, dx_offsets, dx_weights, lay, n_parts, pair_li
     no_bias = np.zeros(n_phases, dtype=x.dtype)
     for part in prange(n_parts):
         planes = np.zeros(n_phases * plane + lay.span, dtype=x.dtype)
-        phase_planes = planes[:n_phases * plane].reshape(n_phases, plane)
+        phase_planes = planes[: n_phases * plane].reshape(n_phases, plane)
         # dy after `margin` zeros in each plane, then a zero tail for the padding taps; entries
         # never written stay zero from sample to sample
         grads = np.zeros(c_out * dy_plane + lay.dx_len, dtype=dy.dtype)
-        grad_planes = grads[:c_out * dy_plane].reshape(c_out, dy_plane)
+        grad_planes = grads[: c_out * dy_plane].reshape(c_out, dy_plane)
         dx_planes = np.empty((n_phases, lay.dx_len if need_dx else 0), dtype=x.dtype)
         for ni in range(part * n // n_parts, (part + 1) * n // n_parts):
             _to_planes(x[ni], phase_planes, 0, lay.wq, lay.ph, lay.pw, lay.sh, lay.sw)
             _to_planes(dy[ni], grad_planes, lay.margin, lay.wq, 0, 0, 1, 1)
             if _all_finite(x[ni]):
-                _accumulate_dw_db(planes, offsets, grad_planes, lay.margin, lay.span,
-                                  dw_parts[part], db_parts[part])
+                _accumulate_dw_db(
+                    planes,
+                    offsets,
+                    grad_planes,
+                    lay.margin,
+                    lay.span,
+                    dw_parts[part],
+                    db_parts[part],
+                )
             else:
-                _accumulate_dw_db_exact(planes, offsets, grad_planes, lay.margin, lay.wq, out_h,
-                                        out_w, dw_parts[part], db_parts[part])
+                _accumulate_dw_db_exact(
+                    planes,
+                    offsets,
+                    grad_planes,
+                    lay.margin,
+                    lay.wq,
+                    out_h,
+                    out_w,
+                    dw_parts[part],
+                    db_parts[part],
+                )
             if need_dx:
                 _shifted_sum(grads, dx_offsets, dx_weights, no_bias, dx_planes)
-                _from_planes(dx_planes, -lay.dx_start, lay.wq, lay.ph, lay.pw, lay.sh, lay.sw,
-                             pair_like, dx[ni])
+                _from_planes(
+                    dx_planes,
+                    -lay.dx_start,
+                    lay.wq,
+                    lay.ph,
+                    lay.pw,
+                    lay.sh,
+                    lay.sw,
+                    pair_like,
+                    dx[ni],
+                )
 
 
 @njit(**_POOL_JIT)
@@ -494,8 +533,10 @@ def _avgpool_backward(dy, kh, kw, sh, sw, scale, dx):
 # a zero-length array whose dtype is as wide as two values of the conv's dtype (see _from_planes):
 # int64 for float32 pairs (copied as plain bits; numba moves complex64 as two floats, which was as
 # slow as no pairing), complex128 for float64
-_PAIR_LIKE = {np.dtype(np.float32): np.empty(0, np.int64),
-              np.dtype(np.float64): np.empty(0, np.complex128)}
+_PAIR_LIKE = {
+    np.dtype(np.float32): np.empty(0, np.int64),
+    np.dtype(np.float64): np.empty(0, np.complex128),
+}
 
 
 def _parts(g):
@@ -515,8 +556,18 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0):
     offsets, weights = _forward_taps(g, lay, w)
     bias = np.zeros(g.c_out, dtype=g.dtype) if b is None else np.ascontiguousarray(b)
     y = np.empty(g.y_shape, dtype=g.dtype)
-    _launch(_conv_forward, g.flops // 2, x, offsets, weights, bias, lay, _parts(g),
-            _PAIR_LIKE[g.dtype], y)
+    _launch(
+        _conv_forward,
+        g.flops // 2,
+        x,
+        offsets,
+        weights,
+        bias,
+        lay,
+        _parts(g),
+        _PAIR_LIKE[g.dtype],
+        y,
+    )
     return y, {"geometry": g, "x": x, "w": w, "layout": lay, "offsets": offsets}
 
 
@@ -530,7 +581,7 @@ def conv2d_backward(dy, ctx, need_dx=True):
     dy = np.ascontiguousarray(dy)
     if need_dx:
         dx_offsets, dx_weights = _dx_taps(g, lay, w)
-    else:                                   # the kernel never reads them (first layer)
+    else:  # the kernel never reads them (first layer)
         dx_offsets = np.zeros(0, dtype=np.int64)
         dx_weights = np.zeros((0, g.c_in * g.sh * g.sw), dtype=g.dtype)
     n_parts = _parts(g)
@@ -538,10 +589,23 @@ def conv2d_backward(dy, ctx, need_dx=True):
     dw_parts = np.zeros((n_parts, len(offsets), g.c_out), dtype=g.dtype)
     db_parts = np.zeros((n_parts, g.c_out), dtype=g.dtype)
     dx = np.empty(g.x_shape if need_dx else (0,) + g.x_shape[1:], dtype=g.dtype)
-    _launch(_conv_backward, g.flops // 2 * (2 if need_dx else 1), x, dy, offsets, dx_offsets,
-            dx_weights, lay, n_parts, _PAIR_LIKE[g.dtype], dw_parts, db_parts, dx)
+    _launch(
+        _conv_backward,
+        g.flops // 2 * (2 if need_dx else 1),
+        x,
+        dy,
+        offsets,
+        dx_offsets,
+        dx_weights,
+        lay,
+        n_parts,
+        _PAIR_LIKE[g.dtype],
+        dw_parts,
+        db_parts,
+        dx,
+    )
     # rows of dw: taps ordered (c_in, i, j), then the blocking's padding; w is (i, j, c_in, c_out)
-    dw = dw_parts.sum(axis=0)[:g.c_in * g.kh * g.kw].reshape(g.c_in, g.kh, g.kw, g.c_out)
+    dw = dw_parts.sum(axis=0)[: g.c_in * g.kh * g.kw].reshape(g.c_in, g.kh, g.kw, g.c_out)
     db = db_parts.sum(axis=0) if g.has_bias else None
     return (dx if need_dx else None), np.ascontiguousarray(dw.transpose(1, 2, 0, 3)), db
 
@@ -550,7 +614,7 @@ def maxpool2d_forward(x, size=2, stride=None):
     """x: (N, H, W, C) -> y: (N, OH, OW, C). Ties go to the first maximum in row-major order."""
     g = pool_geometry(x, size, stride)
     y = np.empty(g.y_shape, dtype=g.dtype)
-    argmax = np.empty(g.y_shape, dtype=np.intp)   # flat index kh*KW + kw inside each window
+    argmax = np.empty(g.y_shape, dtype=np.intp)  # flat index kh*KW + kw inside each window
     _launch(_maxpool_forward, x.size, np.ascontiguousarray(x), g.kh, g.kw, g.sh, g.sw, y, argmax)
     return y, {"geometry": g, "argmax": argmax}
 
@@ -560,8 +624,9 @@ def maxpool2d_backward(dy, ctx):
     g, argmax = ctx["geometry"], ctx["argmax"]
     check_grad(dy, g.y_shape, g.dtype)
     dx = np.zeros(g.x_shape, dtype=g.dtype)
-    _launch(_maxpool_backward, dx.size, np.ascontiguousarray(dy), argmax, g.kh, g.kw, g.sh, g.sw,
-            dx)
+    _launch(
+        _maxpool_backward, dx.size, np.ascontiguousarray(dy), argmax, g.kh, g.kw, g.sh, g.sw, dx
+    )
     return dx
 
 
@@ -580,8 +645,7 @@ def avgpool2d_backward(dy, ctx):
     check_grad(dy, g.y_shape, g.dtype)
     dx = np.zeros(g.x_shape, dtype=g.dtype)
     scale = g.dtype.type(1.0 / (g.kh * g.kw))
-    _launch(_avgpool_backward, dx.size, np.ascontiguousarray(dy), g.kh, g.kw, g.sh, g.sw, scale,
-            dx)
+    _launch(_avgpool_backward, dx.size, np.ascontiguousarray(dy), g.kh, g.kw, g.sh, g.sw, scale, dx)
     return dx
 
 
@@ -592,7 +656,9 @@ def warmup() -> None:
         w = np.ones((2, 2, 1, 1), dtype=dtype)
         y, ctx = conv2d_forward(x, w, np.ones(1, dtype=dtype), padding=1)
         conv2d_backward(np.ones_like(y), ctx)
-        for forward, backward in ((maxpool2d_forward, maxpool2d_backward),
-                                  (avgpool2d_forward, avgpool2d_backward)):
+        for forward, backward in (
+            (maxpool2d_forward, maxpool2d_backward),
+            (avgpool2d_forward, avgpool2d_backward),
+        ):
             y, ctx = forward(x, 2, 1)
             backward(np.ones_like(y), ctx)

@@ -5,6 +5,7 @@
 The content goes to a temp file in the target's directory (same filesystem), which is then renamed
 over the target: a crash or Ctrl-C mid-write leaves the previous file intact and no temp behind.
 """
+
 from __future__ import annotations
 
 import os

@@ -15,6 +15,7 @@ Where load_mnist looks, in order (the first that has the data wins):
 Arrays come back as they are stored: images (N, 28, 28) uint8, labels (N,) uint8. The helpers
 below make the float NHWC arrays the network trains on.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -49,7 +50,7 @@ IDX_FILES = {
 }
 NPZ_FILE = "mnist.npz"
 NUM_CLASSES = 10
-DOWNLOAD_TIMEOUT = 30.0   # seconds without progress before a mirror counts as failed
+DOWNLOAD_TIMEOUT = 30.0  # seconds without progress before a mirror counts as failed
 _CHUNK = 1 << 16
 _GZIP_MAGIC = b"\x1f\x8b"
 
@@ -66,6 +67,7 @@ class DownloadError(OSError):
 class MNIST:
     """x_train (N, 28, 28) uint8, y_train (N,) uint8 in 0..9, x_test (M, 28, 28) uint8,
     y_test (M,) uint8; `source` says where the arrays came from (for logs and reports)."""
+
     x_train: np.ndarray
     y_train: np.ndarray
     x_test: np.ndarray
@@ -74,8 +76,10 @@ class MNIST:
 
     def __repr__(self) -> str:
         # The default repr would print four arrays; the shapes are what one wants to see.
-        return (f"MNIST(x_train={self.x_train.shape}, y_train={self.y_train.shape}, "
-                f"x_test={self.x_test.shape}, y_test={self.y_test.shape}, source={self.source!r})")
+        return (
+            f"MNIST(x_train={self.x_train.shape}, y_train={self.y_train.shape}, "
+            f"x_test={self.x_test.shape}, y_test={self.y_test.shape}, source={self.source!r})"
+        )
 
 
 def default_cache_dir() -> Path:
@@ -85,6 +89,7 @@ def default_cache_dir() -> Path:
 
 
 # ---- reading -------------------------------------------------------------------------------------
+
 
 def read_idx(path, ndim: int | None = None) -> np.ndarray:
     """One IDX file of unsigned bytes (gzipped or not, told apart by content, not by name).
@@ -99,30 +104,33 @@ def read_idx(path, ndim: int | None = None) -> np.ndarray:
     if raw[:2] == _GZIP_MAGIC:
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as exc:   # BadGzipFile is an OSError
+        except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
             raise MNISTFormatError(f"{path}: corrupt gzip data ({exc})") from None
     if len(raw) < 4:
         raise MNISTFormatError(f"{path}: too short for an IDX header ({len(raw)} bytes)")
     if raw[0] != 0 or raw[1] != 0:
         raise MNISTFormatError(f"{path}: not an IDX file (magic number 0x{raw[:4].hex()})")
     if raw[2] != 0x08:
-        raise MNISTFormatError(f"{path}: IDX dtype byte is 0x{raw[2]:02x}, expected 0x08 "
-                               "(unsigned byte)")
+        raise MNISTFormatError(
+            f"{path}: IDX dtype byte is 0x{raw[2]:02x}, expected 0x08 (unsigned byte)"
+        )
     dims_count = raw[3]
     allowed = (1, 3) if ndim is None else (ndim,)
     if dims_count not in allowed:
         wanted = " or ".join(f"0x0000080{d}" for d in allowed)
-        raise MNISTFormatError(f"{path}: magic number 0x{raw[:4].hex()} has {dims_count} "
-                               f"dimensions, expected {wanted}")
+        raise MNISTFormatError(
+            f"{path}: magic number 0x{raw[:4].hex()} has {dims_count} dimensions, expected {wanted}"
+        )
     header = 4 + 4 * dims_count
     if len(raw) < header:
         raise MNISTFormatError(f"{path}: truncated IDX header ({len(raw)} of {header} bytes)")
     shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=dims_count, offset=4))
-    expected = header + math.prod(shape)   # Python ints: a corrupt header cannot overflow
+    expected = header + math.prod(shape)  # Python ints: a corrupt header cannot overflow
     if len(raw) != expected:
         kind = "truncated" if len(raw) < expected else "trailing bytes"
-        raise MNISTFormatError(f"{path}: {kind}: header says {shape} -> {expected} bytes, "
-                               f"file has {len(raw)}")
+        raise MNISTFormatError(
+            f"{path}: {kind}: header says {shape} -> {expected} bytes, file has {len(raw)}"
+        )
     # The copy makes the array writable (frombuffer over bytes is read-only) and frees `raw`.
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape).copy()
 
@@ -156,9 +164,9 @@ def _load_dir(directory: Path, what: str) -> MNIST | None:
 def _load_npz(path: Path, what: str) -> MNIST:
     try:
         archive = np.load(path, allow_pickle=False)
-    except Exception as exc:   # BadZipFile, OSError, EOFError, ValueError: all mean "not an npz"
+    except Exception as exc:  # BadZipFile, OSError, EOFError, ValueError: all mean "not an npz"
         raise MNISTFormatError(f"{path}: unreadable npz ({type(exc).__name__}: {exc})") from None
-    if not hasattr(archive, "files"):   # a plain .npy saved under the npz name
+    if not hasattr(archive, "files"):  # a plain .npy saved under the npz name
         raise MNISTFormatError(f"{path}: a single array, not an npz archive")
     with archive:
         missing = [key for key in IDX_FILES if key not in archive.files]
@@ -166,14 +174,17 @@ def _load_npz(path: Path, what: str) -> MNIST:
             raise MNISTFormatError(f"{path}: missing arrays {missing}; has {archive.files}")
         try:
             arrays = {key: archive[key] for key in IDX_FILES}
-        except Exception as exc:   # a damaged member only shows when it is read
-            raise MNISTFormatError(f"{path}: unreadable npz member ({type(exc).__name__}: "
-                                   f"{exc})") from None
+        except Exception as exc:  # a damaged member only shows when it is read
+            raise MNISTFormatError(
+                f"{path}: unreadable npz member ({type(exc).__name__}: {exc})"
+            ) from None
     for key, arr in arrays.items():
         want_ndim = IDX_FILES[key][1]
         if arr.dtype != np.uint8 or arr.ndim != want_ndim:
-            raise MNISTFormatError(f"{path}: {key} is {arr.dtype} {arr.shape}, expected uint8 "
-                                   f"with {want_ndim} dimension(s)")
+            raise MNISTFormatError(
+                f"{path}: {key} is {arr.dtype} {arr.shape}, expected uint8 "
+                f"with {want_ndim} dimension(s)"
+            )
     return _checked(arrays, {key: path for key in arrays}, f"{path} ({what})")
 
 
@@ -182,22 +193,33 @@ def _checked(arrays: dict, paths: dict, source: str) -> MNIST:
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
         if len(x) != len(y):
-            raise MNISTFormatError(f"{paths[f'x_{split}']} has {len(x)} images but "
-                                   f"{paths[f'y_{split}']} has {len(y)} labels")
+            raise MNISTFormatError(
+                f"{paths[f'x_{split}']} has {len(x)} images but "
+                f"{paths[f'y_{split}']} has {len(y)} labels"
+            )
         if y.size and y.max() >= NUM_CLASSES:
-            raise MNISTFormatError(f"{paths[f'y_{split}']}: label {int(y.max())} outside "
-                                   f"0..{NUM_CLASSES - 1}")
+            raise MNISTFormatError(
+                f"{paths[f'y_{split}']}: label {int(y.max())} outside 0..{NUM_CLASSES - 1}"
+            )
     if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
-        raise MNISTFormatError(f"image sizes differ: {paths['x_train']} "
-                               f"{arrays['x_train'].shape[1:]}, {paths['x_test']} "
-                               f"{arrays['x_test'].shape[1:]}")
+        raise MNISTFormatError(
+            f"image sizes differ: {paths['x_train']} "
+            f"{arrays['x_train'].shape[1:]}, {paths['x_test']} "
+            f"{arrays['x_test'].shape[1:]}"
+        )
     return MNIST(source=source, **arrays)
 
 
 # ---- downloading ---------------------------------------------------------------------------------
 
-def download_mnist(cache_dir=None, mirrors=MIRRORS, files=FILES, progress: bool = True,
-                   timeout: float = DOWNLOAD_TIMEOUT) -> dict[str, str]:
+
+def download_mnist(
+    cache_dir=None,
+    mirrors=MIRRORS,
+    files=FILES,
+    progress: bool = True,
+    timeout: float = DOWNLOAD_TIMEOUT,
+) -> dict[str, str]:
     """Download each of `files` (name -> SHA-256) missing from `cache_dir`, trying `mirrors` in order.
 
     Each file is streamed into a temporary file in `cache_dir` and moved into place with
@@ -220,7 +242,7 @@ def download_mnist(cache_dir=None, mirrors=MIRRORS, files=FILES, progress: bool 
             url = mirror.rstrip("/") + "/" + name
             try:
                 _fetch(url, target, sha256, progress, timeout)
-            except (OSError, HTTPException, ValueError) as exc:   # URLError, timeouts: OSError
+            except (OSError, HTTPException, ValueError) as exc:  # URLError, timeouts: OSError
                 failures.append(f"{url}: {type(exc).__name__}: {exc}")
                 continue
             fetched[name] = url
@@ -232,7 +254,7 @@ def download_mnist(cache_dir=None, mirrors=MIRRORS, files=FILES, progress: bool 
 
 def _fetch(url: str, target: Path, sha256: str, progress: bool, timeout: float) -> None:
     """Stream `url` into `target` atomically, or raise and leave nothing behind."""
-    from tqdm import tqdm   # only downloads need it
+    from tqdm import tqdm  # only downloads need it
 
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     try:
@@ -240,8 +262,14 @@ def _fetch(url: str, target: Path, sha256: str, progress: bool, timeout: float) 
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=target.name, leave=False,
-                      disable=not progress) as bar:
+            with tqdm(
+                total=total,
+                unit="B",
+                unit_scale=True,
+                desc=target.name,
+                leave=False,
+                disable=not progress,
+            ) as bar:
                 received = 0
                 while chunk := response.read(_CHUNK):
                     out.write(chunk)
@@ -252,10 +280,10 @@ def _fetch(url: str, target: Path, sha256: str, progress: bool, timeout: float) 
             if total is not None and received != total:
                 raise DownloadError(f"connection closed after {received} of {total} bytes")
             out.flush()
-            os.fsync(out.fileno())   # the bytes are on disk before the name says "complete"
+            os.fsync(out.fileno())  # the bytes are on disk before the name says "complete"
         if digest.hexdigest() != sha256.lower():
             raise DownloadError(f"SHA-256 mismatch: got {digest.hexdigest()}, expected {sha256}")
-        os.chmod(tmp, 0o644)   # mkstemp makes 0600; a shared $CONVBENCH_CACHE should be readable
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a shared $CONVBENCH_CACHE should be readable
         os.replace(tmp, target)
     except BaseException:
         try:
@@ -278,8 +306,9 @@ def _load_from_keras() -> MNIST | None:
     return _checked(arrays, {key: f"{source} {key}" for key in arrays}, source)
 
 
-def load_mnist(data_dir=None, cache_dir=None, download: bool = True, mirrors=MIRRORS,
-               progress: bool = True) -> MNIST:
+def load_mnist(
+    data_dir=None, cache_dir=None, download: bool = True, mirrors=MIRRORS, progress: bool = True
+) -> MNIST:
     """MNIST from the first source that has it (see the module docstring for the order).
 
     Returns MNIST with x_train (60000, 28, 28) uint8, y_train (60000,) uint8, x_test (10000, 28,
@@ -294,14 +323,20 @@ def load_mnist(data_dir=None, cache_dir=None, download: bool = True, mirrors=MIR
     if given is not None:
         directory = Path(given).expanduser()
         if not directory.is_dir():
-            raise FileNotFoundError(f"MNIST directory {directory} ({what}) does not exist; "
-                                    f"expected {_expected_names()}")
+            raise FileNotFoundError(
+                f"MNIST directory {directory} ({what}) does not exist; expected {_expected_names()}"
+            )
         data = _load_dir(directory, what)
         if data is None:
-            missing = [IDX_FILES[key][0] + "[.gz]"
-                       for key, path in _idx_paths(directory).items() if path is None]
-            raise FileNotFoundError(f"MNIST directory {directory} ({what}) lacks "
-                                    f"{', '.join(missing)}; expected {_expected_names()}")
+            missing = [
+                IDX_FILES[key][0] + "[.gz]"
+                for key, path in _idx_paths(directory).items()
+                if path is None
+            ]
+            raise FileNotFoundError(
+                f"MNIST directory {directory} ({what}) lacks "
+                f"{', '.join(missing)}; expected {_expected_names()}"
+            )
         return data
 
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
@@ -323,13 +358,18 @@ def load_mnist(data_dir=None, cache_dir=None, download: bool = True, mirrors=MIR
         if data is not None:
             if fetched:
                 mirrors_used = sorted({url.rsplit("/", 1)[0] + "/" for url in fetched.values()})
-                data = MNIST(data.x_train, data.y_train, data.x_test, data.y_test,
-                             f"IDX files downloaded from {', '.join(mirrors_used)} into {cache}")
+                data = MNIST(
+                    data.x_train,
+                    data.y_train,
+                    data.x_test,
+                    data.y_test,
+                    f"IDX files downloaded from {', '.join(mirrors_used)} into {cache}",
+                )
             return data
         reasons.append(f"the download left {cache} without the data")
     try:
         data = _load_from_keras()
-    except Exception as exc:   # TensorFlow's own download or cache can fail in many ways
+    except Exception as exc:  # TensorFlow's own download or cache can fail in many ways
         reasons.append(f"tf.keras.datasets.mnist.load_data() failed: {type(exc).__name__}: {exc}")
     else:
         if data is not None:
@@ -339,12 +379,15 @@ def load_mnist(data_dir=None, cache_dir=None, download: bool = True, mirrors=MIR
 
 
 def _how_to_provide(cache: Path, mirrors, reason: str) -> str:
-    return (f"MNIST not found ({reason}). Pass --data-dir DIR or set MNIST_DIR to a directory "
-            f"holding {_expected_names()}, or put those files in {cache} (set CONVBENCH_CACHE to "
-            f"change it), or allow the download from {', '.join(mirrors)}")
+    return (
+        f"MNIST not found ({reason}). Pass --data-dir DIR or set MNIST_DIR to a directory "
+        f"holding {_expected_names()}, or put those files in {cache} (set CONVBENCH_CACHE to "
+        f"change it), or allow the download from {', '.join(mirrors)}"
+    )
 
 
 # ---- arrays for training -------------------------------------------------------------------------
+
 
 def to_nhwc(x: np.ndarray) -> np.ndarray:
     """(N, H, W) -> (N, H, W, 1), a view of `x` (same dtype)."""
@@ -366,7 +409,7 @@ def scale(x_uint8: np.ndarray, dtype=np.float32) -> np.ndarray:
     elif x_uint8.ndim != 4:
         raise ValueError(f"x_uint8 must be (N, H, W) or (N, H, W, C), got shape {x_uint8.shape}")
     out = x_uint8.astype(dtype)
-    out /= out.dtype.type(255)   # division, not * (1/255): 255 maps to exactly 1.0
+    out /= out.dtype.type(255)  # division, not * (1/255): 255 maps to exactly 1.0
     return out
 
 
@@ -407,8 +450,10 @@ def one_hot(labels: np.ndarray, num_classes: int = NUM_CLASSES, dtype=np.float32
     bad = (labels < 0) | (labels >= num_classes)
     if bad.any():
         i = int(np.argmax(bad))
-        raise ValueError(f"labels must lie in [0, {num_classes}): labels[{i}] = {labels[i]} "
-                         f"({int(bad.sum())} out of range)")
+        raise ValueError(
+            f"labels must lie in [0, {num_classes}): labels[{i}] = {labels[i]} "
+            f"({int(bad.sum())} out of range)"
+        )
     out = np.zeros((len(labels), num_classes), dtype=dtype)
     out[np.arange(len(labels)), labels] = 1
     return out
@@ -437,8 +482,11 @@ def num_batches(n: int, batch_size: int) -> int:
 
 
 def _check_batch_size(batch_size) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-            or batch_size < 1:
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, (int, np.integer))
+        or batch_size < 1
+    ):
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
 
 
@@ -462,13 +510,14 @@ def iterate_batches(x: np.ndarray, y: np.ndarray, batch_size: int, rng=None):
 def _batches(x, y, batch_size, order):
     for start in range(0, len(x), batch_size):
         if order is None:
-            yield x[start:start + batch_size], y[start:start + batch_size]
+            yield x[start : start + batch_size], y[start : start + batch_size]
         else:
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             yield x[idx], y[idx]
 
 
 # ---- augmentation --------------------------------------------------------------------------------
+
 
 def _check_images(x) -> np.ndarray:
     x = np.asarray(x)
@@ -495,7 +544,7 @@ def transform_batch(x: np.ndarray, shifts, degrees) -> np.ndarray:
         raise ValueError(f"degrees must be ({n},), got {theta.shape}")
 
     cy, cx = (h - 1) / 2, (w - 1) / 2
-    rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")   # (H, W)
+    rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")  # (H, W)
     # Output pixel relative to the centre, shift undone: (N, H, W).
     out_y = rows - cy - shifts[:, 0, None, None]
     out_x = cols - cx - shifts[:, 1, None, None]
@@ -519,8 +568,9 @@ def transform_batch(x: np.ndarray, shifts, degrees) -> np.ndarray:
     return out
 
 
-def augment_batch(x: np.ndarray, rng: np.random.Generator, max_shift: int = 2,
-                  max_degrees: float = 10.0) -> np.ndarray:
+def augment_batch(
+    x: np.ndarray, rng: np.random.Generator, max_shift: int = 2, max_degrees: float = 10.0
+) -> np.ndarray:
     """Random shift and rotation per image, for training batches only.
 
     x: (N, H, W, C) float -> (N, H, W, C) same dtype, a new array. Per image: integer shifts dy, dx

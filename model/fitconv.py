@@ -36,6 +36,7 @@ best bias-free linear fit predicts a constant; with d = C*KH*KW inputs per outpu
 reachable loss is 1/3 - 3d/(4(1+3d)), which is 10/111 = 0.0901 for the lab's d = 12 (its ~0.09).
 With a bias the floor is the targets' variance, 1/12 = 0.0833.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,14 +59,22 @@ TRUE_KERNELS_FILE = "true_kernels.npy"
 
 # ---- data ----------------------------------------------------------------------------------------
 
+
 def _check_positive_int(value, name: str) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
 
 
-def generate_data(samples: int = 100, channels: int = 3, size: int = 28, kernels: int = 2,
-                  kernel_size: int = 2, seed: int | None = 0, from_kernels: bool = False) -> dict:
+def generate_data(
+    samples: int = 100,
+    channels: int = 3,
+    size: int = 28,
+    kernels: int = 2,
+    kernel_size: int = 2,
+    seed: int | None = 0,
+    from_kernels: bool = False,
+) -> dict:
     """Lab-style data, float64, NCHW.
 
     Returns {"input": (S, C, size, size), "target": (S, K, OH, OW)} with OH = OW = size - k + 1,
@@ -86,15 +95,21 @@ def generate_data(samples: int = 100, channels: int = 3, size: int = 28, kernels
     out = size - kernel_size + 1
     if not from_kernels:
         return {"input": inputs, "target": rng.random((samples, kernels, out, out))}
-    true_kernels = (rng.standard_normal((kernels, channels, kernel_size, kernel_size))
-                    / np.sqrt(channels * kernel_size * kernel_size))
-    y, _ = get_backend("im2col").conv2d_forward(inputs.transpose(0, 2, 3, 1),
-                                                np.ascontiguousarray(true_kernels.transpose(2, 3, 1, 0)))
-    return {"input": inputs, "target": np.ascontiguousarray(y.transpose(0, 3, 1, 2)),
-            "kernels": true_kernels}
+    true_kernels = rng.standard_normal((kernels, channels, kernel_size, kernel_size)) / np.sqrt(
+        channels * kernel_size * kernel_size
+    )
+    y, _ = get_backend("im2col").conv2d_forward(
+        inputs.transpose(0, 2, 3, 1), np.ascontiguousarray(true_kernels.transpose(2, 3, 1, 0))
+    )
+    return {
+        "input": inputs,
+        "target": np.ascontiguousarray(y.transpose(0, 3, 1, 2)),
+        "kernels": true_kernels,
+    }
 
 
 # ---- fitting -------------------------------------------------------------------------------------
+
 
 @dataclass
 class ConvFit:
@@ -103,6 +118,7 @@ class ConvFit:
     kernels: (K, C, KH, KW) and bias: (K,) or None, in the training dtype; losses: per-epoch
     average loss; epoch_seconds: wall time of each epoch.
     """
+
     kernels: np.ndarray
     bias: np.ndarray | None
     losses: list[float]
@@ -124,8 +140,10 @@ def check_problem(inputs, targets, num_kernels: int, kernel_size) -> tuple[int, 
 
     Errors name the offending shape and, for a size mismatch, the size that was expected.
     """
-    for name, a, layout in (("input", inputs, "(samples, channels, height, width)"),
-                            ("target", targets, "(samples, kernels, out_height, out_width)")):
+    for name, a, layout in (
+        ("input", inputs, "(samples, channels, height, width)"),
+        ("target", targets, "(samples, kernels, out_height, out_width)"),
+    ):
         if not isinstance(a, np.ndarray):
             raise TypeError(f"{name} must be a numpy array {layout}, got {type(a).__name__}")
         if a.ndim != 4:
@@ -140,25 +158,43 @@ def check_problem(inputs, targets, num_kernels: int, kernel_size) -> tuple[int, 
         raise ValueError(f"kernel_size must be positive, got {kernel_size!r}")
     s, _, h, w = inputs.shape
     if targets.shape[0] != s:
-        raise ValueError(f"input has {s} samples but target has {targets.shape[0]} "
-                         f"(input {inputs.shape}, target {targets.shape})")
+        raise ValueError(
+            f"input has {s} samples but target has {targets.shape[0]} "
+            f"(input {inputs.shape}, target {targets.shape})"
+        )
     if kh > h or kw > w:
         raise ValueError(f"kernel size ({kh}, {kw}) is larger than the input images ({h}, {w})")
     if targets.shape[1] != num_kernels:
-        raise ValueError(f"target has {targets.shape[1]} channels (shape {targets.shape}) but "
-                         f"{num_kernels} kernels were asked for; they must match")
+        raise ValueError(
+            f"target has {targets.shape[1]} channels (shape {targets.shape}) but "
+            f"{num_kernels} kernels were asked for; they must match"
+        )
     expected = (h - kh + 1, w - kw + 1)
     if targets.shape[2:] != expected:
-        raise ValueError(f"target spatial size {targets.shape[2:]} does not match a valid "
-                         f"{kh}x{kw} convolution of {h}x{w} inputs: expected {expected} "
-                         f"(target shape {targets.shape})")
+        raise ValueError(
+            f"target spatial size {targets.shape[2:]} does not match a valid "
+            f"{kh}x{kw} convolution of {h}x{w} inputs: expected {expected} "
+            f"(target shape {targets.shape})"
+        )
     return kh, kw
 
 
-def fit_conv(inputs_nchw, targets_nchw, num_kernels: int, kernel_size, lr: float, epochs: int,
-             backend: str = "im2col", batch_size: int = 1, seed: int | None = 0,
-             bias: bool = False, dtype=None, callback=None, shuffle: bool = True,
-             initial_kernels=None) -> ConvFit:
+def fit_conv(
+    inputs_nchw,
+    targets_nchw,
+    num_kernels: int,
+    kernel_size,
+    lr: float,
+    epochs: int,
+    backend: str = "im2col",
+    batch_size: int = 1,
+    seed: int | None = 0,
+    bias: bool = False,
+    dtype=None,
+    callback=None,
+    shuffle: bool = True,
+    initial_kernels=None,
+) -> ConvFit:
     """Fit K kernels (and optionally a bias) by SGD on the MSE loss; see the module docstring.
 
     inputs_nchw: (S, C, H, W), targets_nchw: (S, K, H-KH+1, W-KW+1), any real dtype.
@@ -186,8 +222,9 @@ def fit_conv(inputs_nchw, targets_nchw, num_kernels: int, kernel_size, lr: float
     else:
         kernels0 = np.asarray(initial_kernels)
         if kernels0.shape != (num_kernels, c, kh, kw):
-            raise ValueError(f"initial_kernels must have shape {(num_kernels, c, kh, kw)}, "
-                             f"got {kernels0.shape}")
+            raise ValueError(
+                f"initial_kernels must have shape {(num_kernels, c, kh, kw)}, got {kernels0.shape}"
+            )
     # The one layout conversion of the fit: NCHW -> NHWC data, (K, C, KH, KW) -> HWIO kernels.
     x_all = np.ascontiguousarray(inputs_nchw.transpose(0, 2, 3, 1), dtype=dtype)
     t_all = np.ascontiguousarray(targets_nchw.transpose(0, 2, 3, 1), dtype=dtype)
@@ -201,7 +238,7 @@ def fit_conv(inputs_nchw, targets_nchw, num_kernels: int, kernel_size, lr: float
     x_epoch, t_epoch = np.empty_like(x_all), np.empty_like(t_all)
     dy_buf = np.empty((min(batch_size, s),) + t_all.shape[1:], dtype=dtype)
     per_sample = t_all[0].size
-    lr_t = dtype.type(lr)     # a NumPy scalar of the training dtype keeps float32 updates float32
+    lr_t = dtype.type(lr)  # a NumPy scalar of the training dtype keeps float32 updates float32
     losses, epoch_seconds = [], []
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
@@ -214,7 +251,7 @@ def fit_conv(inputs_nchw, targets_nchw, num_kernels: int, kernel_size, lr: float
                 hi = min(lo + batch_size, s)
                 size = (hi - lo) * per_sample
                 y, ctx = be.conv2d_forward(x_epoch[lo:hi], w, b, 1, 0)
-                dy = np.subtract(y, t_epoch[lo:hi], out=dy_buf[:hi - lo])
+                dy = np.subtract(y, t_epoch[lo:hi], out=dy_buf[: hi - lo])
                 batch_loss = float(np.vdot(dy, dy)) / size
                 loss_sum += batch_loss * (hi - lo)
                 dy *= dtype.type(2.0 / size)
@@ -228,28 +265,59 @@ def fit_conv(inputs_nchw, targets_nchw, num_kernels: int, kernel_size, lr: float
         losses.append(avg)
         epoch_seconds.append(seconds)
         if not np.isfinite(avg):
-            raise FloatingPointError(f"training diverged in epoch {epoch} (avg loss {avg}); "
-                                     f"use a smaller learning rate than {lr}")
+            raise FloatingPointError(
+                f"training diverged in epoch {epoch} (avg loss {avg}); "
+                f"use a smaller learning rate than {lr}"
+            )
         if callback is not None:
             callback(epoch, avg, seconds)
-    return ConvFit(kernels=np.ascontiguousarray(w.transpose(3, 2, 0, 1)), bias=b,
-                   losses=losses, epoch_seconds=epoch_seconds)
+    return ConvFit(
+        kernels=np.ascontiguousarray(w.transpose(3, 2, 0, 1)),
+        bias=b,
+        losses=losses,
+        epoch_seconds=epoch_seconds,
+    )
 
 
-def fit_kernels(inputs_nchw, targets_nchw, num_kernels: int, kernel_size, lr: float, epochs: int,
-                backend: str = "im2col", batch_size: int = 1, seed: int | None = 0,
-                bias: bool = False, dtype=None, callback=None, **options):
+def fit_kernels(
+    inputs_nchw,
+    targets_nchw,
+    num_kernels: int,
+    kernel_size,
+    lr: float,
+    epochs: int,
+    backend: str = "im2col",
+    batch_size: int = 1,
+    seed: int | None = 0,
+    bias: bool = False,
+    dtype=None,
+    callback=None,
+    **options,
+):
     """:func:`fit_conv` returning (kernels (K, C, KH, KW) in the training dtype, per-epoch losses).
 
     With bias=True the bias is trained but not returned; use :func:`fit_conv` to get it.
     """
-    fit = fit_conv(inputs_nchw, targets_nchw, num_kernels, kernel_size, lr, epochs,
-                   backend=backend, batch_size=batch_size, seed=seed, bias=bias, dtype=dtype,
-                   callback=callback, **options)
+    fit = fit_conv(
+        inputs_nchw,
+        targets_nchw,
+        num_kernels,
+        kernel_size,
+        lr,
+        epochs,
+        backend=backend,
+        batch_size=batch_size,
+        seed=seed,
+        bias=bias,
+        dtype=dtype,
+        callback=callback,
+        **options,
+    )
     return fit.kernels, fit.losses
 
 
 # ---- files ---------------------------------------------------------------------------------------
+
 
 def load_npy(path, what: str) -> np.ndarray:
     """Read one array from a .npy file (no pickles); errors name the file and what went wrong."""
@@ -286,6 +354,7 @@ def bias_path(kernels_path) -> Path:
 
 # ---- CLI -----------------------------------------------------------------------------------------
 
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         # One line, like every other error of this CLI (argparse would print the usage first).
@@ -301,72 +370,150 @@ def _positive(kind):
         if not value > 0:
             raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
         return value
+
     parse.__name__ = f"positive {kind.__name__}"
     return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m model.fitconv", description=(
-        "The conv lab: learn convolution kernels so that conv2d(input) ~= target, from .npy files "
-        "in NCHW layout (input (S,C,H,W), target (S,K,OH,OW), kernels (K,C,k,k)). Valid "
-        "convolution, stride 1, MSE loss = mean((y-t)^2) over a batch's target elements, SGD."))
+    parser = _Parser(
+        prog="python -m model.fitconv",
+        description=(
+            "The conv lab: learn convolution kernels so that conv2d(input) ~= target, from .npy files "
+            "in NCHW layout (input (S,C,H,W), target (S,K,OH,OW), kernels (K,C,k,k)). Valid "
+            "convolution, stride 1, MSE loss = mean((y-t)^2) over a batch's target elements, SGD."
+        ),
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="{generate,train}")
 
-    gen = sub.add_parser("generate", help="write lab-style random data",
-                         description="Write input_data.npy (uniform [0,1) inputs, float64) and "
-                                     "target_output.npy (uniform [0,1) targets, or with "
-                                     "--from-kernels the convolution with random kernels, also "
-                                     "saved as true_kernels.npy) into --out.")
-    gen.add_argument("--samples", type=_positive(int), default=100, help="number of samples (default 100)")
-    gen.add_argument("--channels", type=_positive(int), default=3, help="input channels (default 3)")
-    gen.add_argument("--size", type=_positive(int), default=28, help="image height = width (default 28)")
-    gen.add_argument("--kernels", type=_positive(int), default=2,
-                     help="number of kernels = target channels (default 2)")
-    gen.add_argument("--kernel-size", type=_positive(int), default=2,
-                     help="kernel height = width; targets are size-k+1 square (default 2)")
-    gen.add_argument("--out", required=True, help="directory to write to (created if missing; required)")
+    gen = sub.add_parser(
+        "generate",
+        help="write lab-style random data",
+        description="Write input_data.npy (uniform [0,1) inputs, float64) and "
+        "target_output.npy (uniform [0,1) targets, or with "
+        "--from-kernels the convolution with random kernels, also "
+        "saved as true_kernels.npy) into --out.",
+    )
+    gen.add_argument(
+        "--samples", type=_positive(int), default=100, help="number of samples (default 100)"
+    )
+    gen.add_argument(
+        "--channels", type=_positive(int), default=3, help="input channels (default 3)"
+    )
+    gen.add_argument(
+        "--size", type=_positive(int), default=28, help="image height = width (default 28)"
+    )
+    gen.add_argument(
+        "--kernels",
+        type=_positive(int),
+        default=2,
+        help="number of kernels = target channels (default 2)",
+    )
+    gen.add_argument(
+        "--kernel-size",
+        type=_positive(int),
+        default=2,
+        help="kernel height = width; targets are size-k+1 square (default 2)",
+    )
+    gen.add_argument(
+        "--out", required=True, help="directory to write to (created if missing; required)"
+    )
     gen.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    gen.add_argument("--from-kernels", action="store_true",
-                     help="make targets by convolving with random known kernels, saved as "
-                          "true_kernels.npy, instead of uniform random targets (default: off)")
+    gen.add_argument(
+        "--from-kernels",
+        action="store_true",
+        help="make targets by convolving with random known kernels, saved as "
+        "true_kernels.npy, instead of uniform random targets (default: off)",
+    )
 
-    tr = sub.add_parser("train", help="fit kernels to input/target .npy files",
-                        description="Fit kernels by SGD on the MSE loss, print one line per epoch, "
-                                    "save the kernels (K,C,k,k) atomically.")
-    tr.add_argument("--input", required=True, help="input .npy, (samples, channels, H, W) (required)")
-    tr.add_argument("--target", required=True,
-                    help="target .npy, (samples, kernels, H-k+1, W-k+1) (required)")
-    tr.add_argument("--kernels", type=_positive(int), default=None,
-                    help="number of kernels; must equal the target's channels (default: taken from the target)")
-    tr.add_argument("--kernel-size", type=_positive(int), default=None,
-                    help="kernel height = width (default: H - OH + 1 from the two files' shapes)")
-    tr.add_argument("--lr", type=_positive(float), default=0.1, help="SGD learning rate (default 0.1)")
-    tr.add_argument("--epochs", type=_positive(int), default=10, help="passes over the data (default 10)")
-    tr.add_argument("--backend", default="im2col",
-                    help=f"conv backend, one of {', '.join(available_backends())} (default im2col)")
-    tr.add_argument("--batch-size", type=_positive(int), default=1,
-                    help="samples per SGD step; 1 is the lab's per-sample SGD (default 1)")
-    tr.add_argument("--bias", action="store_true",
-                    help="also learn one bias per kernel, saved as <out stem>_bias.npy (default: off)")
-    tr.add_argument("--no-shuffle", action="store_true",
-                    help="visit samples in file order instead of a seeded random order per epoch "
-                         "(default: shuffle)")
-    tr.add_argument("--out", default="kernels.npy", help="where to save the kernels (default kernels.npy)")
-    tr.add_argument("--seed", type=int, default=0,
-                    help="seed of the initial kernels and the shuffling (default 0)")
-    tr.add_argument("--dtype", choices=("float32", "float64"), default=None,
-                    help="training and saved dtype (default: the input file's dtype if it is "
-                         "float32 or float64, else float64)")
+    tr = sub.add_parser(
+        "train",
+        help="fit kernels to input/target .npy files",
+        description="Fit kernels by SGD on the MSE loss, print one line per epoch, "
+        "save the kernels (K,C,k,k) atomically.",
+    )
+    tr.add_argument(
+        "--input", required=True, help="input .npy, (samples, channels, H, W) (required)"
+    )
+    tr.add_argument(
+        "--target", required=True, help="target .npy, (samples, kernels, H-k+1, W-k+1) (required)"
+    )
+    tr.add_argument(
+        "--kernels",
+        type=_positive(int),
+        default=None,
+        help="number of kernels; must equal the target's channels (default: taken from the target)",
+    )
+    tr.add_argument(
+        "--kernel-size",
+        type=_positive(int),
+        default=None,
+        help="kernel height = width (default: H - OH + 1 from the two files' shapes)",
+    )
+    tr.add_argument(
+        "--lr", type=_positive(float), default=0.1, help="SGD learning rate (default 0.1)"
+    )
+    tr.add_argument(
+        "--epochs", type=_positive(int), default=10, help="passes over the data (default 10)"
+    )
+    tr.add_argument(
+        "--backend",
+        default="im2col",
+        help=f"conv backend, one of {', '.join(available_backends())} (default im2col)",
+    )
+    tr.add_argument(
+        "--batch-size",
+        type=_positive(int),
+        default=1,
+        help="samples per SGD step; 1 is the lab's per-sample SGD (default 1)",
+    )
+    tr.add_argument(
+        "--bias",
+        action="store_true",
+        help="also learn one bias per kernel, saved as <out stem>_bias.npy (default: off)",
+    )
+    tr.add_argument(
+        "--no-shuffle",
+        action="store_true",
+        help="visit samples in file order instead of a seeded random order per epoch "
+        "(default: shuffle)",
+    )
+    tr.add_argument(
+        "--out", default="kernels.npy", help="where to save the kernels (default kernels.npy)"
+    )
+    tr.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the initial kernels and the shuffling (default 0)",
+    )
+    tr.add_argument(
+        "--dtype",
+        choices=("float32", "float64"),
+        default=None,
+        help="training and saved dtype (default: the input file's dtype if it is "
+        "float32 or float64, else float64)",
+    )
     return parser
 
 
 def _generate(args) -> None:
-    data = generate_data(samples=args.samples, channels=args.channels, size=args.size,
-                         kernels=args.kernels, kernel_size=args.kernel_size, seed=args.seed,
-                         from_kernels=args.from_kernels)
+    data = generate_data(
+        samples=args.samples,
+        channels=args.channels,
+        size=args.size,
+        kernels=args.kernels,
+        kernel_size=args.kernel_size,
+        seed=args.seed,
+        from_kernels=args.from_kernels,
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for name, key in ((INPUT_FILE, "input"), (TARGET_FILE, "target"), (TRUE_KERNELS_FILE, "kernels")):
+    for name, key in (
+        (INPUT_FILE, "input"),
+        (TARGET_FILE, "target"),
+        (TRUE_KERNELS_FILE, "kernels"),
+    ):
         if key in data:
             save_npy(out / name, data[key])
             print(f"wrote {out / name} {data[key].shape} {data[key].dtype}")
@@ -379,7 +526,9 @@ def _train(args) -> None:
         if a.ndim != 4:
             raise ValueError(f"{option} {path!r} must hold a 4-D NCHW array, got shape {a.shape}")
     num_kernels = targets.shape[1] if args.kernels is None else args.kernels
-    kernel_size = inputs.shape[2] - targets.shape[2] + 1 if args.kernel_size is None else args.kernel_size
+    kernel_size = (
+        inputs.shape[2] - targets.shape[2] + 1 if args.kernel_size is None else args.kernel_size
+    )
     if kernel_size < 1:
         raise ValueError(f"target {targets.shape} is spatially larger than input {inputs.shape}")
     out = Path(args.out)
@@ -389,11 +538,25 @@ def _train(args) -> None:
         raise ValueError(f"--out must end in .npy, got {str(out)!r}")
 
     def report(epoch, loss, seconds):
-        print(f"Epoch {epoch}: avg loss {loss:.6f}, lr {args.lr:g}, time {seconds:.3f}s", flush=True)
+        print(
+            f"Epoch {epoch}: avg loss {loss:.6f}, lr {args.lr:g}, time {seconds:.3f}s", flush=True
+        )
 
-    fit = fit_conv(inputs, targets, num_kernels, kernel_size, args.lr, args.epochs,
-                   backend=args.backend, batch_size=args.batch_size, seed=args.seed,
-                   bias=args.bias, dtype=args.dtype, callback=report, shuffle=not args.no_shuffle)
+    fit = fit_conv(
+        inputs,
+        targets,
+        num_kernels,
+        kernel_size,
+        args.lr,
+        args.epochs,
+        backend=args.backend,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        bias=args.bias,
+        dtype=args.dtype,
+        callback=report,
+        shuffle=not args.no_shuffle,
+    )
     save_npy(out, fit.kernels)
     print(f"saved kernels {fit.kernels.shape} {fit.kernels.dtype} to {out}")
     if fit.bias is not None:

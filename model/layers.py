@@ -10,6 +10,7 @@ delegate all arithmetic to a `kernels` backend chosen by name, so the layer code
 with the backend. Random draws (initialisation, dropout masks) come from the generator the
 network passes in, so one seed fixes everything.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -45,8 +46,10 @@ def he_normal(rng, shape, fan_in, dtype):
 
 def _check_features(x, expected: int, layer: str, axis_name: str):
     if x.shape[-1] != expected:
-        raise ValueError(f"{layer}: input x has {x.shape[-1]} {axis_name} on its last axis "
-                         f"(shape {x.shape}), expected {expected}")
+        raise ValueError(
+            f"{layer}: input x has {x.shape[-1]} {axis_name} on its last axis "
+            f"(shape {x.shape}), expected {expected}"
+        )
 
 
 class Conv2D(Layer):
@@ -58,8 +61,19 @@ class Conv2D(Layer):
 
     no_decay = frozenset({"b"})
 
-    def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=0,
-                 backend="im2col", rng=None, dtype=np.float32, bias=True, need_dx=True):
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size=3,
+        stride=1,
+        padding=0,
+        backend="im2col",
+        rng=None,
+        dtype=np.float32,
+        bias=True,
+        need_dx=True,
+    ):
         super().__init__()
         kh, kw = as_pair(kernel_size, "kernel_size")
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
@@ -70,16 +84,18 @@ class Conv2D(Layer):
         self.kernel_size, self.stride, self.padding = (kh, kw), stride, padding
         self.backend_name, self.backend = backend, get_backend(backend)
         self.need_dx = need_dx
-        self.params["w"] = he_normal(rng, (kh, kw, in_channels, out_channels),
-                                     kh * kw * in_channels, dtype)
+        self.params["w"] = he_normal(
+            rng, (kh, kw, in_channels, out_channels), kh * kw * in_channels, dtype
+        )
         if bias:
             self.params["b"] = np.zeros(out_channels, dtype=dtype)
         self._ctx = None
 
     def forward(self, x, training=False):
         _check_features(x, self.in_channels, "Conv2D", "channels")
-        y, self._ctx = self.backend.conv2d_forward(x, self.params["w"], self.params.get("b"),
-                                                   stride=self.stride, padding=self.padding)
+        y, self._ctx = self.backend.conv2d_forward(
+            x, self.params["w"], self.params.get("b"), stride=self.stride, padding=self.padding
+        )
         return y
 
     def backward(self, dy):
@@ -90,8 +106,10 @@ class Conv2D(Layer):
         return dx
 
     def __repr__(self):
-        return (f"Conv2D({self.in_channels}->{self.out_channels}, {self.kernel_size}, "
-                f"stride={self.stride}, padding={self.padding}, backend={self.backend_name!r})")
+        return (
+            f"Conv2D({self.in_channels}->{self.out_channels}, {self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}, backend={self.backend_name!r})"
+        )
 
 
 class _Pool2D(Layer):
@@ -120,11 +138,13 @@ class _Pool2D(Layer):
 
 class MaxPool2D(_Pool2D):
     """x: (N, H, W, C) -> (N, OH, OW, C), the maximum of each window."""
+
     kind = "max"
 
 
 class AvgPool2D(_Pool2D):
     """x: (N, H, W, C) -> (N, OH, OW, C), the mean of each window."""
+
     kind = "avg"
 
 
@@ -143,8 +163,10 @@ class Dense(Layer):
 
     def forward(self, x, training=False):
         if x.ndim != 2:
-            raise ValueError(f"Dense: input x must be 2-D (N, {self.in_features}), got shape "
-                             f"{x.shape}; put a Flatten before it")
+            raise ValueError(
+                f"Dense: input x must be 2-D (N, {self.in_features}), got shape "
+                f"{x.shape}; put a Flatten before it"
+            )
         _check_features(x, self.in_features, "Dense", "features")
         self._x = x
         return x @ self.params["w"] + self.params["b"]
@@ -253,8 +275,9 @@ class BatchNorm(Layer):
         self.grads["beta"] = dy.sum(axis=axes)
         dx_hat = dy * self.params["gamma"]
         # d/dx of (x - mean) / std through both batch statistics, in its compact form
-        return (inv_std / count) * (count * dx_hat - dx_hat.sum(axis=axes)
-                                    - x_hat * (dx_hat * x_hat).sum(axis=axes))
+        return (inv_std / count) * (
+            count * dx_hat - dx_hat.sum(axis=axes) - x_hat * (dx_hat * x_hat).sum(axis=axes)
+        )
 
     def __repr__(self):
         return f"BatchNorm({self.num_features})"

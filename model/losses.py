@@ -1,9 +1,10 @@
 """Losses: each returns (mean loss over the batch, gradient with respect to its input).
 
-    softmax(logits)                         logits: (N, K) -> probabilities (N, K)
-    softmax_cross_entropy(logits, y)        y: (N, K) one-hot or (N,) integer labels
-    mse(pred, target)                       any matching shapes
+softmax(logits)                         logits: (N, K) -> probabilities (N, K)
+softmax_cross_entropy(logits, y)        y: (N, K) one-hot or (N,) integer labels
+mse(pred, target)                       any matching shapes
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -38,8 +39,9 @@ def as_one_hot(y, num_classes: int, dtype):
     if y.ndim == 1:
         return one_hot(y, num_classes, dtype)
     if y.ndim != 2 or y.shape[1] != num_classes:
-        raise ValueError(f"targets y must be (N,) labels or (N, {num_classes}) one-hot, "
-                         f"got shape {y.shape}")
+        raise ValueError(
+            f"targets y must be (N,) labels or (N, {num_classes}) one-hot, got shape {y.shape}"
+        )
     return y.astype(dtype, copy=False)
 
 

@@ -10,6 +10,7 @@ Checkpoints are `.npz` files holding every parameter, buffer and optimizer slot 
 JSON string of metadata (architecture, backend, dtype, seed, epoch, generator state, history...),
 so they load with `allow_pickle=False` and are written atomically.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,18 +34,32 @@ def _build_layers(arch, backend, dtype, rng):
     exactly Conv -> ReLU -> MaxPool while the ReLU touches 4x fewer values (~0.5 ms per batch)."""
     conv = dict(backend=backend, rng=rng, dtype=dtype)
     if arch == "seed":
-        return [L.Conv2D(1, 16, 3, padding=1, need_dx=False, **conv),
-                L.MaxPool2D(2, backend=backend), L.ReLU(), L.Flatten(),
-                L.Dense(14 * 14 * 16, 128, rng=rng, dtype=dtype), L.ReLU(),
-                L.Dense(128, 10, rng=rng, dtype=dtype)]
+        return [
+            L.Conv2D(1, 16, 3, padding=1, need_dx=False, **conv),
+            L.MaxPool2D(2, backend=backend),
+            L.ReLU(),
+            L.Flatten(),
+            L.Dense(14 * 14 * 16, 128, rng=rng, dtype=dtype),
+            L.ReLU(),
+            L.Dense(128, 10, rng=rng, dtype=dtype),
+        ]
     if arch == "deep":
         # No conv bias before BatchNorm: BN's shift (beta) makes it redundant.
-        return [L.Conv2D(1, 32, 3, padding=1, bias=False, need_dx=False, **conv),
-                L.BatchNorm(32, dtype=dtype), L.MaxPool2D(2, backend=backend), L.ReLU(),
-                L.Conv2D(32, 64, 3, padding=1, bias=False, **conv),
-                L.BatchNorm(64, dtype=dtype), L.MaxPool2D(2, backend=backend), L.ReLU(),
-                L.Flatten(), L.Dense(7 * 7 * 64, 128, rng=rng, dtype=dtype), L.ReLU(),
-                L.Dropout(0.5, rng=rng), L.Dense(128, 10, rng=rng, dtype=dtype)]
+        return [
+            L.Conv2D(1, 32, 3, padding=1, bias=False, need_dx=False, **conv),
+            L.BatchNorm(32, dtype=dtype),
+            L.MaxPool2D(2, backend=backend),
+            L.ReLU(),
+            L.Conv2D(32, 64, 3, padding=1, bias=False, **conv),
+            L.BatchNorm(64, dtype=dtype),
+            L.MaxPool2D(2, backend=backend),
+            L.ReLU(),
+            L.Flatten(),
+            L.Dense(7 * 7 * 64, 128, rng=rng, dtype=dtype),
+            L.ReLU(),
+            L.Dropout(0.5, rng=rng),
+            L.Dense(128, 10, rng=rng, dtype=dtype),
+        ]
     raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
 
 
@@ -68,7 +83,7 @@ class NonFiniteLoss(FloatingPointError):
         self.loss = loss
 
 
-def build_network(arch="seed", backend="im2col", dtype=np.float32, seed=0) -> "Sequential":
+def build_network(arch="seed", backend="im2col", dtype=np.float32, seed=0) -> Sequential:
     """A named architecture ('seed' or 'deep') for (N, 28, 28, 1) inputs and 10 classes.
 
     All random draws (initialisation, dropout, and the trainer's shuffling and augmentation)
@@ -113,13 +128,18 @@ class Sequential:
 
     def parameters(self):
         """[(key, layer, name)] for every trainable array, keys like '0.w' (layer index.name)."""
-        return [(f"{i}.{name}", layer, name)
-                for i, layer in enumerate(self.layers) for name in layer.params]
+        return [
+            (f"{i}.{name}", layer, name)
+            for i, layer in enumerate(self.layers)
+            for name in layer.params
+        ]
 
     def update(self, optimizer: Optimizer):
         """Apply one optimizer step with the gradients from the last backward."""
-        optimizer.step((key, layer.params[name], layer.grads[name], name not in layer.no_decay)
-                       for key, layer, name in self.parameters())
+        optimizer.step(
+            (key, layer.params[name], layer.grads[name], name not in layer.no_decay)
+            for key, layer, name in self.parameters()
+        )
 
     def train_step(self, xb, yb, optimizer: Optimizer):
         """One mini-batch: forward (training mode), cross-entropy, backward, update.
@@ -129,7 +149,7 @@ class Sequential:
         """
         logits = self.forward(xb, training=True)
         loss, dlogits = softmax_cross_entropy(logits, yb)
-        if not math.isfinite(loss):          # checked before the update: NaN never reaches weights
+        if not math.isfinite(loss):  # checked before the update: NaN never reaches weights
             raise NonFiniteLoss(loss)
         self.backward(dlogits)
         self.update(optimizer)
@@ -138,12 +158,15 @@ class Sequential:
     def train(self, x, y, epochs=1, optimizer=None, batch_size=64, **kwargs):
         """Epochs of shuffled mini-batches; see model.training.fit for every option."""
         from .training import fit
+
         return fit(self, x, y, epochs=epochs, optimizer=optimizer, batch_size=batch_size, **kwargs)
 
     # ---- inference -------------------------------------------------------------------------
     def _batched_logits(self, x, batch_size):
-        return np.concatenate([self.forward(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
-                              or [np.empty((0, 10), self.dtype)])
+        return np.concatenate(
+            [self.forward(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+            or [np.empty((0, 10), self.dtype)]
+        )
 
     def predict_proba(self, x, batch_size=1000):
         """x: (N, 28, 28, 1) -> class probabilities (N, 10), evaluation mode."""
@@ -161,10 +184,10 @@ class Sequential:
             raise ValueError(f"evaluate: x has {len(x)} samples but y has {len(y)}")
         loss_sum, correct = 0.0, 0
         for i in range(0, len(x), batch_size):
-            logits = self.forward(x[i:i + batch_size])
-            loss, _ = softmax_cross_entropy(logits, y[i:i + batch_size])
+            logits = self.forward(x[i : i + batch_size])
+            loss, _ = softmax_cross_entropy(logits, y[i : i + batch_size])
             loss_sum += loss * len(logits)
-            correct += int((logits.argmax(axis=1) == _labels(y[i:i + batch_size])).sum())
+            correct += int((logits.argmax(axis=1) == _labels(y[i : i + batch_size])).sum())
         return loss_sum / len(x), correct / len(x)
 
     # ---- state and checkpoints -------------------------------------------------------------
@@ -183,8 +206,10 @@ class Sequential:
             raise ValueError(f"checkpoint does not match this network: missing {missing[:4]}")
         for name, current in expected.items():
             if arrays[name].shape != current.shape:
-                raise ValueError(f"checkpoint array {name} has shape {arrays[name].shape}, "
-                                 f"this network expects {current.shape}")
+                raise ValueError(
+                    f"checkpoint array {name} has shape {arrays[name].shape}, "
+                    f"this network expects {current.shape}"
+                )
             kind, key = name.split("/", 1)
             index, attr = key.split(".", 1)
             store = getattr(self.layers[int(index)], "params" if kind == "param" else "buffers")
@@ -193,8 +218,12 @@ class Sequential:
     def save(self, path, optimizer: Optimizer | None = None, **meta):
         """Write an .npz checkpoint atomically (temp file + rename): a crash mid-write leaves the
         previous checkpoint intact. `meta` (JSON-able) is stored beside the network's own."""
-        info = {**self.meta, **meta, "rng_state": self.rng.bit_generator.state,
-                "layers": [repr(layer) for layer in self.layers]}
+        info = {
+            **self.meta,
+            **meta,
+            "rng_state": self.rng.bit_generator.state,
+            "layers": [repr(layer) for layer in self.layers],
+        }
         arrays = dict(self.state_arrays())
         if optimizer is not None:
             scalars, slots = optimizer.state_dict()
@@ -222,8 +251,10 @@ def read_checkpoint(path) -> tuple[dict, dict[str, np.ndarray]]:
             arrays = {name: data[name] for name in data.files}
         meta = json.loads(str(arrays.pop("meta")))
     except Exception as exc:
-        raise ValueError(f"checkpoint {path} is not a readable convbench checkpoint "
-                         f"({type(exc).__name__}: {exc})") from None
+        raise ValueError(
+            f"checkpoint {path} is not a readable convbench checkpoint "
+            f"({type(exc).__name__}: {exc})"
+        ) from None
     return meta, arrays
 
 
@@ -236,8 +267,12 @@ def load_network(path, backend=None, with_optimizer=False):
     meta, arrays = read_checkpoint(path)
     if meta.get("arch") not in ARCHITECTURES:
         raise ValueError(f"checkpoint {path} has no known architecture (arch={meta.get('arch')!r})")
-    net = build_network(meta["arch"], backend=backend or meta.get("backend", "im2col"),
-                        dtype=meta.get("dtype", "float32"), seed=meta.get("seed", 0))
+    net = build_network(
+        meta["arch"],
+        backend=backend or meta.get("backend", "im2col"),
+        dtype=meta.get("dtype", "float32"),
+        seed=meta.get("seed", 0),
+    )
     net.load_state_arrays({k: v for k, v in arrays.items() if not k.startswith("optim/")})
     if "rng_state" in meta:
         net.rng.bit_generator.state = meta["rng_state"]
@@ -252,8 +287,9 @@ def load_network(path, backend=None, with_optimizer=False):
         cls = OPTIMIZERS[scalars.pop("name")]
         t = scalars.pop("t", 0)
         optimizer = cls(**scalars)
-        optimizer.load_state_dict({"t": t}, {k[len("optim/"):]: v for k, v in arrays.items()
-                                             if k.startswith("optim/")})
+        optimizer.load_state_dict(
+            {"t": t}, {k[len("optim/") :]: v for k, v in arrays.items() if k.startswith("optim/")}
+        )
     return net, optimizer
 
 

@@ -5,6 +5,7 @@ An optimizer updates parameters in place from a list of `(key, param, grad, deca
 weight decay applies (not to biases or BatchNorm's scale and shift). Its state round-trips through
 `state_dict()` / `load_state_dict()` so a resumed run continues exactly.
 """
+
 from __future__ import annotations
 
 import math
@@ -42,7 +43,7 @@ class Optimizer:
         if clip_norm is not None and not clip_norm > 0:
             raise ValueError(f"clip_norm must be > 0 (or None), got {clip_norm!r}")
         self.lr, self.weight_decay, self.clip_norm = lr, weight_decay, clip_norm
-        self.t = 0                           # number of steps taken
+        self.t = 0  # number of steps taken
         self.state: dict[str, dict[str, np.ndarray]] = {}
         self.last_grad_norm = None
 
@@ -55,7 +56,7 @@ class Optimizer:
         self.t += 1
         for key, p, g, decay in params:
             if decay and self.weight_decay:
-                g = g + p.dtype.type(self.weight_decay) * p     # L2: d/dp of wd/2 * ||p||^2
+                g = g + p.dtype.type(self.weight_decay) * p  # L2: d/dp of wd/2 * ||p||^2
             self._update(key, p, g)
 
     def _slot(self, key, slot, like):
@@ -68,12 +69,18 @@ class Optimizer:
         raise NotImplementedError
 
     def config(self) -> dict:
-        return {"name": self.name, "lr": self.lr, "weight_decay": self.weight_decay,
-                "clip_norm": self.clip_norm}
+        return {
+            "name": self.name,
+            "lr": self.lr,
+            "weight_decay": self.weight_decay,
+            "clip_norm": self.clip_norm,
+        }
 
     def state_dict(self) -> tuple[dict, dict[str, np.ndarray]]:
         """(scalars as JSON-able dict, arrays by 'key/slot')."""
-        arrays = {f"{key}/{slot}": a for key, slots in self.state.items() for slot, a in slots.items()}
+        arrays = {
+            f"{key}/{slot}": a for key, slots in self.state.items() for slot, a in slots.items()
+        }
         return {**self.config(), "t": self.t}, arrays
 
     def load_state_dict(self, scalars: dict, arrays: dict[str, np.ndarray]):
@@ -86,6 +93,7 @@ class Optimizer:
 
 class SGD(Optimizer):
     """p -= lr * g"""
+
     name, default_lr = "sgd", 0.1
 
     def _update(self, key, p, g):
@@ -94,6 +102,7 @@ class SGD(Optimizer):
 
 class Momentum(Optimizer):
     """Heavy-ball momentum: v = momentum * v + g;  p -= lr * v  (PyTorch's convention)."""
+
     name, default_lr = "momentum", 0.01
 
     def __init__(self, lr=None, momentum=0.9, weight_decay=0.0, clip_norm=None):
@@ -114,6 +123,7 @@ class Momentum(Optimizer):
 
 class Adam(Optimizer):
     """Adam (Kingma & Ba) with bias correction."""
+
     name, default_lr = "adam", 1e-3
 
     def __init__(self, lr=None, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, clip_norm=None):
@@ -128,7 +138,7 @@ class Adam(Optimizer):
         v *= f(self.beta2)
         v += f(1 - self.beta2) * (g * g)
         # bias correction folded into the step size
-        step = self.lr * math.sqrt(1 - self.beta2 ** self.t) / (1 - self.beta1 ** self.t)
+        step = self.lr * math.sqrt(1 - self.beta2**self.t) / (1 - self.beta1**self.t)
         p -= f(step) * m / (np.sqrt(v) + f(self.eps))
 
     def config(self):
@@ -148,8 +158,15 @@ def make_optimizer(name: str, lr=None, weight_decay=0.0, clip_norm=None) -> Opti
 SCHEDULES = ("none", "step", "cosine")
 
 
-def lr_at(schedule: str, base_lr: float, epoch: int, total_epochs: int,
-          step_size: int | None = None, gamma: float = 0.1, min_lr: float = 0.0) -> float:
+def lr_at(
+    schedule: str,
+    base_lr: float,
+    epoch: int,
+    total_epochs: int,
+    step_size: int | None = None,
+    gamma: float = 0.1,
+    min_lr: float = 0.0,
+) -> float:
     """Learning rate for 0-based `epoch`.
 
     none: base_lr. step: base_lr * gamma ** (epoch // step_size), step_size defaulting to a third
@@ -161,5 +178,7 @@ def lr_at(schedule: str, base_lr: float, epoch: int, total_epochs: int,
         step_size = step_size or max(1, math.ceil(total_epochs / 3))
         return base_lr * gamma ** (epoch // step_size)
     if schedule == "cosine":
-        return min_lr + (base_lr - min_lr) * (1 + math.cos(math.pi * epoch / max(total_epochs, 1))) / 2
+        return (
+            min_lr + (base_lr - min_lr) * (1 + math.cos(math.pi * epoch / max(total_epochs, 1))) / 2
+        )
     raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")

@@ -9,6 +9,7 @@ shown, and the non-interactive Agg backend is selected at import so nothing trie
 Figures that are not going to be shown are plain `matplotlib.figure.Figure`s, not pyplot figures:
 pyplot keeps every figure alive until closed, which leaks memory in a long training run.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,7 +31,11 @@ def display_available() -> bool:
 
 # A user's MPLBACKEND (e.g. Jupyter's inline backend) or an already imported pyplot wins: switching
 # backends under pyplot closes every open figure.
-if not display_available() and not os.environ.get("MPLBACKEND") and "matplotlib.pyplot" not in sys.modules:
+if (
+    not display_available()
+    and not os.environ.get("MPLBACKEND")
+    and "matplotlib.pyplot" not in sys.modules
+):
     matplotlib.use("Agg")
 
 from matplotlib.figure import Figure  # noqa: E402  (after the backend choice)
@@ -43,6 +48,7 @@ HISTORY_KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc")
 
 # ---- display -------------------------------------------------------------------------------------
 
+
 def _wants_window(show: bool) -> bool:
     return bool(show) and display_available()
 
@@ -51,6 +57,7 @@ def _new_figure(show: bool, **kwargs) -> Figure:
     """A pyplot figure when it will be shown (pyplot owns the windows), else a detached Figure."""
     if _wants_window(show):
         import matplotlib.pyplot as plt
+
         return plt.figure(**kwargs)
     return Figure(**kwargs)
 
@@ -62,6 +69,7 @@ def maybe_show(show: bool, paths=()) -> bool:
     """
     if _wants_window(show):
         import matplotlib.pyplot as plt
+
         plt.show()
         plt.close("all")
         return True
@@ -89,13 +97,15 @@ def _finish(fig: Figure, path, show: bool) -> Path:
 
 # ---- predictions grid ----------------------------------------------------------------------------
 
+
 def _check_images(images) -> np.ndarray:
     images = np.asarray(images)
     if images.ndim == 4 and images.shape[-1] == 1:
         images = images[..., 0]
     if images.ndim != 3 or images.shape[0] == 0:
-        raise ValueError(f"images must be (N, H, W) or (N, H, W, 1) with N >= 1, "
-                         f"got shape {images.shape}")
+        raise ValueError(
+            f"images must be (N, H, W) or (N, H, W, 1) with N >= 1, got shape {images.shape}"
+        )
     return images
 
 
@@ -151,7 +161,9 @@ def predictions_figure(images, true_labels, pred_labels, probs=None, show: bool 
     return fig
 
 
-def plot_predictions(images, true_labels, pred_labels, path, probs=None, show: bool = False) -> Path:
+def plot_predictions(
+    images, true_labels, pred_labels, path, probs=None, show: bool = False
+) -> Path:
     """Save the predictions grid (see `predictions_figure`) to `path`; returns the path written.
 
     With `show` and a display the figure is also shown (blocking until closed).
@@ -161,6 +173,7 @@ def plot_predictions(images, true_labels, pred_labels, path, probs=None, show: b
 
 
 # ---- history -------------------------------------------------------------------------------------
+
 
 def _series(history: dict, key: str, n: int, required: bool) -> np.ndarray | None:
     """history[key] as float (n,) with None -> NaN (a gap), or None when absent/empty/all None."""
@@ -191,7 +204,9 @@ def history_figure(history: dict, show: bool = False) -> Figure:
         raise ValueError(f"history must be a dict of lists, got {type(history).__name__}")
     epochs = _series(history, "epoch", len(history.get("epoch") or ()), required=True)
     n = len(epochs)
-    lines = {key: _series(history, key, n, required=key.startswith("train")) for key in HISTORY_KEYS[1:]}
+    lines = {
+        key: _series(history, key, n, required=key.startswith("train")) for key in HISTORY_KEYS[1:]
+    }
 
     fig = _new_figure(show, figsize=(7, 4.2), layout="constrained")
     ax_loss = fig.subplots()
@@ -203,8 +218,14 @@ def history_figure(history: dict, show: bool = False) -> Figure:
             series = lines[f"{split}_{metric}"]
             if series is not None:
                 name = "loss" if metric == "loss" else "accuracy"
-                ax.plot(epochs, series, color=colour, label=f"{split} {name}", markersize=4,
-                        **style[split])
+                ax.plot(
+                    epochs,
+                    series,
+                    color=colour,
+                    label=f"{split} {name}",
+                    markersize=4,
+                    **style[split],
+                )
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("loss", color="tab:blue")
     ax_acc.set_ylabel("accuracy", color="tab:orange")
@@ -215,8 +236,13 @@ def history_figure(history: dict, show: bool = False) -> Figure:
     handles_loss, labels_loss = ax_loss.get_legend_handles_labels()
     handles_acc, labels_acc = ax_acc.get_legend_handles_labels()
     # One legend for both axes, below the plot where it cannot hide a line.
-    fig.legend(handles_loss + handles_acc, labels_loss + labels_acc, loc="outside lower center",
-               ncols=len(labels_loss + labels_acc), frameon=False)
+    fig.legend(
+        handles_loss + handles_acc,
+        labels_loss + labels_acc,
+        loc="outside lower center",
+        ncols=len(labels_loss + labels_acc),
+        frameon=False,
+    )
     ax_loss.set_title("training history")
     return fig
 

@@ -14,6 +14,7 @@ fit 20x20 and placed in a 28x28 field with its centre of mass at the centre, as 
 A `.npy` file must already hold one (28, 28) image; it is only scaled to [0, 1] and, if its
 background is light, inverted (no resizing or centring).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,21 +23,24 @@ from pathlib import Path
 
 import numpy as np
 
-SIZE = 28          # MNIST field
-BOX = 20           # MNIST digits were scaled to fit this box, then centred in the field
-INK = 0.1          # pixels above this (after inversion and stretching) count as the digit
+SIZE = 28  # MNIST field
+BOX = 20  # MNIST digits were scaled to fit this box, then centred in the field
+INK = 0.1  # pixels above this (after inversion and stretching) count as the digit
 
 
 # ---- images --------------------------------------------------------------------------------------
 
+
 def _resample_filter():
     from PIL import Image
-    return getattr(Image, "Resampling", Image).LANCZOS      # Pillow < 9.1 has no Resampling enum
+
+    return getattr(Image, "Resampling", Image).LANCZOS  # Pillow < 9.1 has no Resampling enum
 
 
 def _read_pixels(path: Path) -> np.ndarray:
     """Grayscale (H, W) float64 in [0, 1] from any image Pillow reads; ValueError if unreadable."""
     from PIL import Image, UnidentifiedImageError
+
     try:
         with Image.open(path) as img:
             img.load()
@@ -77,7 +81,9 @@ def _read_npy(path: Path) -> np.ndarray:
     if array.shape == (SIZE, SIZE, 1):
         array = array[..., 0]
     if array.shape != (SIZE, SIZE):
-        raise ValueError(f"image {str(path)!r} must hold a ({SIZE}, {SIZE}) array, got shape {array.shape}")
+        raise ValueError(
+            f"image {str(path)!r} must hold a ({SIZE}, {SIZE}) array, got shape {array.shape}"
+        )
     return _to_unit_range(array, path)
 
 
@@ -89,17 +95,18 @@ def center_digit(gray: np.ndarray) -> np.ndarray:
     A blank image (no pixel above INK) gives an all-zero field.
     """
     from PIL import Image
+
     rows = np.flatnonzero((gray > INK).any(axis=1))
     cols = np.flatnonzero((gray > INK).any(axis=0))
     field = np.zeros((SIZE, SIZE), dtype=np.float32)
     if rows.size == 0:
         return field
-    digit = gray[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    digit = gray[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     scale = BOX / max(digit.shape)
     height = max(1, round(digit.shape[0] * scale))
     width = max(1, round(digit.shape[1] * scale))
     resized = Image.fromarray(digit.astype(np.float32)).resize((width, height), _resample_filter())
-    digit = np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)   # Lanczos overshoots a little
+    digit = np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)  # Lanczos overshoots a little
 
     total = digit.sum()
     if total > 0:
@@ -112,7 +119,7 @@ def center_digit(gray: np.ndarray) -> np.ndarray:
     centre = SIZE / 2
     top = int(np.clip(round(centre - com_y), 0, SIZE - height))
     left = int(np.clip(round(centre - com_x), 0, SIZE - width))
-    field[top:top + height, left:left + width] = digit
+    field[top : top + height, left : left + width] = digit
     return field
 
 
@@ -144,6 +151,7 @@ def load_image(path, invert: bool | None = None) -> np.ndarray:
 
 
 # ---- network -------------------------------------------------------------------------------------
+
 
 def preprocess(images: np.ndarray, net) -> np.ndarray:
     """The network's input from load_image output: (28, 28) or (N, 28, 28) -> (N, 28, 28, 1).
@@ -181,11 +189,13 @@ def predict_files(net, paths, top: int = 1, invert: bool | None = None) -> list:
         raise ValueError(f"--top must be between 1 and {classes}, got {top}")
     # Stable sort on -p: equal probabilities keep the lower digit first.
     order = np.argsort(-probs, axis=1, kind="stable")[:, :top]
-    return [(path, [(int(k), float(probs[i, k])) for k in order[i]]) for i, path in enumerate(paths)]
+    return [
+        (path, [(int(k), float(probs[i, k])) for k in order[i]]) for i, path in enumerate(paths)
+    ]
 
 
 def format_prediction(path, ranked) -> str:
-    """"digit.png: 7 (p=0.987)", with top-k: "digit.png: 7 (p=0.987), 1 (p=0.010)"."""
+    """ "digit.png: 7 (p=0.987)", with top-k: "digit.png: 7 (p=0.987), 1 (p=0.010)"."""
     return f"{path}: " + ", ".join(f"{digit} (p={p:.3f})" for digit, p in ranked)
 
 
@@ -195,6 +205,7 @@ def load_checkpoint(path):
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found (or not a file): {str(path)!r}")
     from model.network import load_network
+
     try:
         return load_network(path)
     except Exception as exc:  # noqa: BLE001  any failure to parse the file is "unreadable" to the user
@@ -205,6 +216,7 @@ def load_checkpoint(path):
 
 
 # ---- CLI -----------------------------------------------------------------------------------------
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
@@ -223,25 +235,49 @@ def _positive_int(text):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m model.predict", description=(
-        "Print the predicted digit and its probability for each image, one line per image "
-        "('digit.png: 7 (p=0.987)'). Images of any size and colour mode are made MNIST-like: "
-        "grayscale, white digit on black, scaled into a 20x20 box and centred in 28x28. "
-        ".npy files must hold one (28, 28) image."))
-    parser.add_argument("images", nargs="+", metavar="IMAGE",
-                        help="image files (PNG, JPEG, ... or .npy of shape (28, 28))")
-    parser.add_argument("--checkpoint", required=True,
-                        help="trained network (.npz written by net.save / model.train) (required)")
-    parser.add_argument("--top", type=_positive_int, default=1, metavar="K",
-                        help="print the K most probable digits per image, most probable first "
-                             "(default 1)")
+    parser = _Parser(
+        prog="python -m model.predict",
+        description=(
+            "Print the predicted digit and its probability for each image, one line per image "
+            "('digit.png: 7 (p=0.987)'). Images of any size and colour mode are made MNIST-like: "
+            "grayscale, white digit on black, scaled into a 20x20 box and centred in 28x28. "
+            ".npy files must hold one (28, 28) image."
+        ),
+    )
+    parser.add_argument(
+        "images",
+        nargs="+",
+        metavar="IMAGE",
+        help="image files (PNG, JPEG, ... or .npy of shape (28, 28))",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help="trained network (.npz written by net.save / model.train) (required)",
+    )
+    parser.add_argument(
+        "--top",
+        type=_positive_int,
+        default=1,
+        metavar="K",
+        help="print the K most probable digits per image, most probable first (default 1)",
+    )
     invert = parser.add_mutually_exclusive_group()
-    invert.add_argument("--invert", dest="invert", action="store_true", default=None,
-                        help="always invert, for dark digits on a light background (default: "
-                             "invert when the mean brightness is above 0.5)")
-    invert.add_argument("--no-invert", dest="invert", action="store_false",
-                        help="never invert, for light digits on a dark background (default: "
-                             "invert when the mean brightness is above 0.5)")
+    invert.add_argument(
+        "--invert",
+        dest="invert",
+        action="store_true",
+        default=None,
+        help="always invert, for dark digits on a light background (default: "
+        "invert when the mean brightness is above 0.5)",
+    )
+    invert.add_argument(
+        "--no-invert",
+        dest="invert",
+        action="store_false",
+        help="never invert, for light digits on a dark background (default: "
+        "invert when the mean brightness is above 0.5)",
+    )
     return parser
 
 

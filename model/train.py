@@ -8,6 +8,7 @@ Writes into --out: history.json and history.csv, last.npz (every epoch) and best
 loss), predictions.png (10 random test digits, green right / red wrong) and history.png (loss and
 accuracy curves). Ctrl-C saves interrupted.npz and the history, then exits cleanly.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,6 +21,7 @@ import numpy as np
 
 from kernels import BACKEND_NAMES
 from kernels.memory import keep_freed_memory
+
 from .data import load_mnist, scale, standardize, standardize_stats, subset
 from .network import ARCHITECTURES, DTYPES, build_network, load_network, read_checkpoint
 from .optim import OPTIMIZERS, SCHEDULES, make_optimizer
@@ -59,49 +61,116 @@ def non_negative_float(text):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m model.train", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--backend", choices=BACKEND_NAMES, default="im2col",
-                   help="conv/pool implementation (naive is the slow reference)")
-    p.add_argument("--arch", choices=ARCHITECTURES, default="seed",
-                   help="seed: conv16-pool-dense128; deep: two conv+BN blocks, dropout")
-    p.add_argument("--epochs", type=non_negative_int, default=DEFAULT_EPOCHS,
-                   help="total epochs (with --resume: train until this many are done)")
+        prog="python -m model.train",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--backend",
+        choices=BACKEND_NAMES,
+        default="im2col",
+        help="conv/pool implementation (naive is the slow reference)",
+    )
+    p.add_argument(
+        "--arch",
+        choices=ARCHITECTURES,
+        default="seed",
+        help="seed: conv16-pool-dense128; deep: two conv+BN blocks, dropout",
+    )
+    p.add_argument(
+        "--epochs",
+        type=non_negative_int,
+        default=DEFAULT_EPOCHS,
+        help="total epochs (with --resume: train until this many are done)",
+    )
     p.add_argument("--batch-size", type=positive_int, default=64, help="mini-batch size")
-    p.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="momentum",
-                   help="update rule (momentum = SGD with momentum 0.9)")
-    p.add_argument("--lr", type=positive_float, default=None,
-                   help="learning rate (None = the optimizer's default: "
-                        + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
-    p.add_argument("--weight-decay", type=non_negative_float, default=0.0,
-                   help="L2 penalty on weights (not on biases or BatchNorm scale/shift)")
-    p.add_argument("--schedule", choices=SCHEDULES, default="cosine",
-                   help="learning-rate schedule over the epochs (step: x0.1 every third of the run)")
-    p.add_argument("--clip-norm", type=positive_float, default=None,
-                   help="clip gradients to this global L2 norm")
-    p.add_argument("--augment", action="store_true",
-                   help="random shifts (up to 2 px) and rotations (up to 10 degrees) of training images")
-    p.add_argument("--standardize", action="store_true",
-                   help="subtract the training-set mean and divide by its std after scaling to [0, 1]")
-    p.add_argument("--early-stop", type=positive_int, default=None, metavar="PATIENCE",
-                   help="stop after PATIENCE epochs without a lower test loss; restore the best weights")
+    p.add_argument(
+        "--optimizer",
+        choices=tuple(OPTIMIZERS),
+        default="momentum",
+        help="update rule (momentum = SGD with momentum 0.9)",
+    )
+    p.add_argument(
+        "--lr",
+        type=positive_float,
+        default=None,
+        help="learning rate (None = the optimizer's default: "
+        + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items())
+        + ")",
+    )
+    p.add_argument(
+        "--weight-decay",
+        type=non_negative_float,
+        default=0.0,
+        help="L2 penalty on weights (not on biases or BatchNorm scale/shift)",
+    )
+    p.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        default="cosine",
+        help="learning-rate schedule over the epochs (step: x0.1 every third of the run)",
+    )
+    p.add_argument(
+        "--clip-norm",
+        type=positive_float,
+        default=None,
+        help="clip gradients to this global L2 norm",
+    )
+    p.add_argument(
+        "--augment",
+        action="store_true",
+        help="random shifts (up to 2 px) and rotations (up to 10 degrees) of training images",
+    )
+    p.add_argument(
+        "--standardize",
+        action="store_true",
+        help="subtract the training-set mean and divide by its std after scaling to [0, 1]",
+    )
+    p.add_argument(
+        "--early-stop",
+        type=positive_int,
+        default=None,
+        metavar="PATIENCE",
+        help="stop after PATIENCE epochs without a lower test loss; restore the best weights",
+    )
     p.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="float precision")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seeds initialisation, shuffling, augmentation and dropout")
-    p.add_argument("--train-limit", type=positive_int, default=None,
-                   help="use only the first N training images")
-    p.add_argument("--test-limit", type=positive_int, default=None,
-                   help="use only the first N test images")
-    p.add_argument("--data-dir", default=None,
-                   help="directory with the four MNIST IDX files (or mnist.npz); default: $MNIST_DIR, "
-                        "then the user cache, then a verified download")
-    p.add_argument("--out", default=None,
-                   help="output directory (None = runs/<date>_<time>_<arch>_<backend>)")
-    p.add_argument("--resume", default=None, metavar="CHECKPOINT",
-                   help="continue from a checkpoint (e.g. OUT/last.npz) with its optimizer state")
-    p.add_argument("--blas-threads", type=positive_int, default=TRAIN_BLAS_THREADS,
-                   help="BLAS threads: the model's GEMMs are small, and idle OpenBLAS workers "
-                        "busy-wait on the core the rest of the step needs")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seeds initialisation, shuffling, augmentation and dropout",
+    )
+    p.add_argument(
+        "--train-limit",
+        type=positive_int,
+        default=None,
+        help="use only the first N training images",
+    )
+    p.add_argument(
+        "--test-limit", type=positive_int, default=None, help="use only the first N test images"
+    )
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="directory with the four MNIST IDX files (or mnist.npz); default: $MNIST_DIR, "
+        "then the user cache, then a verified download",
+    )
+    p.add_argument(
+        "--out", default=None, help="output directory (None = runs/<date>_<time>_<arch>_<backend>)"
+    )
+    p.add_argument(
+        "--resume",
+        default=None,
+        metavar="CHECKPOINT",
+        help="continue from a checkpoint (e.g. OUT/last.npz) with its optimizer state",
+    )
+    p.add_argument(
+        "--blas-threads",
+        type=positive_int,
+        default=TRAIN_BLAS_THREADS,
+        help="BLAS threads: the model's GEMMs are small, and idle OpenBLAS workers "
+        "busy-wait on the core the rest of the step needs",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--show", action="store_true", help="also open the plots in a window")
     return p
@@ -117,8 +186,10 @@ def prepare_data(args, mean_std=None):
     x_train, y_train = subset(data.x_train, data.y_train, args.train_limit, "--train-limit")
     x_test, y_test = subset(data.x_test, data.y_test, args.test_limit, "--test-limit")
     if args.train_limit or args.test_limit:
-        print(f"  using train: {len(x_train)} of {len(data.x_train)}, "
-              f"test: {len(x_test)} of {len(data.x_test)}")
+        print(
+            f"  using train: {len(x_train)} of {len(data.x_train)}, "
+            f"test: {len(x_test)} of {len(data.x_test)}"
+        )
     dtype = DTYPES[args.dtype]
     x_train, x_test = scale(x_train, dtype), scale(x_test, dtype)
     if args.standardize:
@@ -155,7 +226,7 @@ def best_weights(out):
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    keep_freed_memory()   # a step's multi-MB arrays are reused, not page-faulted afresh
+    keep_freed_memory()  # a step's multi-MB arrays are reused, not page-faulted afresh
     try:
         if args.resume:
             net, optimizer, history = resume_state(args)
@@ -169,18 +240,29 @@ def main(argv=None) -> int:
     if net is None:
         net = build_network(args.arch, backend=args.backend, dtype=args.dtype, seed=args.seed)
         lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
-        optimizer = make_optimizer(args.optimizer, lr=lr, weight_decay=args.weight_decay,
-                                   clip_norm=args.clip_norm)
+        optimizer = make_optimizer(
+            args.optimizer, lr=lr, weight_decay=args.weight_decay, clip_norm=args.clip_norm
+        )
         args.lr = lr
-    out = Path(args.out or Path("runs") / f"{datetime.now():%Y-%m-%d_%H%M%S}_{args.arch}_{args.backend}")
+    out = Path(
+        args.out or Path("runs") / f"{datetime.now():%Y-%m-%d_%H%M%S}_{args.arch}_{args.backend}"
+    )
     out.mkdir(parents=True, exist_ok=True)
     run_args = {k: v for k, v in vars(args).items() if k not in ("resume",)}
-    print(f"Model: {args.arch} on backend {args.backend}, {args.dtype}, {args.optimizer} "
-          f"lr {args.lr:g}, batch {args.batch_size}, {args.epochs} epochs")
+    print(
+        f"Model: {args.arch} on backend {args.backend}, {args.dtype}, {args.optimizer} "
+        f"lr {args.lr:g}, batch {args.batch_size}, {args.epochs} epochs"
+    )
 
     def checkpoint(path, **extra):
-        net.save(path, optimizer=optimizer, history=history, args=run_args,
-                 standardize=list(mean_std) if mean_std else None, **extra)
+        net.save(
+            path,
+            optimizer=optimizer,
+            history=history,
+            args=run_args,
+            standardize=list(mean_std) if mean_std else None,
+            **extra,
+        )
 
     def write_history():
         save_history(history, out / "history.json", out / "history.csv")
@@ -194,12 +276,25 @@ def main(argv=None) -> int:
     epochs_before = len(history["epoch"])
     start = time.perf_counter()
     try:
-        fit(net, x_train, y_train, epochs=args.epochs, optimizer=optimizer,
-            batch_size=args.batch_size, x_test=x_test, y_test=y_test, schedule=args.schedule,
-            base_lr=args.lr, augment=args.augment, early_stop=args.early_stop, history=history,
+        fit(
+            net,
+            x_train,
+            y_train,
+            epochs=args.epochs,
+            optimizer=optimizer,
+            batch_size=args.batch_size,
+            x_test=x_test,
+            y_test=y_test,
+            schedule=args.schedule,
+            base_lr=args.lr,
+            augment=args.augment,
+            early_stop=args.early_stop,
+            history=history,
             best_state=best_weights(out) if args.resume and args.early_stop else None,
-            progress=not args.no_progress, on_epoch_end=on_epoch_end,
-            blas_threads=args.blas_threads)
+            progress=not args.no_progress,
+            on_epoch_end=on_epoch_end,
+            blas_threads=args.blas_threads,
+        )
     except TrainingDiverged as exc:
         print(f"error: {exc}. The last good checkpoint is {out / 'last.npz'}.", file=sys.stderr)
         write_history()
@@ -207,8 +302,10 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         checkpoint(out / "interrupted.npz", epoch=len(history["epoch"]), interrupted=True)
         write_history()
-        print(f"\nInterrupted: saved {out / 'interrupted.npz'} (weights mid-epoch) and the history; "
-              f"resume exactly from the end of the last full epoch with --resume {out / 'last.npz'}")
+        print(
+            f"\nInterrupted: saved {out / 'interrupted.npz'} (weights mid-epoch) and the history; "
+            f"resume exactly from the end of the last full epoch with --resume {out / 'last.npz'}"
+        )
         return 130
     total = time.perf_counter() - start
     epochs_run = history["seconds"][epochs_before:]
@@ -226,10 +323,17 @@ def main(argv=None) -> int:
 def write_plots(net, history, x_test, y_test, out, show):
     """predictions.png from 10 random test images and history.png from the curves."""
     from .plots import plot_history, plot_predictions
+
     pick = np.random.default_rng(0).choice(len(x_test), size=min(10, len(x_test)), replace=False)
     probs = net.predict_proba(x_test[pick])
-    plot_predictions(x_test[pick], y_test[pick], probs.argmax(axis=1), out / "predictions.png",
-                     probs=probs.max(axis=1), show=show)
+    plot_predictions(
+        x_test[pick],
+        y_test[pick],
+        probs.argmax(axis=1),
+        out / "predictions.png",
+        probs=probs.max(axis=1),
+        show=show,
+    )
     if history["epoch"]:
         plot_history(history, out / "history.png", show=show)
 

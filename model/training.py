@@ -8,6 +8,7 @@ train_acc, test_loss, test_acc (None without test data) and seconds. All randomn
 augmentation, dropout) comes from `net.rng`, so a run resumed from an end-of-epoch checkpoint
 (which stores that generator's state) continues exactly as the uninterrupted run would have.
 """
+
 from __future__ import annotations
 
 import csv
@@ -38,8 +39,10 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; `epoch` (1-based) and `batch` (1-based) say where."""
 
     def __init__(self, epoch: int, batch: int, loss: float):
-        super().__init__(f"loss became {loss} at epoch {epoch}, batch {batch}: training stopped "
-                         f"(try a lower --lr, --clip-norm, or --standardize)")
+        super().__init__(
+            f"loss became {loss} at epoch {epoch}, batch {batch}: training stopped "
+            f"(try a lower --lr, --clip-norm, or --standardize)"
+        )
         self.epoch, self.batch, self.loss = epoch, batch, loss
 
 
@@ -47,9 +50,26 @@ def new_history() -> dict:
     return {key: [] for key in HISTORY_KEYS}
 
 
-def fit(net, x, y, epochs, optimizer, batch_size=64, x_test=None, y_test=None, schedule="none",
-        base_lr=None, augment=False, early_stop=None, history=None, best_state=None,
-        progress=True, on_epoch_end=None, log=print, blas_threads=TRAIN_BLAS_THREADS):
+def fit(
+    net,
+    x,
+    y,
+    epochs,
+    optimizer,
+    batch_size=64,
+    x_test=None,
+    y_test=None,
+    schedule="none",
+    base_lr=None,
+    augment=False,
+    early_stop=None,
+    history=None,
+    best_state=None,
+    progress=True,
+    on_epoch_end=None,
+    log=print,
+    blas_threads=TRAIN_BLAS_THREADS,
+):
     """Train `net` in place until `epochs` epochs are in the history (a resumed run passes its
     history and continues from len(history['epoch'])).
 
@@ -69,12 +89,46 @@ def fit(net, x, y, epochs, optimizer, batch_size=64, x_test=None, y_test=None, s
     if early_stop is not None and (early_stop < 1 or x_test is None):
         raise ValueError("early_stop needs a patience >= 1 and test data to watch")
     with threadpool_limits(limits=blas_threads, user_api="blas"):
-        return _fit(net, x, y, epochs, optimizer, batch_size, x_test, y_test, schedule, base_lr,
-                    augment, early_stop, history, best_state, progress, on_epoch_end, log)
+        return _fit(
+            net,
+            x,
+            y,
+            epochs,
+            optimizer,
+            batch_size,
+            x_test,
+            y_test,
+            schedule,
+            base_lr,
+            augment,
+            early_stop,
+            history,
+            best_state,
+            progress,
+            on_epoch_end,
+            log,
+        )
 
 
-def _fit(net, x, y, epochs, optimizer, batch_size, x_test, y_test, schedule, base_lr, augment,
-         early_stop, history, best_state, progress, on_epoch_end, log):
+def _fit(
+    net,
+    x,
+    y,
+    epochs,
+    optimizer,
+    batch_size,
+    x_test,
+    y_test,
+    schedule,
+    base_lr,
+    augment,
+    early_stop,
+    history,
+    best_state,
+    progress,
+    on_epoch_end,
+    log,
+):
     history = new_history() if history is None else history
     base_lr = optimizer.lr if base_lr is None else base_lr
     labels = _labels(y)
@@ -82,12 +136,15 @@ def _fit(net, x, y, epochs, optimizer, batch_size, x_test, y_test, schedule, bas
     for epoch in range(len(history["epoch"]), epochs):
         optimizer.lr = lr_at(schedule, base_lr, epoch, epochs)
         start = time.perf_counter()
-        train_loss, train_acc = _train_epoch(net, x, labels, optimizer, batch_size, augment,
-                                             epoch, epochs, progress)
+        train_loss, train_acc = _train_epoch(
+            net, x, labels, optimizer, batch_size, augment, epoch, epochs, progress
+        )
         seconds = time.perf_counter() - start
         test_loss, test_acc = net.evaluate(x_test, y_test) if x_test is not None else (None, None)
-        for key, value in zip(HISTORY_KEYS, (epoch + 1, optimizer.lr, train_loss, train_acc,
-                                             test_loss, test_acc, seconds)):
+        for key, value in zip(
+            HISTORY_KEYS,
+            (epoch + 1, optimizer.lr, train_loss, train_acc, test_loss, test_acc, seconds),
+        ):
             history[key].append(value)
         is_best = test_loss is not None and test_loss < best_loss
         if is_best:
@@ -102,8 +159,10 @@ def _fit(net, x, y, epochs, optimizer, batch_size, x_test, y_test, schedule, bas
             on_epoch_end(net, history, is_best)
         if early_stop is not None and waited >= early_stop:
             if log:
-                log(f"Early stopping: no lower test loss for {early_stop} epochs; restoring the "
-                    f"best weights (epoch {int(np.argmin(_finite(history['test_loss']))) + 1}).")
+                log(
+                    f"Early stopping: no lower test loss for {early_stop} epochs; restoring the "
+                    f"best weights (epoch {int(np.argmin(_finite(history['test_loss']))) + 1})."
+                )
             if best_state is not None:
                 net.load_state_arrays(best_state)
             break
@@ -127,8 +186,14 @@ def _train_epoch(net, x, labels, optimizer, batch_size, augment, epoch, epochs, 
     """One pass over a fresh permutation. Returns (mean loss, accuracy) over the epoch's samples."""
     loss_sum, correct, seen = 0.0, 0, 0
     total = num_batches(len(x), batch_size)
-    bar = tqdm(total=total, desc=f"Epoch {epoch + 1}/{epochs}", unit="batch", leave=False,
-               disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=total,
+        desc=f"Epoch {epoch + 1}/{epochs}",
+        unit="batch",
+        leave=False,
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     try:
         for batch, (xb, yb) in enumerate(iterate_batches(x, labels, batch_size, net.rng), 1):
             if augment:
@@ -141,7 +206,7 @@ def _train_epoch(net, x, labels, optimizer, batch_size, augment, epoch, epochs, 
             correct += n_correct
             seen += len(yb)
             bar.update(1)
-            if batch % 20 == 0 or batch == total:     # postfix formatting is not free
+            if batch % 20 == 0 or batch == total:  # postfix formatting is not free
                 bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
     finally:
         bar.close()
@@ -151,10 +216,15 @@ def _train_epoch(net, x, labels, optimizer, batch_size, augment, epoch, epochs, 
 def format_epoch(history, epochs) -> str:
     """'Epoch i/n: Train Loss ..., Train Acc ..., Test Loss ..., Test Acc ..., Time ...s'."""
     h = {key: values[-1] for key, values in history.items()}
-    test = (f", Test Loss: {h['test_loss']:.4f}, Test Acc: {h['test_acc']:.4f}"
-            if h["test_loss"] is not None else "")
-    return (f"Epoch {h['epoch']}/{epochs}: Train Loss: {h['train_loss']:.4f}, "
-            f"Train Acc: {h['train_acc']:.4f}{test}, Time: {h['seconds']:.2f}s")
+    test = (
+        f", Test Loss: {h['test_loss']:.4f}, Test Acc: {h['test_acc']:.4f}"
+        if h["test_loss"] is not None
+        else ""
+    )
+    return (
+        f"Epoch {h['epoch']}/{epochs}: Train Loss: {h['train_loss']:.4f}, "
+        f"Train Acc: {h['train_acc']:.4f}{test}, Time: {h['seconds']:.2f}s"
+    )
 
 
 def save_history(history, json_path, csv_path=None):

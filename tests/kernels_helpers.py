@@ -2,6 +2,7 @@
 
 Imported by tests/test_kernels_*.py (pytest puts tests/ on sys.path; there is no package).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -66,23 +67,43 @@ def conv_cases(draw):
             padding = ph if ph == pw and draw(st.booleans()) else (ph, pw)
     stride = sh if sh == sw and draw(st.booleans()) else (sh, sw)
     out_h, out_w = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-    return dict(x_shape=(n, h, w, c_in), w_shape=(kh, kw, c_in, c_out), y_shape=(n, out_h, out_w, c_out),
-                stride=stride, padding=padding, bias=draw(st.booleans()),
-                need_dx=draw(st.booleans()), seed=draw(st.integers(0, 2**32 - 1)))
+    return dict(
+        x_shape=(n, h, w, c_in),
+        w_shape=(kh, kw, c_in, c_out),
+        y_shape=(n, out_h, out_w, c_out),
+        stride=stride,
+        padding=padding,
+        bias=draw(st.booleans()),
+        need_dx=draw(st.booleans()),
+        seed=draw(st.integers(0, 2**32 - 1)),
+    )
 
 
 @st.composite
 def pool_cases(draw):
     """A random pooling call: shapes, size (int or pair) up to 4, stride None or 1-3."""
-    n, h, w, c = (draw(st.integers(1, 3)), draw(st.integers(1, 12)), draw(st.integers(1, 12)),
-                  draw(st.integers(1, 4)))
+    n, h, w, c = (
+        draw(st.integers(1, 3)),
+        draw(st.integers(1, 12)),
+        draw(st.integers(1, 12)),
+        draw(st.integers(1, 4)),
+    )
     kh, kw = draw(st.integers(1, min(4, h))), draw(st.integers(1, min(4, w)))
     size = kh if kh == kw and draw(st.booleans()) else (kh, kw)
-    stride = draw(st.one_of(st.none(), st.integers(1, 3), st.tuples(st.integers(1, 3), st.integers(1, 3))))
-    sh, sw = (kh, kw) if stride is None else ((stride, stride) if isinstance(stride, int) else stride)
+    stride = draw(
+        st.one_of(st.none(), st.integers(1, 3), st.tuples(st.integers(1, 3), st.integers(1, 3)))
+    )
+    sh, sw = (
+        (kh, kw) if stride is None else ((stride, stride) if isinstance(stride, int) else stride)
+    )
     out_h, out_w = (h - kh) // sh + 1, (w - kw) // sw + 1
-    return dict(x_shape=(n, h, w, c), size=size, stride=stride, y_shape=(n, out_h, out_w, c),
-                seed=draw(st.integers(0, 2**32 - 1)))
+    return dict(
+        x_shape=(n, h, w, c),
+        size=size,
+        stride=stride,
+        y_shape=(n, out_h, out_w, c),
+        seed=draw(st.integers(0, 2**32 - 1)),
+    )
 
 
 def numeric_grad(loss, a, eps=1e-6):

@@ -1,6 +1,7 @@
 """The benchmark harness: report files parse and hold the right numbers, --compare ratios,
 FLOP counting, and clear errors for bad input. No wall-clock thresholds: numbers are checked for
 internal consistency, never for speed."""
+
 from __future__ import annotations
 
 import json
@@ -10,14 +11,28 @@ import numpy as np
 import pytest
 
 from bench import compare, peers
-from bench.cases import Case, TOO_SLOW, get_case, resolve_backends
+from bench.cases import TOO_SLOW, Case, get_case, resolve_backends
 from bench.report import compare_results, render_markdown
 from bench.scaling import loglog_exponent
 from bench.suite import Options, derive_ratios, run_layers
 from bench.timing import measure, summarize
 
-TINY = ["--cases", "fit003", "seed_pool", "--backends", "naive", "im2col", "--no-peers",
-        "--repeat", "2", "--quick", "--epoch-samples", "128", "--name", "tiny"]
+TINY = [
+    "--cases",
+    "fit003",
+    "seed_pool",
+    "--backends",
+    "naive",
+    "im2col",
+    "--no-peers",
+    "--repeat",
+    "2",
+    "--quick",
+    "--epoch-samples",
+    "128",
+    "--name",
+    "tiny",
+]
 
 
 @pytest.fixture(scope="module")
@@ -37,15 +52,20 @@ def test_results_json_is_well_formed(tiny_run):
             for p in ("forward", "backward"):
                 r = rows[(case, backend, p)]
                 assert r["status"] == "ok"
-                assert len(r["samples"]) == 2 and r["median"] == pytest.approx(np.median(r["samples"]))
+                assert len(r["samples"]) == 2 and r["median"] == pytest.approx(
+                    np.median(r["samples"])
+                )
                 assert r["speedup_vs_naive"] == pytest.approx(
-                    rows[(case, "naive", p)]["median"] / r["median"])
+                    rows[(case, "naive", p)]["median"] / r["median"]
+                )
         for p in ("forward", "backward"):
             assert rows[(case, "torch", p)]["status"] == "disabled (--no-peers)"
     fit = rows[("fit003", "im2col", "backward")]
     assert fit["gflops"] == pytest.approx(2 * get_case("fit003").flops / fit["median"] / 1e9)
-    assert fit["peak_fraction"] == pytest.approx(fit["gflops"] / res["machine"]["peak_gflops"]["float32"])
-    assert rows[("seed_pool", "im2col", "forward")].get("gflops") is None   # pools: no FLOPs
+    assert fit["peak_fraction"] == pytest.approx(
+        fit["gflops"] / res["machine"]["peak_gflops"]["float32"]
+    )
+    assert rows[("seed_pool", "im2col", "forward")].get("gflops") is None  # pools: no FLOPs
     assert {r["backend"] for r in res["memory"]["rows"]} == {"naive", "im2col"}
     assert all(r["peak_bytes"] > 0 for r in res["memory"]["rows"])
     assert res["scaling"]["batch"]["im2col"]["exponent"] is not None
@@ -72,27 +92,62 @@ def test_report_files_parse(tiny_run):
 
 
 def _fake(name, layer_times, epoch_times=None):
-    return {"name": name,
-            "layers": [{"case": c, "pass": p, "backend": b, "status": "ok", "median": t}
-                       for (c, p, b), t in layer_times.items()],
-            "epoch": {"rows": [{"name": n, "status": "ok", "seconds_per_60k": t}
-                               for n, t in (epoch_times or {}).items()]}}
+    return {
+        "name": name,
+        "layers": [
+            {"case": c, "pass": p, "backend": b, "status": "ok", "median": t}
+            for (c, p, b), t in layer_times.items()
+        ],
+        "epoch": {
+            "rows": [
+                {"name": n, "status": "ok", "seconds_per_60k": t}
+                for n, t in (epoch_times or {}).items()
+            ]
+        },
+    }
 
 
 def test_compare_two_files_computes_ratios(tmp_path, capsys):
-    old = _fake("old", {("c", "forward", "im2col"): 2.0, ("c", "forward", "naive"): 10.0,
-                        ("c", "backward", "im2col"): 1.0}, {"im2col": 30.0})
-    new = _fake("new", {("c", "forward", "im2col"): 4.0, ("c", "forward", "naive"): 5.0,
-                        ("d", "forward", "im2col"): 1.0}, {"im2col": 33.0})
+    old = _fake(
+        "old",
+        {
+            ("c", "forward", "im2col"): 2.0,
+            ("c", "forward", "naive"): 10.0,
+            ("c", "backward", "im2col"): 1.0,
+        },
+        {"im2col": 30.0},
+    )
+    new = _fake(
+        "new",
+        {
+            ("c", "forward", "im2col"): 4.0,
+            ("c", "forward", "naive"): 5.0,
+            ("d", "forward", "im2col"): 1.0,
+        },
+        {"im2col": 33.0},
+    )
     (tmp_path / "old.json").write_text(json.dumps(old))
     (tmp_path / "new").mkdir()
     (tmp_path / "new" / "results.json").write_text(json.dumps(new))
-    assert compare.main(["--compare", str(tmp_path / "old.json"),
-                         str(tmp_path / "new" / "results.json"), "--regression-factor", "1.5"]) == 0
+    assert (
+        compare.main(
+            [
+                "--compare",
+                str(tmp_path / "old.json"),
+                str(tmp_path / "new" / "results.json"),
+                "--regression-factor",
+                "1.5",
+            ]
+        )
+        == 0
+    )
     written = json.loads((tmp_path / "new" / "compare.json").read_text())
     got = {r["key"]: (r["ratio"], r["flag"]) for r in written["rows"]}
-    assert got == {"c forward im2col": (2.0, "REGRESSION"), "c forward naive": (0.5, "improvement"),
-                   "epoch im2col": (pytest.approx(1.1), "")}
+    assert got == {
+        "c forward im2col": (2.0, "REGRESSION"),
+        "c forward naive": (0.5, "improvement"),
+        "epoch im2col": (pytest.approx(1.1), ""),
+    }
     assert "1 regression(s) in 3 common" in capsys.readouterr().out
 
 
@@ -105,22 +160,27 @@ def test_flops_hand_computed():
 
 
 def test_derive_ratios_by_hand():
-    rows = [{"case": "c", "pass": "backward", "backend": b, "status": "ok", "median": t, "flops": 10**9}
-            for b, t in (("naive", 8.0), ("im2col", 2.0), ("numba", 1.0), ("torch", 0.5))]
+    rows = [
+        {"case": "c", "pass": "backward", "backend": b, "status": "ok", "median": t, "flops": 10**9}
+        for b, t in (("naive", 8.0), ("im2col", 2.0), ("numba", 1.0), ("torch", 0.5))
+    ]
     got = {r["backend"]: r for r in derive_ratios(rows, peak_gflops=4.0)}
-    assert got["im2col"]["gflops"] == pytest.approx(1.0)          # 2 GFLOP backward / 2 s
+    assert got["im2col"]["gflops"] == pytest.approx(1.0)  # 2 GFLOP backward / 2 s
     assert got["im2col"]["peak_fraction"] == pytest.approx(0.25)
     assert got["numba"]["speedup_vs_naive"] == pytest.approx(8.0)
-    assert got["numba"]["speedup_vs_best_numpy"] == pytest.approx(2.0)   # best numpy = im2col
+    assert got["numba"]["speedup_vs_best_numpy"] == pytest.approx(2.0)  # best numpy = im2col
     assert got["numba"]["ratio_torch"] == pytest.approx(2.0)
     assert got["numba"]["ratio_tensorflow"] is None
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--cases", "nope"], "unknown case(s) 'nope'; known cases: seed_conv"),
-    (["--backends", "cuda"], "unknown backend(s) 'cuda'; known backends: naive"),
-    (["--compare", "/no/such/results.json"], "cannot read results file /no/such/results.json"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--cases", "nope"], "unknown case(s) 'nope'; known cases: seed_conv"),
+        (["--backends", "cuda"], "unknown backend(s) 'cuda'; known backends: naive"),
+        (["--compare", "/no/such/results.json"], "cannot read results file /no/such/results.json"),
+    ],
+)
 def test_bad_input_is_one_clear_line(argv, message, capsys):
     assert compare.main(argv) == 2
     err = capsys.readouterr().err
@@ -140,13 +200,19 @@ def test_compare_file_that_is_not_results(tmp_path, capsys):
 
 def test_missing_peer_reports_not_installed(monkeypatch):
     real = peers.importlib.util.find_spec
-    monkeypatch.setattr(peers.importlib.util, "find_spec",
-                        lambda name, *a: None if name in peers.PEERS else real(name, *a))
+    monkeypatch.setattr(
+        peers.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in peers.PEERS else real(name, *a),
+    )
     opts = Options(cases=["fit003"], backends=["im2col"], repeat=1).resolved()
 
     class Bar:
-        def update(self, n): pass
-        def set_description(self, s): pass
+        def update(self, n):
+            pass
+
+        def set_description(self, s):
+            pass
 
     rows = run_layers(opts, ["im2col"], {}, Bar())
     status = {(r["backend"], r["pass"]): r["status"] for r in rows}
@@ -156,16 +222,21 @@ def test_missing_peer_reports_not_installed(monkeypatch):
 
 def test_rounds_pool_their_samples_and_blas_threads_are_chosen(monkeypatch):
     monkeypatch.setattr("bench.suite.COOLDOWN_SECONDS", 0)
-    opts = Options(cases=["fit003"], backends=["im2col", "numba"], repeat=2, rounds=3,
-                   peers=False).resolved()
+    opts = Options(
+        cases=["fit003"], backends=["im2col", "numba"], repeat=2, rounds=3, peers=False
+    ).resolved()
 
     class Bar:
         steps = 0
-        def update(self, n): Bar.steps += n
-        def set_description(self, s): pass
+
+        def update(self, n):
+            Bar.steps += n
+
+        def set_description(self, s):
+            pass
 
     rows = run_layers(opts, ["im2col", "numba"], {}, Bar())
-    assert Bar.steps == 3 * 1 * (2 + len(peers.PEERS))      # rounds x cases x (backends + peers)
+    assert Bar.steps == 3 * 1 * (2 + len(peers.PEERS))  # rounds x cases x (backends + peers)
     ok = {(r["backend"], r["pass"]): r for r in rows if r["status"] == "ok"}
     assert {len(r["samples"]) for r in ok.values()} == {6}  # 3 rounds x 2 samples, pooled
     assert ok[("im2col", "forward")]["blas_threads"] == ok[("im2col", "backward")]["blas_threads"]
@@ -178,11 +249,26 @@ def test_slow_backend_is_reported_not_dropped():
     big = get_case("seed_conv").with_size(112)
     run, skipped = big.backends(["naive", "im2col"])
     assert run == ["im2col"] and skipped == {"naive": TOO_SLOW}
-    rows = [{"case": big.name, "backend": "naive", "pass": "forward",
-             "status": f"skipped: {TOO_SLOW}"}]
-    md = render_markdown({"name": "x", "created": "t", "machine": {
-        "cpu": "c", "cores": 1, "python": "3", "numpy": "2", "blas": "b", "numba": "-",
-        "torch": "-", "tensorflow": "-"}, "layers": rows})
+    rows = [
+        {"case": big.name, "backend": "naive", "pass": "forward", "status": f"skipped: {TOO_SLOW}"}
+    ]
+    md = render_markdown(
+        {
+            "name": "x",
+            "created": "t",
+            "machine": {
+                "cpu": "c",
+                "cores": 1,
+                "python": "3",
+                "numpy": "2",
+                "blas": "b",
+                "numba": "-",
+                "torch": "-",
+                "tensorflow": "-",
+            },
+            "layers": rows,
+        }
+    )
     assert f"- {big.name}: naive skipped: {TOO_SLOW}" in md
 
 
@@ -193,7 +279,7 @@ def test_unavailable_backend_names_raise():
 
 def test_summarize_median_iqr_and_measure():
     t = summarize([5.0, 1.0, 3.0, 2.0, 4.0])
-    assert (t.median, t.iqr) == (3.0, 2.0) and t.noisy          # 2 > 0.25 * 3
+    assert (t.median, t.iqr) == (3.0, 2.0) and t.noisy  # 2 > 0.25 * 3
     calls = []
     m = measure(lambda: calls.append(1), repeat=3, warmup=2, min_sample=0)
     assert len(m.samples) == 3 and len(calls) == 2 + 3 * m.number

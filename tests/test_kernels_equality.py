@@ -4,17 +4,23 @@ Hypothesis draws the configurations (N 1-3, H/W 1-12, C 1-4, kernel 1-5 fitting 
 stride 1-3, padding 0-2 / "valid" / "same", pool size 1-4); each example runs naive once and
 compares every other backend to it.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
+from kernels_helpers import (
+    DTYPES,
+    OTHER_BACKENDS,
+    assert_close,
+    conv_cases,
+    pool_cases,
+    run_conv,
+    run_pool,
+)
 
-from kernels_helpers import (DTYPES, OTHER_BACKENDS, assert_close, conv_cases, pool_cases,
-                             run_conv, run_pool)
-
-EXAMPLES = settings(max_examples=250, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+EXAMPLES = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _conv_inputs(case, dtype):
@@ -60,7 +66,7 @@ def test_pool_matches_naive(case, kind, dtype):
     for backend in OTHER_BACKENDS:
         y_be, dx_be = run_pool(backend, kind, x, case["size"], case["stride"], dy)
         if kind == "max":
-            np.testing.assert_array_equal(y_be, y, err_msg=f"{backend} y")   # a selection: exact
+            np.testing.assert_array_equal(y_be, y, err_msg=f"{backend} y")  # a selection: exact
             assert y_be.dtype == y.dtype
         else:
             assert_close(y_be, y, f"{backend} y")
@@ -102,8 +108,9 @@ def test_realistic_shape_all_backends_agree():
     dy = rng.standard_normal((64, 28, 28, 16)).astype(np.float32)
     expected = run_conv("naive", x, w, b, 1, 1, dy)
     for backend in OTHER_BACKENDS:
-        for name, got, want in zip(("y", "dx", "dw", "db"), run_conv(backend, x, w, b, 1, 1, dy),
-                                   expected):
+        for name, got, want in zip(
+            ("y", "dx", "dw", "db"), run_conv(backend, x, w, b, 1, 1, dy), expected
+        ):
             assert_close(got, want, f"{backend} {name}")
 
 

@@ -1,12 +1,13 @@
 """Bad input gets the intended error type and a message naming the argument, on every backend;
 NaN propagates without crashing; float32 and float64 are preserved end to end."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from kernels_helpers import BACKENDS, run_conv, run_pool
 
 from kernels import get_backend
-from kernels_helpers import BACKENDS, run_conv, run_pool
 
 X = np.ones((2, 5, 5, 3))
 W = np.ones((3, 3, 3, 4))
@@ -19,31 +20,70 @@ CONV_BAD = [  # id, kwargs for conv2d_forward, error type, regex the message mus
     ("C_in mismatch", dict(w=np.ones((3, 3, 2, 4))), ValueError, r"w has C_in=2 .* x has C=3"),
     ("b wrong length", dict(b=np.ones(3)), ValueError, r"^b must have shape \(4,\).*got \(3,\)"),
     ("b 2-D", dict(b=np.ones((4, 1))), ValueError, r"^b must be 1-D"),
-    ("x int", dict(x=np.ones((2, 5, 5, 3), dtype=np.int64)), TypeError,
-     r"^x must have dtype float32 or float64, got int64"),
-    ("w float16", dict(w=np.ones((3, 3, 3, 4), dtype=np.float16)), TypeError,
-     r"^w must have dtype float32 or float64, got float16"),
-    ("w float32 vs x float64", dict(w=W.astype(np.float32)), TypeError,
-     r"^w has dtype float32 but x has dtype float64"),
-    ("b float32 vs x float64", dict(b=B.astype(np.float32)), TypeError,
-     r"^b has dtype float32 but x has dtype float64"),
-    ("kernel too large", dict(w=np.ones((8, 3, 3, 4)), padding=1), ValueError,
-     r"^kernel \(8, 3\) is larger than the padded input \(7, 7\)"),
+    (
+        "x int",
+        dict(x=np.ones((2, 5, 5, 3), dtype=np.int64)),
+        TypeError,
+        r"^x must have dtype float32 or float64, got int64",
+    ),
+    (
+        "w float16",
+        dict(w=np.ones((3, 3, 3, 4), dtype=np.float16)),
+        TypeError,
+        r"^w must have dtype float32 or float64, got float16",
+    ),
+    (
+        "w float32 vs x float64",
+        dict(w=W.astype(np.float32)),
+        TypeError,
+        r"^w has dtype float32 but x has dtype float64",
+    ),
+    (
+        "b float32 vs x float64",
+        dict(b=B.astype(np.float32)),
+        TypeError,
+        r"^b has dtype float32 but x has dtype float64",
+    ),
+    (
+        "kernel too large",
+        dict(w=np.ones((8, 3, 3, 4)), padding=1),
+        ValueError,
+        r"^kernel \(8, 3\) is larger than the padded input \(7, 7\)",
+    ),
     ("stride 0", dict(stride=0), ValueError, r"^stride must be >= 1, got \(0, 0\)"),
-    ("stride pair negative", dict(stride=(1, -2)), ValueError, r"^stride must be >= 1, got \(1, -2\)"),
+    (
+        "stride pair negative",
+        dict(stride=(1, -2)),
+        ValueError,
+        r"^stride must be >= 1, got \(1, -2\)",
+    ),
     ("stride float", dict(stride=1.5), TypeError, r"^stride must be an int or a pair"),
     ("padding negative", dict(padding=-1), ValueError, r"^padding must be >= 0, got \(-1, -1\)"),
-    ("padding unknown string", dict(padding="full"), ValueError,
-     r'^padding must be an int, \(ph, pw\), "valid" or "same", got \'full\''),
-    ("same with stride 2", dict(padding="same", stride=2), ValueError,
-     r'^padding="same" needs stride 1 and an odd kernel size, got stride \(2, 2\)'),
-    ("same with even kernel", dict(padding="same", w=np.ones((2, 2, 3, 4))), ValueError,
-     r'^padding="same" needs stride 1 and an odd kernel size.*kernel \(2, 2\)'),
+    (
+        "padding unknown string",
+        dict(padding="full"),
+        ValueError,
+        r'^padding must be an int, \(ph, pw\), "valid" or "same", got \'full\'',
+    ),
+    (
+        "same with stride 2",
+        dict(padding="same", stride=2),
+        ValueError,
+        r'^padding="same" needs stride 1 and an odd kernel size, got stride \(2, 2\)',
+    ),
+    (
+        "same with even kernel",
+        dict(padding="same", w=np.ones((2, 2, 3, 4))),
+        ValueError,
+        r'^padding="same" needs stride 1 and an odd kernel size.*kernel \(2, 2\)',
+    ),
 ]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("bad, error, pattern", [c[1:] for c in CONV_BAD], ids=[c[0] for c in CONV_BAD])
+@pytest.mark.parametrize(
+    "bad, error, pattern", [c[1:] for c in CONV_BAD], ids=[c[0] for c in CONV_BAD]
+)
 def test_conv_forward_rejects_bad_input(backend, bad, error, pattern):
     args = dict(x=X, w=W, b=B, stride=1, padding=0) | bad
     with pytest.raises(error, match=pattern):
@@ -52,9 +92,18 @@ def test_conv_forward_rejects_bad_input(backend, bad, error, pattern):
 
 POOL_BAD = [
     ("x 3-D", dict(x=np.ones((5, 5, 3))), ValueError, r"^x must be 4-D"),
-    ("x int", dict(x=np.ones((1, 4, 4, 1), dtype=np.int32)), TypeError, r"^x must have dtype float32"),
-    ("size larger than input", dict(size=6), ValueError,
-     r"^pool size \(6, 6\) is larger than the input \(5, 5\)"),
+    (
+        "x int",
+        dict(x=np.ones((1, 4, 4, 1), dtype=np.int32)),
+        TypeError,
+        r"^x must have dtype float32",
+    ),
+    (
+        "size larger than input",
+        dict(size=6),
+        ValueError,
+        r"^pool size \(6, 6\) is larger than the input \(5, 5\)",
+    ),
     ("size pair too tall", dict(size=(6, 1)), ValueError, r"^pool size \(6, 1\) is larger"),
     ("size 0", dict(size=0), ValueError, r"^size must be >= 1, got \(0, 0\)"),
     ("stride 0", dict(stride=0), ValueError, r"^stride must be >= 1, got \(0, 0\)"),
@@ -63,7 +112,9 @@ POOL_BAD = [
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("kind", ["max", "avg"])
-@pytest.mark.parametrize("bad, error, pattern", [c[1:] for c in POOL_BAD], ids=[c[0] for c in POOL_BAD])
+@pytest.mark.parametrize(
+    "bad, error, pattern", [c[1:] for c in POOL_BAD], ids=[c[0] for c in POOL_BAD]
+)
 def test_pool_forward_rejects_bad_input(backend, kind, bad, error, pattern):
     args = dict(x=X, size=2, stride=None) | bad
     with pytest.raises(error, match=pattern):
@@ -73,17 +124,24 @@ def test_pool_forward_rejects_bad_input(backend, kind, bad, error, pattern):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_backward_rejects_wrong_dy(backend):
     be = get_backend(backend)
-    y, ctx = be.conv2d_forward(X, W, B)                                    # y: (2, 3, 3, 4)
-    with pytest.raises(ValueError, match=r"^dy must have the forward output's shape \(2, 3, 3, 4\), "
-                                         r"got \(2, 3, 3, 5\)"):
+    y, ctx = be.conv2d_forward(X, W, B)  # y: (2, 3, 3, 4)
+    with pytest.raises(
+        ValueError,
+        match=r"^dy must have the forward output's shape \(2, 3, 3, 4\), "
+        r"got \(2, 3, 3, 5\)",
+    ):
         be.conv2d_backward(np.ones((2, 3, 3, 5)), ctx)
-    with pytest.raises(TypeError, match=r"^dy must have the forward input's dtype float64, got float32"):
+    with pytest.raises(
+        TypeError, match=r"^dy must have the forward input's dtype float64, got float32"
+    ):
         be.conv2d_backward(y.astype(np.float32), ctx)
     with pytest.raises(TypeError, match=r"^dy must be a numpy array"):
         be.conv2d_backward(y.tolist(), ctx)
     for kind in ("max", "avg"):
-        y, ctx = getattr(be, f"{kind}pool2d_forward")(X, 2)              # y: (2, 2, 2, 3)
-        with pytest.raises(ValueError, match=r"^dy must have the forward output's shape \(2, 2, 2, 3\)"):
+        y, ctx = getattr(be, f"{kind}pool2d_forward")(X, 2)  # y: (2, 2, 2, 3)
+        with pytest.raises(
+            ValueError, match=r"^dy must have the forward output's shape \(2, 2, 2, 3\)"
+        ):
             getattr(be, f"{kind}pool2d_backward")(np.ones((2, 2, 3, 3)), ctx)
 
 
@@ -97,7 +155,7 @@ def test_nan_input_propagates_like_naive(backend):
     """A NaN in x poisons exactly the outputs (and gradients) whose windows contain it."""
     rng = np.random.default_rng(5)
     x = rng.standard_normal((2, 6, 6, 2))
-    x[0, 1, 3, 1] = np.nan                 # in pool window (0, 1) only
+    x[0, 1, 3, 1] = np.nan  # in pool window (0, 1) only
     w, b = rng.standard_normal((3, 3, 2, 3)), rng.standard_normal(3)
     dy = rng.standard_normal((2, 3, 3, 3))
     got, want = run_conv(backend, x, w, b, 2, 1, dy), run_conv("naive", x, w, b, 2, 1, dy)
@@ -108,7 +166,7 @@ def test_nan_input_propagates_like_naive(backend):
     for kind in ("max", "avg"):
         y, dx = run_pool(backend, kind, x, 3, 2, np.ones((2, 2, 2, 2)))
         assert np.isnan(y[0, 0, 1, 1]) and np.isnan(y).sum() == 1, f"{kind}pool y"
-        assert np.isfinite(dx).all()        # dy is finite, so routing it stays finite
+        assert np.isfinite(dx).all()  # dy is finite, so routing it stays finite
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -127,7 +185,7 @@ def test_dtype_is_preserved(backend, dtype):
     x = rng.standard_normal((2, 6, 6, 3)).astype(dtype)
     w = rng.standard_normal((3, 3, 3, 2)).astype(dtype)
     b = rng.standard_normal(2).astype(dtype)
-    for stride, padding in ((1, "same"), (2, 0)):          # both of einsum's dX strategies
+    for stride, padding in ((1, "same"), (2, 0)):  # both of einsum's dX strategies
         be = get_backend(backend)
         y, ctx = be.conv2d_forward(x, w, b, stride, padding)
         outputs = (y,) + be.conv2d_backward(np.ones_like(y), ctx)

@@ -3,13 +3,14 @@
 Loss: L = sum(y * R) for a fixed random R, so dL/dy = R and the analytic gradient is backward(R).
 Each entry of the input is nudged by +-eps and the central difference compared with backward's entry.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from kernels_helpers import BACKENDS, numeric_grad
 
 from kernels import get_backend
-from kernels_helpers import BACKENDS, numeric_grad
 
 EPS = 1e-6
 # central differences in float64 are accurate to ~eps^2 * |L'''| + rounding / eps ~ 1e-9 here
@@ -24,7 +25,7 @@ CONV_CONFIGS = [  # x shape, (KH, KW, C_out), stride, padding
 POOL_CONFIGS = [  # x shape, size, stride
     ((2, 6, 6, 2), 2, None),
     ((1, 7, 5, 3), (3, 2), (2, 1)),
-    ((2, 5, 5, 1), 3, 1),   # overlapping windows: one input can be the max of several
+    ((2, 5, 5, 1), 3, 1),  # overlapping windows: one input can be the max of several
 ]
 
 
@@ -44,8 +45,9 @@ def test_conv_gradients_match_finite_differences(backend, x_shape, kernel, strid
         return float(np.sum(be.conv2d_forward(x, w, b, stride, padding)[0] * projection))
 
     for name, analytic, param in (("dx", dx, x), ("dw", dw, w), ("db", db, b)):
-        np.testing.assert_allclose(analytic, numeric_grad(loss, param), rtol=TOL, atol=TOL,
-                                   err_msg=f"{backend} {name}")
+        np.testing.assert_allclose(
+            analytic, numeric_grad(loss, param), rtol=TOL, atol=TOL, err_msg=f"{backend} {name}"
+        )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -64,5 +66,6 @@ def test_pool_gradients_match_finite_differences(backend, kind, x_shape, size, s
     def loss():
         return float(np.sum(forward(x, size, stride)[0] * projection))
 
-    np.testing.assert_allclose(dx, numeric_grad(loss, x), rtol=TOL, atol=TOL,
-                               err_msg=f"{backend} {kind}pool dx")
+    np.testing.assert_allclose(
+        dx, numeric_grad(loss, x), rtol=TOL, atol=TOL, err_msg=f"{backend} {kind}pool dx"
+    )

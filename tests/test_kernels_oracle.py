@@ -4,13 +4,14 @@ PyTorch wants NCHW / OIHW, so arrays are transposed on the way in and out; Tenso
 NHWC / HWIO layout as is. Gradients come from each framework's autograd with the same upstream dy.
 Pooling inputs have distinct values, since the frameworks do not promise our tie rule.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from kernels_helpers import BACKENDS, assert_close
 
 from kernels import get_backend
-from kernels_helpers import BACKENDS, assert_close
 
 CONV_CONFIGS = [  # x shape, (KH, KW, C_out), stride, padding (ph, pw)
     ((2, 7, 7, 3), (3, 3, 4), (1, 1), (0, 0)),
@@ -52,24 +53,32 @@ def torch():
 
 @pytest.fixture(scope="module")
 def tf():
-    return pytest.importorskip("tensorflow", reason="TensorFlow not installed (pip install '.[peers]')")
+    return pytest.importorskip(
+        "tensorflow", reason="TensorFlow not installed (pip install '.[peers]')"
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("x_shape, kernel, stride, padding", CONV_CONFIGS)
 def test_conv_against_torch(torch, backend, x_shape, kernel, stride, padding):
     import torch.nn.functional as F
+
     rng, x, w, b = _conv_data(x_shape, kernel)
-    tx = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)        # NCHW
-    tw = torch.tensor(w.transpose(3, 2, 0, 1), requires_grad=True)        # OIHW
+    tx = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)  # NCHW
+    tw = torch.tensor(w.transpose(3, 2, 0, 1), requires_grad=True)  # OIHW
     tb = torch.tensor(b, requires_grad=True)
     ty = F.conv2d(tx, tw, tb, stride=stride, padding=padding)
-    dy = rng.standard_normal(ty.shape).transpose(0, 2, 3, 1).copy()       # NHWC
+    dy = rng.standard_normal(ty.shape).transpose(0, 2, 3, 1).copy()  # NHWC
     ty.backward(torch.tensor(dy.transpose(0, 3, 1, 2)))
-    expected = (ty.detach().numpy().transpose(0, 2, 3, 1), tx.grad.numpy().transpose(0, 2, 3, 1),
-                tw.grad.numpy().transpose(2, 3, 1, 0), tb.grad.numpy())
-    for name, got, want in zip(("y", "dx", "dw", "db"),
-                               _ours_conv(backend, x, w, b, stride, padding, dy), expected):
+    expected = (
+        ty.detach().numpy().transpose(0, 2, 3, 1),
+        tx.grad.numpy().transpose(0, 2, 3, 1),
+        tw.grad.numpy().transpose(2, 3, 1, 0),
+        tb.grad.numpy(),
+    )
+    for name, got, want in zip(
+        ("y", "dx", "dw", "db"), _ours_conv(backend, x, w, b, stride, padding, dy), expected
+    ):
         assert_close(got, np.ascontiguousarray(want), f"{backend} {name} vs torch")
 
 
@@ -78,6 +87,7 @@ def test_conv_against_torch(torch, backend, x_shape, kernel, stride, padding):
 @pytest.mark.parametrize("x_shape, size, stride", POOL_CONFIGS)
 def test_pool_against_torch(torch, backend, kind, x_shape, size, stride):
     import torch.nn.functional as F
+
     rng, x = _pool_input(x_shape)
     tx = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)
     ty = getattr(F, f"{kind}_pool2d")(tx, size, stride)
@@ -97,14 +107,19 @@ def test_conv_against_tensorflow(tf, backend, x_shape, kernel, stride, padding):
     tx, tw, tb = tf.Variable(x), tf.Variable(w), tf.Variable(b)
     (ph, pw) = padding
     with tf.GradientTape() as tape:
-        ty = tf.nn.conv2d(tx, tw, strides=(1,) + stride + (1,),
-                          padding=[[0, 0], [ph, ph], [pw, pw], [0, 0]]) + tb
+        ty = (
+            tf.nn.conv2d(
+                tx, tw, strides=(1,) + stride + (1,), padding=[[0, 0], [ph, ph], [pw, pw], [0, 0]]
+            )
+            + tb
+        )
         dy = rng.standard_normal(ty.shape)
         loss = tf.reduce_sum(ty * dy)
     gx, gw, gb = tape.gradient(loss, [tx, tw, tb])
     expected = (ty.numpy(), gx.numpy(), gw.numpy(), gb.numpy())
-    for name, got, want in zip(("y", "dx", "dw", "db"),
-                               _ours_conv(backend, x, w, b, stride, padding, dy), expected):
+    for name, got, want in zip(
+        ("y", "dx", "dw", "db"), _ours_conv(backend, x, w, b, stride, padding, dy), expected
+    ):
         assert_close(got, want, f"{backend} {name} vs tensorflow")
 
 

@@ -1,5 +1,6 @@
 """model.data: MNIST sources (directory, env, cache, loopback download), IDX errors, batch helpers,
 augmentation. Everything but the two real-MNIST tests uses small synthetic files in tmp_path."""
+
 import gzip
 import hashlib
 import http.server
@@ -10,28 +11,50 @@ import numpy as np
 import pytest
 
 from model import data
-from model.data import (FILES, MNIST, DownloadError, MNISTFormatError, augment_batch,
-                        default_cache_dir, download_mnist, iterate_batches, load_mnist,
-                        num_batches, one_hot, read_idx, scale, standardize, standardize_stats,
-                        subset, to_nhwc, transform_batch)
+from model.data import (
+    FILES,
+    MNIST,
+    DownloadError,
+    MNISTFormatError,
+    augment_batch,
+    default_cache_dir,
+    download_mnist,
+    iterate_batches,
+    load_mnist,
+    num_batches,
+    one_hot,
+    read_idx,
+    scale,
+    standardize,
+    standardize_stats,
+    subset,
+    to_nhwc,
+    transform_batch,
+)
 
 IMAGES, LABELS = "train-images-idx3-ubyte", "train-labels-idx1-ubyte"
 
 
 # ---- helpers -------------------------------------------------------------------------------------
 
+
 def idx_bytes(arr: np.ndarray) -> bytes:
     """The IDX encoding of a uint8 array: magic 0x0000080<ndim>, big-endian dims, the bytes."""
-    return (bytes([0, 0, 0x08, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
-            + arr.astype(np.uint8).tobytes())
+    return (
+        bytes([0, 0, 0x08, arr.ndim])
+        + struct.pack(f">{arr.ndim}I", *arr.shape)
+        + arr.astype(np.uint8).tobytes()
+    )
 
 
 def synthetic_arrays(seed=0, n_train=6, n_test=4):
     rng = np.random.default_rng(seed)
-    return {"x_train": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
-            "y_train": rng.integers(0, 10, n_train, dtype=np.uint8),
-            "x_test": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
-            "y_test": rng.integers(0, 10, n_test, dtype=np.uint8)}
+    return {
+        "x_train": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        "y_train": rng.integers(0, 10, n_train, dtype=np.uint8),
+        "x_test": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        "y_test": rng.integers(0, 10, n_test, dtype=np.uint8),
+    }
 
 
 def synthetic_files(arrays, gz=True) -> dict:
@@ -71,6 +94,7 @@ def no_env(monkeypatch):
 
 # ---- loopback HTTP server ------------------------------------------------------------------------
 
+
 class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         route = self.server.routes.get(self.path)
@@ -83,7 +107,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         promised = len(body) + 1000 if mode == "drop" else len(body)
         self.send_header("Content-Length", str(promised))
         self.end_headers()
-        self.wfile.write(body[:len(body) // 2] if mode == "drop" else body)
+        self.wfile.write(body[: len(body) // 2] if mode == "drop" else body)
         self.close_connection = True
 
     def log_message(self, *args):
@@ -107,6 +131,7 @@ def serve():
             server.shutdown()
             server.server_close()
             servers.remove(server)
+
         return f"http://127.0.0.1:{server.server_address[1]}", stop
 
     yield start
@@ -123,6 +148,7 @@ def dead_mirror(serve) -> str:
 
 
 # ---- real MNIST ----------------------------------------------------------------------------------
+
 
 def check_real(mnist):
     assert mnist.x_train.shape == (60000, 28, 28) and mnist.x_train.dtype == np.uint8
@@ -151,6 +177,7 @@ def test_real_mnist_from_env(mnist_dir, monkeypatch, tmp_path):
 
 # ---- reading synthetic files ---------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("gz", [True, False], ids=["gzipped", "plain"])
 def test_synthetic_idx_directory(tmp_path, gz, no_env):
     arrays = synthetic_arrays()
@@ -158,7 +185,7 @@ def test_synthetic_idx_directory(tmp_path, gz, no_env):
     mnist = load_mnist(tmp_path, download=False)
     assert_same(mnist, arrays)
     assert str(tmp_path) in mnist.source
-    mnist.x_train[0, 0, 0] = 1   # writable, not a read-only view of the file's bytes
+    mnist.x_train[0, 0, 0] = 1  # writable, not a read-only view of the file's bytes
 
 
 def test_read_idx_round_trip(tmp_path):
@@ -196,12 +223,13 @@ def test_npz_garbage_names_file(tmp_path, no_env):
 
 # ---- corrupt files -------------------------------------------------------------------------------
 
+
 def _corrupt(kind: str) -> bytes:
     raw = idx_bytes(np.zeros((3, 28, 28), np.uint8))
     if kind == "magic":
         return b"\x12\x34" + raw[2:]
     if kind == "dtype":
-        return raw[:2] + b"\x0d" + raw[3:]   # 0x0D is float32 in the IDX spec
+        return raw[:2] + b"\x0d" + raw[3:]  # 0x0D is float32 in the IDX spec
     if kind == "ndim":
         return raw[:3] + b"\x02" + raw[4:]
     if kind == "truncated":
@@ -216,10 +244,18 @@ def _corrupt(kind: str) -> bytes:
 
 
 @pytest.mark.parametrize("gz", [False, True], ids=["plain", "gzipped"])
-@pytest.mark.parametrize("kind, message", [
-    ("magic", "not an IDX file"), ("dtype", "dtype byte is 0x0d"), ("ndim", "dimensions"),
-    ("truncated", "truncated"), ("trailing", "trailing bytes"), ("header", "truncated IDX header"),
-    ("empty", "too short")])
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("magic", "not an IDX file"),
+        ("dtype", "dtype byte is 0x0d"),
+        ("ndim", "dimensions"),
+        ("truncated", "truncated"),
+        ("trailing", "trailing bytes"),
+        ("header", "truncated IDX header"),
+        ("empty", "too short"),
+    ],
+)
 def test_corrupt_idx_names_file(tmp_path, kind, message, gz):
     path = tmp_path / f"{IMAGES}.gz"
     raw = _corrupt(kind)
@@ -242,9 +278,9 @@ def test_absurd_header_is_truncated_not_overflow(tmp_path):
 def test_bad_gzip_names_file(tmp_path, damage):
     packed = bytearray(gzip.compress(idx_bytes(np.arange(200, dtype=np.uint8).reshape(2, 10, 10))))
     if damage == "cut":
-        packed = packed[:len(packed) // 2]       # EOFError inside gzip
+        packed = packed[: len(packed) // 2]  # EOFError inside gzip
     else:
-        packed[-8] ^= 0xFF                       # CRC mismatch: BadGzipFile
+        packed[-8] ^= 0xFF  # CRC mismatch: BadGzipFile
     path = tmp_path / f"{IMAGES}.gz"
     path.write_bytes(bytes(packed))
     with pytest.raises(MNISTFormatError, match="corrupt gzip") as info:
@@ -286,16 +322,18 @@ def test_label_out_of_range(tmp_path, no_env):
 
 # ---- explicit directories never fall back --------------------------------------------------------
 
+
 @pytest.mark.parametrize("via_env", [False, True], ids=["argument", "MNIST_DIR"])
 @pytest.mark.parametrize("exists", [True, False], ids=["empty-dir", "no-dir"])
 def test_explicit_dir_without_files(tmp_path, monkeypatch, no_env, via_env, exists):
     def no_download(*args, **kwargs):
         raise AssertionError("an explicit data_dir must not trigger a download")
+
     monkeypatch.setattr(data, "download_mnist", no_download)
     directory = tmp_path / "mnist"
     if exists:
         directory.mkdir()
-        (directory / f"{IMAGES}.gz").write_bytes(b"")   # one of four is not enough
+        (directory / f"{IMAGES}.gz").write_bytes(b"")  # one of four is not enough
     if via_env:
         monkeypatch.setenv("MNIST_DIR", str(directory))
     with pytest.raises(FileNotFoundError) as info:
@@ -304,11 +342,12 @@ def test_explicit_dir_without_files(tmp_path, monkeypatch, no_env, via_env, exis
     assert str(directory) in message and ("MNIST_DIR" if via_env else "data_dir") in message
     for name in ("train-images-idx3-ubyte", "t10k-labels-idx1-ubyte", "mnist.npz"):
         assert name in message
-    if exists:   # says what is missing, not just what is expected
+    if exists:  # says what is missing, not just what is expected
         assert "lacks train-labels-idx1-ubyte[.gz], t10k-images" in message
 
 
 # ---- the downloader ------------------------------------------------------------------------------
+
 
 def test_download_good_files(tmp_path, serve):
     files = synthetic_files(synthetic_arrays())
@@ -360,7 +399,7 @@ def test_download_falls_back_to_next_mirror(tmp_path, serve):
 def test_download_all_mirrors_fail_lists_each(tmp_path, serve):
     files = synthetic_files(synthetic_arrays())
     dead = dead_mirror(serve)
-    url, _ = serve({})   # answers 404
+    url, _ = serve({})  # answers 404
     with pytest.raises(DownloadError) as info:
         download_mnist(tmp_path, [dead, url], files=sha256s(files), progress=False, timeout=5)
     message = str(info.value)
@@ -369,6 +408,7 @@ def test_download_all_mirrors_fail_lists_each(tmp_path, serve):
 
 
 # ---- load_mnist: download, then cache ------------------------------------------------------------
+
 
 def test_load_downloads_then_reads_cache_offline(tmp_path, serve, monkeypatch, no_env):
     arrays = synthetic_arrays(seed=2)
@@ -380,7 +420,7 @@ def test_load_downloads_then_reads_cache_offline(tmp_path, serve, monkeypatch, n
     assert_same(first, arrays)
     assert "downloaded" in first.source and url in first.source and str(cache) in first.source
 
-    stop()   # the network is gone; the cache must be enough
+    stop()  # the network is gone; the cache must be enough
     second = load_mnist(cache_dir=cache, mirrors=[url + "/"], progress=False)
     assert_same(second, arrays)
     assert "cache" in second.source and "downloaded" not in second.source
@@ -396,8 +436,15 @@ def test_load_nowhere_explains_how(tmp_path, serve, no_env):
     with pytest.raises(FileNotFoundError) as info:
         load_mnist(cache_dir=tmp_path / "cache", mirrors=[dead], progress=False)
     message = str(info.value)
-    for needle in ("--data-dir", "MNIST_DIR", "train-images-idx3-ubyte", "mnist.npz", dead,
-                   "TensorFlow is not installed", str(tmp_path / "cache")):
+    for needle in (
+        "--data-dir",
+        "MNIST_DIR",
+        "train-images-idx3-ubyte",
+        "mnist.npz",
+        dead,
+        "TensorFlow is not installed",
+        str(tmp_path / "cache"),
+    ):
         assert needle in message
     assert "\n" not in message
 
@@ -405,6 +452,7 @@ def test_load_nowhere_explains_how(tmp_path, serve, no_env):
 def test_load_without_download_touches_no_network(tmp_path, monkeypatch, no_env):
     def no_download(*args, **kwargs):
         raise AssertionError("download=False must not download")
+
     monkeypatch.setattr(data, "download_mnist", no_download)
     with pytest.raises(FileNotFoundError, match="download=False"):
         load_mnist(cache_dir=tmp_path, download=False)
@@ -432,8 +480,9 @@ def test_files_table():
 
 # ---- arrays for training -------------------------------------------------------------------------
 
+
 def test_to_nhwc_and_scale():
-    x = np.array([[[0, 255], [51, 102]]], dtype=np.uint8)   # (1, 2, 2)
+    x = np.array([[[0, 255], [51, 102]]], dtype=np.uint8)  # (1, 2, 2)
     nhwc = to_nhwc(x)
     assert nhwc.shape == (1, 2, 2, 1) and np.shares_memory(nhwc, x)
     scaled = scale(x)
@@ -493,7 +542,7 @@ def test_iterate_batches_shuffled():
     seen = np.concatenate([yb for _, yb in batches])
     assert sorted(seen) == list(range(10)) and list(seen) != list(range(10))
     for xb, yb in batches:
-        np.testing.assert_array_equal(xb[:, 0], yb)   # images stay with their labels
+        np.testing.assert_array_equal(xb[:, 0], yb)  # images stay with their labels
     again = np.concatenate([yb for _, yb in iterate_batches(x, y, 4, np.random.default_rng(5))])
     np.testing.assert_array_equal(again, seen)
     other = np.concatenate([yb for _, yb in iterate_batches(x, y, 4, np.random.default_rng(6))])
@@ -507,7 +556,7 @@ def test_iterate_batches_in_order_and_errors():
     assert list(iterate_batches(x[:0], y[:0], 3)) == []
     assert num_batches(0, 3) == 0 and num_batches(7, 7) == 1 and num_batches(8, 7) == 2
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
-        iterate_batches(x, y, 0)       # raised at the call, not at the first next()
+        iterate_batches(x, y, 0)  # raised at the call, not at the first next()
     with pytest.raises(ValueError, match="batch_size"):
         num_batches(5, 0)
     with pytest.raises(ValueError, match="differ in length"):
@@ -517,6 +566,7 @@ def test_iterate_batches_in_order_and_errors():
 
 
 # ---- augmentation --------------------------------------------------------------------------------
+
 
 def _images(n=5, size=12, channels=1, dtype=np.float32, seed=0):
     return np.random.default_rng(seed).random((n, size, size, channels)).astype(dtype)
@@ -528,7 +578,7 @@ def test_augment_keeps_shape_and_dtype(dtype):
     out = augment_batch(x, np.random.default_rng(0))
     assert out.shape == x.shape and out.dtype == dtype
     assert not np.shares_memory(out, x)
-    assert np.all(out >= 0) and np.all(out <= 1 + 1e-6)   # bilinear mixes, never extrapolates
+    assert np.all(out >= 0) and np.all(out <= 1 + 1e-6)  # bilinear mixes, never extrapolates
 
 
 def test_augment_empty_batch():
@@ -548,8 +598,9 @@ def test_transform_pure_shift_moves_pixels():
     for i, (dy, dx) in enumerate(shifts):
         expected = np.zeros_like(x[i])
         h, w = x.shape[1:3]
-        expected[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
-            x[i, max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
+        expected[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = x[
+            i, max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)
+        ]
         np.testing.assert_array_equal(out[i], expected)
 
 

@@ -1,4 +1,5 @@
 """model.fitconv: the conv lab (fit kernels so that conv2d(input) ~= target) and its CLI."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,9 @@ def conv_nchw(x, w):
     y = np.zeros((s, k, h - kh + 1, wd - kw + 1))
     for a in range(kh):
         for b in range(kw):
-            y += np.einsum("schw,kc->skhw", x[:, :, a:a + h - kh + 1, b:b + wd - kw + 1], w[:, :, a, b])
+            y += np.einsum(
+                "schw,kc->skhw", x[:, :, a : a + h - kh + 1, b : b + wd - kw + 1], w[:, :, a, b]
+            )
     return y
 
 
@@ -40,6 +43,7 @@ def backend_or_skip(name):
 
 # ---- generate_data -------------------------------------------------------------------------------
 
+
 def test_generate_random_targets_shapes_and_range():
     d = generate_data(samples=5, channels=3, size=9, kernels=4, kernel_size=3, seed=7)
     assert set(d) == {"input", "target"}
@@ -51,19 +55,35 @@ def test_generate_random_targets_shapes_and_range():
 
 
 def test_generate_from_kernels_matches_oracle_conv():
-    d = generate_data(samples=4, channels=2, size=6, kernels=3, kernel_size=2, seed=3, from_kernels=True)
+    d = generate_data(
+        samples=4, channels=2, size=6, kernels=3, kernel_size=2, seed=3, from_kernels=True
+    )
     assert d["kernels"].shape == (3, 2, 2, 2)
-    np.testing.assert_allclose(d["target"], conv_nchw(d["input"], d["kernels"]), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        d["target"], conv_nchw(d["input"], d["kernels"]), rtol=1e-12, atol=1e-12
+    )
 
 
 # ---- the fit -------------------------------------------------------------------------------------
 
+
 def test_recovers_known_kernels():
-    d = generate_data(samples=20, channels=2, size=8, kernels=2, kernel_size=2, seed=1, from_kernels=True)
-    kernels, losses = fit_kernels(d["input"], d["target"], num_kernels=2, kernel_size=2, lr=0.3,
-                                  epochs=40, backend="im2col", seed=2, dtype="float64")
+    d = generate_data(
+        samples=20, channels=2, size=8, kernels=2, kernel_size=2, seed=1, from_kernels=True
+    )
+    kernels, losses = fit_kernels(
+        d["input"],
+        d["target"],
+        num_kernels=2,
+        kernel_size=2,
+        lr=0.3,
+        epochs=40,
+        backend="im2col",
+        seed=2,
+        dtype="float64",
+    )
     assert kernels.shape == (2, 2, 2, 2) and kernels.dtype == np.float64
-    assert losses[0] > 1e-3          # the random start is far from the answer
+    assert losses[0] > 1e-3  # the random start is far from the answer
     assert losses[-1] < 1e-8
     np.testing.assert_allclose(kernels, d["kernels"], atol=1e-4, rtol=0)
 
@@ -91,13 +111,13 @@ def test_epoch_loss_is_the_mean_of_per_sample_losses_before_each_step():
     w0 = np.full((1, 1, 2, 2), 0.3)
     lr = 0.1
     _, losses = fit_kernels(x, t, 1, 2, lr, 1, initial_kernels=w0, shuffle=False)
-    np.testing.assert_array_equal(w0, 0.3)      # the caller's start is not updated in place
+    np.testing.assert_array_equal(w0, 0.3)  # the caller's start is not updated in place
     first = mse(x[:1], w0, t[:1])
     y0 = conv_nchw(x[:1], w0)
-    grad = np.zeros_like(w0)                      # d mean((y-t)^2)/dw for sample 0, by hand
+    grad = np.zeros_like(w0)  # d mean((y-t)^2)/dw for sample 0, by hand
     for a in range(2):
         for b in range(2):
-            grad[0, 0, a, b] = np.mean(2 * (y0 - t[:1])[0, 0] * x[0, 0, a:a + 3, b:b + 3])
+            grad[0, 0, a, b] = np.mean(2 * (y0 - t[:1])[0, 0] * x[0, 0, a : a + 3, b : b + 3])
     second = mse(x[1:], w0 - lr * grad, t[1:])
     assert losses[0] == pytest.approx((first + second) / 2, rel=1e-12)
 
@@ -106,11 +126,19 @@ def test_random_targets_plateau_at_the_best_linear_fit():
     # Lab data: inputs and targets uniform [0, 1) and unrelated. Without a bias the best fit is
     # w = 3/37 everywhere, loss 1/3 - 9/37 = 10/111 ~ 0.0901 (the lab's "about 0.09").
     d = generate_data(samples=100, channels=3, size=28, kernels=2, kernel_size=2, seed=0)
-    _, losses = fit_kernels(d["input"], d["target"], num_kernels=2, kernel_size=2, lr=0.1,
-                            epochs=6, backend="im2col", seed=0)
+    _, losses = fit_kernels(
+        d["input"],
+        d["target"],
+        num_kernels=2,
+        kernel_size=2,
+        lr=0.1,
+        epochs=6,
+        backend="im2col",
+        seed=0,
+    )
     # The least-squares floor of this very sample, for comparison.
     patches = np.lib.stride_tricks.sliding_window_view(d["input"], (2, 2), axis=(2, 3))
-    design = patches.transpose(0, 2, 3, 1, 4, 5).reshape(-1, 12)     # (S*OH*OW, C*kh*kw)
+    design = patches.transpose(0, 2, 3, 1, 4, 5).reshape(-1, 12)  # (S*OH*OW, C*kh*kw)
     targets = d["target"].transpose(0, 2, 3, 1).reshape(-1, 2)
     residual = np.linalg.lstsq(design, targets, rcond=None)[1]
     floor = residual.sum() / targets.size
@@ -140,7 +168,7 @@ def test_same_seed_same_fit_and_shuffle_changes_the_order():
     np.testing.assert_array_equal(k1, k2)
     assert l1 == l2
     _, l_fixed = fit_kernels(*args, seed=5, shuffle=False)
-    assert l_fixed[1:] != l1[1:]          # same init, different visiting order
+    assert l_fixed[1:] != l1[1:]  # same init, different visiting order
 
 
 def test_float32_stays_float32():
@@ -151,7 +179,7 @@ def test_float32_stays_float32():
     kernels, _ = fit_kernels(x32, t32, 2, 2, 0.1, 2, dtype="float64")
     assert kernels.dtype == np.float64
     kernels, _ = fit_kernels((d["input"] * 10).astype(np.int64), t32, 2, 2, 0.001, 1)
-    assert kernels.dtype == np.float64    # integer data trains in float64
+    assert kernels.dtype == np.float64  # integer data trains in float64
 
 
 @pytest.mark.parametrize("dtype, rtol", [("float64", 1e-10), ("float32", 2e-4)])
@@ -162,9 +190,22 @@ def test_loss_curve_is_the_same_on_every_backend(backend, dtype, rtol, batch_siz
     # 3x3 kernels, 3 output channels, a bias and a ragged last batch (6 = 4 + 2) exercise
     # every index of the contract; naive is the reference.
     d = generate_data(samples=6, channels=2, size=7, kernels=3, kernel_size=3, seed=9)
-    ref, fit = (fit_conv(d["input"], d["target"], 3, 3, lr=0.05, epochs=3, backend=name,
-                         batch_size=batch_size, seed=1, bias=True, dtype=dtype)
-                for name in ("naive", backend))
+    ref, fit = (
+        fit_conv(
+            d["input"],
+            d["target"],
+            3,
+            3,
+            lr=0.05,
+            epochs=3,
+            backend=name,
+            batch_size=batch_size,
+            seed=1,
+            bias=True,
+            dtype=dtype,
+        )
+        for name in ("naive", backend)
+    )
     assert fit.kernels.dtype == np.dtype(dtype) and fit.bias.dtype == np.dtype(dtype)
     assert ref.losses[-1] < ref.losses[0]
     np.testing.assert_allclose(fit.losses, ref.losses, rtol=rtol)
@@ -174,14 +215,21 @@ def test_loss_curve_is_the_same_on_every_backend(backend, dtype, rtol, batch_siz
 
 # ---- CLI -----------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def files(tmp_path):
     """Small lab-style files: input (6, 2, 6, 6), target (6, 2, 5, 5), plus odd variants."""
     d = generate_data(samples=6, channels=2, size=6, kernels=2, kernel_size=2, seed=0)
-    paths = {"input": tmp_path / "input_data.npy", "target": tmp_path / "target_output.npy",
-             "input3d": tmp_path / "input3d.npy", "target3d": tmp_path / "target3d.npy",
-             "target5": tmp_path / "target5.npy", "text": tmp_path / "input.txt",
-             "garbage": tmp_path / "garbage.npy", "objects": tmp_path / "objects.npy"}
+    paths = {
+        "input": tmp_path / "input_data.npy",
+        "target": tmp_path / "target_output.npy",
+        "input3d": tmp_path / "input3d.npy",
+        "target3d": tmp_path / "target3d.npy",
+        "target5": tmp_path / "target5.npy",
+        "text": tmp_path / "input.txt",
+        "garbage": tmp_path / "garbage.npy",
+        "objects": tmp_path / "objects.npy",
+    }
     np.save(paths["input"], d["input"])
     np.save(paths["target"], d["target"])
     np.save(paths["input3d"], d["input"][0])
@@ -204,9 +252,16 @@ def run_main(capsys, argv):
 
 
 def train_argv(files, **overrides):
-    opts = {"--input": files["input"], "--target": files["target"], "--kernels": 2,
-            "--kernel-size": 2, "--lr": 0.1, "--epochs": 1, "--backend": "im2col",
-            "--out": files["input"].parent / "kernels.npy"}
+    opts = {
+        "--input": files["input"],
+        "--target": files["target"],
+        "--kernels": 2,
+        "--kernel-size": 2,
+        "--lr": 0.1,
+        "--epochs": 1,
+        "--backend": "im2col",
+        "--out": files["input"].parent / "kernels.npy",
+    }
     opts.update(overrides)
     argv = ["train"]
     for key, value in opts.items():
@@ -214,27 +269,30 @@ def train_argv(files, **overrides):
     return argv
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"--input": "missing"}, "--input file not found"),
-    ({"--target": "text"}, "--target must be a .npy file"),
-    ({"--input": "text"}, "--input must be a .npy file"),
-    ({"--input": "garbage"}, "cannot read --input file"),
-    ({"--target": "objects"}, "cannot read --target file"),
-    ({"--input": "input3d"}, "must hold a 4-D NCHW array, got shape (2, 6, 6)"),
-    ({"--target": "target3d"}, "must hold a 4-D NCHW array, got shape (6, 5, 5)"),
-    ({"--target": "target5"}, "input has 6 samples but target has 5"),
-    ({"--kernel-size": 3}, "expected (4, 4)"),
-    ({"--kernels": 3}, "target has 2 channels"),
-    ({"--lr": 0}, "argument --lr: must be > 0"),
-    ({"--lr": -0.5}, "argument --lr: must be > 0"),
-    ({"--lr": "fast"}, "argument --lr: expected a float"),
-    ({"--epochs": 0}, "argument --epochs: must be > 0"),
-    ({"--epochs": 1.5}, "argument --epochs: expected a int"),
-    ({"--batch-size": 0}, "argument --batch-size: must be > 0"),
-    ({"--backend": "cudnn"}, "unknown backend 'cudnn'"),
-    ({"--lr": 1e9, "--epochs": 3}, "training diverged"),
-    ({"--out": "nodir/kernels.npy"}, "--out directory does not exist"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"--input": "missing"}, "--input file not found"),
+        ({"--target": "text"}, "--target must be a .npy file"),
+        ({"--input": "text"}, "--input must be a .npy file"),
+        ({"--input": "garbage"}, "cannot read --input file"),
+        ({"--target": "objects"}, "cannot read --target file"),
+        ({"--input": "input3d"}, "must hold a 4-D NCHW array, got shape (2, 6, 6)"),
+        ({"--target": "target3d"}, "must hold a 4-D NCHW array, got shape (6, 5, 5)"),
+        ({"--target": "target5"}, "input has 6 samples but target has 5"),
+        ({"--kernel-size": 3}, "expected (4, 4)"),
+        ({"--kernels": 3}, "target has 2 channels"),
+        ({"--lr": 0}, "argument --lr: must be > 0"),
+        ({"--lr": -0.5}, "argument --lr: must be > 0"),
+        ({"--lr": "fast"}, "argument --lr: expected a float"),
+        ({"--epochs": 0}, "argument --epochs: must be > 0"),
+        ({"--epochs": 1.5}, "argument --epochs: expected a int"),
+        ({"--batch-size": 0}, "argument --batch-size: must be > 0"),
+        ({"--backend": "cudnn"}, "unknown backend 'cudnn'"),
+        ({"--lr": 1e9, "--epochs": 3}, "training diverged"),
+        ({"--out": "nodir/kernels.npy"}, "--out directory does not exist"),
+    ],
+)
 def test_bad_input_gives_one_error_line(capsys, files, overrides, message):
     resolved = {}
     for key, value in overrides.items():
@@ -252,14 +310,47 @@ def test_bad_input_gives_one_error_line(capsys, files, overrides, message):
 
 def test_cli_round_trip_recovers_kernels(capsys, tmp_path):
     data = tmp_path / "data"
-    code, out, _ = run_main(capsys, ["generate", "--samples", 20, "--channels", 2, "--size", 8,
-                                     "--kernels", 2, "--kernel-size", 2, "--out", data,
-                                     "--seed", 1, "--from-kernels"])
+    code, out, _ = run_main(
+        capsys,
+        [
+            "generate",
+            "--samples",
+            20,
+            "--channels",
+            2,
+            "--size",
+            8,
+            "--kernels",
+            2,
+            "--kernel-size",
+            2,
+            "--out",
+            data,
+            "--seed",
+            1,
+            "--from-kernels",
+        ],
+    )
     assert code == 0 and "true_kernels.npy" in out
     saved = tmp_path / "k.npy"
-    code, out, _ = run_main(capsys, ["train", "--input", data / "input_data.npy",
-                                     "--target", data / "target_output.npy", "--lr", 0.3,
-                                     "--epochs", 40, "--out", saved, "--seed", 2])
+    code, out, _ = run_main(
+        capsys,
+        [
+            "train",
+            "--input",
+            data / "input_data.npy",
+            "--target",
+            data / "target_output.npy",
+            "--lr",
+            0.3,
+            "--epochs",
+            40,
+            "--out",
+            saved,
+            "--seed",
+            2,
+        ],
+    )
     assert code == 0
     epoch_lines = [line for line in out.splitlines() if line.startswith("Epoch ")]
     assert len(epoch_lines) == 40
@@ -268,13 +359,16 @@ def test_cli_round_trip_recovers_kernels(capsys, tmp_path):
     kernels = np.load(saved)
     assert kernels.shape == (2, 2, 2, 2) and kernels.dtype == np.float64
     np.testing.assert_allclose(kernels, np.load(data / "true_kernels.npy"), atol=1e-4, rtol=0)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "k.npy"]    # no temp files left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "k.npy"]  # no temp files left
 
 
 def test_cli_dtype_and_bias(capsys, files, tmp_path):
     saved = tmp_path / "out32.npy"
-    code, _, _ = run_main(capsys, train_argv(files, **{"--out": saved, "--epochs": 2})
-                          + ["--dtype", "float32", "--bias", "--batch-size", 4])
+    code, _, _ = run_main(
+        capsys,
+        train_argv(files, **{"--out": saved, "--epochs": 2})
+        + ["--dtype", "float32", "--bias", "--batch-size", 4],
+    )
     assert code == 0
     assert np.load(saved).dtype == np.float32 and np.load(saved).shape == (2, 2, 2, 2)
     assert np.load(bias_path(saved)).shape == (2,)
@@ -286,20 +380,49 @@ def test_cli_dtype_and_bias(capsys, files, tmp_path):
 
 def test_cli_infers_kernel_count_and_size(capsys, files, tmp_path):
     saved = tmp_path / "inferred.npy"
-    code, _, _ = run_main(capsys, ["train", "--input", files["input"], "--target", files["target"],
-                                   "--epochs", 1, "--out", saved])
+    code, _, _ = run_main(
+        capsys,
+        [
+            "train",
+            "--input",
+            files["input"],
+            "--target",
+            files["target"],
+            "--epochs",
+            1,
+            "--out",
+            saved,
+        ],
+    )
     assert code == 0 and np.load(saved).shape == (2, 2, 2, 2)
 
 
 def test_module_entry_point_help_and_error():
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "model.fitconv", *args], cwd=REPO,
-                              capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "model.fitconv", *args],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     helped = run("train", "--help")
     assert helped.returncode == 0
-    for option in ("--input", "--target", "--kernels", "--kernel-size", "--lr", "--epochs",
-                   "--backend", "--batch-size", "--bias", "--out", "--seed", "--dtype"):
+    for option in (
+        "--input",
+        "--target",
+        "--kernels",
+        "--kernel-size",
+        "--lr",
+        "--epochs",
+        "--backend",
+        "--batch-size",
+        "--bias",
+        "--out",
+        "--seed",
+        "--dtype",
+    ):
         assert option in helped.stdout
     # every option but the two required files states its default
     assert helped.stdout.count("default") >= 11 and helped.stdout.count("required") >= 2

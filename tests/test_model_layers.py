@@ -1,8 +1,9 @@
 """Layers, losses and the whole network against finite differences (float64); layer behaviour."""
+
 import numpy as np
 import pytest
-
 from kernels_helpers import numeric_grad
+
 from model import layers as L
 from model.losses import mse, softmax, softmax_cross_entropy
 from model.network import Sequential, build_network
@@ -14,7 +15,7 @@ def check_layer(layer, x, training=True, rtol=1e-6):
     r = rng.standard_normal(layer.forward(x.copy(), training).shape)
 
     def loss():
-        if isinstance(layer, L.Dropout):       # the same mask for every evaluation
+        if isinstance(layer, L.Dropout):  # the same mask for every evaluation
             return float((x * layer._mask * r).sum())
         return float((layer.forward(x, training) * r).sum())
 
@@ -23,8 +24,13 @@ def check_layer(layer, x, training=True, rtol=1e-6):
     if dx is not None:
         np.testing.assert_allclose(dx, numeric_grad(loss, x), rtol=rtol, atol=rtol)
     for name, p in layer.params.items():
-        np.testing.assert_allclose(layer.grads[name], numeric_grad(loss, p), rtol=rtol, atol=rtol,
-                                   err_msg=f"{type(layer).__name__}.{name}")
+        np.testing.assert_allclose(
+            layer.grads[name],
+            numeric_grad(loss, p),
+            rtol=rtol,
+            atol=rtol,
+            err_msg=f"{type(layer).__name__}.{name}",
+        )
 
 
 RNG = np.random.default_rng(0)
@@ -42,14 +48,18 @@ def test_pool_layer_gradients(cls):
     check_layer(cls(2, backend="im2col"), RNG.standard_normal((2, 4, 6, 3)))
 
 
-@pytest.mark.parametrize("layer, shape", [
-    (L.Dense(5, 4, rng=RNG, dtype=F64), (3, 5)),
-    (L.ReLU(), (3, 7)),
-    (L.Flatten(), (2, 3, 3, 2)),
-    (L.BatchNorm(3, dtype=F64), (4, 3)),
-    (L.BatchNorm(3, dtype=F64), (2, 3, 2, 3)),
-    (L.Dropout(0.4, rng=np.random.default_rng(5)), (4, 6)),
-], ids=["dense", "relu", "flatten", "batchnorm-dense", "batchnorm-conv", "dropout"])
+@pytest.mark.parametrize(
+    "layer, shape",
+    [
+        (L.Dense(5, 4, rng=RNG, dtype=F64), (3, 5)),
+        (L.ReLU(), (3, 7)),
+        (L.Flatten(), (2, 3, 3, 2)),
+        (L.BatchNorm(3, dtype=F64), (4, 3)),
+        (L.BatchNorm(3, dtype=F64), (2, 3, 2, 3)),
+        (L.Dropout(0.4, rng=np.random.default_rng(5)), (4, 6)),
+    ],
+    ids=["dense", "relu", "flatten", "batchnorm-dense", "batchnorm-conv", "dropout"],
+)
 def test_layer_gradients(layer, shape):
     check_layer(layer, RNG.standard_normal(shape) + 0.1)
 
@@ -60,8 +70,9 @@ def test_cross_entropy_gradient_is_p_minus_y_over_n():
     loss, grad = softmax_cross_entropy(logits, y)
     onehot = np.eye(4)[y]
     np.testing.assert_allclose(grad, (softmax(logits) - onehot) / 5)
-    np.testing.assert_allclose(grad, numeric_grad(lambda: softmax_cross_entropy(logits, y)[0], logits),
-                               atol=1e-8)
+    np.testing.assert_allclose(
+        grad, numeric_grad(lambda: softmax_cross_entropy(logits, y)[0], logits), atol=1e-8
+    )
     assert loss == pytest.approx(-np.log(softmax(logits)[np.arange(5), y]).mean())
     assert softmax_cross_entropy(logits, onehot)[0] == pytest.approx(loss)
 
@@ -136,8 +147,9 @@ def test_batchnorm_normalises_in_training_and_uses_running_stats_in_eval():
     np.testing.assert_allclose(bn.buffers["running_mean"], x.mean(axis=(0, 1, 2)))
     np.testing.assert_allclose(bn.buffers["running_var"], x.var(axis=(0, 1, 2), ddof=1))
     y_eval = bn.forward(x[:1], training=False)
-    np.testing.assert_allclose(y_eval, (x[:1] - x.mean(axis=(0, 1, 2)))
-                               / np.sqrt(x.var(axis=(0, 1, 2), ddof=1) + 1e-5))
+    np.testing.assert_allclose(
+        y_eval, (x[:1] - x.mean(axis=(0, 1, 2))) / np.sqrt(x.var(axis=(0, 1, 2), ddof=1) + 1e-5)
+    )
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -154,7 +166,7 @@ def test_networks_keep_their_dtype_and_shapes(arch, dtype):
 
 def test_he_initialisation_scale_and_seed():
     a, b = build_network("seed", seed=7), build_network("seed", seed=7)
-    w = a.layers[4].params["w"]                         # Dense(3136 -> 128)
+    w = a.layers[4].params["w"]  # Dense(3136 -> 128)
     assert w.std() == pytest.approx(np.sqrt(2 / 3136), rel=0.02)
     for (_, la, name), (_, lb, _) in zip(a.parameters(), b.parameters()):
         np.testing.assert_array_equal(la.params[name], lb.params[name])
@@ -162,18 +174,29 @@ def test_he_initialisation_scale_and_seed():
     assert not np.array_equal(c.layers[4].params["w"], w)
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda: build_network("resnet"), "unknown architecture 'resnet'"),
-    (lambda: build_network("seed", backend="cuda"), "unknown backend 'cuda'"),
-    (lambda: build_network("seed", dtype="float16"), "dtype must be one of"),
-    (lambda: build_network("seed").forward(np.zeros((2, 28, 28))), r"must be 4-D \(N, H, W, C\)"),
-    (lambda: build_network("seed").forward(np.zeros((2, 28, 28, 3))), "has 3 channels"),
-    (lambda: build_network("seed").evaluate(np.zeros((2, 28, 28, 1)), np.zeros(3, int)),
-     "x has 2 samples but y has 3"),
-    (lambda: L.Dropout(1.0), r"rate must be in \[0, 1\)"),
-    (lambda: L.Conv2D(0, 3), "in_channels must be a positive integer"),
-    (lambda: softmax_cross_entropy(np.zeros((2, 10)), np.array([0, 10])), r"must lie in \[0, 10\)"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: build_network("resnet"), "unknown architecture 'resnet'"),
+        (lambda: build_network("seed", backend="cuda"), "unknown backend 'cuda'"),
+        (lambda: build_network("seed", dtype="float16"), "dtype must be one of"),
+        (
+            lambda: build_network("seed").forward(np.zeros((2, 28, 28))),
+            r"must be 4-D \(N, H, W, C\)",
+        ),
+        (lambda: build_network("seed").forward(np.zeros((2, 28, 28, 3))), "has 3 channels"),
+        (
+            lambda: build_network("seed").evaluate(np.zeros((2, 28, 28, 1)), np.zeros(3, int)),
+            "x has 2 samples but y has 3",
+        ),
+        (lambda: L.Dropout(1.0), r"rate must be in \[0, 1\)"),
+        (lambda: L.Conv2D(0, 3), "in_channels must be a positive integer"),
+        (
+            lambda: softmax_cross_entropy(np.zeros((2, 10)), np.array([0, 10])),
+            r"must lie in \[0, 10\)",
+        ),
+    ],
+)
 def test_bad_input_gets_a_clear_error(make, message):
     with pytest.raises(ValueError, match=message):
         make()

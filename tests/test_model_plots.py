@@ -1,12 +1,18 @@
 """model.plots: the predictions grid and the training history, saved as PNG without a display."""
+
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
 from matplotlib.colors import to_rgba
 
 from model import plots
-from model.plots import (history_figure, maybe_show, plot_history, plot_predictions,
-                         predictions_figure)
+from model.plots import (
+    history_figure,
+    maybe_show,
+    plot_history,
+    plot_predictions,
+    predictions_figure,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -16,8 +22,13 @@ def no_display(monkeypatch):
 
 
 def history3():
-    return {"epoch": [1, 2, 3], "train_loss": [0.9, 0.4, 0.3], "train_acc": [0.70, 0.88, 0.92],
-            "test_loss": [0.5, 0.35, 0.3], "test_acc": [0.85, 0.90, 0.91]}
+    return {
+        "epoch": [1, 2, 3],
+        "train_loss": [0.9, 0.4, 0.3],
+        "train_acc": [0.70, 0.88, 0.92],
+        "test_loss": [0.5, 0.35, 0.3],
+        "test_acc": [0.85, 0.90, 0.91],
+    }
 
 
 def random_batch(n=10, seed=0):
@@ -25,7 +36,7 @@ def random_batch(n=10, seed=0):
     images = rng.random((n, 28, 28)).astype(np.float32)
     true = rng.integers(0, 10, n)
     pred = true.copy()
-    pred[::3] = (pred[::3] + 1) % 10        # every third prediction wrong
+    pred[::3] = (pred[::3] + 1) % 10  # every third prediction wrong
     return images, true, pred
 
 
@@ -36,7 +47,7 @@ def read_png(path):
     pixels = mpimg.imread(path)
     assert pixels.ndim == 3 and pixels.shape[2] in (3, 4)
     assert pixels.shape[0] >= 200 and pixels.shape[1] >= 300
-    assert pixels.std() > 0                     # something was drawn
+    assert pixels.std() > 0  # something was drawn
     return pixels
 
 
@@ -46,13 +57,14 @@ def titled_axes(fig):
 
 # ---- predictions -----------------------------------------------------------------------------
 
+
 def test_plot_predictions_writes_png_and_creates_parent(tmp_path):
     images, true, pred = random_batch()
     path = tmp_path / "new" / "dir" / "predictions.png"
     assert plot_predictions(images, true, pred, path) == path
     pixels = read_png(path)
-    assert pixels.shape[1] > pixels.shape[0]    # 2 rows x 5 columns: wider than tall
-    assert [p.name for p in path.parent.iterdir()] == ["predictions.png"]   # no temp file left
+    assert pixels.shape[1] > pixels.shape[0]  # 2 rows x 5 columns: wider than tall
+    assert [p.name for p in path.parent.iterdir()] == ["predictions.png"]  # no temp file left
 
 
 @pytest.mark.parametrize("layout", ["nhw_float", "nhw1_float", "nhw_uint8"])
@@ -82,7 +94,9 @@ def test_prediction_titles_show_probability_of_the_prediction():
     probs_full = np.full((10, 10), 0.01)
     probs_full[np.arange(10), pred] = 0.91
     for probs in (probs_full, probs_full[np.arange(10), pred]):
-        titles = [ax.get_title() for ax in titled_axes(predictions_figure(images, true, pred, probs))]
+        titles = [
+            ax.get_title() for ax in titled_axes(predictions_figure(images, true, pred, probs))
+        ]
         assert all(t.endswith("p=0.91") for t in titles)
 
 
@@ -94,13 +108,16 @@ def test_predictions_grid_with_fewer_or_more_than_ten_images():
     assert len(titled_axes(predictions_figure(images, true, pred))) == 10
 
 
-@pytest.mark.parametrize("bad, name", [
-    (dict(true_labels=np.zeros(9, int)), "true_labels"),
-    (dict(pred_labels=np.zeros(11, int)), "pred_labels"),
-    (dict(probs=np.ones(4)), "probs"),
-    (dict(images=np.zeros((10, 28))), "images"),
-    (dict(images=np.zeros((0, 28, 28))), "images"),
-])
+@pytest.mark.parametrize(
+    "bad, name",
+    [
+        (dict(true_labels=np.zeros(9, int)), "true_labels"),
+        (dict(pred_labels=np.zeros(11, int)), "pred_labels"),
+        (dict(probs=np.ones(4)), "probs"),
+        (dict(images=np.zeros((10, 28))), "images"),
+        (dict(images=np.zeros((0, 28, 28))), "images"),
+    ],
+)
 def test_plot_predictions_bad_input_names_the_argument(tmp_path, bad, name):
     images, true, pred = random_batch()
     kwargs = dict(images=images, true_labels=true, pred_labels=pred, path=tmp_path / "p.png")
@@ -111,6 +128,7 @@ def test_plot_predictions_bad_input_names_the_argument(tmp_path, bad, name):
 
 
 # ---- history ---------------------------------------------------------------------------------
+
 
 def line_labels(fig):
     return sorted(line.get_label() for ax in fig.axes for line in ax.get_lines())
@@ -138,14 +156,19 @@ def test_plot_history_single_epoch(tmp_path):
     read_png(plot_history(history, tmp_path / "h.png"))
     ax_loss = history_figure(history).axes[0]
     assert all(line.get_marker() not in (None, "None", "") for line in ax_loss.get_lines())
-    assert list(ax_loss.get_xticks()[(ax_loss.get_xticks() >= 0.5) & (ax_loss.get_xticks() <= 1.5)]) == [1]
+    assert list(
+        ax_loss.get_xticks()[(ax_loss.get_xticks() >= 0.5) & (ax_loss.get_xticks() <= 1.5)]
+    ) == [1]
 
 
-@pytest.mark.parametrize("no_test", [
-    {"test_loss": [], "test_acc": []},
-    {"test_loss": [None] * 3, "test_acc": [None] * 3},
-    {},
-])
+@pytest.mark.parametrize(
+    "no_test",
+    [
+        {"test_loss": [], "test_acc": []},
+        {"test_loss": [None] * 3, "test_acc": [None] * 3},
+        {},
+    ],
+)
 def test_plot_history_without_test_data(tmp_path, no_test):
     history = {k: v for k, v in history3().items() if not k.startswith("test")}
     history.update(no_test)
@@ -161,12 +184,15 @@ def test_plot_history_gap_for_a_missing_test_value():
     assert np.isnan(test_acc.get_ydata()[0])
 
 
-@pytest.mark.parametrize("change, name", [
-    (dict(train_loss=[0.9, 0.4]), "train_loss"),
-    (dict(test_acc=[0.1, 0.2, 0.3, 0.4]), "test_acc"),
-    (dict(train_acc=[]), "train_acc"),
-    (dict(epoch=[]), "epoch"),
-])
+@pytest.mark.parametrize(
+    "change, name",
+    [
+        (dict(train_loss=[0.9, 0.4]), "train_loss"),
+        (dict(test_acc=[0.1, 0.2, 0.3, 0.4]), "test_acc"),
+        (dict(train_acc=[]), "train_acc"),
+        (dict(epoch=[]), "epoch"),
+    ],
+)
 def test_plot_history_bad_lengths_name_the_key(tmp_path, change, name):
     history = history3()
     history.update(change)
@@ -176,6 +202,7 @@ def test_plot_history_bad_lengths_name_the_key(tmp_path, change, name):
 
 
 # ---- showing ---------------------------------------------------------------------------------
+
 
 def test_show_without_display_saves_and_says_so(tmp_path, capsys):
     path = plot_history(history3(), tmp_path / "h.png", show=True)

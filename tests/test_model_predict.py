@@ -1,10 +1,10 @@
 """model.predict: image loading (MNIST-style normalisation), preprocessing, and the CLI."""
+
 import gzip
 import re
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,7 +20,7 @@ LINE = re.compile(r"^(?P<path>.+): (?P<digit>\d) \(p=(?P<p>[01]\.\d{3})\)$")
 def dark_bar_on_light(height=60, width=100):
     """uint8 (height, width): a vertical black bar (a "1") on white."""
     pixels = np.full((height, width), 255, np.uint8)
-    pixels[height // 6: height - height // 6, width // 2 - 5: width // 2 + 5] = 0
+    pixels[height // 6 : height - height // 6, width // 2 - 5 : width // 2 + 5] = 0
     return pixels
 
 
@@ -57,12 +57,13 @@ class FakeNet:
 
 # ---- load_image ------------------------------------------------------------------------------
 
+
 def test_dark_on_light_png_becomes_light_on_dark(tmp_path):
     img = load_image(save_png(tmp_path / "d.png", dark_bar_on_light(60, 60)))
     assert img.shape == (28, 28) and img.dtype == np.float32
     assert img.min() == 0.0 and img.max() == pytest.approx(1.0, abs=1e-6)
     assert img.mean() < 0.5
-    assert img[0, 0] == 0 and img[14, 14] > 0.9          # black corner, white stroke in the middle
+    assert img[0, 0] == 0 and img[14, 14] > 0.9  # black corner, white stroke in the middle
 
 
 def test_resizing_keeps_aspect_and_centres_like_mnist(tmp_path):
@@ -70,14 +71,14 @@ def test_resizing_keeps_aspect_and_centres_like_mnist(tmp_path):
     img = load_image(save_png(tmp_path / "wide.png", dark_bar_on_light(60, 100)))
     assert img.shape == (28, 28)
     height, width = bbox(img)
-    assert height == 20 and 4 <= width <= 6           # longer side fitted to 20, aspect 4:1 kept
+    assert height == 20 and 4 <= width <= 6  # longer side fitted to 20, aspect 4:1 kept
     cy, cx = centre_of_mass(img)
-    assert abs(cy - 14) <= 0.75 and abs(cx - 14) <= 0.75   # where MNIST's centres of mass are
+    assert abs(cy - 14) <= 0.75 and abs(cx - 14) <= 0.75  # where MNIST's centres of mass are
 
 
 def test_off_centre_digit_is_moved_to_the_centre(tmp_path):
     pixels = np.zeros((80, 80), np.uint8)
-    pixels[2:30, 50:75] = 255                           # white blob in the top-right corner
+    pixels[2:30, 50:75] = 255  # white blob in the top-right corner
     img = load_image(save_png(tmp_path / "corner.png", pixels))
     cy, cx = centre_of_mass(img)
     assert abs(cy - 14) <= 0.75 and abs(cx - 14) <= 0.75
@@ -86,7 +87,7 @@ def test_off_centre_digit_is_moved_to_the_centre(tmp_path):
 
 def test_light_on_dark_is_not_inverted_and_mnist_sized_digit_survives(tmp_path):
     digit = np.zeros((28, 28), np.uint8)
-    digit[4:24, 12:16] = 255                            # already 20 tall and centred
+    digit[4:24, 12:16] = 255  # already 20 tall and centred
     img = load_image(save_png(tmp_path / "mnist_like.png", digit))
     assert np.abs(img - digit / 255).mean() < 0.05
 
@@ -94,13 +95,16 @@ def test_light_on_dark_is_not_inverted_and_mnist_sized_digit_survives(tmp_path):
 def test_rgb_matches_grayscale(tmp_path):
     gray = dark_bar_on_light(60, 100)
     rgb = np.repeat(gray[..., None], 3, axis=2)
-    np.testing.assert_allclose(load_image(save_png(tmp_path / "rgb.png", rgb)),
-                               load_image(save_png(tmp_path / "gray.png", gray)), atol=1e-6)
+    np.testing.assert_allclose(
+        load_image(save_png(tmp_path / "rgb.png", rgb)),
+        load_image(save_png(tmp_path / "gray.png", gray)),
+        atol=1e-6,
+    )
 
 
 def test_coloured_ink_on_white(tmp_path):
     rgb = np.full((50, 50, 3), 255, np.uint8)
-    rgb[10:40, 20:28] = (20, 40, 200)                   # blue pen
+    rgb[10:40, 20:28] = (20, 40, 200)  # blue pen
     img = load_image(save_png(tmp_path / "blue.png", rgb))
     assert img.mean() < 0.5 and img[14, 14] > 0.9
 
@@ -109,7 +113,7 @@ def test_coloured_ink_on_white(tmp_path):
 def test_rgba_digit_on_transparent_canvas(tmp_path, ink):
     """Black or white strokes on a transparent canvas both come out white on black."""
     rgba = np.zeros((64, 64, 4), np.uint8)
-    rgba[..., :3] = 255 - ink                          # invisible background colour: the opposite
+    rgba[..., :3] = 255 - ink  # invisible background colour: the opposite
     rgba[8:56, 28:36, :3] = ink
     rgba[8:56, 28:36, 3] = 255
     img = load_image(save_png(tmp_path / "rgba.png", rgba))
@@ -126,7 +130,7 @@ def test_jpeg_and_palette_images(tmp_path):
 
 
 def test_sixteen_bit_png_is_not_clipped(tmp_path):
-    pixels = (dark_bar_on_light(60, 60).astype(np.uint16) * 257)
+    pixels = dark_bar_on_light(60, 60).astype(np.uint16) * 257
     Image.fromarray(pixels).save(tmp_path / "d16.png")
     reference = load_image(save_png(tmp_path / "d8.png", dark_bar_on_light(60, 60)))
     np.testing.assert_allclose(load_image(tmp_path / "d16.png"), reference, atol=0.02)
@@ -160,13 +164,16 @@ def test_npy_input(tmp_path, dtype, scale):
 
 def test_npy_with_channel_axis_and_light_background(tmp_path):
     np.save(tmp_path / "x.npy", np.ones((28, 28, 1), np.float32))
-    assert not load_image(tmp_path / "x.npy").any()     # white page -> inverted to black
+    assert not load_image(tmp_path / "x.npy").any()  # white page -> inverted to black
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"this is not an image", "cannot read image"),
-    (b"\x89PNG\r\n\x1a\n" + b"\0" * 20, "cannot read image"),   # truncated PNG
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"this is not an image", "cannot read image"),
+        (b"\x89PNG\r\n\x1a\n" + b"\0" * 20, "cannot read image"),  # truncated PNG
+    ],
+)
 def test_unreadable_image_names_the_file(tmp_path, content, message):
     path = tmp_path / "broken.png"
     path.write_bytes(content)
@@ -179,12 +186,15 @@ def test_missing_image_names_the_file(tmp_path):
         load_image(tmp_path / "nope.png")
 
 
-@pytest.mark.parametrize("array, message", [
-    (np.zeros((28, 27)), r"\(28, 28\).*\(28, 27\)"),
-    (np.zeros((2, 28, 28)), r"\(2, 28, 28\)"),
-    (np.array(["a"] * 784).reshape(28, 28), "not numbers"),
-    (np.full((28, 28), np.nan), "NaN"),
-])
+@pytest.mark.parametrize(
+    "array, message",
+    [
+        (np.zeros((28, 27)), r"\(28, 28\).*\(28, 27\)"),
+        (np.zeros((2, 28, 28)), r"\(2, 28, 28\)"),
+        (np.array(["a"] * 784).reshape(28, 28), "not numbers"),
+        (np.full((28, 28), np.nan), "NaN"),
+    ],
+)
 def test_bad_npy_names_the_file(tmp_path, array, message):
     np.save(tmp_path / "bad.npy", array)
     with pytest.raises(ValueError, match=f"bad.npy.*{message}|{message}.*bad.npy"):
@@ -198,6 +208,7 @@ def test_corrupt_npy_names_the_file(tmp_path):
 
 
 # ---- preprocess / predict_files --------------------------------------------------------------
+
 
 def test_preprocess_shape_dtype_and_standardisation():
     img = np.linspace(0, 1, 784, dtype=np.float32).reshape(28, 28)
@@ -222,7 +233,7 @@ def test_predict_files_ranks_top_k(tmp_path):
     probs = np.array([0.01, 0.6, 0.01, 0.01, 0.3, 0.01, 0.01, 0.03, 0.01, 0.01])
     net = FakeNet(probs)
     results = predict_files(net, paths, top=3)
-    assert net.seen.shape == (2, 28, 28, 1)              # one batch for all files
+    assert net.seen.shape == (2, 28, 28, 1)  # one batch for all files
     assert [path for path, _ in results] == paths
     assert results[0][1] == [(1, 0.6), (4, 0.3), (7, 0.03)]
     assert predict_files(net, paths[:1])[0][1] == [(1, 0.6)]
@@ -232,10 +243,13 @@ def test_predict_files_ranks_top_k(tmp_path):
 
 def test_format_prediction():
     assert format_prediction("digit.png", [(7, 0.98734)]) == "digit.png: 7 (p=0.987)"
-    assert format_prediction("a/b.png", [(7, 0.9), (1, 0.05)]) == "a/b.png: 7 (p=0.900), 1 (p=0.050)"
+    assert (
+        format_prediction("a/b.png", [(7, 0.9), (1, 0.05)]) == "a/b.png: 7 (p=0.900), 1 (p=0.050)"
+    )
 
 
 # ---- CLI (fake network) ----------------------------------------------------------------------
+
 
 @pytest.fixture
 def fake_checkpoint(tmp_path, monkeypatch):
@@ -270,11 +284,14 @@ def assert_one_line_error(capsys, *fragments):
     return err
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["--top", "0"], "--top"),
-    (["--invert", "--no-invert"], "not allowed with"),
-    ([], "checkpoint"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--top", "0"], "--top"),
+        (["--invert", "--no-invert"], "not allowed with"),
+        ([], "checkpoint"),
+    ],
+)
 def test_cli_bad_arguments(tmp_path, fake_checkpoint, capsys, argv, fragment):
     base = [] if argv == [] else ["--checkpoint", str(fake_checkpoint)]
     with pytest.raises(SystemExit) as exc:
@@ -289,7 +306,7 @@ def test_cli_missing_image(tmp_path, fake_checkpoint, capsys):
         main(["--checkpoint", str(fake_checkpoint), str(a), str(tmp_path / "missing.png")])
     assert exc.value.code == 2
     assert_one_line_error(capsys, "missing.png")
-    assert capsys.readouterr().out == ""              # nothing printed for the good file either
+    assert capsys.readouterr().out == ""  # nothing printed for the good file either
 
 
 def test_cli_unreadable_image(tmp_path, fake_checkpoint, capsys):
@@ -303,9 +320,13 @@ def test_cli_unreadable_image(tmp_path, fake_checkpoint, capsys):
 def test_cli_missing_checkpoint_in_a_real_process(tmp_path):
     """Exit status 2, one stderr line naming the file, no traceback (does not need model.network)."""
     a = save_png(tmp_path / "a.png", dark_bar_on_light())
-    run = subprocess.run([sys.executable, "-m", "model.predict", "--checkpoint",
-                          str(tmp_path / "none.npz"), str(a)],
-                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "model.predict", "--checkpoint", str(tmp_path / "none.npz"), str(a)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 2 and run.stdout == ""
     assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr
     assert "checkpoint not found" in run.stderr and "none.npz" in run.stderr
@@ -318,6 +339,7 @@ def test_cli_help_documents_every_option():
 
 
 # ---- end to end with a real network (needs model.network and MNIST) --------------------------
+
 
 def mnist_test_image(mnist_dir, index=0):
     """uint8 (28, 28) test image and its label, read straight from the IDX files."""
@@ -366,7 +388,9 @@ def test_end_to_end_with_saved_seed_network(tmp_path, mnist_dir, network_module,
     main(["--checkpoint", str(checkpoint), "--top", "3", str(png)])
     out = capsys.readouterr().out.strip()
     ranked = [(int(d), float(p)) for d, p in re.findall(r"(\d) \(p=([01]\.\d{3})\)", out)]
-    assert len(ranked) == 3 and [p for _, p in ranked] == sorted((p for _, p in ranked), reverse=True)
+    assert len(ranked) == 3 and [p for _, p in ranked] == sorted(
+        (p for _, p in ranked), reverse=True
+    )
 
 
 def test_end_to_end_unreadable_checkpoint(tmp_path, network_module, capsys):

@@ -1,4 +1,5 @@
 """Optimizers, schedules, the training loop and the python -m model.train CLI."""
+
 import json
 import math
 
@@ -54,20 +55,26 @@ def test_clip_by_global_norm_keeps_direction():
 
 def test_schedules():
     assert [lr_at("none", 1.0, e, 6) for e in range(6)] == [1.0] * 6
-    assert [lr_at("step", 1.0, e, 6) for e in range(6)] == pytest.approx([1, 1, .1, .1, .01, .01])
+    assert [lr_at("step", 1.0, e, 6) for e in range(6)] == pytest.approx(
+        [1, 1, 0.1, 0.1, 0.01, 0.01]
+    )
     cosine = [lr_at("cosine", 1.0, e, 4) for e in range(4)]
-    assert cosine == pytest.approx([1.0, (1 + math.cos(math.pi / 4)) / 2, 0.5,
-                                    (1 + math.cos(3 * math.pi / 4)) / 2])
+    assert cosine == pytest.approx(
+        [1.0, (1 + math.cos(math.pi / 4)) / 2, 0.5, (1 + math.cos(3 * math.pi / 4)) / 2]
+    )
     with pytest.raises(ValueError, match="unknown schedule 'linear'"):
         lr_at("linear", 1.0, 0, 3)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(name="rmsprop"), "unknown optimizer 'rmsprop'"),
-    (dict(name="sgd", lr=0), "lr must be > 0"),
-    (dict(name="sgd", weight_decay=-1), "weight_decay must be >= 0"),
-    (dict(name="adam", clip_norm=0), "clip_norm must be > 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(name="rmsprop"), "unknown optimizer 'rmsprop'"),
+        (dict(name="sgd", lr=0), "lr must be > 0"),
+        (dict(name="sgd", weight_decay=-1), "weight_decay must be >= 0"),
+        (dict(name="adam", clip_norm=0), "clip_norm must be > 0"),
+    ],
+)
 def test_optimizer_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         make_optimizer(**kwargs)
@@ -81,15 +88,25 @@ def separable_data(n=256, seed=0, dtype=np.float32):
     x = rng.random((n, 28, 28, 1)).astype(dtype) * 0.3
     for i, label in enumerate(y):
         r, c = divmod(int(label), 5)
-        x[i, 4 + 10 * r:8 + 10 * r, 2 + 5 * c:6 + 5 * c, 0] += 1
+        x[i, 4 + 10 * r : 8 + 10 * r, 2 + 5 * c : 6 + 5 * c, 0] += 1
     return x, y
 
 
 def test_loss_falls_on_generated_data():
     x, y = separable_data()
     net = build_network("seed", seed=0)
-    history = fit(net, x, y, epochs=3, optimizer=Momentum(0.02), batch_size=32, x_test=x[:64],
-                  y_test=y[:64], progress=False, log=None)
+    history = fit(
+        net,
+        x,
+        y,
+        epochs=3,
+        optimizer=Momentum(0.02),
+        batch_size=32,
+        x_test=x[:64],
+        y_test=y[:64],
+        progress=False,
+        log=None,
+    )
     assert history["train_loss"][2] < history["train_loss"][0] * 0.5
     assert history["test_acc"][-1] > 0.9
     assert history["epoch"] == [1, 2, 3] and len(history["seconds"]) == 3
@@ -100,8 +117,19 @@ def test_same_seed_same_history_and_backends_agree():
     runs = {}
     for backend in ["im2col", "im2col", "einsum", "numba", "naive"]:
         net = build_network("deep", backend=backend, seed=1)
-        history = fit(net, x, y, epochs=1, optimizer=Adam(1e-3), batch_size=32, x_test=x[:32],
-                      y_test=y[:32], augment=True, progress=False, log=None)
+        history = fit(
+            net,
+            x,
+            y,
+            epochs=1,
+            optimizer=Adam(1e-3),
+            batch_size=32,
+            x_test=x[:32],
+            y_test=y[:32],
+            augment=True,
+            progress=False,
+            log=None,
+        )
         runs.setdefault(backend, []).append(history)
     first, again = runs["im2col"]
     assert first["train_loss"] == again["train_loss"] and first["test_loss"] == again["test_loss"]
@@ -113,7 +141,7 @@ def test_same_seed_same_history_and_backends_agree():
 
 def test_nan_loss_stops_before_touching_the_weights():
     x, y = separable_data(64)
-    x[40] = np.nan                                      # a poisoned image in the first epoch
+    x[40] = np.nan  # a poisoned image in the first epoch
     net = build_network("seed", seed=0)
     before = {k: a.copy() for k, a in net.state_arrays().items()}
     with pytest.raises(TrainingDiverged, match=r"at epoch 1, batch \d+") as info:
@@ -128,11 +156,27 @@ def test_early_stopping_restores_the_best_weights(monkeypatch):
     net = build_network("seed", seed=0)
     scripted = iter([(1.0, 0.5), (0.5, 0.8), (0.7, 0.7), (0.9, 0.6), (0.2, 0.9)])
     snapshots = []
-    monkeypatch.setattr(net, "evaluate", lambda *_: (snapshots.append(
-        {k: a.copy() for k, a in net.state_arrays().items()}), next(scripted))[1])
-    history = fit(net, x, y, epochs=5, optimizer=SGD(0.1), x_test=x, y_test=y, early_stop=2,
-                  progress=False, log=None)
-    assert history["epoch"] == [1, 2, 3, 4]             # best at 2, two worse epochs, stop
+    monkeypatch.setattr(
+        net,
+        "evaluate",
+        lambda *_: (
+            snapshots.append({k: a.copy() for k, a in net.state_arrays().items()}),
+            next(scripted),
+        )[1],
+    )
+    history = fit(
+        net,
+        x,
+        y,
+        epochs=5,
+        optimizer=SGD(0.1),
+        x_test=x,
+        y_test=y,
+        early_stop=2,
+        progress=False,
+        log=None,
+    )
+    assert history["epoch"] == [1, 2, 3, 4]  # best at 2, two worse epochs, stop
     for key, value in net.state_arrays().items():
         np.testing.assert_array_equal(value, snapshots[1][key])
 
@@ -172,13 +216,16 @@ def test_checkpoint_round_trip_keeps_weights_buffers_optimizer_and_rng(tmp_path)
     assert opt2.t == opt.t and opt2.weight_decay == 1e-4 and type(opt2) is Adam
     assert loaded.rng.random() == net.rng.random()
     np.testing.assert_array_equal(loaded.predict_proba(x), net.predict_proba(x))
-    assert not list(tmp_path.glob(".*tmp"))             # no temp files left behind
+    assert not list(tmp_path.glob(".*tmp"))  # no temp files left behind
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"not a checkpoint", "not a readable convbench checkpoint"),
-    (None, "does not exist"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"not a checkpoint", "not a readable convbench checkpoint"),
+        (None, "does not exist"),
+    ],
+)
 def test_unreadable_checkpoint_is_a_clear_error(tmp_path, content, message):
     path = tmp_path / "bad.npz"
     if content is not None:
@@ -199,6 +246,7 @@ def small_mnist_dir(tmp_path_factory):
     """A generated MNIST-format directory (IDX gz files) so CLI tests need no real data."""
     import gzip
     import struct
+
     root = tmp_path_factory.mktemp("mnist")
     for prefix, n in (("train", 200), ("t10k", 100)):
         x, y = separable_data(n, seed=len(prefix))
@@ -212,12 +260,29 @@ def small_mnist_dir(tmp_path_factory):
 
 def test_cli_prints_the_run_and_writes_every_output(capsys, tmp_path, small_mnist_dir):
     out = tmp_path / "run"
-    code, stdout, _ = run_cli(capsys, "--data-dir", small_mnist_dir, "--epochs", 2, "--out", out,
-                              "--no-progress", "--batch-size", 32)
+    code, stdout, _ = run_cli(
+        capsys,
+        "--data-dir",
+        small_mnist_dir,
+        "--epochs",
+        2,
+        "--out",
+        out,
+        "--no-progress",
+        "--batch-size",
+        32,
+    )
     assert code == 0
     lines = stdout.splitlines()
-    order = ["Loading MNIST dataset...", "Dataset loaded successfully!", "Epoch 1/2: Train Loss:",
-             "Epoch 2/2: Train Loss:", "Total training time:", "Outputs written to", "Experiment completed!"]
+    order = [
+        "Loading MNIST dataset...",
+        "Dataset loaded successfully!",
+        "Epoch 1/2: Train Loss:",
+        "Epoch 2/2: Train Loss:",
+        "Total training time:",
+        "Outputs written to",
+        "Experiment completed!",
+    ]
     positions = [next(i for i, line in enumerate(lines) if line.startswith(text)) for text in order]
     assert positions == sorted(positions)
     assert "Test Acc:" in lines[positions[2]] and "Time:" in lines[positions[2]]
@@ -227,17 +292,40 @@ def test_cli_prints_the_run_and_writes_every_output(capsys, tmp_path, small_mnis
     for name in ("last.npz", "best.npz", "predictions.png", "history.png"):
         assert (out / name).stat().st_size > 0, name
     import matplotlib.image
+
     assert matplotlib.image.imread(out / "history.png").ndim == 3
 
 
 def test_resume_matches_an_uninterrupted_run(capsys, tmp_path, small_mnist_dir):
-    common = ["--data-dir", small_mnist_dir, "--no-progress", "--batch-size", 32, "--optimizer",
-              "adam", "--augment", "--arch", "deep", "--schedule", "cosine", "--standardize"]
+    common = [
+        "--data-dir",
+        small_mnist_dir,
+        "--no-progress",
+        "--batch-size",
+        32,
+        "--optimizer",
+        "adam",
+        "--augment",
+        "--arch",
+        "deep",
+        "--schedule",
+        "cosine",
+        "--standardize",
+    ]
     assert run_cli(capsys, *common, "--epochs", 3, "--out", tmp_path / "straight")[0] == 0
     assert run_cli(capsys, *common, "--epochs", 1, "--out", tmp_path / "part")[0] == 0
-    code, stdout, _ = run_cli(capsys, "--resume", tmp_path / "part" / "last.npz", "--epochs", 3,
-                              "--out", tmp_path / "part", "--no-progress",
-                              "--data-dir", small_mnist_dir)
+    code, stdout, _ = run_cli(
+        capsys,
+        "--resume",
+        tmp_path / "part" / "last.npz",
+        "--epochs",
+        3,
+        "--out",
+        tmp_path / "part",
+        "--no-progress",
+        "--data-dir",
+        small_mnist_dir,
+    )
     assert code == 0 and "Resuming" in stdout
     straight = json.loads((tmp_path / "straight" / "history.json").read_text())
     resumed = json.loads((tmp_path / "part" / "history.json").read_text())
@@ -261,30 +349,47 @@ def test_ctrl_c_saves_a_checkpoint_and_the_history(capsys, tmp_path, small_mnist
 
     monkeypatch.setattr(training, "_train_epoch", interrupted_in_epoch_two)
     out = tmp_path / "run"
-    code, stdout, _ = run_cli(capsys, "--data-dir", small_mnist_dir, "--epochs", 3, "--out", out,
-                              "--no-progress")
+    code, stdout, _ = run_cli(
+        capsys, "--data-dir", small_mnist_dir, "--epochs", 3, "--out", out, "--no-progress"
+    )
     assert code == 130 and "Interrupted" in stdout
     assert json.loads((out / "history.json").read_text())["epoch"] == [1]
     assert load_network(out / "interrupted.npz").meta["interrupted"] is True
     assert load_network(out / "last.npz").meta["epoch"] == 1
 
 
-def test_nan_loss_in_the_cli_names_epoch_and_keeps_the_last_checkpoint(capsys, tmp_path,
-                                                                      small_mnist_dir):
+def test_nan_loss_in_the_cli_names_epoch_and_keeps_the_last_checkpoint(
+    capsys, tmp_path, small_mnist_dir
+):
     out = tmp_path / "run"
-    code, _, stderr = run_cli(capsys, "--data-dir", small_mnist_dir, "--epochs", 3, "--out", out,
-                              "--no-progress", "--optimizer", "sgd", "--lr", "1e30")
+    code, _, stderr = run_cli(
+        capsys,
+        "--data-dir",
+        small_mnist_dir,
+        "--epochs",
+        3,
+        "--out",
+        out,
+        "--no-progress",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "1e30",
+    )
     assert code == 1
     assert "at epoch" in stderr and "batch" in stderr and "last good checkpoint" in stderr
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--epochs", "-1"], "must be >= 0"),
-    (["--batch-size", "0"], "must be a positive integer"),
-    (["--backend", "cuda"], "invalid choice: 'cuda'"),
-    (["--optimizer", "rmsprop"], "invalid choice: 'rmsprop'"),
-    (["--lr", "-0.1"], "must be > 0"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--epochs", "-1"], "must be >= 0"),
+        (["--batch-size", "0"], "must be a positive integer"),
+        (["--backend", "cuda"], "invalid choice: 'cuda'"),
+        (["--optimizer", "rmsprop"], "invalid choice: 'rmsprop'"),
+        (["--lr", "-0.1"], "must be > 0"),
+    ],
+)
 def test_cli_rejects_bad_arguments(capsys, argv, message):
     with pytest.raises(SystemExit) as info:
         train_cli.main(argv)
@@ -302,8 +407,20 @@ def test_cli_unreadable_checkpoint_and_missing_data(capsys, tmp_path):
 
 def test_real_mnist_2000_images_reach_90_percent_in_two_epochs(capsys, tmp_path, mnist_dir):
     out = tmp_path / "run"
-    code, stdout, _ = run_cli(capsys, "--data-dir", mnist_dir, "--train-limit", 2000,
-                              "--epochs", 2, "--batch-size", 32, "--out", out, "--no-progress")
+    code, stdout, _ = run_cli(
+        capsys,
+        "--data-dir",
+        mnist_dir,
+        "--train-limit",
+        2000,
+        "--epochs",
+        2,
+        "--batch-size",
+        32,
+        "--out",
+        out,
+        "--no-progress",
+    )
     assert code == 0
     history = json.loads((out / "history.json").read_text())
     assert history["test_acc"][-1] >= 0.90, stdout

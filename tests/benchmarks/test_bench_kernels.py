@@ -7,6 +7,7 @@ backends side by side.
 Inputs and the forward context for backward are built outside the timed body (bench.layers).
 JIT backends are compiled (warmup) once per session before any timing.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,18 +29,23 @@ def backend_or_skip(name: str, case, request) -> str:
     """Skip (with the reason) a backend that is unavailable, broken, or too slow for the case."""
     if name not in _warmed:
         try:
-            warm_up_backend(name)          # numba compiles here, never inside a timed round
+            warm_up_backend(name)  # numba compiles here, never inside a timed round
             _warmed[name] = None
-        except Exception as exc:          # a backend still being written: skip, don't error
+        except Exception as exc:  # a backend still being written: skip, don't error
             _warmed[name] = f"{type(exc).__name__}: {exc}"
     if _warmed[name]:
         pytest.skip(f"backend {name} unusable: {_warmed[name]}")
     if name in case.skip:
         pytest.skip(f"{name} skipped: {case.skip[name]}")
-    if (name == "naive" and request.config.option.benchmark_disable
-            and (case.flops or 0) > SMOKE_NAIVE_MAX_FLOPS):
-        pytest.skip("naive on a GFLOP-scale case: left out of the untimed smoke run "
-                    "(runs under --benchmark-only)")
+    if (
+        name == "naive"
+        and request.config.option.benchmark_disable
+        and (case.flops or 0) > SMOKE_NAIVE_MAX_FLOPS
+    ):
+        pytest.skip(
+            "naive on a GFLOP-scale case: left out of the untimed smoke run "
+            "(runs under --benchmark-only)"
+        )
     return name
 
 
@@ -64,7 +70,12 @@ def test_conv_forward_backward(benchmark, case, backend, request):
     benchmark.group = f"{case.name}: conv forward+backward"
     benchmark.extra_info["gflop"] = 3 * case.flops / 1e9
     dx, dw, db = benchmark(ops["forward_backward"])
-    assert dx.shape == case.geometry().x_shape and dw.shape == (case.k, case.k, case.c_in, case.c_out)
+    assert dx.shape == case.geometry().x_shape and dw.shape == (
+        case.k,
+        case.k,
+        case.c_in,
+        case.c_out,
+    )
     assert np.isfinite(dw).all()
 
 
