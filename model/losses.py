@@ -1,15 +1,53 @@
-"""Losses: each returns (mean loss over the batch, gradient with respect to its input).
+"""Losses, and the targets they compare against.
+
+Each loss returns (mean loss over the batch, gradient with respect to its input).
 
 softmax(logits)                         logits: (N, K) -> probabilities (N, K)
 softmax_cross_entropy(logits, y)        y: (N, K) one-hot or (N,) integer labels
 mse(pred, target)                       any matching shapes
+one_hot(labels)                         (N,) integer labels -> (N, K) zeros and ones
+class_indices(y)                        (N, K) one-hot or (N,) labels -> (N,) labels
+NonFiniteLoss                           raised when a training step's loss is NaN or infinite
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .data import one_hot
+NUM_CLASSES = 10  # MNIST's digits: one_hot's default
+
+
+class NonFiniteLoss(FloatingPointError):
+    """A training step's loss was NaN or infinite (`loss`); the step was not applied."""
+
+    def __init__(self, loss: float):
+        super().__init__(f"loss became {loss}")
+        self.loss = loss
+
+
+def one_hot(labels: np.ndarray, num_classes: int = NUM_CLASSES, dtype=np.float32) -> np.ndarray:
+    """(N,) integer labels in [0, num_classes) -> (N, num_classes) `dtype` of zeros and ones."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be a 1-D integer array, got {labels.dtype} {labels.shape}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+    bad = (labels < 0) | (labels >= num_classes)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(
+            f"labels must lie in [0, {num_classes}): labels[{i}] = {labels[i]} "
+            f"({int(bad.sum())} out of range)"
+        )
+    out = np.zeros((len(labels), num_classes), dtype=dtype)
+    out[np.arange(len(labels)), labels] = 1
+    return out
+
+
+def class_indices(y) -> np.ndarray:
+    """y: (N, K) one-hot (or scores) -> (N,) argmax; (N,) labels are returned as they are."""
+    y = np.asarray(y)
+    return y.argmax(axis=1) if y.ndim == 2 else y
 
 
 def _shift(logits):

@@ -21,8 +21,9 @@ import numpy as np
 
 from . import layers as L
 from .atomic import write_atomically
-from .losses import softmax, softmax_cross_entropy
+from .losses import NonFiniteLoss, class_indices, softmax, softmax_cross_entropy
 from .optim import OPTIMIZERS, Optimizer
+from .training import fit
 
 ARCHITECTURES = ("seed", "deep")
 DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -73,14 +74,6 @@ def resolve_dtype(dtype) -> np.dtype:
     if dtype not in (np.float32, np.float64):
         raise ValueError(f"dtype must be float32 or float64, got {dtype}")
     return dtype
-
-
-class NonFiniteLoss(FloatingPointError):
-    """A training step's loss was NaN or infinite (`loss`); the step was not applied."""
-
-    def __init__(self, loss: float):
-        super().__init__(f"loss became {loss}")
-        self.loss = loss
 
 
 def build_network(arch="seed", backend="im2col", dtype=np.float32, seed=0) -> Sequential:
@@ -153,12 +146,10 @@ class Sequential:
             raise NonFiniteLoss(loss)
         self.backward(dlogits)
         self.update(optimizer)
-        return loss, int((logits.argmax(axis=1) == _labels(yb)).sum())
+        return loss, int((logits.argmax(axis=1) == class_indices(yb)).sum())
 
     def train(self, x, y, epochs=1, optimizer=None, batch_size=64, **kwargs):
         """Epochs of shuffled mini-batches; see model.training.fit for every option."""
-        from .training import fit
-
         return fit(self, x, y, epochs=epochs, optimizer=optimizer, batch_size=batch_size, **kwargs)
 
     # ---- inference -------------------------------------------------------------------------
@@ -187,7 +178,7 @@ class Sequential:
             logits = self.forward(x[i : i + batch_size])
             loss, _ = softmax_cross_entropy(logits, y[i : i + batch_size])
             loss_sum += loss * len(logits)
-            correct += int((logits.argmax(axis=1) == _labels(y[i : i + batch_size])).sum())
+            correct += int((logits.argmax(axis=1) == class_indices(y[i : i + batch_size])).sum())
         return loss_sum / len(x), correct / len(x)
 
     # ---- state and checkpoints -------------------------------------------------------------
@@ -291,9 +282,3 @@ def load_network(path, backend=None, with_optimizer=False):
             {"t": t}, {k[len("optim/") :]: v for k, v in arrays.items() if k.startswith("optim/")}
         )
     return net, optimizer
-
-
-def _labels(y):
-    """(N, K) one-hot or (N,) labels -> (N,) labels."""
-    y = np.asarray(y)
-    return y.argmax(axis=1) if y.ndim == 2 else y

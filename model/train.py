@@ -22,7 +22,8 @@ import numpy as np
 from kernels import BACKEND_NAMES
 from kernels.memory import keep_freed_memory
 
-from .data import load_mnist, scale, standardize, standardize_stats, subset
+from .batches import scale, standardize, standardize_stats, subset
+from .mnist import load_mnist
 from .network import ARCHITECTURES, DTYPES, build_network, load_network, read_checkpoint
 from .optim import OPTIMIZERS, SCHEDULES, make_optimizer
 from .training import TRAIN_BLAS_THREADS, TrainingDiverged, fit, new_history, save_history

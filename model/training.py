@@ -22,8 +22,9 @@ from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from .atomic import write_atomically
-from .data import augment_batch, iterate_batches, num_batches
-from .network import NonFiniteLoss, _labels
+from .augment import augment_batch
+from .batches import iterate_batches, num_batches
+from .losses import NonFiniteLoss, class_indices
 from .optim import lr_at
 
 # BLAS threads to train with. The model's GEMMs are small (the largest is 64 x 3136 x 128), so a
@@ -131,7 +132,7 @@ def _fit(
 ):
     history = new_history() if history is None else history
     base_lr = optimizer.lr if base_lr is None else base_lr
-    labels = _labels(y)
+    labels = class_indices(y)
     best_loss, waited = _best_so_far(history)
     for epoch in range(len(history["epoch"]), epochs):
         optimizer.lr = lr_at(schedule, base_lr, epoch, epochs)

@@ -1,5 +1,5 @@
-"""model.data: MNIST sources (directory, env, cache, loopback download), IDX errors, batch helpers,
-augmentation. Everything but the two real-MNIST tests uses small synthetic files in tmp_path."""
+"""model.mnist: MNIST sources (directory, env, cache, loopback download) and IDX errors. Everything
+but the two real-MNIST tests uses small synthetic files in tmp_path."""
 
 import gzip
 import hashlib
@@ -10,26 +10,16 @@ import threading
 import numpy as np
 import pytest
 
-from model import data
-from model.data import (
+from model import mnist as data
+from model.mnist import (
     FILES,
     MNIST,
     DownloadError,
     MNISTFormatError,
-    augment_batch,
     default_cache_dir,
     download_mnist,
-    iterate_batches,
     load_mnist,
-    num_batches,
-    one_hot,
     read_idx,
-    scale,
-    standardize,
-    standardize_stats,
-    subset,
-    to_nhwc,
-    transform_batch,
 )
 
 IMAGES, LABELS = "train-images-idx3-ubyte", "train-labels-idx1-ubyte"
@@ -476,168 +466,3 @@ def test_default_cache_dir(monkeypatch, tmp_path):
 def test_files_table():
     assert sorted(FILES) == sorted(base + ".gz" for base, _ in data.IDX_FILES.values())
     assert all(len(sha) == 64 and int(sha, 16) >= 0 for sha in FILES.values())
-
-
-# ---- arrays for training -------------------------------------------------------------------------
-
-
-def test_to_nhwc_and_scale():
-    x = np.array([[[0, 255], [51, 102]]], dtype=np.uint8)  # (1, 2, 2)
-    nhwc = to_nhwc(x)
-    assert nhwc.shape == (1, 2, 2, 1) and np.shares_memory(nhwc, x)
-    scaled = scale(x)
-    assert scaled.shape == (1, 2, 2, 1) and scaled.dtype == np.float32
-    np.testing.assert_array_equal(scaled[..., 0], np.float32([[[0, 1], [0.2, 0.4]]]))
-    assert scale(nhwc, dtype=np.float64).dtype == np.float64
-    with pytest.raises(ValueError, match="x_uint8 must be uint8"):
-        scale(scaled)
-    with pytest.raises(ValueError, match=r"x must be \(N, H, W\)"):
-        to_nhwc(nhwc)
-
-
-def test_standardize():
-    x = scale(np.random.default_rng(0).integers(0, 256, (50, 4, 4), dtype=np.uint8))
-    mean, std = standardize_stats(x)
-    assert isinstance(mean, float) and isinstance(std, float)
-    z = standardize(x, mean, std)
-    assert z.dtype == np.float32 and z.shape == x.shape
-    assert abs(float(z.mean())) < 1e-5 and abs(float(z.std()) - 1) < 1e-5
-    with pytest.raises(ValueError, match="x must be floating"):
-        standardize(np.zeros(3, np.uint8), 0.0, 1.0)
-    with pytest.raises(ValueError, match="standard deviation"):
-        standardize_stats(np.ones((2, 2), np.float32))
-
-
-def test_one_hot():
-    out = one_hot(np.array([0, 3, 9], np.uint8))
-    assert out.shape == (3, 10) and out.dtype == np.float32
-    np.testing.assert_array_equal(out.argmax(axis=1), [0, 3, 9])
-    np.testing.assert_array_equal(out.sum(axis=1), 1)
-    assert one_hot([1, 0], num_classes=2, dtype=np.float64).dtype == np.float64
-    with pytest.raises(ValueError, match=r"\[0, 10\): labels\[1\] = 10"):
-        one_hot(np.array([2, 10, 11]))
-    with pytest.raises(ValueError, match=r"labels\[0\] = -1"):
-        one_hot(np.array([-1]))
-    with pytest.raises(ValueError, match="1-D integer"):
-        one_hot(np.array([0.0, 1.0]))
-
-
-def test_subset():
-    x, y = np.arange(10), np.arange(10) * 2
-    assert subset(x, y, None, "--train-limit")[0] is x
-    xs, ys = subset(x, y, 3, "--train-limit")
-    np.testing.assert_array_equal(xs, [0, 1, 2])
-    np.testing.assert_array_equal(ys, [0, 2, 4])
-    assert len(subset(x, y, 100, "--train-limit")[0]) == 10
-    for bad in (0, -5, 2.5):
-        with pytest.raises(ValueError, match="--train-limit must be a positive integer"):
-            subset(x, y, bad, "--train-limit")
-
-
-def test_iterate_batches_shuffled():
-    x = np.arange(10)[:, None] * np.ones((1, 3))
-    y = np.arange(10)
-    batches = list(iterate_batches(x, y, 4, rng=np.random.default_rng(5)))
-    assert [len(yb) for _, yb in batches] == [4, 4, 2] and num_batches(10, 4) == 3
-    seen = np.concatenate([yb for _, yb in batches])
-    assert sorted(seen) == list(range(10)) and list(seen) != list(range(10))
-    for xb, yb in batches:
-        np.testing.assert_array_equal(xb[:, 0], yb)  # images stay with their labels
-    again = np.concatenate([yb for _, yb in iterate_batches(x, y, 4, np.random.default_rng(5))])
-    np.testing.assert_array_equal(again, seen)
-    other = np.concatenate([yb for _, yb in iterate_batches(x, y, 4, np.random.default_rng(6))])
-    assert list(other) != list(seen)
-
-
-def test_iterate_batches_in_order_and_errors():
-    x, y = np.arange(7), np.arange(7)
-    assert [list(yb) for _, yb in iterate_batches(x, y, 3)] == [[0, 1, 2], [3, 4, 5], [6]]
-    assert [len(yb) for _, yb in iterate_batches(x, y, 7)] == [7]
-    assert list(iterate_batches(x[:0], y[:0], 3)) == []
-    assert num_batches(0, 3) == 0 and num_batches(7, 7) == 1 and num_batches(8, 7) == 2
-    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
-        iterate_batches(x, y, 0)  # raised at the call, not at the first next()
-    with pytest.raises(ValueError, match="batch_size"):
-        num_batches(5, 0)
-    with pytest.raises(ValueError, match="differ in length"):
-        iterate_batches(x, y[:3], 2)
-    with pytest.raises(TypeError, match="Generator"):
-        iterate_batches(x, y, 2, rng=0)
-
-
-# ---- augmentation --------------------------------------------------------------------------------
-
-
-def _images(n=5, size=12, channels=1, dtype=np.float32, seed=0):
-    return np.random.default_rng(seed).random((n, size, size, channels)).astype(dtype)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_augment_keeps_shape_and_dtype(dtype):
-    x = _images(channels=2, dtype=dtype)
-    out = augment_batch(x, np.random.default_rng(0))
-    assert out.shape == x.shape and out.dtype == dtype
-    assert not np.shares_memory(out, x)
-    assert np.all(out >= 0) and np.all(out <= 1 + 1e-6)  # bilinear mixes, never extrapolates
-
-
-def test_augment_empty_batch():
-    x = np.zeros((0, 28, 28, 1), np.float32)
-    assert augment_batch(x, np.random.default_rng(0)).shape == x.shape
-
-
-def test_augment_zero_is_identity():
-    x = _images()
-    np.testing.assert_array_equal(augment_batch(x, np.random.default_rng(0), 0, 0.0), x)
-
-
-def test_transform_pure_shift_moves_pixels():
-    x = _images(n=3)
-    shifts = np.array([[1, -2], [0, 0], [-3, 3]])
-    out = transform_batch(x, shifts, np.zeros(3))
-    for i, (dy, dx) in enumerate(shifts):
-        expected = np.zeros_like(x[i])
-        h, w = x.shape[1:3]
-        expected[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = x[
-            i, max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)
-        ]
-        np.testing.assert_array_equal(out[i], expected)
-
-
-def test_augment_shift_only_moves_a_pixel_within_range():
-    x = np.zeros((20, 9, 9, 1), np.float32)
-    x[:, 4, 4] = 1.0
-    out = augment_batch(x, np.random.default_rng(1), max_shift=2, max_degrees=0.0)
-    for image in out[..., 0]:
-        (r,), (c,) = np.nonzero(image)
-        assert image[r, c] == 1.0 and abs(r - 4) <= 2 and abs(c - 4) <= 2
-    moved = {tuple(np.argwhere(image[..., 0])[0]) for image in out}
-    assert len(moved) > 1
-
-
-def test_transform_rotation_by_90_degrees():
-    x = _images(n=2, size=7)
-    out = transform_batch(x, np.zeros((2, 2)), np.array([90.0, -90.0]))
-    np.testing.assert_allclose(out[0], np.rot90(x[0], k=1), atol=1e-6)
-    np.testing.assert_allclose(out[1], np.rot90(x[1], k=-1), atol=1e-6)
-
-
-def test_augment_deterministic_for_seed():
-    x = _images()
-    a = augment_batch(x, np.random.default_rng(7))
-    b = augment_batch(x, np.random.default_rng(7))
-    c = augment_batch(x, np.random.default_rng(8))
-    np.testing.assert_array_equal(a, b)
-    assert not np.array_equal(a, c)
-
-
-def test_augment_bad_arguments():
-    x = _images()
-    with pytest.raises(TypeError, match="rng"):
-        augment_batch(x, 0)
-    with pytest.raises(ValueError, match="max_shift"):
-        augment_batch(x, np.random.default_rng(0), max_shift=-1)
-    with pytest.raises(ValueError, match="max_degrees"):
-        augment_batch(x, np.random.default_rng(0), max_degrees=-1.0)
-    with pytest.raises(ValueError, match=r"\(N, H, W, C\) floating"):
-        augment_batch(x[..., 0], np.random.default_rng(0))

@@ -1,0 +1,81 @@
+"""Augmentation of training batches: random shifts and rotations, resampled bilinearly.
+
+>>> from model.augment import augment_batch
+>>> xb = augment_batch(xb, rng)   # (N, H, W, C) float -> same shape and dtype, a new array
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _check_images(x) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 4 or not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"x must be (N, H, W, C) floating, got {x.dtype} {x.shape}")
+    return x
+
+
+def transform_batch(x: np.ndarray, shifts, degrees) -> np.ndarray:
+    """Rotate each image about its centre by degrees[i], then shift it by shifts[i] = (dy, dx) px.
+
+    x: (N, H, W, C) float; shifts: (N, 2) (positive dy moves content down, dx right); degrees: (N,).
+    Returns (N, H, W, C) of x's dtype. Each output pixel is sampled bilinearly from the input at
+    the inverse-mapped position, all samples at once by fancy indexing; positions outside the
+    image read zero. Integer shifts without rotation move pixels exactly.
+    """
+    x = _check_images(x)
+    n, h, w, _ = x.shape
+    shifts = np.asarray(shifts, dtype=np.float64)
+    theta = np.deg2rad(np.asarray(degrees, dtype=np.float64))
+    if shifts.shape != (n, 2):
+        raise ValueError(f"shifts must be ({n}, 2), got {shifts.shape}")
+    if theta.shape != (n,):
+        raise ValueError(f"degrees must be ({n},), got {theta.shape}")
+
+    cy, cx = (h - 1) / 2, (w - 1) / 2
+    rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")  # (H, W)
+    # Output pixel relative to the centre, shift undone: (N, H, W).
+    out_y = rows - cy - shifts[:, 0, None, None]
+    out_x = cols - cx - shifts[:, 1, None, None]
+    cos, sin = np.cos(theta)[:, None, None], np.sin(theta)[:, None, None]
+    # The inverse rotation (the transpose) tells where in the input each output pixel comes from.
+    src_y = cos * out_y + sin * out_x + cy
+    src_x = -sin * out_y + cos * out_x + cx
+
+    y0, x0 = np.floor(src_y), np.floor(src_x)
+    wy, wx = src_y - y0, src_x - x0
+    y0, x0 = y0.astype(np.intp), x0.astype(np.intp)
+    batch = np.arange(n)[:, None, None]
+    out = np.zeros_like(x)
+    for dy, weight_y in ((0, 1 - wy), (1, wy)):
+        for dx, weight_x in ((0, 1 - wx), (1, wx)):
+            yy, xx = y0 + dy, x0 + dx
+            inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+            weight = (weight_y * weight_x * inside).astype(x.dtype)
+            # Clipped indices keep the gather legal; their weight is zero when they were outside.
+            out += weight[..., None] * x[batch, np.clip(yy, 0, h - 1), np.clip(xx, 0, w - 1)]
+    return out
+
+
+def augment_batch(
+    x: np.ndarray, rng: np.random.Generator, max_shift: int = 2, max_degrees: float = 10.0
+) -> np.ndarray:
+    """Random shift and rotation per image, for training batches only.
+
+    x: (N, H, W, C) float -> (N, H, W, C) same dtype, a new array. Per image: integer shifts dy, dx
+    uniform in [-max_shift, max_shift] and a rotation uniform in [-max_degrees, max_degrees]
+    degrees (drawn from rng in that order, so the same seed gives the same batch); zero fill
+    where the image moved away. See transform_batch.
+    """
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    if isinstance(max_shift, bool) or not isinstance(max_shift, (int, np.integer)) or max_shift < 0:
+        raise ValueError(f"max_shift must be a non-negative integer, got {max_shift!r}")
+    if not max_degrees >= 0:
+        raise ValueError(f"max_degrees must be non-negative, got {max_degrees!r}")
+    # Checked before drawing, so a bad call leaves rng's stream untouched.
+    n = len(_check_images(x))
+    shifts = rng.integers(-max_shift, max_shift + 1, size=(n, 2))
+    degrees = rng.uniform(-max_degrees, max_degrees, size=n)
+    return transform_batch(x, shifts, degrees)
