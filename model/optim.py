@@ -12,6 +12,10 @@ import math
 
 import numpy as np
 
+# The learning rate each optimizer uses when none is given: by make_optimizer / the classes
+# (lr=None), by `python -m model.train` without --lr, and by the benchmark's training epoch.
+DEFAULT_LR = {"sgd": 0.1, "momentum": 0.05, "adam": 1e-3}
+
 
 def global_norm(grads) -> float:
     """sqrt of the sum of squares of every gradient array (accumulated in float64)."""
@@ -32,10 +36,9 @@ class Optimizer:
     """Base: weight decay and clipping are applied here; subclasses define `_update`."""
 
     name = ""
-    default_lr = 0.01
 
     def __init__(self, lr=None, weight_decay=0.0, clip_norm=None):
-        lr = self.default_lr if lr is None else lr
+        lr = DEFAULT_LR[self.name] if lr is None else lr
         if not lr > 0:
             raise ValueError(f"learning rate lr must be > 0, got {lr!r}")
         if weight_decay < 0:
@@ -94,7 +97,7 @@ class Optimizer:
 class SGD(Optimizer):
     """p -= lr * g"""
 
-    name, default_lr = "sgd", 0.1
+    name = "sgd"
 
     def _update(self, key, p, g):
         p -= p.dtype.type(self.lr) * g
@@ -103,7 +106,7 @@ class SGD(Optimizer):
 class Momentum(Optimizer):
     """Heavy-ball momentum: v = momentum * v + g;  p -= lr * v  (PyTorch's convention)."""
 
-    name, default_lr = "momentum", 0.01
+    name = "momentum"
 
     def __init__(self, lr=None, momentum=0.9, weight_decay=0.0, clip_norm=None):
         super().__init__(lr, weight_decay, clip_norm)
@@ -124,7 +127,7 @@ class Momentum(Optimizer):
 class Adam(Optimizer):
     """Adam (Kingma & Ba) with bias correction."""
 
-    name, default_lr = "adam", 1e-3
+    name = "adam"
 
     def __init__(self, lr=None, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, clip_norm=None):
         super().__init__(lr, weight_decay, clip_norm)
@@ -149,7 +152,7 @@ OPTIMIZERS = {cls.name: cls for cls in (SGD, Momentum, Adam)}
 
 
 def make_optimizer(name: str, lr=None, weight_decay=0.0, clip_norm=None) -> Optimizer:
-    """Optimizer by name ('sgd', 'momentum', 'adam'); lr None = that optimizer's default."""
+    """Optimizer by name ('sgd', 'momentum', 'adam'); lr None = DEFAULT_LR[name]."""
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
     return OPTIMIZERS[name](lr=lr, weight_decay=weight_decay, clip_norm=clip_norm)

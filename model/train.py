@@ -25,11 +25,10 @@ from kernels.memory import keep_freed_memory
 from .batches import scale, standardize, standardize_stats, subset
 from .mnist import load_mnist
 from .network import ARCHITECTURES, DTYPES, build_network, load_network, read_checkpoint
-from .optim import OPTIMIZERS, SCHEDULES, make_optimizer
+from .optim import DEFAULT_LR, OPTIMIZERS, SCHEDULES, make_optimizer
 from .training import TRAIN_BLAS_THREADS, TrainingDiverged, fit, new_history, save_history
 
 DEFAULT_EPOCHS = 3
-DEFAULT_LR = {"sgd": 0.1, "momentum": 0.05, "adam": 1e-3}
 
 
 def positive_int(text):

@@ -10,7 +10,15 @@ from model import train as train_cli
 from model import training
 from model.layers import Dense, Flatten
 from model.network import Sequential, build_network, load_network
-from model.optim import SGD, Adam, Momentum, clip_by_global_norm, lr_at, make_optimizer
+from model.optim import (
+    DEFAULT_LR,
+    SGD,
+    Adam,
+    Momentum,
+    clip_by_global_norm,
+    lr_at,
+    make_optimizer,
+)
 from model.training import TrainingDiverged, fit
 
 
@@ -30,6 +38,13 @@ def test_sgd_momentum_adam_match_their_formulas():
     # Adam's first step moves every coordinate by lr (bias-corrected m / sqrt(v) = sign(g))
     p = _one_param(Adam(0.01), np.array([1.0, 1.0]), g)
     assert np.allclose(p, 1 - 0.01 * np.sign(g), atol=1e-7)
+
+
+def test_one_default_learning_rate_table():
+    assert DEFAULT_LR == {"sgd": 0.1, "momentum": 0.05, "adam": 1e-3}  # the README's defaults
+    for name, cls in (("sgd", SGD), ("momentum", Momentum), ("adam", Adam)):
+        assert make_optimizer(name).lr == cls().lr == DEFAULT_LR[name]
+    assert train_cli.build_parser().parse_args([]).lr is None  # the CLI falls back on the table
 
 
 def test_weight_decay_applies_only_where_asked():
