@@ -1,6 +1,6 @@
 """The network: an ordered list of layers with forward, backward, update, evaluate, predict, save.
 
-    net = build_network("seed", backend="im2col", dtype=np.float32, seed=0)
+    net = build_network("small", backend="im2col", dtype=np.float32, seed=0)
     logits = net.forward(x)                       # x: (N, 28, 28, 1) -> (N, 10)
     loss, correct = net.train_step(xb, yb, opt)   # one mini-batch: forward, backward, update
     net.train(x, y, epochs=3, optimizer=opt)      # epochs of mini-batches (model.training.fit)
@@ -25,7 +25,9 @@ from .losses import NonFiniteLoss, class_indices, softmax, softmax_cross_entropy
 from .optim import OPTIMIZERS, Optimizer
 from .training import fit
 
-ARCHITECTURES = ("seed", "deep")
+ARCHITECTURES = ("small", "deep")
+# Names architectures had in older checkpoints; accepted when reading one, nowhere else.
+LEGACY_ARCHITECTURES = {"seed": "small"}
 DTYPES = {"float32": np.float32, "float64": np.float64}
 
 
@@ -34,7 +36,7 @@ def _build_layers(arch, backend, dtype, rng):
     and where a window's maximum is <= 0 both orders give zero gradient), so the network computes
     exactly Conv -> ReLU -> MaxPool while the ReLU touches 4x fewer values (~0.5 ms per batch)."""
     conv = dict(backend=backend, rng=rng, dtype=dtype)
-    if arch == "seed":
+    if arch == "small":
         return [
             L.Conv2D(1, 16, 3, padding=1, need_dx=False, **conv),
             L.MaxPool2D(2, backend=backend),
@@ -76,8 +78,12 @@ def resolve_dtype(dtype) -> np.dtype:
     return dtype
 
 
-def build_network(arch="seed", backend="im2col", dtype=np.float32, seed=0) -> Sequential:
-    """A named architecture ('seed' or 'deep') for (N, 28, 28, 1) inputs and 10 classes.
+def build_network(arch="small", backend="im2col", dtype=np.float32, seed=0) -> Sequential:
+    """A named architecture for (N, 28, 28, 1) inputs and 10 classes.
+
+    small: Conv(1->16, 3x3) -> ReLU -> MaxPool 2 -> Dense(3136->128) -> ReLU -> Dense(10).
+    deep: two Conv -> BatchNorm -> ReLU -> MaxPool blocks (32, 64 channels), Dense(3136->128),
+    ReLU, Dropout(0.5), Dense(10).
 
     All random draws (initialisation, dropout, and the trainer's shuffling and augmentation)
     come from one generator seeded with `seed`.
@@ -233,7 +239,11 @@ def _json_default(value):
 
 
 def read_checkpoint(path) -> tuple[dict, dict[str, np.ndarray]]:
-    """(metadata, arrays) from a checkpoint; any unreadable file is a ValueError naming it."""
+    """(metadata, arrays) from a checkpoint; any unreadable file is a ValueError naming it.
+
+    A legacy architecture name (LEGACY_ARCHITECTURES) comes back as today's, in `arch` and in the
+    saved CLI `args`, so a resumed run carries on under the current name.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
@@ -246,6 +256,9 @@ def read_checkpoint(path) -> tuple[dict, dict[str, np.ndarray]]:
             f"checkpoint {path} is not a readable convbench checkpoint "
             f"({type(exc).__name__}: {exc})"
         ) from None
+    for info in (meta, meta.get("args") or {}):
+        if info.get("arch") in LEGACY_ARCHITECTURES:
+            info["arch"] = LEGACY_ARCHITECTURES[info["arch"]]
     return meta, arrays
 
 

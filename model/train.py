@@ -1,6 +1,6 @@
 """Train a CNN on MNIST from the command line.
 
-    python -m model.train --backend im2col                 # seed architecture, full data, 3 epochs
+    python -m model.train --backend im2col                 # small architecture, full data, 3 epochs
     python -m model.train --arch deep --optimizer adam --augment --epochs 10
     python -m model.train --resume runs/<name>/last.npz --epochs 6
 
@@ -74,8 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--arch",
         choices=ARCHITECTURES,
-        default="seed",
-        help="seed: conv16-pool-dense128; deep: two conv+BN blocks, dropout",
+        default="small",
+        help="small: one conv layer (16 channels), pool, dense 128; "
+        "deep: two conv+BatchNorm blocks (32, 64 channels), dense 128, dropout",
     )
     p.add_argument(
         "--epochs",

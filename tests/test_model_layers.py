@@ -92,7 +92,7 @@ def test_mse_and_its_gradient():
     np.testing.assert_allclose(grad, numeric_grad(lambda: mse(pred, target)[0], pred), atol=1e-8)
 
 
-@pytest.mark.parametrize("arch", ["seed", "deep"])
+@pytest.mark.parametrize("arch", ["small", "deep"])
 def test_whole_network_gradient_matches_finite_differences(arch):
     """Every parameter of the full architecture, on a small batch in float64 (dropout off by
     replacing it with identity so the loss is a deterministic function of the weights)."""
@@ -122,7 +122,7 @@ def test_whole_network_gradient_matches_finite_differences(arch):
 
 
 def test_first_conv_computes_no_input_gradient():
-    net = build_network("seed", seed=0)
+    net = build_network("small", seed=0)
     assert net.layers[0].need_dx is False
     logits = net.forward(np.zeros((2, 28, 28, 1), np.float32), training=True)
     assert net.backward(np.ones_like(logits)) is None
@@ -153,7 +153,7 @@ def test_batchnorm_normalises_in_training_and_uses_running_stats_in_eval():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("arch", ["seed", "deep"])
+@pytest.mark.parametrize("arch", ["small", "deep"])
 def test_networks_keep_their_dtype_and_shapes(arch, dtype):
     net = build_network(arch, dtype=dtype, seed=0)
     logits = net.forward(np.zeros((3, 28, 28, 1)), training=True)
@@ -165,12 +165,12 @@ def test_networks_keep_their_dtype_and_shapes(arch, dtype):
 
 
 def test_he_initialisation_scale_and_seed():
-    a, b = build_network("seed", seed=7), build_network("seed", seed=7)
+    a, b = build_network("small", seed=7), build_network("small", seed=7)
     w = a.layers[4].params["w"]  # Dense(3136 -> 128)
     assert w.std() == pytest.approx(np.sqrt(2 / 3136), rel=0.02)
     for (_, la, name), (_, lb, _) in zip(a.parameters(), b.parameters()):
         np.testing.assert_array_equal(la.params[name], lb.params[name])
-    c = build_network("seed", seed=8)
+    c = build_network("small", seed=8)
     assert not np.array_equal(c.layers[4].params["w"], w)
 
 
@@ -178,15 +178,15 @@ def test_he_initialisation_scale_and_seed():
     "make, message",
     [
         (lambda: build_network("resnet"), "unknown architecture 'resnet'"),
-        (lambda: build_network("seed", backend="cuda"), "unknown backend 'cuda'"),
-        (lambda: build_network("seed", dtype="float16"), "dtype must be one of"),
+        (lambda: build_network("small", backend="cuda"), "unknown backend 'cuda'"),
+        (lambda: build_network("small", dtype="float16"), "dtype must be one of"),
         (
-            lambda: build_network("seed").forward(np.zeros((2, 28, 28))),
+            lambda: build_network("small").forward(np.zeros((2, 28, 28))),
             r"must be 4-D \(N, H, W, C\)",
         ),
-        (lambda: build_network("seed").forward(np.zeros((2, 28, 28, 3))), "has 3 channels"),
+        (lambda: build_network("small").forward(np.zeros((2, 28, 28, 3))), "has 3 channels"),
         (
-            lambda: build_network("seed").evaluate(np.zeros((2, 28, 28, 1)), np.zeros(3, int)),
+            lambda: build_network("small").evaluate(np.zeros((2, 28, 28, 1)), np.zeros(3, int)),
             "x has 2 samples but y has 3",
         ),
         (lambda: L.Dropout(1.0), r"rate must be in \[0, 1\)"),

@@ -372,7 +372,7 @@ def test_end_to_end_with_saved_seed_network(tmp_path, mnist_dir, network_module,
     png = tmp_path / "digit.png"
     paper.save(png)
     checkpoint = tmp_path / "seed.npz"
-    net = network_module.build_network("seed", seed=0)
+    net = network_module.build_network("small", seed=0)
     net.save(checkpoint)
 
     assert main(["--checkpoint", str(checkpoint), str(png)]) == 0

@@ -109,7 +109,7 @@ def separable_data(n=256, seed=0, dtype=np.float32):
 
 def test_loss_falls_on_generated_data():
     x, y = separable_data()
-    net = build_network("seed", seed=0)
+    net = build_network("small", seed=0)
     history = fit(
         net,
         x,
@@ -157,7 +157,7 @@ def test_same_seed_same_history_and_backends_agree():
 def test_nan_loss_stops_before_touching_the_weights():
     x, y = separable_data(64)
     x[40] = np.nan  # a poisoned image in the first epoch
-    net = build_network("seed", seed=0)
+    net = build_network("small", seed=0)
     before = {k: a.copy() for k, a in net.state_arrays().items()}
     with pytest.raises(TrainingDiverged, match=r"at epoch 1, batch \d+") as info:
         fit(net, x, y, epochs=2, optimizer=SGD(0.1), batch_size=64, progress=False, log=None)
@@ -168,7 +168,7 @@ def test_nan_loss_stops_before_touching_the_weights():
 
 def test_early_stopping_restores_the_best_weights(monkeypatch):
     x, y = separable_data(64)
-    net = build_network("seed", seed=0)
+    net = build_network("small", seed=0)
     scripted = iter([(1.0, 0.5), (0.5, 0.8), (0.7, 0.7), (0.9, 0.6), (0.2, 0.9)])
     snapshots = []
     monkeypatch.setattr(
@@ -198,7 +198,7 @@ def test_early_stopping_restores_the_best_weights(monkeypatch):
 
 def test_fit_bad_arguments():
     x, y = separable_data(8)
-    net = build_network("seed", seed=0)
+    net = build_network("small", seed=0)
     with pytest.raises(ValueError, match="epochs must be a non-negative integer"):
         fit(net, x, y, epochs=-1, optimizer=SGD(0.1))
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
@@ -232,6 +232,25 @@ def test_checkpoint_round_trip_keeps_weights_buffers_optimizer_and_rng(tmp_path)
     assert loaded.rng.random() == net.rng.random()
     np.testing.assert_array_equal(loaded.predict_proba(x), net.predict_proba(x))
     assert not list(tmp_path.glob(".*tmp"))  # no temp files left behind
+
+
+def test_checkpoint_of_the_legacy_seed_architecture_still_loads(tmp_path):
+    """Checkpoints written before the rename say arch "seed": they load as "small"."""
+    x, _ = separable_data(4)
+    net = build_network("small", seed=3)
+    net.save(tmp_path / "new.npz", args={"arch": "small", "epochs": 1})
+    with np.load(tmp_path / "new.npz") as saved:
+        arrays = dict(saved)
+    meta = json.loads(str(arrays["meta"]))
+    meta["arch"], meta["args"]["arch"] = "seed", "seed"
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(tmp_path / "old.npz", **arrays)
+
+    loaded = load_network(tmp_path / "old.npz")
+    assert loaded.meta["arch"] == "small" and loaded.meta["args"]["arch"] == "small"
+    np.testing.assert_array_equal(loaded.predict_proba(x), net.predict_proba(x))
+    with pytest.raises(ValueError, match="unknown architecture 'seed'"):
+        build_network("seed")  # the old name is for reading checkpoints only
 
 
 @pytest.mark.parametrize(
