@@ -4,7 +4,7 @@ Forward:  windows (N, OH, OW, KH, KW, C_in)  .  w (KH, KW, C_in, C_out)     -> y
 dW:       dy (N, OH, OW, C_out)  .  windows  over (N, OH, OW)              -> dw (KH, KW, C_in, C_out)
 dX:       a full correlation: windows of dy (dilated by the stride, zero-padded by KH-1 / KW-1)
           contracted with the flipped kernel (a gather, no scatter-add); when C_out >> C_in or the
-          stride is > 1, dcols = dy . w^T scattered back with im2col's col2im is cheaper.
+          stride is > 1, dcols = dy . w^T scattered back with col2im (kernels/windows.py) is cheaper.
 Pooling:  max/mean over the window axes of the same view; avg-pool dX is the same full correlation
           with a constant kernel, max-pool dX scatters each window's gradient to its argmax (col2im).
 
@@ -20,7 +20,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .geometry import check_grad, conv_geometry, pad_hw, pool_geometry, unpad_hw
-from .im2col import col2im
+from .windows import col2im
 
 
 def _windows(a, kh, kw, sh, sw, out_h, out_w):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .geometry import check_grad, conv_geometry, pad_hw, pool_geometry, unpad_hw
+from .windows import col2im, offset_view
 
 
 def im2col(x_padded, kh, kw, sh, sw, out_h, out_w, ones=False):
@@ -39,26 +40,10 @@ def im2col(x_padded, kh, kw, sh, sw, out_h, out_w, ones=False):
             first = (i * kw + j) * c
             # splitting the row axis into (N, OH, OW) is always a view, so this writes into cols
             block = cols[:, first : first + c].reshape(n, out_h, out_w, c)
-            block[...] = x_padded[:, i : i + sh * out_h : sh, j : j + sw * out_w : sw, :]
+            block[...] = offset_view(x_padded, i, j, sh, sw, out_h, out_w)
     if ones:
         cols[:, -1] = 1
     return cols
-
-
-def col2im(dcols, padded_shape, sh, sw):
-    """dcols: (N, OH, OW, KH, KW, C) -> dx_padded: padded_shape, summing overlapping windows.
-
-    Accumulates per kernel offset (`+=` on a strided slice): within one offset no two output
-    positions touch the same input element, so there is no need for a slow np.add.at.
-    """
-    _, out_h, out_w, kh, kw, _ = dcols.shape
-    dx_padded = np.zeros(padded_shape, dtype=dcols.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            dx_padded[:, i : i + sh * out_h : sh, j : j + sw * out_w : sw, :] += dcols[
-                :, :, :, i, j, :
-            ]
-    return dx_padded
 
 
 def conv2d_forward(x, w, b=None, stride=1, padding=0):
@@ -92,9 +77,10 @@ def conv2d_backward(dy, ctx, need_dx=True):
     return unpad_hw(dx_padded, g.ph, g.pw), dw, db
 
 
-def _offset_slice(a, g, i, j):
-    """The (N, OH, OW, C) strided view of `a` seen by kernel offset (i, j) of every window."""
-    return a[:, i : i + g.sh * g.out_h : g.sh, j : j + g.sw * g.out_w : g.sw, :]
+def _offset(a, g, k):
+    """The (N, OH, OW, C) view of `a` at flat offset k = i*KW + j of every pooling window."""
+    i, j = divmod(k, g.kw)
+    return offset_view(a, i, j, g.sh, g.sw, g.out_h, g.out_w)
 
 
 def maxpool2d_forward(x, size=2, stride=None):
@@ -105,7 +91,7 @@ def maxpool2d_forward(x, size=2, stride=None):
     along a strided axis cost ~10x more (measured on (64, 28, 28, 16), size 2).
     """
     g = pool_geometry(x, size, stride)
-    offsets = [_offset_slice(x, g, *divmod(k, g.kw)) for k in range(g.kh * g.kw)]
+    offsets = [_offset(x, g, k) for k in range(g.kh * g.kw)]
     y = offsets[0].copy()
     for candidate in offsets[1:]:
         np.maximum(y, candidate, out=y)  # propagates NaN, as np.argmax picks NaN
@@ -137,7 +123,7 @@ def maxpool2d_backward(dy, ctx):
     # strided view (4x cheaper than np.where + +=), but only for finite dy (0 * inf is NaN).
     write_directly = g.sh >= g.kh and g.sw >= g.kw and bool(np.isfinite(dy).all())
     for k in range(g.kh * g.kw):
-        dx_view = _offset_slice(dx, g, *divmod(k, g.kw))
+        dx_view = _offset(dx, g, k)
         if write_directly:
             np.multiply(argmax == k, dy, out=dx_view)
         else:
@@ -149,9 +135,9 @@ def maxpool2d_backward(dy, ctx):
 def avgpool2d_forward(x, size=2, stride=None):
     """x: (N, H, W, C) -> y: (N, OH, OW, C), the mean of each window (summed per offset)."""
     g = pool_geometry(x, size, stride)
-    y = _offset_slice(x, g, 0, 0).copy()
+    y = _offset(x, g, 0).copy()
     for k in range(1, g.kh * g.kw):
-        y += _offset_slice(x, g, *divmod(k, g.kw))
+        y += _offset(x, g, k)
     y *= g.dtype.type(1.0 / (g.kh * g.kw))
     return y, {"geometry": g}
 
