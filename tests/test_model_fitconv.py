@@ -7,8 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kernels import available_backends, get_backend
-from model.fitconv import bias_path, fit_conv, fit_kernels, generate_data, main
+from kernels import available_backends
+from model.convfit import FitDiverged, fit_conv, fit_kernels, generate_data
+from model.fitconv import main
+from model.npyfiles import bias_path
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,16 +31,6 @@ def conv_nchw(x, w):
 
 def mse(x, w, t):
     return np.mean((conv_nchw(x, w) - t) ** 2)
-
-
-def backend_or_skip(name):
-    """The backend module; skips (saying why) when its file has not landed in the tree yet."""
-    try:
-        return get_backend(name)
-    except ModuleNotFoundError as exc:
-        if exc.name != f"kernels.{'numba_jit' if name == 'numba' else name}":
-            raise
-        pytest.skip(f"backend {name!r} is registered but {exc.name} does not exist yet")
 
 
 # ---- generate_data -------------------------------------------------------------------------------
@@ -186,7 +178,6 @@ def test_float32_stays_float32():
 @pytest.mark.parametrize("batch_size", [1, 4])
 @pytest.mark.parametrize("backend", available_backends())
 def test_loss_curve_is_the_same_on_every_backend(backend, dtype, rtol, batch_size):
-    backend_or_skip(backend)
     # 3x3 kernels, 3 output channels, a bias and a ragged last batch (6 = 4 + 2) exercise
     # every index of the contract; naive is the reference.
     d = generate_data(samples=6, channels=2, size=7, kernels=3, kernel_size=3, seed=9)
@@ -282,12 +273,12 @@ def train_argv(files, **overrides):
         ({"--target": "target5"}, "input has 6 samples but target has 5"),
         ({"--kernel-size": 3}, "expected (4, 4)"),
         ({"--kernels": 3}, "target has 2 channels"),
-        ({"--lr": 0}, "argument --lr: must be > 0"),
-        ({"--lr": -0.5}, "argument --lr: must be > 0"),
-        ({"--lr": "fast"}, "argument --lr: expected a float"),
-        ({"--epochs": 0}, "argument --epochs: must be > 0"),
-        ({"--epochs": 1.5}, "argument --epochs: expected a int"),
-        ({"--batch-size": 0}, "argument --batch-size: must be > 0"),
+        ({"--lr": 0}, "argument --lr: must be a number > 0, got 0.0"),
+        ({"--lr": -0.5}, "argument --lr: must be a number > 0, got -0.5"),
+        ({"--lr": "fast"}, "argument --lr: must be a number > 0, got 'fast'"),
+        ({"--epochs": 0}, "argument --epochs: must be a positive integer, got 0"),
+        ({"--epochs": 1.5}, "argument --epochs: must be a positive integer, got '1.5'"),
+        ({"--batch-size": 0}, "argument --batch-size: must be a positive integer"),
         ({"--backend": "cudnn"}, "unknown backend 'cudnn'"),
         ({"--lr": 1e9, "--epochs": 3}, "training diverged"),
         ({"--out": "nodir/kernels.npy"}, "--out directory does not exist"),
@@ -306,6 +297,42 @@ def test_bad_input_gives_one_error_line(capsys, files, overrides, message):
     assert message in err
     assert err.count("\n") == 1 and err.startswith("python -m model.fitconv")
     assert not (files["input"].parent / "kernels.npy").exists()
+
+
+def test_diverging_fit_stops_at_the_first_exploding_epoch_and_names_the_lr():
+    d = generate_data(samples=100, channels=3, size=28, kernels=2, kernel_size=2, seed=0)
+    seen = []
+    with pytest.raises(FitDiverged, match=r"epoch 1 .*learning rate 10 is probably too large"):
+        fit_conv(d["input"], d["target"], 2, 2, lr=10.0, epochs=10, callback=lambda *epoch: seen.append(epoch))
+    assert len(seen) == 1  # the diverging epoch is reported, and nothing after it runs
+
+
+def test_cli_prints_a_diverging_fit_compactly(capsys, tmp_path):
+    """--lr 10 on the lab's data: the first epoch's loss is ~1e250. It is printed as %.6g (not
+    251 digits), the fit stops there with one error line naming the learning rate, and no
+    kernels are saved."""
+    data = tmp_path / "data"
+    assert run_main(capsys, ["generate", "--out", data])[0] == 0
+    code, out, err = run_main(
+        capsys,
+        [
+            "train",
+            "--input",
+            data / "input_data.npy",
+            "--target",
+            data / "target_output.npy",
+            "--lr",
+            10,
+            "--out",
+            tmp_path / "k.npy",
+        ],
+    )
+    assert code == 2
+    epoch_lines = [line for line in out.splitlines() if line.startswith("Epoch ")]
+    assert len(epoch_lines) == 1 and len(epoch_lines[0]) < 80, epoch_lines
+    assert err.count("\n") == 1 and "training diverged in epoch 1" in err
+    assert "learning rate 10 is probably too large" in err and len(err) < 250
+    assert not (tmp_path / "k.npy").exists()
 
 
 def test_cli_round_trip_recovers_kernels(capsys, tmp_path):
