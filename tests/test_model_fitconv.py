@@ -303,7 +303,15 @@ def test_diverging_fit_stops_at_the_first_exploding_epoch_and_names_the_lr():
     d = generate_data(samples=100, channels=3, size=28, kernels=2, kernel_size=2, seed=0)
     seen = []
     with pytest.raises(FitDiverged, match=r"epoch 1 .*learning rate 10 is probably too large"):
-        fit_conv(d["input"], d["target"], 2, 2, lr=10.0, epochs=10, callback=lambda *epoch: seen.append(epoch))
+        fit_conv(
+            d["input"],
+            d["target"],
+            2,
+            2,
+            lr=10.0,
+            epochs=10,
+            callback=lambda *epoch: seen.append(epoch),
+        )
     assert len(seen) == 1  # the diverging epoch is reported, and nothing after it runs
 
 
