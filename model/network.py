@@ -262,6 +262,23 @@ def read_checkpoint(path) -> tuple[dict, dict[str, np.ndarray]]:
     return meta, arrays
 
 
+def input_standardization(meta) -> tuple[float, float] | None:
+    """The (mean, std) a network's inputs are standardised with, from its metadata, or None.
+
+    `python -m model.train --standardize` stores them as meta["standardize"] = [mean, std]
+    (None without --standardize); inputs are then (scale(x) - mean) / std.
+    """
+    value = (meta or {}).get("standardize")
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ValueError(f"checkpoint metadata standardize must be [mean, std], got {value!r}")
+    mean, std = float(value[0]), float(value[1])
+    if not std > 0:
+        raise ValueError(f"checkpoint metadata standardize std must be > 0, got {std}")
+    return mean, std
+
+
 def load_network(path, backend=None, with_optimizer=False):
     """Rebuild the network saved at `path` (optionally on another backend).
 

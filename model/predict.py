@@ -17,11 +17,14 @@ background is light, inverted (no resizing or centring).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from .batches import standardize
+from .cli import Parser, fail, positive_int
+from .network import input_standardization, load_network
 
 SIZE = 28  # MNIST field
 BOX = 20  # MNIST digits were scaled to fit this box, then centred in the field
@@ -156,21 +159,17 @@ def load_image(path, invert: bool | None = None) -> np.ndarray:
 def preprocess(images: np.ndarray, net) -> np.ndarray:
     """The network's input from load_image output: (28, 28) or (N, 28, 28) -> (N, 28, 28, 1).
 
-    Applies the checkpoint's standardisation, net.meta["standardize"] = {"mean", "std"} (if set),
-    and casts to net.dtype (float32 when the net does not say).
+    Casts to net.dtype and applies the standardisation the network was trained with
+    (model.network.input_standardization of net.meta), as model.train did to its inputs.
     """
-    x = np.asarray(images, dtype=np.float64)
+    x = np.asarray(images)
     if x.ndim == 2:
         x = x[None]
     if x.ndim != 3 or x.shape[1:] != (SIZE, SIZE):
         raise ValueError(f"images must be (28, 28) or (N, 28, 28), got shape {x.shape}")
-    standardize = (getattr(net, "meta", None) or {}).get("standardize")
-    if standardize:
-        mean, std = float(standardize["mean"]), float(standardize["std"])
-        if not std > 0:
-            raise ValueError(f"checkpoint standardize std must be > 0, got {std}")
-        x = (x - mean) / std
-    return x[..., None].astype(getattr(net, "dtype", np.float32))
+    x = x[..., None].astype(net.dtype)
+    mean_std = input_standardization(net.meta)
+    return x if mean_std is None else standardize(x, *mean_std)
 
 
 def predict_files(net, paths, top: int = 1, invert: bool | None = None) -> list:
@@ -204,8 +203,6 @@ def load_checkpoint(path):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found (or not a file): {str(path)!r}")
-    from model.network import load_network
-
     try:
         return load_network(path)
     except Exception as exc:  # noqa: BLE001  any failure to parse the file is "unreadable" to the user
@@ -218,24 +215,8 @@ def load_checkpoint(path):
 # ---- CLI -----------------------------------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        # One line, like every other error of this CLI (argparse would print the usage first).
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+def build_parser() -> Parser:
+    parser = Parser(
         prog="python -m model.predict",
         description=(
             "Print the predicted digit and its probability for each image, one line per image "
@@ -253,14 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--checkpoint",
         required=True,
-        help="trained network (.npz written by net.save / model.train) (required)",
+        help="trained network (.npz written by net.save / model.train)",
     )
     parser.add_argument(
         "--top",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         metavar="K",
-        help="print the K most probable digits per image, most probable first (default 1)",
+        help="print the K most probable digits per image, most probable first",
     )
     invert = parser.add_mutually_exclusive_group()
     invert.add_argument(
@@ -289,7 +270,7 @@ def main(argv=None) -> int:
         net = load_checkpoint(args.checkpoint)
         results = predict_files(net, args.images, top=args.top, invert=args.invert)
     except (ValueError, TypeError, OSError, ImportError) as exc:
-        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+        fail(parser, exc)
     for path, ranked in results:
         print(format_prediction(path, ranked))
     return 0

@@ -24,7 +24,14 @@ from kernels.memory import keep_freed_memory
 
 from .batches import scale, standardize, standardize_stats, subset
 from .mnist import load_mnist
-from .network import ARCHITECTURES, DTYPES, build_network, load_network, read_checkpoint
+from .network import (
+    ARCHITECTURES,
+    DTYPES,
+    build_network,
+    input_standardization,
+    load_network,
+    read_checkpoint,
+)
 from .optim import DEFAULT_LR, OPTIMIZERS, SCHEDULES, make_optimizer
 from .training import TRAIN_BLAS_THREADS, TrainingDiverged, fit, new_history, save_history
 
@@ -231,7 +238,7 @@ def main(argv=None) -> int:
     try:
         if args.resume:
             net, optimizer, history = resume_state(args)
-            mean_std = tuple(net.meta["standardize"]) if net.meta.get("standardize") else None
+            mean_std = input_standardization(net.meta)
         else:
             net, optimizer, history, mean_std = None, None, new_history(), None
         x_train, y_train, x_test, y_test, mean_std = prepare_data(args, mean_std)

@@ -1,4 +1,7 @@
-"""model.predict: image loading (MNIST-style normalisation), preprocessing, and the CLI."""
+"""model.predict: image loading (MNIST-style normalisation), preprocessing, and the CLI.
+
+The networks here are real: python -m model.train runs on a synthetic MNIST-format directory for
+one epoch (with and without --standardize), and the predict CLI reads the checkpoints it wrote."""
 
 import gzip
 import re
@@ -8,9 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from model_helpers import separable_data, write_mnist_dir
 from PIL import Image
 
-from model import predict
+from model import predict, train
+from model.network import build_network, load_network, read_checkpoint
 from model.predict import format_prediction, load_image, main, predict_files, preprocess
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,18 +46,29 @@ def bbox(img, level=0.5):
     return rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
 
 
-class FakeNet:
-    """Stands in for model.network's Sequential: fixed probabilities, records what it was given."""
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """{"plain": ..., "standardized": ...}: last.npz of a one-epoch `python -m model.train` run on
+    synthetic MNIST files, without and with --standardize."""
+    root = tmp_path_factory.mktemp("trained")
+    (root / "mnist").mkdir()
+    data_dir = write_mnist_dir(root / "mnist", n_train=320, n_test=64)
+    paths = {}
+    for name, extra in (("plain", []), ("standardized", ["--standardize"])):
+        argv = ["--data-dir", data_dir, "--epochs", 1, "--batch-size", 32, "--no-progress"]
+        argv += ["--out", root / name, *extra]
+        assert train.main([str(a) for a in argv]) == 0
+        paths[name] = root / name / "last.npz"
+    return paths
 
-    def __init__(self, probs, meta=None, dtype=np.float32):
-        self.probs = np.asarray(probs, dtype=np.float64)
-        self.meta = meta or {}
-        self.dtype = np.dtype(dtype)
-        self.seen = None
 
-    def predict_proba(self, x):
-        self.seen = x
-        return np.repeat(self.probs[None], len(x), axis=0)
+def test_train_saves_the_standardisation_it_applied(checkpoints):
+    assert read_checkpoint(checkpoints["plain"])[0]["standardize"] is None
+    mean, std = read_checkpoint(checkpoints["standardized"])[0]["standardize"]
+    x, _ = separable_data(320, seed=len("train"))
+    pixels = (np.clip(x, 0, 1) * 255).astype(np.uint8) / np.float32(255)
+    assert mean == pytest.approx(pixels.mean(), rel=1e-5)
+    assert std == pytest.approx(pixels.std(), rel=1e-5)
 
 
 # ---- load_image ------------------------------------------------------------------------------
@@ -210,33 +226,42 @@ def test_corrupt_npy_names_the_file(tmp_path):
 # ---- preprocess / predict_files --------------------------------------------------------------
 
 
-def test_preprocess_shape_dtype_and_standardisation():
+def test_preprocess_shape_dtype_and_standardisation(checkpoints):
     img = np.linspace(0, 1, 784, dtype=np.float32).reshape(28, 28)
-    plain = preprocess(img, FakeNet(np.ones(10) / 10, dtype=np.float64))
+    plain = preprocess(img, build_network("small", dtype="float64"))
     assert plain.shape == (1, 28, 28, 1) and plain.dtype == np.float64
     np.testing.assert_array_equal(plain[0, ..., 0], img)
-    net = FakeNet(np.ones(10) / 10, meta={"standardize": {"mean": 0.1307, "std": 0.3081}})
+    np.testing.assert_array_equal(
+        preprocess(img, load_network(checkpoints["plain"]))[0, ..., 0], img
+    )
+
+    net = load_network(checkpoints["standardized"])
+    mean, std = read_checkpoint(checkpoints["standardized"])[0]["standardize"]
     x = preprocess(np.stack([img, img]), net)
     assert x.shape == (2, 28, 28, 1) and x.dtype == np.float32
-    np.testing.assert_allclose(x[1, ..., 0], (img - 0.1307) / 0.3081, rtol=1e-5, atol=1e-6)
-    unset = FakeNet(np.ones(10) / 10, meta={"standardize": None})
-    np.testing.assert_array_equal(preprocess(img, unset)[0, ..., 0], img)
+    np.testing.assert_allclose(x[1, ..., 0], (img - mean) / std, rtol=1e-5, atol=1e-6)
 
 
 def test_preprocess_rejects_bad_shapes():
     with pytest.raises(ValueError, match="28, 28"):
-        preprocess(np.zeros((28, 20)), FakeNet(np.ones(10) / 10))
+        preprocess(np.zeros((28, 20)), build_network("small"))
 
 
-def test_predict_files_ranks_top_k(tmp_path):
+def test_predict_files_ranks_top_k(tmp_path, checkpoints, monkeypatch):
     paths = [save_png(tmp_path / f"{i}.png", dark_bar_on_light()) for i in range(2)]
-    probs = np.array([0.01, 0.6, 0.01, 0.01, 0.3, 0.01, 0.01, 0.03, 0.01, 0.01])
-    net = FakeNet(probs)
+    net = load_network(checkpoints["plain"])
+    batches = []
+    original = net.predict_proba
+    monkeypatch.setattr(net, "predict_proba", lambda x: batches.append(x.shape) or original(x))
     results = predict_files(net, paths, top=3)
-    assert net.seen.shape == (2, 28, 28, 1)  # one batch for all files
+    assert batches == [(2, 28, 28, 1)]  # one batch for all files
     assert [path for path, _ in results] == paths
-    assert results[0][1] == [(1, 0.6), (4, 0.3), (7, 0.03)]
-    assert predict_files(net, paths[:1])[0][1] == [(1, 0.6)]
+    probs = original(preprocess(np.stack([load_image(p) for p in paths]), net))
+    for (_, ranked), p in zip(results, probs):
+        assert [digit for digit, _ in ranked] == list(np.argsort(-p, kind="stable")[:3])
+        assert [q for _, q in ranked] == pytest.approx(sorted(p, reverse=True)[:3])
+    ((digit, p),) = predict_files(net, paths[:1])[0][1]
+    assert digit == results[0][1][0][0] and p == pytest.approx(results[0][1][0][1], rel=1e-5)
     with pytest.raises(ValueError, match="--top"):
         predict_files(net, paths, top=11)
 
@@ -248,32 +273,50 @@ def test_format_prediction():
     )
 
 
-# ---- CLI (fake network) ----------------------------------------------------------------------
+# ---- CLI: train -> checkpoint -> predict ----------------------------------------------------
 
 
-@pytest.fixture
-def fake_checkpoint(tmp_path, monkeypatch):
-    """A checkpoint file that exists; loading it gives a FakeNet that always says 3 (p=0.9)."""
-    path = tmp_path / "net.npz"
-    path.write_bytes(b"stand-in")
-    probs = np.full(10, 0.1 / 9)
-    probs[3] = 0.9
-    monkeypatch.setattr(predict, "load_checkpoint", lambda p: FakeNet(probs))
-    return path
+def mnist_like_npys(directory, n=10):
+    """n synthetic test digits (uint8 (28, 28) .npy files, as MNIST stores them) and labels."""
+    x, y = separable_data(n, seed=99)
+    paths = []
+    for i, image in enumerate((np.clip(x[..., 0], 0, 1) * 255).astype(np.uint8)):
+        paths.append(directory / f"digit{i}.npy")
+        np.save(paths[-1], image)
+    return paths, y
 
 
-def test_cli_prints_one_line_per_image(tmp_path, fake_checkpoint, capsys):
+@pytest.mark.parametrize("name", ["plain", "standardized"])
+def test_cli_gives_the_trained_networks_answer(tmp_path, checkpoints, capsys, name):
+    """The CLI's digit and probability for each file are the network's own on the input it was
+    trained on (pixels / 255, standardised with the stored [mean, std] when it was), and the
+    one-epoch network gets the synthetic digits right."""
+    paths, labels = mnist_like_npys(tmp_path)
+    assert main(["--checkpoint", str(checkpoints[name]), *map(str, paths)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    matches = [LINE.match(line) for line in lines]
+    assert len(lines) == len(paths) and all(matches), lines
+    assert [m["path"] for m in matches] == [str(p) for p in paths]
+
+    meta, _ = read_checkpoint(checkpoints[name])
+    x = np.stack([np.load(p) for p in paths]).astype(np.float32)[..., None] / np.float32(255)
+    if meta["standardize"] is not None:
+        mean, std = meta["standardize"]
+        x = (x - np.float32(mean)) / np.float32(std)
+    probs = load_network(checkpoints[name]).predict_proba(x)
+    assert [int(m["digit"]) for m in matches] == list(probs.argmax(axis=1))
+    assert [float(m["p"]) for m in matches] == pytest.approx(probs.max(axis=1), abs=5e-4)
+    assert (probs.argmax(axis=1) == labels).mean() >= 0.8
+
+
+def test_cli_top_k(tmp_path, checkpoints, capsys):
     a = save_png(tmp_path / "a.png", dark_bar_on_light())
-    np.save(tmp_path / "b.npy", np.zeros((28, 28), np.uint8))
-    assert main(["--checkpoint", str(fake_checkpoint), str(a), str(tmp_path / "b.npy")]) == 0
-    out = capsys.readouterr().out.splitlines()
-    assert out == [f"{a}: 3 (p=0.900)", f"{tmp_path / 'b.npy'}: 3 (p=0.900)"]
-
-
-def test_cli_top_k(tmp_path, fake_checkpoint, capsys):
-    a = save_png(tmp_path / "a.png", dark_bar_on_light())
-    main(["--checkpoint", str(fake_checkpoint), "--top", "2", str(a)])
-    assert capsys.readouterr().out == f"{a}: 3 (p=0.900), 0 (p=0.011)\n"
+    main(["--checkpoint", str(checkpoints["standardized"]), "--top", "3", str(a)])
+    out = capsys.readouterr().out
+    assert out.startswith(f"{a}: ") and out.endswith("\n")
+    ranked = [(int(d), float(p)) for d, p in re.findall(r"(\d) \(p=([01]\.\d{3})\)", out)]
+    assert len(ranked) == 3 and len({d for d, _ in ranked}) == 3
+    assert [p for _, p in ranked] == sorted((p for _, p in ranked), reverse=True)
 
 
 def assert_one_line_error(capsys, *fragments):
@@ -292,33 +335,33 @@ def assert_one_line_error(capsys, *fragments):
         ([], "checkpoint"),
     ],
 )
-def test_cli_bad_arguments(tmp_path, fake_checkpoint, capsys, argv, fragment):
-    base = [] if argv == [] else ["--checkpoint", str(fake_checkpoint)]
+def test_cli_bad_arguments(tmp_path, checkpoints, capsys, argv, fragment):
+    base = [] if argv == [] else ["--checkpoint", str(checkpoints["plain"])]
     with pytest.raises(SystemExit) as exc:
         main(base + argv + [str(save_png(tmp_path / "a.png", dark_bar_on_light()))])
     assert exc.value.code == 2
     assert_one_line_error(capsys, fragment)
 
 
-def test_cli_missing_image(tmp_path, fake_checkpoint, capsys):
+def test_cli_missing_image(tmp_path, checkpoints, capsys):
     a = save_png(tmp_path / "a.png", dark_bar_on_light())
     with pytest.raises(SystemExit) as exc:
-        main(["--checkpoint", str(fake_checkpoint), str(a), str(tmp_path / "missing.png")])
+        main(["--checkpoint", str(checkpoints["plain"]), str(a), str(tmp_path / "missing.png")])
     assert exc.value.code == 2
     assert_one_line_error(capsys, "missing.png")
     assert capsys.readouterr().out == ""  # nothing printed for the good file either
 
 
-def test_cli_unreadable_image(tmp_path, fake_checkpoint, capsys):
+def test_cli_unreadable_image(tmp_path, checkpoints, capsys):
     (tmp_path / "junk.png").write_bytes(b"junk")
     with pytest.raises(SystemExit) as exc:
-        main(["--checkpoint", str(fake_checkpoint), str(tmp_path / "junk.png")])
+        main(["--checkpoint", str(checkpoints["plain"]), str(tmp_path / "junk.png")])
     assert exc.value.code == 2
     assert_one_line_error(capsys, "junk.png", "cannot read image")
 
 
 def test_cli_missing_checkpoint_in_a_real_process(tmp_path):
-    """Exit status 2, one stderr line naming the file, no traceback (does not need model.network)."""
+    """Exit status 2, one stderr line naming the file, no traceback."""
     a = save_png(tmp_path / "a.png", dark_bar_on_light())
     run = subprocess.run(
         [sys.executable, "-m", "model.predict", "--checkpoint", str(tmp_path / "none.npz"), str(a)],
@@ -338,7 +381,7 @@ def test_cli_help_documents_every_option():
         assert option in text
 
 
-# ---- end to end with a real network (needs model.network and MNIST) --------------------------
+# ---- real MNIST digits -----------------------------------------------------------------------
 
 
 def mnist_test_image(mnist_dir, index=0):
@@ -360,19 +403,14 @@ def test_mnist_digit_on_paper_comes_back_close_to_the_original(tmp_path, mnist_d
         assert np.abs(img - image / 255).mean() < 0.06, index
 
 
-@pytest.fixture
-def network_module():
-    return pytest.importorskip("model.network", reason="model.network has not landed yet")
-
-
-def test_end_to_end_with_saved_seed_network(tmp_path, mnist_dir, network_module, capsys):
+def test_end_to_end_with_a_saved_network(tmp_path, mnist_dir, capsys):
     image, _ = mnist_test_image(mnist_dir)
     # As a user would have it: black digit on white paper, 3x larger.
     paper = Image.fromarray(255 - image).resize((84, 84), Image.BILINEAR)
     png = tmp_path / "digit.png"
     paper.save(png)
-    checkpoint = tmp_path / "seed.npz"
-    net = network_module.build_network("small", seed=0)
+    checkpoint = tmp_path / "small.npz"
+    net = build_network("small", seed=0)
     net.save(checkpoint)
 
     assert main(["--checkpoint", str(checkpoint), str(png)]) == 0
@@ -380,7 +418,7 @@ def test_end_to_end_with_saved_seed_network(tmp_path, mnist_dir, network_module,
     match = LINE.match(line)
     assert match and match["path"] == str(png)
     # The CLI's answer is the network's own answer on the same preprocessed input.
-    loaded = network_module.load_network(checkpoint)
+    loaded = load_network(checkpoint)
     probs = loaded.predict_proba(preprocess(load_image(png), loaded))[0]
     assert int(match["digit"]) == int(np.argmax(probs))
     assert float(match["p"]) == pytest.approx(probs.max(), abs=5e-4)
@@ -393,7 +431,7 @@ def test_end_to_end_with_saved_seed_network(tmp_path, mnist_dir, network_module,
     )
 
 
-def test_end_to_end_unreadable_checkpoint(tmp_path, network_module, capsys):
+def test_end_to_end_unreadable_checkpoint(tmp_path, capsys):
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"not a checkpoint")
     a = save_png(tmp_path / "a.png", dark_bar_on_light())

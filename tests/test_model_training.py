@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+from model_helpers import separable_data, write_mnist_dir
 
 from model import train as train_cli
 from model import training
@@ -96,17 +97,6 @@ def test_optimizer_bad_arguments(kwargs, message):
 
 
 # ---- the training loop on generated data ------------------------------------------------------
-def separable_data(n=256, seed=0, dtype=np.float32):
-    """Ten classes, each a bright 4x4 square at its own place on a 28x28 canvas, plus noise."""
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 10, n)
-    x = rng.random((n, 28, 28, 1)).astype(dtype) * 0.3
-    for i, label in enumerate(y):
-        r, c = divmod(int(label), 5)
-        x[i, 4 + 10 * r : 8 + 10 * r, 2 + 5 * c : 6 + 5 * c, 0] += 1
-    return x, y
-
-
 def test_loss_falls_on_generated_data():
     x, y = separable_data()
     net = build_network("small", seed=0)
@@ -278,18 +268,7 @@ def run_cli(capsys, *argv):
 @pytest.fixture(scope="module")
 def small_mnist_dir(tmp_path_factory):
     """A generated MNIST-format directory (IDX gz files) so CLI tests need no real data."""
-    import gzip
-    import struct
-
-    root = tmp_path_factory.mktemp("mnist")
-    for prefix, n in (("train", 200), ("t10k", 100)):
-        x, y = separable_data(n, seed=len(prefix))
-        images = (np.clip(x[..., 0], 0, 1) * 255).astype(np.uint8)
-        with gzip.open(root / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:
-            f.write(struct.pack(">IIII", 0x803, n, 28, 28) + images.tobytes())
-        with gzip.open(root / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
-            f.write(struct.pack(">II", 0x801, n) + y.astype(np.uint8).tobytes())
-    return root
+    return write_mnist_dir(tmp_path_factory.mktemp("mnist"))
 
 
 def test_cli_prints_the_run_and_writes_every_output(capsys, tmp_path, small_mnist_dir):
