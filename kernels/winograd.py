@@ -1,0 +1,410 @@
+"""winograd backend: Lavin & Gray's minimal filtering for 3x3 stride-1 convolutions.
+
+The idea, in one dimension. Two outputs of a 3-tap correlation, y0 = d0 g0 + d1 g1 + d2 g2 and
+y1 = d1 g0 + d2 g1 + d3 g2, cost 6 multiplies done directly. Winograd's F(2, 3) computes them
+with 4, by transforming a 4-value input tile d and the 3-value filter g into 4 values each,
+multiplying those elementwise, and transforming the 4 products back into 2 outputs:
+
+    y = A^T [ (G g) * (B^T d) ]            (* is the elementwise product)
+
+        B^T = [[1,  0, -1,  0],     G = [[  1,    0,   0],     A^T = [[1, 1,  1,  0],
+               [0,  1,  1,  0],          [1/2,  1/2, 1/2],            [0, 1, -1, -1]]
+               [0, -1,  1,  0],          [1/2, -1/2, 1/2],
+               [0,  1,  0, -1]]          [  0,    0,   1]]
+
+In two dimensions the same matrices act on both axes of an (m+2) x (m+2) input tile d and the
+3x3 filter g, giving an m x m output tile:
+
+    Y = A^T [ (G g G^T) * (B^T d B) ] A
+
+F(2x2, 3x3) spends 16 multiplies where the direct method spends 36 (2.25x fewer); F(4x4, 3x3),
+with the 6x6 matrices below, spends 36 where it spends 144 (4x fewer):
+
+    B^T = [[4,  0, -5,  0, 1, 0],   G = [[ 1/4,     0,    0],   A^T = [[1, 1,  1, 1,  1, 0],
+           [0, -4, -4,  1, 1, 0],        [-1/6,  -1/6, -1/6],          [0, 1, -1, 2, -2, 0],
+           [0,  4, -4, -1, 1, 0],        [-1/6,   1/6, -1/6],          [0, 1,  1, 4,  4, 0],
+           [0, -2, -1,  2, 1, 0],        [1/24,  1/12,  1/6],          [0, 1, -1, 8, -8, 1]]
+           [0,  2, -1, -2, 1, 0],        [1/24, -1/12,  1/6],
+           [0,  4,  0, -5, 0, 1]]        [   0,     0,    1]]
+
+With many channels the elementwise product becomes a matrix product. For each of the
+alpha x alpha = (m+2)^2 positions t inside a tile:
+
+    U[t] (C_in, C_out)  = the filter transform G g G^T at t, for every (c_in, c_out) pair
+    V[t] (P, C_in)      = the input transform B^T d B at t, for every tile p of every sample
+    M[t] (P, C_out)     = V[t] @ U[t]                      one GEMM per t: BLAS does the work
+    y tile p            = A^T M[:, p] A                    (alpha x alpha -> m x m per channel)
+
+The backward pass is the same computation run in reverse (each linear step's transpose):
+
+    dM[t] = the adjoint output transform A dY A^T of each dy tile (zero outside the output)
+    dU[t] = V[t]^T @ dM[t]    ->  dw = G^T dU G            (V is kept from the forward pass)
+    dV[t] = dM[t] @ U[t]^T    ->  dx = sum over tiles of B dV B^T, overlapping tiles added
+
+so dX and dW both cost one batched GEMM of the forward's size. The transforms are numba loops
+over tiles, vectorised along the contiguous channel axis of NHWC; the GEMMs are numpy matmuls
+split over threads (see _batched_matmul).
+
+Numerical error: the transforms add and subtract products of different magnitudes, so float32
+results differ from the direct sum by more than rounding of the same sum would: the relative
+error grows with the tile size (F(4x4) multiplies inputs by up to 5 and outputs by up to 8).
+tests/test_kernels_winograd.py measures it; float64 stays within ~1e-12 of naive.
+
+Anything else (kernels other than 3x3, stride > 1) and pooling run on the `numba` backend
+(FALLBACK), looked up through the registry; the ctx's `path` says which path ran.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from .geometry import ConvGeometry, check_grad, conv_geometry
+
+FALLBACK = "numba"
+
+_BT = {
+    2: [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]],
+    4: [
+        [4, 0, -5, 0, 1, 0],
+        [0, -4, -4, 1, 1, 0],
+        [0, 4, -4, -1, 1, 0],
+        [0, -2, -1, 2, 1, 0],
+        [0, 2, -1, -2, 1, 0],
+        [0, 4, 0, -5, 0, 1],
+    ],
+}
+_G = {
+    2: [[1, 0, 0], [1 / 2, 1 / 2, 1 / 2], [1 / 2, -1 / 2, 1 / 2], [0, 0, 1]],
+    4: [
+        [1 / 4, 0, 0],
+        [-1 / 6, -1 / 6, -1 / 6],
+        [-1 / 6, 1 / 6, -1 / 6],
+        [1 / 24, 1 / 12, 1 / 6],
+        [1 / 24, -1 / 12, 1 / 6],
+        [0, 0, 1],
+    ],
+}
+_AT = {
+    2: [[1, 1, 1, 0], [0, 1, -1, -1]],
+    4: [
+        [1, 1, 1, 1, 1, 0],
+        [0, 1, -1, 2, -2, 0],
+        [0, 1, 1, 4, 4, 0],
+        [0, 1, -1, 8, -8, 1],
+    ],
+}
+TILE_SIZES = tuple(_BT)
+
+
+def transforms(m: int, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(B^T (a, a), G (a, 3), A^T (m, a)) of F(m x m, 3 x 3), a = m + 2, in `dtype`."""
+    return tuple(np.array(t[m], dtype=dtype) for t in (_BT, _G, _AT))  # type: ignore[return-value]
+
+
+def native(g: ConvGeometry) -> bool:
+    """True when Winograd runs this convolution itself: a 3x3 kernel at stride 1."""
+    return (g.kh, g.kw, g.sh, g.sw) == (3, 3, 1, 1)
+
+
+def tile_size(g: ConvGeometry) -> int:
+    """The output tile m of F(m x m, 3 x 3) used for geometry g.
+
+    F(4x4) does 1.8x fewer multiplies than F(2x2) but wastes the part of its last tile that
+    falls outside the output (a 14x14 output takes 16x16 of F(4x4) tiles) and its transforms
+    cost more per tile; see the `deep_conv2` and `mid` benchmark cases (14x14 outputs) against
+    `big` (32x32).
+    """
+    wasted4 = (math.ceil(g.out_h / 4) * 4 * math.ceil(g.out_w / 4) * 4) / (g.out_h * g.out_w)
+    return 4 if wasted4 < 1.2 else 2
+
+
+# ---------------------------------------------------------------- tile transforms (numba)
+
+
+@njit(cache=True, fastmath={"contract"})
+def _sandwich(lmat, src, tmp, out):
+    """out (A, A, C) = L src L^T along the first two axes: out[a, b] = sum_ij L[a, i] src[i, j] L[b, j].
+
+    lmat (A, S), src (S, S, C), tmp (A, S, C) scratch. Zero coefficients are skipped (the
+    transform matrices are sparse); the channel loop is innermost and contiguous, so it
+    vectorises.
+    """
+    n_out, n_in = lmat.shape
+    chans = src.shape[2]
+    for a in range(n_out):
+        for j in range(n_in):
+            for c in range(chans):
+                tmp[a, j, c] = 0
+        for i in range(n_in):
+            coef = lmat[a, i]
+            if coef != 0:
+                for j in range(n_in):
+                    for c in range(chans):
+                        tmp[a, j, c] += coef * src[i, j, c]
+    for a in range(n_out):
+        for b in range(n_out):
+            for c in range(chans):
+                out[a, b, c] = 0
+            for j in range(n_in):
+                coef = lmat[b, j]
+                if coef != 0:
+                    for c in range(chans):
+                        out[a, b, c] += tmp[a, j, c] * coef
+
+
+@njit(cache=True, parallel=True, fastmath={"contract"})
+def _input_transform(x, bt, ph, pw, m, tiles_h, tiles_w, v):
+    """x (N, H, W, C) -> v (a*a, N*tiles_h*tiles_w, C): B^T d B of every (m+2)^2 input tile.
+
+    Tile (th, tw) of sample n reads padded rows th*m .. th*m+m+1 (unpadded: minus ph), columns
+    likewise; positions outside the image read zero (the padding is never materialised).
+    """
+    n, height, width, chans = x.shape
+    alpha = m + 2
+    for ni in prange(n):
+        d = np.empty((alpha, alpha, chans), dtype=x.dtype)
+        tmp = np.empty((alpha, alpha, chans), dtype=x.dtype)
+        out = np.empty((alpha, alpha, chans), dtype=x.dtype)
+        for th in range(tiles_h):
+            for tw in range(tiles_w):
+                for i in range(alpha):
+                    r = th * m + i - ph
+                    for j in range(alpha):
+                        col = tw * m + j - pw
+                        if 0 <= r < height and 0 <= col < width:
+                            for c in range(chans):
+                                d[i, j, c] = x[ni, r, col, c]
+                        else:
+                            for c in range(chans):
+                                d[i, j, c] = 0
+                _sandwich(bt, d, tmp, out)
+                p = (ni * tiles_h + th) * tiles_w + tw
+                for a in range(alpha):
+                    for b in range(alpha):
+                        for c in range(chans):
+                            v[a * alpha + b, p, c] = out[a, b, c]
+
+
+@njit(cache=True, parallel=True, fastmath={"contract"})
+def _output_transform(mm, at, m, tiles_h, tiles_w, bias, y):
+    """mm (a*a, P, K) -> y (N, OH, OW, K): A^T M A of every tile plus bias, cropped to the output."""
+    n, out_h, out_w, chans = y.shape
+    alpha = m + 2
+    for ni in prange(n):
+        src = np.empty((alpha, alpha, chans), dtype=y.dtype)
+        tmp = np.empty((m, alpha, chans), dtype=y.dtype)
+        out = np.empty((m, m, chans), dtype=y.dtype)
+        for th in range(tiles_h):
+            for tw in range(tiles_w):
+                p = (ni * tiles_h + th) * tiles_w + tw
+                for a in range(alpha):
+                    for b in range(alpha):
+                        for c in range(chans):
+                            src[a, b, c] = mm[a * alpha + b, p, c]
+                _sandwich(at, src, tmp, out)
+                for i in range(min(m, out_h - th * m)):
+                    for j in range(min(m, out_w - tw * m)):
+                        for c in range(chans):
+                            y[ni, th * m + i, tw * m + j, c] = out[i, j, c] + bias[c]
+
+
+@njit(cache=True, parallel=True, fastmath={"contract"})
+def _output_transform_adjoint(dy, a_mat, m, tiles_h, tiles_w, dmm):
+    """dy (N, OH, OW, K) -> dmm (a*a, P, K): A dY A^T of every m x m dy tile (zero past the edge)."""
+    n, out_h, out_w, chans = dy.shape
+    alpha = m + 2
+    for ni in prange(n):
+        src = np.empty((m, m, chans), dtype=dy.dtype)
+        tmp = np.empty((alpha, m, chans), dtype=dy.dtype)
+        out = np.empty((alpha, alpha, chans), dtype=dy.dtype)
+        for th in range(tiles_h):
+            for tw in range(tiles_w):
+                for i in range(m):
+                    for j in range(m):
+                        if th * m + i < out_h and tw * m + j < out_w:
+                            for c in range(chans):
+                                src[i, j, c] = dy[ni, th * m + i, tw * m + j, c]
+                        else:
+                            for c in range(chans):
+                                src[i, j, c] = 0
+                _sandwich(a_mat, src, tmp, out)
+                p = (ni * tiles_h + th) * tiles_w + tw
+                for a in range(alpha):
+                    for b in range(alpha):
+                        for c in range(chans):
+                            dmm[a * alpha + b, p, c] = out[a, b, c]
+
+
+@njit(cache=True, parallel=True, fastmath={"contract"})
+def _input_transform_adjoint(dv, b_mat, ph, pw, m, tiles_h, tiles_w, dx):
+    """dv (a*a, P, C) -> dx (N, H, W, C) += B dV B^T of every tile, added where tiles overlap.
+
+    Tiles of one sample overlap (by 2 rows/columns), tiles of different samples never do, so
+    the samples are split across threads.
+    """
+    n, height, width, chans = dx.shape
+    alpha = m + 2
+    for ni in prange(n):
+        src = np.empty((alpha, alpha, chans), dtype=dx.dtype)
+        tmp = np.empty((alpha, alpha, chans), dtype=dx.dtype)
+        out = np.empty((alpha, alpha, chans), dtype=dx.dtype)
+        for th in range(tiles_h):
+            for tw in range(tiles_w):
+                p = (ni * tiles_h + th) * tiles_w + tw
+                for a in range(alpha):
+                    for b in range(alpha):
+                        for c in range(chans):
+                            src[a, b, c] = dv[a * alpha + b, p, c]
+                _sandwich(b_mat, src, tmp, out)
+                for i in range(alpha):
+                    r = th * m + i - ph
+                    if 0 <= r < height:
+                        for j in range(alpha):
+                            col = tw * m + j - pw
+                            if 0 <= col < width:
+                                for c in range(chans):
+                                    dx[ni, r, col, c] += out[i, j, c]
+
+
+# ---------------------------------------------------------------- batched GEMM on both cores
+
+_pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _batched_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """out[t] = a[t] @ b[t] for every t, the t's split across numba.get_num_threads() threads.
+
+    numpy's stacked matmul calls BLAS once per t from one thread; the trainer and benchmarks
+    run BLAS with one thread (its workers spin after every call and would steal the core from
+    the numba transforms), so the split is made here: numpy releases the GIL inside BLAS.
+    """
+    threads = min(numba.get_num_threads(), a.shape[0])
+    if threads <= 1:
+        return np.matmul(a, b, out=out)
+    global _pool
+    if _pool is None or _pool._max_workers < threads:
+        _pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="winograd")
+    bounds = np.linspace(0, a.shape[0], threads + 1).astype(int)
+    jobs = [
+        _pool.submit(np.matmul, a[lo:hi], b[lo:hi], out=out[lo:hi])
+        for lo, hi in zip(bounds[:-1], bounds[1:])
+        if hi > lo
+    ]
+    for job in jobs:
+        job.result()
+    return out
+
+
+# ---------------------------------------------------------------- the backend
+
+
+def _fallback():
+    from . import get_backend  # the registry, imported late: kernels/__init__ imports us lazily
+
+    return get_backend(FALLBACK)
+
+
+@dataclass(frozen=True)
+class WinogradConvCtx:
+    """What conv2d_backward needs from the forward pass.
+
+    geometry: the call's ConvGeometry; path: "winograd F(mxm,3x3)" or "fallback:<backend>";
+    m: output tile size; tiles: (tiles_h, tiles_w) per sample;
+    v: (a*a, P, C_in) transformed input tiles; u: (a*a, C_in, C_out) transformed filters;
+    inner: the fallback backend's ctx when path is a fallback (v and u are then None).
+    """
+
+    geometry: ConvGeometry
+    path: str
+    m: int = 0
+    tiles: tuple[int, int] = (0, 0)
+    v: np.ndarray | None = None
+    u: np.ndarray | None = None
+    inner: Any = None
+
+
+def conv2d_forward(x, w, b=None, stride=1, padding=0):
+    """x: (N, H, W, C_in), w: (KH, KW, C_in, C_out), b: (C_out,) or None -> y: (N, OH, OW, C_out).
+
+    Same dtype as x. 3x3 stride-1 convolutions run as Winograd F(m x m, 3 x 3) (m from
+    tile_size); others on the FALLBACK backend.
+    """
+    g = conv_geometry(x, w, b, stride, padding)
+    if not native(g):
+        y, inner = _fallback().conv2d_forward(x, w, b, stride, padding)
+        return y, WinogradConvCtx(g, f"fallback:{FALLBACK}", inner=inner)
+    m = tile_size(g)
+    alpha = m + 2
+    bt, gm, at = transforms(m, g.dtype)
+    tiles_h, tiles_w = -(-g.out_h // m), -(-g.out_w // m)
+    n_tiles = g.n * tiles_h * tiles_w
+    v = np.empty((alpha * alpha, n_tiles, g.c_in), dtype=g.dtype)
+    _input_transform(np.ascontiguousarray(x), bt, g.ph, g.pw, m, tiles_h, tiles_w, v)
+    u = np.einsum("ai,ijck,bj->abck", gm, w, gm).reshape(alpha * alpha, g.c_in, g.c_out)
+    mm = _batched_matmul(v, u, np.empty((alpha * alpha, n_tiles, g.c_out), dtype=g.dtype))
+    bias = np.zeros(g.c_out, dtype=g.dtype) if b is None else np.ascontiguousarray(b)
+    y = np.empty(g.y_shape, dtype=g.dtype)
+    _output_transform(mm, at, m, tiles_h, tiles_w, bias, y)
+    return y, WinogradConvCtx(g, f"winograd F({m}x{m},3x3)", m, (tiles_h, tiles_w), v, u)
+
+
+def conv2d_backward(dy, ctx: WinogradConvCtx, need_dx=True):
+    """dy: (N, OH, OW, C_out) -> (dx (N, H, W, C_in) or None, dw like w, db (C_out,) or None)."""
+    g = ctx.geometry
+    if ctx.inner is not None:
+        return _fallback().conv2d_backward(dy, ctx.inner, need_dx=need_dx)
+    check_grad(dy, g.y_shape, g.dtype)
+    m, (tiles_h, tiles_w), v, u = ctx.m, ctx.tiles, ctx.v, ctx.u
+    assert v is not None and u is not None
+    alpha = m + 2
+    bt, gm, at = transforms(m, g.dtype)
+    dmm = np.empty((alpha * alpha, v.shape[1], g.c_out), dtype=g.dtype)
+    _output_transform_adjoint(
+        np.ascontiguousarray(dy), np.ascontiguousarray(at.T), m, tiles_h, tiles_w, dmm
+    )
+    du = _batched_matmul(v.transpose(0, 2, 1), dmm, np.empty_like(u))
+    dw = np.einsum("ai,abck,bj->ijck", gm, du.reshape(alpha, alpha, g.c_in, g.c_out), gm)
+    db = dy.sum(axis=(0, 1, 2)) if g.has_bias else None
+    if not need_dx:
+        return None, dw, db
+    dv = _batched_matmul(dmm, u.transpose(0, 2, 1), np.empty_like(v))
+    dx = np.zeros(g.x_shape, dtype=g.dtype)
+    _input_transform_adjoint(dv, np.ascontiguousarray(bt.T), g.ph, g.pw, m, tiles_h, tiles_w, dx)
+    return dx, dw, db
+
+
+def maxpool2d_forward(x, size=2, stride=None):
+    """Pooling is not a convolution: it runs on the FALLBACK backend (same ctx)."""
+    return _fallback().maxpool2d_forward(x, size, stride)
+
+
+def maxpool2d_backward(dy, ctx):
+    """See maxpool2d_forward: the FALLBACK backend's max-pool backward."""
+    return _fallback().maxpool2d_backward(dy, ctx)
+
+
+def avgpool2d_forward(x, size=2, stride=None):
+    """Pooling is not a convolution: it runs on the FALLBACK backend (same ctx)."""
+    return _fallback().avgpool2d_forward(x, size, stride)
+
+
+def avgpool2d_backward(dy, ctx):
+    """See avgpool2d_forward: the FALLBACK backend's avg-pool backward."""
+    return _fallback().avgpool2d_backward(dy, ctx)
+
+
+def warmup() -> None:
+    """Compile (or load from numba's disk cache) the tile transforms for float32 and float64."""
+    for dtype in (np.float32, np.float64):
+        for m in TILE_SIZES:
+            x = np.ones((1, m, m, 1), dtype=dtype)
+            w = np.ones((3, 3, 1, 1), dtype=dtype)
+            y, ctx = conv2d_forward(x, w, np.ones(1, dtype=dtype), padding=1)
+            conv2d_backward(np.ones_like(y), ctx)

@@ -1,0 +1,138 @@
+"""The winograd backend: both tile sizes against naive, its fallback path, and its float32 error.
+
+The shared equality tests (test_kernels_equality.py) already compare winograd with naive on
+every hypothesis shape, with the tile size its rule picks; here each tile size is forced on
+every shape, and float32 is held to a per-tile-size tolerance measured on network-sized layers:
+
+    relative error (max |winograd - float64 reference| / max |reference|), float32,
+    He-initialised weights, N(0, 1) inputs and gradients, 14x14 to 32x32 images, C_in 1-64:
+        F(2x2, 3x3): 1.6e-7 - 6.9e-7 (the direct float32 sum: 1.1e-7 - 1.3e-6)
+        F(4x4, 3x3): 1.4e-6 - 5.8e-6 (its transforms scale inputs by up to 5 and outputs by 8)
+
+so the tolerances below leave a 10x margin; float64 is held to 1e-10 like every backend.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kernels import geometry, naive, winograd
+
+F32_RTOL = {2: 1e-5, 4: 5e-5}
+F64_RTOL = 1e-10
+
+
+def _assert_close(actual, expected, rtol, what):
+    assert actual.shape == expected.shape and actual.dtype == expected.dtype, what
+    scale = float(np.abs(expected).max(initial=0.0))
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale, err_msg=what)
+
+
+@pytest.fixture
+def force_tile(monkeypatch):
+    def force(m):
+        monkeypatch.setattr(winograd, "tile_size", lambda g: m)
+
+    return force
+
+
+@st.composite
+def winograd_cases(draw):
+    """3x3 stride-1 convolutions: sizes that leave partial tiles, any padding 0-3."""
+    n, h, w = draw(st.integers(1, 3)), draw(st.integers(1, 11)), draw(st.integers(1, 11))
+    ph, pw = draw(st.integers(0, 3)), draw(st.integers(0, 3))
+    if h + 2 * ph < 3 or w + 2 * pw < 3:
+        ph, pw = max(ph, 1), max(pw, 1)
+    return dict(
+        x_shape=(n, h, w, draw(st.integers(1, 5))),
+        c_out=draw(st.integers(1, 5)),
+        padding=(ph, pw),
+        bias=draw(st.booleans()),
+        need_dx=draw(st.booleans()),
+        seed=draw(st.integers(0, 2**16)),
+    )
+
+
+@pytest.mark.parametrize("m", winograd.TILE_SIZES)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(case=winograd_cases())
+def test_each_tile_size_matches_naive(case, dtype, m, force_tile):
+    force_tile(m)
+    rng = np.random.default_rng(case["seed"])
+    x = rng.standard_normal(case["x_shape"]).astype(dtype)
+    w = rng.standard_normal((3, 3, case["x_shape"][3], case["c_out"])).astype(dtype)
+    b = rng.standard_normal(case["c_out"]).astype(dtype) if case["bias"] else None
+    y, ctx = naive.conv2d_forward(x, w, b, 1, case["padding"])
+    y_w, ctx_w = winograd.conv2d_forward(x, w, b, 1, case["padding"])
+    assert ctx_w.path == f"winograd F({m}x{m},3x3)"
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    grads = naive.conv2d_backward(dy, ctx, need_dx=case["need_dx"])
+    grads_w = winograd.conv2d_backward(dy, ctx_w, need_dx=case["need_dx"])
+    rtol = F64_RTOL if dtype == np.float64 else F32_RTOL[m]
+    _assert_close(y_w, y, rtol, "y")
+    for name, ref, got in zip(("dx", "dw", "db"), grads, grads_w):
+        if ref is None:
+            assert got is None, f"{name} should be None"
+        else:
+            _assert_close(got, ref, rtol, name)
+
+
+@pytest.mark.parametrize("m", winograd.TILE_SIZES)
+def test_float32_error_on_a_network_layer(m, force_tile):
+    """The figures in the module docstring: a deep_conv2-shaped layer against float64."""
+    force_tile(m)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 14, 14, 32))
+    w = rng.standard_normal((3, 3, 32, 64)) * np.sqrt(2 / (9 * 32))
+    y, ctx = naive.conv2d_forward(x, w, None, 1, 1)
+    dy = rng.standard_normal(y.shape)
+    dx, dw, _ = naive.conv2d_backward(dy, ctx)
+    y32, ctx32 = winograd.conv2d_forward(x.astype(np.float32), w.astype(np.float32), None, 1, 1)
+    dx32, dw32, _ = winograd.conv2d_backward(dy.astype(np.float32), ctx32)
+    for ref, got in ((y, y32), (dx, dx32), (dw, dw32)):
+        error = np.abs(got - ref).max() / np.abs(ref).max()
+        assert error < F32_RTOL[m] / 5
+
+
+@pytest.mark.parametrize(
+    "kernel, stride", [((1, 1), 1), ((5, 5), 1), ((3, 3), 2), ((2, 3), 1)], ids=str
+)
+def test_other_shapes_run_on_the_stated_fallback(kernel, stride):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 9, 9, 3))
+    w = rng.standard_normal((*kernel, 3, 4))
+    y, ctx = winograd.conv2d_forward(x, w, None, stride, 1)
+    assert ctx.path == f"fallback:{winograd.FALLBACK}"
+    y_ref, ctx_ref = naive.conv2d_forward(x, w, None, stride, 1)
+    _assert_close(y, y_ref, F64_RTOL, "y")
+    dy = rng.standard_normal(y.shape)
+    for ref, got in zip(naive.conv2d_backward(dy, ctx_ref), winograd.conv2d_backward(dy, ctx)):
+        assert (ref is None) == (got is None)
+        if ref is not None:
+            _assert_close(got, ref, F64_RTOL, "grad")
+
+
+def test_transform_matrices_compute_a_correlation():
+    """In one dimension, A^T [(G g) * (B^T d)] is the m outputs of the 3-tap correlation."""
+    rng = np.random.default_rng(2)
+    for m in winograd.TILE_SIZES:
+        bt, g, at = winograd.transforms(m, np.float64)
+        d, taps = rng.standard_normal(m + 2), rng.standard_normal(3)
+        direct = np.array([d[i : i + 3] @ taps for i in range(m)])
+        np.testing.assert_allclose(at @ ((g @ taps) * (bt @ d)), direct, rtol=1e-12, atol=1e-12)
+
+
+def test_tile_size_rule_avoids_wasted_tiles():
+    def geometry_for(size):
+        x = np.zeros((1, size, size, 1), np.float32)
+        return geometry.conv_geometry(x, np.zeros((3, 3, 1, 1), np.float32), None, 1, 1)
+
+    assert winograd.tile_size(geometry_for(28)) == 4  # 7 tiles of 4 cover 28 exactly
+    assert winograd.tile_size(geometry_for(32)) == 4
+    assert winograd.tile_size(geometry_for(14)) == 2  # 4 tiles of 4 would compute 16x16
