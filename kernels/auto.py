@@ -1,0 +1,323 @@
+"""auto backend: each layer runs on the backend that is fastest for its shape, found by timing.
+
+Like cuDNN's benchmark mode: the first call with a new (op, shapes, stride, padding, dtype)
+times every candidate backend's forward + backward on that call's own arrays, keeps the
+fastest, and remembers the choice; later calls go straight to it. Forward and backward are
+chosen together, because a backward pass needs its own backend's forward ctx.
+
+Choices are cached on disk per machine (CPU model, vector extensions, numpy and its BLAS,
+numba, thread counts) in the user cache directory, so later runs pay nothing:
+
+    mode "cached" (default)  use the cache file, time only shapes it does not know
+    mode "fresh"             time every shape again and rewrite the cache
+    mode "off"               time nothing: a fixed rule (winograd for 3x3 stride-1 convolutions
+                             with at least WINOGRAD_MIN_CHANNELS input channels, else numba)
+
+Set it with configure(mode=...) or the CONVBENCH_AUTOTUNE environment variable. A corrupt or
+stale cache file is ignored with a warning and rewritten atomically; it never stops a run.
+choices() returns what was chosen in this process (for run logs and benchmark reports).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .geometry import ConvGeometry, PoolGeometry, conv_geometry, pool_geometry
+
+MODES = ("off", "cached", "fresh")
+CONV_CANDIDATES = ("winograd", "numba", "im2col", "einsum")
+POOL_CANDIDATES = ("numba", "im2col")
+WINOGRAD_MIN_CHANNELS = 8
+TIMING_REPEATS = 3
+CACHE_VERSION = 1
+
+_state: dict[str, Any] = {"mode": None, "cache_dir": None, "table": None, "path": None}
+_chosen: dict[str, dict] = {}
+
+
+def configure(mode: str | None = None, cache_dir: str | os.PathLike | None = None) -> None:
+    """Set the autotune mode ("off", "cached", "fresh") and/or the cache directory."""
+    if mode is not None:
+        if mode not in MODES:
+            raise ValueError(f"autotune mode must be one of {', '.join(MODES)}, got {mode!r}")
+        _state["mode"] = mode
+    if cache_dir is not None:
+        _state["cache_dir"] = Path(cache_dir)
+    _state["table"] = None  # re-read (or re-time) under the new settings
+    _chosen.clear()
+
+
+def mode() -> str:
+    """The autotune mode in force: configure()'s, else $CONVBENCH_AUTOTUNE, else "cached"."""
+    chosen = _state["mode"] or os.environ.get("CONVBENCH_AUTOTUNE", "cached")
+    if chosen not in MODES:
+        raise ValueError(f"CONVBENCH_AUTOTUNE must be one of {', '.join(MODES)}, got {chosen!r}")
+    return chosen
+
+
+def choices() -> dict[str, dict]:
+    """{layer key: {"backend": name, "seconds": {candidate: fwd+bwd seconds}, "source": ...}}
+    for every layer shape this process has run, in first-use order."""
+    return dict(_chosen)
+
+
+# ---------------------------------------------------------------- machine and cache file
+
+
+def _cpu_model_and_isa() -> tuple[str, list[str]]:
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    wanted = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni")
+    return model, [f for f in wanted if f in flags]
+
+
+def machine_fingerprint() -> dict:
+    """What makes one machine's timings differ from another's (the cache is keyed on it)."""
+    import numba
+    from threadpoolctl import threadpool_info
+
+    model, isa = _cpu_model_and_isa()
+    blas = [
+        f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')}"
+        for i in threadpool_info()
+        if i.get("user_api") == "blas"
+    ]
+    return {
+        "cpu": model,
+        "isa": isa,
+        "cores": os.cpu_count(),
+        "numpy": np.__version__,
+        "blas": sorted(blas),
+        "numba": importlib.metadata.version("numba"),
+        "numba_threads": numba.get_num_threads(),
+        "python": platform.python_version(),
+    }
+
+
+def cache_dir() -> Path:
+    """configure()'s directory, else $CONVBENCH_CACHE, else ~/.cache/convbench ($XDG_CACHE_HOME)."""
+    if _state["cache_dir"] is not None:
+        return _state["cache_dir"]
+    if os.environ.get("CONVBENCH_CACHE"):
+        return Path(os.environ["CONVBENCH_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "convbench"
+
+
+def cache_path() -> Path:
+    """This machine's cache file: autotune-<hash of the fingerprint>.json in cache_dir()."""
+    digest = hashlib.sha256(json.dumps(machine_fingerprint(), sort_keys=True).encode())
+    return cache_dir() / f"autotune-{digest.hexdigest()[:12]}.json"
+
+
+def _load_table() -> dict:
+    if _state["table"] is not None:
+        return _state["table"]
+    table: dict = {}
+    path = cache_path()
+    _state["path"] = path
+    if mode() == "cached" and path.exists():
+        try:
+            data = json.loads(path.read_text())
+            if data.get("version") != CACHE_VERSION or data.get("machine") != machine_fingerprint():
+                raise ValueError("written by another version or machine")
+            table = {k: v for k, v in data["choices"].items() if isinstance(v.get("backend"), str)}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            warnings.warn(
+                f"ignoring the autotune cache {path} ({exc}); it will be rewritten",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            table = {}
+    _state["table"] = table
+    return table
+
+
+def _save_table(table: dict) -> None:
+    """Write the cache atomically (temp file + rename); a failure only warns."""
+    path = _state["path"] or cache_path()
+    data = {"version": CACHE_VERSION, "machine": machine_fingerprint(), "choices": table}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError as exc:
+        warnings.warn(f"could not write the autotune cache {path}: {exc}", RuntimeWarning, 2)
+
+
+# ---------------------------------------------------------------- choosing
+
+
+def _available(names) -> list[str]:
+    from . import available_backends  # the registry (kernels/__init__ imports us lazily)
+
+    return [name for name in names if name in available_backends()]
+
+
+def _backend(name: str):
+    from . import get_backend
+
+    return get_backend(name)
+
+
+def _time_candidate(run) -> float:
+    run()  # compiles (or loads from numba's cache) and warms the caches
+    best = np.inf
+    for _ in range(TIMING_REPEATS):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return float(best)
+
+
+def _rule(op: str, g) -> str:
+    """The "off" mode's choice: no timing."""
+    if op == "conv" and (g.kh, g.kw, g.sh, g.sw) == (3, 3, 1, 1):
+        if g.c_in >= WINOGRAD_MIN_CHANNELS and _available(["winograd"]):
+            return "winograd"
+    return (_available(["numba"]) or ["im2col"])[0]
+
+
+def _choose(key: str, op: str, g, candidates, run_for) -> str:
+    if key in _chosen:
+        return _chosen[key]["backend"]
+    if mode() == "off":
+        _chosen[key] = {"backend": _rule(op, g), "source": "rule"}
+        return _chosen[key]["backend"]
+    table = _load_table()
+    if key in table:
+        _chosen[key] = {**table[key], "source": "cache"}
+        return table[key]["backend"]
+    seconds = {}
+    for name in _available(candidates):
+        try:
+            seconds[name] = _time_candidate(run_for(_backend(name)))
+        except Exception as exc:  # a candidate that cannot run this shape is not a choice
+            seconds[name] = None
+            warnings.warn(f"autotune: {name} failed on {key}: {exc}", RuntimeWarning, 2)
+    timed = {k: v for k, v in seconds.items() if v is not None}
+    if not timed:
+        raise RuntimeError(f"autotune: no backend could run {key}")
+    best = min(timed, key=timed.__getitem__)
+    record = {"backend": best, "seconds": seconds}
+    table[key] = record
+    _save_table(table)
+    _chosen[key] = {**record, "source": "timed"}
+    return best
+
+
+def _key(op: str, g, extra: str = "") -> str:
+    shape = "x".join(map(str, g.x_shape))
+    return f"{op} x={shape} {extra} dtype={np.dtype(g.dtype).name}"
+
+
+def conv_key(g: ConvGeometry) -> str:
+    """The cache key of a conv2d call: shapes, stride, padding, bias, dtype."""
+    extra = (
+        f"w={g.kh}x{g.kw}x{g.c_in}x{g.c_out} stride={g.sh},{g.sw} pad={g.ph},{g.pw} "
+        f"bias={int(g.has_bias)}"
+    )
+    return _key("conv2d", g, extra)
+
+
+def pool_key(op: str, g: PoolGeometry) -> str:
+    """The cache key of a pooling call (op "maxpool2d" or "avgpool2d")."""
+    return _key(op, g, f"size={g.kh},{g.kw} stride={g.sh},{g.sw}")
+
+
+@dataclass(frozen=True)
+class AutoCtx:
+    """geometry: the call's geometry; backend: the chosen backend's name; inner: its ctx."""
+
+    geometry: Any
+    backend: str
+    inner: Any
+
+
+def conv2d_forward(x, w, b=None, stride=1, padding=0):
+    """x: (N, H, W, C_in), w: (KH, KW, C_in, C_out), b: (C_out,) or None -> y: (N, OH, OW, C_out),
+    computed by the backend chosen for this shape (see the module docstring)."""
+    g = conv_geometry(x, w, b, stride, padding)
+
+    def run_for(be):
+        def run():
+            y, ctx = be.conv2d_forward(x, w, b, stride, padding)
+            be.conv2d_backward(y, ctx)
+
+        return run
+
+    name = _choose(conv_key(g), "conv", g, CONV_CANDIDATES, run_for)
+    y, inner = _backend(name).conv2d_forward(x, w, b, stride, padding)
+    return y, AutoCtx(g, name, inner)
+
+
+def conv2d_backward(dy, ctx: AutoCtx, need_dx=True):
+    """dy: (N, OH, OW, C_out) -> (dx or None, dw, db or None), on the forward's backend."""
+    return _backend(ctx.backend).conv2d_backward(dy, ctx.inner, need_dx=need_dx)
+
+
+def _pool_forward(op: str, x, size, stride):
+    g = pool_geometry(x, size, stride)
+
+    def run_for(be):
+        def run():
+            y, ctx = getattr(be, f"{op}_forward")(x, size, stride)
+            getattr(be, f"{op}_backward")(y, ctx)
+
+        return run
+
+    name = _choose(pool_key(op, g), "pool", g, POOL_CANDIDATES, run_for)
+    y, inner = getattr(_backend(name), f"{op}_forward")(x, size, stride)
+    return y, AutoCtx(g, name, inner)
+
+
+def maxpool2d_forward(x, size=2, stride=None):
+    """x: (N, H, W, C) -> y: (N, OH, OW, C) on the backend chosen for this shape."""
+    return _pool_forward("maxpool2d", x, size, stride)
+
+
+def maxpool2d_backward(dy, ctx: AutoCtx):
+    """dy: (N, OH, OW, C) -> dx: (N, H, W, C), on the forward's backend."""
+    return _backend(ctx.backend).maxpool2d_backward(dy, ctx.inner)
+
+
+def avgpool2d_forward(x, size=2, stride=None):
+    """x: (N, H, W, C) -> y: (N, OH, OW, C) on the backend chosen for this shape."""
+    return _pool_forward("avgpool2d", x, size, stride)
+
+
+def avgpool2d_backward(dy, ctx: AutoCtx):
+    """dy: (N, OH, OW, C) -> dx: (N, H, W, C), on the forward's backend."""
+    return _backend(ctx.backend).avgpool2d_backward(dy, ctx.inner)
+
+
+def warmup() -> None:
+    """Compile the candidates that have a warmup() (numba, winograd)."""
+    for name in _available(CONV_CANDIDATES):
+        warm = getattr(_backend(name), "warmup", None)
+        if warm is not None:
+            warm()
