@@ -1,0 +1,110 @@
+"""The auto backend: it times candidates once per shape, caches the choice per machine on disk,
+never crashes on a bad cache file, and returns naive's numbers whatever it picks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from kernels import auto, naive
+
+
+@pytest.fixture
+def tuner(tmp_path, monkeypatch):
+    """auto with an empty cache directory of its own, reset afterwards."""
+    monkeypatch.delenv("CONVBENCH_AUTOTUNE", raising=False)
+    auto.configure(mode="cached", cache_dir=tmp_path)
+    yield auto
+    auto._state.update(mode=None, cache_dir=None, table=None, path=None)
+    auto._chosen.clear()
+
+
+def _conv_args(c_in=8, dtype=np.float64):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 6, 6, c_in)).astype(dtype)
+    w = rng.standard_normal((3, 3, c_in, 4)).astype(dtype)
+    return x, w, rng.standard_normal(4).astype(dtype)
+
+
+def test_times_once_caches_and_matches_naive(tuner):
+    x, w, b = _conv_args()
+    y, ctx = tuner.conv2d_forward(x, w, b, 1, 1)
+    (record,) = tuner.choices().values()
+    assert record["source"] == "timed" and record["backend"] == ctx.backend
+    assert record["backend"] in record["seconds"] and len(record["seconds"]) >= 2
+    y_ref, ctx_ref = naive.conv2d_forward(x, w, b, 1, 1)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-10, atol=1e-10)
+    dy = np.ones_like(y)
+    for got, ref in zip(tuner.conv2d_backward(dy, ctx), naive.conv2d_backward(dy, ctx_ref)):
+        np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-10)
+    saved = json.loads(tuner.cache_path().read_text())
+    assert saved["machine"] == tuner.machine_fingerprint()
+    assert list(saved["choices"].values())[0]["backend"] == ctx.backend
+
+
+def test_a_later_run_reads_the_cache_without_timing(tuner, monkeypatch):
+    x, w, b = _conv_args()
+    _, first = tuner.conv2d_forward(x, w, b, 1, 1)
+    auto.configure(mode="cached")  # a new run: the in-process memory is gone
+
+    def no_timing(run):
+        raise AssertionError("cached mode timed a shape the cache knows")
+
+    monkeypatch.setattr(auto, "_time_candidate", no_timing)
+    _, again = tuner.conv2d_forward(x, w, b, 1, 1)
+    assert again.backend == first.backend
+    assert list(tuner.choices().values())[0]["source"] == "cache"
+
+
+def test_fresh_times_again_and_off_times_nothing(tuner, monkeypatch):
+    x, w, b = _conv_args()
+    tuner.conv2d_forward(x, w, b, 1, 1)
+    calls = []
+    monkeypatch.setattr(auto, "_time_candidate", lambda run: calls.append(run) or 1.0)
+    auto.configure(mode="fresh")
+    tuner.conv2d_forward(x, w, b, 1, 1)
+    assert calls, "fresh mode must time again"
+    calls.clear()
+    auto.configure(mode="off")
+    _, ctx = tuner.conv2d_forward(x, w, b, 1, 1)
+    assert not calls and list(tuner.choices().values())[0]["source"] == "rule"
+    assert ctx.backend in ("winograd", "numba", "im2col")
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["{not json", json.dumps({"version": 1, "machine": {"cpu": "another"}, "choices": {}})],
+    ids=["corrupt", "stale"],
+)
+def test_a_bad_cache_file_warns_and_is_rewritten(tuner, content):
+    path = tuner.cache_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(content)
+    x, w, b = _conv_args()
+    with pytest.warns(RuntimeWarning, match="ignoring the autotune cache"):
+        tuner.conv2d_forward(x, w, b, 1, 1)
+    assert json.loads(path.read_text())["machine"] == tuner.machine_fingerprint()
+
+
+def test_pooling_is_tuned_too(tuner):
+    x = np.random.default_rng(1).standard_normal((2, 8, 8, 3))
+    y, ctx = tuner.maxpool2d_forward(x, 2)
+    y_ref, ctx_ref = naive.maxpool2d_forward(x, 2)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(
+        tuner.maxpool2d_backward(np.ones_like(y), ctx),
+        naive.maxpool2d_backward(np.ones_like(y), ctx_ref),
+    )
+    assert any(key.startswith("maxpool2d") for key in tuner.choices())
+
+
+def test_bad_mode_is_a_clear_error(tuner, monkeypatch):
+    with pytest.raises(ValueError, match="autotune mode must be one of off, cached, fresh"):
+        auto.configure(mode="sometimes")
+    monkeypatch.setenv("CONVBENCH_AUTOTUNE", "always")
+    auto.configure()
+    auto._state["mode"] = None
+    with pytest.raises(ValueError, match="CONVBENCH_AUTOTUNE must be one of"):
+        auto.mode()
