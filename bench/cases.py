@@ -2,7 +2,7 @@
 that are reasonable for it.
 
     >>> from bench.cases import get_case
-    >>> case = get_case("seed_conv")
+    >>> case = get_case("small_conv")
     >>> x, w, b = case.make_inputs(np.float32)          # x: (N, H, W, C_in), w: (KH, KW, C_in, C_out)
     >>> case.flops                                       # forward FLOPs (ConvGeometry.flops)
 
@@ -21,7 +21,8 @@ from kernels import BACKEND_NAMES, available_backends
 from kernels.geometry import conv_geometry, pool_geometry
 
 TOO_SLOW = "too slow for this case"
-# Above this many loop steps (~0.5 s forward, ~10 s with backward and repeats) naive is skipped.
+# Above this many loop steps naive is skipped: its Python loop would take on the order of a second
+# per call, and with backward and repeats dominate the whole run.
 NAIVE_MAX_STEPS = 50_000
 
 
@@ -80,8 +81,8 @@ class Case:
 
     @property
     def loop_steps(self) -> int:
-        """Python-level loop iterations of the naive backend's forward pass (its cost driver:
-        ~10 us each here, since each step is vectorised over batch and channels)."""
+        """Python-level loop iterations of the naive backend's forward pass: its cost driver, since
+        each step is vectorised over batch and channels and so costs about the same in any case."""
         g = self.geometry()
         return g.out_h * g.out_w * g.kh * g.kw if self.kind == "conv" else g.out_h * g.out_w
 
@@ -125,7 +126,7 @@ CASES: dict[str, Case] = {
     c.name: c
     for c in [
         Case(
-            "seed_conv",
+            "small_conv",
             "conv",
             64,
             28,
@@ -134,9 +135,11 @@ CASES: dict[str, Case] = {
             16,
             k=3,
             padding=1,
-            description="seed model conv, batch 64",
+            description="small model conv, batch 64",
         ),
-        Case("seed_pool", "pool", 64, 28, 28, 16, k=2, description="seed model max-pool, batch 64"),
+        Case(
+            "small_pool", "pool", 64, 28, 28, 16, k=2, description="small model max-pool, batch 64"
+        ),
         Case(
             "deep_conv1",
             "conv",
@@ -171,10 +174,10 @@ CASES: dict[str, Case] = {
             32,
             k=3,
             padding=1,
-            description="mid-sized conv named by the kernels issue's GFLOP/s target",
+            description="mid-sized conv (16 -> 32 channels at 14x14), batch 64",
         ),
         Case(
-            "fit003",
+            "lab_fit",
             "conv",
             100,
             28,
@@ -183,7 +186,7 @@ CASES: dict[str, Case] = {
             2,
             k=2,
             padding=0,
-            description="seed 003 .npy conv-kernel fit, all 100 samples at once",
+            description="the lab's .npy conv-kernel fit (python -m model.fitconv), all 100 samples at once",
         ),
         Case(
             "stride2",
@@ -214,7 +217,11 @@ CASES: dict[str, Case] = {
 }
 
 # A reduced matrix for --quick and CI smoke runs.
-QUICK_CASES = ("seed_conv", "seed_pool", "fit003")
+QUICK_CASES = ("small_conv", "small_pool", "lab_fit")
+
+
+# Case names of earlier reports -> today's, so --compare pairs an old results.json with a new one.
+LEGACY_CASE_NAMES = {"seed_conv": "small_conv", "seed_pool": "small_pool", "fit003": "lab_fit"}
 
 
 def get_case(name: str) -> Case:

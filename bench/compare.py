@@ -17,9 +17,10 @@ from pathlib import Path
 from kernels import BACKEND_NAMES
 from kernels.memory import keep_freed_memory
 
-from .cases import CASES, QUICK_CASES
-from .epoch import default_data_dir
-from .report import compare_results, load_results, render_comparison, write_report
+from . import epoch
+from .cases import CASES, LEGACY_CASE_NAMES, QUICK_CASES
+from .comparison import compare_results, load_results, render_comparison
+from .report import write_report
 from .suite import Options, run_suite
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "reports"
@@ -74,10 +75,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument(
         "--data-dir",
-        default=default_data_dir(),
-        help="real MNIST (four IDX files) for the epoch benchmark; without it random data "
-        "of the same shape is used and the report says so (default: $MNIST_DIR = "
-        "%(default)s)",
+        default=None,
+        help="MNIST for the epoch benchmark (four IDX files or mnist.npz), found as `python -m "
+        "model.train` finds it but never downloaded (default: $MNIST_DIR, else the user cache "
+        "~/.cache/convbench/mnist or $CONVBENCH_CACHE; without any, random data of the same "
+        "shape, and the run says so)",
     )
     p.add_argument(
         "--epoch-samples",
@@ -96,7 +98,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         nargs="+",
         metavar="JSON",
         help="OLD.json: run, then print and write ratios against that earlier "
-        "results.json; OLD.json NEW.json: compare the two files only, without running",
+        "results.json; OLD.json NEW.json: compare the two files only, without running. "
+        "Renamed cases pair with their old names ("
+        + ", ".join(f"{old} = {new}" for old, new in LEGACY_CASE_NAMES.items())
+        + ")",
     )
     p.add_argument(
         "--regression-factor",
@@ -156,7 +161,9 @@ def main(argv=None) -> int:
             data_dir=args.data_dir,
             epoch_samples=args.epoch_samples,
         )
-        opts.resolved()  # unknown names fail here, before any timing
+        opts = opts.resolved()  # unknown names fail here, before any timing
+        if "epoch" in opts.sections:  # a named MNIST directory without the data fails here too
+            print(f"epoch data: {epoch.data_source(opts.data_dir, opts.epoch_samples)}")
         results = run_suite(opts, name=args.name)
         out_dir = write_report(results, args.out)
         print(f"report: {out_dir / 'report.md'}  (also {Path(args.out) / 'latest.md'})")

@@ -1,63 +1,96 @@
-"""Application-level workloads: a training epoch of the `seed` model, and the .npy conv-kernel fit.
+"""The epoch section: one training epoch of the `small` model per backend and peer, batch 64.
 
-epoch_seconds(backend, x, y)     -> (seconds for all of x, extrapolated?)
-fitconv_epoch_seconds(backend, inputs, targets) -> seconds per epoch (median)
-load_training_data(data_dir, n)  -> x (n, 28, 28, 1) float32, y (n, 10) one-hot, source text
+    load_training_data(data_dir, n)  -> x (n, 28, 28, 1) float32, y (n, 10) one-hot, source text
+    epoch_seconds(backend, x, y)     -> (seconds for all of x, extrapolated?, batches timed)
+    run(ctx)                         -> the section's results (bench.suite.Context)
+
+The data is found the way `python -m model.train` finds it (model.mnist.load_mnist: --data-dir,
+$MNIST_DIR, then the user cache), except that nothing is downloaded; without MNIST the epoch runs
+on random data of the same shape, and the report and the console say so and why.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
 from kernels import get_backend
 
-# naive runs ~0.15 s per batch of 64 here: a full epoch would take minutes, so it is timed on a
-# few batches and extrapolated (and marked so in the report).
+from . import peers
+from .status import OK, error_status
+
+if TYPE_CHECKING:
+    from .suite import Context, Options
+
+ARCH = "small"
+BATCH_SIZE = 64
+FULL_EPOCH = 60_000
+QUICK_EPOCH = 2048
+OPTIMIZER = "momentum"
+MOMENTUM = 0.9
+# A full naive epoch would take minutes (its convolution is Python loops), so naive is timed on
+# this many batches and extrapolated (and marked so in the report).
 EXTRAPOLATE_BACKENDS = {"naive": 8}
-FITCONV_SHAPE = (100, 3, 28, 28)  # seed 003: samples, channels, height, width (NCHW)
-FITCONV_KERNELS, FITCONV_KSIZE, FITCONV_LR = 2, 2, 0.1
 
 
-def default_data_dir() -> str | None:
-    return os.environ.get("MNIST_DIR")
+def find_mnist(data_dir):
+    """MNIST as `python -m model.train` finds it, without downloading: (MNIST, None), or
+    (None, why not) when no directory was named and the user cache has none.
+
+    A directory named by `data_dir` or $MNIST_DIR must hold MNIST, as for the trainer:
+    FileNotFoundError or ValueError (a corrupt file) from load_mnist otherwise.
+    """
+    from model.mnist import default_cache_dir, load_mnist
+
+    try:
+        return load_mnist(data_dir, download=False, progress=False), None
+    except FileNotFoundError:
+        if data_dir is not None or os.environ.get("MNIST_DIR"):
+            raise
+        return None, (
+            f"no --data-dir or $MNIST_DIR was given and the cache {default_cache_dir()} holds "
+            "no MNIST (python -m model.train downloads it there)"
+        )
+
+
+def describe_source(data, why_not, n_samples: int) -> str:
+    """The data line of the console and the report: where the images came from, or why random."""
+    if data is None:
+        return f"random data of MNIST's shape ({n_samples} images) because {why_not}"
+    n = min(n_samples, len(data.x_train))
+    return f"real MNIST, {data.source} ({n} training images)"
+
+
+def data_source(data_dir, n_samples: int) -> str:
+    """describe_source of the data load_training_data would use; raises as find_mnist does."""
+    return describe_source(*find_mnist(data_dir), n_samples)
 
 
 def load_training_data(data_dir, n_samples: int, seed: int = 0):
-    """Real MNIST training images when `data_dir` has them, else random data of the same shape.
+    """The first `n_samples` MNIST training images (find_mnist), else random data of that shape.
 
-    Returns x: (n, 28, 28, 1) float32 in [0, 1], y: (n, 10) float32 one-hot, and a description
-    of the source for the report.
+    Returns x: (n, 28, 28, 1) float32 in [0, 1], y: (n, 10) float32 one-hot, and describe_source's
+    text.
     """
-    if data_dir and Path(data_dir).is_dir():
-        try:
-            from model.data import load_mnist, to_nhwc
+    from model.batches import scale
+    from model.losses import one_hot
 
-            data = load_mnist(data_dir)
-            x = to_nhwc(data.x_train[:n_samples])
-            x = (
-                x.astype(np.float32) / np.float32(255)
-                if x.dtype == np.uint8
-                else x.astype(np.float32)
-            )
-            y = np.eye(10, dtype=np.float32)[np.asarray(data.y_train[:n_samples], dtype=np.intp)]
-            return x, y, f"real MNIST from {data_dir} ({len(x)} training images)"
-        except Exception as exc:  # model.data missing or files unreadable: fall back, but say why
-            reason = f"{type(exc).__name__}: {exc}"
+    data, why_not = find_mnist(data_dir)
+    if data is None:
+        rng = np.random.default_rng(seed)
+        x = rng.random((n_samples, 28, 28, 1), dtype=np.float32)
+        y = one_hot(rng.integers(0, 10, n_samples))
     else:
-        reason = "no --data-dir / $MNIST_DIR"
-    rng = np.random.default_rng(seed)
-    x = rng.random((n_samples, 28, 28, 1), dtype=np.float32)
-    y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, n_samples)]
-    return x, y, f"random data of MNIST's shape ({n_samples} images; {reason})"
+        x, y = scale(data.x_train[:n_samples]), one_hot(data.y_train[:n_samples])
+    return x, y, describe_source(data, why_not, n_samples)
 
 
-def epoch_seconds(backend: str, x, y_onehot, batch_size: int = 64, seed: int = 0):
-    """Seconds for one epoch over x: (N, 28, 28, 1) of the seed model on `backend`, float32.
+def epoch_seconds(backend: str, x, y_onehot, lr: float, batch_size: int = BATCH_SIZE, seed=0):
+    """Seconds for one epoch over x: (N, 28, 28, 1) float32 of the small model on `backend`.
 
     Returns (seconds, extrapolated, batches_timed). Slow backends time a few batches and scale up.
     """
@@ -68,8 +101,8 @@ def epoch_seconds(backend: str, x, y_onehot, batch_size: int = 64, seed: int = 0
     module = get_backend(backend)
     if hasattr(module, "warmup"):
         module.warmup()
-    net = build_network("seed", backend=backend, dtype=np.float32, seed=seed)
-    opt = Momentum(lr=0.01, momentum=0.9)
+    net = build_network(ARCH, backend=backend, dtype=np.float32, seed=seed)
+    opt = Momentum(lr=lr, momentum=MOMENTUM)
     order = np.random.default_rng(seed).permutation(len(x))
     starts = list(range(0, len(x), batch_size))
     limit = EXTRAPOLATE_BACKENDS.get(backend)
@@ -86,52 +119,50 @@ def epoch_seconds(backend: str, x, y_onehot, batch_size: int = 64, seed: int = 0
     return seconds, False, len(timed)
 
 
-def make_fitconv_data(seed: int = 0):
-    """The lab's workload: inputs (100, 3, 28, 28) float32 and targets (100, 2, 27, 27) made by a
-    hidden 2x2 valid conv, so the fit has something to find."""
-    rng = np.random.default_rng(seed)
-    inputs = rng.standard_normal(FITCONV_SHAPE).astype(np.float32)
-    true_w = rng.standard_normal(
-        (FITCONV_KSIZE, FITCONV_KSIZE, FITCONV_SHAPE[1], FITCONV_KERNELS)
-    ).astype(np.float32)
-    y, _ = get_backend("im2col").conv2d_forward(inputs.transpose(0, 2, 3, 1), true_w)
-    return inputs, np.ascontiguousarray(y.transpose(0, 3, 1, 2))
+def steps(opts: Options, backends) -> int:
+    return len(backends) + len(peers.PEERS)
 
 
-def fitconv_epoch_seconds(
-    backend: str, inputs, targets, repeat: int = 3, samples: int | None = None
-) -> tuple[float, bool]:
-    """Median seconds of one epoch of `model.fitconv.fit_kernels` (per-sample SGD) on `backend`.
+def run(ctx: Context) -> dict:
+    """One row per backend and peer: seconds per epoch, scaled to 60 000 images when fewer ran."""
+    from model.optim import DEFAULT_LR
+    from model.training import TRAIN_BLAS_THREADS
 
-    With `samples` < len(inputs) the epoch is timed on the first `samples` and scaled up; returns
-    (seconds per full epoch, extrapolated).
-    """
-    full = len(inputs)
-    if samples is not None and samples < full:
-        inputs, targets = inputs[:samples], targets[:samples]
-    from model.fitconv import fit_kernels
-
-    module = get_backend(backend)
-    if hasattr(module, "warmup"):
-        module.warmup()
-
-    def one_epoch():
-        fit_kernels(
-            inputs,
-            targets,
-            num_kernels=FITCONV_KERNELS,
-            kernel_size=FITCONV_KSIZE,
-            lr=FITCONV_LR,
-            epochs=1,
-            backend=backend,
-            batch_size=1,
-            seed=0,
-        )
-
-    one_epoch()  # warm-up
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        one_epoch()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)) * full / len(inputs), len(inputs) < full
+    opts, bar = ctx.opts, ctx.bar
+    lr = DEFAULT_LR[OPTIMIZER]
+    x, y, source = load_training_data(opts.data_dir, opts.epoch_samples)
+    scale = FULL_EPOCH / len(x)
+    rows = []
+    for name in ctx.backends + list(peers.PEERS):
+        bar.set_description(f"epoch {name}")
+        row = {"name": name, "peer": name in peers.PEERS, "samples": len(x)}
+        try:
+            if name in peers.PEERS:
+                if ctx.peers[name] != OK:
+                    raise peers.PeerUnavailable(ctx.peers[name])
+                seconds, extrapolated, batches = peers.epoch_seconds(name, x, y, lr), False, None
+            else:
+                seconds, extrapolated, batches = epoch_seconds(name, x, y, lr)
+            row.update(
+                status=OK,
+                seconds=seconds,
+                seconds_per_60k=seconds * scale,
+                extrapolated=extrapolated or scale != 1.0,
+                batches_timed=batches,
+            )
+        except peers.PeerUnavailable as exc:
+            row["status"] = str(exc)
+        except Exception as exc:
+            row["status"] = error_status(exc)
+        rows.append(row)
+        bar.update(1)
+    return {
+        "arch": ARCH,
+        "data": source,
+        "samples": len(x),
+        "batch_size": BATCH_SIZE,
+        "dtype": "float32",
+        "optimizer": f"{OPTIMIZER} {MOMENTUM}, lr {lr:g}",
+        "blas_threads": TRAIN_BLAS_THREADS,
+        "rows": rows,
+    }

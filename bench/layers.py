@@ -1,19 +1,49 @@
-"""The timed bodies of the layer benchmarks: one case on one backend, forward or backward.
+"""The layer section: every case x backend (+ peers) x pass, timed, with its derived ratios.
 
-    >>> ops = layer_ops("im2col", get_case("seed_conv"))
+    >>> ops = layer_ops("im2col", get_case("small_conv"))
     >>> ops["forward"](); ops["backward"](); ops["forward_backward"]()
+    >>> rows = run(ctx)            # bench.suite.Context -> one row per (case, backend, pass)
 
-Inputs, and the forward context the backward pass needs, are built here, outside the timed calls.
-Backward times dx + dw + db for conv (need_dx=True everywhere, like the peers' autograd).
+Inputs, and the forward context the backward pass needs, are built in layer_ops, outside the timed
+calls. Backward times dx + dw + db for conv (need_dx=True everywhere, like the peers' autograd).
 """
 
 from __future__ import annotations
 
+import time
+from typing import TYPE_CHECKING
+
 import numpy as np
+from threadpoolctl import threadpool_limits
+from tqdm import tqdm
 
 from kernels import get_backend
 
-from .cases import Case
+from . import peers
+from .cases import Case, resolve_cases
+from .status import OK, error_status
+from .timing import measure, summarize
+
+if TYPE_CHECKING:
+    from .suite import Context, Options
+
+NUMPY_BACKENDS = ("naive", "einsum", "im2col")  # pure-numpy: the "best numpy backend" baseline
+PASSES = ("forward", "backward")
+# Idle time before each backend's layer timings. OpenBLAS's workers (after im2col/einsum GEMMs)
+# and TensorFlow's pool busy-wait for a while after their last task; on 2 cores they take the
+# second core from the next backend's first samples (it shows as a wide IQR on numba's small_conv
+# forward when the pause is left out).
+COOLDOWN_SECONDS = 0.3
+# The BLAS-bound NumPy backends are timed with 1 and with 2 OpenBLAS threads and keep the faster.
+# Neither is always right: a second thread halves the big GEMMs, but on the skinny ones of
+# single-channel layers its worker first has to pull the freshly written columns from the other
+# core's cache, and whether OpenBLAS splits them that way varies from process to process (im2col's
+# small_conv forward shows it). naive's matmuls are too small for BLAS to thread.
+BLAS_TUNED = ("einsum", "im2col")
+BLAS_THREAD_CHOICES = (1, 2)
+
+
+# ---- the timed bodies ----------------------------------------------------------------------------
 
 
 def layer_ops(backend: str, case: Case, dtype=np.float32) -> dict:
@@ -57,3 +87,156 @@ def warm_up_backend(backend: str) -> None:
     module = get_backend(backend)
     if hasattr(module, "warmup"):
         module.warmup()
+
+
+# ---- the section ---------------------------------------------------------------------------------
+
+
+def steps(opts: Options, backends) -> int:
+    return opts.rounds * len(opts.cases) * (len(backends) + len(peers.PEERS))
+
+
+def _blas_choices(name) -> tuple:
+    """The BLAS thread settings `name` is timed under (None: leave BLAS as configured)."""
+    return BLAS_THREAD_CHOICES if name in BLAS_TUNED else (None,)
+
+
+def _time_passes(ops, threads, repeat, pooled, key) -> None:
+    """Time every pass of `ops` under `threads` BLAS threads (None: as configured) and add the
+    per-call samples to pooled[key + (threads, pass)] = (samples, calls per sample); an error
+    status replaces the entry."""
+    with threadpool_limits(limits=threads, user_api="blas"):
+        for p in PASSES:
+            k = key + (threads, p)
+            if isinstance(pooled.get(k), str):
+                continue
+            try:
+                t = measure(ops[p], repeat=repeat)
+                pooled[k] = (pooled.get(k, ([], 0))[0] + t.samples, t.number)
+            except Exception as exc:
+                pooled[k] = error_status(exc)
+
+
+def _pooled_rows(base, name, is_peer, pooled) -> list[dict]:
+    """Rows of one (case, backend) from its pooled samples: for a BLAS_TUNED backend, the thread
+    setting with the smaller forward + backward median (recorded as "blas_threads")."""
+    best = None
+    for threads in _blas_choices(name):
+        rows = []
+        for p in PASSES:
+            row = {**base, "backend": name, "pass": p, "peer": is_peer}
+            got = pooled.get((base["case"], name, threads, p), "error: not measured")
+            if isinstance(got, str):
+                row["status"] = got
+            else:
+                row.update(summarize(*got).to_dict(), status=OK)
+            if threads is not None:
+                row["blas_threads"] = threads
+            rows.append(row)
+        total = sum(r["median"] if r["status"] == OK else np.inf for r in rows)
+        if best is None or total < best[0]:
+            best = (total, rows)
+    return best[1]
+
+
+def _plan(ctx: Context) -> tuple[list[dict], list]:
+    """Rows for what will not be timed (skipped cases, broken backends, unavailable peers), and
+    the plan of what will: [(case, base row, [(name, is_peer)])]."""
+    opts, bar = ctx.opts, ctx.bar
+    rows, plan = [], []
+    for case in resolve_cases(opts.cases):
+        run, skipped = case.backends(ctx.backends)
+        base = {"case": case.name, "kind": case.kind, "shape": case.shape_text, "flops": case.flops}
+        for name, reason in {**skipped, **ctx.broken}.items():
+            status = reason if reason.startswith("error") else f"skipped: {reason}"
+            rows += [{**base, "backend": name, "pass": p, "status": status} for p in PASSES]
+            if name in skipped:
+                tqdm.write(f"{case.name}: {name} skipped: {reason}")
+        timed = []
+        for name in run + list(peers.PEERS):
+            if name in peers.PEERS and ctx.peers[name] != OK:
+                rows += [
+                    {**base, "backend": name, "pass": p, "status": ctx.peers[name]} for p in PASSES
+                ]
+                bar.update(opts.rounds)  # its steps in `steps`, done
+            else:
+                timed.append((name, name in peers.PEERS))
+        plan.append((case, base, timed))
+    return rows, plan
+
+
+def run(ctx: Context) -> list[dict]:
+    """Every case x backend (+ peers) x pass: timing rows with derived ratios (derive_ratios).
+
+    The whole matrix is timed opts.rounds times, one round after the other, and each figure is the
+    median of all its rounds' samples: a few seconds of disturbance on the shared machine then
+    spoil one round of a measurement instead of all of it.
+    """
+    opts, bar = ctx.opts, ctx.bar
+    rows, plan = _plan(ctx)
+    pooled = {}
+    for rnd in range(opts.rounds):
+        for case, _base, timed in plan:
+            for name, is_peer in timed:
+                bar.set_description(f"layers {case.name} {name} (round {rnd + 1}/{opts.rounds})")
+                time.sleep(COOLDOWN_SECONDS)
+                key = (case.name, name)
+                try:
+                    ops = peers.layer_ops(name, case) if is_peer else layer_ops(name, case)
+                except Exception as exc:
+                    for threads in _blas_choices(name):
+                        for p in PASSES:
+                            pooled[key + (threads, p)] = error_status(exc)
+                    bar.update(1)
+                    continue
+                for threads in _blas_choices(name):
+                    _time_passes(ops, threads, opts.repeat, pooled, key)
+                bar.update(1)
+    for _case, base, timed in plan:
+        for name, is_peer in timed:
+            rows += _pooled_rows(base, name, is_peer, pooled)
+    order = {n: i for i, n in enumerate(list(opts.backends) + list(peers.PEERS))}
+    cases = {c: i for i, c in enumerate(opts.cases)}
+    rows.sort(
+        key=lambda r: (
+            cases[r["case"]],
+            PASSES.index(r["pass"]),
+            order.get(r["backend"], len(order)),
+        )
+    )
+    return derive_ratios(rows, ctx.peak_gflops)
+
+
+def derive_ratios(rows: list[dict], peak_gflops: float | None) -> list[dict]:
+    """Add gflops, peak_fraction, speedup_vs_naive, speedup_vs_best_numpy, ratio_torch,
+    ratio_tensorflow to each "ok" row, comparing rows of the same (case, pass).
+
+    Backward FLOPs are twice the forward's (dx and dw each cost one forward's multiply-adds).
+    speedup_* = baseline time / this time (>1: faster than the baseline);
+    ratio_* = this time / the peer's time (>1: slower than the peer).
+    """
+    ok = [r for r in rows if r.get("status") == OK]
+    by_key = {}
+    for r in ok:
+        by_key.setdefault((r["case"], r["pass"]), {})[r["backend"]] = r["median"]
+    for r in ok:
+        times = by_key[(r["case"], r["pass"])]
+        if r.get("flops"):
+            flops = r["flops"] * (2 if r["pass"] == "backward" else 1)
+            r["gflops"] = flops / r["median"] / 1e9
+            r["peak_fraction"] = r["gflops"] / peak_gflops if peak_gflops else None
+        r["speedup_vs_naive"] = times["naive"] / r["median"] if "naive" in times else None
+        numpy_times = [t for b, t in times.items() if b in NUMPY_BACKENDS]
+        r["speedup_vs_best_numpy"] = min(numpy_times) / r["median"] if numpy_times else None
+        for p in peers.PEERS:
+            r[f"ratio_{p}"] = r["median"] / times[p] if p in times else None
+    return rows
+
+
+def forward_backward_medians(results: dict) -> dict:
+    """{case: {backend: forward + backward median}} over the layer rows where both passes ran."""
+    acc = {}
+    for r in results.get("layers", []):
+        if r.get("status") == OK:
+            acc.setdefault(r["case"], {}).setdefault(r["backend"], []).append(r["median"])
+    return {c: {b: sum(t) for b, t in d.items() if len(t) == 2} for c, d in acc.items()}

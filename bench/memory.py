@@ -1,4 +1,5 @@
-"""Peak bytes allocated by one conv forward + backward, per backend (tracemalloc).
+"""The memory section: peak bytes allocated by one conv forward + backward, per backend
+(tracemalloc), on the case Options.memory_case names (deep_conv2 by default).
 
 NumPy reports its array buffers to tracemalloc, so the numpy backends are measured in full.
 Numba's jitted code allocates through its own runtime (NRT), which tracemalloc does not see:
@@ -10,11 +11,16 @@ from __future__ import annotations
 
 import gc
 import tracemalloc
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .cases import Case
+from .cases import Case, get_case
 from .layers import layer_ops
+from .status import OK, error_status
+
+if TYPE_CHECKING:
+    from .suite import Context, Options
 
 NUMBA_NOTE = (
     "numba allocations made inside jitted code (NRT) are invisible to tracemalloc; "
@@ -35,3 +41,20 @@ def peak_bytes(backend: str, case: Case, dtype=np.float32) -> int:
     finally:
         tracemalloc.stop()
     return int(peak)
+
+
+def steps(opts: Options, backends) -> int:
+    return len(backends)
+
+
+def run(ctx: Context) -> dict:
+    case = get_case(ctx.opts.memory_case)
+    rows = []
+    for name in ctx.backends:
+        ctx.bar.set_description(f"memory {name}")
+        try:
+            rows.append({"backend": name, "status": OK, "peak_bytes": peak_bytes(name, case)})
+        except Exception as exc:
+            rows.append({"backend": name, "status": error_status(exc)})
+        ctx.bar.update(1)
+    return {"case": case.name, "shape": case.shape_text, "note": NUMBA_NOTE, "rows": rows}

@@ -1,4 +1,5 @@
-"""How time grows with batch size and with image size, per backend, with the fitted exponent.
+"""The scaling section: how time grows with batch size and with image size, per backend, with the
+fitted exponent, on the case Options.scaling_case names (small_conv by default).
 
 The exponent is the slope of log(time) against log(size): 1.0 means linear in the batch (or in
 the side length, for image size 2.0 means linear in the pixel count).
@@ -6,11 +7,18 @@ the side length, for image size 2.0 means linear in the pixel count).
 
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING
 
-from .cases import Case
+import numpy as np
+from tqdm import tqdm
+
+from .cases import TOO_SLOW, Case, get_case
 from .layers import layer_ops
+from .status import OK, error_status
 from .timing import measure
+
+if TYPE_CHECKING:
+    from .suite import Context, Options
 
 BATCH_SIZES = (8, 16, 32, 64, 128)
 IMAGE_SIZES = (14, 28, 56, 112)
@@ -45,3 +53,42 @@ def summarize_curve(points: list[tuple[int, float]]) -> dict:
     sizes = [p[0] for p in points]
     seconds = [p[1] for p in points]
     return {"sizes": sizes, "seconds": seconds, "exponent": loglog_exponent(sizes, seconds)}
+
+
+def steps(opts: Options, backends) -> int:
+    return 2 * len(backends)  # one curve per axis and backend
+
+
+def run(ctx: Context) -> dict:
+    opts = ctx.opts
+    base = get_case(opts.scaling_case)
+    axes = {
+        "batch": QUICK_BATCH_SIZES if opts.quick else BATCH_SIZES,
+        "size": QUICK_IMAGE_SIZES if opts.quick else IMAGE_SIZES,
+    }
+    out = {"case": base.name, "shape": base.shape_text, "pass": "forward+backward"}
+    for axis, sizes in axes.items():
+        curves = {}
+        for name in ctx.backends:
+            points, skipped = [], []
+            ctx.bar.set_description(f"scaling {axis} {name}")
+            for size, case in scaling_variants(base, axis, sizes):
+                if name in case.skip:
+                    skipped.append(size)
+                    tqdm.write(f"scaling {case.name}: {name} skipped: {case.skip[name]}")
+                    continue
+                try:
+                    points.append((size, time_forward_backward(name, case, opts.repeat)))
+                except Exception as exc:
+                    curves[name] = {"status": error_status(exc)}
+                    break
+            else:
+                curves[name] = {
+                    "status": OK,
+                    **summarize_curve(points),
+                    "skipped_sizes": skipped,
+                    "skip_reason": base.skip.get(name) or (TOO_SLOW if skipped else None),
+                }
+            ctx.bar.update(1)
+        out[axis] = curves
+    return out

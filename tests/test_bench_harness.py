@@ -5,22 +5,29 @@ internal consistency, never for speed."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import matplotlib.image
 import numpy as np
 import pytest
 
-from bench import compare, peers
-from bench.cases import TOO_SLOW, Case, get_case, resolve_backends
-from bench.report import compare_results, render_markdown
+from bench import compare, epoch, layers, peers
+from bench.cases import LEGACY_CASE_NAMES, TOO_SLOW, Case, get_case, resolve_backends
+from bench.comparison import compare_results, load_results
+from bench.report import render_markdown
 from bench.scaling import loglog_exponent
-from bench.suite import Options, derive_ratios, run_layers
+from bench.sections import SECTIONS
+from bench.suite import Context, Options
 from bench.timing import measure, summarize
+
+REPO = Path(__file__).resolve().parent.parent
+# A committed report from before the case renames: --compare must still pair its cases.
+LEGACY_REPORT = REPO / "reports" / "2026-11-30_012626" / "results.json"
 
 TINY = [
     "--cases",
-    "fit003",
-    "seed_pool",
+    "lab_fit",
+    "small_pool",
     "--backends",
     "naive",
     "im2col",
@@ -47,7 +54,7 @@ def test_results_json_is_well_formed(tiny_run):
     assert res["name"] == "tiny" and res["machine"]["cores"] >= 1
     assert res["machine"]["peak_gflops"]["float32"] > 0
     rows = {(r["case"], r["backend"], r["pass"]): r for r in res["layers"]}
-    for case in ("fit003", "seed_pool"):
+    for case in ("lab_fit", "small_pool"):
         for backend in ("naive", "im2col"):
             for p in ("forward", "backward"):
                 r = rows[(case, backend, p)]
@@ -60,17 +67,24 @@ def test_results_json_is_well_formed(tiny_run):
                 )
         for p in ("forward", "backward"):
             assert rows[(case, "torch", p)]["status"] == "disabled (--no-peers)"
-    fit = rows[("fit003", "im2col", "backward")]
-    assert fit["gflops"] == pytest.approx(2 * get_case("fit003").flops / fit["median"] / 1e9)
+    fit = rows[("lab_fit", "im2col", "backward")]
+    assert fit["gflops"] == pytest.approx(2 * get_case("lab_fit").flops / fit["median"] / 1e9)
     assert fit["peak_fraction"] == pytest.approx(
         fit["gflops"] / res["machine"]["peak_gflops"]["float32"]
     )
-    assert rows[("seed_pool", "im2col", "forward")].get("gflops") is None  # pools: no FLOPs
+    assert rows[("small_pool", "im2col", "forward")].get("gflops") is None  # pools: no FLOPs
     assert {r["backend"] for r in res["memory"]["rows"]} == {"naive", "im2col"}
     assert all(r["peak_bytes"] > 0 for r in res["memory"]["rows"])
     assert res["scaling"]["batch"]["im2col"]["exponent"] is not None
     assert res["epoch"]["samples"] == 128 and len(res["epoch"]["rows"]) == 4
+    assert res["epoch"]["arch"] == "small"
+    for section in ("epoch", "fitconv"):  # our backends' workloads ran; peers are disabled
+        assert {r["name"]: r["status"] for r in res[section]["rows"] if not r["peer"]} == {
+            "naive": "ok",
+            "im2col": "ok",
+        }
     assert res["numba_compile"]["status"].startswith("skipped")
+    assert {s.key for s in SECTIONS} <= set(res)  # every section of the table ran
 
 
 def test_report_files_parse(tiny_run):
@@ -78,13 +92,13 @@ def test_report_files_parse(tiny_run):
     md = (out / "tiny" / "report.md").read_text()
     assert md.startswith("# convbench report `tiny`")
     assert res["machine"]["blas"] in md
-    table_rows = [l for l in md.splitlines() if l.startswith("| fit003 | forward |")]
+    table_rows = [l for l in md.splitlines() if l.startswith("| lab_fit | forward |")]
     labels = [l.split("|")[3].strip() for l in table_rows]
     # im2col carries the BLAS thread count it was fastest with; the others use a fixed setting
     im2col = next(r for r in res["layers"] if r["backend"] == "im2col" and r["pass"] == "forward")
     assert im2col["blas_threads"] in (1, 2)
     assert labels == ["naive", f"im2col ({im2col['blas_threads']})", "PyTorch", "TensorFlow/Keras"]
-    for png in ("speedup.png", "roofline.png", "scaling.png"):
+    for png in ("speedup.png", "roofline.png", "epoch.png", "scaling.png"):
         img = matplotlib.image.imread(out / "tiny" / png)
         assert img.ndim == 3 and img.shape[0] > 100
         assert f"]({png})" in md
@@ -164,7 +178,7 @@ def test_derive_ratios_by_hand():
         {"case": "c", "pass": "backward", "backend": b, "status": "ok", "median": t, "flops": 10**9}
         for b, t in (("naive", 8.0), ("im2col", 2.0), ("numba", 1.0), ("torch", 0.5))
     ]
-    got = {r["backend"]: r for r in derive_ratios(rows, peak_gflops=4.0)}
+    got = {r["backend"]: r for r in layers.derive_ratios(rows, peak_gflops=4.0)}
     assert got["im2col"]["gflops"] == pytest.approx(1.0)  # 2 GFLOP backward / 2 s
     assert got["im2col"]["peak_fraction"] == pytest.approx(0.25)
     assert got["numba"]["speedup_vs_naive"] == pytest.approx(8.0)
@@ -176,7 +190,8 @@ def test_derive_ratios_by_hand():
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--cases", "nope"], "unknown case(s) 'nope'; known cases: seed_conv"),
+        (["--cases", "nope"], "unknown case(s) 'nope'; known cases: small_conv"),
+        (["--cases", "seed_conv"], "unknown case(s) 'seed_conv'"),
         (["--backends", "cuda"], "unknown backend(s) 'cuda'; known backends: naive"),
         (["--compare", "/no/such/results.json"], "cannot read results file /no/such/results.json"),
     ],
@@ -198,6 +213,23 @@ def test_compare_file_that_is_not_results(tmp_path, capsys):
     assert "is not a bench.compare results.json" in capsys.readouterr().err
 
 
+class Bar:
+    """The progress bar a section runner drives, counting its steps."""
+
+    def __init__(self):
+        self.steps = 0
+
+    def update(self, n):
+        self.steps += n
+
+    def set_description(self, text):
+        pass
+
+
+def _context(opts: Options) -> Context:
+    return Context(opts, list(opts.backends), peers=peers.peer_status(opts.peers), bar=Bar())
+
+
 def test_missing_peer_reports_not_installed(monkeypatch):
     real = peers.importlib.util.find_spec
     monkeypatch.setattr(
@@ -205,48 +237,42 @@ def test_missing_peer_reports_not_installed(monkeypatch):
         "find_spec",
         lambda name, *a: None if name in peers.PEERS else real(name, *a),
     )
-    opts = Options(cases=["fit003"], backends=["im2col"], repeat=1).resolved()
-
-    class Bar:
-        def update(self, n):
-            pass
-
-        def set_description(self, s):
-            pass
-
-    rows = run_layers(opts, ["im2col"], {}, Bar())
+    monkeypatch.setattr(layers, "COOLDOWN_SECONDS", 0)
+    ctx = _context(Options(cases=["lab_fit"], backends=["im2col"], repeat=1).resolved())
+    rows = layers.run(ctx)
     status = {(r["backend"], r["pass"]): r["status"] for r in rows}
     assert status[("im2col", "forward")] == "ok"
     assert status[("torch", "forward")] == status[("tensorflow", "backward")] == "not installed"
+    with pytest.raises(peers.PeerUnavailable, match="not installed"):
+        peers.layer_ops("torch", get_case("lab_fit"))
+
+
+def test_unknown_peer_is_one_clear_error():
+    with pytest.raises(ValueError, match="unknown peer 'jax'; known: torch, tensorflow"):
+        peers.epoch_seconds("jax", None, None, lr=0.1)
 
 
 def test_rounds_pool_their_samples_and_blas_threads_are_chosen(monkeypatch):
-    monkeypatch.setattr("bench.suite.COOLDOWN_SECONDS", 0)
+    monkeypatch.setattr(layers, "COOLDOWN_SECONDS", 0)
     opts = Options(
-        cases=["fit003"], backends=["im2col", "numba"], repeat=2, rounds=3, peers=False
+        cases=["lab_fit"], backends=["im2col", "numba"], repeat=2, rounds=3, peers=False
     ).resolved()
-
-    class Bar:
-        steps = 0
-
-        def update(self, n):
-            Bar.steps += n
-
-        def set_description(self, s):
-            pass
-
-    rows = run_layers(opts, ["im2col", "numba"], {}, Bar())
-    assert Bar.steps == 3 * 1 * (2 + len(peers.PEERS))  # rounds x cases x (backends + peers)
+    ctx = _context(opts)
+    rows = layers.run(ctx)
+    assert ctx.bar.steps == 3 * 1 * (2 + len(peers.PEERS))  # rounds x cases x (backends + peers)
+    assert ctx.bar.steps == layers.steps(opts, opts.backends)
     ok = {(r["backend"], r["pass"]): r for r in rows if r["status"] == "ok"}
     assert {len(r["samples"]) for r in ok.values()} == {6}  # 3 rounds x 2 samples, pooled
     assert ok[("im2col", "forward")]["blas_threads"] == ok[("im2col", "backward")]["blas_threads"]
     assert "blas_threads" not in ok[("numba", "forward")]
     with pytest.raises(ValueError, match="--rounds"):
         Options(rounds=0).resolved()
+    with pytest.raises(ValueError, match="unknown section"):
+        Options(sections=("layers", "nope")).resolved()
 
 
 def test_slow_backend_is_reported_not_dropped():
-    big = get_case("seed_conv").with_size(112)
+    big = get_case("small_conv").with_size(112)
     run, skipped = big.backends(["naive", "im2col"])
     assert run == ["im2col"] and skipped == {"naive": TOO_SLOW}
     rows = [
@@ -298,3 +324,48 @@ def test_compare_results_ignores_unshared_and_failed_rows():
     new = _fake("b", {("c", "forward", "y"): 1.0})
     new["layers"].append({"case": "c", "pass": "forward", "backend": "x", "status": "error: boom"})
     assert compare_results(old, new) == []
+
+
+def test_legacy_case_names_still_pair():
+    old = load_results(LEGACY_REPORT)
+    cases = {r["case"] for r in old["layers"]}
+    assert set(LEGACY_CASE_NAMES.values()) <= cases and not cases & set(LEGACY_CASE_NAMES)
+    assert old["options"]["scaling_case"] == "small_conv"
+    median = next(
+        r["median"]
+        for r in old["layers"]
+        if (r["case"], r["pass"], r["backend"]) == ("small_conv", "forward", "numba")
+    )
+    new = _fake("new", {("small_conv", "forward", "numba"): 2 * median})
+    rows = compare_results(old, new)
+    assert [(r["key"], r["flag"]) for r in rows] == [("small_conv forward numba", "REGRESSION")]
+
+
+def test_epoch_data_from_the_user_cache(mnist_dir, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for f in mnist_dir.iterdir():
+        (cache / f.name).symlink_to(f)
+    monkeypatch.delenv("MNIST_DIR")
+    monkeypatch.setenv("CONVBENCH_CACHE", str(cache))
+    x, y, source = epoch.load_training_data(None, 100)
+    assert source.startswith("real MNIST") and str(cache) in source
+    assert x.shape == (100, 28, 28, 1) and x.dtype == np.float32 and 0 <= x.min() <= x.max() <= 1
+    assert y.shape == (100, 10) and (y.sum(axis=1) == 1).all()
+
+
+def test_epoch_data_says_why_it_is_random(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("MNIST_DIR", raising=False)
+    monkeypatch.setenv("CONVBENCH_CACHE", str(tmp_path / "empty"))
+    x, y, source = epoch.load_training_data(None, 10)
+    assert x.shape == (10, 28, 28, 1) and y.shape == (10, 10)
+    assert source.startswith("random data of MNIST's shape (10 images) because no --data-dir")
+    assert str(tmp_path / "empty") in source
+    # a directory named on the command line must hold the data: one clear line, before any timing
+    argv = ["--backends", "im2col", "--no-peers", "--data-dir", str(tmp_path)]
+    assert compare.main(argv) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith(f"error: MNIST directory {tmp_path} (data_dir) lacks")
+        and err.count("\n") == 1
+    )

@@ -1,0 +1,142 @@
+"""The PNG plots of a report. Each `plot_*(results, path)` draws from the results dict and returns
+whether it wrote `path` (False when its section has nothing to draw).
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
+
+from .formatting import order  # noqa: E402
+from .layers import forward_backward_medians  # noqa: E402
+from .peers import label  # noqa: E402
+
+DPI = 90
+
+
+def _save(fig, path, legend_ax=None) -> bool:
+    """Lay out `fig` (with `legend_ax`'s legend outside it, on the right), write it, close it."""
+    if legend_ax is not None:
+        legend_ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return True
+
+
+def plot_speedup(results, path) -> bool:
+    times = forward_backward_medians(results)
+    cases = [c for c in times if "naive" in times[c]]
+    if not cases:
+        return False
+    names = sorted({b for c in cases for b in times[c]}, key=order)
+    fig, ax = plt.subplots(figsize=(10, 4.2))
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        xs = [k + i * width for k, c in enumerate(cases) if name in times[c]]
+        ys = [times[c]["naive"] / times[c][name] for c in cases if name in times[c]]
+        ax.bar(xs, ys, width, label=label(name))
+    ax.set_yscale("log")
+    ax.axhline(1, color="black", lw=0.8)
+    ax.set_xticks([k + 0.4 - width / 2 for k in range(len(cases))], cases)
+    ax.set_ylabel("speedup vs naive (forward + backward)")
+    ax.set_title("Speedup over the naive backend (log scale, higher is faster)")
+    return _save(fig, path, legend_ax=ax)
+
+
+def plot_roofline(results, path) -> bool:
+    rows = [r for r in results.get("layers", []) if r.get("status") == "ok" and r.get("gflops")]
+    if not rows:
+        return False
+    peak = results["machine"].get("peak_gflops", {}).get("float32")
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    markers = {"forward": "o", "backward": "s"}
+    names = sorted({r["backend"] for r in rows}, key=order)
+    colors = {n: f"C{i}" for i, n in enumerate(names)}
+    for r in rows:
+        flops = r["flops"] * (2 if r["pass"] == "backward" else 1)
+        ax.scatter(flops, r["gflops"], color=colors[r["backend"]], marker=markers[r["pass"]], s=30)
+    for case in dict.fromkeys(r["case"] for r in rows):  # name each case below its points
+        forward = [q for q in rows if q["case"] == case and q["pass"] == "forward"]
+        if not forward:
+            continue
+        ax.annotate(
+            case,
+            (forward[0]["flops"], min(q["gflops"] for q in forward)),
+            textcoords="offset points",
+            xytext=(0, -14),
+            ha="center",
+            fontsize=7,
+            color="dimgray",
+        )
+    for n in names:
+        ax.scatter([], [], color=colors[n], label=label(n))
+    for p, m in markers.items():
+        ax.scatter([], [], color="gray", marker=m, label=p)
+    if peak:
+        ax.axhline(peak, color="red", ls="--", label=f"numpy matmul peak {peak:.0f} GFLOP/s")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("FLOPs per call (backward = 2x forward)")
+    ax.margins(y=0.15)
+    ax.set_ylabel("achieved GFLOP/s")
+    ax.set_title("Achieved GFLOP/s per layer case against the float32 matmul peak")
+    return _save(fig, path, legend_ax=ax)
+
+
+def plot_epoch(results, path) -> bool:
+    ep = results.get("epoch")
+    rows = [r for r in (ep or {}).get("rows", []) if r["status"] == "ok"]
+    if not rows:
+        return False
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(rows) + 1.5))
+    labels = [label(r["name"]) + (" (extrapolated)" if r.get("extrapolated") else "") for r in rows]
+    vals = [r["seconds_per_60k"] for r in rows]
+    colors = ["C3" if r["peer"] else "C0" for r in rows]
+    bars = ax.barh(labels, vals, color=colors)
+    for bar, r in zip(bars, rows):
+        if r.get("extrapolated"):
+            bar.set_hatch("//")
+        ax.text(
+            bar.get_width(),
+            bar.get_y() + bar.get_height() / 2,
+            f" {r['seconds_per_60k']:.1f} s",
+            va="center",
+            fontsize=8,
+        )
+    if max(vals) / min(vals) > 20:  # naive next to PyTorch: only a log axis shows both
+        ax.set_xscale("log")
+        ax.set_xlim(left=min(vals) / 2, right=max(vals) * 3)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    else:
+        ax.set_xlim(right=max(vals) * 1.15)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds per 60k-image epoch (red = PyTorch/Keras; hatched = extrapolated)")
+    ax.set_title(f"{ep.get('arch', 'small')} model: one training epoch, batch 64, float32")
+    return _save(fig, path)
+
+
+def plot_scaling(results, path) -> bool:
+    sc = results.get("scaling")
+    if not sc:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, (axis, xlabel) in zip(axes, (("batch", "batch size"), ("size", "image side (px)"))):
+        for name, c in sorted(sc.get(axis, {}).items(), key=lambda kv: order(kv[0])):
+            if c["status"] != "ok" or not c["sizes"]:
+                continue
+            exp = "" if c["exponent"] is None else f" (slope {c['exponent']:.2f})"
+            ax.plot(c["sizes"], c["seconds"], "o-", label=name + exp)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        sizes = sorted({s for c in sc.get(axis, {}).values() for s in c.get("sizes", [])})
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xticks(sizes, [str(s) for s in sizes])
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("seconds (forward + backward)")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Scaling of {sc['case']} ({sc['shape']})", fontsize=10)
+    return _save(fig, path)

@@ -1,0 +1,75 @@
+"""The one table of report sections: what runs, in which order, and how each is reported.
+
+    for section in SECTIONS:
+        results[section.key] = section.run(ctx)            # bench.suite.run_suite
+        markdown = section.markdown(results)               # bench.report.render_markdown
+        for plot in section.plots: plot.draw(results, out_dir / plot.file)
+
+A section's runner and step count live in its own module (bench.layers, bench.epoch, ...), its
+Markdown in bench.markdown, its plots in bench.plots.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import epoch, fitconv, layers, markdown, memory, numba_compile, plots, scaling
+
+
+@dataclass(frozen=True)
+class Plot:
+    file: str  # PNG name inside the run's directory
+    alt: str  # the image's alt text in the Markdown
+    draw: Callable  # (results, path) -> True if it drew
+
+
+@dataclass(frozen=True)
+class Section:
+    name: str  # as Options.sections names it
+    key: str  # its entry in the results dict
+    run: Callable  # (bench.suite.Context) -> its results
+    steps: Callable  # (Options, backends) -> progress-bar steps it takes
+    markdown: Callable  # (results dict) -> its Markdown, "" when it did not run
+    plots: tuple[Plot, ...] = ()
+
+
+SECTIONS: tuple[Section, ...] = (
+    Section(
+        "layers",
+        "layers",
+        layers.run,
+        layers.steps,
+        markdown.layers_section,
+        (
+            Plot("speedup.png", "speedup", plots.plot_speedup),
+            Plot("roofline.png", "roofline", plots.plot_roofline),
+        ),
+    ),
+    Section(
+        "epoch",
+        "epoch",
+        epoch.run,
+        epoch.steps,
+        markdown.epoch_section,
+        (Plot("epoch.png", "epoch", plots.plot_epoch),),
+    ),
+    Section("fitconv", "fitconv", fitconv.run, fitconv.steps, markdown.fitconv_section),
+    Section("memory", "memory", memory.run, memory.steps, markdown.memory_section),
+    Section(
+        "compile",
+        "numba_compile",
+        numba_compile.run,
+        numba_compile.steps,
+        markdown.compile_section,
+    ),
+    Section(
+        "scaling",
+        "scaling",
+        scaling.run,
+        scaling.steps,
+        markdown.scaling_section,
+        (Plot("scaling.png", "scaling", plots.plot_scaling),),
+    ),
+)
+SECTION_NAMES = tuple(s.name for s in SECTIONS)
