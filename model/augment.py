@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .checks import nonnegative_float, nonnegative_int
+
 
 def _check_images(x) -> np.ndarray:
     x = np.asarray(x)
@@ -70,10 +72,8 @@ def augment_batch(
     """
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
-    if isinstance(max_shift, bool) or not isinstance(max_shift, (int, np.integer)) or max_shift < 0:
-        raise ValueError(f"max_shift must be a non-negative integer, got {max_shift!r}")
-    if not max_degrees >= 0:
-        raise ValueError(f"max_degrees must be non-negative, got {max_degrees!r}")
+    max_shift = nonnegative_int(max_shift, "max_shift")
+    max_degrees = nonnegative_float(max_degrees, "max_degrees")
     # Checked before drawing, so a bad call leaves rng's stream untouched.
     n = len(_check_images(x))
     shifts = rng.integers(-max_shift, max_shift + 1, size=(n, 2))

@@ -1,6 +1,8 @@
 """Arrays for training: MNIST's uint8 images as float NHWC, standardisation, subsets, batches.
 
 >>> import numpy as np
+
+from .checks import nonnegative_int, positive_int
 >>> from model.batches import scale, iterate_batches
 >>> x = scale(data.x_train)                   # (60000, 28, 28, 1) float32 in [0, 1]
 >>> for xb, yb in iterate_batches(x, data.y_train, 64, rng=np.random.default_rng(0)): ...
@@ -9,6 +11,8 @@
 from __future__ import annotations
 
 import numpy as np
+
+from .checks import nonnegative_int, positive_int
 
 
 def to_nhwc(x: np.ndarray) -> np.ndarray:
@@ -71,26 +75,14 @@ def subset(x: np.ndarray, y: np.ndarray, limit: int | None, name: str = "limit")
         raise ValueError(f"x and y differ in length: {len(x)} vs {len(y)}")
     if limit is None:
         return x, y
-    if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {limit!r}")
+    limit = positive_int(limit, name)
     return x[:limit], y[:limit]
 
 
 def num_batches(n: int, batch_size: int) -> int:
     """How many batches iterate_batches yields for n items: ceil(n / batch_size)."""
-    _check_batch_size(batch_size)
-    if n < 0:
-        raise ValueError(f"n must be non-negative, got {n}")
-    return -(-n // batch_size)
-
-
-def _check_batch_size(batch_size) -> None:
-    if (
-        isinstance(batch_size, bool)
-        or not isinstance(batch_size, (int, np.integer))
-        or batch_size < 1
-    ):
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = positive_int(batch_size, "batch_size")
+    return -(-nonnegative_int(n, "n") // batch_size)
 
 
 def iterate_batches(x: np.ndarray, y: np.ndarray, batch_size: int, rng=None):
@@ -103,7 +95,7 @@ def iterate_batches(x: np.ndarray, y: np.ndarray, batch_size: int, rng=None):
     """
     if len(x) != len(y):
         raise ValueError(f"x and y differ in length: {len(x)} vs {len(y)}")
-    _check_batch_size(batch_size)
+    positive_int(batch_size, "batch_size")
     if rng is not None and not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator or None, got {type(rng).__name__}")
     order = None if rng is None else rng.permutation(len(x))

@@ -18,6 +18,8 @@ import numpy as np
 from kernels import get_backend
 from kernels.geometry import as_pair
 
+from .checks import positive_int
+
 
 class Layer:
     """Base class: a layer with no parameters that passes shapes through unchanged."""
@@ -76,9 +78,8 @@ class Conv2D(Layer):
     ):
         super().__init__()
         kh, kw = as_pair(kernel_size, "kernel_size")
-        for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"Conv2D: {name} must be a positive integer, got {value!r}")
+        positive_int(in_channels, "Conv2D: in_channels")
+        positive_int(out_channels, "Conv2D: out_channels")
         rng = np.random.default_rng() if rng is None else rng
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel_size, self.stride, self.padding = (kh, kw), stride, padding
