@@ -11,7 +11,6 @@ accuracy curves). Ctrl-C saves interrupted.npz and the history, then exits clean
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from datetime import datetime
@@ -19,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from kernels import BACKEND_NAMES
+from kernels import BACKEND_NAMES, get_backend
 from kernels.memory import keep_freed_memory
 
 from .batches import scale, standardize, standardize_stats, subset
+from .cli import Parser, nonnegative_float, nonnegative_int, positive_float, positive_int
 from .mnist import load_mnist
 from .network import (
     ARCHITECTURES,
@@ -32,46 +32,36 @@ from .network import (
     load_network,
     read_checkpoint,
 )
-from .optim import DEFAULT_LR, OPTIMIZERS, SCHEDULES, make_optimizer
-from .training import TRAIN_BLAS_THREADS, TrainingDiverged, fit, new_history, save_history
+from .optim import (
+    DEFAULT_LR,
+    OPTIMIZERS,
+    SCHEDULES,
+    STEP_EPOCHS,
+    STEP_FACTOR,
+    WARMUP_STEPS,
+    make_optimizer,
+)
+from .training import (
+    DEFAULT_MAX_DEGREES,
+    DEFAULT_MAX_SHIFT,
+    DEFAULT_PATIENCE,
+    TRAIN_BLAS_THREADS,
+    TrainingDiverged,
+    fit,
+    new_history,
+    save_history,
+)
 
 DEFAULT_EPOCHS = 3
 
 
-def positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+def count(n: int, noun: str) -> str:
+    """'1 epoch', '3 epochs'."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-def non_negative_int(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def positive_float(text):
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def non_negative_float(text):
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m model.train",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+def build_parser() -> Parser:
+    p = Parser(prog="python -m model.train", description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--backend",
         choices=BACKEND_NAMES,
@@ -87,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--epochs",
-        type=non_negative_int,
+        type=nonnegative_int,
         default=DEFAULT_EPOCHS,
         help="total epochs (with --resume: train until this many are done)",
     )
@@ -102,32 +92,77 @@ def build_parser() -> argparse.ArgumentParser:
         "--lr",
         type=positive_float,
         default=None,
-        help="learning rate (None = the optimizer's default: "
+        help="learning rate (default: the optimizer's, "
         + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items())
         + ")",
-    )
-    p.add_argument(
-        "--weight-decay",
-        type=non_negative_float,
-        default=0.0,
-        help="L2 penalty on weights (not on biases or BatchNorm scale/shift)",
     )
     p.add_argument(
         "--schedule",
         choices=SCHEDULES,
         default="cosine",
-        help="learning-rate schedule over the epochs (step: x0.1 every third of the run)",
+        help="learning-rate schedule over the epochs (cosine: from --lr down towards 0; "
+        "step: see --step-epochs and --step-factor)",
+    )
+    p.add_argument(
+        "--step-epochs",
+        type=positive_int,
+        default=STEP_EPOCHS,
+        metavar="N",
+        help="with --schedule step: multiply the learning rate by --step-factor every N epochs",
+    )
+    p.add_argument(
+        "--step-factor",
+        type=positive_float,
+        default=STEP_FACTOR,
+        metavar="FACTOR",
+        help="with --schedule step: the factor applied every --step-epochs epochs",
+    )
+    p.add_argument(
+        "--warmup-steps",
+        type=nonnegative_int,
+        default=WARMUP_STEPS,
+        metavar="N",
+        help="ramp the learning rate up linearly over the first N steps (0 = off): "
+        "the first steps have the largest gradients",
+    )
+    p.add_argument(
+        "--weight-decay",
+        type=nonnegative_float,
+        default=0.0,
+        help="L2 penalty on weights (not on biases or BatchNorm scale/shift)",
     )
     p.add_argument(
         "--clip-norm",
         type=positive_float,
         default=None,
-        help="clip gradients to this global L2 norm",
+        help="scale all gradients together so their global L2 norm is at most this "
+        "(default: no clipping)",
+    )
+    p.add_argument(
+        "--clip-value",
+        type=positive_float,
+        default=None,
+        help="clamp every gradient element to [-this, this], before --clip-norm "
+        "(default: no clipping)",
     )
     p.add_argument(
         "--augment",
         action="store_true",
-        help="random shifts (up to 2 px) and rotations (up to 10 degrees) of training images",
+        help="randomly shift (--max-shift) and rotate (--max-degrees) each training image",
+    )
+    p.add_argument(
+        "--max-shift",
+        type=nonnegative_int,
+        default=DEFAULT_MAX_SHIFT,
+        metavar="PIXELS",
+        help="with --augment: shift up to this many pixels in each direction",
+    )
+    p.add_argument(
+        "--max-degrees",
+        type=nonnegative_float,
+        default=DEFAULT_MAX_DEGREES,
+        metavar="DEGREES",
+        help="with --augment: rotate by up to this many degrees either way",
     )
     p.add_argument(
         "--standardize",
@@ -137,14 +172,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--early-stop",
         type=positive_int,
+        nargs="?",
+        const=DEFAULT_PATIENCE,
         default=None,
         metavar="PATIENCE",
-        help="stop after PATIENCE epochs without a lower test loss; restore the best weights",
+        help="stop after PATIENCE epochs without a lower test loss and restore the best "
+        f"weights; PATIENCE defaults to {DEFAULT_PATIENCE} (default: off)",
     )
     p.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="float precision")
     p.add_argument(
         "--seed",
-        type=int,
+        type=nonnegative_int,
         default=0,
         help="seeds initialisation, shuffling, augmentation and dropout",
     )
@@ -152,25 +190,33 @@ def build_parser() -> argparse.ArgumentParser:
         "--train-limit",
         type=positive_int,
         default=None,
-        help="use only the first N training images",
+        metavar="N",
+        help="use only the first N training images (default: all 60,000)",
     )
     p.add_argument(
-        "--test-limit", type=positive_int, default=None, help="use only the first N test images"
+        "--test-limit",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="use only the first N test images (default: all 10,000)",
     )
     p.add_argument(
         "--data-dir",
         default=None,
-        help="directory with the four MNIST IDX files (or mnist.npz); default: $MNIST_DIR, "
-        "then the user cache, then a verified download",
+        help="directory with the four MNIST IDX files (or mnist.npz) (default: $MNIST_DIR, "
+        "then the user cache, then a verified download)",
     )
     p.add_argument(
-        "--out", default=None, help="output directory (None = runs/<date>_<time>_<arch>_<backend>)"
+        "--out",
+        default=None,
+        help="output directory (default: runs/<date>_<time>_<arch>_<backend>)",
     )
     p.add_argument(
         "--resume",
         default=None,
         metavar="CHECKPOINT",
-        help="continue from a checkpoint (e.g. OUT/last.npz) with its optimizer state",
+        help="continue from a checkpoint (e.g. OUT/last.npz) with its optimizer state "
+        "(default: start afresh)",
     )
     p.add_argument(
         "--blas-threads",
@@ -218,7 +264,8 @@ def resume_state(args):
         if key not in ("epochs", "backend", "data_dir", "out", "resume", "show", "no_progress"):
             setattr(args, key, value)
     history = meta.get("history") or new_history()
-    print(f"Resuming {args.resume}: {len(history['epoch'])} epochs done, training to {args.epochs}")
+    done = count(len(history["epoch"]), "epoch")
+    print(f"Resuming {args.resume}: {done} done, training to {args.epochs}")
     return net, optimizer, history
 
 
@@ -232,8 +279,21 @@ def best_weights(out):
     return {k: v for k, v in arrays.items() if not k.startswith("optim/")}
 
 
+def warm_up(backend_name: str) -> None:
+    """Compile the backend's kernels before training, when it has a warmup(), so that epoch 1's
+    time is training, not compilation (numba compiles once, then loads from its disk cache)."""
+    warmup = getattr(get_backend(backend_name), "warmup", None)
+    if warmup is None:
+        return
+    print(f"compiling {backend_name} kernels (first run only) ...", end=" ", flush=True)
+    start = time.perf_counter()
+    warmup()
+    print(f"{time.perf_counter() - start:.1f} s", flush=True)
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     keep_freed_memory()  # a step's multi-MB arrays are reused, not page-faulted afresh
     try:
         if args.resume:
@@ -243,13 +303,17 @@ def main(argv=None) -> int:
             net, optimizer, history, mean_std = None, None, new_history(), None
         x_train, y_train, x_test, y_test, mean_std = prepare_data(args, mean_std)
     except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
     if net is None:
         net = build_network(args.arch, backend=args.backend, dtype=args.dtype, seed=args.seed)
         lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
         optimizer = make_optimizer(
-            args.optimizer, lr=lr, weight_decay=args.weight_decay, clip_norm=args.clip_norm
+            args.optimizer,
+            lr=lr,
+            weight_decay=args.weight_decay,
+            clip_norm=args.clip_norm,
+            clip_value=args.clip_value,
         )
         args.lr = lr
     out = Path(
@@ -259,8 +323,9 @@ def main(argv=None) -> int:
     run_args = {k: v for k, v in vars(args).items() if k not in ("resume",)}
     print(
         f"Model: {args.arch} on backend {args.backend}, {args.dtype}, {args.optimizer} "
-        f"lr {args.lr:g}, batch {args.batch_size}, {args.epochs} epochs"
+        f"lr {args.lr:g}, batch {args.batch_size}, {count(args.epochs, 'epoch')}"
     )
+    warm_up(args.backend)
 
     def checkpoint(path, **extra):
         net.save(
@@ -295,7 +360,12 @@ def main(argv=None) -> int:
             y_test=y_test,
             schedule=args.schedule,
             base_lr=args.lr,
+            step_epochs=args.step_epochs,
+            step_factor=args.step_factor,
+            warmup_steps=args.warmup_steps,
             augment=args.augment,
+            max_shift=args.max_shift,
+            max_degrees=args.max_degrees,
             early_stop=args.early_stop,
             history=history,
             best_state=best_weights(out) if args.resume and args.early_stop else None,
@@ -304,7 +374,10 @@ def main(argv=None) -> int:
             blas_threads=args.blas_threads,
         )
     except TrainingDiverged as exc:
-        print(f"error: {exc}. The last good checkpoint is {out / 'last.npz'}.", file=sys.stderr)
+        print(
+            f"{parser.prog}: error: {exc}. The last good checkpoint is {out / 'last.npz'}.",
+            file=sys.stderr,
+        )
         write_history()
         return 1
     except KeyboardInterrupt:
@@ -318,7 +391,14 @@ def main(argv=None) -> int:
     total = time.perf_counter() - start
     epochs_run = history["seconds"][epochs_before:]
     if epochs_run:
-        print(f"Total training time: {total:.2f}s, mean epoch time: {np.mean(epochs_run):.2f}s")
+        print(
+            f"Total time: {total:.2f}s for {count(len(epochs_run), 'epoch')} "
+            f"(training, test evaluation, checkpoints and history files)"
+        )
+        print(
+            f"Mean epoch time: {np.mean(epochs_run):.2f}s "
+            f"(the training pass alone, as in the epoch lines)"
+        )
     write_plots(net, history, x_test, y_test, out, args.show)
     if not history["epoch"]:
         checkpoint(out / "last.npz", epoch=0)

@@ -1,12 +1,13 @@
 """The training loop: epochs of shuffled mini-batches with schedules, augmentation, early stopping.
 
-    history = fit(net, x_train, y_train, epochs=3, optimizer=Momentum(0.01),
+    history = fit(net, x_train, y_train, epochs=3, optimizer=Momentum(0.05),
                   x_test=x_test, y_test=y_test, on_epoch_end=save_checkpoint)
 
-`history` is a dict of equal-length lists, one entry per epoch: epoch (1-based), lr, train_loss,
-train_acc, test_loss, test_acc (None without test data) and seconds. All randomness (shuffling,
-augmentation, dropout) comes from `net.rng`, so a run resumed from an end-of-epoch checkpoint
-(which stores that generator's state) continues exactly as the uninterrupted run would have.
+`history` is a dict of equal-length lists, one entry per epoch: epoch (1-based), lr (the epoch's
+scheduled rate), train_loss, train_acc, test_loss, test_acc (None without test data) and seconds
+(the training pass alone: no evaluation, no checkpoint). All randomness (shuffling, augmentation,
+dropout) comes from `net.rng`, so a run resumed from an end-of-epoch checkpoint (which stores that
+generator's state and the optimizer's step count) continues exactly as the uninterrupted run would.
 """
 
 from __future__ import annotations
@@ -24,16 +25,19 @@ from tqdm.auto import tqdm
 from .atomic import write_atomically
 from .augment import augment_batch
 from .batches import iterate_batches, num_batches
+from .checks import nonnegative_float, nonnegative_int, positive_int
 from .losses import NonFiniteLoss, class_indices
-from .optim import lr_at
+from .optim import STEP_EPOCHS, STEP_FACTOR, WARMUP_STEPS, lr_at, warmup_factor
 
 # BLAS threads to train with. The model's GEMMs are small (the largest is 64 x 3136 x 128), so a
-# second OpenBLAS thread gains little, and idle OpenBLAS workers busy-wait ~0.1 s after each GEMM,
-# taking the core that numba's parallel kernels and numpy's other work need. Measured on 2 vCPUs,
-# full seed epochs interleaved 3 times: im2col 4.81 s median with 1 thread (4.72-5.16) against
-# 5.91 s with 2 (4.59-6.70); a numba step 4.8 ms against 8.0 ms.
+# second OpenBLAS thread gains little, while idle OpenBLAS workers busy-wait after each GEMM on the
+# core that numba's parallel kernels and numpy's other work need: one thread gives the faster
+# epoch on a 2-core machine (the benchmark's training epoch, `python -m bench.compare`, runs the
+# NumPy backends with this setting too).
 TRAIN_BLAS_THREADS = 1
 HISTORY_KEYS = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds")
+DEFAULT_MAX_SHIFT, DEFAULT_MAX_DEGREES = 2, 10.0  # augmentation: pixels, degrees
+DEFAULT_PATIENCE = 5  # early stopping: epochs without a lower test loss
 
 
 class TrainingDiverged(RuntimeError):
@@ -42,7 +46,7 @@ class TrainingDiverged(RuntimeError):
     def __init__(self, epoch: int, batch: int, loss: float):
         super().__init__(
             f"loss became {loss} at epoch {epoch}, batch {batch}: training stopped "
-            f"(try a lower --lr, --clip-norm, or --standardize)"
+            f"(try a lower --lr, or --clip-norm)"
         )
         self.epoch, self.batch, self.loss = epoch, batch, loss
 
@@ -62,7 +66,12 @@ def fit(
     y_test=None,
     schedule="none",
     base_lr=None,
+    step_epochs=STEP_EPOCHS,
+    step_factor=STEP_FACTOR,
+    warmup_steps=WARMUP_STEPS,
     augment=False,
+    max_shift=DEFAULT_MAX_SHIFT,
+    max_degrees=DEFAULT_MAX_DEGREES,
     early_stop=None,
     history=None,
     best_state=None,
@@ -74,99 +83,88 @@ def fit(
     """Train `net` in place until `epochs` epochs are in the history (a resumed run passes its
     history and continues from len(history['epoch'])).
 
-    x: (N, 28, 28, 1) of net.dtype; y: (N,) labels or (N, 10) one-hot. `early_stop` = patience in
-    epochs without a lower test loss; when it triggers, the best weights are restored (a resumed
-    run passes them as `best_state`, net.state_arrays() of the best epoch, e.g. from best.npz).
+    x: (N, 28, 28, 1) of net.dtype; y: (N,) labels or (N, 10) one-hot.
+    Learning rate: `base_lr` (default optimizer.lr) follows `schedule` per epoch (optim.lr_at;
+    'step' multiplies it by `step_factor` every `step_epochs` epochs) and ramps up over the first
+    `warmup_steps` optimizer steps (optim.warmup_factor; 0 = no ramp).
+    `augment`: random shifts of up to `max_shift` pixels and rotations of up to `max_degrees`.
+    `early_stop` = patience in epochs without a lower test loss; when it triggers, the best weights
+    are restored (a resumed run passes them as `best_state`, net.state_arrays() of the best epoch,
+    e.g. from best.npz).
     `on_epoch_end(net, history, is_best)` runs after each epoch (the CLI writes checkpoints there).
+    `log(line)` receives each epoch's line (format_epoch; with the lr when a schedule is on).
     `blas_threads`: BLAS threads during training (None = the BLAS default; see TRAIN_BLAS_THREADS).
     Raises TrainingDiverged on a NaN/Inf loss, before the bad step is applied to the weights.
     """
-    if not isinstance(epochs, (int, np.integer)) or epochs < 0:
-        raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    epochs = nonnegative_int(epochs, "epochs")
+    batch_size = positive_int(batch_size, "batch_size")
+    step_epochs = positive_int(step_epochs, "step_epochs")
+    warmup_steps = nonnegative_int(warmup_steps, "warmup_steps")
+    max_shift = nonnegative_int(max_shift, "max_shift")
+    max_degrees = nonnegative_float(max_degrees, "max_degrees")
     if len(x) != len(y):
         raise ValueError(f"x has {len(x)} samples but y has {len(y)}")
-    if early_stop is not None and (early_stop < 1 or x_test is None):
-        raise ValueError("early_stop needs a patience >= 1 and test data to watch")
-    with threadpool_limits(limits=blas_threads, user_api="blas"):
-        return _fit(
-            net,
-            x,
-            y,
-            epochs,
-            optimizer,
-            batch_size,
-            x_test,
-            y_test,
-            schedule,
-            base_lr,
-            augment,
-            early_stop,
-            history,
-            best_state,
-            progress,
-            on_epoch_end,
-            log,
-        )
+    if early_stop is not None:
+        early_stop = positive_int(early_stop, "early_stop (the patience)")
+        if x_test is None:
+            raise ValueError("early_stop needs test data to watch")
+    lr_at(schedule, 1.0, 0, 1)  # an unknown schedule fails now, not after the first epoch
 
-
-def _fit(
-    net,
-    x,
-    y,
-    epochs,
-    optimizer,
-    batch_size,
-    x_test,
-    y_test,
-    schedule,
-    base_lr,
-    augment,
-    early_stop,
-    history,
-    best_state,
-    progress,
-    on_epoch_end,
-    log,
-):
     history = new_history() if history is None else history
     base_lr = optimizer.lr if base_lr is None else base_lr
     labels = class_indices(y)
     best_loss, waited = _best_so_far(history)
-    for epoch in range(len(history["epoch"]), epochs):
-        optimizer.lr = lr_at(schedule, base_lr, epoch, epochs)
-        start = time.perf_counter()
-        train_loss, train_acc = _train_epoch(
-            net, x, labels, optimizer, batch_size, augment, epoch, epochs, progress
-        )
-        seconds = time.perf_counter() - start
-        test_loss, test_acc = net.evaluate(x_test, y_test) if x_test is not None else (None, None)
-        for key, value in zip(
-            HISTORY_KEYS,
-            (epoch + 1, optimizer.lr, train_loss, train_acc, test_loss, test_acc, seconds),
-        ):
-            history[key].append(value)
-        is_best = test_loss is not None and test_loss < best_loss
-        if is_best:
-            best_loss, waited = test_loss, 0
-            if early_stop is not None:
-                best_state = {k: a.copy() for k, a in net.state_arrays().items()}
-        else:
-            waited += 1
-        if log:
-            log(format_epoch(history, epochs))
-        if on_epoch_end is not None:
-            on_epoch_end(net, history, is_best)
-        if early_stop is not None and waited >= early_stop:
+
+    def lr_of_step(epoch_lr):
+        return lambda: epoch_lr * warmup_factor(optimizer.t, warmup_steps)
+
+    with threadpool_limits(limits=blas_threads, user_api="blas"):
+        for epoch in range(len(history["epoch"]), epochs):
+            epoch_lr = lr_at(schedule, base_lr, epoch, epochs, step_epochs, step_factor)
+            start = time.perf_counter()
+            train_loss, train_acc = _train_epoch(
+                net,
+                x,
+                labels,
+                optimizer,
+                lr_of_step(epoch_lr),
+                batch_size,
+                (max_shift, max_degrees) if augment else None,
+                epoch,
+                epochs,
+                progress,
+            )
+            seconds = time.perf_counter() - start
+            optimizer.lr = epoch_lr
+            test_loss, test_acc = (
+                net.evaluate(x_test, y_test) if x_test is not None else (None, None)
+            )
+            for key, value in zip(
+                HISTORY_KEYS,
+                (epoch + 1, epoch_lr, train_loss, train_acc, test_loss, test_acc, seconds),
+            ):
+                history[key].append(value)
+            is_best = test_loss is not None and test_loss < best_loss
+            if is_best:
+                best_loss, waited = test_loss, 0
+                if early_stop is not None:
+                    best_state = {k: a.copy() for k, a in net.state_arrays().items()}
+            else:
+                waited += 1
             if log:
-                log(
-                    f"Early stopping: no lower test loss for {early_stop} epochs; restoring the "
-                    f"best weights (epoch {int(np.argmin(_finite(history['test_loss']))) + 1})."
-                )
-            if best_state is not None:
-                net.load_state_arrays(best_state)
-            break
+                log(format_epoch(history, epochs, show_lr=schedule != "none"))
+            if on_epoch_end is not None:
+                on_epoch_end(net, history, is_best)
+            if early_stop is not None and waited >= early_stop:
+                if log:
+                    best_epoch = int(np.argmin(_finite(history["test_loss"]))) + 1
+                    log(
+                        f"Early stopping: no lower test loss for {early_stop} epochs; restoring "
+                        f"the best weights (epoch {best_epoch})."
+                    )
+                if best_state is not None:
+                    net.load_state_arrays(best_state)
+                break
     return history
 
 
@@ -183,8 +181,9 @@ def _best_so_far(history):
     return losses[best], len(losses) - 1 - best
 
 
-def _train_epoch(net, x, labels, optimizer, batch_size, augment, epoch, epochs, progress):
-    """One pass over a fresh permutation. Returns (mean loss, accuracy) over the epoch's samples."""
+def _train_epoch(net, x, labels, optimizer, step_lr, batch_size, augment, epoch, epochs, progress):
+    """One pass over a fresh permutation. step_lr() gives each step's learning rate; augment is
+    (max_shift, max_degrees) or None. Returns (mean loss, accuracy) over the epoch's samples."""
     loss_sum, correct, seen = 0.0, 0, 0
     total = num_batches(len(x), batch_size)
     bar = tqdm(
@@ -197,8 +196,9 @@ def _train_epoch(net, x, labels, optimizer, batch_size, augment, epoch, epochs, 
     )
     try:
         for batch, (xb, yb) in enumerate(iterate_batches(x, labels, batch_size, net.rng), 1):
-            if augment:
-                xb = augment_batch(xb, net.rng)
+            if augment is not None:
+                xb = augment_batch(xb, net.rng, *augment)
+            optimizer.lr = step_lr()
             try:
                 loss, n_correct = net.train_step(xb, yb, optimizer)
             except NonFiniteLoss as exc:
@@ -214,17 +214,19 @@ def _train_epoch(net, x, labels, optimizer, batch_size, augment, epoch, epochs, 
     return loss_sum / seen, correct / seen
 
 
-def format_epoch(history, epochs) -> str:
-    """'Epoch i/n: Train Loss ..., Train Acc ..., Test Loss ..., Test Acc ..., Time ...s'."""
+def format_epoch(history, epochs, show_lr=False) -> str:
+    """'Epoch i/n: Train Loss ..., Train Acc ..., Test Loss ..., Test Acc ..., [LR ...,] Time ...s'
+    for the last epoch in `history`; Time is the training pass alone."""
     h = {key: values[-1] for key, values in history.items()}
     test = (
         f", Test Loss: {h['test_loss']:.4f}, Test Acc: {h['test_acc']:.4f}"
         if h["test_loss"] is not None
         else ""
     )
+    lr = f", LR: {h['lr']:.4g}" if show_lr else ""
     return (
         f"Epoch {h['epoch']}/{epochs}: Train Loss: {h['train_loss']:.4f}, "
-        f"Train Acc: {h['train_acc']:.4f}{test}, Time: {h['seconds']:.2f}s"
+        f"Train Acc: {h['train_acc']:.4f}{test}{lr}, Time: {h['seconds']:.2f}s"
     )
 
 

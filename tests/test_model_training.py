@@ -2,6 +2,8 @@
 
 import json
 import math
+import re
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,8 +19,10 @@ from model.optim import (
     Adam,
     Momentum,
     clip_by_global_norm,
+    clip_by_value,
     lr_at,
     make_optimizer,
+    warmup_factor,
 )
 from model.training import TrainingDiverged, fit
 
@@ -60,6 +64,21 @@ def test_network_update_skips_decay_on_biases_and_batchnorm():
     assert decayed == {"0.w", "4.w", "9.w", "12.w"}
 
 
+def test_warmup_ramps_linearly_then_stays_at_one():
+    assert [warmup_factor(t, 4) for t in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert warmup_factor(0, 0) == 1.0
+
+
+def test_clip_by_value_clamps_each_element_before_the_norm():
+    grads = [np.array([3.0, -0.5]), np.array([-4.0])]
+    clip_by_value(grads, 1.0)
+    assert grads[0].tolist() == [1.0, -0.5] and grads[1].tolist() == [-1.0]
+    opt = SGD(1.0, clip_value=0.5, clip_norm=0.5)
+    p = _one_param(opt, np.zeros(2), np.array([3.0, -3.0]))  # clamped to +-0.5, then norm 0.5
+    np.testing.assert_allclose(p, [-0.5 / np.sqrt(2), 0.5 / np.sqrt(2)])
+    assert opt.config()["clip_value"] == 0.5
+
+
 def test_clip_by_global_norm_keeps_direction():
     grads = [np.array([3.0]), np.array([4.0])]
     assert clip_by_global_norm(grads, 1.0) == pytest.approx(5.0)
@@ -71,8 +90,10 @@ def test_clip_by_global_norm_keeps_direction():
 
 def test_schedules():
     assert [lr_at("none", 1.0, e, 6) for e in range(6)] == [1.0] * 6
-    assert [lr_at("step", 1.0, e, 6) for e in range(6)] == pytest.approx(
-        [1, 1, 0.1, 0.1, 0.01, 0.01]
+    # step: x0.5 every 10 epochs by default
+    assert [lr_at("step", 1.0, e, 30) for e in (0, 9, 10, 19, 20)] == [1, 1, 0.5, 0.5, 0.25]
+    assert [lr_at("step", 1.0, e, 6, step_epochs=2, step_factor=0.1) for e in range(6)] == (
+        pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
     )
     cosine = [lr_at("cosine", 1.0, e, 4) for e in range(4)]
     assert cosine == pytest.approx(
@@ -86,9 +107,10 @@ def test_schedules():
     "kwargs, message",
     [
         (dict(name="rmsprop"), "unknown optimizer 'rmsprop'"),
-        (dict(name="sgd", lr=0), "lr must be > 0"),
-        (dict(name="sgd", weight_decay=-1), "weight_decay must be >= 0"),
-        (dict(name="adam", clip_norm=0), "clip_norm must be > 0"),
+        (dict(name="sgd", lr=0), "lr must be a number > 0"),
+        (dict(name="sgd", weight_decay=-1), "weight_decay must be a number >= 0"),
+        (dict(name="adam", clip_norm=0), "clip_norm must be a number > 0"),
+        (dict(name="momentum", clip_value=-1.0), "clip_value must be a number > 0"),
     ],
 )
 def test_optimizer_bad_arguments(kwargs, message):
@@ -292,13 +314,17 @@ def test_cli_prints_the_run_and_writes_every_output(capsys, tmp_path, small_mnis
         "Dataset loaded successfully!",
         "Epoch 1/2: Train Loss:",
         "Epoch 2/2: Train Loss:",
-        "Total training time:",
+        "Total time:",
+        "Mean epoch time:",
         "Outputs written to",
         "Experiment completed!",
     ]
     positions = [next(i for i, line in enumerate(lines) if line.startswith(text)) for text in order]
     assert positions == sorted(positions)
     assert "Test Acc:" in lines[positions[2]] and "Time:" in lines[positions[2]]
+    assert "LR: 0.05," in lines[positions[2]] and "LR: 0.025," in lines[positions[3]]  # cosine
+    assert "2 epochs (training, test evaluation" in lines[positions[4]]
+    assert "training pass alone" in lines[positions[5]]
     history = json.loads((out / "history.json").read_text())
     assert history["epoch"] == [1, 2]
     assert (out / "history.csv").read_text().splitlines()[0].startswith("epoch,lr,train_loss")
@@ -396,17 +422,110 @@ def test_nan_loss_in_the_cli_names_epoch_and_keeps_the_last_checkpoint(
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--epochs", "-1"], "must be >= 0"),
+        (["--epochs", "-1"], "argument --epochs: must be a non-negative integer, got -1"),
+        (["--epochs", "two"], "argument --epochs: must be a non-negative integer, got 'two'"),
         (["--batch-size", "0"], "must be a positive integer"),
         (["--backend", "cuda"], "invalid choice: 'cuda'"),
         (["--optimizer", "rmsprop"], "invalid choice: 'rmsprop'"),
-        (["--lr", "-0.1"], "must be > 0"),
+        (["--lr", "-0.1"], "argument --lr: must be a number > 0, got -0.1"),
+        (["--lr", "inf"], "argument --lr: must be a number > 0, got inf"),
+        (["--early-stop", "0"], "argument --early-stop: must be a positive integer, got 0"),
     ],
 )
 def test_cli_rejects_bad_arguments(capsys, argv, message):
     with pytest.raises(SystemExit) as info:
         train_cli.main(argv)
-    assert info.value.code == 2 and message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and message in err and err.count("\n") == 1
+
+
+def test_cli_step_schedule_knobs_and_the_lr_in_each_epoch_line(capsys, tmp_path, small_mnist_dir):
+    common = ["--data-dir", small_mnist_dir, "--no-progress", "--epochs", 3, "--lr", 0.04]
+    code, stdout, _ = run_cli(
+        capsys,
+        *common,
+        *("--schedule", "step", "--step-epochs", 1, "--step-factor", 0.5),
+        *("--out", tmp_path / "step"),
+    )
+    assert code == 0
+    history = json.loads((tmp_path / "step" / "history.json").read_text())
+    assert history["lr"] == pytest.approx([0.04, 0.02, 0.01])
+    epoch_lines = [line for line in stdout.splitlines() if line.startswith("Epoch ")]
+    assert [line.split("LR: ")[1].split(",")[0] for line in epoch_lines] == ["0.04", "0.02", "0.01"]
+    # the default step schedule halves every 10 epochs: constant over 3
+    run_cli(capsys, *common, "--schedule", "step", "--out", tmp_path / "default")
+    history = json.loads((tmp_path / "default" / "history.json").read_text())
+    assert history["lr"] == pytest.approx([0.04] * 3)
+    # no schedule, no LR in the epoch lines
+    code, stdout, _ = run_cli(capsys, *common, "--schedule", "none", "--out", tmp_path / "none")
+    assert code == 0 and "Epoch 1/3:" in stdout and "LR:" not in stdout
+
+
+def test_cli_passes_augmentation_amounts_clipping_and_warmup(
+    capsys, tmp_path, small_mnist_dir, monkeypatch
+):
+    amounts, rates = set(), []
+    original_augment = training.augment_batch
+    original_step = Sequential.train_step
+
+    def recording_augment(x, rng, max_shift, max_degrees):
+        amounts.add((max_shift, max_degrees))
+        return original_augment(x, rng, max_shift, max_degrees)
+
+    def recording_step(self, xb, yb, optimizer):
+        rates.append(optimizer.lr)
+        return original_step(self, xb, yb, optimizer)
+
+    monkeypatch.setattr(training, "augment_batch", recording_augment)
+    monkeypatch.setattr(Sequential, "train_step", recording_step)
+    out = tmp_path / "run"
+    code, _, _ = run_cli(
+        capsys,
+        *("--data-dir", small_mnist_dir, "--no-progress", "--epochs", 1, "--out", out),
+        *("--augment", "--max-shift", 3, "--max-degrees", 5, "--clip-value", 0.01),
+        *("--warmup-steps", 2, "--lr", 0.04, "--schedule", "none"),
+    )
+    assert code == 0 and amounts == {(3, 5.0)}
+    assert rates == pytest.approx([0.02, 0.04, 0.04, 0.04])  # 200 images = 4 batches of 64
+    _, optimizer = load_network(out / "last.npz", with_optimizer=True)
+    assert optimizer.clip_value == 0.01 and optimizer.clip_norm is None
+
+
+def test_cli_early_stop_patience_defaults_to_five():
+    parse = train_cli.build_parser().parse_args
+    assert parse([]).early_stop is None
+    assert parse(["--early-stop"]).early_stop == 5
+    assert parse(["--early-stop", "2", "--epochs", "4"]).early_stop == 2
+
+
+def test_cli_compiles_the_backend_before_training_and_says_so(
+    capsys, tmp_path, small_mnist_dir, monkeypatch
+):
+    events = []
+    original_epoch = training._train_epoch
+    monkeypatch.setattr(
+        train_cli,
+        "get_backend",
+        lambda name: SimpleNamespace(warmup=lambda: events.append(f"warmup {name}")),
+    )
+    monkeypatch.setattr(
+        training, "_train_epoch", lambda *a: events.append("epoch") or original_epoch(*a)
+    )
+    code, stdout, _ = run_cli(
+        capsys,
+        *("--data-dir", small_mnist_dir, "--no-progress", "--epochs", 1, "--backend", "numba"),
+        *("--out", tmp_path / "run"),
+    )
+    assert code == 0 and events == ["warmup numba", "epoch"]
+    lines = stdout.splitlines()
+    compiled = next(i for i, line in enumerate(lines) if line.startswith("compiling numba"))
+    assert re.fullmatch(
+        r"compiling numba kernels \(first run only\) \.\.\. \d+\.\d s", lines[compiled]
+    )
+    assert compiled < next(i for i, line in enumerate(lines) if line.startswith("Epoch 1/1"))
+    # one epoch is "1 epoch" wherever it is counted
+    assert "1 epochs" not in stdout and "batch 64, 1 epoch" in stdout
+    assert "Total time:" in stdout and "for 1 epoch (" in stdout
 
 
 def test_cli_unreadable_checkpoint_and_missing_data(capsys, tmp_path):
