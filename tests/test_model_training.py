@@ -556,3 +556,38 @@ def test_real_mnist_2000_images_reach_90_percent_in_two_epochs(capsys, tmp_path,
     assert code == 0
     history = json.loads((out / "history.json").read_text())
     assert history["test_acc"][-1] >= 0.90, stdout
+
+
+# Every documented training flag alone, on the defaults otherwise, must train: 2,000 real images,
+# 2 epochs, batch 32, >= 85% test accuracy (the defaults reach about 92%).
+FLAGS = [
+    (),
+    ("--standardize",),
+    ("--augment",),
+    ("--weight-decay", "5e-4"),
+    ("--clip-norm", "1"),
+    ("--clip-value", "0.01"),
+    ("--schedule", "step"),
+    ("--schedule", "none"),
+    ("--early-stop",),
+    ("--optimizer", "adam"),
+    ("--optimizer", "sgd"),
+    ("--optimizer", "momentum"),
+    ("--dtype", "float64"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flags", FLAGS, ids=[" ".join(f) or "defaults" for f in FLAGS])
+def test_every_flag_alone_trains_on_real_mnist(capsys, tmp_path, mnist_dir, flags):
+    out = tmp_path / "run"
+    code, stdout, stderr = run_cli(
+        capsys,
+        *("--data-dir", mnist_dir, "--train-limit", 2000, "--epochs", 2, "--batch-size", 32),
+        *("--backend", "im2col", "--out", out, "--no-progress"),
+        *flags,
+    )
+    assert code == 0, stderr
+    accuracy = json.loads((out / "history.json").read_text())["test_acc"][-1]
+    print(f"{' '.join(flags) or 'defaults'}: test accuracy {accuracy:.4f}")
+    assert accuracy >= 0.85, stdout
