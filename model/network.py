@@ -159,6 +159,28 @@ class Sequential:
         return fit(self, x, y, epochs=epochs, optimizer=optimizer, batch_size=batch_size, **kwargs)
 
     # ---- inference -------------------------------------------------------------------------
+    def _as_batch(self, x):
+        """(x as (N, H, W, C), whether it was one image): accepts one image (H, W) or (H, W, C)
+        and a batch (N, H, W, C)."""
+        x = np.asarray(x)
+        if x.ndim == 4:
+            return x, False
+        if x.ndim == 2:
+            return x[np.newaxis, ..., np.newaxis], True
+        if x.ndim == 3:
+            first = self.layers[0] if self.layers else None
+            channels = getattr(first, "in_channels", x.shape[-1])
+            if x.shape[-1] != channels:
+                raise ValueError(
+                    f"x of shape {x.shape} reads as one (H, W, C) image with {x.shape[-1]} "
+                    f"channels, but the network takes {channels}; pass a batch as "
+                    f"(N, H, W, {channels})"
+                )
+            return x[np.newaxis], True
+        raise ValueError(
+            f"x must be one image (H, W) or (H, W, C), or a batch (N, H, W, C); got shape {x.shape}"
+        )
+
     def _batched_logits(self, x, batch_size):
         return np.concatenate(
             [self.forward(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
@@ -166,12 +188,18 @@ class Sequential:
         )
 
     def predict_proba(self, x, batch_size=1000):
-        """x: (N, 28, 28, 1) -> class probabilities (N, 10), evaluation mode."""
-        return softmax(self._batched_logits(x, batch_size))
+        """Class probabilities, evaluation mode: a batch (N, 28, 28, 1) -> (N, 10); one image
+        (28, 28) or (28, 28, 1) -> (10,)."""
+        x, single = self._as_batch(x)
+        probs = softmax(self._batched_logits(x, batch_size))
+        return probs[0] if single else probs
 
     def predict(self, x, batch_size=1000):
-        """x: (N, 28, 28, 1) -> predicted labels (N,) int."""
-        return self._batched_logits(x, batch_size).argmax(axis=1)
+        """Predicted labels: a batch (N, 28, 28, 1) -> (N,) int; one image (28, 28) or
+        (28, 28, 1) -> an int."""
+        x, single = self._as_batch(x)
+        labels = self._batched_logits(x, batch_size).argmax(axis=1)
+        return int(labels[0]) if single else labels
 
     def evaluate(self, x, y, batch_size=1000):
         """Mean cross-entropy and accuracy on (x, y), y one-hot (N, 10) or labels (N,)."""

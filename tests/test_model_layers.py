@@ -202,6 +202,33 @@ def test_bad_input_gets_a_clear_error(make, message):
         make()
 
 
+def test_predict_takes_one_image_or_a_batch_and_answers_in_kind():
+    net = build_network("small", seed=0)
+    batch = np.random.default_rng(1).random((3, 28, 28, 1)).astype(np.float32)
+    labels, probs = net.predict(batch), net.predict_proba(batch)
+    assert labels.shape == (3,) and probs.shape == (3, 10)
+    for image in (batch[1], batch[1, ..., 0]):  # (28, 28, 1) and (28, 28)
+        label = net.predict(image)
+        assert isinstance(label, int) and label == labels[1]
+        np.testing.assert_allclose(net.predict_proba(image), probs[1], rtol=1e-5, atol=1e-7)
+    assert net.predict(batch[:0]).shape == (0,)
+
+
+@pytest.mark.parametrize(
+    "shape, message",
+    [
+        ((5, 28, 28), r"one \(H, W, C\) image with 28 channels, but the network takes 1"),
+        ((28,), r"one image \(H, W\) or \(H, W, C\), or a batch \(N, H, W, C\); got shape"),
+        ((1, 2, 28, 28, 1), r"got shape \(1, 2, 28, 28, 1\)"),
+    ],
+)
+def test_predict_explains_a_shape_it_cannot_read(shape, message):
+    net = build_network("small", seed=0)
+    for predict in (net.predict, net.predict_proba):
+        with pytest.raises(ValueError, match=message):
+            predict(np.zeros(shape, np.float32))
+
+
 def test_sequential_of_custom_layers():
     rng = np.random.default_rng(0)
     net = Sequential([L.Flatten(), L.Dense(4, 2, rng=rng)], dtype=np.float32, rng=rng)
