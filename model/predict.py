@@ -118,7 +118,7 @@ def center_digit(gray: np.ndarray) -> np.ndarray:
     else:
         com_y, com_x = (height - 1) / 2, (width - 1) / 2
     # In pixel-index coordinates MNIST's centres of mass average (14.0, 14.0), not the geometric
-    # 13.5: the original code put the centre of mass at SIZE / 2. Matching it matters more here.
+    # 13.5: MNIST's centring put the centre of mass at SIZE / 2. Matching it matters more here.
     centre = SIZE / 2
     top = int(np.clip(round(centre - com_y), 0, SIZE - height))
     left = int(np.clip(round(centre - com_x), 0, SIZE - width))
