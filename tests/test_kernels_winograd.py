@@ -135,4 +135,5 @@ def test_tile_size_rule_avoids_wasted_tiles():
 
     assert winograd.tile_size(geometry_for(28)) == 4  # 7 tiles of 4 cover 28 exactly
     assert winograd.tile_size(geometry_for(32)) == 4
-    assert winograd.tile_size(geometry_for(14)) == 2  # 4 tiles of 4 would compute 16x16
+    assert winograd.tile_size(geometry_for(14)) == 4  # 16x16 computed: 1.31x, still faster
+    assert winograd.tile_size(geometry_for(6)) == 2  # 8x8 for 6x6 would be 1.78x
