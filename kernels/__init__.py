@@ -5,15 +5,31 @@
     >>> y, ctx = be.conv2d_forward(x, w, b, stride=1, padding=0)
     >>> dx, dw, db = be.conv2d_backward(dy, ctx)
 
-Every backend is a module with the same functions (see kernels/naive.py for the reference).
-Backends are imported on first use, so `import kernels` never pays for numba's import.
+Files:
+    __init__.py     the registry: get_backend(name), available_backends()
+    contract.py     the Backend protocol every backend module follows (shapes, dtypes, the ctx
+                    dataclasses, the max-pool argmax rule, the optional warmup())
+    geometry.py     argument checking and output-size arithmetic (the only copy), argmax_dtype
+    windows.py      window helpers shared by the NumPy backends: per-offset views, col2im
+    memory.py       keep_freed_memory(): glibc malloc tuning a training run opts into
+    naive.py        backend "naive": explicit loops, the reference every backend must match
+    einsum.py       backend "einsum": strided window views contracted by BLAS (np.tensordot)
+    im2col.py       backend "im2col": receptive fields unfolded into a matrix, one GEMM
+    numba_jit.py    backend "numba": jitted loops (thread rule, public functions, pooling, warmup)
+    numba_conv.py   the numba backend's convolution machinery (plane layout, taps, hot loops)
+
+No backend imports another. Backends are imported on first use, so `import kernels` never pays
+for numba's import.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
-from types import ModuleType
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from .contract import Backend
 
 # name -> (module, third-party package it needs or None)
 _BACKENDS = {
@@ -35,8 +51,8 @@ def available_backends() -> list[str]:
     ]
 
 
-def get_backend(name: str) -> ModuleType:
-    """Return the backend module called `name` (e.g. "im2col")."""
+def get_backend(name: str) -> Backend[Any, Any, Any]:
+    """Return the backend module called `name` (e.g. "im2col"); see kernels/contract.py."""
     if name not in _BACKENDS:
         raise ValueError(
             f"unknown backend {name!r}; available backends: {', '.join(available_backends())}"
@@ -47,4 +63,16 @@ def get_backend(name: str) -> ModuleType:
             f"backend {name!r} needs the package {needs!r}, which is not installed "
             f"(pip install {needs}); available: {', '.join(available_backends())}"
         )
-    return importlib.import_module(module)
+    return cast("Backend[Any, Any, Any]", importlib.import_module(module))
+
+
+if TYPE_CHECKING:
+    # mypy checks every registered backend module against the contract (nothing runs here).
+    from . import einsum, im2col, naive, numba_jit
+    from .contract import MaxPoolCtx, PoolCtx, Warmup
+
+    _naive: Backend[naive.NaiveConvCtx, MaxPoolCtx, PoolCtx] = naive
+    _einsum: Backend[einsum.EinsumConvCtx, MaxPoolCtx, PoolCtx] = einsum
+    _im2col: Backend[im2col.Im2colConvCtx, MaxPoolCtx, PoolCtx] = im2col
+    _numba: Backend[numba_jit.NumbaConvCtx, MaxPoolCtx, PoolCtx] = numba_jit
+    _numba_warmup: Warmup = numba_jit

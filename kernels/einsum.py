@@ -16,14 +16,36 @@ the window axes are ordered (KH, KW, C) so that copy reads contiguous channel ru
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from .geometry import check_grad, conv_geometry, pad_hw, pool_geometry, unpad_hw
+from .contract import ConvCtx, MaxPoolCtx, PoolCtx
+from .geometry import (
+    IntPair,
+    Padding,
+    argmax_dtype,
+    check_grad,
+    conv_geometry,
+    pad_hw,
+    pool_geometry,
+    unpad_hw,
+)
 from .windows import col2im
 
 
-def _windows(a, kh, kw, sh, sw, out_h, out_w):
+@dataclass(frozen=True, eq=False)
+class EinsumConvCtx(ConvCtx):
+    """conv2d's ctx: the window view of the padded input (dW reads it) and the weights (dX)."""
+
+    windows: np.ndarray  # (N, OH, OW, KH, KW, C_in), a view of the padded x
+    w: np.ndarray  # (KH, KW, C_in, C_out)
+
+
+def _windows(
+    a: np.ndarray, kh: int, kw: int, sh: int, sw: int, out_h: int, out_w: int
+) -> np.ndarray:
     """a: (N, H, W, C) -> view (N, OH, OW, KH, KW, C) of the windows every (sh, sw); no copy."""
     view = sliding_window_view(a, (kh, kw), axis=(1, 2))
     return view[:, : sh * (out_h - 1) + 1 : sh, : sw * (out_w - 1) + 1 : sw].transpose(
@@ -31,7 +53,9 @@ def _windows(a, kh, kw, sh, sw, out_h, out_w):
     )
 
 
-def _full_windows(dy, kh, kw, sh, sw, ph, pw, h, w):
+def _full_windows(
+    dy: np.ndarray, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int, h: int, w: int
+) -> np.ndarray:
     """dy: (N, OH, OW, C) -> view (N, H, W, KH, KW, C) such that, for the unpadded input position
     (r, c), window[n, r, c, i, j, :] is the dy entry that tap (KH-1-i, KW-1-j) sent there, or 0.
 
@@ -54,7 +78,13 @@ def _full_windows(dy, kh, kw, sh, sw, ph, pw, h, w):
     return sliding_window_view(dy_full, (kh, kw), axis=(1, 2)).transpose(0, 1, 2, 4, 5, 3)
 
 
-def conv2d_forward(x, w, b=None, stride=1, padding=0):
+def conv2d_forward(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None = None,
+    stride: IntPair = 1,
+    padding: Padding = 0,
+) -> tuple[np.ndarray, EinsumConvCtx]:
     """x: (N, H, W, C_in), w: (KH, KW, C_in, C_out), b: (C_out,) or None -> y: (N, OH, OW, C_out).
 
     Same dtype as x (float32 or float64). ctx keeps the window view (no copy) and w.
@@ -64,12 +94,14 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0):
     y = np.tensordot(windows, w, axes=3)  # "nhwijc,ijco->nhwo"
     if b is not None:
         y += b
-    return y, {"geometry": g, "windows": windows, "w": w}
+    return y, EinsumConvCtx(g, windows, w)
 
 
-def conv2d_backward(dy, ctx, need_dx=True):
+def conv2d_backward(
+    dy: np.ndarray, ctx: EinsumConvCtx, need_dx: bool = True
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
     """dy: (N, OH, OW, C_out) -> (dx (N, H, W, C_in) or None, dw like w, db (C_out,) or None)."""
-    g, windows, w = ctx["geometry"], ctx["windows"], ctx["w"]
+    g, windows, w = ctx.geometry, ctx.windows, ctx.w
     check_grad(dy, g.y_shape, g.dtype)
     # "nhwo,nhwijc->oijc": dy first, so the view is copied in its own (cheap) order
     dw = np.tensordot(dy, windows, axes=([0, 1, 2], [0, 1, 2])).transpose(1, 2, 3, 0)
@@ -87,19 +119,21 @@ def conv2d_backward(dy, ctx, need_dx=True):
     return unpad_hw(col2im(dcols, g.padded_shape, g.sh, g.sw), g.ph, g.pw), dw, db
 
 
-def maxpool2d_forward(x, size=2, stride=None):
+def maxpool2d_forward(
+    x: np.ndarray, size: IntPair = 2, stride: IntPair | None = None
+) -> tuple[np.ndarray, MaxPoolCtx]:
     """x: (N, H, W, C) -> y: (N, OH, OW, C). Ties go to the first maximum in row-major order."""
     g = pool_geometry(x, size, stride)
     windows = _windows(x, g.kh, g.kw, g.sh, g.sw, g.out_h, g.out_w)
     flat = windows.reshape(g.n, g.out_h, g.out_w, g.kh * g.kw, g.c)  # taps in row-major order
     argmax = flat.argmax(axis=3)  # first maximum (and first NaN, so NaN propagates)
     y = np.take_along_axis(flat, argmax[:, :, :, None, :], axis=3)[:, :, :, 0, :]
-    return y, {"geometry": g, "argmax": argmax}
+    return y, MaxPoolCtx(g, argmax.astype(argmax_dtype(g.kh, g.kw)))
 
 
-def maxpool2d_backward(dy, ctx):
+def maxpool2d_backward(dy: np.ndarray, ctx: MaxPoolCtx) -> np.ndarray:
     """dy: (N, OH, OW, C) -> dx: (N, H, W, C); each window's gradient goes to its argmax."""
-    g, argmax = ctx["geometry"], ctx["argmax"]
+    g, argmax = ctx.geometry, ctx.argmax
     check_grad(dy, g.y_shape, g.dtype)
     # one-hot over the window taps, laid out (N, OH, OW, KH, KW, C) as col2im expects
     taps = np.arange(g.kh * g.kw).reshape(g.kh, g.kw, 1)
@@ -109,16 +143,18 @@ def maxpool2d_backward(dy, ctx):
     return col2im(dcols, g.x_shape, g.sh, g.sw)
 
 
-def avgpool2d_forward(x, size=2, stride=None):
+def avgpool2d_forward(
+    x: np.ndarray, size: IntPair = 2, stride: IntPair | None = None
+) -> tuple[np.ndarray, PoolCtx]:
     """x: (N, H, W, C) -> y: (N, OH, OW, C), the mean of each window."""
     g = pool_geometry(x, size, stride)
     windows = _windows(x, g.kh, g.kw, g.sh, g.sw, g.out_h, g.out_w)
-    return windows.mean(axis=(3, 4)), {"geometry": g}
+    return windows.mean(axis=(3, 4)), PoolCtx(g)
 
 
-def avgpool2d_backward(dy, ctx):
+def avgpool2d_backward(dy: np.ndarray, ctx: PoolCtx) -> np.ndarray:
     """dy: (N, OH, OW, C) -> dx: (N, H, W, C): a full correlation of dy with a constant kernel."""
-    g = ctx["geometry"]
+    g = ctx.geometry
     check_grad(dy, g.y_shape, g.dtype)
     dy_windows = _full_windows(dy, g.kh, g.kw, g.sh, g.sw, 0, 0, g.height, g.width)
     return np.einsum("nhwijc->nhwc", dy_windows) * g.dtype.type(1.0 / (g.kh * g.kw))

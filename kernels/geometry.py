@@ -2,8 +2,9 @@
 
 Every backend calls :func:`conv_geometry` / :func:`pool_geometry` first, so a bad argument gets
 the same clear error whichever backend the user picked, and no backend re-derives output sizes.
+:func:`argmax_dtype` is the one rule for the dtype of a max-pool's argmax.
 
-Layout conventions (all backends):
+Layout conventions (all backends; kernels/contract.py states the whole contract):
     x:  (N, H, W, C_in)            activations, NHWC
     w:  (KH, KW, C_in, C_out)      conv weights, HWIO
     b:  (C_out,) or None           bias
@@ -13,16 +14,22 @@ Layout conventions (all backends):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeAlias, TypeGuard
 
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
+# What callers may pass; the functions below check it and normalise it to pairs of ints.
+IntPair: TypeAlias = int | tuple[int, int]  # stride, pool size: n means (n, n)
+Padding: TypeAlias = int | tuple[int, int] | str  # (ph, pw), n, "valid" or "same"
+Shape4: TypeAlias = tuple[int, int, int, int]
 
-def as_pair(value, name: str) -> tuple[int, int]:
-    """Normalise an int or an (h, w) pair of ints to a tuple of two ints."""
 
-    def is_int(v):
+def as_pair(value: object, name: str) -> tuple[int, int]:
+    """Normalise an int or an (h, w) pair of ints to a tuple of two ints (TypeError otherwise)."""
+
+    def is_int(v: object) -> TypeGuard[int | np.integer]:
         return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
     if is_int(value):
@@ -32,7 +39,7 @@ def as_pair(value, name: str) -> tuple[int, int]:
     raise TypeError(f"{name} must be an int or a pair of ints (h, w), got {value!r}")
 
 
-def check_array(a, name: str, ndim: int, layout: str) -> None:
+def check_array(a: object, name: str, ndim: int, layout: str) -> None:
     """Raise a clear error unless `a` is an `ndim`-D float32/float64 numpy array."""
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a numpy array of shape {layout}, got {type(a).__name__}")
@@ -51,7 +58,7 @@ def _check_same_dtype(x: np.ndarray, other: np.ndarray, name: str) -> None:
         )
 
 
-def resolve_padding(padding, kh: int, kw: int, sh: int, sw: int) -> tuple[int, int]:
+def resolve_padding(padding: Padding, kh: int, kw: int, sh: int, sw: int) -> tuple[int, int]:
     """Turn an int, (ph, pw), "valid" or "same" into symmetric zero padding (ph, pw)."""
     if isinstance(padding, str):
         mode = padding.lower()
@@ -72,7 +79,7 @@ def resolve_padding(padding, kh: int, kw: int, sh: int, sw: int) -> tuple[int, i
     return ph, pw
 
 
-def _positive_pair(value, name: str) -> tuple[int, int]:
+def _positive_pair(value: object, name: str) -> tuple[int, int]:
     h, w = as_pair(value, name)
     if h < 1 or w < 1:
         raise ValueError(f"{name} must be >= 1, got ({h}, {w})")
@@ -100,19 +107,19 @@ class ConvGeometry:
     dtype: np.dtype
 
     @property
-    def x_shape(self):
+    def x_shape(self) -> Shape4:
         return (self.n, self.height, self.width, self.c_in)
 
     @property
-    def w_shape(self):
+    def w_shape(self) -> Shape4:
         return (self.kh, self.kw, self.c_in, self.c_out)
 
     @property
-    def y_shape(self):
+    def y_shape(self) -> Shape4:
         return (self.n, self.out_h, self.out_w, self.c_out)
 
     @property
-    def padded_shape(self):
+    def padded_shape(self) -> Shape4:
         return (self.n, self.height + 2 * self.ph, self.width + 2 * self.pw, self.c_in)
 
     @property
@@ -121,7 +128,9 @@ class ConvGeometry:
         return 2 * self.n * self.out_h * self.out_w * self.c_out * self.kh * self.kw * self.c_in
 
 
-def conv_geometry(x, w, b, stride, padding) -> ConvGeometry:
+def conv_geometry(
+    x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: IntPair, padding: Padding
+) -> ConvGeometry:
     """Validate conv2d arguments and compute the output size (the only copy of this arithmetic)."""
     check_array(x, "x", 4, "(N, H, W, C_in)")
     check_array(w, "w", 4, "(KH, KW, C_in, C_out)")
@@ -173,15 +182,15 @@ class PoolGeometry:
     dtype: np.dtype
 
     @property
-    def x_shape(self):
+    def x_shape(self) -> Shape4:
         return (self.n, self.height, self.width, self.c)
 
     @property
-    def y_shape(self):
+    def y_shape(self) -> Shape4:
         return (self.n, self.out_h, self.out_w, self.c)
 
 
-def pool_geometry(x, size, stride) -> PoolGeometry:
+def pool_geometry(x: np.ndarray, size: IntPair, stride: IntPair | None) -> PoolGeometry:
     """Validate pooling arguments; `stride=None` means stride = size (non-overlapping windows)."""
     check_array(x, "x", 4, "(N, H, W, C)")
     kh, kw = _positive_pair(size, "size")
@@ -197,7 +206,19 @@ def pool_geometry(x, size, stride) -> PoolGeometry:
     return PoolGeometry(n, height, width, c, kh, kw, sh, sw, out_h, out_w, x.dtype)
 
 
-def check_grad(dy, expected_shape: tuple, dtype: np.dtype, name: str = "dy") -> None:
+def argmax_dtype(kh: int, kw: int) -> np.dtype:
+    """The dtype of a max-pool argmax over (kh, kw) windows: uint8 when kh*kw <= 255, else intp.
+
+    The argmax holds each window's flat index i*kw + j (at most kh*kw - 1); one byte per output
+    keeps it 8x smaller than intp for every usual window, and the rule is the same in every
+    backend so that a ctx looks the same whichever backend made it.
+    """
+    return np.dtype(np.uint8) if kh * kw <= 255 else np.dtype(np.intp)
+
+
+def check_grad(
+    dy: object, expected_shape: tuple[int, ...], dtype: np.dtype, name: str = "dy"
+) -> None:
     """Backward passes call this so a wrong dy fails here, not as a broadcast error deep inside."""
     if not isinstance(dy, np.ndarray):
         raise TypeError(

@@ -9,13 +9,43 @@ and col2im's per-offset accumulation for the gradient.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from .geometry import check_grad, conv_geometry, pad_hw, pool_geometry, unpad_hw
+from .contract import ConvCtx, MaxPoolCtx, PoolCtx
+from .geometry import (
+    IntPair,
+    Padding,
+    PoolGeometry,
+    argmax_dtype,
+    check_grad,
+    conv_geometry,
+    pad_hw,
+    pool_geometry,
+    unpad_hw,
+)
 from .windows import col2im, offset_view
 
 
-def im2col(x_padded, kh, kw, sh, sw, out_h, out_w, ones=False):
+@dataclass(frozen=True, eq=False)
+class Im2colConvCtx(ConvCtx):
+    """conv2d's ctx: the column matrix (dW reads it) and the weights as a matrix (dX)."""
+
+    cols: np.ndarray  # (N*OH*OW, KH*KW*C_in [+ 1]), see im2col
+    w_mat: np.ndarray  # (KH*KW*C_in, C_out)
+
+
+def im2col(
+    x_padded: np.ndarray,
+    kh: int,
+    kw: int,
+    sh: int,
+    sw: int,
+    out_h: int,
+    out_w: int,
+    ones: bool = False,
+) -> np.ndarray:
     """x_padded: (N, Hp, Wp, C) -> cols: (N*OH*OW, KH*KW*C), plus a last column of ones if `ones`.
 
     Row m is the receptive field of output pixel m, ordered (kh, kw, c) like w.reshape(-1, C_out);
@@ -46,19 +76,27 @@ def im2col(x_padded, kh, kw, sh, sw, out_h, out_w, ones=False):
     return cols
 
 
-def conv2d_forward(x, w, b=None, stride=1, padding=0):
+def conv2d_forward(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None = None,
+    stride: IntPair = 1,
+    padding: Padding = 0,
+) -> tuple[np.ndarray, Im2colConvCtx]:
     """x: (N, H, W, C_in), w: (KH, KW, C_in, C_out), b: (C_out,) or None -> y: (N, OH, OW, C_out)."""
     g = conv_geometry(x, w, b, stride, padding)
     cols = im2col(pad_hw(x, g.ph, g.pw), g.kh, g.kw, g.sh, g.sw, g.out_h, g.out_w, ones=g.has_bias)
     w_mat = w.reshape(-1, g.c_out)
     # with a bias, its row under w_mat meets the ones column of cols (see im2col)
-    y = cols @ (np.vstack([w_mat, b]) if g.has_bias else w_mat)
-    return y.reshape(g.y_shape), {"geometry": g, "cols": cols, "w_mat": w_mat}
+    y = cols @ (w_mat if b is None else np.vstack([w_mat, b]))
+    return y.reshape(g.y_shape), Im2colConvCtx(g, cols, w_mat)
 
 
-def conv2d_backward(dy, ctx, need_dx=True):
+def conv2d_backward(
+    dy: np.ndarray, ctx: Im2colConvCtx, need_dx: bool = True
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
     """dy: (N, OH, OW, C_out) -> (dx (N, H, W, C_in) or None, dw like w, db (C_out,) or None)."""
-    g, cols, w_mat = ctx["geometry"], ctx["cols"], ctx["w_mat"]
+    g, cols, w_mat = ctx.geometry, ctx.cols, ctx.w_mat
     check_grad(dy, g.y_shape, g.dtype)
     dy_mat = dy.reshape(-1, g.c_out)
     grads = cols.T @ dy_mat  # (KH*KW*C_in [+ 1], C_out): dw, then db's row
@@ -77,13 +115,15 @@ def conv2d_backward(dy, ctx, need_dx=True):
     return unpad_hw(dx_padded, g.ph, g.pw), dw, db
 
 
-def _offset(a, g, k):
+def _offset(a: np.ndarray, g: PoolGeometry, k: int) -> np.ndarray:
     """The (N, OH, OW, C) view of `a` at flat offset k = i*KW + j of every pooling window."""
     i, j = divmod(k, g.kw)
     return offset_view(a, i, j, g.sh, g.sw, g.out_h, g.out_w)
 
 
-def maxpool2d_forward(x, size=2, stride=None):
+def maxpool2d_forward(
+    x: np.ndarray, size: IntPair = 2, stride: IntPair | None = None
+) -> tuple[np.ndarray, MaxPoolCtx]:
     """x: (N, H, W, C) -> y: (N, OH, OW, C). Ties go to the first maximum in row-major order.
 
     The unfolding is done lazily, one kernel offset at a time: a running maximum over KH*KW
@@ -99,10 +139,9 @@ def maxpool2d_forward(x, size=2, stride=None):
     # the maximum is NaN): a running "still searching" mask, added up as 0/1. Per offset that is
     # one compare, one AND and one add on small arrays, ~6x cheaper than np.where with a scalar
     # (which broadcasts slowly) and far cheaper than boolean-mask writes.
-    index_dtype = np.uint8 if g.kh * g.kw < 256 else np.intp
     y_is_nan = np.isnan(y)
     y_is_nan = y_is_nan if y_is_nan.any() else None  # the common case skips the NaN passes
-    argmax = np.zeros(g.y_shape, dtype=index_dtype)
+    argmax = np.zeros(g.y_shape, dtype=argmax_dtype(g.kh, g.kw))
     searching = np.ones(g.y_shape, dtype=bool)
     for candidate in offsets[:-1]:  # past the last offset nothing is left to find
         missed = candidate != y
@@ -110,12 +149,12 @@ def maxpool2d_forward(x, size=2, stride=None):
             missed &= ~(y_is_nan & np.isnan(candidate))
         searching &= missed
         argmax += searching
-    return y, {"geometry": g, "argmax": argmax}
+    return y, MaxPoolCtx(g, argmax)
 
 
-def maxpool2d_backward(dy, ctx):
+def maxpool2d_backward(dy: np.ndarray, ctx: MaxPoolCtx) -> np.ndarray:
     """dy: (N, OH, OW, C) -> dx: (N, H, W, C); each window's gradient goes to its argmax."""
-    g, argmax = ctx["geometry"], ctx["argmax"]
+    g, argmax = ctx.geometry, ctx.argmax
     check_grad(dy, g.y_shape, g.dtype)
     dx = np.zeros(g.x_shape, dtype=g.dtype)
     zero = g.dtype.type(0)
@@ -132,19 +171,21 @@ def maxpool2d_backward(dy, ctx):
     return dx
 
 
-def avgpool2d_forward(x, size=2, stride=None):
+def avgpool2d_forward(
+    x: np.ndarray, size: IntPair = 2, stride: IntPair | None = None
+) -> tuple[np.ndarray, PoolCtx]:
     """x: (N, H, W, C) -> y: (N, OH, OW, C), the mean of each window (summed per offset)."""
     g = pool_geometry(x, size, stride)
     y = _offset(x, g, 0).copy()
     for k in range(1, g.kh * g.kw):
         y += _offset(x, g, k)
     y *= g.dtype.type(1.0 / (g.kh * g.kw))
-    return y, {"geometry": g}
+    return y, PoolCtx(g)
 
 
-def avgpool2d_backward(dy, ctx):
-    """dy: (N, OH, OW, C) -> dx: (N, H, W, C)."""
-    g = ctx["geometry"]
+def avgpool2d_backward(dy: np.ndarray, ctx: PoolCtx) -> np.ndarray:
+    """dy: (N, OH, OW, C) -> dx: (N, H, W, C); each window shares its gradient equally."""
+    g = ctx.geometry
     check_grad(dy, g.y_shape, g.dtype)
     share = (dy * g.dtype.type(1.0 / (g.kh * g.kw)))[:, :, :, None, None, :]
     # a broadcast view: col2im reads it per offset, so the KH*KW copies are never materialised

@@ -6,12 +6,39 @@ Vectorised only over the batch and channel axes (each step is a small (N, C_in) 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from .geometry import check_grad, conv_geometry, pad_hw, pool_geometry, unpad_hw
+from .contract import ConvCtx, MaxPoolCtx, PoolCtx
+from .geometry import (
+    IntPair,
+    Padding,
+    PoolGeometry,
+    argmax_dtype,
+    check_grad,
+    conv_geometry,
+    pad_hw,
+    pool_geometry,
+    unpad_hw,
+)
 
 
-def conv2d_forward(x, w, b=None, stride=1, padding=0):
+@dataclass(frozen=True, eq=False)
+class NaiveConvCtx(ConvCtx):
+    """conv2d's ctx: the padded input (dW reads it) and the weights (dX reads them)."""
+
+    x_padded: np.ndarray  # (N, H + 2*ph, W + 2*pw, C_in)
+    w: np.ndarray  # (KH, KW, C_in, C_out)
+
+
+def conv2d_forward(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None = None,
+    stride: IntPair = 1,
+    padding: Padding = 0,
+) -> tuple[np.ndarray, NaiveConvCtx]:
     """Cross-correlation. x: (N, H, W, C_in), w: (KH, KW, C_in, C_out), b: (C_out,) or None.
 
     Returns y: (N, OH, OW, C_out) in x's dtype, and ctx for :func:`conv2d_backward`.
@@ -27,12 +54,14 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0):
                     y[:, i, j, :] += x_padded[:, i * g.sh + di, j * g.sw + dj, :] @ w[di, dj]
     if b is not None:
         y += b
-    return y, {"geometry": g, "x_padded": x_padded, "w": w}
+    return y, NaiveConvCtx(g, x_padded, w)
 
 
-def conv2d_backward(dy, ctx, need_dx=True):
+def conv2d_backward(
+    dy: np.ndarray, ctx: NaiveConvCtx, need_dx: bool = True
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
     """dy: (N, OH, OW, C_out) -> (dx (N, H, W, C_in) or None, dw like w, db (C_out,) or None)."""
-    g, x_padded, w = ctx["geometry"], ctx["x_padded"], ctx["w"]
+    g, x_padded, w = ctx.geometry, ctx.x_padded, ctx.w
     check_grad(dy, g.y_shape, g.dtype)
     dw = np.zeros(g.w_shape, dtype=g.dtype)
     dx_padded = np.zeros(g.padded_shape, dtype=g.dtype) if need_dx else None
@@ -43,59 +72,64 @@ def conv2d_backward(dy, ctx, need_dx=True):
                 for dj in range(g.kw):
                     r, c = i * g.sh + di, j * g.sw + dj
                     dw[di, dj] += x_padded[:, r, c, :].T @ dy_ij  # (C_in, C_out)
-                    if need_dx:
+                    if dx_padded is not None:
                         dx_padded[:, r, c, :] += dy_ij @ w[di, dj].T  # (N, C_in)
     db = dy.sum(axis=(0, 1, 2)) if g.has_bias else None
-    dx = unpad_hw(dx_padded, g.ph, g.pw) if need_dx else None
+    dx = None if dx_padded is None else unpad_hw(dx_padded, g.ph, g.pw)
     return dx, dw, db
 
 
-def _window(x, g, i, j):
+def _window(x: np.ndarray, g: PoolGeometry, i: int, j: int) -> np.ndarray:
     """The (N, KH, KW, C) input window under output position (i, j)."""
     return x[:, i * g.sh : i * g.sh + g.kh, j * g.sw : j * g.sw + g.kw, :]
 
 
-def maxpool2d_forward(x, size=2, stride=None):
+def maxpool2d_forward(
+    x: np.ndarray, size: IntPair = 2, stride: IntPair | None = None
+) -> tuple[np.ndarray, MaxPoolCtx]:
     """x: (N, H, W, C) -> y: (N, OH, OW, C). Ties go to the first maximum in row-major order."""
     g = pool_geometry(x, size, stride)
     y = np.empty(g.y_shape, dtype=g.dtype)
-    argmax = np.empty(g.y_shape, dtype=np.intp)  # flat index kh*KW + kw inside each window
+    argmax = np.empty(g.y_shape, dtype=argmax_dtype(g.kh, g.kw))  # flat index i*KW + j
     for i in range(g.out_h):
         for j in range(g.out_w):
             flat = _window(x, g, i, j).reshape(g.n, g.kh * g.kw, g.c)
             # np.argmax returns the first maximum (and the first NaN, so NaN propagates)
             argmax[:, i, j, :] = flat.argmax(axis=1)
             y[:, i, j, :] = np.take_along_axis(flat, argmax[:, i, j, None, :], axis=1)[:, 0, :]
-    return y, {"geometry": g, "argmax": argmax}
+    return y, MaxPoolCtx(g, argmax)
 
 
-def maxpool2d_backward(dy, ctx):
+def maxpool2d_backward(dy: np.ndarray, ctx: MaxPoolCtx) -> np.ndarray:
     """dy: (N, OH, OW, C) -> dx: (N, H, W, C); each window's gradient goes to its argmax."""
-    g, argmax = ctx["geometry"], ctx["argmax"]
+    g, argmax = ctx.geometry, ctx.argmax
     check_grad(dy, g.y_shape, g.dtype)
     dx = np.zeros(g.x_shape, dtype=g.dtype)
     n_idx, c_idx = np.meshgrid(np.arange(g.n), np.arange(g.c), indexing="ij")
     for i in range(g.out_h):
         for j in range(g.out_w):
-            di, dj = np.divmod(argmax[:, i, j, :], g.kw)
+            # as intp: uint8 row and column offsets would wrap past row 255
+            di, dj = np.divmod(argmax[:, i, j, :].astype(np.intp), g.kw)
             # one target per (n, c) within a window, so fancy-index += has no duplicates
             dx[n_idx, i * g.sh + di, j * g.sw + dj, c_idx] += dy[:, i, j, :]
     return dx
 
 
-def avgpool2d_forward(x, size=2, stride=None):
+def avgpool2d_forward(
+    x: np.ndarray, size: IntPair = 2, stride: IntPair | None = None
+) -> tuple[np.ndarray, PoolCtx]:
     """x: (N, H, W, C) -> y: (N, OH, OW, C), the mean of each window."""
     g = pool_geometry(x, size, stride)
     y = np.empty(g.y_shape, dtype=g.dtype)
     for i in range(g.out_h):
         for j in range(g.out_w):
             y[:, i, j, :] = _window(x, g, i, j).mean(axis=(1, 2))
-    return y, {"geometry": g}
+    return y, PoolCtx(g)
 
 
-def avgpool2d_backward(dy, ctx):
+def avgpool2d_backward(dy: np.ndarray, ctx: PoolCtx) -> np.ndarray:
     """dy: (N, OH, OW, C) -> dx: (N, H, W, C); each window shares its gradient equally."""
-    g = ctx["geometry"]
+    g = ctx.geometry
     check_grad(dy, g.y_shape, g.dtype)
     dx = np.zeros(g.x_shape, dtype=g.dtype)
     scale = g.dtype.type(1.0 / (g.kh * g.kw))

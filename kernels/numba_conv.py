@@ -10,7 +10,7 @@ The comment below explains the layout; every jitted function states what it comp
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from numba import njit, prange
@@ -20,7 +20,7 @@ from .geometry import ConvGeometry
 # reassoc lets LLVM vectorise the dW dot products (sums in any order); nnan/ninf are deliberately
 # not enabled, so NaN and inf keep their IEEE meaning (NaN inputs propagate).
 _FASTMATH = {"reassoc", "contract"}
-_CONV_JIT = dict(cache=True, parallel=True, fastmath=_FASTMATH)
+_CONV_JIT: dict[str, Any] = dict(cache=True, parallel=True, fastmath=_FASTMATH)
 
 # ---------------------------------------------------------------- convolution on channel planes
 #

@@ -16,14 +16,26 @@ Compiled code is cached on disk (cache=True); call :func:`warmup` to compile eve
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numba
 import numpy as np
 from numba import njit, prange
 
 from . import numba_conv
-from .geometry import check_grad, conv_geometry, pool_geometry
+from .contract import ConvCtx, MaxPoolCtx, PoolCtx
+from .geometry import (
+    ConvGeometry,
+    IntPair,
+    Padding,
+    argmax_dtype,
+    check_grad,
+    conv_geometry,
+    pool_geometry,
+)
 
-_POOL_JIT = dict(cache=True, parallel=True)
+_POOL_JIT: dict[str, Any] = dict(cache=True, parallel=True)
 
 # Below this many multiply-adds (conv) or elements (pooling) a kernel runs on the calling thread
 # alone: a parallel region is only as fast as its slowest thread, and for a tiny kernel the
@@ -35,19 +47,20 @@ _POOL_JIT = dict(cache=True, parallel=True)
 PARALLEL_MIN_WORK = 1 << 20
 
 
-def _threads_for(work):
+def _threads_for(work: int) -> int:
     """How many numba threads a kernel with `work` multiply-adds/elements runs on."""
     return numba.get_num_threads() if work >= PARALLEL_MIN_WORK else 1
 
 
-def _launch(kernel, work, *args):
+def _launch(kernel: Any, work: int, *args: Any) -> None:
     """Call a prange kernel on _threads_for(work) threads."""
     threads = numba.get_num_threads()
     if _threads_for(work) == threads:
-        return kernel(*args)
+        kernel(*args)
+        return
     numba.set_num_threads(1)  # thread-local, costs ~1 us
     try:
-        return kernel(*args)
+        kernel(*args)
     finally:
         numba.set_num_threads(threads)
 
@@ -122,12 +135,28 @@ def _avgpool_backward(dy, kh, kw, sh, sw, scale, dx):
                             dx[ni, oh * sh + i, ow * sw + j, ch] += dy[ni, oh, ow, ch] * scale
 
 
-def _parts(g):
+@dataclass(frozen=True, eq=False)
+class NumbaConvCtx(ConvCtx):
+    """conv2d's ctx: x and w as the kernels read them, the plane layout and the forward taps."""
+
+    x: np.ndarray  # (N, H, W, C_in), C-contiguous
+    w: np.ndarray  # (KH, KW, C_in, C_out), C-contiguous (dX's taps are built from it)
+    layout: numba_conv.Layout
+    offsets: np.ndarray  # (T,) the forward taps' offsets, which dW reuses (see numba_conv)
+
+
+def _parts(g: ConvGeometry) -> int:
     """How many sample blocks (threads) a conv call on geometry g is split into."""
     return max(1, min(_threads_for(g.flops // 2), g.n))
 
 
-def conv2d_forward(x, w, b=None, stride=1, padding=0):
+def conv2d_forward(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None = None,
+    stride: IntPair = 1,
+    padding: Padding = 0,
+) -> tuple[np.ndarray, NumbaConvCtx]:
     """x: (N, H, W, C_in), w: (KH, KW, C_in, C_out), b: (C_out,) or None -> y: (N, OH, OW, C_out).
 
     Same dtype as x (float32 or float64). ctx keeps x, w (C-contiguous), the layout and the tap
@@ -151,15 +180,17 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0):
         numba_conv.PAIR_LIKE[g.dtype],
         y,
     )
-    return y, {"geometry": g, "x": x, "w": w, "layout": lay, "offsets": offsets}
+    return y, NumbaConvCtx(g, x, w, lay, offsets)
 
 
-def conv2d_backward(dy, ctx, need_dx=True):
+def conv2d_backward(
+    dy: np.ndarray, ctx: NumbaConvCtx, need_dx: bool = True
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
     """dy: (N, OH, OW, C_out) -> (dx (N, H, W, C_in) or None, dw like w, db (C_out,) or None).
 
     need_dx=False skips the dX half of the kernel (first layer of a network).
     """
-    g, x, w, lay, offsets = ctx["geometry"], ctx["x"], ctx["w"], ctx["layout"], ctx["offsets"]
+    g, x, w, lay, offsets = ctx.geometry, ctx.x, ctx.w, ctx.layout, ctx.offsets
     check_grad(dy, g.y_shape, g.dtype)
     dy = np.ascontiguousarray(dy)
     if need_dx:
@@ -195,18 +226,20 @@ def conv2d_backward(dy, ctx, need_dx=True):
     return (dx if need_dx else None), np.ascontiguousarray(dw.transpose(1, 2, 0, 3)), db
 
 
-def maxpool2d_forward(x, size=2, stride=None):
+def maxpool2d_forward(
+    x: np.ndarray, size: IntPair = 2, stride: IntPair | None = None
+) -> tuple[np.ndarray, MaxPoolCtx]:
     """x: (N, H, W, C) -> y: (N, OH, OW, C). Ties go to the first maximum in row-major order."""
     g = pool_geometry(x, size, stride)
     y = np.empty(g.y_shape, dtype=g.dtype)
-    argmax = np.empty(g.y_shape, dtype=np.intp)  # flat index kh*KW + kw inside each window
+    argmax = np.empty(g.y_shape, dtype=argmax_dtype(g.kh, g.kw))  # flat index i*KW + j
     _launch(_maxpool_forward, x.size, np.ascontiguousarray(x), g.kh, g.kw, g.sh, g.sw, y, argmax)
-    return y, {"geometry": g, "argmax": argmax}
+    return y, MaxPoolCtx(g, argmax)
 
 
-def maxpool2d_backward(dy, ctx):
+def maxpool2d_backward(dy: np.ndarray, ctx: MaxPoolCtx) -> np.ndarray:
     """dy: (N, OH, OW, C) -> dx: (N, H, W, C); each window's gradient goes to its argmax."""
-    g, argmax = ctx["geometry"], ctx["argmax"]
+    g, argmax = ctx.geometry, ctx.argmax
     check_grad(dy, g.y_shape, g.dtype)
     dx = np.zeros(g.x_shape, dtype=g.dtype)
     _launch(
@@ -215,18 +248,20 @@ def maxpool2d_backward(dy, ctx):
     return dx
 
 
-def avgpool2d_forward(x, size=2, stride=None):
+def avgpool2d_forward(
+    x: np.ndarray, size: IntPair = 2, stride: IntPair | None = None
+) -> tuple[np.ndarray, PoolCtx]:
     """x: (N, H, W, C) -> y: (N, OH, OW, C), the mean of each window."""
     g = pool_geometry(x, size, stride)
     y = np.empty(g.y_shape, dtype=g.dtype)
     scale = g.dtype.type(1.0 / (g.kh * g.kw))
     _launch(_avgpool_forward, x.size, np.ascontiguousarray(x), g.kh, g.kw, g.sh, g.sw, scale, y)
-    return y, {"geometry": g}
+    return y, PoolCtx(g)
 
 
-def avgpool2d_backward(dy, ctx):
+def avgpool2d_backward(dy: np.ndarray, ctx: PoolCtx) -> np.ndarray:
     """dy: (N, OH, OW, C) -> dx: (N, H, W, C); each window shares its gradient equally."""
-    g = ctx["geometry"]
+    g = ctx.geometry
     check_grad(dy, g.y_shape, g.dtype)
     dx = np.zeros(g.x_shape, dtype=g.dtype)
     scale = g.dtype.type(1.0 / (g.kh * g.kw))
@@ -235,15 +270,17 @@ def avgpool2d_backward(dy, ctx):
 
 
 def warmup() -> None:
-    """Compile (or load from the on-disk cache) every jitted kernel for float32 and float64."""
+    """Compile (or load from the on-disk cache) every jitted kernel for float32 and float64.
+
+    Only a max-pool over windows of more than 255 elements (an intp argmax, see
+    geometry.argmax_dtype) still compiles on first use.
+    """
     for dtype in (np.float32, np.float64):
         x = np.ones((1, 3, 3, 1), dtype=dtype)
         w = np.ones((2, 2, 1, 1), dtype=dtype)
-        y, ctx = conv2d_forward(x, w, np.ones(1, dtype=dtype), padding=1)
-        conv2d_backward(np.ones_like(y), ctx)
-        for forward, backward in (
-            (maxpool2d_forward, maxpool2d_backward),
-            (avgpool2d_forward, avgpool2d_backward),
-        ):
-            y, ctx = forward(x, 2, 1)
-            backward(np.ones_like(y), ctx)
+        y, conv_ctx = conv2d_forward(x, w, np.ones(1, dtype=dtype), padding=1)
+        conv2d_backward(np.ones_like(y), conv_ctx)
+        y, max_ctx = maxpool2d_forward(x, 2, 1)
+        maxpool2d_backward(np.ones_like(y), max_ctx)
+        y, avg_ctx = avgpool2d_forward(x, 2, 1)
+        avgpool2d_backward(np.ones_like(y), avg_ctx)

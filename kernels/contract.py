@@ -1,0 +1,147 @@
+"""The kernel contract: what every backend module provides, and the ctx its forward passes return.
+
+A backend is a module, kernels/<name>.py, registered by name in kernels/__init__.py. It defines
+the six module-level functions of :class:`Backend`, with exactly these parameter names and
+defaults, and optionally ``warmup()`` (:class:`Warmup`). No backend imports another backend:
+shared helpers live in kernels/geometry.py and kernels/windows.py.
+
+Shapes and dtypes (every backend)
+    x    (N, H, W, C_in)         activations, NHWC
+    w    (KH, KW, C_in, C_out)   conv weights, HWIO
+    b    (C_out,) or None        bias
+    y    (N, OH, OW, C_out)      OH = (H + 2*ph - KH) // sh + 1, OW likewise (kernels.geometry)
+    pooling: x (N, H, W, C) -> y (N, OH, OW, C), windows (KH, KW) every (sh, sw), no padding
+Arrays are float32 or float64; all arrays of one call share x's dtype, and every output (y, dx,
+dw, db) has that dtype too: float32 work never silently becomes float64. Arguments are validated
+by kernels.geometry (conv_geometry, pool_geometry, check_grad) before any work, so a bad argument
+gets the same error from every backend.
+
+The ctx
+    Each forward returns (y, ctx). ctx goes, unchanged, to the same backend's backward; what is
+    inside is that backend's business, but every ctx is a frozen dataclass with a `geometry`:
+    - conv2d: a subclass of :class:`ConvCtx` per backend, holding what its backward needs;
+    - maxpool2d: :class:`MaxPoolCtx` (geometry and argmax), shared by the backends;
+    - avgpool2d: :class:`PoolCtx` (geometry only), shared by the backends.
+    A backend that needs more in a pooling ctx subclasses MaxPoolCtx / PoolCtx. Declare every
+    ctx class with ``@dataclass(frozen=True, eq=False)``: a ctx is immutable once made, and it
+    holds arrays, which have no field-wise equality, so ctxs compare by identity.
+
+The max-pool argmax
+    MaxPoolCtx.argmax (N, OH, OW, C) holds, for every window, the flat index k = i*KW + j of the
+    element that won: the first maximum in row-major window order, or the first NaN (NumPy's
+    argmax rule). Its dtype is kernels.geometry.argmax_dtype(KH, KW): uint8 when KH*KW <= 255,
+    else intp.
+
+Optional members
+    warmup() -> None: compile, or load from a disk cache, everything the backend would otherwise
+        compile on first use (numba's JIT), for float32 and float64, so that the first timed or
+        trained call measures the kernel, not the compiler. Backends that compile nothing leave
+        it out; callers ask with ``isinstance(module, Warmup)``. It must be safe to call twice.
+    PARALLEL_MIN_WORK (int): a backend that runs small calls on one thread and large ones on
+        several names its threshold so. tests/test_kernels_equality.py runs such a backend a
+        second time with the threshold forced to 0, so its threaded split is checked on every
+        shape the tests draw.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, TypeVar, runtime_checkable
+
+import numpy as np
+
+from .geometry import ConvGeometry, IntPair, Padding, PoolGeometry
+
+# Frozen: a ctx is never changed after the forward pass. eq=False: ctxs hold arrays, which have
+# no field-wise equality (and so no hash); identity is the only meaningful comparison.
+
+
+@dataclass(frozen=True, eq=False)
+class ConvCtx:
+    """What every conv2d ctx holds. Each backend subclasses it with what its backward needs."""
+
+    geometry: ConvGeometry
+
+
+@dataclass(frozen=True, eq=False)
+class PoolCtx:
+    """The avgpool2d ctx (every backend): the call's geometry is all the backward needs."""
+
+    geometry: PoolGeometry
+
+
+@dataclass(frozen=True, eq=False)
+class MaxPoolCtx(PoolCtx):
+    """The maxpool2d ctx (every backend): the geometry, and which element won each window."""
+
+    argmax: np.ndarray  # (N, OH, OW, C), dtype argmax_dtype(KH, KW): flat window index i*KW + j
+
+
+ConvCtxT = TypeVar("ConvCtxT", bound=ConvCtx)
+MaxPoolCtxT = TypeVar("MaxPoolCtxT", bound=MaxPoolCtx)
+AvgPoolCtxT = TypeVar("AvgPoolCtxT", bound=PoolCtx)
+
+
+class Backend(Protocol[ConvCtxT, MaxPoolCtxT, AvgPoolCtxT]):
+    """A backend module. Its type parameters are the ctx types its three forwards return.
+
+    A backend module satisfies Backend[ItsConvCtx, MaxPoolCtx, PoolCtx] (mypy checks each one in
+    kernels/__init__.py); kernels.get_backend returns Backend[Any, Any, Any].
+    """
+
+    def conv2d_forward(
+        self,
+        x: np.ndarray,
+        w: np.ndarray,
+        b: np.ndarray | None = None,
+        stride: IntPair = 1,
+        padding: Padding = 0,
+    ) -> tuple[np.ndarray, ConvCtxT]:
+        """Cross-correlation. x: (N, H, W, C_in), w: (KH, KW, C_in, C_out), b: (C_out,) or None.
+
+        stride: n or (sh, sw); padding: n, (ph, pw), "valid" or "same" (zeros, both sides).
+        Returns y: (N, OH, OW, C_out) in x's dtype, and the ctx for conv2d_backward.
+        """
+        ...
+
+    def conv2d_backward(
+        self, dy: np.ndarray, ctx: ConvCtxT, need_dx: bool = True
+    ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+        """dy: (N, OH, OW, C_out) -> (dx (N, H, W, C_in), dw (KH, KW, C_in, C_out), db (C_out,)).
+
+        dx is None when need_dx is False (a network's first layer: the work may be skipped);
+        db is None when the forward had no bias. All in the forward's dtype.
+        """
+        ...
+
+    def maxpool2d_forward(
+        self, x: np.ndarray, size: IntPair = 2, stride: IntPair | None = None
+    ) -> tuple[np.ndarray, MaxPoolCtxT]:
+        """x: (N, H, W, C) -> y: (N, OH, OW, C), each window's maximum; stride None means size.
+
+        Ties go to the first maximum in row-major window order; a NaN in a window wins it.
+        """
+        ...
+
+    def maxpool2d_backward(self, dy: np.ndarray, ctx: MaxPoolCtxT) -> np.ndarray:
+        """dy: (N, OH, OW, C) -> dx: (N, H, W, C); each window's gradient goes to its argmax."""
+        ...
+
+    def avgpool2d_forward(
+        self, x: np.ndarray, size: IntPair = 2, stride: IntPair | None = None
+    ) -> tuple[np.ndarray, AvgPoolCtxT]:
+        """x: (N, H, W, C) -> y: (N, OH, OW, C), each window's mean; stride None means size."""
+        ...
+
+    def avgpool2d_backward(self, dy: np.ndarray, ctx: AvgPoolCtxT) -> np.ndarray:
+        """dy: (N, OH, OW, C) -> dx: (N, H, W, C); each window shares its gradient equally."""
+        ...
+
+
+@runtime_checkable
+class Warmup(Protocol):
+    """The optional member of a backend: ``isinstance(module, Warmup)`` says it has one."""
+
+    def warmup(self) -> None:
+        """Compile (or load from the disk cache) everything, for float32 and float64."""
+        ...
