@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from .contract import ConvCtx, MaxPoolCtx, PoolCtx
 from .geometry import ConvGeometry, PoolGeometry, conv_geometry, pool_geometry
 
 MODES = ("off", "cached", "fresh")
@@ -212,14 +213,14 @@ def _choose(key: str, op: str, g, candidates, run_for) -> str:
     if key in table:
         _chosen[key] = {**table[key], "source": "cache"}
         return table[key]["backend"]
-    seconds = {}
+    seconds: dict[str, float | None] = {}
     for name in _available(candidates):
         try:
             seconds[name] = _time_candidate(run_for(_backend(name)))
         except Exception as exc:  # a candidate that cannot run this shape is not a choice
             seconds[name] = None
             warnings.warn(f"autotune: {name} failed on {key}: {exc}", RuntimeWarning, 2)
-    timed = {k: v for k, v in seconds.items() if v is not None}
+    timed: dict[str, float] = {k: v for k, v in seconds.items() if v is not None}
     if not timed:
         raise RuntimeError(f"autotune: no backend could run {key}")
     best = min(timed, key=timed.__getitem__)
@@ -249,11 +250,26 @@ def pool_key(op: str, g: PoolGeometry) -> str:
     return _key(op, g, f"size={g.kh},{g.kw} stride={g.sh},{g.sw}")
 
 
-@dataclass(frozen=True)
-class AutoCtx:
-    """geometry: the call's geometry; backend: the chosen backend's name; inner: its ctx."""
+@dataclass(frozen=True, eq=False)
+class AutoConvCtx(ConvCtx):
+    """backend: the chosen backend's name; inner: that backend's ctx."""
 
-    geometry: Any
+    backend: str
+    inner: Any
+
+
+@dataclass(frozen=True, eq=False)
+class AutoMaxPoolCtx(MaxPoolCtx):
+    """MaxPoolCtx (argmax is the chosen backend's), plus the backend's name and its ctx."""
+
+    backend: str
+    inner: Any
+
+
+@dataclass(frozen=True, eq=False)
+class AutoPoolCtx(PoolCtx):
+    """PoolCtx plus the chosen backend's name and its ctx."""
+
     backend: str
     inner: Any
 
@@ -272,10 +288,10 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0):
 
     name = _choose(conv_key(g), "conv", g, CONV_CANDIDATES, run_for)
     y, inner = _backend(name).conv2d_forward(x, w, b, stride, padding)
-    return y, AutoCtx(g, name, inner)
+    return y, AutoConvCtx(g, name, inner)
 
 
-def conv2d_backward(dy, ctx: AutoCtx, need_dx=True):
+def conv2d_backward(dy, ctx: AutoConvCtx, need_dx=True):
     """dy: (N, OH, OW, C_out) -> (dx or None, dw, db or None), on the forward's backend."""
     return _backend(ctx.backend).conv2d_backward(dy, ctx.inner, need_dx=need_dx)
 
@@ -292,7 +308,9 @@ def _pool_forward(op: str, x, size, stride):
 
     name = _choose(pool_key(op, g), "pool", g, POOL_CANDIDATES, run_for)
     y, inner = getattr(_backend(name), f"{op}_forward")(x, size, stride)
-    return y, AutoCtx(g, name, inner)
+    if op == "maxpool2d":
+        return y, AutoMaxPoolCtx(g, inner.argmax, name, inner)
+    return y, AutoPoolCtx(g, name, inner)
 
 
 def maxpool2d_forward(x, size=2, stride=None):
@@ -300,7 +318,7 @@ def maxpool2d_forward(x, size=2, stride=None):
     return _pool_forward("maxpool2d", x, size, stride)
 
 
-def maxpool2d_backward(dy, ctx: AutoCtx):
+def maxpool2d_backward(dy, ctx: AutoMaxPoolCtx):
     """dy: (N, OH, OW, C) -> dx: (N, H, W, C), on the forward's backend."""
     return _backend(ctx.backend).maxpool2d_backward(dy, ctx.inner)
 
@@ -310,7 +328,7 @@ def avgpool2d_forward(x, size=2, stride=None):
     return _pool_forward("avgpool2d", x, size, stride)
 
 
-def avgpool2d_backward(dy, ctx: AutoCtx):
+def avgpool2d_backward(dy, ctx: AutoPoolCtx):
     """dy: (N, OH, OW, C) -> dx: (N, H, W, C), on the forward's backend."""
     return _backend(ctx.backend).avgpool2d_backward(dy, ctx.inner)
 

@@ -65,6 +65,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from .contract import ConvCtx
 from .geometry import ConvGeometry, check_grad, conv_geometry
 
 FALLBACK = "numba"
@@ -312,8 +313,8 @@ def _fallback():
     return get_backend(FALLBACK)
 
 
-@dataclass(frozen=True)
-class WinogradConvCtx:
+@dataclass(frozen=True, eq=False)
+class WinogradConvCtx(ConvCtx):
     """What conv2d_backward needs from the forward pass.
 
     geometry: the call's ConvGeometry; path: "winograd F(mxm,3x3)" or "fallback:<backend>";
@@ -322,7 +323,6 @@ class WinogradConvCtx:
     inner: the fallback backend's ctx when path is a fallback (v and u are then None).
     """
 
-    geometry: ConvGeometry
     path: str
     m: int = 0
     tiles: tuple[int, int] = (0, 0)
