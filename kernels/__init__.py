@@ -17,6 +17,9 @@ Files:
     im2col.py       backend "im2col": receptive fields unfolded into a matrix, one GEMM
     numba_jit.py    backend "numba": jitted loops (thread rule, public functions, pooling, warmup)
     numba_conv.py   the numba backend's convolution machinery (plane layout, taps, hot loops)
+    winograd.py     backend "winograd": Winograd F(4x4,3x3)/F(2x2,3x3) for 3x3 stride-1 convs
+                    (tile transforms in numba, one GEMM per tile position); others on numba
+    auto.py         backend "auto": per layer shape, the fastest backend, timed once and cached
 
 No backend imports another. Backends are imported on first use, so `import kernels` never pays
 for numba's import.
@@ -37,6 +40,8 @@ _BACKENDS = {
     "einsum": ("kernels.einsum", None),
     "im2col": ("kernels.im2col", None),
     "numba": ("kernels.numba_jit", "numba"),
+    "winograd": ("kernels.winograd", "numba"),
+    "auto": ("kernels.auto", None),
 }
 
 BACKEND_NAMES = tuple(_BACKENDS)
@@ -68,7 +73,7 @@ def get_backend(name: str) -> Backend[Any, Any, Any]:
 
 if TYPE_CHECKING:
     # mypy checks every registered backend module against the contract (nothing runs here).
-    from . import einsum, im2col, naive, numba_jit
+    from . import auto, einsum, im2col, naive, numba_jit, winograd
     from .contract import MaxPoolCtx, PoolCtx, Warmup
 
     _naive: Backend[naive.NaiveConvCtx, MaxPoolCtx, PoolCtx] = naive
@@ -76,3 +81,7 @@ if TYPE_CHECKING:
     _im2col: Backend[im2col.Im2colConvCtx, MaxPoolCtx, PoolCtx] = im2col
     _numba: Backend[numba_jit.NumbaConvCtx, MaxPoolCtx, PoolCtx] = numba_jit
     _numba_warmup: Warmup = numba_jit
+    _winograd: Backend[winograd.WinogradConvCtx, MaxPoolCtx, PoolCtx] = winograd
+    _winograd_warmup: Warmup = winograd
+    _auto: Backend[auto.AutoConvCtx, auto.AutoMaxPoolCtx, auto.AutoPoolCtx] = auto
+    _auto_warmup: Warmup = auto

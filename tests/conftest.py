@@ -2,12 +2,31 @@
 
 Plain `pytest` runs every benchmark body once, untimed, as a quick correctness smoke test;
 `pytest --benchmark-only` (or any option that asks for timings) times them for real.
+
+Hypothesis profiles: "quick" (the default on a developer's machine: 40 examples per property)
+and "ci" (250 examples; chosen automatically when CI=true). HYPOTHESIS_PROFILE=ci|quick picks
+one explicitly.
+
+The `auto` backend would time candidates and write its choices to the user's cache directory:
+the tests give it a fresh temporary cache and the "off" mode (a fixed rule, no timing), except
+tests/test_kernels_auto.py, which configures it per test.
 """
 
 import os
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci", max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "quick", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") == "true" else "quick")
+)
 
 _TIMING_OPTIONS = (
     "benchmark_only",
@@ -37,3 +56,12 @@ def mnist_dir():
             "real MNIST not available: set MNIST_DIR to a directory with the four IDX files"
         )
     return Path(path)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _autotune_isolated(tmp_path_factory):
+    """Keep the auto backend's timing and cache file out of the user's cache (see above)."""
+    from kernels import auto
+
+    auto.configure(mode="off", cache_dir=tmp_path_factory.mktemp("autotune"))
+    yield

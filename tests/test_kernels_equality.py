@@ -20,7 +20,26 @@ from kernels_helpers import (
     run_pool,
 )
 
-EXAMPLES = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# the number of examples comes from the hypothesis profile (tests/conftest.py: quick or ci)
+EXAMPLES = settings(
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+
+
+@pytest.fixture(autouse=True, params=["threads-by-size", "threads-always"])
+def parallel_threshold(request, monkeypatch):
+    """Run every property twice: with the backends' own size rule for going multi-threaded, and
+    with the threshold forced to 0, so the threaded split (numba's sample blocks) is checked on
+    every shape, stride and padding hypothesis draws, not only on the few large ones."""
+    if request.param == "threads-always":
+        import kernels
+
+        for name in kernels.available_backends():
+            module = kernels.get_backend(name)
+            if hasattr(module, "PARALLEL_MIN_WORK"):
+                monkeypatch.setattr(module, "PARALLEL_MIN_WORK", 0)
+    return request.param
 
 
 def _conv_inputs(case, dtype):
