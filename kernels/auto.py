@@ -333,9 +333,9 @@ def avgpool2d_backward(dy, ctx: AutoPoolCtx):
     return _backend(ctx.backend).avgpool2d_backward(dy, ctx.inner)
 
 
-def warmup() -> None:
-    """Compile the candidates that have a warmup() (numba, winograd)."""
+def warmup(dtypes=None, ops=None) -> None:
+    """Compile the candidates that have a warmup() (numba, winograd) for `dtypes` and `ops`."""
     for name in _available(CONV_CANDIDATES):
         warm = getattr(_backend(name), "warmup", None)
         if warm is not None:
-            warm()
+            warm(dtypes, ops)

@@ -33,9 +33,11 @@ The max-pool argmax
     else intp.
 
 Optional members
-    warmup() -> None: compile, or load from a disk cache, everything the backend would otherwise
-        compile on first use (numba's JIT), for float32 and float64, so that the first timed or
-        trained call measures the kernel, not the compiler. Backends that compile nothing leave
+    warmup(dtypes=None, ops=None) -> None: compile, or load from a disk cache, what the backend
+        would otherwise compile on first use (numba's JIT): the kernels of `ops` (None: all of
+        "conv2d", "maxpool2d", "avgpool2d") for `dtypes` (None: float32 and float64), so that the
+        first timed or trained call measures the kernel, not the compiler. A training run asks
+        only for its own dtype and ops: a cold compile costs seconds per kernel and dtype. Backends that compile nothing leave
         it out; callers ask with ``isinstance(module, Warmup)``. It must be safe to call twice.
     PARALLEL_MIN_WORK (int): a backend that runs small calls on one thread and large ones on
         several names its threshold so. tests/test_kernels_equality.py runs such a backend a
@@ -45,10 +47,12 @@ Optional members
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar, runtime_checkable
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from .geometry import ConvGeometry, IntPair, Padding, PoolGeometry
 
@@ -142,6 +146,9 @@ class Backend(Protocol[ConvCtxT, MaxPoolCtxT, AvgPoolCtxT]):
 class Warmup(Protocol):
     """The optional member of a backend: ``isinstance(module, Warmup)`` says it has one."""
 
-    def warmup(self) -> None:
-        """Compile (or load from the disk cache) everything, for float32 and float64."""
+    def warmup(
+        self, dtypes: Sequence[DTypeLike] | None = None, ops: Sequence[str] | None = None
+    ) -> None:
+        """Compile (or load from the disk cache) the kernels of `ops` ("conv2d", "maxpool2d",
+        "avgpool2d"; None = all) for `dtypes` (None = float32 and float64)."""
         ...

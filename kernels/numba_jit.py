@@ -269,18 +269,31 @@ def avgpool2d_backward(dy: np.ndarray, ctx: PoolCtx) -> np.ndarray:
     return dx
 
 
-def warmup() -> None:
-    """Compile (or load from the on-disk cache) every jitted kernel for float32 and float64.
+WARMUP_OPS = ("conv2d", "maxpool2d", "avgpool2d")
 
-    Only a max-pool over windows of more than 255 elements (an intp argmax, see
-    geometry.argmax_dtype) still compiles on first use.
+
+def warmup(dtypes=None, ops=None) -> None:
+    """Compile (or load from the on-disk cache) the jitted kernels of `ops` (default: all of
+    WARMUP_OPS) for `dtypes` (default: float32 and float64).
+
+    A cold compile costs seconds per kernel and dtype (the `numba compile` benchmark section
+    measures it), so a training run asks only for what it uses. Only a max-pool over windows
+    of more than 255 elements (an intp argmax, see geometry.argmax_dtype) still compiles on
+    first use.
     """
-    for dtype in (np.float32, np.float64):
+    ops = WARMUP_OPS if ops is None else tuple(ops)
+    unknown = set(ops) - set(WARMUP_OPS)
+    if unknown:
+        raise ValueError(f"warmup ops must be among {WARMUP_OPS}, got {sorted(unknown)}")
+    for dtype in (np.float32, np.float64) if dtypes is None else dtypes:
         x = np.ones((1, 3, 3, 1), dtype=dtype)
-        w = np.ones((2, 2, 1, 1), dtype=dtype)
-        y, conv_ctx = conv2d_forward(x, w, np.ones(1, dtype=dtype), padding=1)
-        conv2d_backward(np.ones_like(y), conv_ctx)
-        y, max_ctx = maxpool2d_forward(x, 2, 1)
-        maxpool2d_backward(np.ones_like(y), max_ctx)
-        y, avg_ctx = avgpool2d_forward(x, 2, 1)
-        avgpool2d_backward(np.ones_like(y), avg_ctx)
+        if "conv2d" in ops:
+            w = np.ones((2, 2, 1, 1), dtype=dtype)
+            y, conv_ctx = conv2d_forward(x, w, np.ones(1, dtype=dtype), padding=1)
+            conv2d_backward(np.ones_like(y), conv_ctx)
+        if "maxpool2d" in ops:
+            y, max_ctx = maxpool2d_forward(x, 2, 1)
+            maxpool2d_backward(np.ones_like(y), max_ctx)
+        if "avgpool2d" in ops:
+            y, avg_ctx = avgpool2d_forward(x, 2, 1)
+            avgpool2d_backward(np.ones_like(y), avg_ctx)

@@ -401,11 +401,14 @@ def avgpool2d_backward(dy, ctx):
     return _fallback().avgpool2d_backward(dy, ctx)
 
 
-def warmup() -> None:
-    """Compile (or load from numba's disk cache) the tile transforms for float32 and float64."""
-    for dtype in (np.float32, np.float64):
-        for m in TILE_SIZES:
-            x = np.ones((1, m, m, 1), dtype=dtype)
-            w = np.ones((3, 3, 1, 1), dtype=dtype)
-            y, ctx = conv2d_forward(x, w, np.ones(1, dtype=dtype), padding=1)
-            conv2d_backward(np.ones_like(y), ctx)
+def warmup(dtypes=None, ops=None) -> None:
+    """Compile (or load from numba's disk cache) the tile transforms and the FALLBACK backend's
+    kernels of `ops` for `dtypes` (defaults: every op, float32 and float64)."""
+    _fallback().warmup(dtypes, ops)
+    if ops is not None and "conv2d" not in ops:
+        return
+    for dtype in (np.float32, np.float64) if dtypes is None else dtypes:
+        x = np.ones((1, 4, 4, 1), dtype=dtype)
+        w = np.ones((3, 3, 1, 1), dtype=dtype)
+        y, ctx = conv2d_forward(x, w, np.ones(1, dtype=dtype), padding=1)
+        conv2d_backward(np.ones_like(y), ctx)

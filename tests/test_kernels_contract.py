@@ -43,7 +43,10 @@ def test_warmup_is_optional_and_callable(backend):
     module = kernels.get_backend(backend)
     if hasattr(module, "warmup"):
         assert isinstance(module, contract.Warmup)
-        assert list(inspect.signature(module.warmup).parameters) == []
+        params = inspect.signature(module.warmup).parameters
+        assert list(params) == ["dtypes", "ops"]
+        assert all(p.default is None for p in params.values())
+        module.warmup([np.float32], ["maxpool2d"])  # a run's own dtype and ops only
 
 
 def _assert_ctx(ctx, base, geometry_type):
