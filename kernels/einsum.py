@@ -9,8 +9,8 @@ Pooling:  max/mean over the window axes of the same view; avg-pool dX is the sam
           with a constant kernel, max-pool dX scatters each window's gradient to its argmax (col2im).
 
 The contractions are written with np.tensordot, i.e. einsum's BLAS path taken explicitly:
-np.einsum(..., optimize=True) on these 6-D views often picks its own C loop instead of BLAS and
-was 2-3x slower on (32, 32, 32, 64) -> 64. Each tensordot copies the view once into a GEMM operand;
+np.einsum(..., optimize=True) on these 6-D views often picks its own C loop instead of BLAS,
+several times slower on the `big` benchmark case. Each tensordot copies the view once into a GEMM operand;
 the window axes are ordered (KH, KW, C) so that copy reads contiguous channel runs.
 """
 
@@ -109,8 +109,8 @@ def conv2d_backward(
     if not need_dx:
         return None, dw, db
     # The full correlation copies KH*KW*C_out values per input pixel, the scatter KH*KW*C_in per
-    # output pixel: measured, the gather wins for stride 1 unless C_out is much larger than C_in
-    # (e.g. 16 -> 32: 3.6 vs 4.2 ms, 64 -> 64: 35 vs 56 ms, but 1 -> 16: 5.3 vs 1.1 ms).
+    # output pixel: the gather wins for stride 1 unless C_out is much larger than C_in (it wins
+    # on the `mid` and `big` benchmark cases, the scatter on `small_conv`, 1 -> 16).
     if g.sh == g.sw == 1 and g.c_out <= 2 * g.c_in:
         dy_windows = _full_windows(dy, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.height, g.width)
         w_flipped = w[::-1, ::-1].transpose(0, 1, 3, 2)  # (KH, KW, C_out, C_in)

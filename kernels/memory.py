@@ -4,10 +4,10 @@ A training step allocates and frees the same few multi-megabyte arrays (conv out
 pooling gradients: 3.2 MB each for a (64, 28, 28, 16) float32 batch). With glibc's default
 settings each such array is either mmap-ed on allocation and unmapped on free, or carved from the
 heap top and trimmed back to the kernel on free; either way its pages are touched for the first
-time again on every step, ~780 minor page faults per 3.2 MB array, which made ReLU and the
-pooling backward 3-5x slower inside a network than on a reused array. Serving arrays of up to
-32 MB from the heap and keeping up to 64 MB of freed heap took one `seed` training step
-(batch 64) from ~14 to ~7.4 ms (im2col, one BLAS thread).
+time again on every step, ~780 minor page faults per 3.2 MB array, which makes ReLU and the
+pooling backward several times slower inside a network than on a reused array. Serving arrays
+of up to 32 MB from the heap and keeping up to 64 MB of freed heap avoids that; the benchmark's
+training epoch (`python -m bench.compare`, epoch section) runs with it, as model.train does.
 
 The setting is process-wide and only grows the process by at most the trim threshold; it is a
 no-op where glibc's mallopt is not available (macOS, Windows, musl).

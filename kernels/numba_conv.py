@@ -26,7 +26,7 @@ _CONV_JIT: dict[str, Any] = dict(cache=True, parallel=True, fastmath=_FASTMATH)
 #
 # LLVM vectorises a loop well when it is long and contiguous. In NHWC the only contiguous axis is
 # the channel axis, often just 16 long, and an inner loop that short leaves most of a vector idle
-# (the first version of this backend, looping over C_out innermost, ran at ~5 GFLOP/s). So each
+# (an inner loop over C_out runs at a few percent of the matmul peak). So each
 # sample is copied into zero-padded channel planes with row pitch `wq`. In that layout a kernel tap
 # is a constant shift of a flat plane, and the output at flat position p = oh*wq + ow is
 #
@@ -215,7 +215,7 @@ def _from_planes(planes, start, pitch, ph, pw, sh, sw, pair_like, dst):
 
     Interleaving is what makes this cheap: with an even K a pair of channels is one element of
     twice the width (pair_like's dtype, see PAIR_LIKE), so the transpose moves half as many
-    elements (seed layer forward: 0.24 -> 0.22 ms; the transpose alone 3.6 -> 2.7 us a sample).
+    elements (the `small_conv` benchmark case's forward).
     """
     if sh > 1 or sw > 1:
         _copy_phases(dst, planes, start, pitch, ph, pw, sh, sw, False)
@@ -324,7 +324,7 @@ def _accumulate_dw_db(src, offsets, grads, start, length, dw, db):
     g = grads[:, start:start + length], p < length. Needs T % TAP_BLOCK == 0 (see _taps).
 
     Blocks of 3 taps x 4 channels: twelve running sums per pass, each load feeding three or four
-    of them (1.4x faster than 3 x 2). When C is not a multiple of 4 the last block repeats its
+    of them (fewer loads per multiply-add than 3 x 2). When C is not a multiple of 4 the last block repeats its
     last channel, which then computes and writes the same sums more than once.
     """
     n_taps, n_out = dw.shape

@@ -41,9 +41,8 @@ _POOL_JIT: dict[str, Any] = dict(cache=True, parallel=True)
 # alone: a parallel region is only as fast as its slowest thread, and for a tiny kernel the
 # hand-off costs more than the second core saves. Above it, both cores help, provided the other
 # core is free: OpenBLAS workers spin for ~0.1 s after every GEMM, so the trainer runs with one
-# BLAS thread (model.training.TRAIN_BLAS_THREADS). Measured on 2 vCPUs, one `seed`
-# training step (batch 64, 1 BLAS thread): 6.45 ms with its kernels serial (threshold 2**24),
-# 4.80 ms parallel (2**20); with 2 spinning BLAS threads, parallel took 8.0 ms.
+# BLAS thread (model.training.TRAIN_BLAS_THREADS). 2**20 is the threshold at which the `small`
+# network's training step (the benchmark's epoch section, batch 64) is fastest on 2 cores.
 PARALLEL_MIN_WORK = 1 << 20
 
 
@@ -96,7 +95,7 @@ def _maxpool_backward(dy, argmax, kh, kw, sh, sw, dx):
         for oh in range(out_h):
             for ow in range(out_w):
                 # each offset tests all channels for "am I the argmax": a compare LLVM vectorises
-                # over the contiguous channel axis, 3.5x faster than scattering to k // kw, k % kw
+                # over the contiguous channel axis, cheaper than scattering to k // kw, k % kw
                 for i in range(kh):
                     for j in range(kw):
                         for ch in range(c_all):
