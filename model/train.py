@@ -66,7 +66,15 @@ def build_parser() -> Parser:
         "--backend",
         choices=BACKEND_NAMES,
         default="im2col",
-        help="conv/pool implementation (naive is the slow reference)",
+        help="conv/pool implementation (naive is the slow reference; auto times the candidates "
+        "once per layer shape and keeps the fastest, see --autotune)",
+    )
+    p.add_argument(
+        "--autotune",
+        choices=("off", "cached", "fresh"),
+        default="cached",
+        help="with --backend auto: cached = reuse this machine's earlier choices and time only "
+        "new layer shapes; fresh = time every layer again; off = a fixed rule, no timing",
     )
     p.add_argument(
         "--arch",
@@ -279,16 +287,36 @@ def best_weights(out):
     return {k: v for k, v in arrays.items() if not k.startswith("optim/")}
 
 
-def warm_up(backend_name: str) -> None:
-    """Compile the backend's kernels before training, when it has a warmup(), so that epoch 1's
-    time is training, not compilation (numba compiles once, then loads from its disk cache)."""
+def warm_up(backend_name: str, dtype, ops) -> None:
+    """Compile the backend's kernels for this run's dtype and ops before training, when it has a
+    warmup(), so that epoch 1's time is training, not compilation (numba compiles once, then
+    loads from its disk cache)."""
     warmup = getattr(get_backend(backend_name), "warmup", None)
     if warmup is None:
         return
     print(f"compiling {backend_name} kernels (first run only) ...", end=" ", flush=True)
     start = time.perf_counter()
-    warmup()
+    warmup([np.dtype(dtype)], sorted(ops))
     print(f"{time.perf_counter() - start:.1f} s", flush=True)
+
+
+def kernel_ops(net) -> set[str]:
+    """The kernel ops ("conv2d", "maxpool2d", "avgpool2d") the network's layers call."""
+    names = {"Conv2D": "conv2d", "MaxPool2D": "maxpool2d", "AvgPool2D": "avgpool2d"}
+    return {names[type(layer).__name__] for layer in net.layers if type(layer).__name__ in names}
+
+
+def report_autotune(history) -> None:
+    """Print and record (history["autotune"]) which backend auto chose for each layer shape."""
+    from kernels import auto
+
+    chosen = auto.choices()
+    if not chosen or history.get("autotune") == chosen:
+        return
+    print("auto backend choices (layer shape: backend, how chosen):")
+    for key, record in chosen.items():
+        print(f"  {key}: {record['backend']} ({record['source']})")
+    history["autotune"] = chosen
 
 
 def main(argv=None) -> int:
@@ -325,7 +353,11 @@ def main(argv=None) -> int:
         f"Model: {args.arch} on backend {args.backend}, {args.dtype}, {args.optimizer} "
         f"lr {args.lr:g}, batch {args.batch_size}, {count(args.epochs, 'epoch')}"
     )
-    warm_up(args.backend)
+    if args.backend == "auto":
+        from kernels import auto
+
+        auto.configure(mode=args.autotune)
+    warm_up(args.backend, args.dtype, kernel_ops(net))
 
     def checkpoint(path, **extra):
         net.save(
@@ -341,6 +373,8 @@ def main(argv=None) -> int:
         save_history(history, out / "history.json", out / "history.csv")
 
     def on_epoch_end(net, history, is_best):
+        if args.backend == "auto":
+            report_autotune(history)
         checkpoint(out / "last.npz", epoch=len(history["epoch"]))
         if is_best:
             checkpoint(out / "best.npz", epoch=len(history["epoch"]))

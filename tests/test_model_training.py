@@ -591,3 +591,35 @@ def test_every_flag_alone_trains_on_real_mnist(capsys, tmp_path, mnist_dir, flag
     accuracy = json.loads((out / "history.json").read_text())["test_acc"][-1]
     print(f"{' '.join(flags) or 'defaults'}: test accuracy {accuracy:.4f}")
     assert accuracy >= 0.85, stdout
+
+
+@pytest.mark.parametrize("autotune", ["off", "fresh"])
+def test_cli_auto_backend_reports_and_records_its_choices(
+    capsys, tmp_path, small_mnist_dir, autotune
+):
+    from kernels import auto
+
+    auto.configure(cache_dir=tmp_path / "autotune")  # never the user's cache
+    out = tmp_path / "run"
+    code, stdout, _ = run_cli(
+        capsys,
+        "--data-dir",
+        small_mnist_dir,
+        "--epochs",
+        1,
+        "--out",
+        out,
+        "--no-progress",
+        "--backend",
+        "auto",
+        "--autotune",
+        autotune,
+    )
+    assert code == 0
+    assert "auto backend choices" in stdout
+    source = "rule" if autotune == "off" else "timed"
+    assert f"({source})" in stdout
+    recorded = json.loads((out / "history.json").read_text())["autotune"]
+    assert any(key.startswith("conv2d") for key in recorded)
+    assert all(r["source"] == source for r in recorded.values())
+    auto.configure(mode="off")
