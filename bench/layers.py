@@ -46,8 +46,23 @@ BLAS_THREAD_CHOICES = (1, 2)
 # ---- the timed bodies ----------------------------------------------------------------------------
 
 
+# (case name, backend) -> how the backend ran the case, when it chooses: winograd's path
+# ("winograd F(4x4,3x3)" or "fallback:numba") or auto's pick ("auto -> numba"); see path_of
+PATHS: dict[tuple[str, str], str] = {}
+
+
+def path_of(ctx) -> str | None:
+    """What a forward's ctx says about how it ran: winograd's path, auto's chosen backend."""
+    if hasattr(ctx, "backend") and hasattr(ctx, "inner"):
+        inner = path_of(ctx.inner)
+        return f"auto -> {ctx.backend}" + (f" ({inner})" if inner else "")
+    return getattr(ctx, "path", None)
+
+
 def layer_ops(backend: str, case: Case, dtype=np.float32) -> dict:
-    """backend name, case -> {"forward", "backward", "forward_backward"}: zero-argument callables."""
+    """backend name, case -> {"forward", "backward", "forward_backward"}: zero-argument callables.
+
+    Records in PATHS how a choosing backend (winograd, auto) ran the case."""
     be = get_backend(backend)
     x, w, b = case.make_inputs(dtype)
     if case.kind == "pool":
@@ -71,6 +86,9 @@ def layer_ops(backend: str, case: Case, dtype=np.float32) -> dict:
 
         y, ctx = forward()
         dy = np.random.default_rng(1).standard_normal(y.shape).astype(dtype)
+    if path_of(ctx):
+        PATHS[(case.name, backend)] = path_of(ctx)
+    if case.kind != "pool":
 
         def backward():
             return be.conv2d_backward(dy, ctx)
@@ -125,6 +143,8 @@ def _pooled_rows(base, name, is_peer, pooled) -> list[dict]:
         rows = []
         for p in PASSES:
             row = {**base, "backend": name, "pass": p, "peer": is_peer}
+            if (base["case"], name) in PATHS:
+                row["path"] = PATHS[(base["case"], name)]
             got = pooled.get((base["case"], name, threads, p), "error: not measured")
             if isinstance(got, str):
                 row["status"] = got

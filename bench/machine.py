@@ -68,10 +68,19 @@ def matmul_peak(dtype=np.float32, size: int = 2048, repeat: int = 5) -> float:
     return 2.0 * size**3 / best / 1e9
 
 
+def vector_extensions() -> list[str]:
+    """The SIMD extensions numba's code and the peers' libraries pick up (AVX2, AVX-512, ...),
+    from /proc/cpuinfo's flags; the development machines differ in them from day to day."""
+    from kernels.auto import machine_fingerprint
+
+    return machine_fingerprint()["isa"]
+
+
 def describe_machine(measure_peak: bool = True) -> dict:
     """Everything a reader needs to interpret the timings, as a JSON-ready dict."""
     info = {
         "cpu": cpu_model(),
+        "vector_extensions": vector_extensions(),
         "cores": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),

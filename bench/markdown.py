@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .formatting import fmt_num, fmt_seconds, fmt_x, order, table
 from .layers import forward_backward_medians
-from .peers import PEERS, label
+from .peers import PEERS, best_configuration, label
 from .timing import NOISY_IQR_FRACTION
 
 
@@ -28,6 +28,7 @@ def machine_header(results: dict) -> str:
                 ["machine", ""],
                 [
                     ["CPU", f"{m['cpu']}, {m['cores']} cores"],
+                    ["vector extensions", ", ".join(m.get("vector_extensions", [])) or "—"],
                     [
                         "load average at start",
                         ", ".join(f"{v:.2f}" for v in m.get("load_average") or []),
@@ -70,16 +71,27 @@ def _summary(results: dict) -> str:
         ours = {n: d[n] for n in ours_names if n in d}
         best = min(ours, key=ours.get) if ours else None
         cells = [f"**{fmt_seconds(d[n])}**" if n == best else fmt_seconds(d.get(n)) for n in names]
-        vs_torch = fmt_x(ours[best] / d["torch"]) if best and "torch" in d else "—"
-        body.append([case, *cells, best or "—", vs_torch])
+        torch_name, torch_s = best_configuration(d)
+        vs_torch = fmt_x(ours[best] / torch_s) if best and torch_s else "—"
+        body.append([case, *cells, best or "—", vs_torch, label(torch_name) if torch_name else "—"])
     return "\n".join(
         [
             "## Summary: forward + backward per layer case",
             "",
             "Median seconds of one forward plus one backward call; bold = fastest of our backends; "
-            "last column = that backend's time / PyTorch's (>1 = slower).",
+            "*fastest / PyTorch* = that backend's time / PyTorch's at its best configuration "
+            "(NCHW or channels_last, the faster per case, named in the last column; >1 = slower).",
             "",
-            table(["case", *[label(n) for n in names], "fastest ours", "fastest / PyTorch"], body),
+            table(
+                [
+                    "case",
+                    *[label(n) for n in names],
+                    "fastest ours",
+                    "fastest / PyTorch",
+                    "PyTorch at",
+                ],
+                body,
+            ),
         ]
     )
 
@@ -89,12 +101,14 @@ def _layer_row(r: dict) -> list:
         return [r["case"], r["pass"], label(r["backend"]), r["status"], "", "", "", "", "", ""]
     pf = r.get("peak_fraction")
     name = label(r["backend"]) + (f" ({r['blas_threads']})" if "blas_threads" in r else "")
+    if r.get("path"):
+        name += f" [{r['path']}]"
     return [
         r["case"],
         r["pass"],
         name,
         f"{fmt_seconds(r['median'])} ({fmt_seconds(r['iqr'])})" + (" ⚠" if r.get("noisy") else ""),
-        fmt_num(r.get("gflops")),
+        fmt_num(r.get("gflops")) + (" eff." if "winograd F" in r.get("path", "") else ""),
         "—" if pf is None else f"{100 * pf:.1f}%",
         fmt_x(r.get("speedup_vs_naive"), 1),
         fmt_x(r.get("speedup_vs_best_numpy")),
@@ -131,7 +145,10 @@ def layers_section(results: dict) -> str:
             "multiply-add (backward = dx + dw = 2× forward); *% peak* is against the float32 "
             "matmul peak above. *vs naive* and *vs best numpy* are speedups (>1 = faster); "
             "*/ PyTorch* and */ TF* are time ratios (>1 = slower than the peer). Pool cases do no "
-            "multiply-adds, so they have no GFLOP/s. ⚠ marks noisy results (IQR > "
+            "multiply-adds, so they have no GFLOP/s. GFLOP/s is always the direct convolution's "
+            "count, so every backend is measured on the same work: *eff.* marks Winograd's native "
+            "path, which does fewer multiplies (effective GFLOP/s, may exceed the matmul peak); "
+            "[brackets] say how winograd and auto ran the case. ⚠ marks noisy results (IQR > "
             f"{NOISY_IQR_FRACTION:.0%} of median). einsum and im2col are timed with 1 and 2 BLAS "
             "threads and keep the faster setting (the number after the name); numba and the peers "
             "use 2 threads.",
@@ -155,7 +172,7 @@ def epoch_section(results: dict) -> str:
     if not ep:
         return ""
     ok = {r["name"]: r for r in ep["rows"] if r["status"] == "ok"}
-    torch_s = ok.get("torch", {}).get("seconds_per_60k")
+    _, torch_s = best_configuration({n: r.get("seconds_per_60k") for n, r in ok.items()})
     body = []
     for r in ep["rows"]:
         if r["status"] != "ok":

@@ -76,7 +76,7 @@ def test_results_json_is_well_formed(tiny_run):
     assert {r["backend"] for r in res["memory"]["rows"]} == {"naive", "im2col"}
     assert all(r["peak_bytes"] > 0 for r in res["memory"]["rows"])
     assert res["scaling"]["batch"]["im2col"]["exponent"] is not None
-    assert res["epoch"]["samples"] == 128 and len(res["epoch"]["rows"]) == 4
+    assert res["epoch"]["samples"] == 128 and len(res["epoch"]["rows"]) == 2 + len(peers.PEERS)
     assert res["epoch"]["arch"] == "small"
     for section in ("epoch", "fitconv"):  # our backends' workloads ran; peers are disabled
         assert {r["name"]: r["status"] for r in res[section]["rows"] if not r["peer"]} == {
@@ -97,7 +97,13 @@ def test_report_files_parse(tiny_run):
     # im2col carries the BLAS thread count it was fastest with; the others use a fixed setting
     im2col = next(r for r in res["layers"] if r["backend"] == "im2col" and r["pass"] == "forward")
     assert im2col["blas_threads"] in (1, 2)
-    assert labels == ["naive", f"im2col ({im2col['blas_threads']})", "PyTorch", "TensorFlow/Keras"]
+    assert labels == [
+        "naive",
+        f"im2col ({im2col['blas_threads']})",
+        "PyTorch",
+        "PyTorch (channels_last)",
+        "TensorFlow/Keras",
+    ]
     for png in ("speedup.png", "roofline.png", "epoch.png", "scaling.png"):
         img = matplotlib.image.imread(out / "tiny" / png)
         assert img.ndim == 3 and img.shape[0] > 100
@@ -248,7 +254,7 @@ def test_missing_peer_reports_not_installed(monkeypatch):
 
 
 def test_unknown_peer_is_one_clear_error():
-    with pytest.raises(ValueError, match="unknown peer 'jax'; known: torch, tensorflow"):
+    with pytest.raises(ValueError, match="unknown peer 'jax'; known: torch, torch_cl, tensorflow"):
         peers.epoch_seconds("jax", None, None, lr=0.1)
 
 
@@ -369,3 +375,10 @@ def test_epoch_data_says_why_it_is_random(tmp_path, monkeypatch, capsys):
         err.startswith(f"error: MNIST directory {tmp_path} (data_dir) lacks")
         and err.count("\n") == 1
     )
+
+
+def test_pytorch_counts_at_its_faster_configuration():
+    times = {"numba": 1.0, "torch": 3.0, "torch_cl": 2.0, "tensorflow": 0.5}
+    assert peers.best_configuration(times) == ("torch_cl", 2.0)
+    assert peers.best_configuration({"torch": 3.0}) == ("torch", 3.0)
+    assert peers.best_configuration({"numba": 1.0}) == (None, None)
