@@ -27,17 +27,18 @@ class PeerUnavailable(RuntimeError):
 
 
 class Peer:
-    """One peer library: its import name (also its name in results), its label in reports, and
-    its versions of the three workloads. The library is imported on first use."""
+    """One peer configuration: its name in results, the package it imports, its label in
+    reports, and its versions of the three workloads. The library is imported on first use."""
 
     name = ""
+    package = ""
     label = ""
 
     def __init__(self):
         self._lib = None
 
     def installed(self) -> bool:
-        return importlib.util.find_spec(self.name) is not None
+        return importlib.util.find_spec(self.package or self.name) is not None
 
     def lib(self):
         """The imported library, set to THREADS threads; PeerUnavailable if it is not installed."""
@@ -164,7 +165,7 @@ class TorchChannelsLast(Torch):
     layout oneDNN prefers on some CPUs: a peer counts at its best configuration only, so both
     layouts are timed and the report compares against the faster one per case."""
 
-    name, label = "torch_cl", "PyTorch (channels_last)"
+    name, package, label = "torch_cl", "torch", "PyTorch (channels_last)"
 
     def _layout(self, tensor_or_module):
         torch = self.lib()

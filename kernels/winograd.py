@@ -278,18 +278,34 @@ def _input_transform_adjoint(dv, b_mat, ph, pw, m, tiles_h, tiles_w, dx):
 # ---------------------------------------------------------------- batched GEMM on both cores
 
 _pool: concurrent.futures.ThreadPoolExecutor | None = None
+_blas: Any = None
+
+
+def _blas_threads() -> int:
+    """numpy's BLAS thread count now (threadpoolctl asks the library: microseconds, not a scan)."""
+    global _blas
+    if _blas is None:
+        from threadpoolctl import ThreadpoolController
+
+        _blas = ThreadpoolController().select(user_api="blas")
+    return max((lib.num_threads for lib in _blas.lib_controllers), default=1)
 
 
 def _batched_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     """out[t] = a[t] @ b[t] for every t, the t's split across numba.get_num_threads() threads.
 
-    numpy's stacked matmul calls BLAS once per t from one thread; the trainer and benchmarks
-    run BLAS with one thread (its workers spin after every call and would steal the core from
-    the numba transforms), so the split is made here: numpy releases the GIL inside BLAS.
+    numpy's stacked matmul calls BLAS once per t from one thread; the trainer runs BLAS with one
+    thread (its workers spin after every call and would steal the core from the numba
+    transforms), so the split is made here (numpy releases the GIL inside BLAS), and a BLAS with
+    threads of its own is held to one for the call (its 2-thread GEMMs beside numba's threads
+    ran the `deep_conv2` benchmark case about 1.6x slower).
     """
     threads = min(numba.get_num_threads(), a.shape[0])
     if threads <= 1:
         return np.matmul(a, b, out=out)
+    if _blas_threads() > 1:  # one BLAS thread per split: a second split level would oversubscribe
+        with _blas.limit(limits=1):
+            return _batched_matmul(a, b, out)
     global _pool
     if _pool is None or _pool._max_workers < threads:
         _pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="winograd")

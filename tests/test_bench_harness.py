@@ -377,6 +377,14 @@ def test_epoch_data_says_why_it_is_random(tmp_path, monkeypatch, capsys):
     )
 
 
+def test_every_peer_configuration_finds_its_package():
+    import importlib.util
+
+    for name, peer in peers.PEERS.items():
+        package = peer.package or peer.name
+        assert peer.installed() == (importlib.util.find_spec(package) is not None), name
+
+
 def test_pytorch_counts_at_its_faster_configuration():
     times = {"numba": 1.0, "torch": 3.0, "torch_cl": 2.0, "tensorflow": 0.5}
     assert peers.best_configuration(times) == ("torch_cl", 2.0)
