@@ -31,10 +31,13 @@ class Layer:
         self.grads: dict[str, np.ndarray] = {}
         self.buffers: dict[str, np.ndarray] = {}
 
-    def forward(self, x, training=False):
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         raise NotImplementedError
 
-    def backward(self, dy):
+    def backward(self, dy: np.ndarray) -> np.ndarray | None:
+        """dy: the gradient of the loss w.r.t. this layer's output -> the gradient w.r.t. its
+        input (None from a first Conv2D built with need_dx=False), storing parameter gradients
+        in self.grads."""
         raise NotImplementedError
 
     def __repr__(self):
@@ -92,14 +95,14 @@ class Conv2D(Layer):
             self.params["b"] = np.zeros(out_channels, dtype=dtype)
         self._ctx = None
 
-    def forward(self, x, training=False):
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         _check_features(x, self.in_channels, "Conv2D", "channels")
         y, self._ctx = self.backend.conv2d_forward(
             x, self.params["w"], self.params.get("b"), stride=self.stride, padding=self.padding
         )
         return y
 
-    def backward(self, dy):
+    def backward(self, dy: np.ndarray) -> np.ndarray | None:
         dx, dw, db = self.backend.conv2d_backward(dy, self._ctx, need_dx=self.need_dx)
         self.grads["w"] = dw
         if db is not None:
@@ -126,11 +129,11 @@ class _Pool2D(Layer):
         self._backward = getattr(self.backend, f"{self.kind}pool2d_backward")
         self._ctx = None
 
-    def forward(self, x, training=False):
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         y, self._ctx = self._forward(x, size=self.size, stride=self.stride)
         return y
 
-    def backward(self, dy):
+    def backward(self, dy: np.ndarray) -> np.ndarray:
         return self._backward(dy, self._ctx)
 
     def __repr__(self):
@@ -162,7 +165,7 @@ class Dense(Layer):
         self.params["b"] = np.zeros(out_features, dtype=dtype)
         self._x = None
 
-    def forward(self, x, training=False):
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         if x.ndim != 2:
             raise ValueError(
                 f"Dense: input x must be 2-D (N, {self.in_features}), got shape "
@@ -172,7 +175,9 @@ class Dense(Layer):
         self._x = x
         return x @ self.params["w"] + self.params["b"]
 
-    def backward(self, dy):
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        if self._x is None:
+            raise RuntimeError("Dense.backward called before forward")
         self.grads["w"] = self._x.T @ dy
         self.grads["b"] = dy.sum(axis=0)
         return dy @ self.params["w"].T
@@ -184,22 +189,22 @@ class Dense(Layer):
 class ReLU(Layer):
     """y = max(x, 0), any shape. The gradient at exactly 0 is taken as 0."""
 
-    def forward(self, x, training=False):
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         self._positive = x > 0
         return np.maximum(x, x.dtype.type(0))
 
-    def backward(self, dy):
+    def backward(self, dy: np.ndarray) -> np.ndarray:
         return dy * self._positive
 
 
 class Flatten(Layer):
     """x: (N, d1, d2, ...) -> (N, d1*d2*...), in NHWC (row-major) order."""
 
-    def forward(self, x, training=False):
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         self._shape = x.shape
         return x.reshape(x.shape[0], -1)
 
-    def backward(self, dy):
+    def backward(self, dy: np.ndarray) -> np.ndarray:
         return dy.reshape(self._shape)
 
 
@@ -215,7 +220,7 @@ class Dropout(Layer):
         self.rng = np.random.default_rng() if rng is None else rng
         self._mask = None
 
-    def forward(self, x, training=False):
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         if not training or self.rate == 0:
             self._mask = None
             return x
@@ -223,7 +228,7 @@ class Dropout(Layer):
         self._mask = (keep >= self.rate).astype(x.dtype) * x.dtype.type(1 / (1 - self.rate))
         return x * self._mask
 
-    def backward(self, dy):
+    def backward(self, dy: np.ndarray) -> np.ndarray:
         return dy if self._mask is None else dy * self._mask
 
     def __repr__(self):
@@ -249,7 +254,7 @@ class BatchNorm(Layer):
         self.buffers["running_var"] = np.ones(num_features, dtype=dtype)
         self._cache = None
 
-    def forward(self, x, training=False):
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         _check_features(x, self.num_features, "BatchNorm", "channels/features")
         axes = tuple(range(x.ndim - 1))
         if training:
@@ -269,7 +274,9 @@ class BatchNorm(Layer):
         self._cache = (x_hat, inv_std, axes)
         return x_hat * self.params["gamma"] + self.params["beta"]
 
-    def backward(self, dy):
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        if self._cache is None:
+            raise RuntimeError("BatchNorm.backward called before forward (in training mode)")
         x_hat, inv_std, axes = self._cache
         count = dy.size // self.num_features
         self.grads["gamma"] = (dy * x_hat).sum(axis=axes)

@@ -9,6 +9,7 @@ weight decay applies (not to biases or BatchNorm's scale and shift). Its state r
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -63,7 +64,7 @@ class Optimizer:
         self.state: dict[str, dict[str, np.ndarray]] = {}
         self.last_grad_norm = None
 
-    def step(self, params):
+    def step(self, params: Iterable[tuple[str, np.ndarray, np.ndarray, bool]]) -> None:
         """params: iterable of (key, param, grad, decay); updates each param in place."""
         params = list(params)
         grads = [g for _, _, g, _ in params]

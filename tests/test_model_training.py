@@ -506,7 +506,9 @@ def test_cli_compiles_the_backend_before_training_and_says_so(
     monkeypatch.setattr(
         train_cli,
         "get_backend",
-        lambda name: SimpleNamespace(warmup=lambda: events.append(f"warmup {name}")),
+        lambda name: SimpleNamespace(
+            warmup=lambda dtypes, ops: events.append(f"warmup {name} {dtypes} {ops}")
+        ),
     )
     monkeypatch.setattr(
         training, "_train_epoch", lambda *a: events.append("epoch") or original_epoch(*a)
@@ -516,7 +518,11 @@ def test_cli_compiles_the_backend_before_training_and_says_so(
         *("--data-dir", small_mnist_dir, "--no-progress", "--epochs", 1, "--backend", "numba"),
         *("--out", tmp_path / "run"),
     )
-    assert code == 0 and events == ["warmup numba", "epoch"]
+    # only this run's dtype and the ops its layers call are compiled
+    assert code == 0 and events == [
+        f"warmup numba {[np.dtype('float32')]} {['conv2d', 'maxpool2d']}",
+        "epoch",
+    ]
     lines = stdout.splitlines()
     compiled = next(i for i, line in enumerate(lines) if line.startswith("compiling numba"))
     assert re.fullmatch(
