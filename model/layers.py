@@ -44,9 +44,39 @@ class Layer:
         return f"{type(self).__name__}()"
 
 
+INITS = ("uniform", "he")
+
+
 def he_normal(rng, shape, fan_in, dtype):
     """He et al. (2015) initialisation: N(0, 2 / fan_in), right for layers followed by ReLU."""
     return (rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(dtype)
+
+
+def fan_in_uniform(rng, shape, fan_in, dtype):
+    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): PyTorch's default for nn.Conv2d and nn.Linear weights
+    (kaiming_uniform_ with a=sqrt(5)) and biases. Its std, 1/sqrt(3 fan_in), is sqrt(6) times
+    smaller than He's: trained with Adam, whose steps have the same size whatever the weights'
+    scale, He-initialised weights change more slowly (see _init_params)."""
+    bound = 1.0 / np.sqrt(fan_in)
+    return rng.uniform(-bound, bound, shape).astype(dtype)
+
+
+def _init_params(layer, init, rng, w_shape, fan_in, bias, dtype):
+    """Fill layer.params["w"] (and "b" when bias) by `init`: "uniform" (the default) = PyTorch's
+    default initialisation, weights and biases U(+-1/sqrt(fan_in)); "he" = He-normal weights and
+    zero biases. The deep network learns measurably faster from "uniform" (one epoch on 10,000
+    MNIST images, Adam lr 0.002, 3 seeds: 96.3% test accuracy against 94.9% from "he", as PyTorch
+    gets 96.4% from its default and 93.8% from our He weights; tests/test_model_parity.py)."""
+    if init not in INITS:
+        raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
+    if init == "he":
+        layer.params["w"] = he_normal(rng, w_shape, fan_in, dtype)
+        if bias:
+            layer.params["b"] = np.zeros(w_shape[-1], dtype=dtype)
+    else:
+        layer.params["w"] = fan_in_uniform(rng, w_shape, fan_in, dtype)
+        if bias:
+            layer.params["b"] = fan_in_uniform(rng, w_shape[-1], fan_in, dtype)
 
 
 def _check_features(x, expected: int, layer: str, axis_name: str):
@@ -60,8 +90,10 @@ def _check_features(x, expected: int, layer: str, axis_name: str):
 class Conv2D(Layer):
     """2-D convolution (cross-correlation). x: (N, H, W, C_in) -> y: (N, OH, OW, C_out).
 
-    Weights are HWIO `(KH, KW, C_in, C_out)`, bias `(C_out,)`. `need_dx=False` tells the backend
-    not to compute the input gradient: the first layer of a network has nobody to pass it to.
+    Weights are HWIO `(KH, KW, C_in, C_out)`, bias `(C_out,)`, initialised by `init` ("uniform":
+    PyTorch's default, U(+-1/sqrt(KH*KW*C_in)); "he": He-normal weights, zero bias). `need_dx=False`
+    tells the backend not to compute the input gradient: the first layer of a network has nobody
+    to pass it to.
     """
 
     no_decay = frozenset({"b"})
@@ -78,6 +110,7 @@ class Conv2D(Layer):
         dtype=np.float32,
         bias=True,
         need_dx=True,
+        init="uniform",
     ):
         super().__init__()
         kh, kw = as_pair(kernel_size, "kernel_size")
@@ -88,11 +121,8 @@ class Conv2D(Layer):
         self.kernel_size, self.stride, self.padding = (kh, kw), stride, padding
         self.backend_name, self.backend = backend, get_backend(backend)
         self.need_dx = need_dx
-        self.params["w"] = he_normal(
-            rng, (kh, kw, in_channels, out_channels), kh * kw * in_channels, dtype
-        )
-        if bias:
-            self.params["b"] = np.zeros(out_channels, dtype=dtype)
+        w_shape = (kh, kw, self.in_channels, self.out_channels)
+        _init_params(self, init, rng, w_shape, kh * kw * self.in_channels, bias, dtype)
         self._ctx = None
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
@@ -153,16 +183,17 @@ class AvgPool2D(_Pool2D):
 
 
 class Dense(Layer):
-    """Fully connected: x: (N, in_features) -> y = x @ W + b: (N, out_features)."""
+    """Fully connected: x: (N, in_features) -> y = x @ W + b: (N, out_features). W is
+    (in_features, out_features); `init` as Conv2D's, with fan_in = in_features."""
 
     no_decay = frozenset({"b"})
 
-    def __init__(self, in_features, out_features, rng=None, dtype=np.float32):
+    def __init__(self, in_features, out_features, rng=None, dtype=np.float32, init="uniform"):
         super().__init__()
         rng = np.random.default_rng() if rng is None else rng
         self.in_features, self.out_features = int(in_features), int(out_features)
-        self.params["w"] = he_normal(rng, (in_features, out_features), in_features, dtype)
-        self.params["b"] = np.zeros(out_features, dtype=dtype)
+        shape = (self.in_features, self.out_features)
+        _init_params(self, init, rng, shape, self.in_features, True, dtype)
         self._x = None
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:

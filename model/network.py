@@ -37,17 +37,25 @@ def _build_layers(arch, backend, dtype, rng):
     exactly Conv -> ReLU -> MaxPool while the ReLU touches 4x fewer values."""
     conv = dict(backend=backend, rng=rng, dtype=dtype)
     if arch == "small":
+        # He-normal weights, zero biases: the small network's defaults (SGD with momentum at 0.05,
+        # the 20-step warmup) were tuned with them, and from PyTorch's smaller default weights it
+        # starts more slowly (2,000 MNIST images, 2 epochs: 90.1% against 92.3%; the full 3-epoch
+        # run ends the same, 98.7%).
         return [
-            L.Conv2D(1, 16, 3, padding=1, need_dx=False, **conv),
+            L.Conv2D(1, 16, 3, padding=1, need_dx=False, init="he", **conv),
             L.MaxPool2D(2, backend=backend),
             L.ReLU(),
             L.Flatten(),
-            L.Dense(14 * 14 * 16, 128, rng=rng, dtype=dtype),
+            L.Dense(14 * 14 * 16, 128, rng=rng, dtype=dtype, init="he"),
             L.ReLU(),
-            L.Dense(128, 10, rng=rng, dtype=dtype),
+            L.Dense(128, 10, rng=rng, dtype=dtype, init="he"),
         ]
     if arch == "deep":
-        # No conv bias before BatchNorm: BN's shift (beta) makes it redundant.
+        # No conv bias before BatchNorm: BN's shift (beta) makes it redundant. PyTorch's default
+        # initialisation (the layers' default, "uniform"): from He's weights, sqrt(6)x larger,
+        # Adam moves the BN-normalised conv weights' directions more slowly and this network
+        # learned measurably more slowly than the same network in PyTorch
+        # (tests/test_model_parity.py).
         return [
             L.Conv2D(1, 32, 3, padding=1, bias=False, need_dx=False, **conv),
             L.BatchNorm(32, dtype=dtype),
@@ -81,9 +89,11 @@ def resolve_dtype(dtype) -> np.dtype:
 def build_network(arch="small", backend="im2col", dtype=np.float32, seed=0) -> Sequential:
     """A named architecture for (N, 28, 28, 1) inputs and 10 classes.
 
-    small: Conv(1->16, 3x3) -> ReLU -> MaxPool 2 -> Dense(3136->128) -> ReLU -> Dense(10).
+    small: Conv(1->16, 3x3) -> ReLU -> MaxPool 2 -> Dense(3136->128) -> ReLU -> Dense(10),
+    He-normal weights and zero biases.
     deep: two Conv -> BatchNorm -> ReLU -> MaxPool blocks (32, 64 channels), Dense(3136->128),
-    ReLU, Dropout(0.5), Dense(10).
+    ReLU, Dropout(0.5), Dense(10), initialised as PyTorch initialises nn.Conv2d and nn.Linear
+    (weights and biases U(+-1/sqrt(fan_in))).
 
     All random draws (initialisation, dropout, and the trainer's shuffling and augmentation)
     come from one generator seeded with `seed`.

@@ -142,7 +142,8 @@ class Momentum(Optimizer):
 
 
 class Adam(Optimizer):
-    """Adam (Kingma & Ba) with bias correction."""
+    """Adam (Kingma & Ba) with bias correction, as torch.optim.Adam computes it:
+    p -= lr / (1 - beta1**t) * m / (sqrt(v) / sqrt(1 - beta2**t) + eps)."""
 
     name = "adam"
 
@@ -166,9 +167,14 @@ class Adam(Optimizer):
         m += f(1 - self.beta1) * g
         v *= f(self.beta2)
         v += f(1 - self.beta2) * (g * g)
-        # bias correction folded into the step size
-        step = self.lr * math.sqrt(1 - self.beta2**self.t) / (1 - self.beta1**self.t)
-        p -= f(step) * m / (np.sqrt(v) + f(self.eps))
+        # PyTorch's form: eps is added to the bias-corrected sqrt(v). Folding the correction
+        # into the step size instead (the paper's "eps hat") would scale eps by
+        # 1 / sqrt(1 - beta2**t), 32x on the first step.
+        step = self.lr / (1 - self.beta1**self.t)
+        denom = np.sqrt(v)
+        denom *= f(1 / math.sqrt(1 - self.beta2**self.t))
+        denom += f(self.eps)
+        p -= f(step) * m / denom
 
     def config(self):
         return {**super().config(), "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}

@@ -164,7 +164,9 @@ def test_networks_keep_their_dtype_and_shapes(arch, dtype):
     assert net.predict(np.zeros((3, 28, 28, 1))).shape == (3,)
 
 
-def test_he_initialisation_scale_and_seed():
+def test_initialisation_scale_and_seed():
+    """small: He-normal weights; deep: PyTorch's default, U(+-1/sqrt(fan_in)) (more in
+    tests/test_model_parity.py). One seed fixes every array."""
     a, b = build_network("small", seed=7), build_network("small", seed=7)
     w = a.layers[4].params["w"]  # Dense(3136 -> 128)
     assert w.std() == pytest.approx(np.sqrt(2 / 3136), rel=0.02)
@@ -172,6 +174,20 @@ def test_he_initialisation_scale_and_seed():
         np.testing.assert_array_equal(la.params[name], lb.params[name])
     c = build_network("small", seed=8)
     assert not np.array_equal(c.layers[4].params["w"], w)
+    deep = build_network("deep", seed=7).layers[9].params["w"]  # Dense(3136 -> 128)
+    assert deep.std() == pytest.approx(1 / np.sqrt(3 * 3136), rel=0.02)
+    assert np.abs(deep).max() <= 1 / np.sqrt(3136)
+
+
+def test_he_initialisation_on_request():
+    rng = np.random.default_rng(0)
+    dense = L.Dense(3136, 128, rng=rng, init="he")
+    assert dense.params["w"].std() == pytest.approx(np.sqrt(2 / 3136), rel=0.02)
+    assert not dense.params["b"].any()
+    conv = L.Conv2D(32, 64, 3, rng=rng, init="he")
+    assert conv.params["w"].std() == pytest.approx(np.sqrt(2 / (9 * 32)), rel=0.02)
+    with pytest.raises(ValueError, match="init must be one of uniform, he"):
+        L.Dense(4, 2, init="glorot")
 
 
 @pytest.mark.parametrize(
