@@ -339,3 +339,12 @@ def warmup(dtypes=None, ops=None) -> None:
         warm = getattr(_backend(name), "warmup", None)
         if warm is not None:
             warm(dtypes, ops)
+
+
+def warmup_cached(dtypes=None, ops=None) -> bool:
+    """True when every candidate's warmup(dtypes, ops) will load from a disk cache."""
+    return all(
+        getattr(_backend(name), "warmup_cached", lambda d, o: True)(dtypes, ops)
+        for name in _available(CONV_CANDIDATES)
+        if hasattr(_backend(name), "warmup")
+    )

@@ -37,8 +37,12 @@ Optional members
         would otherwise compile on first use (numba's JIT): the kernels of `ops` (None: all of
         "conv2d", "maxpool2d", "avgpool2d") for `dtypes` (None: float32 and float64), so that the
         first timed or trained call measures the kernel, not the compiler. A training run asks
-        only for its own dtype and ops: a cold compile costs seconds per kernel and dtype. Backends that compile nothing leave
-        it out; callers ask with ``isinstance(module, Warmup)``. It must be safe to call twice.
+        only for its own dtype and ops: a cold compile costs seconds per kernel and dtype.
+        Backends that compile nothing leave it out; callers ask with
+        ``isinstance(module, Warmup)``. It must be safe to call twice.
+    warmup_cached(dtypes=None, ops=None) -> bool: with warmup, whether warmup(dtypes, ops)
+        will only load from the disk cache (kernels/jitcache.py), so a trainer can compile
+        in the background instead of making the user wait (model/warmup.py).
     PARALLEL_MIN_WORK (int): a backend that runs small calls on one thread and large ones on
         several names its threshold so. tests/test_kernels_equality.py runs such a backend a
         second time with the threshold forced to 0, so its threaded split is checked on every
@@ -151,4 +155,11 @@ class Warmup(Protocol):
     ) -> None:
         """Compile (or load from the disk cache) the kernels of `ops` ("conv2d", "maxpool2d",
         "avgpool2d"; None = all) for `dtypes` (None = float32 and float64)."""
+        ...
+
+    def warmup_cached(
+        self, dtypes: Sequence[DTypeLike] | None = None, ops: Sequence[str] | None = None
+    ) -> bool:
+        """True when warmup(dtypes, ops) will load from the disk cache (fast) rather than compile
+        (seconds per kernel): a trainer then compiles in the background (model/warmup.py)."""
         ...

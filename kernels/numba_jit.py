@@ -23,7 +23,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from . import numba_conv
+from . import jitcache, numba_conv
 from .contract import ConvCtx, MaxPoolCtx, PoolCtx
 from .geometry import (
     ConvGeometry,
@@ -280,11 +280,8 @@ def warmup(dtypes=None, ops=None) -> None:
     of more than 255 elements (an intp argmax, see geometry.argmax_dtype) still compiles on
     first use.
     """
-    ops = WARMUP_OPS if ops is None else tuple(ops)
-    unknown = set(ops) - set(WARMUP_OPS)
-    if unknown:
-        raise ValueError(f"warmup ops must be among {WARMUP_OPS}, got {sorted(unknown)}")
-    for dtype in (np.float32, np.float64) if dtypes is None else dtypes:
+    dtypes, ops = _warmup_args(dtypes, ops)
+    for dtype in dtypes:
         x = np.ones((1, 3, 3, 1), dtype=dtype)
         if "conv2d" in ops:
             w = np.ones((2, 2, 1, 1), dtype=dtype)
@@ -296,3 +293,23 @@ def warmup(dtypes=None, ops=None) -> None:
         if "avgpool2d" in ops:
             y, avg_ctx = avgpool2d_forward(x, 2, 1)
             avgpool2d_backward(np.ones_like(y), avg_ctx)
+    jitcache.mark_cached(_maxpool_forward, _SOURCES, dtypes, ops)
+
+
+# the files whose kernels warmup() compiles (numba's cache is keyed on them)
+_SOURCES = (__file__, numba_conv.__file__)
+
+
+def _warmup_args(dtypes, ops) -> tuple[tuple, tuple[str, ...]]:
+    """warmup()'s arguments with their defaults filled in; unknown ops are an error."""
+    ops = WARMUP_OPS if ops is None else tuple(ops)
+    unknown = set(ops) - set(WARMUP_OPS)
+    if unknown:
+        raise ValueError(f"warmup ops must be among {WARMUP_OPS}, got {sorted(unknown)}")
+    return ((np.float32, np.float64) if dtypes is None else tuple(dtypes)), ops
+
+
+def warmup_cached(dtypes=None, ops=None) -> bool:
+    """True when warmup(dtypes, ops) will load from numba's disk cache (well under a second)
+    rather than compile (tens of seconds); see kernels/jitcache.py."""
+    return jitcache.is_cached(_maxpool_forward, _SOURCES, *_warmup_args(dtypes, ops))

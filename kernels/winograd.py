@@ -65,6 +65,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from . import jitcache
 from .contract import ConvCtx
 from .geometry import ConvGeometry, check_grad, conv_geometry
 
@@ -423,8 +424,20 @@ def warmup(dtypes=None, ops=None) -> None:
     _fallback().warmup(dtypes, ops)
     if ops is not None and "conv2d" not in ops:
         return
-    for dtype in (np.float32, np.float64) if dtypes is None else dtypes:
+    dtypes = (np.float32, np.float64) if dtypes is None else tuple(dtypes)
+    for dtype in dtypes:
         x = np.ones((1, 4, 4, 1), dtype=dtype)
         w = np.ones((3, 3, 1, 1), dtype=dtype)
         y, ctx = conv2d_forward(x, w, np.ones(1, dtype=dtype), padding=1)
         conv2d_backward(np.ones_like(y), ctx)
+    jitcache.mark_cached(_sandwich, (__file__,), dtypes, ("conv2d",))
+
+
+def warmup_cached(dtypes=None, ops=None) -> bool:
+    """True when warmup(dtypes, ops) will load from numba's disk cache rather than compile."""
+    if not _fallback().warmup_cached(dtypes, ops):
+        return False
+    if ops is not None and "conv2d" not in ops:
+        return True
+    dtypes = (np.float32, np.float64) if dtypes is None else tuple(dtypes)
+    return jitcache.is_cached(_sandwich, (__file__,), dtypes, ("conv2d",))
