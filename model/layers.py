@@ -125,6 +125,12 @@ class Conv2D(Layer):
         _init_params(self, init, rng, w_shape, kh * kw * self.in_channels, bias, dtype)
         self._ctx = None
 
+    def use_backend(self, backend, name: str) -> None:
+        """Run on `backend` (a kernels backend module, or an object with its functions, e.g.
+        model.warmup.CompilingBackend) from the next forward on; `name` is what reprs and
+        checkpoints call it."""
+        self.backend_name, self.backend = name, backend
+
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         _check_features(x, self.in_channels, "Conv2D", "channels")
         y, self._ctx = self.backend.conv2d_forward(
@@ -154,10 +160,14 @@ class _Pool2D(Layer):
     def __init__(self, size=2, stride=None, backend="im2col"):
         super().__init__()
         self.size, self.stride = size, stride
-        self.backend_name, self.backend = backend, get_backend(backend)
-        self._forward = getattr(self.backend, f"{self.kind}pool2d_forward")
-        self._backward = getattr(self.backend, f"{self.kind}pool2d_backward")
+        self.use_backend(get_backend(backend), backend)
         self._ctx = None
+
+    def use_backend(self, backend, name: str) -> None:
+        """As Conv2D.use_backend."""
+        self.backend_name, self.backend = name, backend
+        self._forward = getattr(backend, f"{self.kind}pool2d_forward")
+        self._backward = getattr(backend, f"{self.kind}pool2d_backward")
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         y, self._ctx = self._forward(x, size=self.size, stride=self.stride)

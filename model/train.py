@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kernels import BACKEND_NAMES, get_backend
+from kernels import BACKEND_NAMES
 from kernels.memory import keep_freed_memory
 
 from .batches import scale, standardize, standardize_stats, subset
@@ -51,6 +51,7 @@ from .training import (
     new_history,
     save_history,
 )
+from .warmup import COMPILE_MODES, STAND_IN, prepare_backend
 
 DEFAULT_EPOCHS = 3
 
@@ -75,6 +76,16 @@ def build_parser() -> Parser:
         default="cached",
         help="with --backend auto: cached = reuse this machine's earlier choices and time only "
         "new layer shapes; fresh = time every layer again; off = a fixed rule, no timing",
+    )
+    p.add_argument(
+        "--compile",
+        choices=COMPILE_MODES,
+        default="background",
+        help="for a backend that compiles its kernels (numba, winograd, auto) when numba's disk "
+        "cache lacks them (the first run after an install or an edit of kernels/): background = "
+        f"train at once on {STAND_IN} while a child process compiles, then move to the backend "
+        "(the move's batch depends on the compile time, so such a first run matches a --compile "
+        "wait run to float32 rounding, not bit for bit); wait = compile first, then train",
     )
     p.add_argument(
         "--arch",
@@ -287,25 +298,6 @@ def best_weights(out):
     return {k: v for k, v in arrays.items() if not k.startswith("optim/")}
 
 
-def warm_up(backend_name: str, dtype, ops) -> None:
-    """Compile the backend's kernels for this run's dtype and ops before training, when it has a
-    warmup(), so that epoch 1's time is training, not compilation (numba compiles once, then
-    loads from its disk cache)."""
-    warmup = getattr(get_backend(backend_name), "warmup", None)
-    if warmup is None:
-        return
-    print(f"compiling {backend_name} kernels (first run only) ...", end=" ", flush=True)
-    start = time.perf_counter()
-    warmup([np.dtype(dtype)], sorted(ops))
-    print(f"{time.perf_counter() - start:.1f} s", flush=True)
-
-
-def kernel_ops(net) -> set[str]:
-    """The kernel ops ("conv2d", "maxpool2d", "avgpool2d") the network's layers call."""
-    names = {"Conv2D": "conv2d", "MaxPool2D": "maxpool2d", "AvgPool2D": "avgpool2d"}
-    return {names[type(layer).__name__] for layer in net.layers if type(layer).__name__ in names}
-
-
 def report_autotune(history) -> None:
     """Print and record (history["autotune"]) which backend auto chose for each layer shape."""
     from kernels import auto
@@ -357,7 +349,7 @@ def main(argv=None) -> int:
         from kernels import auto
 
         auto.configure(mode=args.autotune)
-    warm_up(args.backend, args.dtype, kernel_ops(net))
+    compiling = prepare_backend(net, args.backend, args.dtype, mode=args.compile, log=print)
 
     def checkpoint(path, **extra):
         net.save(
@@ -407,6 +399,12 @@ def main(argv=None) -> int:
             on_epoch_end=on_epoch_end,
             blas_threads=args.blas_threads,
         )
+        if compiling is not None and not compiling.moved:
+            print(
+                f"training ended before the {args.backend} kernels were ready; waiting for "
+                "their compile, so that the next run starts on them"
+            )
+            compiling.finish(wait=True)
     except TrainingDiverged as exc:
         print(
             f"{parser.prog}: error: {exc}. The last good checkpoint is {out / 'last.npz'}.",
@@ -422,6 +420,9 @@ def main(argv=None) -> int:
             f"resume exactly from the end of the last full epoch with --resume {out / 'last.npz'}"
         )
         return 130
+    finally:
+        if compiling is not None:
+            compiling.stop()  # a failed or interrupted run leaves no compiling child behind
     total = time.perf_counter() - start
     epochs_run = history["seconds"][epochs_before:]
     if epochs_run:

@@ -2,8 +2,6 @@
 
 import json
 import math
-import re
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -498,42 +496,6 @@ def test_cli_early_stop_patience_defaults_to_five():
     assert parse(["--early-stop", "2", "--epochs", "4"]).early_stop == 2
 
 
-def test_cli_compiles_the_backend_before_training_and_says_so(
-    capsys, tmp_path, small_mnist_dir, monkeypatch
-):
-    events = []
-    original_epoch = training._train_epoch
-    monkeypatch.setattr(
-        train_cli,
-        "get_backend",
-        lambda name: SimpleNamespace(
-            warmup=lambda dtypes, ops: events.append(f"warmup {name} {dtypes} {ops}")
-        ),
-    )
-    monkeypatch.setattr(
-        training, "_train_epoch", lambda *a: events.append("epoch") or original_epoch(*a)
-    )
-    code, stdout, _ = run_cli(
-        capsys,
-        *("--data-dir", small_mnist_dir, "--no-progress", "--epochs", 1, "--backend", "numba"),
-        *("--out", tmp_path / "run"),
-    )
-    # only this run's dtype and the ops its layers call are compiled
-    assert code == 0 and events == [
-        f"warmup numba {[np.dtype('float32')]} {['conv2d', 'maxpool2d']}",
-        "epoch",
-    ]
-    lines = stdout.splitlines()
-    compiled = next(i for i, line in enumerate(lines) if line.startswith("compiling numba"))
-    assert re.fullmatch(
-        r"compiling numba kernels \(first run only\) \.\.\. \d+\.\d s", lines[compiled]
-    )
-    assert compiled < next(i for i, line in enumerate(lines) if line.startswith("Epoch 1/1"))
-    # one epoch is "1 epoch" wherever it is counted
-    assert "1 epochs" not in stdout and "batch 64, 1 epoch" in stdout
-    assert "Total time:" in stdout and "for 1 epoch (" in stdout
-
-
 def test_cli_unreadable_checkpoint_and_missing_data(capsys, tmp_path):
     bad = tmp_path / "bad.npz"
     bad.write_text("garbage")
@@ -620,6 +582,8 @@ def test_cli_auto_backend_reports_and_records_its_choices(
         "auto",
         "--autotune",
         autotune,
+        "--compile",
+        "wait",  # auto chooses during this short run, not after a background compile
     )
     assert code == 0
     assert "auto backend choices" in stdout

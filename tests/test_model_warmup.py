@@ -1,0 +1,197 @@
+"""model/warmup.py and kernels/jitcache.py: a compiling backend's kernels are loaded when cached,
+compiled first with --compile wait, and otherwise compiled by a child process while training
+runs on the stand-in backend, moving over between two layer calls without changing the numbers
+beyond float32 rounding."""
+
+import os
+import re
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from model_helpers import separable_data, write_mnist_dir
+
+from kernels import get_backend, jitcache, numba_jit
+from model import train as train_cli
+from model import warmup
+from model.losses import softmax_cross_entropy
+from model.network import build_network
+from model.optim import SGD
+
+
+@pytest.fixture(scope="module")
+def small_mnist_dir(tmp_path_factory):
+    return write_mnist_dir(tmp_path_factory.mktemp("mnist"))
+
+
+def fake_backend(name, events, cached):
+    """einsum's functions under another name, with a warmup that records its calls."""
+    einsum = get_backend("einsum")
+    return SimpleNamespace(
+        **{f: getattr(einsum, f) for f in dir(einsum) if f.endswith(("_forward", "_backward"))},
+        warmup=lambda dtypes, ops: events.append(f"warmup {name} {dtypes} {ops}"),
+        warmup_cached=lambda dtypes, ops: cached,
+    )
+
+
+class FakeChild:
+    """A compiling process that finishes after `polls` polls (or at once when waited for)."""
+
+    def __init__(self, polls, returncode=0):
+        self.polls, self.returncode, self.terminated = polls, None, False
+        self._code = returncode
+
+    def poll(self):
+        self.polls -= 1
+        if self.polls < 0:
+            self.returncode = self._code
+        return self.returncode
+
+    def wait(self):
+        self.returncode = self._code
+        return self.returncode
+
+    def terminate(self):
+        self.terminated = self.returncode is None
+
+    def error(self):
+        return "SyntaxError: a test's failure"
+
+
+def patch_backends(monkeypatch, events, cached=False, child=None):
+    real = warmup.get_backend
+    monkeypatch.setattr(
+        warmup,
+        "get_backend",
+        lambda name: fake_backend(name, events, cached) if name == "numba" else real(name),
+    )
+    if child is not None:
+        monkeypatch.setattr(warmup, "_Child", lambda *a: child)
+
+
+def run_cli(capsys, *argv):
+    code = train_cli.main([str(a) for a in argv])
+    return code, capsys.readouterr().out
+
+
+CLI = ("--no-progress", "--epochs", 1, "--backend", "numba")
+
+
+@pytest.mark.parametrize("cached, mode", [(True, "background"), (False, "wait")])
+def test_cli_loads_or_compiles_before_training_and_says_so(
+    capsys, tmp_path, small_mnist_dir, monkeypatch, cached, mode
+):
+    events = []
+    patch_backends(monkeypatch, events, cached=cached)
+    code, stdout = run_cli(
+        capsys, "--data-dir", small_mnist_dir, *CLI, "--compile", mode, "--out", tmp_path / "r"
+    )
+    # only this run's dtype and the ops its layers call
+    assert code == 0 and events == [
+        f"warmup numba {[np.dtype('float32')]} {['conv2d', 'maxpool2d']}"
+    ]
+    lines = stdout.splitlines()
+    expected = (
+        r"loading numba kernels \.\.\. \d+\.\d s"
+        if cached
+        else r"compiling numba kernels \(first run only\) \.\.\. \d+\.\d s"
+    )
+    at = next(i for i, line in enumerate(lines) if re.fullmatch(expected, line))
+    assert at < next(i for i, line in enumerate(lines) if line.startswith("Epoch 1/1"))
+    # one epoch is "1 epoch" wherever it is counted
+    assert "1 epochs" not in stdout and "batch 64, 1 epoch" in stdout
+    assert "Total time:" in stdout and "for 1 epoch (" in stdout
+
+
+def test_cli_trains_at_once_while_a_child_compiles(capsys, tmp_path, small_mnist_dir, monkeypatch):
+    events, child = [], FakeChild(polls=5)
+    patch_backends(monkeypatch, events, child=child)
+    code, stdout = run_cli(capsys, "--data-dir", small_mnist_dir, *CLI, "--out", tmp_path / "r")
+    assert code == 0
+    lines = stdout.splitlines()
+    opening = next(i for i, line in enumerate(lines) if "in a background process" in line)
+    moved = next(i for i, line in enumerate(lines) if "kernels ready after" in line)
+    assert opening < moved < next(i for i, line in enumerate(lines) if line.startswith("Epoch 1/1"))
+    # the kernels were loaded in this process once the child had compiled them
+    assert events == [f"warmup numba {[np.dtype('float32')]} {['conv2d', 'maxpool2d']}"]
+
+
+def test_cli_waits_for_the_child_when_training_ends_first(
+    capsys, tmp_path, small_mnist_dir, monkeypatch
+):
+    events, child = [], FakeChild(polls=10**9)
+    patch_backends(monkeypatch, events, child=child)
+    code, stdout = run_cli(capsys, "--data-dir", small_mnist_dir, *CLI, "--out", tmp_path / "r")
+    assert code == 0 and "training ended before the numba kernels were ready" in stdout
+    assert len(events) == 1 and not child.terminated
+
+
+def steps(net, batches, lr=0.05):
+    optimizer = SGD(lr=lr)
+    losses = []
+    for xb, yb in batches:
+        loss, dlogits = softmax_cross_entropy(net.forward(xb, training=True), yb)
+        losses.append(loss)
+        net.backward(dlogits)
+        net.update(optimizer)
+    return losses
+
+
+def test_the_move_keeps_the_numbers_and_each_backward_goes_to_its_forwards_backend(monkeypatch):
+    x, y = separable_data(6 * 32, seed=2)
+    batches = [(x[i : i + 32], y[i : i + 32]) for i in range(0, len(x), 32)]
+    reference = steps(build_network("deep", backend="im2col", seed=1), batches)
+
+    events, child = [], FakeChild(polls=7)  # 4 kernel layers: moves in the second forward
+    patch_backends(monkeypatch, events, child=child)
+    net = build_network("deep", backend="im2col", seed=1)
+    proxy = warmup.prepare_backend(net, "numba", np.float32, move_log=events.append)
+    assert isinstance(proxy, warmup.CompilingBackend) and not proxy.moved
+    assert {layer.backend_name for layer in net.layers if hasattr(layer, "backend")} == {"numba"}
+    moved = steps(net, batches)
+    assert proxy.moved and any("kernels ready after" in e for e in events)
+    np.testing.assert_allclose(moved, reference, rtol=1e-5)
+
+
+def test_a_failed_child_compiles_here_and_says_why(monkeypatch):
+    events, child = [], FakeChild(polls=0, returncode=1)
+    patch_backends(monkeypatch, events, child=child)
+    net = build_network("small", backend="im2col", seed=0)
+    proxy = warmup.prepare_backend(net, "numba", np.float32, move_log=events.append)
+    net.forward(np.zeros((2, 28, 28, 1), np.float32))
+    assert proxy.moved and "failed (SyntaxError: a test's failure)" in events[0]
+    assert events[1].startswith("warmup numba")
+
+
+def test_a_backend_that_compiles_nothing_needs_no_preparation():
+    net = build_network("small", backend="im2col")
+    assert warmup.prepare_backend(net, "im2col", np.float32) is None
+    with pytest.raises(ValueError, match="compile mode must be one of background, wait"):
+        warmup.prepare_backend(net, "numba", np.float32, mode="later")
+
+
+def test_the_child_compiles_into_the_disk_cache(tmp_path):
+    """A real child process: numba's average pool in float64 (small, quick to compile)."""
+    child = warmup._Child("numba", [np.float64], ["avgpool2d"])
+    assert child.wait() == 0, child.error()
+    assert numba_jit.warmup_cached([np.float64], ["avgpool2d"])
+
+
+def test_cache_markers_follow_sources_dtypes_and_ops(tmp_path):
+    source = tmp_path / "kernel_source.py"
+    source.write_text("x = 1\n")
+    dispatcher = numba_jit._maxpool_forward
+    args = (dispatcher, [str(source)])
+    markers = jitcache._markers(*args, [np.float32, np.float64], ["conv2d", "maxpool2d"])
+    try:
+        assert not jitcache.is_cached(*args, [np.float32], ["conv2d"])
+        jitcache.mark_cached(*args, [np.float32, np.float64], ["conv2d", "maxpool2d"])
+        assert jitcache.is_cached(*args, [np.float32], ["conv2d"])  # a subset is covered
+        assert jitcache.is_cached(*args, [np.float64], ["conv2d", "maxpool2d"])
+        assert not jitcache.is_cached(*args, [np.float32], ["avgpool2d"])
+        source.write_text("x = 22\n")  # an edited source: numba recompiles, so not cached
+        os.utime(source, ns=(1, 1))
+        assert not jitcache.is_cached(*args, [np.float32], ["conv2d"])
+    finally:
+        for marker in markers:
+            marker.unlink(missing_ok=True)
