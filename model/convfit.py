@@ -192,6 +192,74 @@ def check_problem(inputs, targets, num_kernels=None, kernel_size=None) -> tuple[
     return num_kernels, kh, kw
 
 
+@dataclass(frozen=True, eq=False)
+class FitPlan:
+    """A fit's checked arguments and its start, shared by fit_conv and the framework fits
+    (model.convfit_frameworks) so that every framework starts from the same kernels and visits
+    the samples in the same order.
+
+    kernels0: (K, C, KH, KW) initial kernels, not yet cast to dtype; rng: the generator the epoch
+    orders come from, already advanced past the initial kernels.
+    """
+
+    lr: float
+    epochs: int
+    batch_size: int
+    dtype: np.dtype
+    shuffle: bool
+    kernels0: np.ndarray
+    rng: np.random.Generator
+    samples: int
+
+    def order(self) -> np.ndarray:
+        """The next epoch's visiting order: (samples,) indices, shuffled unless shuffle=False."""
+        return self.rng.permutation(self.samples) if self.shuffle else np.arange(self.samples)
+
+
+def plan_fit(
+    inputs_nchw,
+    targets_nchw,
+    num_kernels,
+    kernel_size,
+    lr,
+    epochs,
+    batch_size=1,
+    seed=0,
+    dtype=None,
+    shuffle=True,
+    initial_kernels=None,
+) -> FitPlan:
+    """Check a fit's arguments (as fit_conv documents them) and draw its initial kernels."""
+    num_kernels, kh, kw = check_problem(inputs_nchw, targets_nchw, num_kernels, kernel_size)
+    lr = positive_float(lr, "lr")
+    epochs = positive_int(epochs, "epochs")
+    batch_size = positive_int(batch_size, "batch_size")
+    dtype = _resolve_dtype(dtype, inputs_nchw)
+    if not (np.isfinite(inputs_nchw).all() and np.isfinite(targets_nchw).all()):
+        raise ValueError("input or target contains NaN or infinity")
+    s, c = inputs_nchw.shape[:2]
+    rng = np.random.default_rng(seed)
+    if initial_kernels is None:
+        kernels0 = rng.standard_normal((num_kernels, c, kh, kw)) / np.sqrt(c * kh * kw)
+    else:
+        kernels0 = np.asarray(initial_kernels)
+        if kernels0.shape != (num_kernels, c, kh, kw):
+            raise ValueError(
+                f"initial_kernels must have shape {(num_kernels, c, kh, kw)}, got {kernels0.shape}"
+            )
+    return FitPlan(lr, epochs, batch_size, dtype, bool(shuffle), kernels0, rng, s)
+
+
+def check_diverged(epoch: int, avg_loss: float, first_loss: float | None, lr: float) -> None:
+    """Raise FitDiverged if epoch's average loss is not finite or exploded over the first step's
+    loss (None: no step was taken, so only finiteness is checked)."""
+    exploded = (
+        first_loss is not None and first_loss > 0 and avg_loss > DIVERGENCE_FACTOR * first_loss
+    )
+    if not math.isfinite(avg_loss) or exploded:
+        raise FitDiverged(epoch, avg_loss, first_loss or 0.0, lr)
+
+
 def fit_conv(
     inputs_nchw,
     targets_nchw,
@@ -220,32 +288,34 @@ def fit_conv(
     FitDiverged (a FloatingPointError) at the first epoch whose average loss is not finite or is
     more than DIVERGENCE_FACTOR times the first step's loss (lr too large).
     """
-    num_kernels, kh, kw = check_problem(inputs_nchw, targets_nchw, num_kernels, kernel_size)
-    lr = positive_float(lr, "lr")
-    epochs = positive_int(epochs, "epochs")
-    batch_size = positive_int(batch_size, "batch_size")
+    plan = plan_fit(
+        inputs_nchw,
+        targets_nchw,
+        num_kernels,
+        kernel_size,
+        lr,
+        epochs,
+        batch_size,
+        seed,
+        dtype,
+        shuffle,
+        initial_kernels,
+    )
     be = get_backend(backend)
-    dtype = _resolve_dtype(dtype, inputs_nchw)
-    if not (np.isfinite(inputs_nchw).all() and np.isfinite(targets_nchw).all()):
-        raise ValueError("input or target contains NaN or infinity")
-
-    s, c = inputs_nchw.shape[:2]
-    rng = np.random.default_rng(seed)
-    if initial_kernels is None:
-        kernels0 = rng.standard_normal((num_kernels, c, kh, kw)) / np.sqrt(c * kh * kw)
-    else:
-        kernels0 = np.asarray(initial_kernels)
-        if kernels0.shape != (num_kernels, c, kh, kw):
-            raise ValueError(
-                f"initial_kernels must have shape {(num_kernels, c, kh, kw)}, got {kernels0.shape}"
-            )
+    lr, epochs, batch_size, dtype, s = (
+        plan.lr,
+        plan.epochs,
+        plan.batch_size,
+        plan.dtype,
+        plan.samples,
+    )
     # The one layout conversion of the fit: NCHW -> NHWC data, (K, C, KH, KW) -> HWIO kernels.
     x_all = np.ascontiguousarray(inputs_nchw.transpose(0, 2, 3, 1), dtype=dtype)
     t_all = np.ascontiguousarray(targets_nchw.transpose(0, 2, 3, 1), dtype=dtype)
     # A copy, always: w is updated in place and must never alias the caller's initial_kernels
     # (ascontiguousarray would return a view when the transpose happens to be contiguous).
-    w = np.array(kernels0.transpose(2, 3, 1, 0), dtype=dtype, order="C", copy=True)
-    b = np.zeros(num_kernels, dtype=dtype) if bias else None
+    w = np.array(plan.kernels0.transpose(2, 3, 1, 0), dtype=dtype, order="C", copy=True)
+    b = np.zeros(w.shape[3], dtype=dtype) if bias else None
 
     # Per-epoch buffers: samples are gathered into visiting order once per epoch, so every step
     # works on contiguous slice views; the gradient buffer is reused by every step.
@@ -257,7 +327,7 @@ def fit_conv(
     first_loss = None
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
-        order = rng.permutation(s) if shuffle else np.arange(s)
+        order = plan.order()
         np.take(x_all, order, axis=0, out=x_epoch)
         np.take(t_all, order, axis=0, out=t_epoch)
         loss_sum = 0.0
@@ -283,8 +353,7 @@ def fit_conv(
         epoch_seconds.append(seconds)
         if callback is not None:
             callback(epoch, avg, seconds)
-        if not math.isfinite(avg) or (first_loss > 0 and avg > DIVERGENCE_FACTOR * first_loss):
-            raise FitDiverged(epoch, avg, first_loss, lr)
+        check_diverged(epoch, avg, first_loss, lr)
     return ConvFit(
         kernels=np.ascontiguousarray(w.transpose(3, 2, 0, 1)),
         bias=b,

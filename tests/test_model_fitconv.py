@@ -451,6 +451,7 @@ def test_module_entry_point_help_and_error():
         "--kernel-size",
         "--lr",
         "--epochs",
+        "--framework",
         "--backend",
         "--batch-size",
         "--bias",
