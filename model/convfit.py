@@ -13,14 +13,16 @@ Layouts. The public functions use the lab's NCHW layout: inputs (S, C, H, W), ta
 the arrays are converted once per fit, never per sample.
 
 The model is a valid (no padding), stride-1 cross-correlation with K output channels and an
-optional bias: OH = H - KH + 1, OW = W - KW + 1.
+optional bias: OH = H - KH + 1, OW = W - KW + 1; with relu=True its output goes through a ReLU,
+y = max(conv + b, 0), and the gradient flows only where conv + b > 0.
 
 Loss. For a batch of B samples, loss = mean((y - t)**2) over all B*K*OH*OW target elements, so its
 gradient is dL/dy = 2*(y - t) / (B*K*OH*OW). An epoch's "avg loss" is the mean over samples of
 each sample's loss, measured at the forward pass of the step that used it (before that step's
 update), i.e. a running average; it does not depend on how samples are batched.
 
-Optimiser: plain SGD (w -= lr * dL/dw), batch size 1 by default (per-sample SGD). Each epoch
+Optimiser: plain SGD (w -= lr * dL/dw) by default, or optimizer="adam": model.optim.Adam
+(PyTorch's form, betas 0.9 and 0.999, eps 1e-8); batch size 1 by default (per-sample). Each epoch
 visits the samples in a fresh order drawn from the seeded generator (shuffle=False keeps file
 order). A fit stops with FitDiverged at the first epoch whose average loss is not finite or has
 grown DIVERGENCE_FACTOR-fold over the first step's loss: the learning rate is too large.
@@ -48,9 +50,11 @@ from kernels import get_backend
 from kernels.geometry import FLOAT_DTYPES, as_pair
 
 from .checks import positive_float, positive_int
+from .optim import Adam
 
 # An epoch whose average loss exceeds this multiple of the first step's loss has diverged.
 DIVERGENCE_FACTOR = 1e6
+OPTIMIZERS = ("sgd", "adam")
 
 
 class FitDiverged(FloatingPointError):
@@ -207,6 +211,8 @@ class FitPlan:
     batch_size: int
     dtype: np.dtype
     shuffle: bool
+    optimizer: str
+    relu: bool
     kernels0: np.ndarray
     rng: np.random.Generator
     samples: int
@@ -228,12 +234,16 @@ def plan_fit(
     dtype=None,
     shuffle=True,
     initial_kernels=None,
+    optimizer="sgd",
+    relu=False,
 ) -> FitPlan:
     """Check a fit's arguments (as fit_conv documents them) and draw its initial kernels."""
     num_kernels, kh, kw = check_problem(inputs_nchw, targets_nchw, num_kernels, kernel_size)
     lr = positive_float(lr, "lr")
     epochs = positive_int(epochs, "epochs")
     batch_size = positive_int(batch_size, "batch_size")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
     dtype = _resolve_dtype(dtype, inputs_nchw)
     if not (np.isfinite(inputs_nchw).all() and np.isfinite(targets_nchw).all()):
         raise ValueError("input or target contains NaN or infinity")
@@ -247,7 +257,9 @@ def plan_fit(
             raise ValueError(
                 f"initial_kernels must have shape {(num_kernels, c, kh, kw)}, got {kernels0.shape}"
             )
-    return FitPlan(lr, epochs, batch_size, dtype, bool(shuffle), kernels0, rng, s)
+    return FitPlan(
+        lr, epochs, batch_size, dtype, bool(shuffle), optimizer, bool(relu), kernels0, rng, s
+    )
 
 
 def check_diverged(epoch: int, avg_loss: float, first_loss: float | None, lr: float) -> None:
@@ -275,8 +287,11 @@ def fit_conv(
     callback=None,
     shuffle: bool = True,
     initial_kernels=None,
+    optimizer: str = "sgd",
+    relu: bool = False,
 ) -> ConvFit:
-    """Fit K kernels (and optionally a bias) by SGD on the MSE loss; see the module docstring.
+    """Fit K kernels (and optionally a bias) by SGD or Adam on the MSE loss; see the module
+    docstring.
 
     inputs_nchw: (S, C, H, W), targets_nchw: (S, K, H-KH+1, W-KW+1), any real dtype.
     num_kernels / kernel_size None: taken from the two shapes (see check_problem).
@@ -284,6 +299,7 @@ def fit_conv(
     callback(epoch, avg_loss, seconds) is called after each epoch (epoch counts from 1), also for
     the epoch that diverged.
     initial_kernels: (K, C, KH, KW) to start from instead of the seeded random init.
+    optimizer: "sgd" or "adam"; relu: pass the convolution's output through a ReLU.
     Raises ValueError/TypeError on inconsistent shapes or non-positive lr/epochs/batch_size, and
     FitDiverged (a FloatingPointError) at the first epoch whose average loss is not finite or is
     more than DIVERGENCE_FACTOR times the first step's loss (lr too large).
@@ -295,11 +311,13 @@ def fit_conv(
         kernel_size,
         lr,
         epochs,
-        batch_size,
-        seed,
-        dtype,
-        shuffle,
-        initial_kernels,
+        batch_size=batch_size,
+        seed=seed,
+        dtype=dtype,
+        shuffle=shuffle,
+        initial_kernels=initial_kernels,
+        optimizer=optimizer,
+        relu=relu,
     )
     be = get_backend(backend)
     lr, epochs, batch_size, dtype, s = (
@@ -323,6 +341,7 @@ def fit_conv(
     dy_buf = np.empty((min(batch_size, s),) + t_all.shape[1:], dtype=dtype)
     per_sample = t_all[0].size
     lr_t = dtype.type(lr)  # a NumPy scalar of the training dtype keeps float32 updates float32
+    adam = Adam(lr=lr) if plan.optimizer == "adam" else None
     losses, epoch_seconds = [], []
     first_loss = None
     for epoch in range(1, epochs + 1):
@@ -336,17 +355,27 @@ def fit_conv(
                 hi = min(lo + batch_size, s)
                 size = (hi - lo) * per_sample
                 y, ctx = be.conv2d_forward(x_epoch[lo:hi], w, b, 1, 0)
-                dy = np.subtract(y, t_epoch[lo:hi], out=dy_buf[: hi - lo])
+                if plan.relu:
+                    dy = np.maximum(y, 0, out=dy_buf[: hi - lo])
+                    dy -= t_epoch[lo:hi]
+                else:
+                    dy = np.subtract(y, t_epoch[lo:hi], out=dy_buf[: hi - lo])
                 batch_loss = float(np.vdot(dy, dy)) / size
                 if first_loss is None:
                     first_loss = batch_loss
                 loss_sum += batch_loss * (hi - lo)
                 dy *= dtype.type(2.0 / size)
+                if plan.relu:
+                    dy[y <= 0] = 0  # the ReLU passes no gradient where it clipped
                 _, dw, db = be.conv2d_backward(dy, ctx, need_dx=False)
-                dw *= lr_t
-                w -= dw
-                if b is not None:
-                    b -= lr_t * db
+                if adam is None:
+                    dw *= lr_t
+                    w -= dw
+                    if b is not None:
+                        b -= lr_t * db
+                else:
+                    params = [("w", w, dw, False)] + ([] if b is None else [("b", b, db, False)])
+                    adam.step(params)
         avg = loss_sum / s
         seconds = time.perf_counter() - start
         losses.append(avg)

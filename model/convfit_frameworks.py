@@ -4,11 +4,13 @@
     >>> fit = fit_conv_framework("torch", data["input"], data["target"], None, None, lr=0.1,
     ...                          epochs=10)                  # a model.convfit.ConvFit
 
-The model is model.convfit's: K kernels, valid, stride 1, optional bias, MSE (mean over a batch's
-target elements), plain SGD. Each framework starts from the kernels model.convfit.plan_fit draws
-and visits the samples in the order it draws, so with the same seed the three frameworks follow
-the same path up to rounding; the epoch's "avg loss" is the same running mean of batch losses
-(weighted by batch size, measured before each step) that fit_conv reports.
+The model is model.convfit's: K kernels, valid, stride 1, optional bias and ReLU, MSE (mean over a
+batch's target elements), plain SGD or Adam (betas 0.9, 0.999, eps 1e-8; Keras adds eps before
+the bias correction of sqrt(v), PyTorch and ours after it, a difference of order eps). Each
+framework starts from the kernels model.convfit.plan_fit draws and visits the samples in the
+order it draws, so with the same seed the three frameworks follow the same path up to rounding;
+the epoch's "avg loss" is the same running mean of batch losses (weighted by batch size, measured
+before each step) that fit_conv reports.
 
 torch and tensorflow are imported only when a fit asks for them, so `model` never needs them.
 """
@@ -44,7 +46,8 @@ def _import_keras():
         import tensorflow  # noqa: F401  (Keras's backend here)
     except ImportError:
         raise ImportError(
-            f"framework 'keras' needs TensorFlow and Keras, which are not installed: {PEERS_INSTALL}"
+            "framework 'keras' needs TensorFlow and Keras, which are not installed: "
+            f"{PEERS_INSTALL}"
         ) from None
     return keras
 
@@ -58,7 +61,9 @@ def _fit_torch(plan: FitPlan, x: np.ndarray, t: np.ndarray, bias: bool, callback
         conv.weight.copy_(torch.from_numpy(plan.kernels0.astype(plan.dtype)))
         if bias:
             conv.bias.zero_()
-    optimizer = torch.optim.SGD(conv.parameters(), lr=plan.lr)
+    optimizers = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
+    optimizer = optimizers[plan.optimizer](conv.parameters(), lr=plan.lr)
+    activation = torch.relu if plan.relu else (lambda y: y)
     loss_fn = torch.nn.MSELoss()
     x_all, t_all = torch.from_numpy(x), torch.from_numpy(t)
     losses, epoch_seconds, first_loss = [], [], None
@@ -69,7 +74,7 @@ def _fit_torch(plan: FitPlan, x: np.ndarray, t: np.ndarray, bias: bool, callback
         loss_sum = 0.0
         for lo in range(0, plan.samples, plan.batch_size):
             hi = min(lo + plan.batch_size, plan.samples)
-            loss = loss_fn(conv(x_epoch[lo:hi]), t_epoch[lo:hi])
+            loss = loss_fn(activation(conv(x_epoch[lo:hi])), t_epoch[lo:hi])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -99,13 +104,24 @@ def _fit_keras(plan: FitPlan, x: np.ndarray, t: np.ndarray, bias: bool, callback
     x_nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
     t_nhwc = np.ascontiguousarray(t.transpose(0, 2, 3, 1))
     dtype = plan.dtype.name
-    conv = keras.layers.Conv2D(k, (kh, kw), padding="valid", use_bias=bias, dtype=dtype)
+    conv = keras.layers.Conv2D(
+        k,
+        (kh, kw),
+        padding="valid",
+        use_bias=bias,
+        activation="relu" if plan.relu else None,
+        dtype=dtype,
+    )
     model = keras.Sequential([keras.Input(shape=x_nhwc.shape[1:], dtype=dtype), conv])
     weights = [plan.kernels0.transpose(2, 3, 1, 0).astype(plan.dtype)]
     conv.set_weights(weights + ([np.zeros(k, dtype=plan.dtype)] if bias else []))
+    if plan.optimizer == "adam":
+        optimizer = keras.optimizers.Adam(learning_rate=plan.lr, epsilon=1e-8)
+    else:
+        optimizer = keras.optimizers.SGD(learning_rate=plan.lr)
     # No XLA: compiling costs more than the lab's whole fit.
     model.compile(
-        optimizer=keras.optimizers.SGD(learning_rate=plan.lr),
+        optimizer=optimizer,
         loss="mean_squared_error",
         jit_compile=False,
     )
@@ -150,6 +166,8 @@ def fit_conv_framework(
     callback=None,
     shuffle: bool = True,
     initial_kernels=None,
+    optimizer: str = "sgd",
+    relu: bool = False,
 ) -> ConvFit:
     """model.convfit.fit_conv in `framework`, "torch" or "keras"; the other arguments, the
     result (kernels (K, C, KH, KW) and bias (K,) in the training dtype) and the errors are
@@ -172,6 +190,8 @@ def fit_conv_framework(
         dtype=dtype,
         shuffle=shuffle,
         initial_kernels=initial_kernels,
+        optimizer=optimizer,
+        relu=relu,
     )
     x = np.ascontiguousarray(inputs_nchw, dtype=plan.dtype)
     t = np.ascontiguousarray(targets_nchw, dtype=plan.dtype)

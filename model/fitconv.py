@@ -22,7 +22,7 @@ import numpy as np
 from kernels import available_backends
 
 from .cli import Parser, fail, nonnegative_int, positive_float, positive_int
-from .convfit import fit_conv, generate_data
+from .convfit import OPTIMIZERS, fit_conv, generate_data
 from .convfit_frameworks import FRAMEWORKS, PEERS_INSTALL, fit_conv_framework
 from .labconv import conv2d, demo_example
 from .npyfiles import INPUT_FILE, TARGET_FILE, TRUE_KERNELS_FILE, bias_path, load_npy, save_npy
@@ -36,7 +36,8 @@ def build_parser() -> Parser:
         description=(
             "The conv lab: learn convolution kernels so that conv2d(input) ~= target, from .npy "
             "files in NCHW layout (input (S,C,H,W), target (S,K,OH,OW), kernels (K,C,k,k)). Valid "
-            "convolution, stride 1, MSE loss = mean((y-t)^2) over a batch's target elements, SGD."
+            "convolution, stride 1, optional ReLU, MSE loss = mean((y-t)^2) over a batch's target "
+            "elements, SGD or Adam."
         ),
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="{generate,train,demo}")
@@ -72,7 +73,7 @@ def build_parser() -> Parser:
     tr = sub.add_parser(
         "train",
         help="fit kernels to input/target .npy files",
-        description="Fit kernels by SGD on the MSE loss, print one line per epoch, "
+        description="Fit kernels by SGD or Adam on the MSE loss, print one line per epoch, "
         "save the kernels (K,C,k,k) atomically. Stops at the first epoch whose loss is not "
         "finite or has exploded (the learning rate is too large).",
     )
@@ -90,7 +91,18 @@ def build_parser() -> Parser:
         default=None,
         help="kernel height = width (default: H - OH + 1 from the two files' shapes)",
     )
-    tr.add_argument("--lr", type=positive_float, default=0.1, help="SGD learning rate")
+    tr.add_argument("--lr", type=positive_float, default=0.1, help="learning rate")
+    tr.add_argument(
+        "--optimizer",
+        choices=OPTIMIZERS,
+        default="sgd",
+        help="plain SGD, or Adam (betas 0.9 and 0.999, eps 1e-8)",
+    )
+    tr.add_argument(
+        "--relu",
+        action="store_true",
+        help="pass the convolution's output through a ReLU before the loss",
+    )
     tr.add_argument("--epochs", type=positive_int, default=10, help="passes over the data")
     tr.add_argument(
         "--framework",
@@ -232,6 +244,8 @@ def _train(args) -> None:
         dtype=args.dtype,
         callback=report,
         shuffle=not args.no_shuffle,
+        optimizer=args.optimizer,
+        relu=args.relu,
     )
     problem = (inputs, targets, args.kernels, args.kernel_size, args.lr, args.epochs)
     if args.framework == "numpy":
