@@ -13,14 +13,16 @@ Layouts. The public functions use the lab's NCHW layout: inputs (S, C, H, W), ta
 the arrays are converted once per fit, never per sample.
 
 The model is a valid (no padding), stride-1 cross-correlation with K output channels and an
-optional bias: OH = H - KH + 1, OW = W - KW + 1.
+optional bias: OH = H - KH + 1, OW = W - KW + 1; with relu=True its output goes through a ReLU,
+y = max(conv + b, 0), and the gradient flows only where conv + b > 0.
 
 Loss. For a batch of B samples, loss = mean((y - t)**2) over all B*K*OH*OW target elements, so its
 gradient is dL/dy = 2*(y - t) / (B*K*OH*OW). An epoch's "avg loss" is the mean over samples of
 each sample's loss, measured at the forward pass of the step that used it (before that step's
 update), i.e. a running average; it does not depend on how samples are batched.
 
-Optimiser: plain SGD (w -= lr * dL/dw), batch size 1 by default (per-sample SGD). Each epoch
+Optimiser: plain SGD (w -= lr * dL/dw) by default, or optimizer="adam": model.optim.Adam
+(PyTorch's form, betas 0.9 and 0.999, eps 1e-8); batch size 1 by default (per-sample). Each epoch
 visits the samples in a fresh order drawn from the seeded generator (shuffle=False keeps file
 order). A fit stops with FitDiverged at the first epoch whose average loss is not finite or has
 grown DIVERGENCE_FACTOR-fold over the first step's loss: the learning rate is too large.
@@ -48,9 +50,11 @@ from kernels import get_backend
 from kernels.geometry import FLOAT_DTYPES, as_pair
 
 from .checks import positive_float, positive_int
+from .optim import Adam
 
 # An epoch whose average loss exceeds this multiple of the first step's loss has diverged.
 DIVERGENCE_FACTOR = 1e6
+OPTIMIZERS = ("sgd", "adam")
 
 
 class FitDiverged(FloatingPointError):
@@ -192,6 +196,82 @@ def check_problem(inputs, targets, num_kernels=None, kernel_size=None) -> tuple[
     return num_kernels, kh, kw
 
 
+@dataclass(frozen=True, eq=False)
+class FitPlan:
+    """A fit's checked arguments and its start, shared by fit_conv and the framework fits
+    (model.convfit_frameworks) so that every framework starts from the same kernels and visits
+    the samples in the same order.
+
+    kernels0: (K, C, KH, KW) initial kernels, not yet cast to dtype; rng: the generator the epoch
+    orders come from, already advanced past the initial kernels.
+    """
+
+    lr: float
+    epochs: int
+    batch_size: int
+    dtype: np.dtype
+    shuffle: bool
+    optimizer: str
+    relu: bool
+    kernels0: np.ndarray
+    rng: np.random.Generator
+    samples: int
+
+    def order(self) -> np.ndarray:
+        """The next epoch's visiting order: (samples,) indices, shuffled unless shuffle=False."""
+        return self.rng.permutation(self.samples) if self.shuffle else np.arange(self.samples)
+
+
+def plan_fit(
+    inputs_nchw,
+    targets_nchw,
+    num_kernels,
+    kernel_size,
+    lr,
+    epochs,
+    batch_size=1,
+    seed=0,
+    dtype=None,
+    shuffle=True,
+    initial_kernels=None,
+    optimizer="sgd",
+    relu=False,
+) -> FitPlan:
+    """Check a fit's arguments (as fit_conv documents them) and draw its initial kernels."""
+    num_kernels, kh, kw = check_problem(inputs_nchw, targets_nchw, num_kernels, kernel_size)
+    lr = positive_float(lr, "lr")
+    epochs = positive_int(epochs, "epochs")
+    batch_size = positive_int(batch_size, "batch_size")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+    dtype = _resolve_dtype(dtype, inputs_nchw)
+    if not (np.isfinite(inputs_nchw).all() and np.isfinite(targets_nchw).all()):
+        raise ValueError("input or target contains NaN or infinity")
+    s, c = inputs_nchw.shape[:2]
+    rng = np.random.default_rng(seed)
+    if initial_kernels is None:
+        kernels0 = rng.standard_normal((num_kernels, c, kh, kw)) / np.sqrt(c * kh * kw)
+    else:
+        kernels0 = np.asarray(initial_kernels)
+        if kernels0.shape != (num_kernels, c, kh, kw):
+            raise ValueError(
+                f"initial_kernels must have shape {(num_kernels, c, kh, kw)}, got {kernels0.shape}"
+            )
+    return FitPlan(
+        lr, epochs, batch_size, dtype, bool(shuffle), optimizer, bool(relu), kernels0, rng, s
+    )
+
+
+def check_diverged(epoch: int, avg_loss: float, first_loss: float | None, lr: float) -> None:
+    """Raise FitDiverged if epoch's average loss is not finite or exploded over the first step's
+    loss (None: no step was taken, so only finiteness is checked)."""
+    exploded = (
+        first_loss is not None and first_loss > 0 and avg_loss > DIVERGENCE_FACTOR * first_loss
+    )
+    if not math.isfinite(avg_loss) or exploded:
+        raise FitDiverged(epoch, avg_loss, first_loss or 0.0, lr)
+
+
 def fit_conv(
     inputs_nchw,
     targets_nchw,
@@ -207,8 +287,11 @@ def fit_conv(
     callback=None,
     shuffle: bool = True,
     initial_kernels=None,
+    optimizer: str = "sgd",
+    relu: bool = False,
 ) -> ConvFit:
-    """Fit K kernels (and optionally a bias) by SGD on the MSE loss; see the module docstring.
+    """Fit K kernels (and optionally a bias) by SGD or Adam on the MSE loss; see the module
+    docstring.
 
     inputs_nchw: (S, C, H, W), targets_nchw: (S, K, H-KH+1, W-KW+1), any real dtype.
     num_kernels / kernel_size None: taken from the two shapes (see check_problem).
@@ -216,36 +299,41 @@ def fit_conv(
     callback(epoch, avg_loss, seconds) is called after each epoch (epoch counts from 1), also for
     the epoch that diverged.
     initial_kernels: (K, C, KH, KW) to start from instead of the seeded random init.
+    optimizer: "sgd" or "adam"; relu: pass the convolution's output through a ReLU.
     Raises ValueError/TypeError on inconsistent shapes or non-positive lr/epochs/batch_size, and
     FitDiverged (a FloatingPointError) at the first epoch whose average loss is not finite or is
     more than DIVERGENCE_FACTOR times the first step's loss (lr too large).
     """
-    num_kernels, kh, kw = check_problem(inputs_nchw, targets_nchw, num_kernels, kernel_size)
-    lr = positive_float(lr, "lr")
-    epochs = positive_int(epochs, "epochs")
-    batch_size = positive_int(batch_size, "batch_size")
+    plan = plan_fit(
+        inputs_nchw,
+        targets_nchw,
+        num_kernels,
+        kernel_size,
+        lr,
+        epochs,
+        batch_size=batch_size,
+        seed=seed,
+        dtype=dtype,
+        shuffle=shuffle,
+        initial_kernels=initial_kernels,
+        optimizer=optimizer,
+        relu=relu,
+    )
     be = get_backend(backend)
-    dtype = _resolve_dtype(dtype, inputs_nchw)
-    if not (np.isfinite(inputs_nchw).all() and np.isfinite(targets_nchw).all()):
-        raise ValueError("input or target contains NaN or infinity")
-
-    s, c = inputs_nchw.shape[:2]
-    rng = np.random.default_rng(seed)
-    if initial_kernels is None:
-        kernels0 = rng.standard_normal((num_kernels, c, kh, kw)) / np.sqrt(c * kh * kw)
-    else:
-        kernels0 = np.asarray(initial_kernels)
-        if kernels0.shape != (num_kernels, c, kh, kw):
-            raise ValueError(
-                f"initial_kernels must have shape {(num_kernels, c, kh, kw)}, got {kernels0.shape}"
-            )
+    lr, epochs, batch_size, dtype, s = (
+        plan.lr,
+        plan.epochs,
+        plan.batch_size,
+        plan.dtype,
+        plan.samples,
+    )
     # The one layout conversion of the fit: NCHW -> NHWC data, (K, C, KH, KW) -> HWIO kernels.
     x_all = np.ascontiguousarray(inputs_nchw.transpose(0, 2, 3, 1), dtype=dtype)
     t_all = np.ascontiguousarray(targets_nchw.transpose(0, 2, 3, 1), dtype=dtype)
     # A copy, always: w is updated in place and must never alias the caller's initial_kernels
     # (ascontiguousarray would return a view when the transpose happens to be contiguous).
-    w = np.array(kernels0.transpose(2, 3, 1, 0), dtype=dtype, order="C", copy=True)
-    b = np.zeros(num_kernels, dtype=dtype) if bias else None
+    w = np.array(plan.kernels0.transpose(2, 3, 1, 0), dtype=dtype, order="C", copy=True)
+    b = np.zeros(w.shape[3], dtype=dtype) if bias else None
 
     # Per-epoch buffers: samples are gathered into visiting order once per epoch, so every step
     # works on contiguous slice views; the gradient buffer is reused by every step.
@@ -253,11 +341,12 @@ def fit_conv(
     dy_buf = np.empty((min(batch_size, s),) + t_all.shape[1:], dtype=dtype)
     per_sample = t_all[0].size
     lr_t = dtype.type(lr)  # a NumPy scalar of the training dtype keeps float32 updates float32
+    adam = Adam(lr=lr) if plan.optimizer == "adam" else None
     losses, epoch_seconds = [], []
     first_loss = None
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
-        order = rng.permutation(s) if shuffle else np.arange(s)
+        order = plan.order()
         np.take(x_all, order, axis=0, out=x_epoch)
         np.take(t_all, order, axis=0, out=t_epoch)
         loss_sum = 0.0
@@ -266,25 +355,34 @@ def fit_conv(
                 hi = min(lo + batch_size, s)
                 size = (hi - lo) * per_sample
                 y, ctx = be.conv2d_forward(x_epoch[lo:hi], w, b, 1, 0)
-                dy = np.subtract(y, t_epoch[lo:hi], out=dy_buf[: hi - lo])
+                if plan.relu:
+                    dy = np.maximum(y, 0, out=dy_buf[: hi - lo])
+                    dy -= t_epoch[lo:hi]
+                else:
+                    dy = np.subtract(y, t_epoch[lo:hi], out=dy_buf[: hi - lo])
                 batch_loss = float(np.vdot(dy, dy)) / size
                 if first_loss is None:
                     first_loss = batch_loss
                 loss_sum += batch_loss * (hi - lo)
                 dy *= dtype.type(2.0 / size)
+                if plan.relu:
+                    dy[y <= 0] = 0  # the ReLU passes no gradient where it clipped
                 _, dw, db = be.conv2d_backward(dy, ctx, need_dx=False)
-                dw *= lr_t
-                w -= dw
-                if b is not None:
-                    b -= lr_t * db
+                if adam is None:
+                    dw *= lr_t
+                    w -= dw
+                    if b is not None:
+                        b -= lr_t * db
+                else:
+                    params = [("w", w, dw, False)] + ([] if b is None else [("b", b, db, False)])
+                    adam.step(params)
         avg = loss_sum / s
         seconds = time.perf_counter() - start
         losses.append(avg)
         epoch_seconds.append(seconds)
         if callback is not None:
             callback(epoch, avg, seconds)
-        if not math.isfinite(avg) or (first_loss > 0 and avg > DIVERGENCE_FACTOR * first_loss):
-            raise FitDiverged(epoch, avg, first_loss, lr)
+        check_diverged(epoch, avg, first_loss, lr)
     return ConvFit(
         kernels=np.ascontiguousarray(w.transpose(3, 2, 0, 1)),
         bias=b,

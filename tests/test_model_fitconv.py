@@ -97,6 +97,33 @@ def test_loss_and_update_follow_the_documented_mse():
     np.testing.assert_allclose(kernels, w0 - lr * grad, rtol=1e-7, atol=1e-9)
 
 
+def test_relu_and_adam_follow_their_definitions():
+    # relu: loss = mean((max(y, 0) - t)^2); adam's first step: w - lr * g / (|g| + eps)
+    d = generate_data(samples=3, channels=2, size=5, kernels=2, kernel_size=2, seed=4)
+    x, t = d["input"], d["target"]
+    w0 = np.random.default_rng(5).standard_normal((2, 2, 2, 2))
+    assert (conv_nchw(x, w0) < 0).any() and (conv_nchw(x, w0) > 0).any()  # both sides of 0
+
+    def relu_mse(w):
+        return np.mean((np.maximum(conv_nchw(x, w), 0) - t) ** 2)
+
+    grad = np.zeros_like(w0)
+    eps = 1e-6
+    for idx in np.ndindex(w0.shape):
+        step = np.zeros_like(w0)
+        step[idx] = eps
+        grad[idx] = (relu_mse(w0 + step) - relu_mse(w0 - step)) / (2 * eps)
+    lr = 0.05
+    options = dict(batch_size=3, initial_kernels=w0, relu=True)
+    kernels, losses = fit_kernels(x, t, 2, 2, lr, 1, **options)
+    assert losses[0] == pytest.approx(relu_mse(w0), rel=1e-12)
+    np.testing.assert_allclose(kernels, w0 - lr * grad, rtol=1e-7, atol=1e-9)
+    kernels, _ = fit_kernels(x, t, 2, 2, lr, 1, optimizer="adam", **options)
+    np.testing.assert_allclose(kernels, w0 - lr * grad / (np.abs(grad) + 1e-8), atol=1e-7)
+    with pytest.raises(ValueError, match="optimizer must be one of sgd, adam, got 'rmsprop'"):
+        fit_kernels(x, t, 2, 2, lr, 1, optimizer="rmsprop")
+
+
 def test_epoch_loss_is_the_mean_of_per_sample_losses_before_each_step():
     d = generate_data(samples=2, channels=1, size=4, kernels=1, kernel_size=2, seed=6)
     x, t = d["input"], d["target"]
@@ -280,6 +307,7 @@ def train_argv(files, **overrides):
         ({"--epochs": 1.5}, "argument --epochs: must be a positive integer, got '1.5'"),
         ({"--batch-size": 0}, "argument --batch-size: must be a positive integer"),
         ({"--backend": "cudnn"}, "unknown backend 'cudnn'"),
+        ({"--optimizer": "rmsprop"}, "argument --optimizer: invalid choice: 'rmsprop'"),
         ({"--lr": 1e9, "--epochs": 3}, "training diverged"),
         ({"--out": "nodir/kernels.npy"}, "--out directory does not exist"),
     ],
@@ -450,7 +478,10 @@ def test_module_entry_point_help_and_error():
         "--kernels",
         "--kernel-size",
         "--lr",
+        "--optimizer",
+        "--relu",
         "--epochs",
+        "--framework",
         "--backend",
         "--batch-size",
         "--bias",
@@ -460,7 +491,7 @@ def test_module_entry_point_help_and_error():
     ):
         assert option in helped.stdout
     # every option but the two required files states its default
-    assert helped.stdout.count("default") >= 11 and helped.stdout.count("required") >= 2
+    assert helped.stdout.count("default") >= 14 and helped.stdout.count("required") >= 2
     failed = run("train", "--input", "nowhere.npy", "--target", "nowhere.npy")
     assert failed.returncode == 2
     assert "Traceback" not in failed.stderr and failed.stderr.count("\n") == 1
