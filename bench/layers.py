@@ -20,7 +20,7 @@ from tqdm import tqdm
 from kernels import get_backend
 
 from . import peers
-from .cases import Case, resolve_cases
+from .cases import Case, get_case, resolve_cases
 from .status import OK, error_status
 from .timing import measure, summarize
 
@@ -135,6 +135,33 @@ def _time_passes(ops, threads, repeat, pooled, key) -> None:
                 pooled[k] = error_status(exc)
 
 
+def time_peer(peer: str, case_name: str, repeat: int) -> dict:
+    """In a remote peer's worker process: the case's passes timed as _time_passes times them,
+    {(threads, pass): (samples, calls per sample) or an error status}."""
+    pooled: dict = {}
+    try:
+        ops = peers.layer_ops(peer, get_case(case_name))
+    except Exception as exc:
+        return {(None, p): error_status(exc) for p in PASSES}
+    _time_passes(ops, None, repeat, pooled, ())
+    return pooled
+
+
+def _time_remote(name, case, repeat, pooled, key) -> None:
+    """_time_passes for a remote peer: timed in its worker by the configuration it stands for."""
+    peer = peers.get_peer(name)
+    try:
+        got = peer.call(time_peer, name, case.name, repeat)
+    except Exception as exc:
+        got = {(None, p): error_status(exc) for p in PASSES}
+    for (threads, p), value in got.items():
+        k = key + (threads, p)
+        if isinstance(value, str) or isinstance(pooled.get(k), str):
+            pooled[k] = pooled.get(k) if isinstance(pooled.get(k), str) else value
+        else:
+            pooled[k] = (pooled.get(k, ([], 0))[0] + value[0], value[1])
+
+
 def _pooled_rows(base, name, is_peer, pooled) -> list[dict]:
     """Rows of one (case, backend) from its pooled samples: for a BLAS_TUNED backend, the thread
     setting with the smaller forward + backward median (recorded as "blas_threads")."""
@@ -201,6 +228,10 @@ def run(ctx: Context) -> list[dict]:
                 bar.set_description(f"layers {case.name} {name} (round {rnd + 1}/{opts.rounds})")
                 time.sleep(COOLDOWN_SECONDS)
                 key = (case.name, name)
+                if is_peer and peers.get_peer(name).remote:
+                    _time_remote(name, case, opts.repeat, pooled, key)
+                    bar.update(1)
+                    continue
                 try:
                     ops = peers.layer_ops(name, case) if is_peer else layer_ops(name, case)
                 except Exception as exc:
@@ -233,7 +264,8 @@ def derive_ratios(rows: list[dict], peak_gflops: float | None) -> list[dict]:
 
     Backward FLOPs are twice the forward's (dx and dw each cost one forward's multiply-adds).
     speedup_* = baseline time / this time (>1: faster than the baseline);
-    ratio_* = this time / the peer's time (>1: slower than the peer).
+    ratio_<peer> = this time / that peer configuration's time (>1: slower than it); ratio_torch and
+    ratio_tensorflow compare with the framework's fastest configuration (peers.PEER_GROUPS).
     """
     ok = [r for r in rows if r.get("status") == OK]
     by_key = {}
@@ -250,6 +282,9 @@ def derive_ratios(rows: list[dict], peak_gflops: float | None) -> list[dict]:
         r["speedup_vs_best_numpy"] = min(numpy_times) / r["median"] if numpy_times else None
         for p in peers.PEERS:
             r[f"ratio_{p}"] = r["median"] / times[p] if p in times else None
+        for framework in peers.PEER_GROUPS:  # a framework counts at its best configuration
+            _, best = peers.best_configuration(times, framework)
+            r[f"ratio_{framework}"] = r["median"] / best if best else None
     return rows
 
 

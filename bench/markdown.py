@@ -144,7 +144,10 @@ def layers_section(results: dict) -> str:
             "Median seconds per call (IQR in brackets), float32. GFLOP/s counts 2 FLOPs per "
             "multiply-add (backward = dx + dw = 2× forward); *% peak* is against the float32 "
             "matmul peak above. *vs naive* and *vs best numpy* are speedups (>1 = faster); "
-            "*/ PyTorch* and */ TF* are time ratios (>1 = slower than the peer). Pool cases do no "
+            "*/ PyTorch* and */ TF* are time ratios against the framework's faster configuration "
+            "(PyTorch NCHW or channels_last; TensorFlow with oneDNN off, in this process, or on, "
+            "timed by the same code in a worker process, since TensorFlow reads "
+            "TF_ENABLE_ONEDNN_OPTS once at start), >1 = slower. Pool cases do no "
             "multiply-adds, so they have no GFLOP/s. GFLOP/s is always the direct convolution's "
             "count, so every backend is measured on the same work: *eff.* marks Winograd's native "
             "path, which does fewer multiplies (effective GFLOP/s, may exceed the matmul peak); "
@@ -210,7 +213,7 @@ def fitconv_section(results: dict) -> str:
     if not fc:
         return ""
     ok = {r["name"]: r["seconds"] for r in fc["rows"] if r["status"] == "ok"}
-    keras = ok.get("tensorflow")
+    _, keras = best_configuration(ok, "tensorflow")
     body = [
         [
             label(r["name"]),

@@ -12,8 +12,11 @@ not installed raises `PeerUnavailable`, which the harness reports as "not instal
 
 from __future__ import annotations
 
+import concurrent.futures
 import importlib.util
+import multiprocessing
 import os
+import sys
 import time
 
 import numpy as np
@@ -28,11 +31,13 @@ class PeerUnavailable(RuntimeError):
 
 class Peer:
     """One peer configuration: its name in results, the package it imports, its label in
-    reports, and its versions of the three workloads. The library is imported on first use."""
+    reports, and its versions of the three workloads. The library is imported on first use.
+    A `remote` peer runs in a worker process (its `call(function, *args)`)."""
 
     name = ""
     package = ""
     label = ""
+    remote = False
 
     def __init__(self):
         self._lib = None
@@ -177,8 +182,12 @@ class TorchChannelsLast(Torch):
 class TensorFlow(Peer):
     name, label = "tensorflow", "TensorFlow/Keras"
 
+    onednn = "0"  # TF_ENABLE_ONEDNN_OPTS for this configuration
+
     def _import(self):
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        if "tensorflow" not in sys.modules:  # TensorFlow reads the variable once, at import
+            os.environ["TF_ENABLE_ONEDNN_OPTS"] = self.onednn
         import tensorflow as tf
 
         try:
@@ -257,9 +266,70 @@ class TensorFlow(Peer):
         return float(np.median(times))
 
 
-PEERS: dict[str, Peer] = {p.name: p for p in (Torch(), TorchChannelsLast(), TensorFlow())}
+_in_worker = False  # True inside a remote peer's worker process
+
+
+def _start_worker() -> None:
+    global _in_worker
+    _in_worker = True
+
+
+def _call_peer(name: str, method: str, args: tuple):
+    """In a worker process: get_peer(name).method(*args)."""
+    return getattr(get_peer(name), method)(*args)
+
+
+class TensorFlowOneDNN(TensorFlow):
+    """TensorFlow with oneDNN's optimisations on (TF_ENABLE_ONEDNN_OPTS=1; TensorFlow 2.21 leaves
+    them off on AMD CPUs, and they change its times by up to 2.5x either way). TensorFlow reads
+    the variable once, when it starts, so one process cannot time both configurations: this one
+    runs its workloads in a worker process of its own (the in-process `tensorflow` peer runs with
+    oneDNN off), by the same code, and only the timings cross the process boundary."""
+
+    name, package, label = "tf_onednn", "tensorflow", "TensorFlow/Keras (oneDNN)"
+    onednn = "1"
+    remote = True
+
+    def __init__(self):
+        super().__init__()
+        self._worker: concurrent.futures.ProcessPoolExecutor | None = None
+
+    def call(self, function, *args):
+        """function(*args) in the worker process (started on first use); in the worker itself,
+        here."""
+        if _in_worker:
+            return function(*args)
+        if not self.installed():
+            raise PeerUnavailable("not installed")
+        if self._worker is None:
+            self._worker = concurrent.futures.ProcessPoolExecutor(
+                1, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker
+            )
+        return self._worker.submit(function, *args).result()
+
+    def layer_ops(self, case, x, w, b):
+        if not _in_worker:
+            raise RuntimeError(
+                "tf_onednn's layer ops run in its worker: see bench.layers.time_peer"
+            )
+        return super().layer_ops(case, x, w, b)
+
+    def epoch_seconds(self, *args):
+        if _in_worker:
+            return super().epoch_seconds(*args)
+        return self.call(_call_peer, self.name, "epoch_seconds", args)
+
+    def fitconv_epoch_seconds(self, *args):
+        if _in_worker:
+            return super().fitconv_epoch_seconds(*args)
+        return self.call(_call_peer, self.name, "fitconv_epoch_seconds", args)
+
+
+PEERS: dict[str, Peer] = {
+    p.name: p for p in (Torch(), TorchChannelsLast(), TensorFlow(), TensorFlowOneDNN())
+}
 # configurations of one framework: the report compares against the fastest of each group
-PEER_GROUPS = {"torch": ("torch", "torch_cl"), "tensorflow": ("tensorflow",)}
+PEER_GROUPS = {"torch": ("torch", "torch_cl"), "tensorflow": ("tensorflow", "tf_onednn")}
 
 
 def best_configuration(times: dict, framework: str = "torch") -> tuple[str | None, float | None]:

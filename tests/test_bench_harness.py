@@ -5,6 +5,8 @@ internal consistency, never for speed."""
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import matplotlib.image
@@ -103,6 +105,7 @@ def test_report_files_parse(tiny_run):
         "PyTorch",
         "PyTorch (channels_last)",
         "TensorFlow/Keras",
+        "TensorFlow/Keras (oneDNN)",
     ]
     for png in ("speedup.png", "roofline.png", "epoch.png", "scaling.png"):
         img = matplotlib.image.imread(out / "tiny" / png)
@@ -390,3 +393,25 @@ def test_pytorch_counts_at_its_faster_configuration():
     assert peers.best_configuration(times) == ("torch_cl", 2.0)
     assert peers.best_configuration({"torch": 3.0}) == ("torch", 3.0)
     assert peers.best_configuration({"numba": 1.0}) == (None, None)
+
+
+def _onednn_setting():
+    peers.get_peer("tf_onednn").lib()  # imports TensorFlow in the worker
+    return os.environ.get("TF_ENABLE_ONEDNN_OPTS")
+
+
+def test_tensorflow_is_timed_with_onednn_on_in_a_worker_and_off_here():
+    pytest.importorskip("tensorflow", reason="TensorFlow is an optional peer")
+    remote = peers.get_peer("tf_onednn")
+    assert remote.remote and remote.call(_onednn_setting) == "1"
+    imported_before = "tensorflow" in sys.modules  # by another test: its setting stands
+    peers.get_peer("tensorflow").lib()
+    if not imported_before:
+        assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "0"
+    assert peers.best_configuration({"tensorflow": 2.0, "tf_onednn": 1.5}, "tensorflow") == (
+        "tf_onednn",
+        1.5,
+    )
+    got = remote.call(layers.time_peer, "tf_onednn", "small_pool", 1)
+    assert set(got) == {(None, p) for p in layers.PASSES}
+    assert all(not isinstance(v, str) and len(v[0]) == 1 for v in got.values()), got
