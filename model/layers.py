@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels import get_backend
+from kernels import batchnorm, get_backend
 from kernels.geometry import as_pair
 
 from .checks import positive_int
@@ -297,36 +297,37 @@ class BatchNorm(Layer):
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         _check_features(x, self.num_features, "BatchNorm", "channels/features")
-        axes = tuple(range(x.ndim - 1))
-        if training:
-            count = x.size // self.num_features
-            mean = x.mean(axis=axes)
-            centred = x - mean
-            var = (centred * centred).mean(axis=axes)
-            m = x.dtype.type(self.momentum)
-            self.buffers["running_mean"] = m * self.buffers["running_mean"] + (1 - m) * mean
-            unbiased = var * x.dtype.type(count / max(count - 1, 1))
-            self.buffers["running_var"] = m * self.buffers["running_var"] + (1 - m) * unbiased
-        else:
-            mean, var = self.buffers["running_mean"], self.buffers["running_var"]
-            centred = x - mean
-        inv_std = (1 / np.sqrt(var + x.dtype.type(self.eps))).astype(x.dtype)
-        x_hat = centred * inv_std
-        self._cache = (x_hat, inv_std, axes)
-        return x_hat * self.params["gamma"] + self.params["beta"]
+        rows = np.ascontiguousarray(x).reshape(-1, self.num_features)  # (N*H*W, C)
+        gamma, beta = self.params["gamma"], self.params["beta"]
+        if not training:
+            self._cache = None
+            y = batchnorm.forward_eval(
+                rows,
+                self.buffers["running_mean"],
+                self.buffers["running_var"],
+                gamma,
+                beta,
+                self.eps,
+            )
+            return y.reshape(x.shape)
+        y, x_hat, mean, var, inv_std = batchnorm.forward_train(rows, gamma, beta, self.eps)
+        count = rows.shape[0]
+        m = x.dtype.type(self.momentum)
+        self.buffers["running_mean"] = m * self.buffers["running_mean"] + (1 - m) * mean
+        unbiased = var * x.dtype.type(count / max(count - 1, 1))
+        self.buffers["running_var"] = m * self.buffers["running_var"] + (1 - m) * unbiased
+        self._cache = (x_hat, inv_std, x.shape)
+        return y.reshape(x.shape)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         if self._cache is None:
             raise RuntimeError("BatchNorm.backward called before forward (in training mode)")
-        x_hat, inv_std, axes = self._cache
-        count = dy.size // self.num_features
-        self.grads["gamma"] = (dy * x_hat).sum(axis=axes)
-        self.grads["beta"] = dy.sum(axis=axes)
-        dx_hat = dy * self.params["gamma"]
-        # d/dx of (x - mean) / std through both batch statistics, in its compact form
-        return (inv_std / count) * (
-            count * dx_hat - dx_hat.sum(axis=axes) - x_hat * (dx_hat * x_hat).sum(axis=axes)
+        x_hat, inv_std, shape = self._cache
+        dy_rows = np.ascontiguousarray(dy).reshape(-1, self.num_features)
+        dx, self.grads["gamma"], self.grads["beta"] = batchnorm.backward(
+            dy_rows, x_hat, inv_std, self.params["gamma"]
         )
+        return dx.reshape(shape)
 
     def __repr__(self):
         return f"BatchNorm({self.num_features})"
