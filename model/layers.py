@@ -122,6 +122,7 @@ class Conv2D(Layer):
         self.backend_name, self.backend = backend, get_backend(backend)
         self.need_dx = need_dx
         w_shape = (kh, kw, self.in_channels, self.out_channels)
+        self.init = init  # kept so that the layer's spec (model/spec.py) rebuilds it
         _init_params(self, init, rng, w_shape, kh * kw * self.in_channels, bias, dtype)
         self._ctx = None
 
@@ -203,6 +204,7 @@ class Dense(Layer):
         rng = np.random.default_rng() if rng is None else rng
         self.in_features, self.out_features = int(in_features), int(out_features)
         shape = (self.in_features, self.out_features)
+        self.init = init
         _init_params(self, init, rng, shape, self.in_features, True, dtype)
         self._x = None
 

@@ -15,63 +15,51 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 
-from . import layers as L
 from .atomic import write_atomically
 from .losses import NonFiniteLoss, class_indices, softmax, softmax_cross_entropy
 from .optim import OPTIMIZERS, Optimizer
+from .spec import build_layers, parse_spec, spec_of
 from .training import fit
 
-ARCHITECTURES = ("small", "deep")
+# The named architectures: aliases for specs (model/spec.py). small: He-normal weights and zero
+# biases, with which its defaults (SGD with momentum at 0.05, the 20-step warmup) were tuned; from
+# PyTorch's smaller default weights it starts more slowly (2,000 MNIST images, 2 epochs: 90.1%
+# against 92.3%; the full 3-epoch run ends the same, 98.7%). deep: no conv bias before BatchNorm
+# (BN's shift makes it redundant), PyTorch's default initialisation: from He's weights, sqrt(6)x
+# larger, Adam turns the BN-normalised conv weights more slowly (reports/parity/README.md). Both
+# pool before the ReLU: the two commute (max of ReLUs = ReLU of the max, and where a window's
+# maximum is <= 0 both give zero gradient), and the ReLU then touches 4x fewer values.
+ARCHITECTURES = {
+    "small": "conv(16,3,pad=1,init=he),maxpool(2),relu,flatten,dense(128,init=he),relu,"
+    "dense(10,init=he)",
+    "deep": "conv(32,3,pad=1,bias=false),bn,maxpool(2),relu,conv(64,3,pad=1,bias=false),bn,"
+    "maxpool(2),relu,flatten,dense(128),relu,dropout(0.5),dense(10)",
+}
 # Names architectures had in older checkpoints; accepted when reading one, nowhere else.
 LEGACY_ARCHITECTURES = {"seed": "small"}
 DTYPES = {"float32": np.float32, "float64": np.float64}
 
 
-def _build_layers(arch, backend, dtype, rng):
-    """The layer lists. Max-pool runs before ReLU: the two commute (max of ReLUs = ReLU of the max,
-    and where a window's maximum is <= 0 both orders give zero gradient), so the network computes
-    exactly Conv -> ReLU -> MaxPool while the ReLU touches 4x fewer values."""
-    conv = dict(backend=backend, rng=rng, dtype=dtype)
-    if arch == "small":
-        # He-normal weights, zero biases: the small network's defaults (SGD with momentum at 0.05,
-        # the 20-step warmup) were tuned with them, and from PyTorch's smaller default weights it
-        # starts more slowly (2,000 MNIST images, 2 epochs: 90.1% against 92.3%; the full 3-epoch
-        # run ends the same, 98.7%).
-        return [
-            L.Conv2D(1, 16, 3, padding=1, need_dx=False, init="he", **conv),
-            L.MaxPool2D(2, backend=backend),
-            L.ReLU(),
-            L.Flatten(),
-            L.Dense(14 * 14 * 16, 128, rng=rng, dtype=dtype, init="he"),
-            L.ReLU(),
-            L.Dense(128, 10, rng=rng, dtype=dtype, init="he"),
-        ]
-    if arch == "deep":
-        # No conv bias before BatchNorm: BN's shift (beta) makes it redundant. PyTorch's default
-        # initialisation (the layers' default, "uniform"): from He's weights, sqrt(6)x larger,
-        # Adam moves the BN-normalised conv weights' directions more slowly and this network
-        # learned measurably more slowly than the same network in PyTorch
-        # (tests/test_model_parity.py).
-        return [
-            L.Conv2D(1, 32, 3, padding=1, bias=False, need_dx=False, **conv),
-            L.BatchNorm(32, dtype=dtype),
-            L.MaxPool2D(2, backend=backend),
-            L.ReLU(),
-            L.Conv2D(32, 64, 3, padding=1, bias=False, **conv),
-            L.BatchNorm(64, dtype=dtype),
-            L.MaxPool2D(2, backend=backend),
-            L.ReLU(),
-            L.Flatten(),
-            L.Dense(7 * 7 * 64, 128, rng=rng, dtype=dtype),
-            L.ReLU(),
-            L.Dropout(0.5, rng=rng),
-            L.Dense(128, 10, rng=rng, dtype=dtype),
-        ]
-    raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+def spec_text(arch: str) -> str:
+    """The spec of a named architecture, or `arch` itself when it is a valid spec; otherwise a
+    ValueError naming the offending token (or, for a lone unknown word, the named ones)."""
+    if arch in ARCHITECTURES:
+        return ARCHITECTURES[arch]
+    try:
+        parse_spec(arch)
+    except ValueError as exc:
+        if isinstance(arch, str) and re.fullmatch(r"\s*[A-Za-z_]+\s*", arch):
+            raise ValueError(
+                f"unknown architecture {arch.strip()!r}; choose one of "
+                f"{', '.join(ARCHITECTURES)} or write a layer spec (model/spec.py)"
+            ) from None
+        raise exc from None
+    return arch
 
 
 def resolve_dtype(dtype) -> np.dtype:
@@ -87,11 +75,13 @@ def resolve_dtype(dtype) -> np.dtype:
 
 
 def build_network(arch="small", backend="im2col", dtype=np.float32, seed=0) -> Sequential:
-    """A named architecture for (N, 28, 28, 1) inputs and 10 classes.
+    """A network for (N, 28, 28, 1) inputs and 10 classes: `arch` is a named architecture
+    (ARCHITECTURES: "small", "deep") or a layer spec (model/spec.py), e.g.
+    "conv(8,3),maxpool(2),relu,flatten,dense(10)".
 
-    small: Conv(1->16, 3x3) -> ReLU -> MaxPool 2 -> Dense(3136->128) -> ReLU -> Dense(10),
+    small: Conv(1->16, 3x3) -> MaxPool 2 -> ReLU -> Dense(3136->128) -> ReLU -> Dense(10),
     He-normal weights and zero biases.
-    deep: two Conv -> BatchNorm -> ReLU -> MaxPool blocks (32, 64 channels), Dense(3136->128),
+    deep: two Conv -> BatchNorm -> MaxPool -> ReLU blocks (32, 64 channels), Dense(3136->128),
     ReLU, Dropout(0.5), Dense(10), initialised as PyTorch initialises nn.Conv2d and nn.Linear
     (weights and biases U(+-1/sqrt(fan_in))).
 
@@ -99,8 +89,9 @@ def build_network(arch="small", backend="im2col", dtype=np.float32, seed=0) -> S
     come from one generator seeded with `seed`.
     """
     dtype = resolve_dtype(dtype)
+    specs = parse_spec(spec_text(arch))
     rng = np.random.default_rng(seed)
-    net = Sequential(_build_layers(arch, backend, dtype, rng), dtype=dtype, rng=rng)
+    net = Sequential(build_layers(specs, backend, dtype, rng), dtype=dtype, rng=rng)
     net.meta.update(arch=arch, backend=backend, dtype=dtype.name, seed=seed)
     return net
 
@@ -113,6 +104,11 @@ class Sequential:
         self.dtype = resolve_dtype(dtype)
         self.rng = np.random.default_rng() if rng is None else rng
         self.meta: dict = {}
+
+    @property
+    def spec(self) -> str:
+        """The layer spec (model/spec.py) that rebuilds this network's layers."""
+        return spec_of(self.layers)
 
     # ---- forward / backward / update -------------------------------------------------------
     def forward(self, x, training=False):
@@ -258,6 +254,7 @@ class Sequential:
             **meta,
             "rng_state": self.rng.bit_generator.state,
             "layers": [repr(layer) for layer in self.layers],
+            "spec": self.spec,
         }
         arrays = dict(self.state_arrays())
         if optimizer is not None:
@@ -324,10 +321,15 @@ def load_network(path, backend=None, with_optimizer=False):
     with `with_optimizer=True`; the optimizer comes back with its slots and step count.
     """
     meta, arrays = read_checkpoint(path)
-    if meta.get("arch") not in ARCHITECTURES:
-        raise ValueError(f"checkpoint {path} has no known architecture (arch={meta.get('arch')!r})")
+    arch = meta.get("spec") or meta.get("arch")
+    if not isinstance(arch, str):
+        raise ValueError(f"checkpoint {path} records no architecture (no spec, arch={arch!r})")
+    try:
+        spec_text(arch)
+    except ValueError as exc:
+        raise ValueError(f"checkpoint {path}: {exc}") from None
     net = build_network(
-        meta["arch"],
+        arch,
         backend=backend or meta.get("backend", "im2col"),
         dtype=meta.get("dtype", "float32"),
         seed=meta.get("seed", 0),
@@ -335,7 +337,7 @@ def load_network(path, backend=None, with_optimizer=False):
     net.load_state_arrays({k: v for k, v in arrays.items() if not k.startswith("optim/")})
     if "rng_state" in meta:
         net.rng.bit_generator.state = meta["rng_state"]
-    net.meta.update({k: v for k, v in meta.items() if k not in ("rng_state", "layers")})
+    net.meta.update({k: v for k, v in meta.items() if k not in ("rng_state", "layers", "spec")})
     if backend:
         net.meta["backend"] = backend
     if not with_optimizer:

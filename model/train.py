@@ -11,6 +11,7 @@ accuracy curves). Ctrl-C saves interrupted.npz and the history, then exits clean
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from datetime import datetime
@@ -31,6 +32,7 @@ from .network import (
     input_standardization,
     load_network,
     read_checkpoint,
+    spec_text,
 )
 from .optim import (
     DEFAULT_LR,
@@ -61,6 +63,20 @@ def count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
+def architecture(text: str) -> str:
+    """--arch: a named architecture or a valid layer spec (argparse reports the ValueError)."""
+    try:
+        spec_text(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def run_name(arch: str) -> str:
+    """The arch's part of a default run directory name: the name, or "spec" for a spec."""
+    return arch if arch in ARCHITECTURES else "spec"
+
+
 def build_parser() -> Parser:
     p = Parser(prog="python -m model.train", description=__doc__.split("\n\n")[0])
     p.add_argument(
@@ -89,10 +105,13 @@ def build_parser() -> Parser:
     )
     p.add_argument(
         "--arch",
-        choices=ARCHITECTURES,
+        type=architecture,
         default="small",
-        help="small: one conv layer (16 channels), pool, dense 128; "
-        "deep: two conv+BatchNorm blocks (32, 64 channels), dense 128, dropout",
+        metavar="NAME|SPEC",
+        help="small: one conv layer (16 channels), pool, dense 128; deep: two conv+BatchNorm "
+        "blocks (32, 64 channels), dense 128, dropout; or any network as a layer spec, "
+        'e.g. "conv(16,3,pad=1),maxpool(2),relu,flatten,dense(10)" (layers: conv, maxpool, '
+        "avgpool, bn, relu, dropout, flatten, dense; see model/spec.py)",
     )
     p.add_argument(
         "--epochs",
@@ -337,7 +356,8 @@ def main(argv=None) -> int:
         )
         args.lr = lr
     out = Path(
-        args.out or Path("runs") / f"{datetime.now():%Y-%m-%d_%H%M%S}_{args.arch}_{args.backend}"
+        args.out
+        or Path("runs") / f"{datetime.now():%Y-%m-%d_%H%M%S}_{run_name(args.arch)}_{args.backend}"
     )
     out.mkdir(parents=True, exist_ok=True)
     run_args = {k: v for k, v in vars(args).items() if k not in ("resume",)}
