@@ -66,25 +66,36 @@ def _launch(kernel: Any, work: int, *args: Any) -> None:
 
 @njit(**_POOL_JIT)
 def _maxpool_forward(x, kh, kw, sh, sw, y, argmax):
-    """y, argmax (N, OH, OW, C) = each window's maximum in x (N, H, W, C) and its index i*kw + j."""
+    """y, argmax (N, OH, OW, C) = each window's maximum in x (N, H, W, C) and its index i*kw + j.
+
+    The running maximum and its index live in two per-row scratch vectors and every update is a
+    select, never a branch or a read back from y, so the channel loop vectorises (the `small_pool`
+    benchmark case).
+    """
     n, c_all = x.shape[0], x.shape[3]
     out_h, out_w = y.shape[1], y.shape[2]
     for t in prange(n * out_h):
         ni, oh = t // out_h, t % out_h
+        best = np.empty(c_all, dtype=x.dtype)
+        which = np.empty(c_all, dtype=np.int32)  # one width with k: mixed widths do not vectorise
         for ow in range(out_w):
             r0, c0 = oh * sh, ow * sw
             for ch in range(c_all):
-                y[ni, oh, ow, ch] = x[ni, r0, c0, ch]
-                argmax[ni, oh, ow, ch] = 0
+                best[ch] = x[ni, r0, c0, ch]
+                which[ch] = 0
             for k in range(1, kh * kw):
                 r, c = r0 + k // kw, c0 + k % kw
+                k32 = np.int32(k)
                 for ch in range(c_all):
-                    v, best = x[ni, r, c, ch], y[ni, oh, ow, ch]
-                    # np.argmax semantics: strictly greater wins (first maximum kept), and the
-                    # first NaN wins and is then kept (NaN > anything is False), so NaN propagates.
-                    if v > best or (np.isnan(v) and not np.isnan(best)):
-                        y[ni, oh, ow, ch] = v
-                        argmax[ni, oh, ow, ch] = k
+                    v, b = x[ni, r, c, ch], best[ch]
+                    # np.argmax semantics: strictly greater wins (the first maximum is kept), and
+                    # the first NaN wins and is then kept (NaN > anything is False)
+                    take = (v > b) | ((v != v) & (b == b))
+                    best[ch] = v if take else b
+                    which[ch] = k32 if take else which[ch]
+            for ch in range(c_all):
+                y[ni, oh, ow, ch] = best[ch]
+                argmax[ni, oh, ow, ch] = which[ch]
 
 
 @njit(**_POOL_JIT)
@@ -101,6 +112,26 @@ def _maxpool_backward(dy, argmax, kh, kw, sh, sw, dx):
                         for ch in range(c_all):
                             if argmax[ni, oh, ow, ch] == i * kw + j:
                                 dx[ni, oh * sh + i, ow * sw + j, ch] += dy[ni, oh, ow, ch]
+
+
+@njit(**_POOL_JIT)
+def _maxpool_backward_tiled(dy, argmax, kh, kw, dx):
+    """_maxpool_backward for windows that tile x exactly (stride = size, H = OH*kh, W = OW*kw):
+    every element of dx belongs to one window, so each is written once, dy or 0, by a select,
+    with no zero-fill beforehand and no read-modify-write."""
+    n, out_h, out_w, c_all = dy.shape
+    zero = dx.dtype.type(0)
+    for t in prange(n * out_h):
+        ni, oh = t // out_h, t % out_h
+        for ow in range(out_w):
+            for i in range(kh):
+                for j in range(kw):
+                    k = i * kw + j
+                    for ch in range(c_all):
+                        g = dy[ni, oh, ow, ch]
+                        dx[ni, oh * kh + i, ow * kw + j, ch] = (
+                            g if argmax[ni, oh, ow, ch] == k else zero
+                        )
 
 
 @njit(**_POOL_JIT)
@@ -240,10 +271,14 @@ def maxpool2d_backward(dy: np.ndarray, ctx: MaxPoolCtx) -> np.ndarray:
     """dy: (N, OH, OW, C) -> dx: (N, H, W, C); each window's gradient goes to its argmax."""
     g, argmax = ctx.geometry, ctx.argmax
     check_grad(dy, g.y_shape, g.dtype)
+    dy = np.ascontiguousarray(dy)
+    n, height, width, _ = g.x_shape
+    if (g.sh, g.sw) == (g.kh, g.kw) and (height, width) == (g.out_h * g.kh, g.out_w * g.kw):
+        dx = np.empty(g.x_shape, dtype=g.dtype)
+        _launch(_maxpool_backward_tiled, dx.size, dy, argmax, g.kh, g.kw, dx)
+        return dx
     dx = np.zeros(g.x_shape, dtype=g.dtype)
-    _launch(
-        _maxpool_backward, dx.size, np.ascontiguousarray(dy), argmax, g.kh, g.kw, g.sh, g.sw, dx
-    )
+    _launch(_maxpool_backward, dx.size, dy, argmax, g.kh, g.kw, g.sh, g.sw, dx)
     return dx
 
 
