@@ -55,17 +55,24 @@ def plot_roofline(results, path) -> bool:
     fig, ax = plt.subplots(figsize=(10, 4.5))
     markers = {"forward": "o", "backward": "s"}
     names = sorted({r["backend"] for r in rows}, key=order)
-    colors = {n: f"C{i}" for i, n in enumerate(names)}
+    # tab10's distinct colours first, then tab20b's for more backends and peer configurations
+    palette = [*plt.get_cmap("tab10").colors, *plt.get_cmap("tab20b").colors]
+    colors = {n: palette[i % len(palette)] for i, n in enumerate(names)}
     for r in rows:
         flops = r["flops"] * (2 if r["pass"] == "backward" else 1)
         ax.scatter(flops, r["gflops"], color=colors[r["backend"]], marker=markers[r["pass"]], s=30)
-    for case in dict.fromkeys(r["case"] for r in rows):  # name each case below its points
-        forward = [q for q in rows if q["case"] == case and q["pass"] == "forward"]
-        if not forward:
-            continue
+    # name the cases below their forward points; cases with the same FLOPs share one label
+    at_flops: dict = {}
+    for r in rows:
+        if r["pass"] == "forward":
+            names_here, low = at_flops.get(r["flops"], ([], float("inf")))
+            if r["case"] not in names_here:
+                names_here.append(r["case"])
+            at_flops[r["flops"]] = (names_here, min(low, r["gflops"]))
+    for flops, (cases, low) in at_flops.items():
         ax.annotate(
-            case,
-            (forward[0]["flops"], min(q["gflops"] for q in forward)),
+            " / ".join(cases),
+            (flops, low),
             textcoords="offset points",
             xytext=(0, -14),
             ha="center",
@@ -75,7 +82,7 @@ def plot_roofline(results, path) -> bool:
     for n in names:
         ax.scatter([], [], color=colors[n], label=label(n))
     for p, m in markers.items():
-        ax.scatter([], [], color="gray", marker=m, label=p)
+        ax.scatter([], [], facecolors="none", edgecolors="black", marker=m, label=p)
     if peak:
         ax.axhline(peak, color="red", ls="--", label=f"numpy matmul peak {peak:.0f} GFLOP/s")
     ax.set_xscale("log")
