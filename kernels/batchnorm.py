@@ -96,14 +96,22 @@ def _input_grad(dy, x_hat, scale, mean_dy, mean_dy_xhat, bounds, dx):
                 dx[r, c] = scale[c] * (dy[r, c] - mean_dy[c] - x_hat[r, c] * mean_dy_xhat[c])
 
 
-def forward_train(x, gamma, beta, eps):
-    """x: (R, C) C-contiguous -> (y, x_hat (R, C), mean (C,), biased var (C,), inv_std (C,)),
-    all in x's dtype."""
+def forward_train(x, gamma, beta, eps, shift=None, reduce=None):
+    """x: (R, C) C-contiguous -> (y, x_hat (R, C), mean (C,), biased var (C,), inv_std (C,),
+    count), the arrays in x's dtype; count = the rows the statistics cover.
+
+    shift: (C,) the value the sums are taken around (default: x's first row); reduce: for
+    batch norm across processes, a function summing a float64 array over all of them (then
+    shift must be the same everywhere, e.g. the running mean), so that every process
+    normalises by the statistics of the whole batch."""
     dtype = x.dtype
     bounds = _bounds(x.shape[0])
-    shift = x[0].astype(np.float64)
+    shift = (x[0] if shift is None else shift).astype(np.float64)
     sums = _moments(x, shift, bounds).sum(axis=0)
-    rows = x.shape[0]
+    rows = float(x.shape[0])
+    if reduce is not None:
+        packed = reduce(np.append(sums.ravel(), rows))
+        sums, rows = packed[:-1].reshape(sums.shape), float(packed[-1])
     mean_shifted = sums[0] / rows
     var = np.maximum(sums[1] / rows - mean_shifted * mean_shifted, 0.0)
     mean = mean_shifted + shift
@@ -111,7 +119,7 @@ def forward_train(x, gamma, beta, eps):
     x_hat, y = np.empty_like(x), np.empty_like(x)
     mean_t, inv_std_t = mean.astype(dtype), inv_std.astype(dtype)
     _normalise(x, mean_t, inv_std_t, gamma, beta, bounds, x_hat, y)
-    return y, x_hat, mean_t, var.astype(dtype), inv_std_t
+    return y, x_hat, mean_t, var.astype(dtype), inv_std_t, rows
 
 
 def forward_eval(x, mean, var, gamma, beta, eps):
@@ -122,15 +130,20 @@ def forward_eval(x, mean, var, gamma, beta, eps):
     return y
 
 
-def backward(dy, x_hat, inv_std, gamma):
-    """dy, x_hat: (R, C) C-contiguous -> (dx (R, C), dgamma (C,), dbeta (C,)), dy's dtype."""
+def backward(dy, x_hat, inv_std, gamma, count=None, reduce=None):
+    """dy, x_hat: (R, C) C-contiguous -> (dx (R, C), dgamma (C,), dbeta (C,)), dy's dtype.
+
+    count and reduce as forward_train's: the forward's row count and the same cross-process
+    sum. dx then follows the whole batch's statistics, while dgamma and dbeta stay this
+    process's share (the data-parallel step sums every parameter's gradient once)."""
     dtype = dy.dtype
     bounds = _bounds(dy.shape[0])
-    sums = _grad_sums(dy, x_hat, bounds).sum(axis=0)
-    rows = dy.shape[0]
+    local = sums = _grad_sums(dy, x_hat, bounds).sum(axis=0)
+    if reduce is not None:
+        sums = reduce(local)
+    rows = dy.shape[0] if count is None else count
     dx = np.empty_like(dy)
     scale = (gamma * inv_std).astype(dtype)
-    _input_grad(
-        dy, x_hat, scale, (sums[0] / rows).astype(dtype), (sums[1] / rows).astype(dtype), bounds, dx
-    )
-    return dx, sums[1].astype(dtype), sums[0].astype(dtype)
+    mean_dy, mean_dy_xhat = (sums[0] / rows).astype(dtype), (sums[1] / rows).astype(dtype)
+    _input_grad(dy, x_hat, scale, mean_dy, mean_dy_xhat, bounds, dx)
+    return dx, local[1].astype(dtype), local[0].astype(dtype)

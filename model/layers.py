@@ -262,12 +262,21 @@ class Dropout(Layer):
         self.rate = rate
         self.rng = np.random.default_rng() if rng is None else rng
         self._mask = None
+        # data-parallel training (model/distributed.py) sets (lo, hi, n): x holds rows lo..hi-1
+        # of a global batch of n, and the mask is drawn for the whole batch, as one process
+        # would draw it, then sliced
+        self.shard: tuple[int, int, int] | None = None
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         if not training or self.rate == 0:
             self._mask = None
             return x
-        keep = self.rng.random(x.shape, dtype=np.float64 if x.dtype == np.float64 else np.float32)
+        dtype = np.float64 if x.dtype == np.float64 else np.float32
+        if self.shard is None:
+            keep = self.rng.random(x.shape, dtype=dtype)
+        else:
+            lo, hi, n = self.shard
+            keep = self.rng.random((n, *x.shape[1:]), dtype=dtype)[lo:hi]
         self._mask = (keep >= self.rate).astype(x.dtype) * x.dtype.type(1 / (1 - self.rate))
         return x * self._mask
 
@@ -296,6 +305,9 @@ class BatchNorm(Layer):
         self.buffers["running_mean"] = np.zeros(num_features, dtype=dtype)
         self.buffers["running_var"] = np.ones(num_features, dtype=dtype)
         self._cache = None
+        # data-parallel training (model/distributed.py) sets this to a cross-process sum, so
+        # that the batch statistics, and their gradients, are those of the whole global batch
+        self.reduce = None
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         _check_features(x, self.num_features, "BatchNorm", "channels/features")
@@ -312,22 +324,24 @@ class BatchNorm(Layer):
                 self.eps,
             )
             return y.reshape(x.shape)
-        y, x_hat, mean, var, inv_std = batchnorm.forward_train(rows, gamma, beta, self.eps)
-        count = rows.shape[0]
+        shift = None if self.reduce is None else self.buffers["running_mean"]
+        y, x_hat, mean, var, inv_std, count = batchnorm.forward_train(
+            rows, gamma, beta, self.eps, shift=shift, reduce=self.reduce
+        )
         m = x.dtype.type(self.momentum)
         self.buffers["running_mean"] = m * self.buffers["running_mean"] + (1 - m) * mean
         unbiased = var * x.dtype.type(count / max(count - 1, 1))
         self.buffers["running_var"] = m * self.buffers["running_var"] + (1 - m) * unbiased
-        self._cache = (x_hat, inv_std, x.shape)
+        self._cache = (x_hat, inv_std, x.shape, count)
         return y.reshape(x.shape)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         if self._cache is None:
             raise RuntimeError("BatchNorm.backward called before forward (in training mode)")
-        x_hat, inv_std, shape = self._cache
+        x_hat, inv_std, shape, count = self._cache
         dy_rows = np.ascontiguousarray(dy).reshape(-1, self.num_features)
         dx, self.grads["gamma"], self.grads["beta"] = batchnorm.backward(
-            dy_rows, x_hat, inv_std, self.params["gamma"]
+            dy_rows, x_hat, inv_std, self.params["gamma"], count=count, reduce=self.reduce
         )
         return dx.reshape(shape)
 

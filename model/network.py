@@ -146,12 +146,16 @@ class Sequential:
             for key, layer, name in self.parameters()
         )
 
-    def train_step(self, xb, yb, optimizer: Optimizer):
+    def train_step(self, xb, yb, optimizer: Optimizer, comm=None):
         """One mini-batch: forward (training mode), cross-entropy, backward, update.
 
         xb: (B, 28, 28, 1); yb: (B, 10) one-hot or (B,) labels. Returns (mean loss, number correct).
         Raises NonFiniteLoss, leaving the weights untouched, when the loss is NaN or infinite.
+        comm: a model.distributed.Communicator: this rank computes its shard of the batch and the
+        ranks sum their shares of the gradient (see there); the result is the whole batch's.
         """
+        if comm is not None:
+            return self._data_parallel_step(xb, yb, optimizer, comm)
         logits = self.forward(xb, training=True)
         loss, dlogits = softmax_cross_entropy(logits, yb)
         if not math.isfinite(loss):  # checked before the update: NaN never reaches weights
@@ -159,6 +163,31 @@ class Sequential:
         self.backward(dlogits)
         self.update(optimizer)
         return loss, int((logits.argmax(axis=1) == class_indices(yb)).sum())
+
+    def _data_parallel_step(self, xb, yb, optimizer, comm):
+        lo, hi = comm.shard(len(xb))
+        for layer in self.layers:
+            if hasattr(layer, "shard"):
+                layer.shard = (lo, hi, len(xb))  # dropout draws the whole batch's mask
+        loss, correct, error = 0.0, 0, False
+        try:
+            comm.test_failure(optimizer.t)
+            logits = self.forward(xb[lo:hi], training=True)
+            loss, dlogits = softmax_cross_entropy(logits, yb[lo:hi])
+            # this rank's share of the global mean: its mean times its fraction of the batch
+            self.backward(dlogits * dlogits.dtype.type((hi - lo) / len(xb)))
+            correct = int((logits.argmax(axis=1) == class_indices(yb[lo:hi])).sum())
+        except Exception as exc:  # the other ranks learn of it in the step's Allreduce
+            error = True
+            comm.report(exc)
+        finally:
+            for layer in self.layers:
+                if hasattr(layer, "shard"):
+                    layer.shard = None
+        nonfinite = not error and not math.isfinite(loss)
+        loss_sum, correct = comm.reduce_step(self, loss * (hi - lo), correct, nonfinite, error)
+        self.update(optimizer)
+        return loss_sum / len(xb), correct
 
     def train(self, x, y, epochs=1, optimizer=None, batch_size=64, **kwargs):
         """Epochs of shuffled mini-batches; see model.training.fit for every option."""

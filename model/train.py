@@ -12,6 +12,8 @@ accuracy curves). Ctrl-C saves interrupted.npz and the history, then exits clean
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import time
 from datetime import datetime
@@ -24,6 +26,7 @@ from kernels.memory import keep_freed_memory
 
 from .batches import scale, standardize, standardize_stats, subset
 from .cli import Parser, nonnegative_float, nonnegative_int, positive_float, positive_int
+from .distributed import RankFailed, connect
 from .mnist import load_mnist
 from .network import (
     ARCHITECTURES,
@@ -263,6 +266,14 @@ def build_parser() -> Parser:
         help="BLAS threads: the model's GEMMs are small, and idle OpenBLAS workers "
         "busy-wait on the core the rest of the step needs",
     )
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="synchronous data-parallel training under MPI: `mpiexec -n P python -m model.train "
+        "--distributed ...` splits each --batch-size batch among P processes, with the same "
+        "results as one process; rank 0 prints and writes the outputs (needs the mpi extra: "
+        'pip install -e ".[mpi]")',
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--show", action="store_true", help="also open the plots in a window")
     return p
@@ -334,6 +345,33 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     keep_freed_memory()  # a step's multi-MB arrays are reused, not page-faulted afresh
+    if not args.distributed:
+        return run(parser, args, None)
+    try:
+        comm = connect()
+    except RuntimeError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    if comm.is_root:
+        return run_distributed(parser, args, comm)
+    args.no_progress, args.show = True, False
+    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+        return run_distributed(parser, args, comm)
+
+
+def run_distributed(parser, args, comm) -> int:
+    """run() on every rank; a failure outside the coordinated training step (which every rank
+    would otherwise wait on in its next collective) ends the whole job."""
+    try:
+        return run(parser, args, comm)
+    except BaseException as exc:  # noqa: BLE001 - any escape would leave the other ranks hanging
+        comm.abort(f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def run(parser, args, comm) -> int:
+    """The training run; comm: a model.distributed.Communicator under --distributed, else None."""
+    root = comm is None or comm.is_root
     try:
         if args.resume:
             net, optimizer, history = resume_state(args)
@@ -359,7 +397,11 @@ def main(argv=None) -> int:
         args.out
         or Path("runs") / f"{datetime.now():%Y-%m-%d_%H%M%S}_{run_name(args.arch)}_{args.backend}"
     )
-    out.mkdir(parents=True, exist_ok=True)
+    if comm is not None:
+        out = Path(comm.comm.bcast(str(out), root=0))  # the ranks' clocks may read another second
+        comm.attach(net)
+    if root:
+        out.mkdir(parents=True, exist_ok=True)
     run_args = {k: v for k, v in vars(args).items() if k not in ("resume",)}
     print(
         f"Model: {args.arch} on backend {args.backend}, {args.dtype}, {args.optimizer} "
@@ -369,9 +411,19 @@ def main(argv=None) -> int:
         from kernels import auto
 
         auto.configure(mode=args.autotune)
-    compiling = prepare_backend(net, args.backend, args.dtype, mode=args.compile, log=print)
+    if comm is None:
+        compiling = prepare_backend(net, args.backend, args.dtype, mode=args.compile, log=print)
+    else:  # rank 0 compiles once into the disk cache, then the others load from it
+        compiling = None
+        if comm.is_root:
+            prepare_backend(net, args.backend, args.dtype, mode="wait", log=print)
+        comm.comm.Barrier()
+        if not comm.is_root:
+            prepare_backend(net, args.backend, args.dtype, mode="wait", log=print)
 
     def checkpoint(path, **extra):
+        if not root:
+            return
         net.save(
             path,
             optimizer=optimizer,
@@ -382,7 +434,8 @@ def main(argv=None) -> int:
         )
 
     def write_history():
-        save_history(history, out / "history.json", out / "history.csv")
+        if root:
+            save_history(history, out / "history.json", out / "history.csv")
 
     def on_epoch_end(net, history, is_best):
         if args.backend == "auto":
@@ -418,6 +471,7 @@ def main(argv=None) -> int:
             progress=not args.no_progress,
             on_epoch_end=on_epoch_end,
             blas_threads=args.blas_threads,
+            comm=comm,
         )
         if compiling is not None and not compiling.moved:
             print(
@@ -425,11 +479,12 @@ def main(argv=None) -> int:
                 "their compile, so that the next run starts on them"
             )
             compiling.finish(wait=True)
-    except TrainingDiverged as exc:
-        print(
-            f"{parser.prog}: error: {exc}. The last good checkpoint is {out / 'last.npz'}.",
-            file=sys.stderr,
-        )
+    except (TrainingDiverged, RankFailed) as exc:
+        if root:
+            print(
+                f"{parser.prog}: error: {exc}. The last good checkpoint is {out / 'last.npz'}.",
+                file=sys.stderr,
+            )
         write_history()
         return 1
     except KeyboardInterrupt:
@@ -454,6 +509,8 @@ def main(argv=None) -> int:
             f"Mean epoch time: {np.mean(epochs_run):.2f}s "
             f"(the training pass alone, as in the epoch lines)"
         )
+    if not root:
+        return 0
     write_plots(net, history, x_test, y_test, out, args.show)
     if not history["epoch"]:
         checkpoint(out / "last.npz", epoch=0)

@@ -79,6 +79,7 @@ def fit(
     on_epoch_end=None,
     log=print,
     blas_threads=TRAIN_BLAS_THREADS,
+    comm=None,
 ):
     """Train `net` in place until `epochs` epochs are in the history (a resumed run passes its
     history and continues from len(history['epoch'])).
@@ -94,6 +95,8 @@ def fit(
     `on_epoch_end(net, history, is_best)` runs after each epoch (the CLI writes checkpoints there).
     `log(line)` receives each epoch's line (format_epoch; with the lr when a schedule is on).
     `blas_threads`: BLAS threads during training (None = the BLAS default; see TRAIN_BLAS_THREADS).
+    `comm`: a model.distributed.Communicator for data-parallel training (each step's batch is
+    shared among the ranks; every rank calls fit with the same arguments).
     Raises TrainingDiverged on a NaN/Inf loss, before the bad step is applied to the weights.
     """
     epochs = nonnegative_int(epochs, "epochs")
@@ -133,6 +136,7 @@ def fit(
                 epoch,
                 epochs,
                 progress,
+                comm,
             )
             seconds = time.perf_counter() - start
             optimizer.lr = epoch_lr
@@ -181,7 +185,9 @@ def _best_so_far(history):
     return losses[best], len(losses) - 1 - best
 
 
-def _train_epoch(net, x, labels, optimizer, step_lr, batch_size, augment, epoch, epochs, progress):
+def _train_epoch(
+    net, x, labels, optimizer, step_lr, batch_size, augment, epoch, epochs, progress, comm=None
+):
     """One pass over a fresh permutation. step_lr() gives each step's learning rate; augment is
     (max_shift, max_degrees) or None. Returns (mean loss, accuracy) over the epoch's samples."""
     loss_sum, correct, seen = 0.0, 0, 0
@@ -200,7 +206,10 @@ def _train_epoch(net, x, labels, optimizer, step_lr, batch_size, augment, epoch,
                 xb = augment_batch(xb, net.rng, *augment)
             optimizer.lr = step_lr()
             try:
-                loss, n_correct = net.train_step(xb, yb, optimizer)
+                if comm is None:
+                    loss, n_correct = net.train_step(xb, yb, optimizer)
+                else:
+                    loss, n_correct = net.train_step(xb, yb, optimizer, comm=comm)
             except NonFiniteLoss as exc:
                 raise TrainingDiverged(epoch + 1, batch, exc.loss) from None
             loss_sum += loss * len(yb)

@@ -2,6 +2,8 @@
 shapes, dtypes and offsets; model.layers.BatchNorm's finite-difference checks are in
 tests/test_model_layers.py."""
 
+import threading
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -36,7 +38,8 @@ def test_forward_and_backward_match_the_formulas(rows, chans, offset, dtype, see
     x = (rng.standard_normal((rows, chans)) * rng.uniform(0.1, 3, chans) + offset).astype(dtype)
     dy = rng.standard_normal((rows, chans)).astype(dtype)
     gamma, beta = rng.uniform(0.5, 2, chans).astype(dtype), rng.standard_normal(chans).astype(dtype)
-    y, x_hat, mean, var, inv_std = batchnorm.forward_train(x, gamma, beta, EPS)
+    y, x_hat, mean, var, inv_std, count = batchnorm.forward_train(x, gamma, beta, EPS)
+    assert count == rows
     dx, dgamma, dbeta = batchnorm.backward(dy, x_hat, inv_std, gamma)
     want = reference(x, gamma, beta, dy)
     # float32: the inputs' own rounding (an offset of 1000 leaves ~1e-4 of a unit-scale value)
@@ -61,3 +64,47 @@ def test_evaluation_uses_the_given_statistics(dtype):
     want = gamma * (x.astype(np.float64) - mean) / np.sqrt(var.astype(np.float64) + EPS) + beta
     assert y.dtype == dtype
     np.testing.assert_allclose(y, want, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5)
+
+
+def test_a_cross_process_sum_sees_the_whole_batch():
+    """Two halves of a batch on two threads, each `reduce` summing its statistics with the
+    other's (as an MPI Allreduce does), normalise and backpropagate as the whole batch does."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((40, 5)) + 2
+    dy = rng.standard_normal((40, 5))
+    gamma, beta = rng.uniform(0.5, 2, 5), rng.standard_normal(5)
+    whole = batchnorm.forward_train(x, gamma, beta, EPS)
+    whole_back = batchnorm.backward(dy, whole[1], whole[4], gamma)
+    halves, shift = (slice(0, 15), slice(15, 40)), np.full(5, 1.5)
+    barrier, posted, results = threading.Barrier(2), {}, {}
+
+    def allreduce(rank):
+        def reduce(local):
+            posted[rank] = local
+            barrier.wait()
+            total = posted[0] + posted[1]
+            barrier.wait()  # both have read before either posts again
+            return total
+
+        return reduce
+
+    def run(rank):
+        reduce, part = allreduce(rank), halves[rank]
+        fwd = batchnorm.forward_train(x[part], gamma, beta, EPS, shift=shift, reduce=reduce)
+        back = batchnorm.backward(dy[part], fwd[1], fwd[4], gamma, count=fwd[5], reduce=reduce)
+        results[rank] = fwd, back
+
+    threads = [threading.Thread(target=run, args=(rank,)) for rank in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    for rank, part in enumerate(halves):
+        fwd, back = results[rank]
+        assert fwd[5] == 40
+        np.testing.assert_allclose(fwd[0], whole[0][part], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(fwd[2], whole[2], rtol=1e-12)
+        np.testing.assert_allclose(back[0], whole_back[0][part], rtol=1e-10, atol=1e-12)
+    # the parameters' gradients are each half's share, summed once by the data-parallel step
+    for i in (1, 2):
+        np.testing.assert_allclose(results[0][1][i] + results[1][1][i], whole_back[i], rtol=1e-10)
