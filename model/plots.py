@@ -253,3 +253,88 @@ def plot_history(history: dict, path, show: bool = False) -> Path:
     With `show` and a display the figure is also shown (blocking until closed).
     """
     return _finish(history_figure(history, show=show), path, show)
+
+
+def compare_figure(histories: dict[str, dict], show: bool = False) -> Figure:
+    """Several runs on one figure: {label: history} -> test accuracy, train loss and seconds
+    per epoch side by side, one colour per run (train accuracy dotted beside test)."""
+    if not histories:
+        raise ValueError("compare needs at least one run's history")
+    fig = _new_figure(show, figsize=(13, 4), layout="constrained")
+    ax_acc, ax_loss, ax_time = fig.subplots(1, 3)
+    for i, (name, history) in enumerate(histories.items()):
+        epochs = _series(history, "epoch", len(history.get("epoch") or ()), required=True)
+        n, colour = len(epochs), f"C{i}"
+        test_acc = _series(history, "test_acc", n, required=False)
+        if test_acc is not None:
+            ax_acc.plot(epochs, test_acc, color=colour, marker="o", label=f"{name} test")
+        ax_acc.plot(
+            epochs,
+            _series(history, "train_acc", n, True),
+            color=colour,
+            ls=":",
+            label=f"{name} train",
+        )
+        ax_loss.plot(
+            epochs, _series(history, "train_loss", n, True), color=colour, marker="o", label=name
+        )
+        ax_time.plot(
+            epochs, _series(history, "seconds", n, True), color=colour, marker="o", label=name
+        )
+    for ax, title in (
+        (ax_acc, "accuracy (test solid, train dotted)"),
+        (ax_loss, "train loss"),
+        (ax_time, "seconds per epoch (training pass)"),
+    ):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        ax.grid(True, alpha=0.3)
+    ax_time.set_ylim(bottom=0)
+    ax_acc.legend(fontsize=7)
+    ax_time.legend(fontsize=7)
+    return fig
+
+
+def run_label(run_dir: Path, history: dict) -> str:
+    """A run's name on the compare figure: its directory and what trained it."""
+    framework = history.get("framework", "numpy")
+    return f"{run_dir.name} ({framework})"
+
+
+def main(argv=None) -> int:
+    """python -m model.plots compare RUN_A RUN_B ... [--out compare.png] [--show]"""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(
+        prog="python -m model.plots",
+        description="Plots of training runs. compare: several runs' histories on one figure "
+        "(e.g. the same --arch trained with --framework numpy, torch and keras).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    compare = sub.add_parser("compare", help="draw several runs' history.json on one figure")
+    compare.add_argument("runs", nargs="+", help="run directories (each with a history.json)")
+    compare.add_argument(
+        "--out", default="compare.png", help="the PNG to write (default: %(default)s)"
+    )
+    compare.add_argument("--show", action="store_true", help="also open the figure in a window")
+    args = parser.parse_args(argv)
+    histories = {}
+    try:
+        for run in map(Path, args.runs):
+            path = run / "history.json" if run.is_dir() else run
+            if not path.is_file():
+                raise ValueError(f"{run} has no history.json (give a model.train --out directory)")
+            history = json.loads(path.read_text())
+            histories[run_label(path.parent, history)] = history
+        path = _finish(compare_figure(histories, show=args.show), args.out, args.show)
+    except (OSError, ValueError) as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -27,6 +27,7 @@ from kernels.memory import keep_freed_memory
 from .batches import scale, standardize, standardize_stats, subset
 from .cli import Parser, nonnegative_float, nonnegative_int, positive_float, positive_int
 from .distributed import RankFailed, connect
+from .frameworks import FRAMEWORKS, fit_in_framework
 from .mnist import load_mnist
 from .network import (
     ARCHITECTURES,
@@ -267,6 +268,16 @@ def build_parser() -> Parser:
         "busy-wait on the core the rest of the step needs",
     )
     p.add_argument(
+        "--framework",
+        choices=FRAMEWORKS,
+        default="numpy",
+        help="numpy = our layers on --backend; torch / keras = the same network (any --arch), "
+        "initial weights, batches, optimizer and learning-rate schedule trained by PyTorch or "
+        "Keras, writing the same epoch lines, history and checkpoints (compare runs with "
+        "`python -m model.plots compare RUN_A RUN_B`; needs the peers extra). Not with "
+        "--clip-norm, --clip-value, --weight-decay, --early-stop or --distributed",
+    )
+    p.add_argument(
         "--distributed",
         action="store_true",
         help="synchronous data-parallel training under MPI: `mpiexec -n P python -m model.train "
@@ -341,9 +352,26 @@ def report_autotune(history) -> None:
     history["autotune"] = chosen
 
 
+FRAMEWORK_LABELS = {"torch": "PyTorch", "keras": "Keras"}
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.framework != "numpy":
+        unsupported = [
+            flag
+            for flag, given in (
+                ("--clip-norm", args.clip_norm is not None),
+                ("--clip-value", args.clip_value is not None),
+                ("--weight-decay", bool(args.weight_decay)),
+                ("--early-stop", args.early_stop is not None),
+                ("--distributed", args.distributed),
+            )
+            if given
+        ]
+        if unsupported:
+            parser.error(f"--framework {args.framework} does not support {', '.join(unsupported)}")
     keep_freed_memory()  # a step's multi-MB arrays are reused, not page-faulted afresh
     if not args.distributed:
         return run(parser, args, None)
@@ -404,14 +432,22 @@ def run(parser, args, comm) -> int:
         out.mkdir(parents=True, exist_ok=True)
     run_args = {k: v for k, v in vars(args).items() if k not in ("resume",)}
     print(
-        f"Model: {args.arch} on backend {args.backend}, {args.dtype}, {args.optimizer} "
+        f"Model: {args.arch} on "
+        + (
+            f"backend {args.backend}"
+            if args.framework == "numpy"
+            else FRAMEWORK_LABELS[args.framework]
+        )
+        + f", {args.dtype}, {args.optimizer} "
         f"lr {args.lr:g}, batch {args.batch_size}, {count(args.epochs, 'epoch')}"
     )
     if args.backend == "auto":
         from kernels import auto
 
         auto.configure(mode=args.autotune)
-    if comm is None:
+    if args.framework != "numpy":
+        compiling = None
+    elif comm is None:
         compiling = prepare_backend(net, args.backend, args.dtype, mode=args.compile, log=print)
     else:  # rank 0 compiles once into the disk cache, then the others load from it
         compiling = None
@@ -448,31 +484,55 @@ def run(parser, args, comm) -> int:
     epochs_before = len(history["epoch"])
     start = time.perf_counter()
     try:
-        fit(
-            net,
-            x_train,
-            y_train,
-            epochs=args.epochs,
-            optimizer=optimizer,
-            batch_size=args.batch_size,
-            x_test=x_test,
-            y_test=y_test,
-            schedule=args.schedule,
-            base_lr=args.lr,
-            step_epochs=args.step_epochs,
-            step_factor=args.step_factor,
-            warmup_steps=args.warmup_steps,
-            augment=args.augment,
-            max_shift=args.max_shift,
-            max_degrees=args.max_degrees,
-            early_stop=args.early_stop,
-            history=history,
-            best_state=best_weights(out) if args.resume and args.early_stop else None,
-            progress=not args.no_progress,
-            on_epoch_end=on_epoch_end,
-            blas_threads=args.blas_threads,
-            comm=comm,
-        )
+        if args.framework != "numpy":
+            history["framework"] = args.framework
+            fit_in_framework(
+                args.framework,
+                net,
+                x_train,
+                y_train,
+                args.epochs,
+                optimizer,
+                batch_size=args.batch_size,
+                x_test=x_test,
+                y_test=y_test,
+                schedule=args.schedule,
+                base_lr=args.lr,
+                step_epochs=args.step_epochs,
+                step_factor=args.step_factor,
+                warmup_steps=args.warmup_steps,
+                augment=(args.max_shift, args.max_degrees) if args.augment else None,
+                history=history,
+                progress=not args.no_progress,
+                on_epoch_end=on_epoch_end,
+                seed=args.seed,
+            )
+        else:
+            fit(
+                net,
+                x_train,
+                y_train,
+                epochs=args.epochs,
+                optimizer=optimizer,
+                batch_size=args.batch_size,
+                x_test=x_test,
+                y_test=y_test,
+                schedule=args.schedule,
+                base_lr=args.lr,
+                step_epochs=args.step_epochs,
+                step_factor=args.step_factor,
+                warmup_steps=args.warmup_steps,
+                augment=args.augment,
+                max_shift=args.max_shift,
+                max_degrees=args.max_degrees,
+                early_stop=args.early_stop,
+                history=history,
+                best_state=best_weights(out) if args.resume and args.early_stop else None,
+                progress=not args.no_progress,
+                on_epoch_end=on_epoch_end,
+                blas_threads=args.blas_threads,
+                comm=comm,
+            )
         if compiling is not None and not compiling.moved:
             print(
                 f"training ended before the {args.backend} kernels were ready; waiting for "

@@ -226,7 +226,7 @@ def _train_epoch(
 def format_epoch(history, epochs, show_lr=False) -> str:
     """'Epoch i/n: Train Loss ..., Train Acc ..., Test Loss ..., Test Acc ..., [LR ...,] Time ...s'
     for the last epoch in `history`; Time is the training pass alone."""
-    h = {key: values[-1] for key, values in history.items()}
+    h = {key: history[key][-1] for key in HISTORY_KEYS}  # not the run's other records
     test = (
         f", Test Loss: {h['test_loss']:.4f}, Test Acc: {h['test_acc']:.4f}"
         if h["test_loss"] is not None
