@@ -89,6 +89,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         "extrapolated when fewer (default: 60000; with --quick: 2048)",
     )
     p.add_argument(
+        "--breakdown-backend",
+        default=None,
+        metavar="BACKEND",
+        help="backend of the training-step breakdown (default: auto, else numba, else im2col, "
+        "the first of them in --backends)",
+    )
+    p.add_argument(
         "--no-peers",
         action="store_true",
         help="skip PyTorch and TensorFlow (default: run them when installed)",
@@ -160,6 +167,7 @@ def main(argv=None) -> int:
             peers=not args.no_peers,
             data_dir=args.data_dir,
             epoch_samples=args.epoch_samples,
+            breakdown_backend=args.breakdown_backend,
         )
         opts = opts.resolved()  # unknown names fail here, before any timing
         if "epoch" in opts.sections:  # a named MNIST directory without the data fails here too
