@@ -139,5 +139,8 @@ def run(ctx: Context) -> dict:
                     result[state] = time_to_first_batch(BACKEND, cache_dir, ctx.opts.data_dir)
                 except Exception as exc:
                     result[state] = {"status": error_status(exc)}
+                result[state]["cache"] = (
+                    "this machine's own" if cache_dir is None else f"{state}, a new directory"
+                )
             ctx.bar.update(1)
     return {**result, "status": OK}
