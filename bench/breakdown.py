@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 # arch -> the optimizer and augmentation of its training run (small: model.train's defaults;
 # deep: the README's run, `--arch deep --optimizer adam --augment`)
-ARCHS = {
+ARCHS: dict[str, dict] = {
     "small": {"optimizer": "momentum", "augment": False},
     "deep": {"optimizer": "adam", "augment": True},
 }

@@ -55,7 +55,8 @@ def rename_legacy_cases(results: dict) -> dict:
 
 
 def result_times(results: dict) -> dict:
-    """{key: median seconds} for every successful measurement (layers, epoch, fitconv)."""
+    """{key: median seconds} for every successful measurement (layers, epochs, fitconv,
+    inference passes, the breakdown's training steps)."""
     times = {}
     for r in results.get("layers", []):
         if r.get("status") == "ok":
@@ -70,6 +71,14 @@ def result_times(results: dict) -> dict:
         for r in run.get("rows", []):
             if r.get("status") == "ok":
                 times[f"{prefix} {r['name']}"] = r["seconds_per_60k"]
+    for run in (results.get("inference") or {}).get("archs", []):
+        for r in run["rows"]:
+            if r.get("status") == "ok":
+                times[f"inference {run['arch']} {r['name']}"] = r["seconds"]
+    breakdown = results.get("breakdown") or {}
+    for run in breakdown.get("archs", []):
+        if run.get("status") == "ok":
+            times[f"step {run['arch']} {breakdown['backend']}"] = run["step_ms"] / 1e3
     return times
 
 

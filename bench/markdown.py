@@ -376,7 +376,8 @@ def inference_section(results: dict) -> str:
     parts = [
         f"## Inference ({inf['images']} images, batches of {inf['batch_size']}, float32)",
         "",
-        f"Images per second of `Sequential.predict` (median of {inf['repeat']} passes over "
+        f"Images per second of `Sequential.predict` ({inf['repeat']} timed "
+        f"pass{'es, the median' if inf['repeat'] > 1 else ''} over "
         f"{inf['data']}; NumPy's default BLAS threads here: {inf.get('blas_threads', '?')}) "
         "beside PyTorch in eval mode under `torch.no_grad()` with "
         f"{inf.get('torch_threads', '?')} threads, in both layouts. *vs PyTorch*: our images/s "

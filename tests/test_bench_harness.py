@@ -284,6 +284,36 @@ def test_compare_two_files_computes_ratios(tmp_path, capsys):
     assert "1 regression(s) in 3 common" in capsys.readouterr().out
 
 
+def test_compare_pairs_deep_epochs_inference_and_steps():
+    def run(scale):
+        return {
+            "name": "r",
+            "epoch": {
+                "archs": [
+                    {"arch": a, "rows": [{"name": "im2col", "status": "ok", "seconds_per_60k": t}]}
+                    for a, t in (("small", 10 * scale), ("deep", 90 * scale))
+                ]
+            },
+            "inference": {
+                "archs": [
+                    {"arch": "deep", "rows": [{"name": "auto", "status": "ok", "seconds": 2}]}
+                ]
+            },
+            "breakdown": {
+                "backend": "auto",
+                "archs": [{"arch": "deep", "status": "ok", "step_ms": 100 * scale}],
+            },
+        }
+
+    rows = {r["key"]: r["ratio"] for r in compare_results(run(1), run(2))}
+    assert rows == {
+        "epoch im2col": pytest.approx(2.0),  # the small model keeps its earlier key
+        "epoch deep im2col": pytest.approx(2.0),
+        "inference deep auto": pytest.approx(1.0),
+        "step deep auto": pytest.approx(2.0),
+    }
+
+
 def test_flops_hand_computed():
     # out 3x3 per image: 2 images * 9 positions * 4 out-channels * (3*3 taps * 3 in-channels) MACs
     assert Case("t", "conv", 2, 5, 5, 3, 4, k=3).flops == 2 * (2 * 9 * 4 * 27)
