@@ -1,8 +1,8 @@
 """Benchmark every conv/pool backend against each other, the machine's matmul peak, and PyTorch /
 TensorFlow; write reports/<name>/ (report.md, results.json, PNGs) and refresh reports/latest.md.
 
-    python -m bench.compare                       # the full matrix (about 4 minutes here)
-    python -m bench.compare --quick               # reduced matrix, under 2 minutes (CI smoke test)
+    python -m bench.compare                       # the full matrix (about 20 minutes on 2 cores)
+    python -m bench.compare --quick               # reduced matrix, about 3 minutes (CI smoke test)
     python -m bench.compare --compare OLD.json    # run, then ratios against an earlier run
     python -m bench.compare --compare OLD.json NEW.json   # only compare two existing runs
 """
@@ -61,7 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="reduced matrix (3 cases, 2048-image epoch, short scaling) in under 2 minutes",
+        help="reduced matrix (3 cases, 2048-image epoch (512 for deep), 1000-image inference, "
+        "short scaling, partial-epoch memory, no cold numba first run) in about 3 minutes",
     )
     p.add_argument(
         "--out",
@@ -87,6 +88,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=None,
         help="images in the timed training epoch; times are scaled to 60000 and marked "
         "extrapolated when fewer (default: 60000; with --quick: 2048)",
+    )
+    p.add_argument(
+        "--breakdown-backend",
+        default=None,
+        metavar="BACKEND",
+        help="backend of the training-step breakdown (default: auto, else numba, else im2col, "
+        "the first of them in --backends)",
     )
     p.add_argument(
         "--no-peers",
@@ -160,6 +168,7 @@ def main(argv=None) -> int:
             peers=not args.no_peers,
             data_dir=args.data_dir,
             epoch_samples=args.epoch_samples,
+            breakdown_backend=args.breakdown_backend,
         )
         opts = opts.resolved()  # unknown names fail here, before any timing
         if "epoch" in opts.sections:  # a named MNIST directory without the data fails here too

@@ -55,15 +55,30 @@ def rename_legacy_cases(results: dict) -> dict:
 
 
 def result_times(results: dict) -> dict:
-    """{key: median seconds} for every successful measurement (layers, epoch, fitconv)."""
+    """{key: median seconds} for every successful measurement (layers, epochs, fitconv,
+    inference passes, the breakdown's training steps)."""
     times = {}
     for r in results.get("layers", []):
         if r.get("status") == "ok":
             times[f"{r['case']} {r['pass']} {r['backend']}"] = r["median"]
-    for section, field in (("epoch", "seconds_per_60k"), ("fitconv", "seconds")):
-        for r in (results.get(section) or {}).get("rows", []):
+    for r in (results.get("fitconv") or {}).get("rows", []):
+        if r.get("status") == "ok":
+            times[f"fitconv {r['name']}"] = r["seconds"]
+    epoch = results.get("epoch") or {}
+    for run in epoch.get("archs") or [epoch]:  # earlier runs: the small model's rows at the top
+        # the small model keeps the key it had when it was the only one timed
+        prefix = "epoch" if run.get("arch", "small") == "small" else f"epoch {run['arch']}"
+        for r in run.get("rows", []):
             if r.get("status") == "ok":
-                times[f"{section} {r['name']}"] = r[field]
+                times[f"{prefix} {r['name']}"] = r["seconds_per_60k"]
+    for run in (results.get("inference") or {}).get("archs", []):
+        for r in run["rows"]:
+            if r.get("status") == "ok":
+                times[f"inference {run['arch']} {r['name']}"] = r["seconds"]
+    breakdown = results.get("breakdown") or {}
+    for run in breakdown.get("archs", []):
+        if run.get("status") == "ok":
+            times[f"step {run['arch']} {breakdown['backend']}"] = run["step_ms"] / 1e3
     return times
 
 

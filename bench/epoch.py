@@ -1,7 +1,9 @@
-"""The epoch section: one training epoch of the `small` model per backend and peer, batch 64.
+"""The epoch section: one training epoch of each architecture per backend and peer, batch 64,
+and the test accuracy after it.
 
     load_training_data(data_dir, n)  -> x (n, 28, 28, 1) float32, y (n, 10) one-hot, source text
-    epoch_seconds(backend, x, y)     -> (seconds for all of x, extrapolated?, batches timed)
+    epoch_run(backend, arch, x, y, x_test, y_test, optimizer, lr)
+                                     -> {"seconds", "extrapolated", "batches_timed", "test_acc"}
     run(ctx)                         -> the section's results (bench.suite.Context)
 
 The data is found the way `python -m model.train` finds it (model.mnist.load_mnist: --data-dir,
@@ -26,15 +28,24 @@ from .status import OK, error_status
 if TYPE_CHECKING:
     from .suite import Context, Options
 
-ARCH = "small"
+# arch -> its optimizer, at model.optim.DEFAULT_LR: small trains as `python -m model.train` does
+# by default; deep with Adam, as the README's deep run (without its augmentation, which the peers
+# would not share; the breakdown section times it)
+ARCHS = {"small": "momentum", "deep": "adam"}
 BATCH_SIZE = 64
 FULL_EPOCH = 60_000
 QUICK_EPOCH = 2048
-OPTIMIZER = "momentum"
+FULL_TEST, QUICK_TEST = 10_000, 1000  # test images for the accuracy after the epoch
 MOMENTUM = 0.9
 # A full naive epoch would take minutes (its convolution is Python loops), so naive is timed on
 # this many batches and extrapolated (and marked so in the report).
 EXTRAPOLATE_BACKENDS = {"naive": 8}
+# A deep epoch takes 1-3 minutes per backend here: the best backend and PyTorch (both layouts)
+# train the whole epoch and report its accuracy; the others are timed on this many batches and
+# extrapolated, to keep the full run's length reasonable.
+DEEP_FULL_EPOCH = ("auto", "torch", "torch_cl")
+DEEP_SAMPLE_BATCHES = 100
+QUICK_DEEP_SAMPLES = 512  # with --quick the deep model trains on this part of the epoch's images
 
 
 def find_mnist(data_dir):
@@ -57,12 +68,12 @@ def find_mnist(data_dir):
         )
 
 
-def describe_source(data, why_not, n_samples: int) -> str:
+def describe_source(data, why_not, n_samples: int, split: str = "train") -> str:
     """The data line of the console and the report: where the images came from, or why random."""
     if data is None:
         return f"random data of MNIST's shape ({n_samples} images) because {why_not}"
-    n = min(n_samples, len(data.x_train))
-    return f"real MNIST, {data.source} ({n} training images)"
+    n = min(n_samples, len(data.x_train if split == "train" else data.x_test))
+    return f"real MNIST, {data.source} ({n} {'training' if split == 'train' else 'test'} images)"
 
 
 def data_source(data_dir, n_samples: int) -> str:
@@ -70,8 +81,9 @@ def data_source(data_dir, n_samples: int) -> str:
     return describe_source(*find_mnist(data_dir), n_samples)
 
 
-def load_training_data(data_dir, n_samples: int, seed: int = 0):
-    """The first `n_samples` MNIST training images (find_mnist), else random data of that shape.
+def load_training_data(data_dir, n_samples: int, seed: int = 0, split: str = "train"):
+    """The first `n_samples` MNIST images of `split` ("train" or "test"; find_mnist), else random
+    data of that shape.
 
     Returns x: (n, 28, 28, 1) float32 in [0, 1], y: (n, 10) float32 one-hot, and describe_source's
     text.
@@ -81,31 +93,57 @@ def load_training_data(data_dir, n_samples: int, seed: int = 0):
 
     data, why_not = find_mnist(data_dir)
     if data is None:
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(seed + (split == "test"))
         x = rng.random((n_samples, 28, 28, 1), dtype=np.float32)
         y = one_hot(rng.integers(0, 10, n_samples))
     else:
-        x, y = scale(data.x_train[:n_samples]), one_hot(data.y_train[:n_samples])
-    return x, y, describe_source(data, why_not, n_samples)
+        images, labels = (
+            (data.x_train, data.y_train) if split == "train" else (data.x_test, data.y_test)
+        )
+        x, y = scale(images[:n_samples]), one_hot(labels[:n_samples])
+    return x, y, describe_source(data, why_not, n_samples, split)
 
 
-def epoch_seconds(backend: str, x, y_onehot, lr: float, batch_size: int = BATCH_SIZE, seed=0):
-    """Seconds for one epoch over x: (N, 28, 28, 1) float32 of the small model on `backend`.
+def batch_limit(name: str, arch: str) -> int | None:
+    """Batches to time before extrapolating, for backend or peer `name` on `arch` (None: all)."""
+    if name in EXTRAPOLATE_BACKENDS:
+        return EXTRAPOLATE_BACKENDS[name]
+    if arch == "deep" and name not in DEEP_FULL_EPOCH:
+        return DEEP_SAMPLE_BATCHES
+    return None
 
-    Returns (seconds, extrapolated, batches_timed). Slow backends time a few batches and scale up.
+
+def epoch_run(
+    backend: str,
+    arch: str,
+    x,
+    y_onehot,
+    x_test,
+    y_test,
+    optimizer: str,
+    lr: float,
+    batch_size: int = BATCH_SIZE,
+    seed: int = 0,
+) -> dict:
+    """One epoch over x: (N, 28, 28, 1) float32 of `arch` on `backend`, then the accuracy on
+    x_test (M, 28, 28, 1), y_test (M, 10) one-hot.
+
+    Returns {"seconds" (for all of x), "extrapolated", "batches_timed", "test_acc" (None when
+    extrapolated: the network saw only part of the epoch)}. Backends with a batch_limit time that
+    many batches and scale up.
     """
     from model.network import build_network
-    from model.optim import Momentum
+    from model.optim import make_optimizer
     from model.training import TRAIN_BLAS_THREADS
 
     module = get_backend(backend)
     if hasattr(module, "warmup"):
         module.warmup()
-    net = build_network(ARCH, backend=backend, dtype=np.float32, seed=seed)
-    opt = Momentum(lr=lr, momentum=MOMENTUM)
+    net = build_network(arch, backend=backend, dtype=np.float32, seed=seed)
+    opt = make_optimizer(optimizer, lr=lr)
     order = np.random.default_rng(seed).permutation(len(x))
     starts = list(range(0, len(x), batch_size))
-    limit = EXTRAPOLATE_BACKENDS.get(backend)
+    limit = batch_limit(backend, arch)
     timed = starts if limit is None or limit >= len(starts) else starts[:limit]
     with threadpool_limits(limits=TRAIN_BLAS_THREADS, user_api="blas"):  # as model.train runs
         net.train_step(x[order[:batch_size]], y_onehot[order[:batch_size]], opt)  # warm-up
@@ -115,54 +153,108 @@ def epoch_seconds(backend: str, x, y_onehot, lr: float, batch_size: int = BATCH_
             net.train_step(x[idx], y_onehot[idx], opt)
         seconds = time.perf_counter() - start
     if len(timed) < len(starts):
-        return seconds * len(starts) / len(timed), True, len(timed)
-    return seconds, False, len(timed)
+        return {
+            "seconds": seconds * len(starts) / len(timed),
+            "extrapolated": True,
+            "batches_timed": len(timed),
+            "test_acc": None,
+        }
+    _, test_acc = net.evaluate(x_test, y_test)
+    return {
+        "seconds": seconds,
+        "extrapolated": False,
+        "batches_timed": len(timed),
+        "test_acc": test_acc,
+    }
+
+
+def peer_epoch_run(
+    peer: str, arch: str, x, y_onehot, x_test, y_test, optimizer: str, lr: float
+) -> dict:
+    """epoch_run's dict for a peer (bench.peers.epoch_run); a batch_limit trains on that many
+    batches' images and scales up."""
+    limit = batch_limit(peer, arch)
+    if limit is not None and limit * BATCH_SIZE < len(x):
+        part = peers.epoch_run(
+            peer,
+            arch,
+            x[: limit * BATCH_SIZE],
+            y_onehot[: limit * BATCH_SIZE],
+            x_test,
+            y_test,
+            optimizer,
+            lr,
+            BATCH_SIZE,
+        )
+        return {
+            "seconds": part["seconds"] * len(x) / (limit * BATCH_SIZE),
+            "extrapolated": True,
+            "batches_timed": limit,
+            "test_acc": None,
+        }
+    run = peers.epoch_run(peer, arch, x, y_onehot, x_test, y_test, optimizer, lr, BATCH_SIZE)
+    return {**run, "extrapolated": False, "batches_timed": None}
 
 
 def steps(opts: Options, backends) -> int:
-    return len(backends) + len(peers.PEERS)
+    return len(ARCHS) * (len(backends) + len(peers.PEERS))
 
 
 def run(ctx: Context) -> dict:
-    """One row per backend and peer: seconds per epoch, scaled to 60 000 images when fewer ran."""
+    """Per architecture, one row per backend and peer: seconds per epoch (scaled to 60 000
+    images when fewer ran) and the test accuracy after it."""
     from model.optim import DEFAULT_LR
     from model.training import TRAIN_BLAS_THREADS
 
     opts, bar = ctx.opts, ctx.bar
-    lr = DEFAULT_LR[OPTIMIZER]
     x, y, source = load_training_data(opts.data_dir, opts.epoch_samples)
-    scale = FULL_EPOCH / len(x)
-    rows = []
-    for name in ctx.backends + list(peers.PEERS):
-        bar.set_description(f"epoch {name}")
-        row = {"name": name, "peer": name in peers.PEERS, "samples": len(x)}
-        try:
-            if name in peers.PEERS:
-                if ctx.peers[name] != OK:
-                    raise peers.PeerUnavailable(ctx.peers[name])
-                seconds, extrapolated, batches = peers.epoch_seconds(name, x, y, lr), False, None
-            else:
-                seconds, extrapolated, batches = epoch_seconds(name, x, y, lr)
-            row.update(
-                status=OK,
-                seconds=seconds,
-                seconds_per_60k=seconds * scale,
-                extrapolated=extrapolated or scale != 1.0,
-                batches_timed=batches,
-            )
-        except peers.PeerUnavailable as exc:
-            row["status"] = str(exc)
-        except Exception as exc:
-            row["status"] = error_status(exc)
-        rows.append(row)
-        bar.update(1)
+    n_test = QUICK_TEST if opts.quick else FULL_TEST
+    x_test, y_test, _ = load_training_data(opts.data_dir, n_test, split="test")
+    archs = []
+    for arch, optimizer in ARCHS.items():
+        n = min(len(x), QUICK_DEEP_SAMPLES) if opts.quick and arch == "deep" else len(x)
+        xa, ya, scale = x[:n], y[:n], FULL_EPOCH / n
+        lr = DEFAULT_LR[optimizer]
+        rows = []
+        for name in ctx.backends + list(peers.PEERS):
+            bar.set_description(f"epoch {arch} {name}")
+            row = {"name": name, "peer": name in peers.PEERS, "samples": n}
+            try:
+                if name in peers.PEERS:
+                    if ctx.peers[name] != OK:
+                        raise peers.PeerUnavailable(ctx.peers[name])
+                    got = peer_epoch_run(name, arch, xa, ya, x_test, y_test, optimizer, lr)
+                else:
+                    got = epoch_run(name, arch, xa, ya, x_test, y_test, optimizer, lr)
+                row.update(
+                    status=OK,
+                    seconds=got["seconds"],
+                    seconds_per_60k=got["seconds"] * scale,
+                    extrapolated=got["extrapolated"] or scale != 1.0,
+                    batches_timed=got["batches_timed"],
+                    test_acc=got["test_acc"],
+                )
+            except peers.PeerUnavailable as exc:
+                row["status"] = str(exc)
+            except Exception as exc:
+                row["status"] = error_status(exc)
+            rows.append(row)
+            bar.update(1)
+        archs.append(
+            {
+                "arch": arch,
+                "optimizer": f"{optimizer}" + (f" {MOMENTUM}" if optimizer == "momentum" else ""),
+                "lr": lr,
+                "samples": n,
+                "rows": rows,
+            }
+        )
     return {
-        "arch": ARCH,
         "data": source,
         "samples": len(x),
+        "test_images": len(x_test),
         "batch_size": BATCH_SIZE,
         "dtype": "float32",
-        "optimizer": f"{OPTIMIZER} {MOMENTUM}, lr {lr:g}",
         "blas_threads": TRAIN_BLAS_THREADS,
-        "rows": rows,
+        "archs": archs,
     }

@@ -170,42 +170,59 @@ def layers_section(results: dict) -> str:
     return "\n\n".join(part for part in (_summary(results), details) if part)
 
 
-def epoch_section(results: dict) -> str:
-    ep = results.get("epoch")
-    if not ep:
-        return ""
-    ok = {r["name"]: r for r in ep["rows"] if r["status"] == "ok"}
+def _epoch_table(run: dict) -> str:
+    """One architecture's rows: seconds per 60k-image epoch, how, / PyTorch, test accuracy."""
+    ok = {r["name"]: r for r in run["rows"] if r["status"] == "ok"}
     _, torch_s = best_configuration({n: r.get("seconds_per_60k") for n, r in ok.items()})
     body = []
-    for r in ep["rows"]:
+    for r in run["rows"]:
         if r["status"] != "ok":
-            body.append([label(r["name"]), r["status"], "", ""])
+            body.append([label(r["name"]), r["status"], "", "", ""])
             continue
         how = "extrapolated" if r.get("extrapolated") else "measured"
         if r.get("batches_timed") and r["extrapolated"]:
             how += f" (from {r['batches_timed']} batches)"
+        acc = r.get("test_acc")
         body.append(
             [
                 label(r["name"]),
                 fmt_seconds(r["seconds_per_60k"]),
                 how,
                 fmt_x(r["seconds_per_60k"] / torch_s) if torch_s else "—",
+                "—" if acc is None else f"{100 * acc:.2f}%",
             ]
         )
-    optimizer = ep.get("optimizer", "SGD momentum")
-    return "\n".join(
-        [
-            f"## Training epoch (`{ep.get('arch', 'small')}` model, 60 000 images, batch "
-            f"{ep.get('batch_size', 64)}, float32, {optimizer})",
+    headers = ["implementation", "seconds / epoch", "how", "/ PyTorch", "test accuracy"]
+    return table(headers, body)
+
+
+def epoch_section(results: dict) -> str:
+    ep = results.get("epoch")
+    if not ep:
+        return ""
+    runs = ep.get("archs") or [ep]  # runs before the deep model was timed hold one, at the top
+    n = ep["samples"]
+    parts = [
+        f"## Training epoch (60 000 images, batch {ep.get('batch_size', 64)}, float32)",
+        "",
+        f"Data: {ep['data']}. Seconds for one epoch ({ep['samples']} images timed; scaled to "
+        "60 000 when fewer). / PyTorch: time ratio against PyTorch at its faster configuration "
+        "(NCHW or channels_last), >1 = slower. Test accuracy: after this one epoch, on "
+        f"{ep.get('test_images', '?')} test images (— when only part of the epoch ran). BLAS "
+        f"threads for the NumPy backends: {ep.get('blas_threads', 'default')}, as `python -m "
+        "model.train` runs them; PyTorch and Keras use 2 threads. The peers run the same layers "
+        "(bench.peer_nets) with their own default initialisation.",
+    ]
+    for run in runs:
+        lr = f", lr {run['lr']:g}" if "lr" in run else ""
+        parts += [
             "",
-            f"Data: {ep['data']}. Seconds for one epoch ({ep['samples']} images timed; scaled to "
-            "60 000 when fewer). / PyTorch: time ratio, >1 = slower than PyTorch. BLAS threads "
-            f"for the NumPy backends: {ep.get('blas_threads', 'default')}, as `python -m "
-            "model.train` runs them; PyTorch and Keras use 2 threads.",
+            f"### `{run.get('arch', 'small')}` model, {run.get('optimizer', 'momentum')}{lr}"
+            + (f" ({run['samples']} images timed)" if run.get("samples", n) != n else ""),
             "",
-            table(["implementation", "seconds / epoch", "how", "/ PyTorch"], body),
+            _epoch_table(run),
         ]
-    )
+    return "\n".join(parts)
 
 
 def fitconv_section(results: dict) -> str:
@@ -319,3 +336,153 @@ def skipped_section(results: dict) -> str:
     if not seen:
         return ""
     return "## Skipped\n\n" + "\n".join(f"- {case}: {b} {status}" for case, b, status in seen)
+
+
+def breakdown_section(results: dict) -> str:
+    bd = results.get("breakdown")
+    if not bd:
+        return ""
+    parts = [
+        f"## Where a training step goes (backend `{bd['backend']}`, batch {bd['batch_size']}, "
+        f"{bd['dtype']})",
+        "",
+        "Median milliseconds per part over the timed steps, and its share of the median step. "
+        "Each layer's forward and backward are timed around its calls; *batching + shuffle* is "
+        "drawing the batch plus its share of one 60 000-image permutation; *other* is what the "
+        f"parts leave of each step. BLAS threads: {bd.get('blas_threads', '?')}, as `python -m "
+        f"model.train` runs. Data: {bd['data']}.",
+    ]
+    if bd.get("auto_choices"):
+        chosen = "; ".join(f"{k}: {v}" for k, v in bd["auto_choices"].items())
+        parts += ["", f"auto chose, per layer shape: {chosen}."]
+    for arch in bd["archs"]:
+        title = f"### `{arch['arch']}` model, {arch['optimizer']}"
+        title += ", augmented batches" if arch.get("augment") else ""
+        if arch["status"] != "ok":
+            parts += ["", title, "", arch["status"]]
+            continue
+        body = [[p["name"], f"{p['ms']:.2f}", f"{p['percent']:.1f}%"] for p in arch["parts"]]
+        body.append(["**step**", f"**{arch['step_ms']:.2f}**", "100%"])
+        parts += [
+            "",
+            f"{title} (median of {arch['steps']} steps)",
+            "",
+            table(["part", "ms", "% of step"], body),
+        ]
+    return "\n".join(parts)
+
+
+def inference_section(results: dict) -> str:
+    inf = results.get("inference")
+    if not inf:
+        return ""
+    parts = [
+        f"## Inference ({inf['images']} images, batches of {inf['batch_size']}, float32)",
+        "",
+        f"Images per second of `Sequential.predict` ({inf['repeat']} timed "
+        f"pass{'es, the median' if inf['repeat'] > 1 else ''} over "
+        f"{inf['data']}; NumPy's default BLAS threads here: {inf.get('blas_threads', '?')}) "
+        "beside PyTorch in eval mode under `torch.no_grad()` with "
+        f"{inf.get('torch_threads', '?')} threads, in both layouts. *vs PyTorch*: our images/s "
+        "over PyTorch's at its faster layout, >1 = faster.",
+    ]
+    for arch in inf["archs"]:
+        ok = {r["name"]: r for r in arch["rows"] if r["status"] == "ok"}
+        torch_name, torch_s = best_configuration({n: r["seconds"] for n, r in ok.items()})
+        body = []
+        for r in arch["rows"]:
+            if r["status"] != "ok":
+                body.append([label(r["name"]), r["status"], "", ""])
+                continue
+            vs = "—" if r["peer"] or not torch_s else fmt_x(torch_s / r["seconds"])
+            body.append(
+                [label(r["name"]), f"{r['images_per_second']:,.0f}", fmt_seconds(r["seconds"]), vs]
+            )
+        parts += [
+            "",
+            f"### `{arch['arch']}` model",
+            "",
+            table(["implementation", "images/s", "seconds", "vs PyTorch"], body),
+        ]
+    return "\n".join(parts)
+
+
+def epoch_memory_section(results: dict) -> str:
+    em = results.get("epoch_memory")
+    if not em:
+        return ""
+    target = em["target_ratio"]
+    parts = [
+        "## Memory: peak resident set of one training epoch",
+        "",
+        "Each row is a fresh process: it imports the backend or PyTorch, loads the data (MNIST "
+        "scaled to float32), trains the images named in the heading, and reports its "
+        "high-water mark (VmHWM). *before training*: its resident set (VmRSS) after the imports "
+        "and the data; loading MNIST briefly needs more than it keeps, so in a short run the "
+        "peak may be the load's, not training's. / PyTorch: the peak over PyTorch's lower one (either layout); the target is at "
+        f"most {target:g}× (*target* column). Our backends run with `keep_freed_memory()`, as "
+        "`python -m model.train` does.",
+    ]
+    if em.get("skipped"):
+        parts += ["", em["skipped"]]
+    for arch in em["archs"]:
+        body = []
+        for r in arch["rows"]:
+            if r["status"] != "ok":
+                body.append([label(r["name"]), r["status"], "", "", ""])
+                continue
+            body.append(
+                [
+                    label(r["name"]),
+                    f"{r['before_training_mb']:.0f} MB",
+                    f"{r['peak_mb']:.0f} MB",
+                    fmt_x(r.get("ratio_torch")),
+                    r.get("target", "—"),
+                ]
+            )
+        parts += [
+            "",
+            f"### `{arch['arch']}` model, {arch['samples']} training images",
+            "",
+            table(["implementation", "before training", "peak", "/ PyTorch", "target"], body),
+        ]
+    return "\n".join(parts)
+
+
+def first_run_section(results: dict) -> str:
+    fr = results.get("first_run")
+    if not fr:
+        return ""
+    parts = [
+        f"## First run: `python -m model.train --backend {fr['backend']}` to its first batch",
+        "",
+        "Seconds from starting the process to the end of its first trained batch (one 64-image "
+        "epoch, then a 100-image evaluation), with an empty `NUMBA_CACHE_DIR` (cold: a fresh "
+        "install) and with the cache the cold run filled (warm; with --quick, which skips the "
+        "cold run, this machine's own cache). *compile* is what the trainer "
+        "prints on its `compiling ... (first run only)` line; *data* its MNIST load; *first batch* the "
+        "training pass its epoch line reports (what still compiles on first use shows here). "
+        "Python's own bytecode caches are warm in both. Target: training starts within "
+        f"{fr['target_seconds']:g} s (goal {fr['goal_seconds']:g} s).",
+    ]
+    if fr["status"] != "ok":
+        return "\n".join([*parts, "", fr["status"]])
+    body = []
+    for state in ("cold", "warm"):
+        r = fr.get(state) or {"status": "not run"}
+        if r["status"] != "ok":
+            body.append([state, r["status"], "", "", ""])
+            continue
+        seconds = r["first_batch_seconds"]
+        body.append(
+            [
+                state,
+                fmt_seconds(seconds),
+                fmt_seconds(r.get("compile_seconds")),
+                fmt_seconds(r.get("load_seconds")),
+                fmt_seconds(r.get("batch_seconds")),
+                "pass" if seconds <= fr["target_seconds"] else "FAIL",
+            ]
+        )
+    headers = ["numba cache", "to first batch", "compile", "data", "first batch", "target"]
+    return "\n".join([*parts, "", table(headers, body)])

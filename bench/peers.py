@@ -6,7 +6,8 @@ holding its three workloads; the functions below look the peer up by name once. 
 not installed raises `PeerUnavailable`, which the harness reports as "not installed" and carries on.
 
     layer_ops(peer, case)                        -> {"forward", "backward"} callables
-    epoch_seconds(peer, x, y, lr)                -> seconds for one training epoch, small model
+    epoch_run(peer, arch, x, y, x_test, y_test)  -> {"seconds", "test_acc"} of one training epoch
+    inference_seconds(peer, arch, x)             -> seconds of eval-mode inference over x (PyTorch)
     fitconv_epoch_seconds(peer, inputs, targets) -> seconds per epoch of the .npy conv-kernel fit
 """
 
@@ -21,7 +22,12 @@ import time
 
 import numpy as np
 
+from model.losses import class_indices
+
+from .peer_nets import keras_network, torch_network
+
 THREADS = 2
+MOMENTUM = 0.9  # SGD's momentum when the optimizer is "momentum", as model.optim.Momentum
 DISABLED = "disabled (--no-peers)"
 
 
@@ -60,8 +66,11 @@ class Peer:
         """x: (N, H, W, C_in), w: (KH, KW, C_in, C_out), b: (C_out,) -> {"forward", "backward"}."""
         raise NotImplementedError
 
-    def epoch_seconds(self, x, y_onehot, batch_size, lr, momentum, seed) -> float:
+    def epoch_run(self, arch, x, y_onehot, optimizer, lr, batch_size, seed, x_test, y_test) -> dict:
         raise NotImplementedError
+
+    def inference_seconds(self, arch, x, batch_size, repeat, seed) -> float:
+        raise PeerUnavailable("inference is not measured for this peer")
 
     def fitconv_epoch_seconds(self, inputs, targets, k, lr, epochs, seed) -> float:
         raise NotImplementedError
@@ -112,23 +121,22 @@ class Torch(Peer):
 
         return {"forward": forward, "backward": backward}
 
-    def epoch_seconds(self, x, y_onehot, batch_size, lr, momentum, seed):
+    def _nchw(self, x):
+        """(N, H, W, C) float32 array -> a tensor in this configuration's layout."""
         torch = self.lib()
-        nn = torch.nn
+        return self._layout(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))))
+
+    def epoch_run(self, arch, x, y_onehot, optimizer, lr, batch_size, seed, x_test, y_test):
+        torch = self.lib()
         torch.manual_seed(seed)
-        model = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Flatten(),
-            nn.Linear(16 * 14 * 14, 128),
-            nn.ReLU(),
-            nn.Linear(128, 10),
-        )
-        model = self._layout(model)
-        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
-        loss_fn = nn.CrossEntropyLoss()
-        xt = self._layout(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))))
+        model = self._layout(torch_network(torch, arch))
+        params = model.parameters()
+        if optimizer == "adam":
+            opt = torch.optim.Adam(params, lr=lr)
+        else:
+            opt = torch.optim.SGD(params, lr=lr, momentum=MOMENTUM)
+        loss_fn = torch.nn.CrossEntropyLoss()
+        xt = self._nchw(x)
         yt = torch.from_numpy(y_onehot.argmax(axis=1))
         order = torch.from_numpy(np.random.default_rng(seed).permutation(len(x)))
 
@@ -138,11 +146,35 @@ class Torch(Peer):
             loss.backward()
             opt.step()
 
+        model.train()
         step(order[:batch_size])  # warm-up (allocator, oneDNN primitive cache)
         start = time.perf_counter()
         for i in range(0, len(x), batch_size):
             step(order[i : i + batch_size])
-        return time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        labels = self._predict(model, x_test).argmax(axis=1)
+        return {"seconds": seconds, "test_acc": float((labels == class_indices(y_test)).mean())}
+
+    def _predict(self, model, x, batch_size=1000):
+        """Logits (N, 10) of x (N, 28, 28, 1) in eval mode, without autograd."""
+        torch = self.lib()
+        model.eval()
+        xt = self._nchw(x)
+        with torch.no_grad():
+            logits = [model(xt[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+        return torch.cat(logits).numpy()
+
+    def inference_seconds(self, arch, x, batch_size, repeat, seed):
+        torch = self.lib()
+        torch.manual_seed(seed)
+        model = self._layout(torch_network(torch, arch))
+        self._predict(model, x[:batch_size], batch_size)  # warm-up
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            self._predict(model, x, batch_size)
+            times.append(time.perf_counter() - start)
+        return float(np.median(times))
 
     def fitconv_epoch_seconds(self, inputs, targets, k, lr, epochs, seed):
         torch = self.lib()
@@ -225,28 +257,22 @@ class TensorFlow(Peer):
 
         return {"forward": forward, "backward": backward}
 
-    def epoch_seconds(self, x, y_onehot, batch_size, lr, momentum, seed):
+    def epoch_run(self, arch, x, y_onehot, optimizer, lr, batch_size, seed, x_test, y_test):
         keras = self.lib().keras
         keras.utils.set_random_seed(seed)
-        model = keras.Sequential(
-            [
-                keras.Input((28, 28, 1)),
-                keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
-                keras.layers.MaxPooling2D(2),
-                keras.layers.Flatten(),
-                keras.layers.Dense(128, activation="relu"),
-                keras.layers.Dense(10),
-            ]
-        )
-        model.compile(
-            optimizer=keras.optimizers.SGD(learning_rate=lr, momentum=momentum),
-            loss=keras.losses.CategoricalCrossentropy(from_logits=True),
-        )
+        model = keras_network(keras, arch)
+        if optimizer == "adam":
+            opt = keras.optimizers.Adam(learning_rate=lr)
+        else:
+            opt = keras.optimizers.SGD(learning_rate=lr, momentum=MOMENTUM)
+        model.compile(optimizer=opt, loss=keras.losses.CategoricalCrossentropy(from_logits=True))
         warm = slice(0, 2 * batch_size)
         model.fit(x[warm], y_onehot[warm], batch_size=batch_size, epochs=1, verbose=0)  # traces
         start = time.perf_counter()
         model.fit(x, y_onehot, batch_size=batch_size, epochs=1, shuffle=True, verbose=0)
-        return time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        labels = model.predict(x_test, batch_size=1000, verbose=0).argmax(axis=1)
+        return {"seconds": seconds, "test_acc": float((labels == class_indices(y_test)).mean())}
 
     def fitconv_epoch_seconds(self, inputs, targets, k, lr, epochs, seed):
         keras = self.lib().keras
@@ -365,13 +391,34 @@ def layer_ops(peer: str, case, dtype=np.float32) -> dict:
     return get_peer(peer).layer_ops(case, x, w, b)
 
 
-def epoch_seconds(
-    peer: str, x, y_onehot, lr: float, batch_size: int = 64, momentum: float = 0.9, seed: int = 0
+def epoch_run(
+    peer: str,
+    arch: str,
+    x,
+    y_onehot,
+    x_test,
+    y_test,
+    optimizer: str = "momentum",
+    lr: float = 0.05,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> dict:
+    """One shuffled training epoch of `arch` (bench.peer_nets) on x: (N, 28, 28, 1) float32,
+    y_onehot: (N, 10) float32, with "momentum" (SGD, momentum 0.9) or "adam" at `lr`; then the
+    accuracy on x_test (M, 28, 28, 1), y_test (M,) labels or (M, 10) one-hot. Returns
+    {"seconds": the epoch (graph building and first-step tracing before the clock starts),
+    "test_acc"}."""
+    return get_peer(peer).epoch_run(
+        arch, x, y_onehot, optimizer, lr, batch_size, seed, x_test, y_test
+    )
+
+
+def inference_seconds(
+    peer: str, arch: str, x, batch_size: int = 1000, repeat: int = 3, seed: int = 0
 ) -> float:
-    """One shuffled training epoch of the small architecture (conv16-pool-dense128-dense10) on
-    x: (N, 28, 28, 1) float32, y_onehot: (N, 10) float32. Graph building and first-step tracing
-    happen before the clock starts."""
-    return get_peer(peer).epoch_seconds(x, y_onehot, batch_size, lr, momentum, seed)
+    """Median seconds of eval-mode logits, without autograd, for all of x: (N, 28, 28, 1)
+    float32, in batches of `batch_size`; one warm-up batch first."""
+    return get_peer(peer).inference_seconds(arch, x, batch_size, repeat, seed)
 
 
 def fitconv_epoch_seconds(

@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
 from .formatting import order  # noqa: E402
@@ -95,34 +96,50 @@ def plot_roofline(results, path) -> bool:
 
 
 def plot_epoch(results, path) -> bool:
-    ep = results.get("epoch")
-    rows = [r for r in (ep or {}).get("rows", []) if r["status"] == "ok"]
-    if not rows:
+    ep = results.get("epoch") or {}
+    runs = [
+        (run, [r for r in run.get("rows", []) if r["status"] == "ok"])
+        for run in ep.get("archs") or [ep]
+    ]
+    runs = [(run, rows) for run, rows in runs if rows]
+    if not runs:
         return False
-    fig, ax = plt.subplots(figsize=(8, 0.5 * len(rows) + 1.5))
-    labels = [label(r["name"]) + (" (extrapolated)" if r.get("extrapolated") else "") for r in rows]
-    vals = [r["seconds_per_60k"] for r in rows]
-    colors = ["C3" if r["peer"] else "C0" for r in rows]
-    bars = ax.barh(labels, vals, color=colors)
-    for bar, r in zip(bars, rows):
-        if r.get("extrapolated"):
-            bar.set_hatch("//")
-        ax.text(
-            bar.get_width(),
-            bar.get_y() + bar.get_height() / 2,
-            f" {r['seconds_per_60k']:.1f} s",
-            va="center",
-            fontsize=8,
+    height = sum(0.45 * len(rows) + 1.2 for _, rows in runs)
+    fig, axes = plt.subplots(len(runs), 1, figsize=(8, height), squeeze=False)
+    for ax, (run, rows) in zip(axes[:, 0], runs):
+        labels = [
+            label(r["name"]) + (" (extrapolated)" if r.get("extrapolated") else "") for r in rows
+        ]
+        vals = [r["seconds_per_60k"] for r in rows]
+        colors = ["C3" if r["peer"] else "C0" for r in rows]
+        bars = ax.barh(labels, vals, color=colors)
+        for bar, r in zip(bars, rows):
+            if r.get("extrapolated"):
+                bar.set_hatch("//")
+            acc = "" if r.get("test_acc") is None else f", {100 * r['test_acc']:.1f}%"
+            ax.text(
+                bar.get_width(),
+                bar.get_y() + bar.get_height() / 2,
+                f" {r['seconds_per_60k']:.1f} s{acc}",
+                va="center",
+                fontsize=8,
+            )
+        if max(vals) / min(vals) > 20:  # naive next to PyTorch: only a log axis shows both
+            ax.set_xscale("log")
+            ax.set_xlim(left=min(vals) / 2, right=max(vals) * 4)
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        else:
+            ax.set_xlim(right=max(vals) * 1.3)
+        ax.invert_yaxis()
+        ax.set_title(
+            f"{run.get('arch', 'small')} model ({run.get('optimizer', 'momentum')}): one training "
+            "epoch, batch 64, float32",
+            fontsize=10,
         )
-    if max(vals) / min(vals) > 20:  # naive next to PyTorch: only a log axis shows both
-        ax.set_xscale("log")
-        ax.set_xlim(left=min(vals) / 2, right=max(vals) * 3)
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    else:
-        ax.set_xlim(right=max(vals) * 1.15)
-    ax.invert_yaxis()
-    ax.set_xlabel("seconds per 60k-image epoch (red = PyTorch/Keras; hatched = extrapolated)")
-    ax.set_title(f"{ep.get('arch', 'small')} model: one training epoch, batch 64, float32")
+    axes[-1, 0].set_xlabel(
+        "seconds per 60k-image epoch, test accuracy after it\n"
+        "(red = PyTorch/Keras; hatched = extrapolated)"
+    )
     return _save(fig, path)
 
 
@@ -146,4 +163,47 @@ def plot_scaling(results, path) -> bool:
         ax.set_ylabel("seconds (forward + backward)")
         ax.legend(fontsize=8)
     fig.suptitle(f"Scaling of {sc['case']} ({sc['shape']})", fontsize=10)
+    return _save(fig, path)
+
+
+BREAKDOWN_MIN_PERCENT = 3.0  # parts below this share of the step are drawn together as one
+
+
+def plot_breakdown(results, path) -> bool:
+    """One stacked bar per architecture: its step's parts as % of the step, total ms named."""
+    bd = results.get("breakdown") or {}
+    archs = [a for a in bd.get("archs", []) if a.get("status") == "ok"]
+    if not archs:
+        return False
+    small = f"parts < {BREAKDOWN_MIN_PERCENT:g}% each"
+    names = list(
+        dict.fromkeys(
+            p["name"] for a in archs for p in a["parts"] if p["percent"] >= BREAKDOWN_MIN_PERCENT
+        )
+    )
+    names.append(small)
+    colors = {n: plt.get_cmap("tab20")(i % 20) for i, n in enumerate(names)}
+    fig, ax = plt.subplots(figsize=(10, 1.2 * len(archs) + 3.5))
+    for y, a in enumerate(archs):
+        left = 0.0
+        for p in a["parts"] + [{"name": small, "percent": None}]:
+            if p["name"] == small:
+                width = sum(
+                    q["percent"] for q in a["parts"] if q["percent"] < BREAKDOWN_MIN_PERCENT
+                )
+            elif p["percent"] >= BREAKDOWN_MIN_PERCENT:
+                width = p["percent"]
+            else:
+                continue
+            ax.barh(y, width, left=left, color=colors[p["name"]], edgecolor="white", lw=0.5)
+            if width >= 6:
+                ax.text(left + width / 2, y, f"{width:.0f}%", ha="center", va="center", fontsize=7)
+            left += width
+    ax.set_yticks(range(len(archs)), [f"{a['arch']}\n{a['step_ms']:.1f} ms/step" for a in archs])
+    ax.invert_yaxis()
+    ax.set_xlim(0, max(100, left))
+    ax.set_xlabel(f"% of one training step (backend {bd['backend']}, batch {bd['batch_size']})")
+    ax.set_title("Where one training step goes, in running order")
+    handles = [Patch(color=colors[n], label=n) for n in names]
+    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     return _save(fig, path)

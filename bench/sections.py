@@ -14,7 +14,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import epoch, fitconv, layers, markdown, memory, numba_compile, plots, scaling
+from . import (
+    breakdown,
+    epoch,
+    epoch_memory,
+    first_run,
+    fitconv,
+    inference,
+    layers,
+    markdown,
+    memory,
+    numba_compile,
+    plots,
+    scaling,
+)
 
 
 @dataclass(frozen=True)
@@ -54,14 +67,43 @@ SECTIONS: tuple[Section, ...] = (
         markdown.epoch_section,
         (Plot("epoch.png", "epoch", plots.plot_epoch),),
     ),
+    Section(
+        "breakdown",
+        "breakdown",
+        breakdown.run,
+        breakdown.steps,
+        markdown.breakdown_section,
+        (Plot("breakdown.png", "training-step breakdown", plots.plot_breakdown),),
+    ),
+    Section(
+        "inference",
+        "inference",
+        inference.run,
+        inference.steps,
+        markdown.inference_section,
+    ),
     Section("fitconv", "fitconv", fitconv.run, fitconv.steps, markdown.fitconv_section),
     Section("memory", "memory", memory.run, memory.steps, markdown.memory_section),
+    Section(
+        "epoch_memory",
+        "epoch_memory",
+        epoch_memory.run,
+        epoch_memory.steps,
+        markdown.epoch_memory_section,
+    ),
     Section(
         "compile",
         "numba_compile",
         numba_compile.run,
         numba_compile.steps,
         markdown.compile_section,
+    ),
+    Section(
+        "first_run",
+        "first_run",
+        first_run.run,
+        first_run.steps,
+        markdown.first_run_section,
     ),
     Section(
         "scaling",

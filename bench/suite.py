@@ -34,6 +34,7 @@ class Options:
     epoch_samples: int | None = None  # None: 60000 (quick: 2048)
     scaling_case: str = "small_conv"
     memory_case: str = "deep_conv2"
+    breakdown_backend: str | None = None  # None: auto, else numba, else im2col (bench.breakdown)
     sections: tuple = SECTION_NAMES
 
     def resolved(self) -> Options:
@@ -63,6 +64,8 @@ class Options:
                 f"known sections: {', '.join(SECTION_NAMES)}"
             )
         get_case(opts.scaling_case), get_case(opts.memory_case)
+        if opts.breakdown_backend is not None:
+            resolve_backends([opts.breakdown_backend])
         return opts
 
 

@@ -13,7 +13,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from bench import compare, epoch, layers, peers
+from bench import breakdown, compare, epoch, epoch_memory, first_run, inference, layers, peers
 from bench.cases import LEGACY_CASE_NAMES, TOO_SLOW, Case, get_case, resolve_backends
 from bench.comparison import compare_results, load_results
 from bench.report import render_markdown
@@ -78,10 +78,13 @@ def test_results_json_is_well_formed(tiny_run):
     assert {r["backend"] for r in res["memory"]["rows"]} == {"naive", "im2col"}
     assert all(r["peak_bytes"] > 0 for r in res["memory"]["rows"])
     assert res["scaling"]["batch"]["im2col"]["exponent"] is not None
-    assert res["epoch"]["samples"] == 128 and len(res["epoch"]["rows"]) == 2 + len(peers.PEERS)
-    assert res["epoch"]["arch"] == "small"
-    for section in ("epoch", "fitconv"):  # our backends' workloads ran; peers are disabled
-        assert {r["name"]: r["status"] for r in res[section]["rows"] if not r["peer"]} == {
+    assert res["epoch"]["samples"] == 128
+    assert [run["arch"] for run in res["epoch"]["archs"]] == ["small", "deep"]
+    for run in res["epoch"]["archs"]:
+        assert len(run["rows"]) == 2 + len(peers.PEERS)
+    # our backends' workloads ran; peers are disabled
+    for rows in [run["rows"] for run in res["epoch"]["archs"]] + [res["fitconv"]["rows"]]:
+        assert {r["name"]: r["status"] for r in rows if not r["peer"]} == {
             "naive": "ok",
             "im2col": "ok",
         }
@@ -107,11 +110,121 @@ def test_report_files_parse(tiny_run):
         "TensorFlow/Keras",
         "TensorFlow/Keras (oneDNN)",
     ]
-    for png in ("speedup.png", "roofline.png", "epoch.png", "scaling.png"):
+    for png in ("speedup.png", "roofline.png", "epoch.png", "scaling.png", "breakdown.png"):
         img = matplotlib.image.imread(out / "tiny" / png)
         assert img.ndim == 3 and img.shape[0] > 100
         assert f"]({png})" in md
         assert f"](tiny/{png})" in (out / "latest.md").read_text()
+
+
+def test_epoch_records_accuracy_beside_each_time(tiny_run):
+    _, res = tiny_run
+    optimizers = {run["arch"]: run["optimizer"] for run in res["epoch"]["archs"]}
+    assert optimizers == {"small": "momentum 0.9", "deep": "adam"}
+    for run in res["epoch"]["archs"]:
+        for r in run["rows"]:
+            if r["status"] == "ok":
+                assert r["seconds_per_60k"] == pytest.approx(r["seconds"] * 60_000 / 128)
+                assert 0 <= r["test_acc"] <= 1  # 2 batches of 64: every backend ran them all
+    assert res["epoch"]["test_images"] == epoch.QUICK_TEST
+
+
+def test_breakdown_names_every_layer_pass_and_the_step(tiny_run):
+    from model.network import build_network
+
+    out, res = tiny_run
+    bd = res["breakdown"]
+    assert bd["backend"] == "im2col"  # auto and numba are not in this run
+    assert [a["arch"] for a in bd["archs"]] == list(breakdown.ARCHS)
+    for a in bd["archs"]:
+        assert a["status"] == "ok" and a["steps"] == breakdown.QUICK_STEPS
+        net = build_network(a["arch"], backend="im2col")
+        names = [p["name"] for p in a["parts"]]
+        assert names == breakdown.part_order(net, a["augment"])
+        assert f"{len(net.layers) - 1} Dense forward" in names and "0 Conv2D backward" in names
+        assert all(p["ms"] >= 0 for p in a["parts"])  # "other" is the step less its parts
+        for p in a["parts"]:
+            assert p["percent"] == pytest.approx(100 * p["ms"] / a["step_ms"])
+        # the parts are timed inside the step, so their medians cannot add up to much more
+        assert sum(p["ms"] for p in a["parts"]) < 2 * a["step_ms"]
+    md = (out / "tiny" / "report.md").read_text()
+    assert "## Where a training step goes (backend `im2col`" in md
+    assert "| 1 BatchNorm backward |" in md
+
+
+def test_step_clock_times_layers_from_outside():
+    from model.network import build_network
+
+    net = build_network("small", backend="im2col")
+    clock = breakdown.StepClock()
+    breakdown.instrument(net, clock)
+    net.forward(np.zeros((2, 28, 28, 1), np.float32), training=True)
+    net.backward(np.full((2, 10), 0.5, np.float32))
+    assert set(clock.parts) == {
+        breakdown.part_name(i, layer, p)
+        for i, layer in enumerate(net.layers)
+        for p in ("forward", "backward")
+    }
+    assert all(seconds >= 0 for seconds in clock.parts.values())
+
+
+def test_inference_rows(tiny_run):
+    out, res = tiny_run
+    inf = res["inference"]
+    assert inf["images"] == inference.QUICK_IMAGES and inf["batch_size"] == 1000
+    for arch in inf["archs"]:
+        rows = {r["name"]: r for r in arch["rows"]}
+        assert set(rows) == {"naive", "im2col", "torch", "torch_cl"}
+        assert rows["naive"]["status"].startswith("skipped")
+        assert rows["torch"]["status"] == "disabled (--no-peers)"
+        r = rows["im2col"]
+        assert r["images_per_second"] == pytest.approx(inf["images"] / r["seconds"])
+    assert "## Inference (1000 images" in (out / "tiny" / "report.md").read_text()
+
+
+def test_epoch_memory_rows(tiny_run):
+    out, res = tiny_run
+    em = res["epoch_memory"]
+    assert [a["arch"] for a in em["archs"]] == ["small"] and "deep" in em["skipped"]
+    rows = {r["name"]: r for r in em["archs"][0]["rows"]}
+    for name in ("naive", "im2col"):
+        assert rows[name]["status"] == "ok"
+        assert rows[name]["peak_mb"] >= rows[name]["before_training_mb"] > 0
+        assert "ratio_torch" not in rows[name]  # no PyTorch figure to compare with
+    assert rows["torch"]["status"] == "disabled (--no-peers)"
+    assert (
+        "## Memory: peak resident set of one training epoch"
+        in (out / "tiny" / "report.md").read_text()
+    )
+
+
+def test_memory_ratio_and_target_by_hand():
+    rows = [
+        {"name": "torch", "peer": True, "status": "ok", "peak_mb": 400.0},
+        {"name": "torch_cl", "peer": True, "status": "ok", "peak_mb": 300.0},
+        {"name": "im2col", "peer": False, "status": "ok", "peak_mb": 600.0},
+        {"name": "numba", "peer": False, "status": "ok", "peak_mb": 601.0},
+        {"name": "naive", "peer": False, "status": "error: boom"},
+    ]
+    epoch_memory.add_ratios(rows)
+    got = {r["name"]: (r.get("ratio_torch"), r.get("target")) for r in rows}
+    assert got["im2col"] == (pytest.approx(2.0), "pass")  # against the lower PyTorch peak
+    assert got["numba"][1] == "FAIL"
+    assert got["torch"] == (pytest.approx(4 / 3), None) and got["naive"] == (None, None)
+
+
+def test_first_run_reads_the_trainers_lines(tmp_path):
+    line = "compiling numba kernels (first run only) ... 12.3 s"
+    assert first_run.COMPILE_LINE.search(line).group(1) == "12.3"
+    data = first_run.synthetic_mnist(tmp_path)
+    r = first_run.time_to_first_batch("im2col", data_dir=data)
+    assert r["status"] == "ok" and r["compile_seconds"] is None  # im2col compiles nothing
+    assert r["first_batch_seconds"] >= r["load_seconds"] + r["batch_seconds"]
+
+
+def test_first_run_skips_without_numba(tiny_run):
+    _, res = tiny_run
+    assert res["first_run"]["status"] == "skipped: numba backend not in this run"
 
 
 def _fake(name, layer_times, epoch_times=None):
@@ -172,6 +285,36 @@ def test_compare_two_files_computes_ratios(tmp_path, capsys):
         "epoch im2col": (pytest.approx(1.1), ""),
     }
     assert "1 regression(s) in 3 common" in capsys.readouterr().out
+
+
+def test_compare_pairs_deep_epochs_inference_and_steps():
+    def run(scale):
+        return {
+            "name": "r",
+            "epoch": {
+                "archs": [
+                    {"arch": a, "rows": [{"name": "im2col", "status": "ok", "seconds_per_60k": t}]}
+                    for a, t in (("small", 10 * scale), ("deep", 90 * scale))
+                ]
+            },
+            "inference": {
+                "archs": [
+                    {"arch": "deep", "rows": [{"name": "auto", "status": "ok", "seconds": 2}]}
+                ]
+            },
+            "breakdown": {
+                "backend": "auto",
+                "archs": [{"arch": "deep", "status": "ok", "step_ms": 100 * scale}],
+            },
+        }
+
+    rows = {r["key"]: r["ratio"] for r in compare_results(run(1), run(2))}
+    assert rows == {
+        "epoch im2col": pytest.approx(2.0),  # the small model keeps its earlier key
+        "epoch deep im2col": pytest.approx(2.0),
+        "inference deep auto": pytest.approx(1.0),
+        "step deep auto": pytest.approx(2.0),
+    }
 
 
 def test_flops_hand_computed():
@@ -258,7 +401,7 @@ def test_missing_peer_reports_not_installed(monkeypatch):
 
 def test_unknown_peer_is_one_clear_error():
     with pytest.raises(ValueError, match="unknown peer 'jax'; known: torch, torch_cl, tensorflow"):
-        peers.epoch_seconds("jax", None, None, lr=0.1)
+        peers.epoch_run("jax", "small", None, None, None, None)
 
 
 def test_rounds_pool_their_samples_and_blas_threads_are_chosen(monkeypatch):

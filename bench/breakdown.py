@@ -1,0 +1,199 @@
+"""The breakdown section: where one training step goes, per layer and pass, for both architectures.
+
+    clock = StepClock(); instrument(net, clock)      # each layer's forward/backward now timed
+    step_breakdown("deep", "auto", x, labels, steps=40) -> {"parts": [...], "step_ms": ...}
+    run(ctx)                                         # the section's results (bench.suite.Context)
+
+A step is what model.training runs per batch: the batch drawn from a shuffled order (and augmented
+for `deep`, as the README's deep run trains), forward in training mode, softmax cross-entropy,
+backward, optimizer update. Each layer's calls are timed from outside: an instance attribute
+shadows the class's method, so the model code is not touched. Each part's figure is the median
+over the timed steps; "other" is what the parts' medians leave of the median step (Python glue,
+the dtype check in Sequential.forward).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from .status import OK, error_status
+
+if TYPE_CHECKING:
+    from .suite import Context, Options
+
+# arch -> the optimizer and augmentation of its training run (small: model.train's defaults;
+# deep: the README's run, `--arch deep --optimizer adam --augment`)
+ARCHS: dict[str, dict] = {
+    "small": {"optimizer": "momentum", "augment": False},
+    "deep": {"optimizer": "adam", "augment": True},
+}
+BATCH_SIZE = 64
+FULL_STEPS, QUICK_STEPS = 40, 5
+WARMUP_STEPS = 3  # untimed: auto tunes, numba loads its kernels, the allocator settles
+PREFERRED_BACKENDS = ("auto", "numba", "im2col")  # the breakdown's backend: first one in the run
+OTHER = "other (glue)"
+BATCHING, AUGMENT, LOSS, UPDATE = "batching + shuffle", "augmentation", "loss", "optimizer update"
+
+
+class StepClock:
+    """Seconds spent in named parts of the current step; `wrap` makes a callable report here."""
+
+    def __init__(self):
+        self.parts: dict[str, float] = {}
+
+    def add(self, name: str, seconds: float) -> None:
+        self.parts[name] = self.parts.get(name, 0.0) + seconds
+
+    def wrap(self, name: str, fn):
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.add(name, time.perf_counter() - start)
+
+        return timed
+
+    def call(self, name: str, fn, *args):
+        return self.wrap(name, fn)(*args)
+
+
+def take(x, labels, idx):
+    """The batch of `idx` (a copy, as model.batches.iterate_batches gives shuffled batches)."""
+    return x[idx], labels[idx]
+
+
+def part_name(index: int, layer, pass_: str) -> str:
+    """'1 BatchNorm forward': the layer's index in the network, its class, the pass."""
+    return f"{index} {type(layer).__name__} {pass_}"
+
+
+def instrument(net, clock: StepClock) -> None:
+    """Time every layer's forward and backward into `clock`, by instance attributes that shadow
+    the class's methods (Sequential calls layer.forward / layer.backward)."""
+    for i, layer in enumerate(net.layers):
+        layer.forward = clock.wrap(part_name(i, layer, "forward"), layer.forward)
+        layer.backward = clock.wrap(part_name(i, layer, "backward"), layer.backward)
+
+
+def part_order(net, augment: bool) -> list[str]:
+    """The parts of a step in the order they run."""
+    forward = [part_name(i, layer, "forward") for i, layer in enumerate(net.layers)]
+    backward = [part_name(i, layer, "backward") for i, layer in enumerate(net.layers)][::-1]
+    return [BATCHING, *([AUGMENT] if augment else []), *forward, LOSS, *backward, UPDATE, OTHER]
+
+
+def step_breakdown(arch: str, backend: str, x, labels, steps: int, seed: int = 0) -> dict:
+    """Median milliseconds per part of `steps` training steps of `arch` on `backend`.
+
+    x: (N, 28, 28, 1) float32, labels: (N,) int. Returns {"step_ms": median step, "parts":
+    [{"name", "ms", "percent"}] in running order, "steps"}. The shuffle is the permutation of a
+    60 000-image epoch, charged per batch (its share: 1 / 938).
+    """
+    from model.augment import augment_batch
+    from model.losses import class_indices, softmax_cross_entropy
+    from model.network import build_network
+    from model.optim import make_optimizer
+    from model.training import TRAIN_BLAS_THREADS
+
+    from .epoch import FULL_EPOCH
+
+    setup = ARCHS[arch]
+    net = build_network(arch, backend=backend, dtype=np.float32, seed=seed)
+    opt = make_optimizer(setup["optimizer"])
+    clock = StepClock()
+    instrument(net, clock)
+    batches_per_epoch = -(-FULL_EPOCH // BATCH_SIZE)
+    order = net.rng.permutation(len(x))
+    per_step: list[dict[str, float]] = []
+    with threadpool_limits(limits=TRAIN_BLAS_THREADS, user_api="blas"):  # as model.train runs
+        for step in range(WARMUP_STEPS + steps):
+            clock.parts = {}
+            start = time.perf_counter()
+            shuffle_start = time.perf_counter()
+            net.rng.permutation(FULL_EPOCH)
+            clock.add(BATCHING, (time.perf_counter() - shuffle_start) / batches_per_epoch)
+            first = (step * BATCH_SIZE) % max(len(x) - BATCH_SIZE + 1, 1)
+            idx = order[first : first + BATCH_SIZE]
+            xb, yb = clock.call(BATCHING, take, x, labels, idx)
+            if setup["augment"]:
+                xb = clock.call(AUGMENT, augment_batch, xb, net.rng)
+            logits = net.forward(xb, training=True)
+
+            def loss_and_correct(logits=logits, yb=yb):
+                loss, dlogits = softmax_cross_entropy(logits, yb)
+                np.isfinite(loss)
+                return dlogits, int((logits.argmax(axis=1) == class_indices(yb)).sum())
+
+            dlogits, _ = clock.call(LOSS, loss_and_correct)
+            net.backward(dlogits)
+            clock.call(UPDATE, net.update, opt)
+            total = time.perf_counter() - start
+            if step >= WARMUP_STEPS:
+                per_step.append({**clock.parts, "step": total})
+    step_ms = 1e3 * float(np.median([p["step"] for p in per_step]))
+    medians = {
+        name: 1e3 * float(np.median([p.get(name, 0.0) for p in per_step]))
+        for name in part_order(net, setup["augment"])
+        if name != OTHER
+    }
+    # what the parts' medians leave of the median step, so the table adds up to the step
+    medians[OTHER] = max(step_ms - sum(medians.values()), 0.0)
+    parts = [
+        {"name": name, "ms": ms, "percent": 100 * ms / step_ms} for name, ms in medians.items()
+    ]
+    return {"step_ms": step_ms, "parts": parts, "steps": steps}
+
+
+def choose_backend(ctx: Context) -> str | None:
+    """The breakdown's backend: Options.breakdown_backend, else the first PREFERRED_BACKENDS
+    entry this run has, else its first backend (None: no backend ran)."""
+    if ctx.opts.breakdown_backend:
+        return ctx.opts.breakdown_backend
+    return next((b for b in (*PREFERRED_BACKENDS, *ctx.backends) if b in ctx.backends), None)
+
+
+def steps(opts: Options, backends) -> int:
+    return len(ARCHS)
+
+
+def run(ctx: Context) -> dict:
+    """One entry per architecture: the step's parts in ms and % of the step."""
+    from model.training import TRAIN_BLAS_THREADS
+
+    from .epoch import load_training_data
+
+    opts = ctx.opts
+    n_steps = QUICK_STEPS if opts.quick else FULL_STEPS
+    backend = choose_backend(ctx)
+    x, y_onehot, source = load_training_data(opts.data_dir, BATCH_SIZE * (WARMUP_STEPS + n_steps))
+    labels = y_onehot.argmax(axis=1)
+    archs = []
+    for arch, setup in ARCHS.items():
+        ctx.bar.set_description(f"breakdown {arch}")
+        entry = {"arch": arch, **setup}
+        try:
+            if backend is None:
+                raise RuntimeError("no usable backend in this run")
+            entry.update(status=OK, **step_breakdown(arch, backend, x, labels, n_steps))
+        except Exception as exc:
+            entry["status"] = error_status(exc)
+        archs.append(entry)
+        ctx.bar.update(1)
+    result = {
+        "backend": backend,
+        "batch_size": BATCH_SIZE,
+        "dtype": "float32",
+        "blas_threads": TRAIN_BLAS_THREADS,
+        "data": source,
+        "archs": archs,
+    }
+    if backend == "auto":
+        from kernels import auto
+
+        result["auto_choices"] = {k: v["backend"] for k, v in auto.choices().items()}
+    return result
