@@ -340,10 +340,10 @@ class TensorFlowOneDNN(TensorFlow):
             )
         return super().layer_ops(case, x, w, b)
 
-    def epoch_seconds(self, *args):
+    def epoch_run(self, *args):
         if _in_worker:
-            return super().epoch_seconds(*args)
-        return self.call(_call_peer, self.name, "epoch_seconds", args)
+            return super().epoch_run(*args)
+        return self.call(_call_peer, self.name, "epoch_run", args)
 
     def fitconv_epoch_seconds(self, *args):
         if _in_worker:
