@@ -6,10 +6,11 @@ PyTorch, each in a fresh process, against the target of at most twice PyTorch's.
     run(ctx)                                  -> the section's results (bench.suite.Context)
 
 The child imports the backend (or the peer's library), loads the data as the epoch section does,
-notes its resident set (the imports and the data), then trains one epoch (bench.epoch.epoch_run, or the peer's bench.peers.epoch_run; a
-backend the epoch section extrapolates trains that part only) and prints its final high-water
-mark. Our backends' children call kernels.memory.keep_freed_memory() first, as `python -m
-model.train` does, since it decides how much freed memory stays resident.
+notes its resident set (the imports and the data), then trains one epoch (bench.epoch.epoch_run,
+or the peer's bench.peers.epoch_run; a backend the epoch section extrapolates trains that part
+only) and prints its final high-water mark. Our backends' children call
+kernels.memory.keep_freed_memory() first, as `python -m model.train` does, since it decides how
+much freed memory stays resident.
 """
 
 from __future__ import annotations

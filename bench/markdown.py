@@ -419,7 +419,8 @@ def epoch_memory_section(results: dict) -> str:
         "scaled to float32), trains the images named in the heading, and reports its "
         "high-water mark (VmHWM). *before training*: its resident set (VmRSS) after the imports "
         "and the data; loading MNIST briefly needs more than it keeps, so in a short run the "
-        "peak may be the load's, not training's. / PyTorch: the peak over PyTorch's lower one (either layout); the target is at "
+        "peak may be the load's, not training's. / PyTorch: the peak over PyTorch's lower one "
+        "(either layout); the target is at "
         f"most {target:g}× (*target* column). Our backends run with `keep_freed_memory()`, as "
         "`python -m model.train` does.",
     ]
@@ -460,7 +461,8 @@ def first_run_section(results: dict) -> str:
         "epoch, then a 100-image evaluation), with an empty `NUMBA_CACHE_DIR` (cold: a fresh "
         "install) and with the cache the cold run filled (warm; with --quick, which skips the "
         "cold run, this machine's own cache). *compile* is what the trainer "
-        "prints on its `compiling ... (first run only)` line; *data* its MNIST load; *first batch* the "
+        "prints on its `compiling ... (first run only)` line; *data* its MNIST load; "
+        "*first batch* the "
         "training pass its epoch line reports (what still compiles on first use shows here). "
         "Python's own bytecode caches are warm in both. Target: training starts within "
         f"{fr['target_seconds']:g} s (goal {fr['goal_seconds']:g} s).",
@@ -471,7 +473,7 @@ def first_run_section(results: dict) -> str:
     for state in ("cold", "warm"):
         r = fr.get(state) or {"status": "not run"}
         if r["status"] != "ok":
-            body.append([state, r["status"], "", "", ""])
+            body.append([state, r["status"], "", "", "", ""])
             continue
         seconds = r["first_batch_seconds"]
         body.append(
