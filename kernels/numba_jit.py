@@ -227,6 +227,7 @@ def conv2d_backward(
         dx_offsets, dx_weights = numba_conv.dx_taps(g, lay, w)
     else:  # the kernel never reads them (first layer)
         dx_offsets = np.zeros(0, dtype=np.int64)
+        dx_offsets.flags.writeable = False  # as the cached taps are: one compiled signature
         dx_weights = np.zeros((0, g.c_in * g.sh * g.sw), dtype=g.dtype)
     n_parts = _parts(g)
     # one partial dW/db per sample block, summed afterwards: threads never share an accumulator
@@ -323,8 +324,10 @@ def warmup(dtypes=None, ops=None) -> None:
             y, conv_ctx = conv2d_forward(x, w, np.ones(1, dtype=dtype), padding=1)
             conv2d_backward(np.ones_like(y), conv_ctx)
         if "maxpool2d" in ops:
-            y, max_ctx = maxpool2d_forward(x, 2, 1)
-            maxpool2d_backward(np.ones_like(y), max_ctx)
+            for window_input, stride in ((x, 1), (np.ones((1, 4, 4, 1), dtype=dtype), 2)):
+                # overlapping windows, and windows that tile x (a backward kernel of its own)
+                y, max_ctx = maxpool2d_forward(window_input, 2, stride)
+                maxpool2d_backward(np.ones_like(y), max_ctx)
         if "avgpool2d" in ops:
             y, avg_ctx = avgpool2d_forward(x, 2, 1)
             avgpool2d_backward(np.ones_like(y), avg_ctx)

@@ -195,3 +195,30 @@ def test_cache_markers_follow_sources_dtypes_and_ops(tmp_path):
     finally:
         for marker in markers:
             marker.unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("arch", ["small", "deep"])
+def test_warmup_compiles_every_signature_a_training_step_uses(arch):
+    """After warmup(dtype, the network's ops), a training step compiles nothing more: a kernel
+    signature warmup misses (a read-only flag, a code path) costs seconds in the first step."""
+    import numba
+
+    from kernels import numba_conv
+
+    backend = get_backend("numba")
+    backend.warmup([np.float32], sorted(warmup.kernel_ops(build_network(arch))))
+
+    def signatures():
+        return {
+            (module.__name__, name): len(f.signatures)
+            for module in (numba_jit, numba_conv)
+            for name, f in vars(module).items()
+            if isinstance(f, numba.core.registry.CPUDispatcher)
+        }
+
+    before = signatures()
+    net = build_network(arch, backend="numba")
+    x, y = separable_data(64, seed=0)
+    net.train_step(x, y, SGD(lr=0.01))
+    net.evaluate(x, y)
+    assert signatures() == before
