@@ -488,3 +488,56 @@ def first_run_section(results: dict) -> str:
         )
     headers = ["numba cache", "to first batch", "compile", "data", "first batch", "target"]
     return "\n".join([*parts, "", table(headers, body)])
+
+
+def dataparallel_section(results: dict) -> str:
+    dp = results.get("dataparallel")
+    if not dp:
+        return ""
+    title = "## Data-parallel training over MPI (`model.train --distributed`)"
+    if dp["status"] != "ok":
+        return f"{title}\n\n{dp['status']}"
+    body, modelled = [], []
+    for arch, result in dp["archs"].items():
+        for r in result["rows"]:
+            if r["status"] != "ok":
+                body.append([arch, r["config"], r["status"], "", ""])
+                continue
+            allreduce = r.get("allreduce_seconds")
+            body.append(
+                [
+                    arch,
+                    r["config"],
+                    f"{r['images_per_s']:.0f}",
+                    fmt_seconds(r["step_seconds"]),
+                    fmt_seconds(allreduce) if allreduce is not None else "—",
+                ]
+            )
+        if "efficiency" in result:
+            body.append(
+                [arch, "2 processes / 1 process x 2 threads", f"{result['efficiency']:.2f}", "", ""]
+            )
+        if "modelled" in result:
+            modelled.append([arch, *(f"{s:.1f}×" for s in result["modelled"].values())])
+    ranks = next((list(r["modelled"]) for r in dp["archs"].values() if "modelled" in r), [])
+    model = dp.get("model", {})
+    return "\n".join(
+        [
+            title,
+            "",
+            f"**Measured** on this machine ({dp['backend']} backend, batch {dp['batch']}, float32, "
+            f"median of {dp['steps']} steps; the 2-process run splits each batch 32 + 32 and sums "
+            "the gradient with one Allreduce per step; the last row per network is its parallel "
+            "efficiency against one process using the same two cores):",
+            "",
+            table(["network", "configuration", "images/s", "step", "gradient Allreduce"], body),
+            "",
+            f"**Modelled** (not measured): speedup over one 1-thread process for P ranks of one core "
+            f"each on a {model.get('bandwidth_gbit', '?')} Gbit/s network with "
+            f"{1e6 * model.get('latency_s', 0):.0f} µs latency, from the measured 1-thread step "
+            "time and the gradient's size (ring Allreduce; see bench/dataparallel.py; an upper "
+            "bound):",
+            "",
+            table(["network", *[f"P={p}" for p in ranks]], modelled) if modelled else "",
+        ]
+    )

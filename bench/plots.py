@@ -207,3 +207,30 @@ def plot_breakdown(results, path) -> bool:
     handles = [Patch(color=colors[n], label=n) for n in names]
     ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     return _save(fig, path)
+
+
+def plot_dataparallel(results, path) -> bool:
+    dp = results.get("dataparallel") or {}
+    curves = {a: r["modelled"] for a, r in dp.get("archs", {}).items() if "modelled" in r}
+    if not curves:
+        return False
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for arch, modelled in curves.items():
+        ranks = [int(p) for p in modelled]
+        ax.plot(ranks, list(modelled.values()), marker="o", label=f"{arch} (modelled)")
+        eff = dp["archs"][arch].get("efficiency")
+        if eff is not None:
+            ax.scatter(
+                [2], [2 * eff], marker="*", s=120, zorder=3, label=f"{arch}: 2 ranks measured here"
+            )
+    top = max(int(p) for m in curves.values() for p in m)
+    ax.plot([1, top], [1, top], color="gray", ls=":", label="ideal")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log", base=2)
+    ax.set_xlabel("ranks (one core each)")
+    ax.set_ylabel("speedup over one process")
+    model = dp.get("model", {})
+    ax.set_title(
+        f"Data-parallel speedup: modelled for a {model.get('bandwidth_gbit', '?')} Gbit/s network"
+    )
+    return _save(fig, path, legend_ax=ax)

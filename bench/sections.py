@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from . import (
     breakdown,
+    dataparallel,
     epoch,
     epoch_memory,
     first_run,
@@ -104,6 +105,14 @@ SECTIONS: tuple[Section, ...] = (
         first_run.run,
         first_run.steps,
         markdown.first_run_section,
+    ),
+    Section(
+        "dataparallel",
+        "dataparallel",
+        dataparallel.run,
+        dataparallel.steps,
+        markdown.dataparallel_section,
+        (Plot("dataparallel.png", "data-parallel speedup", plots.plot_dataparallel),),
     ),
     Section(
         "scaling",

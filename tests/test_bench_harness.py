@@ -558,3 +558,28 @@ def test_tensorflow_is_timed_with_onednn_on_in_a_worker_and_off_here():
     got = remote.call(layers.time_peer, "tf_onednn", "small_pool", 1)
     assert set(got) == {(None, p) for p in layers.PASSES}
     assert all(not isinstance(v, str) and len(v[0]) == 1 for v in got.values()), got
+
+
+def test_dataparallel_model_and_skip():
+    from bench import dataparallel
+
+    # one rank: no communication; many ranks on a slow network: the Allreduce dominates
+    assert dataparallel.modelled_speedup(0.1, 1_000_000, 1) == 1.0
+    two = dataparallel.modelled_speedup(0.1, 1_000_000, 2)
+    assert 1.0 < two < 2.0
+    speedups = [dataparallel.modelled_speedup(0.1, 1_000_000, p) for p in (2, 4, 8, 64)]
+    assert speedups == sorted(speedups) and speedups[-1] < 64
+    assert dataparallel.modelled_speedup(0.001, 100_000_000, 8) < 1  # communication-bound
+
+
+@pytest.mark.skipif(
+    __import__("bench.dataparallel").dataparallel.mpi_status() is not None,
+    reason='needs mpi4py and mpiexec (pip install -e ".[mpi]")',
+)
+def test_dataparallel_worker_measures_one_and_two_ranks():
+    from bench import dataparallel
+
+    one = dataparallel._worker("small", 2, 1, 1)
+    two = dataparallel._worker("small", 2, 2, 1)
+    assert one["images_per_s"] > 0 and one["allreduce_seconds"] is None
+    assert two["grad_bytes"] == one["grad_bytes"] and two["allreduce_seconds"] > 0
