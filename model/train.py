@@ -484,55 +484,35 @@ def run(parser, args, comm) -> int:
     epochs_before = len(history["epoch"])
     start = time.perf_counter()
     try:
+        # what both training loops take alike
+        common = dict(
+            batch_size=args.batch_size,
+            x_test=x_test,
+            y_test=y_test,
+            schedule=args.schedule,
+            base_lr=args.lr,
+            step_epochs=args.step_epochs,
+            step_factor=args.step_factor,
+            warmup_steps=args.warmup_steps,
+            history=history,
+            progress=not args.no_progress,
+            on_epoch_end=on_epoch_end,
+        )
         if args.framework != "numpy":
             history["framework"] = args.framework
+            augment = (args.max_shift, args.max_degrees) if args.augment else None
             fit_in_framework(
-                args.framework,
-                net,
-                x_train,
-                y_train,
-                args.epochs,
-                optimizer,
-                batch_size=args.batch_size,
-                x_test=x_test,
-                y_test=y_test,
-                schedule=args.schedule,
-                base_lr=args.lr,
-                step_epochs=args.step_epochs,
-                step_factor=args.step_factor,
-                warmup_steps=args.warmup_steps,
-                augment=(args.max_shift, args.max_degrees) if args.augment else None,
-                history=history,
-                progress=not args.no_progress,
-                on_epoch_end=on_epoch_end,
-                seed=args.seed,
-            )
+                args.framework, net, x_train, y_train, args.epochs, optimizer,
+                augment=augment, seed=args.seed, **common,
+            )  # fmt: skip
         else:
             fit(
-                net,
-                x_train,
-                y_train,
-                epochs=args.epochs,
-                optimizer=optimizer,
-                batch_size=args.batch_size,
-                x_test=x_test,
-                y_test=y_test,
-                schedule=args.schedule,
-                base_lr=args.lr,
-                step_epochs=args.step_epochs,
-                step_factor=args.step_factor,
-                warmup_steps=args.warmup_steps,
-                augment=args.augment,
-                max_shift=args.max_shift,
-                max_degrees=args.max_degrees,
+                net, x_train, y_train, epochs=args.epochs, optimizer=optimizer,
+                augment=args.augment, max_shift=args.max_shift, max_degrees=args.max_degrees,
                 early_stop=args.early_stop,
-                history=history,
                 best_state=best_weights(out) if args.resume and args.early_stop else None,
-                progress=not args.no_progress,
-                on_epoch_end=on_epoch_end,
-                blas_threads=args.blas_threads,
-                comm=comm,
-            )
+                blas_threads=args.blas_threads, comm=comm, **common,
+            )  # fmt: skip
         if compiling is not None and not compiling.moved:
             print(
                 f"training ended before the {args.backend} kernels were ready; waiting for "
