@@ -218,11 +218,13 @@ def plot_dataparallel(results, path) -> bool:
     for arch, modelled in curves.items():
         ranks = [int(p) for p in modelled]
         ax.plot(ranks, list(modelled.values()), marker="o", label=f"{arch} (modelled)")
-        eff = dp["archs"][arch].get("efficiency")
-        if eff is not None:
+        rows = {r["config"]: r for r in dp["archs"][arch]["rows"] if r["status"] == "ok"}
+        one, two = rows.get("1 process x 1 thread"), rows.get("2 processes x 1 thread")
+        if one and two:  # the same quantity as the curve: over one 1-thread process
             ax.scatter(
-                [2], [2 * eff], marker="*", s=120, zorder=3, label=f"{arch}: 2 ranks measured here"
-            )
+                [2], [two["images_per_s"] / one["images_per_s"]], marker="*", s=120, zorder=3,
+                color=ax.lines[-1].get_color(), label=f"{arch}: 2 local ranks, measured",
+            )  # fmt: skip
     top = max(int(p) for m in curves.values() for p in m)
     ax.plot([1, top], [1, top], color="gray", ls=":", label="ideal")
     ax.set_xscale("log", base=2)
@@ -231,6 +233,6 @@ def plot_dataparallel(results, path) -> bool:
     ax.set_ylabel("speedup over one process")
     model = dp.get("model", {})
     ax.set_title(
-        f"Data-parallel speedup: modelled for a {model.get('bandwidth_gbit', '?')} Gbit/s network"
+        f"Speedup over one 1-thread process ({model.get('bandwidth_gbit', '?')} Gbit/s model)"
     )
     return _save(fig, path, legend_ax=ax)
