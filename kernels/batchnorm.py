@@ -125,8 +125,9 @@ def forward_train(x, gamma, beta, eps, shift=None, reduce=None):
 def forward_eval(x, mean, var, gamma, beta, eps):
     """x: (R, C) C-contiguous, normalised by the given statistics -> y (R, C)."""
     inv_std = (1.0 / np.sqrt(var.astype(np.float64) + eps)).astype(x.dtype)
-    x_hat, y = np.empty_like(x), np.empty_like(x)
-    _normalise(x, mean.astype(x.dtype), inv_std, gamma, beta, _bounds(x.shape[0]), x_hat, y)
+    y = np.empty_like(x)
+    # evaluation keeps no x_hat: _normalise writes each element's x_hat, then y, to the same place
+    _normalise(x, mean.astype(x.dtype), inv_std, gamma, beta, _bounds(x.shape[0]), y, y)
     return y
 
 

@@ -131,8 +131,10 @@ class Communicator:
             raise NonFiniteLoss(float("nan"))
         at = 0
         for _, layer, name in net.parameters():
+            # views into the step buffer: the update reads them now, and the next backward
+            # replaces them before the buffer is filled again
             g = layer.grads[name]
-            layer.grads[name] = flat[at : at + g.size].reshape(g.shape).copy()
+            layer.grads[name] = flat[at : at + g.size].reshape(g.shape)
             at += g.size
         return float(flat[-4]), int(round(float(flat[-3])))
 
