@@ -12,6 +12,8 @@ Files:
     geometry.py     argument checking and output-size arithmetic (the only copy), argmax_dtype
     windows.py      window helpers shared by the NumPy backends: per-offset views, col2im
     memory.py       keep_freed_memory(): glibc malloc tuning a training run opts into
+    gemm.py         matrix products split over the cores by us (Dense layers, Winograd's tiles)
+    threads.py      numba's worker threads, started so they sleep between kernels
     naive.py        backend "naive": explicit loops, the reference every backend must match
     einsum.py       backend "einsum": strided window views contracted by BLAS (np.tensordot)
     im2col.py       backend "im2col": receptive fields unfolded into a matrix, one GEMM

@@ -25,6 +25,10 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from . import threads
+
+threads.launch()  # workers that sleep between kernels (kernels/threads.py)
+
 _JIT: dict[str, Any] = dict(cache=True, parallel=True, fastmath={"contract"})
 
 

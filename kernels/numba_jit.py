@@ -23,7 +23,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from . import jitcache, numba_conv
+from . import jitcache, numba_conv, threads
 from .contract import ConvCtx, MaxPoolCtx, PoolCtx
 from .geometry import (
     ConvGeometry,
@@ -34,6 +34,8 @@ from .geometry import (
     conv_geometry,
     pool_geometry,
 )
+
+threads.launch()  # workers that sleep between kernels (kernels/threads.py)
 
 _POOL_JIT: dict[str, Any] = dict(cache=True, parallel=True)
 

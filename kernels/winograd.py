@@ -43,7 +43,7 @@ The backward pass is the same computation run in reverse (each linear step's tra
 
 so dX and dW both cost one batched GEMM of the forward's size. The transforms are numba loops
 over tiles, vectorised along the contiguous channel axis of NHWC; the GEMMs are numpy matmuls
-split over threads (see _batched_matmul).
+split over the cores (kernels/gemm.py).
 
 Numerical error: the transforms add and subtract products of different magnitudes, so float32
 results differ from the direct sum by more than rounding of the same sum would: the relative
@@ -56,18 +56,18 @@ Anything else (kernels other than 3x3, stride > 1) and pooling run on the `numba
 
 from __future__ import annotations
 
-import concurrent.futures
 import math
 from dataclasses import dataclass
 from typing import Any
 
-import numba
 import numpy as np
 from numba import njit, prange
 
-from . import jitcache
+from . import gemm, jitcache, threads
 from .contract import ConvCtx
 from .geometry import ConvGeometry, check_grad, conv_geometry
+
+threads.launch()  # workers that sleep between kernels (kernels/threads.py)
 
 FALLBACK = "numba"
 
@@ -276,51 +276,6 @@ def _input_transform_adjoint(dv, b_mat, ph, pw, m, tiles_h, tiles_w, dx):
                                     dx[ni, r, col, c] += out[i, j, c]
 
 
-# ---------------------------------------------------------------- batched GEMM on both cores
-
-_pool: concurrent.futures.ThreadPoolExecutor | None = None
-_blas: Any = None
-
-
-def _blas_threads() -> int:
-    """numpy's BLAS thread count now (threadpoolctl asks the library: microseconds, not a scan)."""
-    global _blas
-    if _blas is None:
-        from threadpoolctl import ThreadpoolController
-
-        _blas = ThreadpoolController().select(user_api="blas")
-    return max((lib.num_threads for lib in _blas.lib_controllers), default=1)
-
-
-def _batched_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """out[t] = a[t] @ b[t] for every t, the t's split across numba.get_num_threads() threads.
-
-    numpy's stacked matmul calls BLAS once per t from one thread; the trainer runs BLAS with one
-    thread (its workers spin after every call and would steal the core from the numba
-    transforms), so the split is made here (numpy releases the GIL inside BLAS), and a BLAS with
-    threads of its own is held to one for the call (its 2-thread GEMMs beside numba's threads
-    ran the `deep_conv2` benchmark case about 1.6x slower).
-    """
-    threads = min(numba.get_num_threads(), a.shape[0])
-    if threads <= 1:
-        return np.matmul(a, b, out=out)
-    if _blas_threads() > 1:  # one BLAS thread per split: a second split level would oversubscribe
-        with _blas.limit(limits=1):
-            return _batched_matmul(a, b, out)
-    global _pool
-    if _pool is None or _pool._max_workers < threads:
-        _pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="winograd")
-    bounds = np.linspace(0, a.shape[0], threads + 1).astype(int)
-    jobs = [
-        _pool.submit(np.matmul, a[lo:hi], b[lo:hi], out=out[lo:hi])
-        for lo, hi in zip(bounds[:-1], bounds[1:])
-        if hi > lo
-    ]
-    for job in jobs:
-        job.result()
-    return out
-
-
 # ---------------------------------------------------------------- the backend
 
 
@@ -366,7 +321,7 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0):
     v = np.empty((alpha * alpha, n_tiles, g.c_in), dtype=g.dtype)
     _input_transform(np.ascontiguousarray(x), bt, g.ph, g.pw, m, tiles_h, tiles_w, v)
     u = np.einsum("ai,ijck,bj->abck", gm, w, gm).reshape(alpha * alpha, g.c_in, g.c_out)
-    mm = _batched_matmul(v, u, np.empty((alpha * alpha, n_tiles, g.c_out), dtype=g.dtype))
+    mm = gemm.batched_matmul(v, u, np.empty((alpha * alpha, n_tiles, g.c_out), dtype=g.dtype))
     bias = np.zeros(g.c_out, dtype=g.dtype) if b is None else np.ascontiguousarray(b)
     y = np.empty(g.y_shape, dtype=g.dtype)
     _output_transform(mm, at, m, tiles_h, tiles_w, bias, y)
@@ -387,12 +342,12 @@ def conv2d_backward(dy, ctx: WinogradConvCtx, need_dx=True):
     _output_transform_adjoint(
         np.ascontiguousarray(dy), np.ascontiguousarray(at.T), m, tiles_h, tiles_w, dmm
     )
-    du = _batched_matmul(v.transpose(0, 2, 1), dmm, np.empty_like(u))
+    du = gemm.batched_matmul(v.transpose(0, 2, 1), dmm, np.empty_like(u))
     dw = np.einsum("ai,abck,bj->ijck", gm, du.reshape(alpha, alpha, g.c_in, g.c_out), gm)
     db = dy.sum(axis=(0, 1, 2)) if g.has_bias else None
     if not need_dx:
         return None, dw, db
-    dv = _batched_matmul(dmm, u.transpose(0, 2, 1), np.empty_like(v))
+    dv = gemm.batched_matmul(dmm, u.transpose(0, 2, 1), np.empty_like(v))
     dx = np.zeros(g.x_shape, dtype=g.dtype)
     _input_transform_adjoint(dv, np.ascontiguousarray(bt.T), g.ph, g.pw, m, tiles_h, tiles_w, dx)
     return dx, dw, db

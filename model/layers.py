@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels import batchnorm, get_backend
+from kernels import batchnorm, gemm, get_backend
 from kernels.geometry import as_pair
 
 from .checks import positive_int
@@ -216,14 +216,17 @@ class Dense(Layer):
             )
         _check_features(x, self.in_features, "Dense", "features")
         self._x = x
-        return x @ self.params["w"] + self.params["b"]
+        y = gemm.matmul(x, self.params["w"])  # both cores, BLAS on one thread (kernels/gemm.py)
+        y += self.params["b"]
+        return y
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         if self._x is None:
             raise RuntimeError("Dense.backward called before forward")
-        self.grads["w"] = self._x.T @ dy
+        # dW and dX are independent products: one per core
+        self.grads["w"], dx = gemm.matmul_pair((self._x.T, dy), (dy, self.params["w"].T))
         self.grads["b"] = dy.sum(axis=0)
-        return dy @ self.params["w"].T
+        return dx
 
     def __repr__(self):
         return f"Dense({self.in_features}->{self.out_features})"

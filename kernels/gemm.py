@@ -1,0 +1,123 @@
+"""Matrix products split over the cores by us, with BLAS held to one thread per piece.
+
+Training runs numpy's BLAS with one thread: OpenBLAS's idle workers spin after every call and
+take the core from the numba kernels that follow (see model.training.TRAIN_BLAS_THREADS). The
+model's GEMMs are still big enough to want both cores, so they are cut into independent pieces
+here and run on a small thread pool (numpy releases the GIL inside BLAS); the pool's threads
+sleep between calls instead of spinning.
+
+    matmul(a, b)          a (M, K) @ b (K, N), the columns (or rows) of the result split
+    matmul_pair(p, q)     two independent products at once, e.g. a Dense layer's dW and dX
+    batched_matmul(a, b)  a (T, M, K) @ b (T, K, N), the T products split
+
+The thread count follows numba's (numba.get_num_threads()) once numba is imported, so a run
+limited to one thread stays on one; otherwise the CPUs this process may use.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import sys
+from typing import Any
+
+import numpy as np
+
+# Below this many multiply-adds a product runs in the calling thread: handing work to the pool
+# costs tens of microseconds, more than a small GEMM takes (the `small` Dense(128 -> 10)).
+MIN_SPLIT_MACS = 1 << 19
+
+_pool: concurrent.futures.ThreadPoolExecutor | None = None
+_blas: Any = None
+
+
+def threads() -> int:
+    """How many pieces a product is cut into: numba's thread count, else this process's CPUs."""
+    numba = sys.modules.get("numba")
+    if numba is not None:
+        return int(numba.get_num_threads())
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _executor(n: int) -> concurrent.futures.ThreadPoolExecutor:
+    global _pool
+    if _pool is None or _pool._max_workers < n:
+        _pool = concurrent.futures.ThreadPoolExecutor(n, thread_name_prefix="gemm")
+    return _pool
+
+
+def _blas_threads() -> int:
+    """numpy's BLAS thread count now (threadpoolctl asks the library: microseconds, not a scan)."""
+    global _blas
+    if _blas is None:
+        from threadpoolctl import ThreadpoolController
+
+        _blas = ThreadpoolController().select(user_api="blas")
+    return max((lib.num_threads for lib in _blas.lib_controllers), default=1)
+
+
+def _run(calls: list[tuple[Any, ...]]) -> None:
+    """Run np.matmul(a, b, out=out) for every (a, b, out) at once, BLAS on one thread each."""
+    if _blas_threads() > 1:  # a threaded BLAS inside each piece would oversubscribe the cores
+        with _blas.limit(limits=1):
+            return _run(calls)
+    pool = _executor(len(calls))
+    jobs = [pool.submit(np.matmul, a, b, out=out) for a, b, out in calls[1:]]
+    a, b, out = calls[0]
+    np.matmul(a, b, out=out)  # the calling thread takes the first piece
+    for job in jobs:
+        job.result()
+
+
+def _bounds(size: int, pieces: int) -> list[tuple[int, int]]:
+    edges = np.linspace(0, size, pieces + 1).astype(int)
+    return [(int(lo), int(hi)) for lo, hi in zip(edges[:-1], edges[1:]) if hi > lo]
+
+
+def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """a (M, K) @ b (K, N) -> (M, N), a's dtype; split over threads() along N (or M if N is
+    the smaller), each piece one BLAS call. Same numbers as a @ b up to summation order."""
+    m, k = a.shape
+    n = b.shape[1]
+    if out is None:
+        out = np.empty((m, n), dtype=np.result_type(a, b))
+    pieces = min(threads(), max(m, n))
+    if pieces <= 1 or m * n * k < MIN_SPLIT_MACS:
+        return np.matmul(a, b, out=out)
+    if n >= m:
+        calls = [(a, b[:, lo:hi], out[:, lo:hi]) for lo, hi in _bounds(n, pieces)]
+    else:
+        calls = [(a[lo:hi], b, out[lo:hi]) for lo, hi in _bounds(m, pieces)]
+    _run(calls)
+    return out
+
+
+def matmul_pair(
+    first: tuple[np.ndarray, np.ndarray], second: tuple[np.ndarray, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(first[0] @ first[1], second[0] @ second[1]), the two products on two threads when there
+    are two and both are large enough to pay for it; otherwise one after the other."""
+    outs = tuple(
+        np.empty((a.shape[0], b.shape[1]), np.result_type(a, b)) for a, b in (first, second)
+    )
+    macs = min(a.shape[0] * a.shape[1] * b.shape[1] for a, b in (first, second))
+    if threads() < 2 or macs < MIN_SPLIT_MACS:
+        for (a, b), out in zip((first, second), outs):
+            np.matmul(a, b, out=out)
+    else:
+        _run([(a, b, out) for (a, b), out in zip((first, second), outs)])
+    return outs[0], outs[1]
+
+
+def batched_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """out[t] = a[t] @ b[t] for every t, the t's split over threads().
+
+    numpy's stacked matmul calls BLAS once per t from one thread; here each thread takes a
+    contiguous run of t's (its own stacked matmul). Strided views are fine for a, b and out as
+    long as each matrix's last axis is contiguous: BLAS takes the leading dimension as given.
+    """
+    pieces = min(threads(), a.shape[0])
+    if pieces <= 1:
+        return np.matmul(a, b, out=out)
+    _run([(a[lo:hi], b[lo:hi], out[lo:hi]) for lo, hi in _bounds(a.shape[0], pieces)])
+    return out

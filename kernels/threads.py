@@ -1,0 +1,38 @@
+"""numba's worker threads, started so that they sleep as soon as a parallel region ends.
+
+A training step alternates numba kernels (conv, batch norm, pooling: numba's threads) with
+GEMMs split over a thread pool (kernels/gemm.py) and numpy's own single-threaded work. numba's
+default threading layer on Linux is OpenMP (GNU libgomp), whose idle workers spin for a while
+(GOMP_SPINCOUNT, 300 000 polls) after every parallel region before they sleep: on 2 cores that
+takes a core from the GEMM that follows. Started with GOMP_SPINCOUNT=0, they go to sleep at
+once; the `deep` network's training step (bench.compare's breakdown section) runs about 15%
+faster that way, measured on a 2-core AVX2 machine.
+
+libgomp reads the variable once, when numba's OpenMP layer loads it, so launch() sets it only
+around that moment: a PyTorch imported later in the same process (the benchmark's peer) keeps
+its own libgomp's defaults. A GOMP_SPINCOUNT or OMP_WAIT_POLICY the user set is left alone.
+"""
+
+from __future__ import annotations
+
+import os
+
+_launched = False
+
+
+def launch() -> None:
+    """Start numba's worker threads (once per process) with OpenMP's idle spinning turned off."""
+    global _launched
+    if _launched:
+        return
+    from numba.np.ufunc import parallel
+
+    user_set = "GOMP_SPINCOUNT" in os.environ or "OMP_WAIT_POLICY" in os.environ
+    if not user_set:
+        os.environ["GOMP_SPINCOUNT"] = "0"
+    try:
+        parallel._launch_threads()
+    finally:
+        if not user_set:
+            del os.environ["GOMP_SPINCOUNT"]
+    _launched = True
