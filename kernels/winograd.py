@@ -219,14 +219,20 @@ def _output_transform(mm, at, m, tiles_h, tiles_w, bias, y):
 
 
 @njit(cache=True, parallel=True, fastmath={"contract"})
-def _output_transform_adjoint(dy, a_mat, m, tiles_h, tiles_w, dmm):
-    """dy (N, OH, OW, K) -> dmm (a*a, P, K): A dY A^T of every m x m dy tile (zero past the edge)."""
+def _output_transform_adjoint(dy, a_mat, m, tiles_h, tiles_w, dmm, db_parts):
+    """dy (N, OH, OW, K) -> dmm (a*a, P, K): A dY A^T of every m x m dy tile (zero past the edge).
+
+    db_parts (N, K) float64 receives each sample's sum of dy (the bias gradient's terms), read
+    while the tiles are: output tiles do not overlap, so every dy element is added once.
+    """
     n, out_h, out_w, chans = dy.shape
     alpha = m + 2
     for ni in prange(n):
         src = np.empty((m, m, chans), dtype=dy.dtype)
         tmp = np.empty((alpha, m, chans), dtype=dy.dtype)
         out = np.empty((alpha, alpha, chans), dtype=dy.dtype)
+        for c in range(chans):
+            db_parts[ni, c] = 0
         for th in range(tiles_h):
             for tw in range(tiles_w):
                 for i in range(m):
@@ -234,6 +240,7 @@ def _output_transform_adjoint(dy, a_mat, m, tiles_h, tiles_w, dmm):
                         if th * m + i < out_h and tw * m + j < out_w:
                             for c in range(chans):
                                 src[i, j, c] = dy[ni, th * m + i, tw * m + j, c]
+                                db_parts[ni, c] += dy[ni, th * m + i, tw * m + j, c]
                         else:
                             for c in range(chans):
                                 src[i, j, c] = 0
@@ -274,6 +281,21 @@ def _input_transform_adjoint(dv, b_mat, ph, pw, m, tiles_h, tiles_w, dx):
                             if 0 <= col < width:
                                 for c in range(chans):
                                     dx[ni, r, col, c] += out[i, j, c]
+
+
+def _filter_transform(gm: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """w (3, 3, C_in, C_out) -> u (a*a, C_in, C_out): G g G^T for every channel pair.
+
+    G g G^T at position (a, b) is sum_ij G[a, i] G[b, j] g[i, j], i.e. the Kronecker product
+    G (x) G (a*a, 9) times the 9 taps: one small GEMM over all channel pairs at once.
+    """
+    a = gm.shape[0]
+    return (np.kron(gm, gm) @ w.reshape(9, -1)).reshape(a * a, *w.shape[2:])
+
+
+def _filter_transform_adjoint(gm: np.ndarray, du: np.ndarray) -> np.ndarray:
+    """du (a*a, C_in, C_out) -> dw (3, 3, C_in, C_out) = G^T dU G, _filter_transform's transpose."""
+    return (np.kron(gm, gm).T @ du.reshape(du.shape[0], -1)).reshape(3, 3, *du.shape[1:])
 
 
 # ---------------------------------------------------------------- the backend
@@ -320,7 +342,7 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0):
     n_tiles = g.n * tiles_h * tiles_w
     v = np.empty((alpha * alpha, n_tiles, g.c_in), dtype=g.dtype)
     _input_transform(np.ascontiguousarray(x), bt, g.ph, g.pw, m, tiles_h, tiles_w, v)
-    u = np.einsum("ai,ijck,bj->abck", gm, w, gm).reshape(alpha * alpha, g.c_in, g.c_out)
+    u = _filter_transform(gm, w)
     mm = gemm.batched_matmul(v, u, np.empty((alpha * alpha, n_tiles, g.c_out), dtype=g.dtype))
     bias = np.zeros(g.c_out, dtype=g.dtype) if b is None else np.ascontiguousarray(b)
     y = np.empty(g.y_shape, dtype=g.dtype)
@@ -339,12 +361,13 @@ def conv2d_backward(dy, ctx: WinogradConvCtx, need_dx=True):
     alpha = m + 2
     bt, gm, at = transforms(m, g.dtype)
     dmm = np.empty((alpha * alpha, v.shape[1], g.c_out), dtype=g.dtype)
+    db_parts = np.empty((g.n, g.c_out))
     _output_transform_adjoint(
-        np.ascontiguousarray(dy), np.ascontiguousarray(at.T), m, tiles_h, tiles_w, dmm
+        np.ascontiguousarray(dy), np.ascontiguousarray(at.T), m, tiles_h, tiles_w, dmm, db_parts
     )
     du = gemm.batched_matmul(v.transpose(0, 2, 1), dmm, np.empty_like(u))
-    dw = np.einsum("ai,abck,bj->ijck", gm, du.reshape(alpha, alpha, g.c_in, g.c_out), gm)
-    db = dy.sum(axis=(0, 1, 2)) if g.has_bias else None
+    dw = _filter_transform_adjoint(gm, du)
+    db = db_parts.sum(axis=0).astype(g.dtype) if g.has_bias else None
     if not need_dx:
         return None, dw, db
     dv = gemm.batched_matmul(dmm, u.transpose(0, 2, 1), np.empty_like(v))
