@@ -23,6 +23,11 @@ Files:
                     (tile transforms in numba, one GEMM per tile position); others on numba
     auto.py         backend "auto": per layer shape, the fastest backend, timed once and cached
 
+Compiled pieces of the model's other layers (not backends):
+    batchnorm.py    batch-norm forward and backward in two passes each (model.layers.BatchNorm)
+    updates.py      the momentum and Adam updates in one pass per parameter (model/optim.py)
+    jitcache.py     whether a warmup() will load from numba's disk cache or compile
+
 No backend imports another. Backends are imported on first use, so `import kernels` never pays
 for numba's import.
 """

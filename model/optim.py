@@ -111,6 +111,17 @@ class Optimizer:
             self.state.setdefault(key, {})[slot] = np.array(a)
 
 
+def _compiled(*arrays: np.ndarray):
+    """kernels.updates when every array is C-contiguous with the first's dtype (then the fused
+    update applies to their flat views), else None: NumPy does the update."""
+    first = arrays[0]
+    if not all(a.flags.c_contiguous and a.dtype == first.dtype for a in arrays):
+        return None
+    from kernels import updates  # numba: imported on the first update, not with model.optim
+
+    return updates
+
+
 class SGD(Optimizer):
     """p -= lr * g"""
 
@@ -133,6 +144,13 @@ class Momentum(Optimizer):
 
     def _update(self, key, p, g):
         v = self._slot(key, "velocity", p)
+        fused = _compiled(p, g, v)
+        if fused is not None:  # the same arithmetic in one pass (kernels/updates.py)
+            f = p.dtype.type
+            fused.momentum(
+                p.reshape(-1), g.reshape(-1), v.reshape(-1), f(self.momentum), f(self.lr)
+            )
+            return
         v *= p.dtype.type(self.momentum)
         v += g
         p -= p.dtype.type(self.lr) * v
@@ -163,6 +181,22 @@ class Adam(Optimizer):
     def _update(self, key, p, g):
         m, v = self._slot(key, "m", p), self._slot(key, "v", p)
         f = p.dtype.type
+        step = self.lr / (1 - self.beta1**self.t)
+        inv_sqrt_bc2 = 1 / math.sqrt(1 - self.beta2**self.t)
+        fused = _compiled(p, g, m, v)
+        if fused is not None:  # the same arithmetic in one pass (kernels/updates.py)
+            flat = (a.reshape(-1) for a in (p, g, m, v))
+            fused.adam(
+                *flat,
+                f(self.beta1),
+                f(1 - self.beta1),
+                f(self.beta2),
+                f(1 - self.beta2),
+                f(step),
+                f(inv_sqrt_bc2),
+                f(self.eps),
+            )
+            return
         m *= f(self.beta1)
         m += f(1 - self.beta1) * g
         v *= f(self.beta2)
@@ -170,9 +204,8 @@ class Adam(Optimizer):
         # PyTorch's form: eps is added to the bias-corrected sqrt(v). Folding the correction
         # into the step size instead (the paper's "eps hat") would scale eps by
         # 1 / sqrt(1 - beta2**t), 32x on the first step.
-        step = self.lr / (1 - self.beta1**self.t)
         denom = np.sqrt(v)
-        denom *= f(1 / math.sqrt(1 - self.beta2**self.t))
+        denom *= f(inv_sqrt_bc2)
         denom += f(self.eps)
         p -= f(step) * m / denom
 
