@@ -26,6 +26,7 @@ Files:
 Compiled pieces of the model's other layers (not backends):
     batchnorm.py    batch-norm forward and backward in two passes each (model.layers.BatchNorm)
     updates.py      the momentum and Adam updates in one pass per parameter (model/optim.py)
+    resample.py     bilinear rotation + shift of an image batch (model/augment.py)
     jitcache.py     whether a warmup() will load from numba's disk cache or compile
 
 No backend imports another. Backends are imported on first use, so `import kernels` never pays

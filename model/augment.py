@@ -23,8 +23,8 @@ def transform_batch(x: np.ndarray, shifts, degrees) -> np.ndarray:
 
     x: (N, H, W, C) float; shifts: (N, 2) (positive dy moves content down, dx right); degrees: (N,).
     Returns (N, H, W, C) of x's dtype. Each output pixel is sampled bilinearly from the input at
-    the inverse-mapped position, all samples at once by fancy indexing; positions outside the
-    image read zero. Integer shifts without rotation move pixels exactly.
+    the inverse-mapped position (compiled: kernels/resample.py); positions outside the image read
+    zero. Integer shifts without rotation move pixels exactly.
     """
     x = _check_images(x)
     n, h, w, _ = x.shape
@@ -35,28 +35,10 @@ def transform_batch(x: np.ndarray, shifts, degrees) -> np.ndarray:
     if theta.shape != (n,):
         raise ValueError(f"degrees must be ({n},), got {theta.shape}")
 
-    cy, cx = (h - 1) / 2, (w - 1) / 2
-    rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")  # (H, W)
-    # Output pixel relative to the centre, shift undone: (N, H, W).
-    out_y = rows - cy - shifts[:, 0, None, None]
-    out_x = cols - cx - shifts[:, 1, None, None]
-    cos, sin = np.cos(theta)[:, None, None], np.sin(theta)[:, None, None]
-    # The inverse rotation (the transpose) tells where in the input each output pixel comes from.
-    src_y = cos * out_y + sin * out_x + cy
-    src_x = -sin * out_y + cos * out_x + cx
+    from kernels.resample import rotate_shift  # numba: imported on first use
 
-    y0, x0 = np.floor(src_y), np.floor(src_x)
-    wy, wx = src_y - y0, src_x - x0
-    y0, x0 = y0.astype(np.intp), x0.astype(np.intp)
-    batch = np.arange(n)[:, None, None]
-    out = np.zeros_like(x)
-    for dy, weight_y in ((0, 1 - wy), (1, wy)):
-        for dx, weight_x in ((0, 1 - wx), (1, wx)):
-            yy, xx = y0 + dy, x0 + dx
-            inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
-            weight = (weight_y * weight_x * inside).astype(x.dtype)
-            # Clipped indices keep the gather legal; their weight is zero when they were outside.
-            out += weight[..., None] * x[batch, np.clip(yy, 0, h - 1), np.clip(xx, 0, w - 1)]
+    out = np.empty(x.shape, x.dtype)
+    rotate_shift(np.ascontiguousarray(x), np.cos(theta), np.sin(theta), shifts, out)
     return out
 
 

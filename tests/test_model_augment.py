@@ -79,3 +79,43 @@ def test_augment_bad_arguments():
         augment_batch(x, np.random.default_rng(0), max_degrees=-1.0)
     with pytest.raises(ValueError, match=r"\(N, H, W, C\) floating"):
         augment_batch(x[..., 0], np.random.default_rng(0))
+
+
+def _transform_numpy(x, shifts, degrees):
+    """The NumPy formulation kernels/resample.py compiles, gathered through index arrays: the
+    oracle for its bits."""
+    n, h, w, _ = x.shape
+    shifts = np.asarray(shifts, dtype=np.float64)
+    theta = np.deg2rad(np.asarray(degrees, dtype=np.float64))
+    cy, cx = (h - 1) / 2, (w - 1) / 2
+    rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    out_y = rows - cy - shifts[:, 0, None, None]
+    out_x = cols - cx - shifts[:, 1, None, None]
+    cos, sin = np.cos(theta)[:, None, None], np.sin(theta)[:, None, None]
+    src_y = cos * out_y + sin * out_x + cy
+    src_x = -sin * out_y + cos * out_x + cx
+    y0, x0 = np.floor(src_y), np.floor(src_x)
+    wy, wx = src_y - y0, src_x - x0
+    y0, x0 = y0.astype(np.intp), x0.astype(np.intp)
+    batch = np.arange(n)[:, None, None]
+    out = np.zeros_like(x)
+    for dy, weight_y in ((0, 1 - wy), (1, wy)):
+        for dx, weight_x in ((0, 1 - wx), (1, wx)):
+            yy, xx = y0 + dy, x0 + dx
+            inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+            weight = (weight_y * weight_x * inside).astype(x.dtype)
+            out += weight[..., None] * x[batch, np.clip(yy, 0, h - 1), np.clip(xx, 0, w - 1)]
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(16, 28, 28, 1), (5, 9, 13, 3)])
+def test_compiled_transform_matches_numpy_bit_for_bit(dtype, shape):
+    rng = np.random.default_rng(3)
+    x = rng.random(shape).astype(dtype)
+    shifts = rng.integers(-3, 4, size=(shape[0], 2)).astype(np.float64)
+    shifts[0] = (0.5, -1.25)  # fractional shifts too
+    degrees = rng.uniform(-40, 40, shape[0])
+    got = transform_batch(x, shifts, degrees)
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(got, _transform_numpy(x, shifts, degrees))
