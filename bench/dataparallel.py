@@ -67,12 +67,10 @@ def _worker(arch: str, steps_: int, processes: int, threads: int) -> dict:
     command = [sys.executable, "-m", "bench.dataparallel", "--arch", arch, "--steps", str(steps_)]
     if processes > 1:
         command = ["mpiexec", "-n", str(processes), *command, "--distributed"]
-    env = {
-        **os.environ,
-        "NUMBA_NUM_THREADS": str(threads),
-        "OMP_NUM_THREADS": "1",
-        "OPENBLAS_NUM_THREADS": "1",
-    }
+    # numba's thread count is the configuration's; OMP_NUM_THREADS is left alone, since numba's
+    # OpenMP layer also obeys it (set to 1 it held a "1 x 2 threads" worker to one thread)
+    env = {**os.environ, "NUMBA_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": "1"}
+    env.pop("OMP_NUM_THREADS", None)
     done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
     if done.returncode != 0:
         raise RuntimeError((done.stderr.strip().splitlines() or ["no output"])[-1])
