@@ -236,11 +236,13 @@ class ReLU(Layer):
     """y = max(x, 0), any shape. The gradient at exactly 0 is taken as 0."""
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        self._positive = x > 0
-        return np.maximum(x, x.dtype.type(0))
+        # y, not a mask, is kept: y > 0 exactly where x > 0 (NaN included), and prediction, which
+        # never calls backward, then makes one pass over x rather than two
+        self._y = np.maximum(x, x.dtype.type(0))
+        return self._y
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        return dy * self._positive
+        return dy * (self._y > 0)
 
 
 class Flatten(Layer):
