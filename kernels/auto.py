@@ -6,7 +6,7 @@ fastest, and remembers the choice; later calls go straight to it. Forward and ba
 chosen together, because a backward pass needs its own backend's forward ctx.
 
 Choices are cached on disk per machine (CPU model, vector extensions, numpy and its BLAS,
-numba, thread counts) in the user cache directory, so later runs pay nothing:
+numba, thread counts, and the kernels' own source) in the user cache directory, so later runs pay nothing:
 
     mode "cached" (default)  use the cache file, time only shapes it does not know
     mode "fresh"             time every shape again and rewrite the cache
@@ -41,7 +41,7 @@ MODES = ("off", "cached", "fresh")
 CONV_CANDIDATES = ("winograd", "numba", "im2col", "einsum")
 POOL_CANDIDATES = ("numba", "im2col")
 WINOGRAD_MIN_CHANNELS = 8
-TIMING_REPEATS = 3
+TIMING_REPEATS = 5
 CACHE_VERSION = 1
 
 _state: dict[str, Any] = {"mode": None, "cache_dir": None, "table": None, "path": None}
@@ -114,7 +114,18 @@ def machine_fingerprint() -> dict:
         "numba": importlib.metadata.version("numba"),
         "numba_threads": numba.get_num_threads(),
         "python": platform.python_version(),
+        # the candidates' code: a change to any kernel times every shape again
+        "kernels": _kernels_digest(),
     }
+
+
+def _kernels_digest() -> str:
+    """A hash of the kernels package's source files (the backends auto chooses between)."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def cache_dir() -> Path:
@@ -185,14 +196,25 @@ def _backend(name: str):
     return get_backend(name)
 
 
-def _time_candidate(run) -> float:
-    run()  # compiles (or loads from numba's cache) and warms the caches
-    best = np.inf
+def _time_candidates(runs: dict[str, Any], key: str) -> dict[str, float | None]:
+    """The best of TIMING_REPEATS timings of each run (None: it raised), taken in rounds (A B C,
+    A B C, ...) so that a busy moment on a shared machine slows every candidate alike rather
+    than all of one candidate's samples."""
+    seconds: dict[str, float | None] = {}
+    for name, run in runs.items():
+        try:
+            run()  # compiles (or loads from numba's cache) and warms the caches
+            seconds[name] = np.inf
+        except Exception as exc:  # a candidate that cannot run this shape is not a choice
+            seconds[name] = None
+            warnings.warn(f"autotune: {name} failed on {key}: {exc}", RuntimeWarning, 3)
     for _ in range(TIMING_REPEATS):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return float(best)
+        for name, run in runs.items():
+            if seconds[name] is not None:
+                start = time.perf_counter()
+                run()
+                seconds[name] = min(seconds[name], time.perf_counter() - start)  # type: ignore[type-var]
+    return seconds
 
 
 def _rule(op: str, g) -> str:
@@ -213,13 +235,9 @@ def _choose(key: str, op: str, g, candidates, run_for) -> str:
     if key in table:
         _chosen[key] = {**table[key], "source": "cache"}
         return table[key]["backend"]
-    seconds: dict[str, float | None] = {}
-    for name in _available(candidates):
-        try:
-            seconds[name] = _time_candidate(run_for(_backend(name)))
-        except Exception as exc:  # a candidate that cannot run this shape is not a choice
-            seconds[name] = None
-            warnings.warn(f"autotune: {name} failed on {key}: {exc}", RuntimeWarning, 2)
+    seconds = _time_candidates(
+        {name: run_for(_backend(name)) for name in _available(candidates)}, key
+    )
     timed: dict[str, float] = {k: v for k, v in seconds.items() if v is not None}
     if not timed:
         raise RuntimeError(f"autotune: no backend could run {key}")

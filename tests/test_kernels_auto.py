@@ -49,10 +49,10 @@ def test_a_later_run_reads_the_cache_without_timing(tuner, monkeypatch):
     _, first = tuner.conv2d_forward(x, w, b, 1, 1)
     auto.configure(mode="cached")  # a new run: the in-process memory is gone
 
-    def no_timing(run):
+    def no_timing(runs, key):
         raise AssertionError("cached mode timed a shape the cache knows")
 
-    monkeypatch.setattr(auto, "_time_candidate", no_timing)
+    monkeypatch.setattr(auto, "_time_candidates", no_timing)
     _, again = tuner.conv2d_forward(x, w, b, 1, 1)
     assert again.backend == first.backend
     assert list(tuner.choices().values())[0]["source"] == "cache"
@@ -62,7 +62,9 @@ def test_fresh_times_again_and_off_times_nothing(tuner, monkeypatch):
     x, w, b = _conv_args()
     tuner.conv2d_forward(x, w, b, 1, 1)
     calls = []
-    monkeypatch.setattr(auto, "_time_candidate", lambda run: calls.append(run) or 1.0)
+    monkeypatch.setattr(
+        auto, "_time_candidates", lambda runs, key: calls.append(key) or dict.fromkeys(runs, 1.0)
+    )
     auto.configure(mode="fresh")
     tuner.conv2d_forward(x, w, b, 1, 1)
     assert calls, "fresh mode must time again"
@@ -108,3 +110,28 @@ def test_bad_mode_is_a_clear_error(tuner, monkeypatch):
     auto._state["mode"] = None
     with pytest.raises(ValueError, match="CONVBENCH_AUTOTUNE must be one of"):
         auto.mode()
+
+
+def test_candidates_are_timed_in_rounds_and_a_failing_one_is_dropped():
+    order = []
+
+    def make(name, fails=False):
+        def run():
+            order.append(name)
+            if fails:
+                raise ValueError("cannot")
+
+        return run
+
+    with pytest.warns(RuntimeWarning, match="autotune: b failed"):
+        seconds = auto._time_candidates({"a": make("a"), "b": make("b", True), "c": make("c")}, "k")
+    assert seconds["b"] is None and seconds["a"] >= 0 and seconds["c"] >= 0
+    # one warm-up call each, then rounds of a, c: never all of one candidate's samples in a row
+    assert order[:3] == ["a", "b", "c"]
+    assert order[3:] == ["a", "c"] * auto.TIMING_REPEATS
+
+
+def test_the_cache_key_follows_the_kernels_source(monkeypatch):
+    before = auto.machine_fingerprint()["kernels"]
+    monkeypatch.setattr(auto, "_kernels_digest", lambda: "changed")
+    assert auto.machine_fingerprint()["kernels"] == "changed" != before
