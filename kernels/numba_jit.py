@@ -162,6 +162,25 @@ def _maxpool_backward_tiled(dy, argmax, kh, kw, dx):
 
 
 @njit(**_POOL_JIT)
+def _maxpool2x2_backward_tiled(dy, argmax, dx):
+    """_maxpool_backward_tiled for 2x2 windows, written out as _maxpool2x2_forward is: one pass
+    over the channels per window writes all four of its dx elements."""
+    n, out_h, out_w, c_all = dy.shape
+    zero = dx.dtype.type(0)
+    for t in prange(n * out_h):
+        ni, oh = t // out_h, t % out_h
+        r0 = 2 * oh
+        for ow in range(out_w):
+            c0 = 2 * ow
+            for ch in range(c_all):
+                g, k = dy[ni, oh, ow, ch], argmax[ni, oh, ow, ch]
+                dx[ni, r0, c0, ch] = g if k == 0 else zero
+                dx[ni, r0, c0 + 1, ch] = g if k == 1 else zero
+                dx[ni, r0 + 1, c0, ch] = g if k == 2 else zero
+                dx[ni, r0 + 1, c0 + 1, ch] = g if k == 3 else zero
+
+
+@njit(**_POOL_JIT)
 def _avgpool_forward(x, kh, kw, sh, sw, scale, y):
     """y (N, OH, OW, C) = scale * the sum of each kh x kw window of x (N, H, W, C)."""
     n, c_all = x.shape[0], x.shape[3]
@@ -307,7 +326,10 @@ def maxpool2d_backward(dy: np.ndarray, ctx: MaxPoolCtx) -> np.ndarray:
     n, height, width, _ = g.x_shape
     if (g.sh, g.sw) == (g.kh, g.kw) and (height, width) == (g.out_h * g.kh, g.out_w * g.kw):
         dx = np.empty(g.x_shape, dtype=g.dtype)
-        _launch(_maxpool_backward_tiled, dx.size, dy, argmax, g.kh, g.kw, dx)
+        if (g.kh, g.kw) == (2, 2):
+            _launch(_maxpool2x2_backward_tiled, dx.size, dy, argmax, dx)
+        else:
+            _launch(_maxpool_backward_tiled, dx.size, dy, argmax, g.kh, g.kw, dx)
         return dx
     dx = np.zeros(g.x_shape, dtype=g.dtype)
     _launch(_maxpool_backward, dx.size, dy, argmax, g.kh, g.kw, g.sh, g.sw, dx)
@@ -356,9 +378,9 @@ def warmup(dtypes=None, ops=None) -> None:
             conv2d_backward(np.ones_like(y), conv_ctx)
         if "maxpool2d" in ops:
             tiled = np.ones((1, 4, 4, 1), dtype=dtype)
-            for window_input, size, stride in ((x, 2, 1), (tiled, 2, 2), (x, 3, 1)):
-                # overlapping windows, windows that tile x (a backward kernel of its own), and
-                # a size other than 2x2 (the general forward kernel)
+            for window_input, size, stride in ((x, 2, 1), (tiled, 2, 2), (x, 3, 3), (x, 3, 1)):
+                # overlapping windows, 2x2 and 3x3 windows that tile x (backward kernels of their
+                # own), and a size other than 2x2 (the general forward kernel)
                 y, max_ctx = maxpool2d_forward(window_input, size, stride)
                 maxpool2d_backward(np.ones_like(y), max_ctx)
         if "avgpool2d" in ops:
