@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numba
 import numpy as np
 from numba import njit, prange
 
@@ -34,7 +33,7 @@ _JIT: dict[str, Any] = dict(cache=True, parallel=True, fastmath={"contract"})
 
 def _bounds(rows: int) -> np.ndarray:
     """Row ranges, one per numba thread (at least one row each)."""
-    parts = max(1, min(numba.get_num_threads(), rows))
+    parts = max(1, min(threads.count(), rows))
     return np.linspace(0, rows, parts + 1).astype(np.int64)
 
 

@@ -33,9 +33,10 @@ _blas: Any = None
 
 def threads() -> int:
     """How many pieces a product is cut into: numba's thread count, else this process's CPUs."""
-    numba = sys.modules.get("numba")
-    if numba is not None:
-        return int(numba.get_num_threads())
+    if "numba" in sys.modules:
+        from . import threads as numba_threads
+
+        return numba_threads.count()
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
@@ -70,8 +71,9 @@ def _run(calls: list[tuple[Any, ...]]) -> None:
 
 
 def _bounds(size: int, pieces: int) -> list[tuple[int, int]]:
-    edges = np.linspace(0, size, pieces + 1).astype(int)
-    return [(int(lo), int(hi)) for lo, hi in zip(edges[:-1], edges[1:]) if hi > lo]
+    """`pieces` contiguous ranges covering 0..size, sizes differing by at most one."""
+    edges = [size * i // pieces for i in range(pieces + 1)]
+    return [(lo, hi) for lo, hi in zip(edges[:-1], edges[1:]) if hi > lo]
 
 
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

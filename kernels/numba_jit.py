@@ -50,20 +50,20 @@ PARALLEL_MIN_WORK = 1 << 20
 
 def _threads_for(work: int) -> int:
     """How many numba threads a kernel with `work` multiply-adds/elements runs on."""
-    return numba.get_num_threads() if work >= PARALLEL_MIN_WORK else 1
+    return threads.count() if work >= PARALLEL_MIN_WORK else 1
 
 
 def _launch(kernel: Any, work: int, *args: Any) -> None:
     """Call a prange kernel on _threads_for(work) threads."""
-    threads = numba.get_num_threads()
-    if _threads_for(work) == threads:
+    available = threads.count()
+    if work >= PARALLEL_MIN_WORK or available == 1:
         kernel(*args)
         return
     numba.set_num_threads(1)  # thread-local, costs ~1 us
     try:
         kernel(*args)
     finally:
-        numba.set_num_threads(threads)
+        numba.set_num_threads(available)
 
 
 @njit(**_POOL_JIT)

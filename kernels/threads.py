@@ -36,3 +36,13 @@ def launch() -> None:
         if not user_set:
             del os.environ["GOMP_SPINCOUNT"]
     _launched = True
+
+
+def count() -> int:
+    """numba.get_num_threads() without its per-call lock dance (it re-checks that the threads
+    are launched, under two locks: a few microseconds, paid by every kernel launch and GEMM
+    split of a training step)."""
+    launch()
+    from numba.np.ufunc import parallel
+
+    return int(parallel._get_num_threads())
