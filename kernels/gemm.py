@@ -9,6 +9,7 @@ sleep between calls instead of spinning.
     matmul(a, b)          a (M, K) @ b (K, N), the columns (or rows) of the result split
     matmul_pair(p, q)     two independent products at once, e.g. a Dense layer's dW and dX
     batched_matmul(a, b)  a (T, M, K) @ b (T, K, N), the T products split
+    batched_pair(p, q)    two independent stacked products at once (Winograd's dU and dV)
 
 The thread count follows numba's (numba.get_num_threads()) once numba is imported, so a run
 limited to one thread stays on one; otherwise the CPUs this process may use.
@@ -123,3 +124,13 @@ def batched_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
         return np.matmul(a, b, out=out)
     _run([(a[lo:hi], b[lo:hi], out[lo:hi]) for lo, hi in _bounds(a.shape[0], pieces)])
     return out
+
+
+def batched_pair(first: tuple[np.ndarray, ...], second: tuple[np.ndarray, ...]) -> None:
+    """np.matmul(a, b, out=out) for (a, b, out) = first and = second, stacked products, one on
+    each of two threads (each one stacked BLAS call); with one thread, one after the other."""
+    if threads() < 2:
+        for a, b, out in (first, second):
+            np.matmul(a, b, out=out)
+        return
+    _run([first, second])

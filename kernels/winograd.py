@@ -365,12 +365,15 @@ def conv2d_backward(dy, ctx: WinogradConvCtx, need_dx=True):
     _output_transform_adjoint(
         np.ascontiguousarray(dy), np.ascontiguousarray(at.T), m, tiles_h, tiles_w, dmm, db_parts
     )
-    du = gemm.batched_matmul(v.transpose(0, 2, 1), dmm, np.empty_like(u))
-    dw = _filter_transform_adjoint(gm, du)
+    du = np.empty_like(u)
     db = db_parts.sum(axis=0).astype(g.dtype) if g.has_bias else None
     if not need_dx:
-        return None, dw, db
-    dv = gemm.batched_matmul(dmm, u.transpose(0, 2, 1), np.empty_like(v))
+        gemm.batched_matmul(v.transpose(0, 2, 1), dmm, du)
+        return None, _filter_transform_adjoint(gm, du), db
+    # dU and dV are independent and equally large: one thread each (gemm.batched_pair)
+    dv = np.empty_like(v)
+    gemm.batched_pair((v.transpose(0, 2, 1), dmm, du), (dmm, u.transpose(0, 2, 1), dv))
+    dw = _filter_transform_adjoint(gm, du)
     dx = np.zeros(g.x_shape, dtype=g.dtype)
     _input_transform_adjoint(dv, np.ascontiguousarray(bt.T), g.ph, g.pw, m, tiles_h, tiles_w, dx)
     return dx, dw, db

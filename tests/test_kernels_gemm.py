@@ -99,3 +99,20 @@ def test_launch_leaves_the_environment_as_it_found_it():
     layer, spin = _spin_setting_in_child({}).split()
     assert spin == "None"  # set only while numba's OpenMP layer loaded, then removed
     assert _spin_setting_in_child({"GOMP_SPINCOUNT": "1000"}).split()[1] == "1000"
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_batched_pair_computes_both_stacks(n_threads):
+    rng = np.random.default_rng(3)
+    v = rng.standard_normal((36, 50, 8)).astype(np.float32)
+    dm = rng.standard_normal((36, 50, 16)).astype(np.float32)
+    u = rng.standard_normal((36, 8, 16)).astype(np.float32)
+    du, dv = np.empty_like(u), np.empty_like(v)
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(min(n_threads, numba.config.NUMBA_NUM_THREADS))
+        gemm.batched_pair((v.transpose(0, 2, 1), dm, du), (dm, u.transpose(0, 2, 1), dv))
+    finally:
+        numba.set_num_threads(threads)
+    np.testing.assert_allclose(du, np.matmul(v.transpose(0, 2, 1), dm), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dv, np.matmul(dm, u.transpose(0, 2, 1)), rtol=1e-4, atol=1e-4)
