@@ -71,7 +71,7 @@ def child_main(spec_json: str) -> None:
     spec = json.loads(spec_json)
     name, arch = spec["name"], spec["arch"]
     if name in peers.PEERS:
-        peers.get_peer(name).lib()
+        peers.start_worker(name)  # this fresh process is the peer's: no worker of its own
     else:
         from kernels import get_backend
         from kernels.memory import keep_freed_memory

@@ -4,6 +4,8 @@ Same dtype, same thread count (2), layouts converted outside the timed region (P
 and OIHW; TensorFlow takes our NHWC / HWIO directly). Each peer is one `Peer` subclass in PEERS,
 holding its three workloads; the functions below look the peer up by name once. A peer that is
 not installed raises `PeerUnavailable`, which the harness reports as "not installed" and carries on.
+PyTorch (both layouts) and TensorFlow with oneDNN run in worker processes of their own (InWorker
+says why); TensorFlow with oneDNN off runs in the benchmark's process.
 
     layer_ops(peer, case)                        -> {"forward", "backward"} callables
     epoch_run(peer, arch, x, y, x_test, y_test)  -> {"seconds", "test_acc"} of one training epoch
@@ -295,9 +297,18 @@ class TensorFlow(Peer):
 _in_worker = False  # True inside a remote peer's worker process
 
 
-def _start_worker() -> None:
+def start_worker(peer: str | None = None) -> None:
+    """Make this process a peer worker: remote peers run here rather than in a process of their
+    own (their worker processes start here; bench.epoch_memory's fresh child calls it too).
+    `peer`'s library is imported at once, before anything of ours can load a shared library it
+    uses (see InWorker), with the environment its configuration sets."""
     global _in_worker
     _in_worker = True
+    if peer is not None:
+        try:
+            get_peer(peer).lib()
+        except PeerUnavailable:
+            pass  # reported by the call that needs it
 
 
 def _call_peer(name: str, method: str, args: tuple):
@@ -305,54 +316,81 @@ def _call_peer(name: str, method: str, args: tuple):
     return getattr(get_peer(name), method)(*args)
 
 
-class TensorFlowOneDNN(TensorFlow):
-    """TensorFlow with oneDNN's optimisations on (TF_ENABLE_ONEDNN_OPTS=1; TensorFlow 2.21 leaves
-    them off on AMD CPUs, and they change its times by up to 2.5x either way). TensorFlow reads
-    the variable once, when it starts, so one process cannot time both configurations: this one
-    runs its workloads in a worker process of its own (the in-process `tensorflow` peer runs with
-    oneDNN off), by the same code, and only the timings cross the process boundary."""
+class InWorker:
+    """A Peer whose workloads run in a spawned worker process of its own, by the same code; only
+    arguments and timings cross the process boundary (bench.layers times its layer ops there).
 
-    name, package, label = "tf_onednn", "tensorflow", "TensorFlow/Keras (oneDNN)"
-    onednn = "1"
+    Two reasons to keep a peer out of the benchmark's process. TensorFlow reads
+    TF_ENABLE_ONEDNN_OPTS once, when it starts, so one process cannot time both settings.
+    PyTorch's OpenMP runtime (libgomp) is the same shared library numba's parallel kernels use,
+    loaded once per process: after our kernels have started it with workers that sleep between
+    parallel regions (kernels/threads.py), PyTorch's epochs run about 8% slower than with
+    libgomp's defaults, which PyTorch gets in a process where it loads first."""
+
     remote = True
 
     def __init__(self):
-        super().__init__()
+        super().__init__()  # type: ignore[call-arg]
         self._worker: concurrent.futures.ProcessPoolExecutor | None = None
 
     def call(self, function, *args):
-        """function(*args) in the worker process (started on first use); in the worker itself,
-        here."""
+        """function(*args) in the worker process (started on first use); in a worker, here."""
         if _in_worker:
             return function(*args)
-        if not self.installed():
+        if not self.installed():  # type: ignore[attr-defined]
             raise PeerUnavailable("not installed")
         if self._worker is None:
             self._worker = concurrent.futures.ProcessPoolExecutor(
-                1, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker
+                1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=start_worker,
+                initargs=(self.name,),  # type: ignore[attr-defined]
             )
         return self._worker.submit(function, *args).result()
 
+    def _remote(self, method: str, args: tuple):
+        if _in_worker:
+            return getattr(super(), method)(*args)
+        return self.call(_call_peer, self.name, method, args)  # type: ignore[attr-defined]
+
     def layer_ops(self, case, x, w, b):
+        if not self.installed():  # type: ignore[attr-defined]
+            raise PeerUnavailable("not installed")
         if not _in_worker:
             raise RuntimeError(
-                "tf_onednn's layer ops run in its worker: see bench.layers.time_peer"
+                f"{self.name}'s layer ops run in its worker: see bench.layers.time_peer"  # type: ignore[attr-defined]
             )
-        return super().layer_ops(case, x, w, b)
+        return super().layer_ops(case, x, w, b)  # type: ignore[misc]
 
     def epoch_run(self, *args):
-        if _in_worker:
-            return super().epoch_run(*args)
-        return self.call(_call_peer, self.name, "epoch_run", args)
+        return self._remote("epoch_run", args)
+
+    def inference_seconds(self, *args):
+        return self._remote("inference_seconds", args)
 
     def fitconv_epoch_seconds(self, *args):
-        if _in_worker:
-            return super().fitconv_epoch_seconds(*args)
-        return self.call(_call_peer, self.name, "fitconv_epoch_seconds", args)
+        return self._remote("fitconv_epoch_seconds", args)
+
+
+class TorchWorker(InWorker, Torch):
+    """PyTorch (NCHW), timed in a worker process of its own (see InWorker)."""
+
+
+class TorchChannelsLastWorker(InWorker, TorchChannelsLast):
+    """PyTorch (channels_last), timed in a worker process of its own (see InWorker)."""
+
+
+class TensorFlowOneDNN(InWorker, TensorFlow):
+    """TensorFlow with oneDNN's optimisations on (TF_ENABLE_ONEDNN_OPTS=1; TensorFlow 2.21 leaves
+    them off on AMD CPUs, and they change its times by up to 2.5x either way), in a worker
+    process of its own (see InWorker); the in-process `tensorflow` peer runs with oneDNN off."""
+
+    name, package, label = "tf_onednn", "tensorflow", "TensorFlow/Keras (oneDNN)"
+    onednn = "1"
 
 
 PEERS: dict[str, Peer] = {
-    p.name: p for p in (Torch(), TorchChannelsLast(), TensorFlow(), TensorFlowOneDNN())
+    p.name: p for p in (TorchWorker(), TorchChannelsLastWorker(), TensorFlow(), TensorFlowOneDNN())
 }
 # configurations of one framework: the report compares against the fastest of each group
 PEER_GROUPS = {"torch": ("torch", "torch_cl"), "tensorflow": ("tensorflow", "tf_onednn")}

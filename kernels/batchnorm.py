@@ -26,8 +26,6 @@ from numba import njit, prange
 
 from . import threads
 
-threads.launch()  # workers that sleep between kernels (kernels/threads.py)
-
 _JIT: dict[str, Any] = dict(cache=True, parallel=True, fastmath={"contract"})
 
 

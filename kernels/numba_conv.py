@@ -15,10 +15,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from . import threads
 from .geometry import ConvGeometry
-
-threads.launch()  # workers that sleep between kernels (kernels/threads.py)
 
 # reassoc lets LLVM vectorise the dW dot products (sums in any order); nnan/ninf are deliberately
 # not enabled, so NaN and inf keep their IEEE meaning (NaN inputs propagate).

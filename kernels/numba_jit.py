@@ -35,8 +35,6 @@ from .geometry import (
     pool_geometry,
 )
 
-threads.launch()  # workers that sleep between kernels (kernels/threads.py)
-
 _POOL_JIT: dict[str, Any] = dict(cache=True, parallel=True)
 
 # Below this many multiply-adds (conv) or elements (pooling) a kernel runs on the calling thread

@@ -9,8 +9,13 @@ once; the `deep` network's training step (bench.compare's breakdown section) run
 faster that way, measured on a 2-core AVX2 machine.
 
 libgomp reads the variable once, when numba's OpenMP layer loads it, so launch() sets it only
-around that moment: a PyTorch imported later in the same process (the benchmark's peer) keeps
-its own libgomp's defaults. A GOMP_SPINCOUNT or OMP_WAIT_POLICY the user set is left alone.
+around that moment, and the kernels call launch() before their first parallel region rather than
+at import. A process holds one libgomp: PyTorch's bundled copy has the same name, so whichever
+loads first decides for both. PyTorch run after our kernels in one process would get sleeping
+workers too and run its `deep` epoch about 8% slower (measured on the same machine), so the
+benchmark times PyTorch in worker processes of its own (bench/peers.py), and a process that never
+runs our parallel kernels (`model.train --framework torch`) leaves libgomp's defaults alone. A
+GOMP_SPINCOUNT or OMP_WAIT_POLICY the user set is left alone.
 """
 
 from __future__ import annotations

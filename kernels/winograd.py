@@ -67,8 +67,6 @@ from . import gemm, jitcache, threads
 from .contract import ConvCtx
 from .geometry import ConvGeometry, check_grad, conv_geometry
 
-threads.launch()  # workers that sleep between kernels (kernels/threads.py)
-
 FALLBACK = "numba"
 
 _BT = {
@@ -335,6 +333,7 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0):
     if not native(g):
         y, inner = _fallback().conv2d_forward(x, w, b, stride, padding)
         return y, WinogradConvCtx(g, f"fallback:{FALLBACK}", inner=inner)
+    threads.launch()  # before the first parallel kernel (kernels/threads.py)
     m = tile_size(g)
     alpha = m + 2
     bt, gm, at = transforms(m, g.dtype)

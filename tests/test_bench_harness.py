@@ -583,3 +583,21 @@ def test_dataparallel_worker_measures_one_and_two_ranks():
     two = dataparallel._worker("small", 2, 2, 1)
     assert one["images_per_s"] > 0 and one["allreduce_seconds"] is None
     assert two["grad_bytes"] == one["grad_bytes"] and two["allreduce_seconds"] > 0
+
+
+def _worker_state():
+    """pid, and whether torch came into the worker before numba's OpenMP layer and with
+    libgomp's defaults (no GOMP_SPINCOUNT from kernels/threads.py)."""
+    maps = open("/proc/self/maps").read() if os.path.exists("/proc/self/maps") else ""
+    return os.getpid(), "torch" in sys.modules, "omppool" in maps, os.environ.get("GOMP_SPINCOUNT")
+
+
+def test_pytorch_is_timed_in_a_worker_of_its_own():
+    pytest.importorskip("torch", reason="PyTorch is an optional peer")
+    for name in peers.PEER_GROUPS["torch"]:
+        peer = peers.get_peer(name)
+        pid, has_torch, numba_threads, spin = peer.call(_worker_state)
+        assert peer.remote and pid != os.getpid()
+        assert has_torch and not numba_threads and spin is None
+    got = peers.get_peer("torch_cl").call(layers.time_peer, "torch_cl", "small_pool", 1)
+    assert all(not isinstance(v, str) and len(v[0]) == 1 for v in got.values()), got
