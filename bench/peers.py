@@ -15,6 +15,7 @@ says why); TensorFlow with oneDNN off runs in the benchmark's process.
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import importlib.util
 import multiprocessing
@@ -340,6 +341,7 @@ class InWorker:
         if not self.installed():  # type: ignore[attr-defined]
             raise PeerUnavailable("not installed")
         if self._worker is None:
+            atexit.register(self.stop)  # shut down before the interpreter tears modules down
             self._worker = concurrent.futures.ProcessPoolExecutor(
                 1,
                 mp_context=multiprocessing.get_context("spawn"),
@@ -347,6 +349,12 @@ class InWorker:
                 initargs=(self.name,),  # type: ignore[attr-defined]
             )
         return self._worker.submit(function, *args).result()
+
+    def stop(self) -> None:
+        """Shut the worker process down (it starts again on the next call)."""
+        if self._worker is not None:
+            self._worker.shutdown(wait=True, cancel_futures=True)
+            self._worker = None
 
     def _remote(self, method: str, args: tuple):
         if _in_worker:
