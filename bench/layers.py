@@ -41,6 +41,11 @@ COOLDOWN_SECONDS = 0.3
 # small_conv forward shows it). naive's matmuls are too small for BLAS to thread.
 BLAS_TUNED = ("einsum", "im2col")
 BLAS_THREAD_CHOICES = (1, 2)
+# Backends that split their own work over the cores (numba's threads, kernels/gemm.py's GEMM
+# pieces) are timed as model.train runs them, with numpy's BLAS on one thread: with two, OpenBLAS's
+# idle worker spins between calls and takes a core from them (winograd's deep_conv2 forward +
+# backward: 9.7 ms with one BLAS thread, 16.7 ms with two, measured back to back).
+SELF_THREADED = ("numba", "winograd", "auto")
 
 
 # ---- the timed bodies ----------------------------------------------------------------------------
@@ -116,7 +121,9 @@ def steps(opts: Options, backends) -> int:
 
 def _blas_choices(name) -> tuple:
     """The BLAS thread settings `name` is timed under (None: leave BLAS as configured)."""
-    return BLAS_THREAD_CHOICES if name in BLAS_TUNED else (None,)
+    if name in BLAS_TUNED:
+        return BLAS_THREAD_CHOICES
+    return (1,) if name in SELF_THREADED else (None,)
 
 
 def _time_passes(ops, threads, repeat, pooled, key) -> None:

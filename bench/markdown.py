@@ -7,7 +7,7 @@ Plots are not linked here: bench.report puts each section's images after its tex
 from __future__ import annotations
 
 from .formatting import fmt_num, fmt_seconds, fmt_x, order, table
-from .layers import forward_backward_medians
+from .layers import BLAS_TUNED, forward_backward_medians
 from .peers import PEERS, best_configuration, label
 from .timing import NOISY_IQR_FRACTION
 
@@ -100,7 +100,8 @@ def _layer_row(r: dict) -> list:
     if r.get("status") != "ok":
         return [r["case"], r["pass"], label(r["backend"]), r["status"], "", "", "", "", "", ""]
     pf = r.get("peak_fraction")
-    name = label(r["backend"]) + (f" ({r['blas_threads']})" if "blas_threads" in r else "")
+    tuned = "blas_threads" in r and r["backend"] in BLAS_TUNED
+    name = label(r["backend"]) + (f" ({r['blas_threads']})" if tuned else "")
     if r.get("path"):
         name += f" [{r['path']}]"
     return [
@@ -153,8 +154,10 @@ def layers_section(results: dict) -> str:
             "path, which does fewer multiplies (effective GFLOP/s, may exceed the matmul peak); "
             "[brackets] say how winograd and auto ran the case. ⚠ marks noisy results (IQR > "
             f"{NOISY_IQR_FRACTION:.0%} of median). einsum and im2col are timed with 1 and 2 BLAS "
-            "threads and keep the faster setting (the number after the name); numba and the peers "
-            "use 2 threads.",
+            "threads and keep the faster setting (the number after the name); numba, winograd "
+            "and auto use 2 threads of their own with NumPy's BLAS on 1, as `python -m "
+            "model.train` runs them (they split their GEMMs themselves), and the peers 2 threads, "
+            "each PyTorch configuration in a worker process of its own.",
             "",
             table(
                 ["case", "shape", "forward GFLOP"],
