@@ -126,6 +126,12 @@ def _blas_choices(name) -> tuple:
     return (1,) if name in SELF_THREADED else (None,)
 
 
+def _build_threads(name) -> int | None:
+    """The BLAS threads while `name`'s ops are built: a SELF_THREADED backend's (1), else as
+    configured."""
+    return 1 if name in SELF_THREADED else None
+
+
 def _time_passes(ops, threads, repeat, pooled, key) -> None:
     """Time every pass of `ops` under `threads` BLAS threads (None: as configured) and add the
     per-call samples to pooled[key + (threads, pass)] = (samples, calls per sample); an error
@@ -240,7 +246,10 @@ def run(ctx: Context) -> list[dict]:
                     bar.update(1)
                     continue
                 try:
-                    ops = peers.layer_ops(name, case) if is_peer else layer_ops(name, case)
+                    # building the ops runs the backend once (auto chooses there): under the
+                    # BLAS setting it is timed with
+                    with threadpool_limits(limits=_build_threads(name), user_api="blas"):
+                        ops = peers.layer_ops(name, case) if is_peer else layer_ops(name, case)
                 except Exception as exc:
                     for threads in _blas_choices(name):
                         for p in PASSES:
