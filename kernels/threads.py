@@ -50,4 +50,4 @@ def count() -> int:
     launch()
     from numba.np.ufunc import parallel
 
-    return int(parallel._get_num_threads())
+    return int(parallel._get_num_threads())  # type: ignore[attr-defined]
