@@ -116,16 +116,22 @@ def matmul_pair(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(first[0] @ first[1], second[0] @ second[1]), the two products on two threads when there
     are two and both are large enough to pay for it; otherwise one after the other."""
-    outs = tuple(
-        np.empty((a.shape[0], b.shape[1]), np.result_type(a, b)) for a, b in (first, second)
-    )
-    macs = min(a.shape[0] * a.shape[1] * b.shape[1] for a, b in (first, second))
-    if threads() < 2 or macs < MIN_SPLIT_MACS:
-        for (a, b), out in zip((first, second), outs):
-            np.matmul(a, b, out=out)
-    else:
-        _run([(a, b, out) for (a, b), out in zip((first, second), outs)])
-    return outs[0], outs[1]
+    calls = [
+        (a, b, np.empty((a.shape[0], b.shape[1]), np.result_type(a, b))) for a, b in (first, second)
+    ]
+    macs = min(a.shape[0] * a.shape[1] * b.shape[1] for a, b, _ in calls)
+    _both(calls, macs >= MIN_SPLIT_MACS)
+    return calls[0][2], calls[1][2]
+
+
+def _both(calls: list[tuple[Any, ...]], split: bool) -> None:
+    """np.matmul(a, b, out=out) for both (a, b, out) of `calls`: one per thread when `split` and
+    there are two threads, otherwise one after the other."""
+    if split and threads() >= 2:
+        _run(calls)
+        return
+    for a, b, out in calls:
+        np.matmul(a, b, out=out)
 
 
 def batched_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -145,8 +151,4 @@ def batched_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
 def batched_pair(first: tuple[np.ndarray, ...], second: tuple[np.ndarray, ...]) -> None:
     """np.matmul(a, b, out=out) for (a, b, out) = first and = second, stacked products, one on
     each of two threads (each one stacked BLAS call); with one thread, one after the other."""
-    if threads() < 2:
-        for a, b, out in (first, second):
-            np.matmul(a, b, out=out)
-        return
-    _run([first, second])
+    _both([first, second], split=True)
