@@ -87,7 +87,7 @@ if TYPE_CHECKING:
     _naive: Backend[naive.NaiveConvCtx, MaxPoolCtx, PoolCtx] = naive
     _einsum: Backend[einsum.EinsumConvCtx, MaxPoolCtx, PoolCtx] = einsum
     _im2col: Backend[im2col.Im2colConvCtx, MaxPoolCtx, PoolCtx] = im2col
-    _numba: Backend[numba_jit.NumbaConvCtx, MaxPoolCtx, PoolCtx] = numba_jit
+    _numba: Backend[numba_jit.NumbaCtx, MaxPoolCtx, PoolCtx] = numba_jit
     _numba_warmup: Warmup = numba_jit
     _winograd: Backend[winograd.WinogradConvCtx, MaxPoolCtx, PoolCtx] = winograd
     _winograd_warmup: Warmup = winograd

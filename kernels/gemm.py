@@ -11,6 +11,8 @@ sleep between calls instead of spinning.
     matmul_pair(p, q)     two independent products at once, e.g. a Dense layer's dW and dX
     batched_matmul(a, b)  a (T, M, K) @ b (T, K, N), the T products split
     batched_pair(p, q)    two independent stacked products at once (Winograd's dU and dV)
+    run_pieces(k, pieces) any GIL-releasing kernel on blocks of work at once (numba's
+                          many-channel conv tiles, kernels/numba_tiles.py)
 
 The thread count follows numba's (numba.get_num_threads()) once numba is imported, so a run
 limited to one thread stays on one; otherwise the CPUs this process may use.
@@ -21,6 +23,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -64,20 +67,30 @@ def _blas_threads() -> int:
     return max((lib.num_threads for lib in _blas.lib_controllers), default=1)
 
 
+def run_pieces(kernel: Callable[..., Any], pieces: list[tuple[Any, ...]]) -> None:
+    """kernel(*args) for every args of `pieces` at once, one per thread of the pool (the calling
+    thread takes the first). The kernel must release the GIL, as numpy's BLAS and numba's
+    nogil=True functions do, or the pieces run one after the other."""
+    pool = _executor(len(pieces))
+    jobs = [pool.submit(kernel, *args) for args in pieces[1:]]
+    kernel(*pieces[0])
+    for job in jobs:
+        job.result()
+
+
+def _matmul_into(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    np.matmul(a, b, out=out)
+
+
 def _run(calls: list[tuple[Any, ...]]) -> None:
     """Run np.matmul(a, b, out=out) for every (a, b, out) at once, BLAS on one thread each."""
     if _blas_threads() > 1:  # a threaded BLAS inside each piece would oversubscribe the cores
         with _blas.limit(limits=1):
             return _run(calls)
-    pool = _executor(len(calls))
-    jobs = [pool.submit(np.matmul, a, b, out=out) for a, b, out in calls[1:]]
-    a, b, out = calls[0]
-    np.matmul(a, b, out=out)  # the calling thread takes the first piece
-    for job in jobs:
-        job.result()
+    run_pieces(_matmul_into, calls)
 
 
-def _bounds(size: int, pieces: int) -> list[tuple[int, int]]:
+def split_bounds(size: int, pieces: int) -> list[tuple[int, int]]:
     """`pieces` contiguous ranges covering 0..size, sizes differing by at most one."""
     edges = [size * i // pieces for i in range(pieces + 1)]
     return [(lo, hi) for lo, hi in zip(edges[:-1], edges[1:]) if hi > lo]
@@ -97,16 +110,16 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
     if k >= K_SPLIT_RATIO * max(m, n):
         # a long reduction (a Dense layer's 3136 inputs, batch 64): each thread reads half of a
         # and half of b rather than all of a, and the partial products are added
-        ranges = _bounds(k, min(threads(), k))
+        ranges = split_bounds(k, min(threads(), k))
         partial = [out] + [np.empty_like(out) for _ in ranges[1:]]
         _run([(a[:, lo:hi], b[lo:hi], p) for (lo, hi), p in zip(ranges, partial)])
         for p in partial[1:]:
             np.add(out, p, out=out)
         return out
     if n >= m:
-        calls = [(a, b[:, lo:hi], out[:, lo:hi]) for lo, hi in _bounds(n, pieces)]
+        calls = [(a, b[:, lo:hi], out[:, lo:hi]) for lo, hi in split_bounds(n, pieces)]
     else:
-        calls = [(a[lo:hi], b, out[lo:hi]) for lo, hi in _bounds(m, pieces)]
+        calls = [(a[lo:hi], b, out[lo:hi]) for lo, hi in split_bounds(m, pieces)]
     _run(calls)
     return out
 
@@ -144,7 +157,7 @@ def batched_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     pieces = min(threads(), a.shape[0])
     if pieces <= 1:
         return np.matmul(a, b, out=out)
-    _run([(a[lo:hi], b[lo:hi], out[lo:hi]) for lo, hi in _bounds(a.shape[0], pieces)])
+    _run([(a[lo:hi], b[lo:hi], out[lo:hi]) for lo, hi in split_bounds(a.shape[0], pieces)])
     return out
 
 

@@ -23,7 +23,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from . import jitcache, numba_conv, threads
+from . import gemm, jitcache, numba_conv, numba_tiles, threads
 from .contract import ConvCtx, MaxPoolCtx, PoolCtx
 from .geometry import (
     ConvGeometry,
@@ -219,6 +219,92 @@ class NumbaConvCtx(ConvCtx):
     offsets: np.ndarray  # (T,) the forward taps' offsets, which dW reuses (see numba_conv)
 
 
+@dataclass(frozen=True, eq=False)
+class TiledConvCtx(ConvCtx):
+    """conv2d's ctx on the many-channel path (kernels/numba_tiles.py): the padded input and w."""
+
+    x_padded: np.ndarray  # (N, H + 2*ph, W + 2*pw, C_in), C-contiguous
+    w: np.ndarray  # (KH, KW, C_in, C_out), C-contiguous
+
+
+# the two conv ctx types: the plane kernels' and the many-channel tiles'
+NumbaCtx = NumbaConvCtx | TiledConvCtx
+
+
+def _launch_tiles(
+    kernel: Any, g: ConvGeometry, blocked: tuple[np.ndarray, ...], *args: Any
+) -> None:
+    """kernel(*blocked[lo:hi], *args) for _parts(g) blocks lo:hi of the samples at once, on
+    gemm's thread pool (numba_tiles' kernels are serial and release the GIL), compiled with the
+    SLP vectoriser on."""
+    blocks = gemm.split_bounds(g.n, _parts(g))
+    pieces = [tuple(a[lo:hi] for a in blocked) + args for lo, hi in blocks]
+    with numba_tiles.slp_vectorize():
+        gemm.run_pieces(kernel, pieces)
+
+
+def _padded(a: np.ndarray, top: int, left: int, bottom: int, right: int) -> np.ndarray:
+    """a (N, H, W, C) with zero rows and columns around it, C-contiguous: only the border is
+    zeroed (np.pad, or zeros then a copy, would write the interior twice)."""
+    if top == left == bottom == right == 0:
+        return np.ascontiguousarray(a)
+    n, height, width, c = a.shape
+    out = np.empty((n, top + height + bottom, left + width + right, c), dtype=a.dtype)
+    out[:, :top] = 0
+    out[:, top + height :] = 0
+    out[:, top : top + height, :left] = 0
+    out[:, top : top + height, left + width :] = 0
+    out[:, top : top + height, left : left + width] = a
+    return out
+
+
+def _tiled_forward(g: ConvGeometry, x: np.ndarray, w: np.ndarray, b: np.ndarray | None):
+    """conv2d_forward on the many-channel path (numba_tiles.applies(g))."""
+    x_padded = _padded(x, g.ph, g.pw, g.ph, g.pw)
+    w = np.ascontiguousarray(w)
+    bias = np.zeros(g.c_out, dtype=g.dtype) if b is None else np.ascontiguousarray(b)
+    y = np.empty(g.y_shape, dtype=g.dtype)
+    w2 = w.reshape(g.kh, g.kw * g.c_in, g.c_out)
+    _launch_tiles(numba_tiles.forward, g, (x_padded, y), w2, bias, g.sh, g.sw)
+    return y, TiledConvCtx(g, x_padded, w)
+
+
+def _tiled_backward(dy: np.ndarray, ctx: TiledConvCtx, need_dx: bool):
+    """conv2d_backward on the many-channel path: dW by dw_tiles, dX by forward (stride 1) or
+    dx_scatter (see numba_tiles)."""
+    g, w = ctx.geometry, ctx.w
+    n_parts = _parts(g)
+    # one partial dW per block of samples, summed afterwards: threads never share an accumulator
+    dw_parts = np.zeros((n_parts, g.kh, g.kw * g.c_in, g.c_out), dtype=g.dtype)
+    db_parts = np.zeros((n_parts, g.c_out), dtype=g.dtype)
+    blocks = gemm.split_bounds(g.n, n_parts)
+    pieces = [
+        (ctx.x_padded[lo:hi], dy[lo:hi], dw_parts[i], db_parts[i], g.sh, g.sw)
+        for i, (lo, hi) in enumerate(blocks)
+    ]
+    with numba_tiles.slp_vectorize():
+        gemm.run_pieces(numba_tiles.dw_tiles, pieces)
+    dw = dw_parts.sum(axis=0).reshape(g.w_shape)
+    db = db_parts.sum(axis=0) if g.has_bias else None
+    if not need_dx:
+        return None, dw, db
+    if numba_tiles.dx_by_forward(g):
+        # the full correlation: dy padded by KH-1-ph rows (KW-1-pw columns) on each side, the
+        # kernel flipped in both axes with C_in and C_out swapped
+        dy_padded = _padded(dy, g.kh - 1 - g.ph, g.kw - 1 - g.pw, g.kh - 1 - g.ph, g.kw - 1 - g.pw)
+        w_flipped = np.ascontiguousarray(w[::-1, ::-1].transpose(0, 1, 3, 2))
+        dx = np.empty(g.x_shape, dtype=g.dtype)
+        w_flipped = w_flipped.reshape(g.kh, g.kw * g.c_out, g.c_in)
+        no_bias = np.zeros(g.c_in, dtype=g.dtype)
+        _launch_tiles(numba_tiles.forward, g, (dy_padded, dx), w_flipped, no_bias, 1, 1)
+        return dx, dw, db
+    wt = np.ascontiguousarray(w.transpose(0, 3, 1, 2)).reshape(g.kh, g.c_out, g.kw * g.c_in)
+    dx_padded = np.zeros(g.padded_shape, dtype=g.dtype)
+    _launch_tiles(numba_tiles.dx_scatter, g, (dy, dx_padded), wt, g.sh, g.sw)
+    dx = dx_padded[:, g.ph : g.ph + g.height, g.pw : g.pw + g.width]
+    return np.ascontiguousarray(dx), dw, db
+
+
 def _parts(g: ConvGeometry) -> int:
     """How many sample blocks (threads) a conv call on geometry g is split into."""
     return max(1, min(_threads_for(g.flops // 2), g.n))
@@ -230,13 +316,15 @@ def conv2d_forward(
     b: np.ndarray | None = None,
     stride: IntPair = 1,
     padding: Padding = 0,
-) -> tuple[np.ndarray, NumbaConvCtx]:
+) -> tuple[np.ndarray, NumbaCtx]:
     """x: (N, H, W, C_in), w: (KH, KW, C_in, C_out), b: (C_out,) or None -> y: (N, OH, OW, C_out).
 
     Same dtype as x (float32 or float64). ctx keeps x, w (C-contiguous), the layout and the tap
     offsets for the backward pass.
     """
     g = conv_geometry(x, w, b, stride, padding)
+    if numba_tiles.applies(g):
+        return _tiled_forward(g, x, w, b)
     x, w = np.ascontiguousarray(x), np.ascontiguousarray(w)
     lay = numba_conv.plane_layout(g)
     offsets, weights = numba_conv.forward_taps(g, lay, w)
@@ -258,15 +346,17 @@ def conv2d_forward(
 
 
 def conv2d_backward(
-    dy: np.ndarray, ctx: NumbaConvCtx, need_dx: bool = True
+    dy: np.ndarray, ctx: NumbaCtx, need_dx: bool = True
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
     """dy: (N, OH, OW, C_out) -> (dx (N, H, W, C_in) or None, dw like w, db (C_out,) or None).
 
     need_dx=False skips the dX half of the kernel (first layer of a network).
     """
-    g, x, w, lay, offsets = ctx.geometry, ctx.x, ctx.w, ctx.layout, ctx.offsets
-    check_grad(dy, g.y_shape, g.dtype)
+    check_grad(dy, ctx.geometry.y_shape, ctx.geometry.dtype)
     dy = np.ascontiguousarray(dy)
+    if isinstance(ctx, TiledConvCtx):
+        return _tiled_backward(dy, ctx, need_dx)
+    g, x, w, lay, offsets = ctx.geometry, ctx.x, ctx.w, ctx.layout, ctx.offsets
     if need_dx:
         dx_offsets, dx_weights = numba_conv.dx_taps(g, lay, w)
     else:  # the kernel never reads them (first layer)
@@ -374,6 +464,12 @@ def warmup(dtypes=None, ops=None) -> None:
             w = np.ones((2, 2, 1, 1), dtype=dtype)
             y, conv_ctx = conv2d_forward(x, w, np.ones(1, dtype=dtype), padding=1)
             conv2d_backward(np.ones_like(y), conv_ctx)
+            # the many-channel path (numba_tiles), dX both ways: stride 1 and stride 2
+            many = np.ones((1, 9, 9, numba_tiles.LANES), dtype=dtype)
+            w = np.ones((3, 3, numba_tiles.LANES, numba_tiles.LANES), dtype=dtype)
+            for stride in (1, 2):
+                y, conv_ctx = conv2d_forward(many, w, None, stride, 1)
+                conv2d_backward(np.ones_like(y), conv_ctx)
         if "maxpool2d" in ops:
             tiled = np.ones((1, 4, 4, 1), dtype=dtype)
             for window_input, size, stride in ((x, 2, 1), (tiled, 2, 2), (x, 3, 3), (x, 3, 1)):
@@ -388,7 +484,7 @@ def warmup(dtypes=None, ops=None) -> None:
 
 
 # the files whose kernels warmup() compiles (numba's cache is keyed on them)
-_SOURCES = (__file__, numba_conv.__file__)
+_SOURCES = (__file__, numba_conv.__file__, numba_tiles.__file__)
 
 
 def _warmup_args(dtypes, ops) -> tuple[tuple, tuple[str, ...]]:

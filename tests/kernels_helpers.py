@@ -47,10 +47,11 @@ def run_pool(backend: str, kind: str, x, size, stride, dy):
 
 
 @st.composite
-def conv_cases(draw):
-    """A random conv2d call: shapes, stride (int or pair), padding (int, pair, "valid", "same")."""
-    n, h, w = draw(st.integers(1, 3)), draw(st.integers(1, 12)), draw(st.integers(1, 12))
-    c_in, c_out = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+def conv_cases(draw, channels=(1, 4), sizes=(1, 12)):
+    """A random conv2d call: shapes, stride (int or pair), padding (int, pair, "valid", "same");
+    C_in and C_out drawn from `channels`, H and W from `sizes` (inclusive ranges)."""
+    n, h, w = draw(st.integers(1, 3)), draw(st.integers(*sizes)), draw(st.integers(*sizes))
+    c_in, c_out = draw(st.integers(*channels)), draw(st.integers(*channels))
     mode = draw(st.sampled_from(["explicit"] * 4 + ["valid", "same"]))
     if mode == "same":
         sh = sw = 1

@@ -55,6 +55,20 @@ def _conv_inputs(case, dtype):
 @EXAMPLES
 @given(case=conv_cases())
 def test_conv_matches_naive(case, dtype):
+    _check_conv_case(case, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
+@EXAMPLES
+@given(case=conv_cases(channels=(6, 36), sizes=(4, 14)))
+def test_many_channel_conv_matches_naive(case, dtype):
+    """Channel counts around numba's many-channel tiles (kernels/numba_tiles.py: MIN_C_IN 8,
+    LANES 16, TILE 5): full and ragged channel blocks, ragged pixel tiles, and the plane
+    kernels for shapes just below the thresholds."""
+    _check_conv_case(case, dtype)
+
+
+def _check_conv_case(case, dtype):
     x, w, b, dy = _conv_inputs(case, dtype)
     args = (x, w, b, case["stride"], case["padding"], dy, case["need_dx"])
     y, dx, dw, db = run_conv("naive", *args)

@@ -22,6 +22,12 @@ CONV_CONFIGS = [  # x shape, (KH, KW, C_out), stride, padding
     ((1, 7, 7, 2), (3, 3, 3), 2, 1),
     ((2, 4, 4, 1), (2, 2, 4), 3, 2),
 ]
+# numba's many-channel tiles (kernels/numba_tiles.py): dX by the forward kernel (stride 1, C_in
+# >= 16) and by the scatter (stride 2, C_in 8), with ragged output-channel and pixel tiles
+TILED_CONV_CONFIGS = [
+    ((1, 6, 7, 16), (3, 3, 17), 1, 1),
+    ((1, 9, 11, 8), (3, 2, 18), (2, 1), (1, 0)),
+]
 POOL_CONFIGS = [  # x shape, size, stride
     ((2, 6, 6, 2), 2, None),
     ((1, 7, 5, 3), (3, 2), (2, 1)),
@@ -29,8 +35,11 @@ POOL_CONFIGS = [  # x shape, size, stride
 ]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("x_shape, kernel, stride, padding", CONV_CONFIGS)
+@pytest.mark.parametrize(
+    "backend, x_shape, kernel, stride, padding",
+    [(backend, *config) for backend in BACKENDS for config in CONV_CONFIGS]
+    + [("numba", *config) for config in TILED_CONV_CONFIGS if "numba" in BACKENDS],
+)
 def test_conv_gradients_match_finite_differences(backend, x_shape, kernel, stride, padding):
     be = get_backend(backend)
     rng = np.random.default_rng(1)

@@ -1,0 +1,260 @@
+"""The numba backend's many-channel convolution: register tiles over NHWC (an implicit GEMM).
+
+With 16 or more channels a convolution is a matrix product in disguise. Flatten each sample's
+zero-padded input to rows of W_p * C_in values; for output pixel (oh, ow) and kernel row kh, the
+KW * C_in inputs it reads are one contiguous run of such a row, starting at ow * sw * C_in. So
+
+    y[n, oh, ow, :] = b + sum over kh, j < KW*C_in of  x_rows[n, oh*sh + kh, ow*sw*C_in + j] * w2[kh, j, :]
+
+with w2 = w reshaped to (KH, KW*C_in, C_out): a product of the (never materialised) im2col
+matrix with w2. The kernels below compute it in tiles of TILE output pixels x LANES output
+channels (5 x 16 float32 = ten AVX2 registers). Per step j of the reduction a tile loads LANES
+weights once and each pixel's input once, and does TILE x LANES multiply-adds on values that
+stay in registers until the tile is finished: about 90% of the matmul peak on the `mid` and
+`stride2` benchmark cases' forward, where the loops of kernels/numba_conv.py (bound by loads and
+stores of their output planes) reach about 20%.
+
+    forward(x_padded, y, w2, bias, sh, sw)      y = conv(x) + bias, as above
+    dx for stride 1                             forward() again: the gradient of a stride-1
+                                                convolution is the "full" correlation of dy
+                                                with the flipped kernel, C_in and C_out swapped
+    dx_scatter(dy, dx_padded, wt, sh, sw)       dx for any stride: each dy pixel's row of
+                                                dcols = dy @ w2.T added back into the KW*C_in
+                                                runs it came from (col2im)
+    dw_tiles(x_padded, dy, dw, db, sh, sw)      dW = im2col(x).T @ dy: tiles of TILE patch
+                                                entries x LANES channels, summed over pixels;
+                                                db = dy summed over pixels
+
+Where a tile would run past the last pixel (or channel) it is moved back to end there: forward
+recomputes a few outputs (the same values, written twice); the accumulating kernels skip what
+an earlier tile already added.
+
+Two numba details make the tiles work:
+- The tile lives in a stack array (_stack_array). A numpy array is heap memory LLVM cannot keep in
+  registers; a fixed-size stack array whose every index is a constant after the tile loops are
+  unrolled is promoted to registers.
+- LLVM's SLP vectoriser turns the unrolled LANES scalar multiply-adds of a pixel into vector
+  instructions. numba switches it off by default; the kernels here are compiled with it on
+  (slp_vectorize()). Without it they compile to scalar code 20x slower. fastmath is "contract"
+  only: with "reassoc" LLVM vectorises the reduction axis instead (gathers, 5x slower).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import numba
+import numpy as np
+from numba import carray, njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from .geometry import ConvGeometry
+
+TILE = 5  # output pixels per tile (forward, dX); patch entries per tile (dW)
+LANES = 16  # channels per tile: two AVX2 vectors of float32
+
+# The tiled kernels take a geometry with at least this many input channels (below it the plane
+# kernels of kernels/numba_conv.py are faster: the `small_conv` and `deep_conv1` cases have 1,
+# `lab_fit` 3) and tiles that fit: LANES output channels, TILE output columns, and a KW*C_in run
+# of at least LANES values (dX's tiles run along it).
+MIN_C_IN = 8
+
+# Serial kernels that release the GIL: the caller runs one per core on blocks of samples
+# (kernels/gemm.py's thread pool). numba's prange is not used here: a parallel kernel loaded from
+# numba's on-disk cache ran these tiles at half the speed of the freshly compiled one (the
+# `mid` benchmark case's forward, 1 thread: 2.9 ms against 1.35 ms), a serial one at full speed.
+_JIT: dict[str, Any] = dict(cache=True, nogil=True, fastmath={"contract"})
+
+
+def applies(g: ConvGeometry) -> bool:
+    """True when the tiled kernels run geometry g (see MIN_C_IN)."""
+    return g.c_in >= MIN_C_IN and g.c_out >= LANES and g.out_w >= TILE and g.kw * g.c_in >= LANES
+
+
+def dx_by_forward(g: ConvGeometry) -> bool:
+    """True when dX is forward() on dy rather than dx_scatter(): stride 1 (dX is then a stride-1
+    convolution), C_in fills the tiles' lanes and W their pixels, and the padding is at most
+    the kernel's size - 1 (so dy's padding for the full correlation is not negative)."""
+    return (
+        (g.sh, g.sw) == (1, 1)
+        and g.c_in >= LANES
+        and g.width >= TILE
+        and g.ph < g.kh
+        and g.pw < g.kw
+    )
+
+
+_SLP_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def slp_vectorize() -> Iterator[None]:
+    """Compile (on first call) with LLVM's SLP vectoriser on; numba's config is global, so it is
+    switched back afterwards and the lock keeps two threads from interleaving the switch."""
+    config: Any = numba.core.config
+    with _SLP_LOCK:
+        before = config.SLP_VECTORIZE
+        config.SLP_VECTORIZE = 1
+        try:
+            yield
+        finally:
+            config.SLP_VECTORIZE = before
+
+
+def _stack_array_typing(typingctx, count, dtype):
+    """_stack_array(count, dtype): a pointer to `count` (a literal int) uninitialised values of
+    `dtype` on the stack (numba intrinsic: typing here, the alloca in codegen)."""
+    if not isinstance(count, types.IntegerLiteral):
+        return None
+    n_values, element = count.literal_value, dtype.dtype
+
+    def codegen(context, builder, signature, args):
+        return cgutils.alloca_once(builder, context.get_value_type(element), size=n_values)
+
+    return types.CPointer(element)(count, dtype), codegen
+
+
+_stack_array: Any = intrinsic(prefer_literal=True)(_stack_array_typing)
+
+
+@njit(**_JIT)
+def forward(x_padded, y, w2, bias, sh, sw):
+    """y (N, OH, OW, C_out) = bias (C_out,) + x_padded (N, Hp, Wp, C_in) convolved with
+    w2 (KH, KW*C_in, C_out), in TILE x LANES register tiles.
+
+    Needs OW >= TILE and C_out >= LANES (see applies)."""
+    n, out_h, out_w, c_out = y.shape
+    kh_all, run, _ = w2.shape
+    c_in = x_padded.shape[3]
+    rows = x_padded.reshape(n, x_padded.shape[1], x_padded.shape[2] * c_in)
+    step, size = sw * c_in, x_padded.itemsize
+    tile = carray(_stack_array(80, y.dtype), (TILE, LANES))
+    for job in range(n * out_h):
+        ni, oh = job // out_h, job % out_h
+        for ow0 in range(0, out_w, TILE):
+            first = min(ow0, out_w - TILE)  # the last tile ends at the last pixel
+            for c0 in range(0, c_out, LANES):
+                cb = min(c0, c_out - LANES)
+                for p in range(TILE):
+                    for c in range(LANES):
+                        tile[p, c] = bias[cb + c]
+                for kh in range(kh_all):
+                    # the TILE pixels' input runs: strided rows of one view, so every index below
+                    # is a non-negative loop counter (no wraparound code, which stops vectorising)
+                    pixels = np.lib.stride_tricks.as_strided(
+                        rows[ni, oh * sh + kh, first * step :], (TILE, run), (step * size, size)
+                    )
+                    w_rows = w2[kh]
+                    for j in range(run):
+                        w_row = w_rows[j, cb : cb + LANES]
+                        for p in range(TILE):
+                            a = pixels[p, j]
+                            for c in range(LANES):
+                                tile[p, c] += a * w_row[c]
+                for p in range(TILE):
+                    out = y[ni, oh, first + p, cb : cb + LANES]
+                    for c in range(LANES):
+                        out[c] = tile[p, c]
+
+
+@njit(**_JIT)
+def dx_scatter(dy, dx_padded, wt, sh, sw):
+    """dx_padded (N, Hp, Wp, C_in), zeroed, += every dy (N, OH, OW, C_out) pixel's
+    dy @ wt[kh] (wt: (KH, C_out, KW*C_in)) at the KW*C_in run it was computed from. Runs of one
+    sample overlap, of different samples never: blocks of samples can run at once.
+
+    Needs OW >= TILE and KW*C_in >= LANES (see applies)."""
+    n, out_h, out_w, c_out = dy.shape
+    kh_all, _, run = wt.shape
+    c_in = dx_padded.shape[3]
+    rows = dx_padded.reshape(n, dx_padded.shape[1], dx_padded.shape[2] * c_in)
+    step = sw * c_in
+    tile = carray(_stack_array(80, dy.dtype), (TILE, LANES))
+    for ni in range(n):
+        for oh in range(out_h):
+            for ow0 in range(0, out_w, TILE):
+                first = min(ow0, out_w - TILE)
+                grads = dy[ni, oh, first:]
+                for kh in range(kh_all):
+                    row = rows[ni, oh * sh + kh, first * step :]
+                    w_rows = wt[kh]
+                    for j0 in range(0, run, LANES):
+                        jb = min(j0, run - LANES)
+                        for p in range(TILE):
+                            for c in range(LANES):
+                                tile[p, c] = 0
+                        for co in range(c_out):
+                            w_row = w_rows[co, jb : jb + LANES]
+                            for p in range(TILE):
+                                a = grads[p, co]
+                                for c in range(LANES):
+                                    tile[p, c] += a * w_row[c]
+                        if jb == j0 and first == ow0:
+                            for p in range(TILE):
+                                out = row[p * step + jb : p * step + jb + LANES]
+                                for c in range(LANES):
+                                    out[c] += tile[p, c]
+                        else:  # a moved-back tile: add only what no earlier tile added
+                            for p in range(TILE):
+                                if first + p >= ow0:
+                                    for c in range(LANES):
+                                        if jb + c >= j0:
+                                            row[p * step + jb + c] += tile[p, c]
+
+
+@njit(**_JIT)
+def dw_tiles(x_padded, dy, dw, db, sh, sw):
+    """dw (KH, KW*C_in, C_out) and db (C_out,), zeroed, += the sums over the samples of
+    x_padded's input runs times dy (N, OH, OW, C_out), and of dy.
+
+    Tiles of TILE run entries x LANES output channels, each summed over one sample's pixels.
+    The channel block is the outer loop: its LANES columns of the sample's dy, and the input
+    lines the tiles of one kernel row share, stay in L1 while every tile reads them.
+    Needs KW*C_in >= TILE and C_out >= LANES (see applies)."""
+    n, out_h, out_w, c_out = dy.shape
+    kh_all, run, _ = dw.shape
+    c_in = x_padded.shape[3]
+    rows = x_padded.reshape(n, x_padded.shape[1], x_padded.shape[2] * c_in)
+    size = x_padded.itemsize
+    strides = (sh * rows.shape[2] * size, sw * c_in * size, size)
+    tile = carray(_stack_array(80, dy.dtype), (TILE, LANES))
+    for ni in range(n):
+        for oh in range(out_h):
+            for ow in range(out_w):
+                g = dy[ni, oh, ow]
+                for c in range(c_out):
+                    db[c] += g[c]
+        for c0 in range(0, c_out, LANES):
+            cb = min(c0, c_out - LANES)
+            for kh in range(kh_all):
+                for j0 in range(0, run, TILE):
+                    jb = min(j0, run - TILE)
+                    # entries jb .. jb+TILE-1 of every pixel's run, indexed (oh, ow, entry)
+                    inputs = np.lib.stride_tricks.as_strided(
+                        rows[ni, kh, jb:], (out_h, out_w, TILE), strides
+                    )
+                    for e in range(TILE):
+                        for c in range(LANES):
+                            tile[e, c] = 0
+                    for oh in range(out_h):
+                        for ow in range(out_w):
+                            g = dy[ni, oh, ow, cb : cb + LANES]
+                            for e in range(TILE):
+                                a = inputs[oh, ow, e]
+                                for c in range(LANES):
+                                    tile[e, c] += a * g[c]
+                    if jb == j0 and cb == c0:
+                        for e in range(TILE):
+                            out = dw[kh, jb + e, cb : cb + LANES]
+                            for c in range(LANES):
+                                out[c] += tile[e, c]
+                    else:  # a moved-back tile: add only what no earlier tile added
+                        for e in range(TILE):
+                            if jb + e >= j0:
+                                for c in range(LANES):
+                                    if cb + c >= c0:
+                                        dw[kh, jb + e, cb + c] += tile[e, c]
