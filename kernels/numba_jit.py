@@ -221,9 +221,9 @@ class NumbaConvCtx(ConvCtx):
 
 @dataclass(frozen=True, eq=False)
 class TiledConvCtx(ConvCtx):
-    """conv2d's ctx on the many-channel path (kernels/numba_tiles.py): the padded input and w."""
+    """conv2d's ctx on the many-channel path (kernels/numba_tiles.py): x and w."""
 
-    x_padded: np.ndarray  # (N, H + 2*ph, W + 2*pw, C_in), C-contiguous
+    x: np.ndarray  # (N, H, W, C_in), C-contiguous
     w: np.ndarray  # (KH, KW, C_in, C_out), C-contiguous
 
 
@@ -243,43 +243,27 @@ def _launch_tiles(
         gemm.run_pieces(kernel, pieces)
 
 
-def _padded(a: np.ndarray, top: int, left: int, bottom: int, right: int) -> np.ndarray:
-    """a (N, H, W, C) with zero rows and columns around it, C-contiguous: only the border is
-    zeroed (np.pad, or zeros then a copy, would write the interior twice)."""
-    if top == left == bottom == right == 0:
-        return np.ascontiguousarray(a)
-    n, height, width, c = a.shape
-    out = np.empty((n, top + height + bottom, left + width + right, c), dtype=a.dtype)
-    out[:, :top] = 0
-    out[:, top + height :] = 0
-    out[:, top : top + height, :left] = 0
-    out[:, top : top + height, left + width :] = 0
-    out[:, top : top + height, left : left + width] = a
-    return out
-
-
 def _tiled_forward(g: ConvGeometry, x: np.ndarray, w: np.ndarray, b: np.ndarray | None):
     """conv2d_forward on the many-channel path (numba_tiles.applies(g))."""
-    x_padded = _padded(x, g.ph, g.pw, g.ph, g.pw)
-    w = np.ascontiguousarray(w)
+    x, w = np.ascontiguousarray(x), np.ascontiguousarray(w)
     bias = np.zeros(g.c_out, dtype=g.dtype) if b is None else np.ascontiguousarray(b)
     y = np.empty(g.y_shape, dtype=g.dtype)
     w2 = w.reshape(g.kh, g.kw * g.c_in, g.c_out)
-    _launch_tiles(numba_tiles.forward, g, (x_padded, y), w2, bias, g.sh, g.sw)
-    return y, TiledConvCtx(g, x_padded, w)
+    _launch_tiles(numba_tiles.forward, g, (x, y), w2, bias, g.sh, g.sw, g.ph, g.pw)
+    return y, TiledConvCtx(g, x, w)
 
 
 def _tiled_backward(dy: np.ndarray, ctx: TiledConvCtx, need_dx: bool):
-    """conv2d_backward on the many-channel path: dW by dw_tiles, dX by forward (stride 1) or
-    dx_scatter (see numba_tiles)."""
+    """conv2d_backward on the many-channel path: dW and db by dw_tiles, dX by forward
+    (stride 1) or dx_scatter (see numba_tiles)."""
     g, w = ctx.geometry, ctx.w
     n_parts = _parts(g)
-    # one partial dW per block of samples, summed afterwards: threads never share an accumulator
+    # one partial dW/db per block of samples, summed afterwards: threads never share one
     dw_parts = np.zeros((n_parts, g.kh, g.kw * g.c_in, g.c_out), dtype=g.dtype)
     db_parts = np.zeros((n_parts, g.c_out), dtype=g.dtype)
     blocks = gemm.split_bounds(g.n, n_parts)
     pieces = [
-        (ctx.x_padded[lo:hi], dy[lo:hi], dw_parts[i], db_parts[i], g.sh, g.sw)
+        (ctx.x[lo:hi], dy[lo:hi], dw_parts[i], db_parts[i], g.sh, g.sw, g.ph, g.pw)
         for i, (lo, hi) in enumerate(blocks)
     ]
     with numba_tiles.slp_vectorize():
@@ -288,21 +272,19 @@ def _tiled_backward(dy: np.ndarray, ctx: TiledConvCtx, need_dx: bool):
     db = db_parts.sum(axis=0) if g.has_bias else None
     if not need_dx:
         return None, dw, db
+    dx = np.empty(g.x_shape, dtype=g.dtype)
     if numba_tiles.dx_by_forward(g):
         # the full correlation: dy padded by KH-1-ph rows (KW-1-pw columns) on each side, the
         # kernel flipped in both axes with C_in and C_out swapped
-        dy_padded = _padded(dy, g.kh - 1 - g.ph, g.kw - 1 - g.pw, g.kh - 1 - g.ph, g.kw - 1 - g.pw)
         w_flipped = np.ascontiguousarray(w[::-1, ::-1].transpose(0, 1, 3, 2))
-        dx = np.empty(g.x_shape, dtype=g.dtype)
         w_flipped = w_flipped.reshape(g.kh, g.kw * g.c_out, g.c_in)
         no_bias = np.zeros(g.c_in, dtype=g.dtype)
-        _launch_tiles(numba_tiles.forward, g, (dy_padded, dx), w_flipped, no_bias, 1, 1)
+        pad_h, pad_w = g.kh - 1 - g.ph, g.kw - 1 - g.pw
+        _launch_tiles(numba_tiles.forward, g, (dy, dx), w_flipped, no_bias, 1, 1, pad_h, pad_w)
         return dx, dw, db
     wt = np.ascontiguousarray(w.transpose(0, 3, 1, 2)).reshape(g.kh, g.c_out, g.kw * g.c_in)
-    dx_padded = np.zeros(g.padded_shape, dtype=g.dtype)
-    _launch_tiles(numba_tiles.dx_scatter, g, (dy, dx_padded), wt, g.sh, g.sw)
-    dx = dx_padded[:, g.ph : g.ph + g.height, g.pw : g.pw + g.width]
-    return np.ascontiguousarray(dx), dw, db
+    _launch_tiles(numba_tiles.dx_scatter, g, (dy, dx), wt, g.sh, g.sw, g.ph, g.pw)
+    return dx, dw, db
 
 
 def _parts(g: ConvGeometry) -> int:

@@ -14,16 +14,19 @@ stay in registers until the tile is finished: about 90% of the matmul peak on th
 `stride2` benchmark cases' forward, where the loops of kernels/numba_conv.py (bound by loads and
 stores of their output planes) reach about 20%.
 
-    forward(x_padded, y, w2, bias, sh, sw)      y = conv(x) + bias, as above
+    forward(x, y, w2, bias, sh, sw, ph, pw)     y = conv(x) + bias, as above
     dx for stride 1                             forward() again: the gradient of a stride-1
                                                 convolution is the "full" correlation of dy
                                                 with the flipped kernel, C_in and C_out swapped
-    dx_scatter(dy, dx_padded, wt, sh, sw)       dx for any stride: each dy pixel's row of
+    dx_scatter(dy, dx, wt, sh, sw, ph, pw)      dx for any stride: each dy pixel's row of
                                                 dcols = dy @ w2.T added back into the KW*C_in
                                                 runs it came from (col2im)
-    dw_tiles(x_padded, dy, dw, db, sh, sw)      dW = im2col(x).T @ dy: tiles of TILE patch
+    dw_tiles(x, dy, dw, db, sh, sw, ph, pw)     dW = im2col(x).T @ dy: tiles of TILE patch
                                                 entries x LANES channels, summed over pixels;
                                                 db = dy summed over pixels
+
+Each kernel copies one sample at a time into zero-padded scratch rows (and dx_scatter writes
+into such rows and copies the interior out), so the padded copy stays in L2.
 
 Where a tile would run past the last pixel (or channel) it is moved back to end there: forward
 recomputes a few outputs (the same values, written twice); the accumulating kernels skip what
@@ -55,6 +58,7 @@ from numba.extending import intrinsic
 from .geometry import ConvGeometry
 
 TILE = 5  # output pixels per tile (forward, dX); patch entries per tile (dW)
+DW_TILE = 6  # patch entries per dW tile
 LANES = 16  # channels per tile: two AVX2 vectors of float32
 
 # The tiled kernels take a geometry with at least this many input channels (below it the plane
@@ -122,65 +126,89 @@ _stack_array: Any = intrinsic(prefer_literal=True)(_stack_array_typing)
 
 
 @njit(**_JIT)
-def forward(x_padded, y, w2, bias, sh, sw):
-    """y (N, OH, OW, C_out) = bias (C_out,) + x_padded (N, Hp, Wp, C_in) convolved with
-    w2 (KH, KW*C_in, C_out), in TILE x LANES register tiles.
+def _padded_rows(a, ph, pw):
+    """Scratch rows for one sample of a (N, H, W, C): (H + 2*ph, (W + 2*pw) * C), zero borders.
+
+    Each sample is copied into it just before its tiles read it (_load_sample), so the padded
+    copy is one sample (kilobytes, in L2) rather than the whole batch, and the ctx keeps x as
+    given."""
+    return np.zeros((a.shape[1] + 2 * ph, (a.shape[2] + 2 * pw) * a.shape[3]), dtype=a.dtype)
+
+
+@njit(**_JIT)
+def _load_sample(sample, rows, ph, pw):
+    """Copy sample (H, W, C) into the interior of its padded rows (from _padded_rows)."""
+    height, width, c = sample.shape
+    for r in range(height):
+        src = sample[r].ravel()
+        dst = rows[r + ph, pw * c : pw * c + width * c]
+        for k in range(width * c):
+            dst[k] = src[k]
+
+
+@njit(**_JIT)
+def forward(x, y, w2, bias, sh, sw, ph, pw):
+    """y (N, OH, OW, C_out) = bias (C_out,) + x (N, H, W, C_in) zero-padded by (ph, pw) and
+    convolved with w2 (KH, KW*C_in, C_out), in TILE x LANES register tiles.
 
     Needs OW >= TILE and C_out >= LANES (see applies)."""
     n, out_h, out_w, c_out = y.shape
     kh_all, run, _ = w2.shape
-    c_in = x_padded.shape[3]
-    rows = x_padded.reshape(n, x_padded.shape[1], x_padded.shape[2] * c_in)
-    step, size = sw * c_in, x_padded.itemsize
+    c_in = x.shape[3]
+    rows = _padded_rows(x, ph, pw)
+    step, size = sw * c_in, x.itemsize
     tile = carray(_stack_array(80, y.dtype), (TILE, LANES))
-    for job in range(n * out_h):
-        ni, oh = job // out_h, job % out_h
-        for ow0 in range(0, out_w, TILE):
-            first = min(ow0, out_w - TILE)  # the last tile ends at the last pixel
-            for c0 in range(0, c_out, LANES):
-                cb = min(c0, c_out - LANES)
-                for p in range(TILE):
-                    for c in range(LANES):
-                        tile[p, c] = bias[cb + c]
-                for kh in range(kh_all):
-                    # the TILE pixels' input runs: strided rows of one view, so every index below
-                    # is a non-negative loop counter (no wraparound code, which stops vectorising)
-                    pixels = np.lib.stride_tricks.as_strided(
-                        rows[ni, oh * sh + kh, first * step :], (TILE, run), (step * size, size)
-                    )
-                    w_rows = w2[kh]
-                    for j in range(run):
-                        w_row = w_rows[j, cb : cb + LANES]
-                        for p in range(TILE):
-                            a = pixels[p, j]
-                            for c in range(LANES):
-                                tile[p, c] += a * w_row[c]
-                for p in range(TILE):
-                    out = y[ni, oh, first + p, cb : cb + LANES]
-                    for c in range(LANES):
-                        out[c] = tile[p, c]
+    for ni in range(n):
+        _load_sample(x[ni], rows, ph, pw)
+        for oh in range(out_h):
+            for ow0 in range(0, out_w, TILE):
+                first = min(ow0, out_w - TILE)  # the last tile ends at the last pixel
+                for c0 in range(0, c_out, LANES):
+                    cb = min(c0, c_out - LANES)
+                    for p in range(TILE):
+                        for c in range(LANES):
+                            tile[p, c] = bias[cb + c]
+                    for kh in range(kh_all):
+                        # the TILE pixels' input runs: strided rows of one view, so every index
+                        # below is a non-negative loop counter (no wraparound code, which stops
+                        # vectorising)
+                        pixels = np.lib.stride_tricks.as_strided(
+                            rows[oh * sh + kh, first * step :], (TILE, run), (step * size, size)
+                        )
+                        w_rows = w2[kh]
+                        for j in range(run):
+                            w_row = w_rows[j, cb : cb + LANES]
+                            for p in range(TILE):
+                                a = pixels[p, j]
+                                for c in range(LANES):
+                                    tile[p, c] += a * w_row[c]
+                    for p in range(TILE):
+                        out = y[ni, oh, first + p, cb : cb + LANES]
+                        for c in range(LANES):
+                            out[c] = tile[p, c]
 
 
 @njit(**_JIT)
-def dx_scatter(dy, dx_padded, wt, sh, sw):
-    """dx_padded (N, Hp, Wp, C_in), zeroed, += every dy (N, OH, OW, C_out) pixel's
-    dy @ wt[kh] (wt: (KH, C_out, KW*C_in)) at the KW*C_in run it was computed from. Runs of one
-    sample overlap, of different samples never: blocks of samples can run at once.
+def dx_scatter(dy, dx, wt, sh, sw, ph, pw):
+    """dx (N, H, W, C_in) = every dy (N, OH, OW, C_out) pixel's dy @ wt[kh] (wt: (KH, C_out,
+    KW*C_in)) added at the KW*C_in run (of the input zero-padded by (ph, pw)) it was computed
+    from, the padding then cut off.
 
     Needs OW >= TILE and KW*C_in >= LANES (see applies)."""
     n, out_h, out_w, c_out = dy.shape
     kh_all, _, run = wt.shape
-    c_in = dx_padded.shape[3]
-    rows = dx_padded.reshape(n, dx_padded.shape[1], dx_padded.shape[2] * c_in)
+    height, width, c_in = dx.shape[1], dx.shape[2], dx.shape[3]
+    rows = _padded_rows(dx, ph, pw)
     step = sw * c_in
     tile = carray(_stack_array(80, dy.dtype), (TILE, LANES))
     for ni in range(n):
+        rows[:] = 0
         for oh in range(out_h):
             for ow0 in range(0, out_w, TILE):
                 first = min(ow0, out_w - TILE)
                 grads = dy[ni, oh, first:]
                 for kh in range(kh_all):
-                    row = rows[ni, oh * sh + kh, first * step :]
+                    row = rows[oh * sh + kh, first * step :]
                     w_rows = wt[kh]
                     for j0 in range(0, run, LANES):
                         jb = min(j0, run - LANES)
@@ -204,25 +232,31 @@ def dx_scatter(dy, dx_padded, wt, sh, sw):
                                     for c in range(LANES):
                                         if jb + c >= j0:
                                             row[p * step + jb + c] += tile[p, c]
+        for r in range(height):
+            src = rows[r + ph, pw * c_in : (pw + width) * c_in]
+            dst = dx[ni, r].ravel()
+            for k in range(width * c_in):
+                dst[k] = src[k]
 
 
 @njit(**_JIT)
-def dw_tiles(x_padded, dy, dw, db, sh, sw):
-    """dw (KH, KW*C_in, C_out) and db (C_out,), zeroed, += the sums over the samples of
-    x_padded's input runs times dy (N, OH, OW, C_out), and of dy.
+def dw_tiles(x, dy, dw, db, sh, sw, ph, pw):
+    """dw (KH, KW*C_in, C_out) and db (C_out,), zeroed, += the sums over the samples of the
+    input runs of x (N, H, W, C_in) zero-padded by (ph, pw) times dy (N, OH, OW, C_out), and of dy.
 
-    Tiles of TILE run entries x LANES output channels, each summed over one sample's pixels.
+    Tiles of DW_TILE run entries x LANES output channels, each summed over one sample's pixels.
     The channel block is the outer loop: its LANES columns of the sample's dy, and the input
     lines the tiles of one kernel row share, stay in L1 while every tile reads them.
-    Needs KW*C_in >= TILE and C_out >= LANES (see applies)."""
+    Needs KW*C_in >= DW_TILE and C_out >= LANES (see applies)."""
     n, out_h, out_w, c_out = dy.shape
     kh_all, run, _ = dw.shape
-    c_in = x_padded.shape[3]
-    rows = x_padded.reshape(n, x_padded.shape[1], x_padded.shape[2] * c_in)
-    size = x_padded.itemsize
-    strides = (sh * rows.shape[2] * size, sw * c_in * size, size)
-    tile = carray(_stack_array(80, dy.dtype), (TILE, LANES))
+    c_in = x.shape[3]
+    rows = _padded_rows(x, ph, pw)
+    size = x.itemsize
+    strides = (sh * rows.shape[1] * size, sw * c_in * size, size)
+    tile = carray(_stack_array(96, dy.dtype), (DW_TILE, LANES))
     for ni in range(n):
+        _load_sample(x[ni], rows, ph, pw)
         for oh in range(out_h):
             for ow in range(out_w):
                 g = dy[ni, oh, ow]
@@ -231,29 +265,29 @@ def dw_tiles(x_padded, dy, dw, db, sh, sw):
         for c0 in range(0, c_out, LANES):
             cb = min(c0, c_out - LANES)
             for kh in range(kh_all):
-                for j0 in range(0, run, TILE):
-                    jb = min(j0, run - TILE)
-                    # entries jb .. jb+TILE-1 of every pixel's run, indexed (oh, ow, entry)
+                for j0 in range(0, run, DW_TILE):
+                    jb = min(j0, run - DW_TILE)
+                    # entries jb .. jb+DW_TILE-1 of every pixel's run, indexed (oh, ow, entry)
                     inputs = np.lib.stride_tricks.as_strided(
-                        rows[ni, kh, jb:], (out_h, out_w, TILE), strides
+                        rows[kh, jb:], (out_h, out_w, DW_TILE), strides
                     )
-                    for e in range(TILE):
+                    for e in range(DW_TILE):
                         for c in range(LANES):
                             tile[e, c] = 0
                     for oh in range(out_h):
                         for ow in range(out_w):
                             g = dy[ni, oh, ow, cb : cb + LANES]
-                            for e in range(TILE):
+                            for e in range(DW_TILE):
                                 a = inputs[oh, ow, e]
                                 for c in range(LANES):
                                     tile[e, c] += a * g[c]
                     if jb == j0 and cb == c0:
-                        for e in range(TILE):
+                        for e in range(DW_TILE):
                             out = dw[kh, jb + e, cb : cb + LANES]
                             for c in range(LANES):
                                 out[c] += tile[e, c]
                     else:  # a moved-back tile: add only what no earlier tile added
-                        for e in range(TILE):
+                        for e in range(DW_TILE):
                             if jb + e >= j0:
                                 for c in range(LANES):
                                     if cb + c >= c0:
