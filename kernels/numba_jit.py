@@ -255,7 +255,7 @@ def _tiled_forward(g: ConvGeometry, x: np.ndarray, w: np.ndarray, b: np.ndarray 
 
 def _tiled_backward(dy: np.ndarray, ctx: TiledConvCtx, need_dx: bool):
     """conv2d_backward on the many-channel path: dW and db by dw_tiles, dX by forward
-    (stride 1) or dx_scatter (see numba_tiles)."""
+    (stride 1) or dx_cols (see numba_tiles)."""
     g, w = ctx.geometry, ctx.w
     n_parts = _parts(g)
     # one partial dW/db per block of samples, summed afterwards: threads never share one
@@ -282,8 +282,8 @@ def _tiled_backward(dy: np.ndarray, ctx: TiledConvCtx, need_dx: bool):
         pad_h, pad_w = g.kh - 1 - g.ph, g.kw - 1 - g.pw
         _launch_tiles(numba_tiles.forward, g, (dy, dx), w_flipped, no_bias, 1, 1, pad_h, pad_w)
         return dx, dw, db
-    wt = np.ascontiguousarray(w.transpose(0, 3, 1, 2)).reshape(g.kh, g.c_out, g.kw * g.c_in)
-    _launch_tiles(numba_tiles.dx_scatter, g, (dy, dx), wt, g.sh, g.sw, g.ph, g.pw)
+    wt = np.ascontiguousarray(w.reshape(-1, g.c_out).T)  # (C_out, KH*KW*C_in)
+    _launch_tiles(numba_tiles.dx_cols, g, (dy, dx), wt, g.kh, g.sh, g.sw, g.ph, g.pw)
     return dx, dw, db
 
 

@@ -18,14 +18,14 @@ stores of their output planes) reach about 20%.
     dx for stride 1                             forward() again: the gradient of a stride-1
                                                 convolution is the "full" correlation of dy
                                                 with the flipped kernel, C_in and C_out swapped
-    dx_scatter(dy, dx, wt, sh, sw, ph, pw)      dx for any stride: each dy pixel's row of
-                                                dcols = dy @ w2.T added back into the KW*C_in
-                                                runs it came from (col2im)
+    dx_cols(dy, dx, wt, kh, sh, sw, ph, pw)     dx for any stride: per sample dcols = dy @ w2.T
+                                                (register tiles), each pixel's runs added back
+                                                into the rows they came from (col2im)
     dw_tiles(x, dy, dw, db, sh, sw, ph, pw)     dW = im2col(x).T @ dy: tiles of TILE patch
                                                 entries x LANES channels, summed over pixels;
                                                 db = dy summed over pixels
 
-Each kernel copies one sample at a time into zero-padded scratch rows (and dx_scatter writes
+Each kernel copies one sample at a time into zero-padded scratch rows (and dx_cols writes
 into such rows and copies the interior out), so the padded copy stays in L2.
 
 Where a tile would run past the last pixel (or channel) it is moved back to end there: forward
@@ -63,8 +63,8 @@ LANES = 16  # channels per tile: two AVX2 vectors of float32
 
 # The tiled kernels take a geometry with at least this many input channels (below it the plane
 # kernels of kernels/numba_conv.py are faster: the `small_conv` and `deep_conv1` cases have 1,
-# `lab_fit` 3) and tiles that fit: LANES output channels, TILE output columns, and a KW*C_in run
-# of at least LANES values (dX's tiles run along it).
+# `lab_fit` 3) and tiles that fit: LANES output channels, TILE output columns, and a patch of
+# at least LANES values (dx_cols's tiles run along it).
 MIN_C_IN = 8
 
 # Serial kernels that release the GIL: the caller runs one per core on blocks of samples
@@ -76,11 +76,16 @@ _JIT: dict[str, Any] = dict(cache=True, nogil=True, fastmath={"contract"})
 
 def applies(g: ConvGeometry) -> bool:
     """True when the tiled kernels run geometry g (see MIN_C_IN)."""
-    return g.c_in >= MIN_C_IN and g.c_out >= LANES and g.out_w >= TILE and g.kw * g.c_in >= LANES
+    return (
+        g.c_in >= MIN_C_IN
+        and g.c_out >= LANES
+        and g.out_w >= TILE
+        and g.kh * g.kw * g.c_in >= LANES
+    )
 
 
 def dx_by_forward(g: ConvGeometry) -> bool:
-    """True when dX is forward() on dy rather than dx_scatter(): stride 1 (dX is then a stride-1
+    """True when dX is forward() on dy rather than dx_cols(): stride 1 (dX is then a stride-1
     convolution), C_in fills the tiles' lanes and W their pixels, and the padding is at most
     the kernel's size - 1 (so dy's padding for the full correlation is not negative)."""
     return (
@@ -189,49 +194,57 @@ def forward(x, y, w2, bias, sh, sw, ph, pw):
 
 
 @njit(**_JIT)
-def dx_scatter(dy, dx, wt, sh, sw, ph, pw):
-    """dx (N, H, W, C_in) = every dy (N, OH, OW, C_out) pixel's dy @ wt[kh] (wt: (KH, C_out,
-    KW*C_in)) added at the KW*C_in run (of the input zero-padded by (ph, pw)) it was computed
-    from, the padding then cut off.
+def _matmul_tiles(a, b, out):
+    """out (M, N) = a (M, K) @ b (K, N), in TILE x LANES register tiles (M >= TILE, N >= LANES);
+    a tile past the last row or column is moved back and recomputes what it overlaps."""
+    m, k = a.shape
+    n = b.shape[1]
+    tile = carray(_stack_array(80, out.dtype), (TILE, LANES))
+    for r0 in range(0, m, TILE):
+        rb = min(r0, m - TILE)
+        rows = a[rb : rb + TILE]
+        for c0 in range(0, n, LANES):
+            cb = min(c0, n - LANES)
+            for p in range(TILE):
+                for c in range(LANES):
+                    tile[p, c] = 0
+            for j in range(k):
+                b_row = b[j, cb : cb + LANES]
+                for p in range(TILE):
+                    x = rows[p, j]
+                    for c in range(LANES):
+                        tile[p, c] += x * b_row[c]
+            for p in range(TILE):
+                o = out[rb + p, cb : cb + LANES]
+                for c in range(LANES):
+                    o[c] = tile[p, c]
 
-    Needs OW >= TILE and KW*C_in >= LANES (see applies)."""
+
+@njit(**_JIT)
+def dx_cols(dy, dx, wt, kh_all, sh, sw, ph, pw):
+    """dx (N, H, W, C_in) for any stride: per sample, dcols = dy (OH*OW, C_out) @ wt (C_out,
+    KH*KW*C_in) in register tiles, then each pixel's KH runs of KW*C_in values of dcols added
+    back into the zero-padded input rows they came from (col2im), and the padding cut off.
+
+    dcols holds one sample (tens of kilobytes, in L2). Needs OH*OW >= TILE and
+    KH*KW*C_in >= LANES."""
     n, out_h, out_w, c_out = dy.shape
-    kh_all, _, run = wt.shape
     height, width, c_in = dx.shape[1], dx.shape[2], dx.shape[3]
-    rows = _padded_rows(dx, ph, pw)
+    run = wt.shape[1] // kh_all
     step = sw * c_in
-    tile = carray(_stack_array(80, dy.dtype), (TILE, LANES))
+    rows = _padded_rows(dx, ph, pw)
+    dcols = np.empty((out_h * out_w, wt.shape[1]), dtype=dx.dtype)
     for ni in range(n):
+        _matmul_tiles(dy[ni].reshape(out_h * out_w, c_out), wt, dcols)
         rows[:] = 0
         for oh in range(out_h):
-            for ow0 in range(0, out_w, TILE):
-                first = min(ow0, out_w - TILE)
-                grads = dy[ni, oh, first:]
+            for ow in range(out_w):
+                pixel = dcols[oh * out_w + ow]
                 for kh in range(kh_all):
-                    row = rows[oh * sh + kh, first * step :]
-                    w_rows = wt[kh]
-                    for j0 in range(0, run, LANES):
-                        jb = min(j0, run - LANES)
-                        for p in range(TILE):
-                            for c in range(LANES):
-                                tile[p, c] = 0
-                        for co in range(c_out):
-                            w_row = w_rows[co, jb : jb + LANES]
-                            for p in range(TILE):
-                                a = grads[p, co]
-                                for c in range(LANES):
-                                    tile[p, c] += a * w_row[c]
-                        if jb == j0 and first == ow0:
-                            for p in range(TILE):
-                                out = row[p * step + jb : p * step + jb + LANES]
-                                for c in range(LANES):
-                                    out[c] += tile[p, c]
-                        else:  # a moved-back tile: add only what no earlier tile added
-                            for p in range(TILE):
-                                if first + p >= ow0:
-                                    for c in range(LANES):
-                                        if jb + c >= j0:
-                                            row[p * step + jb + c] += tile[p, c]
+                    src = pixel[kh * run : (kh + 1) * run]
+                    dst = rows[oh * sh + kh, ow * step : ow * step + run]
+                    for j in range(run):
+                        dst[j] += src[j]
         for r in range(height):
             src = rows[r + ph, pw * c_in : (pw + width) * c_in]
             dst = dx[ni, r].ravel()
