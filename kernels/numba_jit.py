@@ -1,11 +1,16 @@
 """numba backend: compiled loops, parallel (prange) over samples, vectorised along image planes.
 
-Convolution: each sample is copied into zero-padded channel planes (C, Hp*Wp), where every kernel
-           tap is a constant shift of the flattened plane, so forward, dW and dX are long
-           contiguous loops LLVM vectorises (kernels/numba_conv.py).
+Convolution, two ways:
+  register tiles (kernels/numba_tiles.py), an implicit GEMM over NHWC holding 5 output pixels x
+           16 output channels in registers: the forward whenever there are 16 output channels,
+           the backward too from 8 input channels. Serial kernels, run one per core on blocks of
+           samples (kernels/gemm.py's pool), each block with its own partial dW/db.
+  channel planes (kernels/numba_conv.py) for everything else: each sample is copied into
+           zero-padded planes (C, Hp*Wp), where every kernel tap is a constant shift of the
+           flattened plane, so forward, dW and dX are long contiguous loops LLVM vectorises.
            Forward, dW+db and dX each take one prange over blocks of samples; a block owns its
-           scratch planes and its partial dW/db (summed afterwards), so no two threads ever write
-           the same accumulator.
+           scratch planes and its partial dW/db (summed afterwards), so no two threads ever
+           write the same accumulator.
 Pooling:   forward prange over (n, output row); backward prange over samples (windows of one sample
            may overlap, different samples never do).
 
@@ -221,7 +226,8 @@ class NumbaConvCtx(ConvCtx):
 
 @dataclass(frozen=True, eq=False)
 class TiledConvCtx(ConvCtx):
-    """conv2d's ctx on the many-channel path (kernels/numba_tiles.py): x and w."""
+    """conv2d's ctx after the tiled forward (kernels/numba_tiles.py): x and w; the backward
+    runs tiled too when numba_tiles.backward_applies, else on the plane kernels."""
 
     x: np.ndarray  # (N, H, W, C_in), C-contiguous
     w: np.ndarray  # (KH, KW, C_in, C_out), C-contiguous
@@ -234,17 +240,12 @@ NumbaCtx = NumbaConvCtx | TiledConvCtx
 def _launch_tiles(
     kernel: Any, g: ConvGeometry, blocked: tuple[np.ndarray, ...], *args: Any
 ) -> None:
-    """kernel(*blocked[lo:hi], *args) for _parts(g) blocks lo:hi of the samples at once, on
-    gemm's thread pool (numba_tiles' kernels are serial and release the GIL), compiled with the
-    SLP vectoriser on."""
-    blocks = gemm.split_bounds(g.n, _parts(g))
-    pieces = [tuple(a[lo:hi] for a in blocked) + args for lo, hi in blocks]
-    with numba_tiles.slp_vectorize():
-        gemm.run_pieces(kernel, pieces)
+    """numba_tiles.run_blocks on _parts(g) blocks of the samples."""
+    numba_tiles.run_blocks(kernel, _parts(g), blocked, *args)
 
 
 def _tiled_forward(g: ConvGeometry, x: np.ndarray, w: np.ndarray, b: np.ndarray | None):
-    """conv2d_forward on the many-channel path (numba_tiles.applies(g))."""
+    """conv2d_forward by register tiles (numba_tiles.forward_applies(g))."""
     x, w = np.ascontiguousarray(x), np.ascontiguousarray(w)
     bias = np.zeros(g.c_out, dtype=g.dtype) if b is None else np.ascontiguousarray(b)
     y = np.empty(g.y_shape, dtype=g.dtype)
@@ -261,10 +262,9 @@ def _tiled_backward(dy: np.ndarray, ctx: TiledConvCtx, need_dx: bool):
     # one partial dW/db per block of samples, summed afterwards: threads never share one
     dw_parts = np.zeros((n_parts, g.kh, g.kw * g.c_in, g.c_out), dtype=g.dtype)
     db_parts = np.zeros((n_parts, g.c_out), dtype=g.dtype)
-    blocks = gemm.split_bounds(g.n, n_parts)
     pieces = [
         (ctx.x[lo:hi], dy[lo:hi], dw_parts[i], db_parts[i], g.sh, g.sw, g.ph, g.pw)
-        for i, (lo, hi) in enumerate(blocks)
+        for i, (lo, hi) in enumerate(gemm.split_bounds(g.n, n_parts))
     ]
     with numba_tiles.slp_vectorize():
         gemm.run_pieces(numba_tiles.dw_tiles, pieces)
@@ -305,7 +305,7 @@ def conv2d_forward(
     offsets for the backward pass.
     """
     g = conv_geometry(x, w, b, stride, padding)
-    if numba_tiles.applies(g):
+    if numba_tiles.forward_applies(g):
         return _tiled_forward(g, x, w, b)
     x, w = np.ascontiguousarray(x), np.ascontiguousarray(w)
     lay = numba_conv.plane_layout(g)
@@ -337,7 +337,14 @@ def conv2d_backward(
     check_grad(dy, ctx.geometry.y_shape, ctx.geometry.dtype)
     dy = np.ascontiguousarray(dy)
     if isinstance(ctx, TiledConvCtx):
-        return _tiled_backward(dy, ctx, need_dx)
+        if numba_tiles.backward_applies(ctx.geometry):
+            return _tiled_backward(dy, ctx, need_dx)
+        # few input channels: the plane kernels' backward, with the layout and taps the plane
+        # forward would have kept
+        g = ctx.geometry
+        lay = numba_conv.plane_layout(g)
+        offsets, _ = numba_conv.forward_taps(g, lay, ctx.w)
+        ctx = NumbaConvCtx(g, ctx.x, ctx.w, lay, offsets)
     g, x, w, lay, offsets = ctx.geometry, ctx.x, ctx.w, ctx.layout, ctx.offsets
     if need_dx:
         dx_offsets, dx_weights = numba_conv.dx_taps(g, lay, w)

@@ -45,6 +45,11 @@ so dX and dW both cost one batched GEMM of the forward's size. The transforms ar
 over tiles, vectorised along the contiguous channel axis of NHWC; the GEMMs are numpy matmuls
 split over the cores (kernels/gemm.py).
 
+With 16 or more channels in and out, F(2x2, 3x3) runs fused instead (kernels/winograd_tiles.py):
+every stage on one sample while it is in cache, the 16 GEMMs in numba register tiles. Over the
+whole batch each stage above streams megabytes through memory, and the transforms, not the
+multiplies, set its speed.
+
 Numerical error: the transforms add and subtract products of different magnitudes, so float32
 results differ from the direct sum by more than rounding of the same sum would: the relative
 error grows with the tile size (F(4x4) multiplies inputs by up to 5 and outputs by up to 8).
@@ -63,7 +68,7 @@ from typing import Any
 import numpy as np
 from numba import njit, prange
 
-from . import gemm, jitcache, threads
+from . import gemm, jitcache, numba_tiles, threads, winograd_tiles
 from .contract import ConvCtx
 from .geometry import ConvGeometry, check_grad, conv_geometry
 
@@ -323,16 +328,90 @@ class WinogradConvCtx(ConvCtx):
     inner: Any = None
 
 
+@dataclass(frozen=True, eq=False)
+class FusedWinogradCtx(ConvCtx):
+    """conv2d's ctx on the fused path (kernels/winograd_tiles.py): x and w, from which the
+    backward recomputes the input transform per sample and transforms the flipped kernel."""
+
+    path: str
+    x: np.ndarray  # (N, H, W, C_in), C-contiguous
+    w: np.ndarray  # (3, 3, C_in, C_out)
+
+
+FUSED_PATH = "winograd fused F(2x2,3x3)"
+
+
+def _fused_parts(g: ConvGeometry) -> int:
+    """Blocks of samples (one per thread) for the fused kernels: one for a product too small
+    to pay for the hand-off (gemm.MIN_SPLIT_MACS), else one per thread."""
+    if g.flops // 2 < gemm.MIN_SPLIT_MACS:
+        return 1
+    return max(1, min(gemm.threads(), g.n))
+
+
+def _fused_forward(g: ConvGeometry, x, w, b) -> tuple[np.ndarray, FusedWinogradCtx]:
+    _, gm, _ = transforms(2, g.dtype)
+    x = np.ascontiguousarray(x)
+    u = _filter_transform(gm, w)
+    bias = np.zeros(g.c_out, dtype=g.dtype) if b is None else np.ascontiguousarray(b)
+    y = np.empty(g.y_shape, dtype=g.dtype)
+    blocking = winograd_tiles.plan(g.out_h, g.out_w, g.c_in, g.c_out, g.dtype.itemsize)
+    numba_tiles.run_blocks(
+        winograd_tiles.forward, _fused_parts(g), (x, y), u, bias, g.ph, g.pw, *blocking
+    )
+    return y, FusedWinogradCtx(g, FUSED_PATH, x, np.ascontiguousarray(w))
+
+
+def _fused_backward(dy, ctx: FusedWinogradCtx, need_dx: bool):
+    g = ctx.geometry
+    _, gm, _ = transforms(2, g.dtype)
+    n_parts = _fused_parts(g)
+    du_parts = np.zeros((n_parts, 16, g.c_in, g.c_out), dtype=g.dtype)
+    db_parts = np.zeros((n_parts, g.c_out), dtype=g.dtype)
+    blocking = winograd_tiles.plan(g.out_h, g.out_w, g.c_in, g.c_out, g.dtype.itemsize)
+    pieces = [
+        (ctx.x[lo:hi], dy[lo:hi], du_parts[i], db_parts[i], g.ph, g.pw, *blocking)
+        for i, (lo, hi) in enumerate(gemm.split_bounds(g.n, n_parts))
+    ]
+    with numba_tiles.slp_vectorize():
+        gemm.run_pieces(winograd_tiles.dw_tiles, pieces)
+    dw = _filter_transform_adjoint(gm, du_parts.sum(axis=0)).astype(g.dtype, copy=False)
+    db = db_parts.sum(axis=0) if g.has_bias else None
+    if not need_dx:
+        return None, dw, db
+    # dX: the full correlation of dy with the kernel flipped in both axes, C_in and C_out
+    # swapped: a 3x3 stride-1 convolution padded by 2 - padding
+    u_flipped = _filter_transform(gm, np.ascontiguousarray(ctx.w[::-1, ::-1].transpose(0, 1, 3, 2)))
+    dx = np.empty(g.x_shape, dtype=g.dtype)
+    no_bias = np.zeros(g.c_in, dtype=g.dtype)
+    # dX's "output" is x: H x W, C_in channels from C_out
+    blocking = winograd_tiles.plan(g.height, g.width, g.c_out, g.c_in, g.dtype.itemsize)
+    numba_tiles.run_blocks(
+        winograd_tiles.forward,
+        n_parts,
+        (dy, dx),
+        u_flipped,
+        no_bias,
+        2 - g.ph,
+        2 - g.pw,
+        *blocking,
+    )
+    return dx, dw, db
+
+
 def conv2d_forward(x, w, b=None, stride=1, padding=0):
     """x: (N, H, W, C_in), w: (KH, KW, C_in, C_out), b: (C_out,) or None -> y: (N, OH, OW, C_out).
 
-    Same dtype as x. 3x3 stride-1 convolutions run as Winograd F(m x m, 3 x 3) (m from
-    tile_size); others on the FALLBACK backend.
+    Same dtype as x. 3x3 stride-1 convolutions run as Winograd: fused F(2x2, 3x3) per sample
+    where winograd_tiles.applies (16 channels and more), else F(m x m, 3 x 3) over the batch (m
+    from tile_size); others on the FALLBACK backend.
     """
     g = conv_geometry(x, w, b, stride, padding)
     if not native(g):
         y, inner = _fallback().conv2d_forward(x, w, b, stride, padding)
         return y, WinogradConvCtx(g, f"fallback:{FALLBACK}", inner=inner)
+    if winograd_tiles.applies(g):
+        return _fused_forward(g, x, w, b)
     threads.launch()  # before the first parallel kernel (kernels/threads.py)
     m = tile_size(g)
     alpha = m + 2
@@ -349,9 +428,12 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0):
     return y, WinogradConvCtx(g, f"winograd F({m}x{m},3x3)", m, (tiles_h, tiles_w), v, u)
 
 
-def conv2d_backward(dy, ctx: WinogradConvCtx, need_dx=True):
+def conv2d_backward(dy, ctx: WinogradConvCtx | FusedWinogradCtx, need_dx=True):
     """dy: (N, OH, OW, C_out) -> (dx (N, H, W, C_in) or None, dw like w, db (C_out,) or None)."""
     g = ctx.geometry
+    if isinstance(ctx, FusedWinogradCtx):
+        check_grad(dy, g.y_shape, g.dtype)
+        return _fused_backward(np.ascontiguousarray(dy), ctx, need_dx)
     if ctx.inner is not None:
         return _fallback().conv2d_backward(dy, ctx.inner, need_dx=need_dx)
     check_grad(dy, g.y_shape, g.dtype)
@@ -410,7 +492,12 @@ def warmup(dtypes=None, ops=None) -> None:
         w = np.ones((3, 3, 1, 1), dtype=dtype)
         y, ctx = conv2d_forward(x, w, np.ones(1, dtype=dtype), padding=1)
         conv2d_backward(np.ones_like(y), ctx)
-    jitcache.mark_cached(_sandwich, (__file__,), dtypes, ("conv2d",))
+        # the fused path (winograd_tiles): 16 channels in and out
+        many = np.ones((1, 6, 6, winograd_tiles.MIN_CHANNELS), dtype=dtype)
+        w = np.ones((3, 3, winograd_tiles.MIN_CHANNELS, winograd_tiles.MIN_CHANNELS), dtype=dtype)
+        y, ctx = conv2d_forward(many, w, None, padding=1)
+        conv2d_backward(np.ones_like(y), ctx)
+    jitcache.mark_cached(_sandwich, _SOURCES, dtypes, ("conv2d",))
 
 
 def warmup_cached(dtypes=None, ops=None) -> bool:
@@ -420,4 +507,8 @@ def warmup_cached(dtypes=None, ops=None) -> bool:
     if ops is not None and "conv2d" not in ops:
         return True
     dtypes = (np.float32, np.float64) if dtypes is None else tuple(dtypes)
-    return jitcache.is_cached(_sandwich, (__file__,), dtypes, ("conv2d",))
+    return jitcache.is_cached(_sandwich, _SOURCES, dtypes, ("conv2d",))
+
+
+# the files whose kernels warmup() compiles (numba's cache is keyed on them)
+_SOURCES = (__file__, winograd_tiles.__file__, numba_tiles.__file__)

@@ -1,4 +1,5 @@
-"""The winograd backend: both tile sizes against naive, its fallback path, and its float32 error.
+"""The winograd backend: both tile sizes and the fused F(2x2) path against naive, its fallback
+path, and its float32 error.
 
 The shared equality tests (test_kernels_equality.py) already compare winograd with naive on
 every hypothesis shape, with the tile size its rule picks; here each tile size is forced on
@@ -19,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kernels import geometry, naive, winograd
+from kernels import geometry, naive, winograd, winograd_tiles
 
 F32_RTOL = {2: 1e-5, 4: 5e-5}
 F64_RTOL = 1e-10
@@ -33,8 +34,11 @@ def _assert_close(actual, expected, rtol, what):
 
 @pytest.fixture
 def force_tile(monkeypatch):
+    """force(m): the batched F(m x m) path on every 3x3 stride-1 shape (not the fused one)."""
+
     def force(m):
         monkeypatch.setattr(winograd, "tile_size", lambda g: m)
+        monkeypatch.setattr(winograd_tiles, "applies", lambda g: False)
 
     return force
 
@@ -98,6 +102,65 @@ def test_float32_error_on_a_network_layer(m, force_tile):
     for ref, got in ((y, y32), (dx, dx32), (dw, dw32)):
         error = np.abs(got - ref).max() / np.abs(ref).max()
         assert error < F32_RTOL[m] / 5
+
+
+@st.composite
+def fused_cases(draw):
+    """3x3 stride-1 convolutions with 16-24 channels in and out (the fused path's tiles, full
+    and ragged), sizes that leave partial tiles, padding 0-2."""
+    n, h, w = draw(st.integers(1, 3)), draw(st.integers(2, 11)), draw(st.integers(2, 11))
+    ph, pw = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+    if h + 2 * ph < 3 or w + 2 * pw < 3:
+        ph, pw = max(ph, 1), max(pw, 1)
+    return dict(
+        x_shape=(n, h, w, draw(st.integers(16, 24))),
+        c_out=draw(st.integers(16, 24)),
+        padding=(ph, pw),
+        bias=draw(st.booleans()),
+        need_dx=draw(st.booleans()),
+        seed=draw(st.integers(0, 2**16)),
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+@settings(max_examples=40, deadline=None)
+@given(case=fused_cases())
+def test_fused_path_matches_naive(case, dtype):
+    rng = np.random.default_rng(case["seed"])
+    x = rng.standard_normal(case["x_shape"]).astype(dtype)
+    w = rng.standard_normal((3, 3, case["x_shape"][3], case["c_out"])).astype(dtype)
+    b = rng.standard_normal(case["c_out"]).astype(dtype) if case["bias"] else None
+    y, ctx = naive.conv2d_forward(x, w, b, 1, case["padding"])
+    y_w, ctx_w = winograd.conv2d_forward(x, w, b, 1, case["padding"])
+    if winograd_tiles.applies(ctx.geometry):
+        assert ctx_w.path == winograd.FUSED_PATH
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    grads = naive.conv2d_backward(dy, ctx, need_dx=case["need_dx"])
+    grads_w = winograd.conv2d_backward(dy, ctx_w, need_dx=case["need_dx"])
+    rtol = F64_RTOL if dtype == np.float64 else F32_RTOL[2]
+    _assert_close(y_w, y, rtol, "y")
+    for name, ref, got in zip(("dx", "dw", "db"), grads, grads_w):
+        if ref is None:
+            assert got is None, f"{name} should be None"
+        else:
+            _assert_close(got, ref, rtol, name)
+
+
+def test_fused_float32_error_on_a_network_layer():
+    """The fused F(2x2) on a deep_conv2-shaped layer against float64: within F(2x2)'s measured
+    range (module docstring)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 14, 14, 32))
+    w = rng.standard_normal((3, 3, 32, 64)) * np.sqrt(2 / (9 * 32))
+    y, ctx = naive.conv2d_forward(x, w, None, 1, 1)
+    dy = rng.standard_normal(y.shape)
+    dx, dw, _ = naive.conv2d_backward(dy, ctx)
+    y32, ctx32 = winograd.conv2d_forward(x.astype(np.float32), w.astype(np.float32), None, 1, 1)
+    assert ctx32.path == winograd.FUSED_PATH
+    dx32, dw32, _ = winograd.conv2d_backward(dy.astype(np.float32), ctx32)
+    for ref, got in ((y, y32), (dx, dx32), (dw, dw32)):
+        error = np.abs(got - ref).max() / np.abs(ref).max()
+        assert error < F32_RTOL[2] / 5
 
 
 @pytest.mark.parametrize(

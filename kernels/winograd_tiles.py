@@ -1,0 +1,315 @@
+"""The winograd backend's fused F(2x2, 3x3) for many channels: one sample at a time, in cache.
+
+kernels/winograd.py explains the algorithm. Its batched path transforms the whole batch, runs
+one BLAS GEMM per tile position over every tile of the batch, and transforms the whole result
+back: each stage streams megabytes through memory, so the transforms, not the multiplies, set its
+speed (the `deep_conv2` benchmark case). Here every stage runs on one sample while its data is
+in L2, then the next sample follows:
+
+    forward(x, y, u, bias, ph, pw)          per sample: input transform -> V (16, T, C_in),
+                                            M[t] = V[t] @ U[t] for the 16 tile positions t in
+                                            register tiles (numba_tiles._matmul_tiles),
+                                            output transform of M -> y
+    dX                                      forward() again, on dy with the flipped kernel's
+                                            transform (a 3x3 stride-1 full correlation)
+    dw_tiles(x, dy, du, db, ph, pw)         per sample: V as above, dM = the adjoint output
+                                            transform of dy, dU[t] += V[t]^T @ dM[t] in register
+                                            tiles; the caller turns dU into dW = G^T dU G
+
+T = ceil(OH/2) * ceil(OW/2) tiles per sample. F(2x2) rather than F(4x4): its transforms have
+entries 0, +-1 (and 1/2 in G), so float32 stays within a few ulps of the direct sum, and a
+14x14 output splits into 7x7 whole tiles (F(4x4) computes 16x16 for it). Per sample the 16
+GEMMs do 2.25x fewer multiply-adds than the direct convolution.
+
+The kernels are serial and release the GIL: the caller runs one per core on blocks of samples
+(kernels/gemm.py's pool), compiled with the SLP vectoriser on (numba_tiles.slp_vectorize).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import carray, njit
+
+from .geometry import ConvGeometry
+from .numba_tiles import _JIT, LANES, TILE, _load_sample, _matmul_tiles, _stack_array
+
+# input channels (K of the tile GEMMs) below which the tiles' reduction is too short to pay for
+# the transforms; C_in and C_out also fill LANES (dX's GEMM has C_in outputs)
+MIN_CHANNELS = LANES
+
+
+def applies(g: ConvGeometry) -> bool:
+    """True when the fused F(2x2) runs geometry g (3x3, stride 1, checked by the caller):
+    LANES channels in and out, TILE tiles per sample, and padding of at most 2 (dX's full
+    correlation pads dy by 2 - padding)."""
+    tiles = -(-g.out_h // 2) * -(-g.out_w // 2)
+    return (
+        min(g.c_in, g.c_out) >= MIN_CHANNELS
+        and tiles >= TILE
+        and g.height >= 2  # dX's output, computed as tiles too
+        and g.width >= 2
+        and -(-g.height // 2) * -(-g.width // 2) >= TILE
+        and g.ph <= 2
+        and g.pw <= 2
+    )
+
+
+# tiles transformed and multiplied per block (whole rows of tiles, at least TILE tiles): the
+# block's 16 transformed tiles and 16 products stay in L2 (V + M of 40 tiles at 64 channels:
+# 320 KB). A whole 32x32 sample's 256 tiles (the `big` benchmark case) ran its input transform
+# 70x slower than a 14x14 sample's 49, for 10x the work.
+BLOCK_TILES = 40
+
+
+def plan(out_h: int, out_w: int, c_in: int, c_out: int, itemsize: int) -> tuple[int, int, int]:
+    """The kernels' blocking for a (out_h, out_w) output: (rows of tiles per block,
+    BLOCK_TILES // tw but at least enough for TILE tiles; the tiles to allocate per plane of
+    the C_in-channel and the C_out-channel scratch, see _planes)."""
+    tw = -(-out_w // 2)
+    per_block = max(-(-TILE // tw), BLOCK_TILES // tw, 1)
+    most = (per_block + TILE) * tw  # a block takes in a remainder of fewer than TILE tiles
+    return per_block, _planes(most, c_in, itemsize), _planes(most, c_out, itemsize)
+
+
+@njit(**_JIT)
+def _block_end(i0, per_block, th, tw):
+    """The end of the block of tile rows starting at i0; a remainder of fewer than TILE tiles
+    joins this block (the GEMM tiles need TILE rows), so a block has < per_block + TILE rows."""
+    i1 = min(i0 + per_block, th)
+    if (th - i1) * tw < TILE:
+        i1 = th
+    return i1
+
+
+@njit(**_JIT)
+def _tile_rows(c, out_h, out_w, dtype_like):
+    """Zeroed scratch rows for one sample's input tiles: (2*th + 2, (2*tw + 2) * c)."""
+    th, tw = (out_h + 1) // 2, (out_w + 1) // 2
+    return np.zeros((2 * th + 2, (2 * tw + 2) * c), dtype=dtype_like.dtype)
+
+
+# channels per step of the transforms: one AVX2 vector of float32
+VEC = 8
+
+# Indices below are unsigned (U = uint64): numba adds wraparound code (for negative indices) to
+# every signed index it cannot prove non-negative, and that code kept the transforms' loads and
+# stores scalar; a slice per operand instead costs more than the arithmetic (3x, the
+# `deep_conv2` input transform).
+U = np.uint64
+
+
+def _planes(n_tiles: int, c: int, itemsize: int) -> int:
+    """Tiles to allocate per plane of a (16, tiles, C) scratch: at least n_tiles, and a plane
+    size that is not close to a multiple of 4 KB. The transforms write (or read) all 16 planes
+    in one step; at a 4 KB multiple apart those accesses stall on cache aliasing (the `big`
+    case's 64-channel planes ran its input transform 3x slower)."""
+    tiles = n_tiles
+    while min((tiles * c * itemsize) % 4096, 4096 - (tiles * c * itemsize) % 4096) < 256:
+        tiles += 1
+    return tiles
+
+
+@njit(**_JIT)
+def _input_transform(rows, c_all, i0, i1, tw, v):
+    """v (16, >= T, C)[4r + s, t] = (B^T d B)[r, s] for the 4x4 tile d of tile t =
+    (i - i0)*tw + j, i0 <= i < i1, at rows 2i.. and columns 2j.. of rows ((2*th + 2),
+    (2*tw + 2) * C); B^T as in winograd.py. Needs C >= VEC.
+
+    VEC channels at a time go through stack buffers (see numba_tiles._stack_array): LLVM knows
+    they alias nothing, so the unrolled loads, sums and stores become vector instructions."""
+    src, dst = rows.ravel(), v.ravel()
+    pitch, cu, plane = U(rows.shape[1]), U(c_all), U(v.shape[1] * c_all)
+    d = carray(_stack_array(128, v.dtype), (16, VEC))
+    out = carray(_stack_array(128, v.dtype), (16, VEC))
+    for i in range(i0, i1):
+        for j in range(tw):
+            t = U((i - i0) * tw + j)
+            for c0 in range(0, c_all, VEC):
+                cb = U(min(c0, c_all - VEC))  # a moved-back last step recomputes the same values
+                for r in range(4):
+                    for s in range(4):
+                        base = U(2 * i + r) * pitch + U(2 * j + s) * cu + cb
+                        for q in range(VEC):
+                            d[4 * r + s, q] = src[base + U(q)]
+                for s in range(4):  # B^T d: rows 0 - 2, 1 + 2, 2 - 1, 1 - 3 (each a row of 4)
+                    for q in range(VEC):
+                        d0, d1, d2, d3 = d[s, q], d[4 + s, q], d[8 + s, q], d[12 + s, q]
+                        d[s, q], d[4 + s, q] = d0 - d2, d1 + d2
+                        d[8 + s, q], d[12 + s, q] = d2 - d1, d1 - d3
+                for r in range(4):  # ... then B: the same on the columns
+                    for q in range(VEC):
+                        e0, e1 = d[4 * r, q], d[4 * r + 1, q]
+                        e2, e3 = d[4 * r + 2, q], d[4 * r + 3, q]
+                        out[4 * r, q], out[4 * r + 1, q] = e0 - e2, e1 + e2
+                        out[4 * r + 2, q], out[4 * r + 3, q] = e2 - e1, e1 - e3
+                for k in range(16):
+                    base = U(k) * plane + t * cu + cb
+                    for q in range(VEC):
+                        dst[base + U(q)] = out[k, q]
+
+
+@njit(**_JIT)
+def forward(x, y, u, bias, ph, pw, per_block, tiles_v, tiles_m):
+    """y (N, OH, OW, C_out) = bias + the 3x3 stride-1 convolution of x (N, H, W, C_in),
+    zero-padded by (ph, pw), with the filter whose transform is u (16, C_in, C_out); blocks of
+    per_block rows of tiles, scratch planes of tiles_v and tiles_m tiles (from plan())."""
+    n, out_h, out_w, c_out = y.shape
+    c_in = x.shape[3]
+    th, tw = (out_h + 1) // 2, (out_w + 1) // 2
+    rows = _tile_rows(c_in, out_h, out_w, x)
+    v = np.empty((16, tiles_v, c_in), dtype=x.dtype)
+    mm = np.empty((16, tiles_m, c_out), dtype=x.dtype)
+    for ni in range(n):
+        _load_sample(x[ni], rows, ph, pw)
+        i0 = 0
+        while i0 < th:
+            i1 = _block_end(i0, per_block, th, tw)
+            n_tiles = (i1 - i0) * tw
+            _input_transform(rows, c_in, i0, i1, tw, v)
+            for t in range(16):
+                _matmul_tiles(v[t, :n_tiles], u[t], mm[t, :n_tiles])
+            _output_transform(mm, bias, i0, i1, tw, y[ni])
+            i0 = i1
+
+
+@njit(**_JIT)
+def _output_transform(mm, bias, i0, i1, tw, out):
+    """out (OH, OW, C) = bias + A^T M A of the 4x4 mm (16, >= T, C) of tile t = (i - i0)*tw
+    + j, i0 <= i < i1 (the 2x2 output tile at rows 2i.., columns 2j.., cut at the output's
+    edge); VEC channels at a time through stack buffers, as in _input_transform."""
+    out_h, out_w, c_all = out.shape
+    src, dst = mm.ravel(), out.ravel()
+    cu, plane, pitch = U(c_all), U(mm.shape[1] * c_all), U(out_w * c_all)
+    m = carray(_stack_array(128, out.dtype), (16, VEC))
+    y = carray(_stack_array(32, out.dtype), (4, VEC))
+    for i in range(i0, i1):
+        for j in range(tw):
+            t = U((i - i0) * tw + j)
+            rows_out, cols_out = min(2, out_h - 2 * i), min(2, out_w - 2 * j)
+            for c0 in range(0, c_all, VEC):
+                cb = U(min(c0, c_all - VEC))
+                for k in range(16):
+                    base = U(k) * plane + t * cu + cb
+                    for q in range(VEC):
+                        m[k, q] = src[base + U(q)]
+                for s in range(4):  # A^T M: rows 0 + 1 + 2 and 1 - 2 - 3 ...
+                    for q in range(VEC):
+                        m0, m1, m2, m3 = m[s, q], m[4 + s, q], m[8 + s, q], m[12 + s, q]
+                        m[s, q], m[4 + s, q] = m0 + m1 + m2, m1 - m2 - m3
+                for r in range(2):  # ... then the same on the columns, plus the bias
+                    for q in range(VEC):
+                        b = bias[cb + U(q)]
+                        s0, s1 = m[4 * r, q], m[4 * r + 1, q]
+                        s2, s3 = m[4 * r + 2, q], m[4 * r + 3, q]
+                        y[2 * r, q], y[2 * r + 1, q] = b + (s0 + s1 + s2), b + (s1 - s2 - s3)
+                for r in range(rows_out):
+                    for s in range(cols_out):
+                        base = U(2 * i + r) * pitch + U(2 * j + s) * cu + cb
+                        for q in range(VEC):
+                            dst[base + U(q)] = y[2 * r + s, q]
+
+
+@njit(**_JIT)
+def _matmul_tn_tiles(a, b, out):
+    """out (M, N) += a (T, M).T @ b (T, N), in 6 x LANES register tiles summed over T (M >= 6,
+    N >= LANES); a tile past the last row or column is moved back and adds only what no earlier
+    tile added."""
+    n_t, m = a.shape
+    n = b.shape[1]
+    tile = carray(_stack_array(96, out.dtype), (6, LANES))
+    for r0 in range(0, m, 6):
+        rb = min(r0, m - 6)
+        for c0 in range(0, n, LANES):
+            cb = min(c0, n - LANES)
+            for e in range(6):
+                for c in range(LANES):
+                    tile[e, c] = 0
+            for t in range(n_t):
+                b_row = b[t, cb : cb + LANES]
+                a_row = a[t, rb : rb + 6]
+                for e in range(6):
+                    x = a_row[e]
+                    for c in range(LANES):
+                        tile[e, c] += x * b_row[c]
+            if rb == r0 and cb == c0:
+                for e in range(6):
+                    o = out[rb + e, cb : cb + LANES]
+                    for c in range(LANES):
+                        o[c] += tile[e, c]
+            else:
+                for e in range(6):
+                    if rb + e >= r0:
+                        for c in range(LANES):
+                            if cb + c >= c0:
+                                out[rb + e, cb + c] += tile[e, c]
+
+
+@njit(**_JIT)
+def dw_tiles(x, dy, du, db, ph, pw, per_block, tiles_v, tiles_m):
+    """du (16, C_in, C_out) and db (C_out,), zeroed, += the sums over the samples of
+    V[t]^T @ dM[t] (V: x's input transform as in forward, dM: dy's adjoint output transform),
+    and of dy; then dW = G^T dU G (the caller). per_block, tiles_v, tiles_m from plan()."""
+    n, out_h, out_w, c_out = dy.shape
+    c_in = x.shape[3]
+    th, tw = (out_h + 1) // 2, (out_w + 1) // 2
+    rows = _tile_rows(c_in, out_h, out_w, x)
+    grads = np.zeros((2 * th, 2 * tw * c_out), dtype=dy.dtype)  # dy, zero past the output
+    v = np.empty((16, tiles_v, c_in), dtype=x.dtype)
+    dmm = np.empty((16, tiles_m, c_out), dtype=dy.dtype)
+    for ni in range(n):
+        _load_sample(x[ni], rows, ph, pw)
+        _load_sample(dy[ni], grads, 0, 0)
+        i0 = 0
+        while i0 < th:
+            i1 = _block_end(i0, per_block, th, tw)
+            n_tiles = (i1 - i0) * tw
+            _input_transform(rows, c_in, i0, i1, tw, v)
+            _output_transform_adjoint(grads, c_out, i0, i1, tw, dmm, db)
+            for t in range(16):
+                _matmul_tn_tiles(v[t, :n_tiles], dmm[t, :n_tiles], du[t])
+            i0 = i1
+
+
+@njit(**_JIT)
+def _output_transform_adjoint(grads, c_all, i0, i1, tw, dmm, db):
+    """dmm (16, >= T, C) = A dY A^T for the 2x2 dy block of grads (2*th, 2*tw*C) (zero past
+    the output) of tile t = (i - i0)*tw + j, i0 <= i < i1, the transpose of _output_transform;
+    db (C,) += the blocks' sums. VEC channels at a time through stack buffers."""
+    src, dst = grads.ravel(), dmm.ravel()
+    pitch, cu, plane = U(grads.shape[1]), U(c_all), U(dmm.shape[1] * c_all)
+    g = carray(_stack_array(32, dmm.dtype), (4, VEC))
+    h = carray(_stack_array(128, dmm.dtype), (16, VEC))
+    for i in range(i0, i1):
+        for j in range(tw):
+            t = U((i - i0) * tw + j)
+            for c0 in range(0, c_all, VEC):
+                cb = U(min(c0, c_all - VEC))
+                for r in range(2):
+                    for s in range(2):
+                        base = U(2 * i + r) * pitch + U(2 * j + s) * cu + cb
+                        for q in range(VEC):
+                            g[2 * r + s, q] = src[base + U(q)]
+                if cb == U(c0):
+                    for q in range(VEC):
+                        db[cb + U(q)] += (g[0, q] + g[1, q]) + (g[2, q] + g[3, q])
+                else:  # a moved-back step adds only its new channels
+                    for q in range(VEC):
+                        if cb + U(q) >= U(c0):
+                            db[cb + U(q)] += (g[0, q] + g[1, q]) + (g[2, q] + g[3, q])
+                # A's rows (1, 0), (1, 1), (1, -1), (0, -1): first dY A^T on each row ...
+                for r in range(2):
+                    for q in range(VEC):
+                        g0, g1 = g[2 * r, q], g[2 * r + 1, q]
+                        h[4 * r, q], h[4 * r + 1, q] = g0, g0 + g1
+                        h[4 * r + 2, q], h[4 * r + 3, q] = g0 - g1, -g1
+                # ... then A on the columns
+                for s in range(4):
+                    for q in range(VEC):
+                        p0, p1 = h[s, q], h[4 + s, q]
+                        h[8 + s, q] = p0 - p1
+                        h[4 + s, q] = p0 + p1
+                        h[12 + s, q] = -p1
+                for k in range(16):
+                    base = U(k) * plane + t * cu + cb
+                    for q in range(VEC):
+                        dst[base + U(q)] = h[k, q]
