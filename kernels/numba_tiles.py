@@ -116,7 +116,7 @@ def run_blocks(kernel: Any, n_parts: int, blocked: tuple[np.ndarray, ...], *args
         gemm.run_pieces(kernel, pieces)
 
 
-_SLP_LOCK = threading.Lock()
+_SLP_LOCK = threading.RLock()
 
 
 @contextlib.contextmanager

@@ -44,20 +44,42 @@ def force_tile(monkeypatch):
 
 
 @st.composite
-def winograd_cases(draw):
-    """3x3 stride-1 convolutions: sizes that leave partial tiles, any padding 0-3."""
+def winograd_cases(draw, channels=(1, 5), max_padding=3):
+    """3x3 stride-1 convolutions: sizes that leave partial tiles, padding 0..max_padding, C_in
+    and C_out drawn from `channels`."""
     n, h, w = draw(st.integers(1, 3)), draw(st.integers(1, 11)), draw(st.integers(1, 11))
-    ph, pw = draw(st.integers(0, 3)), draw(st.integers(0, 3))
+    ph, pw = draw(st.integers(0, max_padding)), draw(st.integers(0, max_padding))
     if h + 2 * ph < 3 or w + 2 * pw < 3:
         ph, pw = max(ph, 1), max(pw, 1)
     return dict(
-        x_shape=(n, h, w, draw(st.integers(1, 5))),
-        c_out=draw(st.integers(1, 5)),
+        x_shape=(n, h, w, draw(st.integers(*channels))),
+        c_out=draw(st.integers(*channels)),
         padding=(ph, pw),
         bias=draw(st.booleans()),
         need_dx=draw(st.booleans()),
         seed=draw(st.integers(0, 2**16)),
     )
+
+
+def _check_against_naive(case, dtype, rtol, path):
+    """Forward and every gradient of the case on winograd against naive; `path` the winograd
+    path the case must take (None: not checked)."""
+    rng = np.random.default_rng(case["seed"])
+    x = rng.standard_normal(case["x_shape"]).astype(dtype)
+    w = rng.standard_normal((3, 3, case["x_shape"][3], case["c_out"])).astype(dtype)
+    b = rng.standard_normal(case["c_out"]).astype(dtype) if case["bias"] else None
+    y, ctx = naive.conv2d_forward(x, w, b, 1, case["padding"])
+    y_w, ctx_w = winograd.conv2d_forward(x, w, b, 1, case["padding"])
+    assert path is None or ctx_w.path == path
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    grads = naive.conv2d_backward(dy, ctx, need_dx=case["need_dx"])
+    grads_w = winograd.conv2d_backward(dy, ctx_w, need_dx=case["need_dx"])
+    _assert_close(y_w, y, rtol, "y")
+    for name, ref, got in zip(("dx", "dw", "db"), grads, grads_w):
+        if ref is None:
+            assert got is None, f"{name} should be None"
+        else:
+            _assert_close(got, ref, rtol, name)
 
 
 @pytest.mark.parametrize("m", winograd.TILE_SIZES)
@@ -68,29 +90,16 @@ def winograd_cases(draw):
 @given(case=winograd_cases())
 def test_each_tile_size_matches_naive(case, dtype, m, force_tile):
     force_tile(m)
-    rng = np.random.default_rng(case["seed"])
-    x = rng.standard_normal(case["x_shape"]).astype(dtype)
-    w = rng.standard_normal((3, 3, case["x_shape"][3], case["c_out"])).astype(dtype)
-    b = rng.standard_normal(case["c_out"]).astype(dtype) if case["bias"] else None
-    y, ctx = naive.conv2d_forward(x, w, b, 1, case["padding"])
-    y_w, ctx_w = winograd.conv2d_forward(x, w, b, 1, case["padding"])
-    assert ctx_w.path == f"winograd F({m}x{m},3x3)"
-    dy = rng.standard_normal(y.shape).astype(dtype)
-    grads = naive.conv2d_backward(dy, ctx, need_dx=case["need_dx"])
-    grads_w = winograd.conv2d_backward(dy, ctx_w, need_dx=case["need_dx"])
     rtol = F64_RTOL if dtype == np.float64 else F32_RTOL[m]
-    _assert_close(y_w, y, rtol, "y")
-    for name, ref, got in zip(("dx", "dw", "db"), grads, grads_w):
-        if ref is None:
-            assert got is None, f"{name} should be None"
-        else:
-            _assert_close(got, ref, rtol, name)
+    _check_against_naive(case, dtype, rtol, f"winograd F({m}x{m},3x3)")
 
 
-@pytest.mark.parametrize("m", winograd.TILE_SIZES)
+@pytest.mark.parametrize("m", [*winograd.TILE_SIZES, "fused"])
 def test_float32_error_on_a_network_layer(m, force_tile):
-    """The figures in the module docstring: a deep_conv2-shaped layer against float64."""
-    force_tile(m)
+    """The figures in the module docstring: a deep_conv2-shaped layer against float64, on each
+    batched tile size and on the fused F(2x2) path (which this layer takes by default)."""
+    if m != "fused":
+        force_tile(m)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((4, 14, 14, 32))
     w = rng.standard_normal((3, 3, 32, 64)) * np.sqrt(2 / (9 * 32))
@@ -98,69 +107,28 @@ def test_float32_error_on_a_network_layer(m, force_tile):
     dy = rng.standard_normal(y.shape)
     dx, dw, _ = naive.conv2d_backward(dy, ctx)
     y32, ctx32 = winograd.conv2d_forward(x.astype(np.float32), w.astype(np.float32), None, 1, 1)
+    assert m != "fused" or ctx32.path == winograd.FUSED_PATH
     dx32, dw32, _ = winograd.conv2d_backward(dy.astype(np.float32), ctx32)
     for ref, got in ((y, y32), (dx, dx32), (dw, dw32)):
         error = np.abs(got - ref).max() / np.abs(ref).max()
-        assert error < F32_RTOL[m] / 5
-
-
-@st.composite
-def fused_cases(draw):
-    """3x3 stride-1 convolutions with 16-24 channels in and out (the fused path's tiles, full
-    and ragged), sizes that leave partial tiles, padding 0-2."""
-    n, h, w = draw(st.integers(1, 3)), draw(st.integers(2, 11)), draw(st.integers(2, 11))
-    ph, pw = draw(st.integers(0, 2)), draw(st.integers(0, 2))
-    if h + 2 * ph < 3 or w + 2 * pw < 3:
-        ph, pw = max(ph, 1), max(pw, 1)
-    return dict(
-        x_shape=(n, h, w, draw(st.integers(16, 24))),
-        c_out=draw(st.integers(16, 24)),
-        padding=(ph, pw),
-        bias=draw(st.booleans()),
-        need_dx=draw(st.booleans()),
-        seed=draw(st.integers(0, 2**16)),
-    )
+        assert error < F32_RTOL[2 if m == "fused" else m] / 5
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
 @settings(max_examples=40, deadline=None)
-@given(case=fused_cases())
+@given(case=winograd_cases(channels=(16, 24), max_padding=2))
 def test_fused_path_matches_naive(case, dtype):
-    rng = np.random.default_rng(case["seed"])
-    x = rng.standard_normal(case["x_shape"]).astype(dtype)
-    w = rng.standard_normal((3, 3, case["x_shape"][3], case["c_out"])).astype(dtype)
-    b = rng.standard_normal(case["c_out"]).astype(dtype) if case["bias"] else None
-    y, ctx = naive.conv2d_forward(x, w, b, 1, case["padding"])
-    y_w, ctx_w = winograd.conv2d_forward(x, w, b, 1, case["padding"])
-    if winograd_tiles.applies(ctx.geometry):
-        assert ctx_w.path == winograd.FUSED_PATH
-    dy = rng.standard_normal(y.shape).astype(dtype)
-    grads = naive.conv2d_backward(dy, ctx, need_dx=case["need_dx"])
-    grads_w = winograd.conv2d_backward(dy, ctx_w, need_dx=case["need_dx"])
-    rtol = F64_RTOL if dtype == np.float64 else F32_RTOL[2]
-    _assert_close(y_w, y, rtol, "y")
-    for name, ref, got in zip(("dx", "dw", "db"), grads, grads_w):
-        if ref is None:
-            assert got is None, f"{name} should be None"
-        else:
-            _assert_close(got, ref, rtol, name)
-
-
-def test_fused_float32_error_on_a_network_layer():
-    """The fused F(2x2) on a deep_conv2-shaped layer against float64: within F(2x2)'s measured
-    range (module docstring)."""
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((4, 14, 14, 32))
-    w = rng.standard_normal((3, 3, 32, 64)) * np.sqrt(2 / (9 * 32))
-    y, ctx = naive.conv2d_forward(x, w, None, 1, 1)
-    dy = rng.standard_normal(y.shape)
-    dx, dw, _ = naive.conv2d_backward(dy, ctx)
-    y32, ctx32 = winograd.conv2d_forward(x.astype(np.float32), w.astype(np.float32), None, 1, 1)
-    assert ctx32.path == winograd.FUSED_PATH
-    dx32, dw32, _ = winograd.conv2d_backward(dy.astype(np.float32), ctx32)
-    for ref, got in ((y, y32), (dx, dx32), (dw, dw32)):
-        error = np.abs(got - ref).max() / np.abs(ref).max()
-        assert error < F32_RTOL[2] / 5
+    """16-24 channels in and out: the fused F(2x2) path's tiles, full and ragged (shapes too
+    small for its tiles take the batched path)."""
+    g = geometry.conv_geometry(
+        np.empty(case["x_shape"]),
+        np.empty((3, 3, case["x_shape"][3], case["c_out"])),
+        None,
+        1,
+        case["padding"],
+    )
+    path = winograd.FUSED_PATH if winograd_tiles.applies(g) else None
+    _check_against_naive(case, dtype, F64_RTOL if dtype == np.float64 else F32_RTOL[2], path)
 
 
 @pytest.mark.parametrize(
