@@ -4,6 +4,8 @@ never crashes on a bad cache file, and returns naive's numbers whatever it picks
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -135,3 +137,18 @@ def test_the_cache_key_follows_the_kernels_source(monkeypatch):
     before = auto.machine_fingerprint()["kernels"]
     monkeypatch.setattr(auto, "_kernels_digest", lambda: "changed")
     assert auto.machine_fingerprint()["kernels"] == "changed" != before
+
+
+def test_the_machine_fingerprint_starts_numba_threads_sleeping():
+    """The fingerprint reads numba's thread count, and whoever first asks starts numba's
+    workers: it must go through kernels/threads.py, which starts them with GOMP_SPINCOUNT=0
+    (started by numba.get_num_threads() they spin between kernels and take a core from the
+    GEMMs). Run in a fresh process, where nothing has started them yet."""
+    code = (
+        "from kernels import auto, threads\n"
+        "assert not threads._launched\n"
+        "auto.machine_fingerprint()\n"
+        "assert threads._launched\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
