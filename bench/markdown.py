@@ -96,6 +96,12 @@ def _summary(results: dict) -> str:
     )
 
 
+def _fewer_multiplies(path: str) -> bool:
+    """True when a winograd or auto path string names Winograd's own algorithm (batched
+    "winograd F(mxm,3x3)" or "winograd fused F(2x2,3x3)"), not its fallback."""
+    return "winograd F(" in path or "winograd fused F(" in path
+
+
 def _layer_row(r: dict) -> list:
     if r.get("status") != "ok":
         return [r["case"], r["pass"], label(r["backend"]), r["status"], "", "", "", "", "", ""]
@@ -109,7 +115,7 @@ def _layer_row(r: dict) -> list:
         r["pass"],
         name,
         f"{fmt_seconds(r['median'])} ({fmt_seconds(r['iqr'])})" + (" ⚠" if r.get("noisy") else ""),
-        fmt_num(r.get("gflops")) + (" eff." if "winograd F" in r.get("path", "") else ""),
+        fmt_num(r.get("gflops")) + (" eff." if _fewer_multiplies(r.get("path", "")) else ""),
         "—" if pf is None else f"{100 * pf:.1f}%",
         fmt_x(r.get("speedup_vs_naive"), 1),
         fmt_x(r.get("speedup_vs_best_numpy")),

@@ -601,3 +601,15 @@ def test_pytorch_is_timed_in_a_worker_of_its_own():
         assert has_torch and not numba_threads and spin is None
     got = peers.get_peer("torch_cl").call(layers.time_peer, "torch_cl", "small_pool", 1)
     assert all(not isinstance(v, str) and len(v[0]) == 1 for v in got.values()), got
+
+
+def test_winograd_paths_are_marked_effective_gflops():
+    """Both Winograd paths do fewer multiplies than the direct count the GFLOP/s column uses;
+    its fallback does not."""
+    from bench.markdown import _fewer_multiplies
+
+    assert _fewer_multiplies("winograd F(4x4,3x3)")
+    assert _fewer_multiplies("winograd fused F(2x2,3x3)")
+    assert _fewer_multiplies("auto -> winograd (winograd fused F(2x2,3x3))")
+    assert not _fewer_multiplies("fallback:numba")
+    assert not _fewer_multiplies("auto -> numba")
