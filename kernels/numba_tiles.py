@@ -33,7 +33,7 @@ recomputes a few outputs (the same values, written twice); the accumulating kern
 an earlier tile already added.
 
 Two numba details make the tiles work:
-- The tile lives in a stack array (_stack_array). A numpy array is heap memory LLVM cannot keep in
+- The tile lives in a stack array (stack_array). A numpy array is heap memory LLVM cannot keep in
   registers; a fixed-size stack array whose every index is a constant after the tile loops are
   unrolled is promoted to registers.
 - LLVM's SLP vectoriser turns the unrolled LANES scalar multiply-adds of a pixel into vector
@@ -72,7 +72,7 @@ MIN_C_IN = 8
 # (kernels/gemm.py's thread pool). numba's prange is not used here: a parallel kernel loaded from
 # numba's on-disk cache ran these tiles at half the speed of the freshly compiled one (the
 # `mid` benchmark case's forward, 1 thread: 2.9 ms against 1.35 ms), a serial one at full speed.
-_JIT: dict[str, Any] = dict(cache=True, nogil=True, fastmath={"contract"})
+JIT_OPTIONS: dict[str, Any] = dict(cache=True, nogil=True, fastmath={"contract"})
 
 
 def forward_applies(g: ConvGeometry) -> bool:
@@ -134,7 +134,7 @@ def slp_vectorize() -> Iterator[None]:
 
 
 def _stack_array_typing(typingctx, count, dtype):
-    """_stack_array(count, dtype): a pointer to `count` (a literal int) uninitialised values of
+    """stack_array(count, dtype): a pointer to `count` (a literal int) uninitialised values of
     `dtype` on the stack (numba intrinsic: typing here, the alloca in codegen)."""
     if not isinstance(count, types.IntegerLiteral):
         return None
@@ -146,21 +146,21 @@ def _stack_array_typing(typingctx, count, dtype):
     return types.CPointer(element)(count, dtype), codegen
 
 
-_stack_array: Any = intrinsic(prefer_literal=True)(_stack_array_typing)
+stack_array: Any = intrinsic(prefer_literal=True)(_stack_array_typing)
 
 
-@njit(**_JIT)
+@njit(**JIT_OPTIONS)
 def _padded_rows(a, ph, pw):
     """Scratch rows for one sample of a (N, H, W, C): (H + 2*ph, (W + 2*pw) * C), zero borders.
 
-    Each sample is copied into it just before its tiles read it (_load_sample), so the padded
+    Each sample is copied into it just before its tiles read it (load_sample), so the padded
     copy is one sample (kilobytes, in L2) rather than the whole batch, and the ctx keeps x as
     given."""
     return np.zeros((a.shape[1] + 2 * ph, (a.shape[2] + 2 * pw) * a.shape[3]), dtype=a.dtype)
 
 
-@njit(**_JIT)
-def _load_sample(sample, rows, ph, pw):
+@njit(**JIT_OPTIONS)
+def load_sample(sample, rows, ph, pw):
     """Copy sample (H, W, C) into the interior of its padded rows (from _padded_rows)."""
     height, width, c = sample.shape
     for r in range(height):
@@ -170,7 +170,7 @@ def _load_sample(sample, rows, ph, pw):
             dst[k] = src[k]
 
 
-@njit(**_JIT)
+@njit(**JIT_OPTIONS)
 def forward(x, y, w2, bias, sh, sw, ph, pw):
     """y (N, OH, OW, C_out) = bias (C_out,) + x (N, H, W, C_in) zero-padded by (ph, pw) and
     convolved with w2 (KH, KW*C_in, C_out), in TILE x LANES register tiles.
@@ -181,9 +181,9 @@ def forward(x, y, w2, bias, sh, sw, ph, pw):
     c_in = x.shape[3]
     rows = _padded_rows(x, ph, pw)
     step, size = sw * c_in, x.itemsize
-    tile = carray(_stack_array(80, y.dtype), (TILE, LANES))
+    tile = carray(stack_array(80, y.dtype), (TILE, LANES))
     for ni in range(n):
-        _load_sample(x[ni], rows, ph, pw)
+        load_sample(x[ni], rows, ph, pw)
         for oh in range(out_h):
             for ow0 in range(0, out_w, TILE):
                 first = min(ow0, out_w - TILE)  # the last tile ends at the last pixel
@@ -212,13 +212,13 @@ def forward(x, y, w2, bias, sh, sw, ph, pw):
                             out[c] = tile[p, c]
 
 
-@njit(**_JIT)
-def _matmul_tiles(a, b, out):
+@njit(**JIT_OPTIONS)
+def matmul_tiles(a, b, out):
     """out (M, N) = a (M, K) @ b (K, N), in TILE x LANES register tiles (M >= TILE, N >= LANES);
     a tile past the last row or column is moved back and recomputes what it overlaps."""
     m, k = a.shape
     n = b.shape[1]
-    tile = carray(_stack_array(80, out.dtype), (TILE, LANES))
+    tile = carray(stack_array(80, out.dtype), (TILE, LANES))
     for r0 in range(0, m, TILE):
         rb = min(r0, m - TILE)
         rows = a[rb : rb + TILE]
@@ -239,7 +239,7 @@ def _matmul_tiles(a, b, out):
                     o[c] = tile[p, c]
 
 
-@njit(**_JIT)
+@njit(**JIT_OPTIONS)
 def dx_cols(dy, dx, wt, kh_all, sh, sw, ph, pw):
     """dx (N, H, W, C_in) for any stride: per sample, dcols = dy (OH*OW, C_out) @ wt (C_out,
     KH*KW*C_in) in register tiles, then each pixel's KH runs of KW*C_in values of dcols added
@@ -254,7 +254,7 @@ def dx_cols(dy, dx, wt, kh_all, sh, sw, ph, pw):
     rows = _padded_rows(dx, ph, pw)
     dcols = np.empty((out_h * out_w, wt.shape[1]), dtype=dx.dtype)
     for ni in range(n):
-        _matmul_tiles(dy[ni].reshape(out_h * out_w, c_out), wt, dcols)
+        matmul_tiles(dy[ni].reshape(out_h * out_w, c_out), wt, dcols)
         rows[:] = 0
         for oh in range(out_h):
             for ow in range(out_w):
@@ -271,7 +271,7 @@ def dx_cols(dy, dx, wt, kh_all, sh, sw, ph, pw):
                 dst[k] = src[k]
 
 
-@njit(**_JIT)
+@njit(**JIT_OPTIONS)
 def dw_tiles(x, dy, dw, db, sh, sw, ph, pw):
     """dw (KH, KW*C_in, C_out) and db (C_out,), zeroed, += the sums over the samples of the
     input runs of x (N, H, W, C_in) zero-padded by (ph, pw) times dy (N, OH, OW, C_out), and of dy.
@@ -286,9 +286,9 @@ def dw_tiles(x, dy, dw, db, sh, sw, ph, pw):
     rows = _padded_rows(x, ph, pw)
     size = x.itemsize
     strides = (sh * rows.shape[1] * size, sw * c_in * size, size)
-    tile = carray(_stack_array(96, dy.dtype), (DW_TILE, LANES))
+    tile = carray(stack_array(96, dy.dtype), (DW_TILE, LANES))
     for ni in range(n):
-        _load_sample(x[ni], rows, ph, pw)
+        load_sample(x[ni], rows, ph, pw)
         for oh in range(out_h):
             for ow in range(out_w):
                 g = dy[ni, oh, ow]

@@ -8,7 +8,7 @@ in L2, then the next sample follows:
 
     forward(x, y, u, bias, ph, pw)          per sample: input transform -> V (16, T, C_in),
                                             M[t] = V[t] @ U[t] for the 16 tile positions t in
-                                            register tiles (numba_tiles._matmul_tiles),
+                                            register tiles (numba_tiles.matmul_tiles),
                                             output transform of M -> y
     dX                                      forward() again, on dy with the flipped kernel's
                                             transform (a 3x3 stride-1 full correlation)
@@ -31,7 +31,7 @@ import numpy as np
 from numba import carray, njit
 
 from .geometry import ConvGeometry
-from .numba_tiles import _JIT, LANES, TILE, _load_sample, _matmul_tiles, _stack_array
+from .numba_tiles import JIT_OPTIONS, LANES, TILE, load_sample, matmul_tiles, stack_array
 
 # input channels (K of the tile GEMMs) below which the tiles' reduction is too short to pay for
 # the transforms; C_in and C_out also fill LANES (dX's GEMM has C_in outputs)
@@ -71,7 +71,7 @@ def plan(out_h: int, out_w: int, c_in: int, c_out: int, itemsize: int) -> tuple[
     return per_block, _planes(most, c_in, itemsize), _planes(most, c_out, itemsize)
 
 
-@njit(**_JIT)
+@njit(**JIT_OPTIONS)
 def _block_end(i0, per_block, th, tw):
     """The end of the block of tile rows starting at i0; a remainder of fewer than TILE tiles
     joins this block (the GEMM tiles need TILE rows), so a block has < per_block + TILE rows."""
@@ -81,7 +81,7 @@ def _block_end(i0, per_block, th, tw):
     return i1
 
 
-@njit(**_JIT)
+@njit(**JIT_OPTIONS)
 def _tile_rows(c, out_h, out_w, dtype_like):
     """Zeroed scratch rows for one sample's input tiles: (2*th + 2, (2*tw + 2) * c)."""
     th, tw = (out_h + 1) // 2, (out_w + 1) // 2
@@ -109,18 +109,18 @@ def _planes(n_tiles: int, c: int, itemsize: int) -> int:
     return tiles
 
 
-@njit(**_JIT)
+@njit(**JIT_OPTIONS)
 def _input_transform(rows, c_all, i0, i1, tw, v):
     """v (16, >= T, C)[4r + s, t] = (B^T d B)[r, s] for the 4x4 tile d of tile t =
     (i - i0)*tw + j, i0 <= i < i1, at rows 2i.. and columns 2j.. of rows ((2*th + 2),
     (2*tw + 2) * C); B^T as in winograd.py. Needs C >= VEC.
 
-    VEC channels at a time go through stack buffers (see numba_tiles._stack_array): LLVM knows
+    VEC channels at a time go through stack buffers (see numba_tiles.stack_array): LLVM knows
     they alias nothing, so the unrolled loads, sums and stores become vector instructions."""
     src, dst = rows.ravel(), v.ravel()
     pitch, cu, plane = U(rows.shape[1]), U(c_all), U(v.shape[1] * c_all)
-    d = carray(_stack_array(128, v.dtype), (16, VEC))
-    out = carray(_stack_array(128, v.dtype), (16, VEC))
+    d = carray(stack_array(128, v.dtype), (16, VEC))
+    out = carray(stack_array(128, v.dtype), (16, VEC))
     for i in range(i0, i1):
         for j in range(tw):
             t = U((i - i0) * tw + j)
@@ -148,7 +148,7 @@ def _input_transform(rows, c_all, i0, i1, tw, v):
                         dst[base + U(q)] = out[k, q]
 
 
-@njit(**_JIT)
+@njit(**JIT_OPTIONS)
 def forward(x, y, u, bias, ph, pw, per_block, tiles_v, tiles_m):
     """y (N, OH, OW, C_out) = bias + the 3x3 stride-1 convolution of x (N, H, W, C_in),
     zero-padded by (ph, pw), with the filter whose transform is u (16, C_in, C_out); blocks of
@@ -160,19 +160,19 @@ def forward(x, y, u, bias, ph, pw, per_block, tiles_v, tiles_m):
     v = np.empty((16, tiles_v, c_in), dtype=x.dtype)
     mm = np.empty((16, tiles_m, c_out), dtype=x.dtype)
     for ni in range(n):
-        _load_sample(x[ni], rows, ph, pw)
+        load_sample(x[ni], rows, ph, pw)
         i0 = 0
         while i0 < th:
             i1 = _block_end(i0, per_block, th, tw)
             n_tiles = (i1 - i0) * tw
             _input_transform(rows, c_in, i0, i1, tw, v)
             for t in range(16):
-                _matmul_tiles(v[t, :n_tiles], u[t], mm[t, :n_tiles])
+                matmul_tiles(v[t, :n_tiles], u[t], mm[t, :n_tiles])
             _output_transform(mm, bias, i0, i1, tw, y[ni])
             i0 = i1
 
 
-@njit(**_JIT)
+@njit(**JIT_OPTIONS)
 def _output_transform(mm, bias, i0, i1, tw, out):
     """out (OH, OW, C) = bias + A^T M A of the 4x4 mm (16, >= T, C) of tile t = (i - i0)*tw
     + j, i0 <= i < i1 (the 2x2 output tile at rows 2i.., columns 2j.., cut at the output's
@@ -180,8 +180,8 @@ def _output_transform(mm, bias, i0, i1, tw, out):
     out_h, out_w, c_all = out.shape
     src, dst = mm.ravel(), out.ravel()
     cu, plane, pitch = U(c_all), U(mm.shape[1] * c_all), U(out_w * c_all)
-    m = carray(_stack_array(128, out.dtype), (16, VEC))
-    y = carray(_stack_array(32, out.dtype), (4, VEC))
+    m = carray(stack_array(128, out.dtype), (16, VEC))
+    y = carray(stack_array(32, out.dtype), (4, VEC))
     for i in range(i0, i1):
         for j in range(tw):
             t = U((i - i0) * tw + j)
@@ -209,14 +209,14 @@ def _output_transform(mm, bias, i0, i1, tw, out):
                             dst[base + U(q)] = y[2 * r + s, q]
 
 
-@njit(**_JIT)
+@njit(**JIT_OPTIONS)
 def _matmul_tn_tiles(a, b, out):
     """out (M, N) += a (T, M).T @ b (T, N), in 6 x LANES register tiles summed over T (M >= 6,
     N >= LANES); a tile past the last row or column is moved back and adds only what no earlier
     tile added."""
     n_t, m = a.shape
     n = b.shape[1]
-    tile = carray(_stack_array(96, out.dtype), (6, LANES))
+    tile = carray(stack_array(96, out.dtype), (6, LANES))
     for r0 in range(0, m, 6):
         rb = min(r0, m - 6)
         for c0 in range(0, n, LANES):
@@ -244,7 +244,7 @@ def _matmul_tn_tiles(a, b, out):
                                 out[rb + e, cb + c] += tile[e, c]
 
 
-@njit(**_JIT)
+@njit(**JIT_OPTIONS)
 def dw_tiles(x, dy, du, db, ph, pw, per_block, tiles_v, tiles_m):
     """du (16, C_in, C_out) and db (C_out,), zeroed, += the sums over the samples of
     V[t]^T @ dM[t] (V: x's input transform as in forward, dM: dy's adjoint output transform),
@@ -257,8 +257,8 @@ def dw_tiles(x, dy, du, db, ph, pw, per_block, tiles_v, tiles_m):
     v = np.empty((16, tiles_v, c_in), dtype=x.dtype)
     dmm = np.empty((16, tiles_m, c_out), dtype=dy.dtype)
     for ni in range(n):
-        _load_sample(x[ni], rows, ph, pw)
-        _load_sample(dy[ni], grads, 0, 0)
+        load_sample(x[ni], rows, ph, pw)
+        load_sample(dy[ni], grads, 0, 0)
         i0 = 0
         while i0 < th:
             i1 = _block_end(i0, per_block, th, tw)
@@ -270,15 +270,15 @@ def dw_tiles(x, dy, du, db, ph, pw, per_block, tiles_v, tiles_m):
             i0 = i1
 
 
-@njit(**_JIT)
+@njit(**JIT_OPTIONS)
 def _output_transform_adjoint(grads, c_all, i0, i1, tw, dmm, db):
     """dmm (16, >= T, C) = A dY A^T for the 2x2 dy block of grads (2*th, 2*tw*C) (zero past
     the output) of tile t = (i - i0)*tw + j, i0 <= i < i1, the transpose of _output_transform;
     db (C,) += the blocks' sums. VEC channels at a time through stack buffers."""
     src, dst = grads.ravel(), dmm.ravel()
     pitch, cu, plane = U(grads.shape[1]), U(c_all), U(dmm.shape[1] * c_all)
-    g = carray(_stack_array(32, dmm.dtype), (4, VEC))
-    h = carray(_stack_array(128, dmm.dtype), (16, VEC))
+    g = carray(stack_array(32, dmm.dtype), (4, VEC))
+    h = carray(stack_array(128, dmm.dtype), (16, VEC))
     for i in range(i0, i1):
         for j in range(tw):
             t = U((i - i0) * tw + j)
