@@ -1,4 +1,5 @@
-"""The numba backend's many-channel convolution: register tiles over NHWC (an implicit GEMM).
+"""The numba backend's convolution for 16+ output channels: register tiles over NHWC (an
+implicit GEMM).
 
 With 16 or more channels a convolution is a matrix product in disguise. Flatten each sample's
 zero-padded input to rows of W_p * C_in values; for output pixel (oh, ow) and kernel row kh, the
@@ -10,9 +11,10 @@ with w2 = w reshaped to (KH, KW*C_in, C_out): a product of the (never materialis
 matrix with w2. The kernels below compute it in tiles of TILE output pixels x LANES output
 channels (5 x 16 float32 = ten AVX2 registers). Per step j of the reduction a tile loads LANES
 weights once and each pixel's input once, and does TILE x LANES multiply-adds on values that
-stay in registers until the tile is finished: about 90% of the matmul peak on the `mid` and
-`stride2` benchmark cases' forward, where the loops of kernels/numba_conv.py (bound by loads and
-stores of their output planes) reach about 20%.
+stay in registers until the tile is finished: 80-87 GFLOP/s per core on the `mid`, `stride2`
+and `deep_conv2` benchmark cases' forward (one thread, interleaved A/B on a 2-core AVX2 machine,
+about 90% of numpy's matmul peak per core), where the loops of kernels/numba_conv.py (bound by
+loads and stores of their output planes) reached about 20% of the peak.
 
     forward(x, y, w2, bias, sh, sw, ph, pw)     y = conv(x) + bias, as above
     dx for stride 1                             forward() again: the gradient of a stride-1
