@@ -119,12 +119,14 @@ def native(g: ConvGeometry) -> bool:
 
 
 def tile_size(g: ConvGeometry) -> int:
-    """The output tile m of F(m x m, 3 x 3) used for geometry g.
+    """The output tile m of F(m x m, 3 x 3) used for geometry g on the batched path (layers the
+    fused path of winograd_tiles does not take).
 
     F(4x4) does 1.8x fewer multiplies than F(2x2), and its 36 GEMMs of P/4 rows run closer to
     the BLAS peak than F(2x2)'s 16 of P rows; it pays for the part of its last tiles that falls
     outside the output (a 14x14 output computes 16x16: 1.31x). The `deep_conv2` and `mid`
-    benchmark cases (14x14 outputs) are still faster with F(4x4), so F(2x2) is kept for outputs
+    benchmark cases (14x14 outputs) ran faster with batched F(4x4) than with batched F(2x2)
+    (they now take the fused path), so F(2x2) is kept for outputs
     where F(4x4) would compute more than 1.5x the output (e.g. 6x6, computed as 8x8).
     """
     wasted4 = (math.ceil(g.out_h / 4) * 4 * math.ceil(g.out_w / 4) * 4) / (g.out_h * g.out_w)
