@@ -28,7 +28,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from . import gemm, jitcache, numba_conv, numba_tiles, threads
+from . import jitcache, numba_conv, numba_tiles, threads
 from .contract import ConvCtx, MaxPoolCtx, PoolCtx
 from .geometry import (
     ConvGeometry,
@@ -258,18 +258,18 @@ def _tiled_backward(dy: np.ndarray, ctx: TiledConvCtx, need_dx: bool):
     """conv2d_backward on the many-channel path: dW and db by dw_tiles, dX by forward
     (stride 1) or dx_cols (see numba_tiles)."""
     g, w = ctx.geometry, ctx.w
-    n_parts = _parts(g)
-    # one partial dW/db per block of samples, summed afterwards: threads never share one
-    dw_parts = np.zeros((n_parts, g.kh, g.kw * g.c_in, g.c_out), dtype=g.dtype)
-    db_parts = np.zeros((n_parts, g.c_out), dtype=g.dtype)
-    pieces = [
-        (ctx.x[lo:hi], dy[lo:hi], dw_parts[i], db_parts[i], g.sh, g.sw, g.ph, g.pw)
-        for i, (lo, hi) in enumerate(gemm.split_bounds(g.n, n_parts))
-    ]
-    with numba_tiles.slp_vectorize():
-        gemm.run_pieces(numba_tiles.dw_tiles, pieces)
-    dw = dw_parts.sum(axis=0).reshape(g.w_shape)
-    db = db_parts.sum(axis=0) if g.has_bias else None
+    dw, db_sum = numba_tiles.run_blocks(
+        numba_tiles.dw_tiles,
+        _parts(g),
+        (ctx.x, dy),
+        g.sh,
+        g.sw,
+        g.ph,
+        g.pw,
+        sums=((g.kh, g.kw * g.c_in, g.c_out), (g.c_out,)),
+        dtype=g.dtype,
+    )
+    dw, db = dw.reshape(g.w_shape), (db_sum if g.has_bias else None)
     if not need_dx:
         return None, dw, db
     dx = np.empty(g.x_shape, dtype=g.dtype)

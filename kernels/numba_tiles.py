@@ -108,14 +108,29 @@ def dx_by_forward(g: ConvGeometry) -> bool:
     )
 
 
-def run_blocks(kernel: Any, n_parts: int, blocked: tuple[np.ndarray, ...], *args: Any) -> None:
-    """kernel(*(a[lo:hi] for a in blocked), *args) for n_parts blocks lo:hi of the samples
-    (the leading axis) at once, on kernels/gemm.py's thread pool, compiled with the SLP
-    vectoriser on (the kernels here are serial and release the GIL)."""
+def run_blocks(
+    kernel: Any,
+    n_parts: int,
+    blocked: tuple[np.ndarray, ...],
+    *args: Any,
+    sums: tuple[tuple[int, ...], ...] = (),
+    dtype: Any = None,
+) -> list[np.ndarray]:
+    """kernel(*(a[lo:hi] for a in blocked), *accumulators, *args) for n_parts blocks lo:hi of
+    the samples (the leading axis) at once, on kernels/gemm.py's thread pool, compiled with the
+    SLP vectoriser on (the kernels here are serial and release the GIL).
+
+    sums: the shapes of accumulators the kernel adds into (dW, db): each block gets its own,
+    zeroed, in `dtype`, so threads never share one; returned summed over the blocks."""
     n = blocked[0].shape[0]
-    pieces = [tuple(a[lo:hi] for a in blocked) + args for lo, hi in gemm.split_bounds(n, n_parts)]
+    parts = [np.zeros((n_parts, *shape), dtype=dtype) for shape in sums]
+    pieces = [
+        tuple(a[lo:hi] for a in blocked) + tuple(p[i] for p in parts) + args
+        for i, (lo, hi) in enumerate(gemm.split_bounds(n, n_parts))
+    ]
     with slp_vectorize():
         gemm.run_pieces(kernel, pieces)
+    return [p.sum(axis=0) for p in parts]
 
 
 _SLP_LOCK = threading.RLock()

@@ -368,17 +368,19 @@ def _fused_backward(dy, ctx: FusedWinogradCtx, need_dx: bool):
     g = ctx.geometry
     _, gm, _ = transforms(2, g.dtype)
     n_parts = _fused_parts(g)
-    du_parts = np.zeros((n_parts, 16, g.c_in, g.c_out), dtype=g.dtype)
-    db_parts = np.zeros((n_parts, g.c_out), dtype=g.dtype)
     blocking = winograd_tiles.plan(g.out_h, g.out_w, g.c_in, g.c_out, g.dtype.itemsize)
-    pieces = [
-        (ctx.x[lo:hi], dy[lo:hi], du_parts[i], db_parts[i], g.ph, g.pw, *blocking)
-        for i, (lo, hi) in enumerate(gemm.split_bounds(g.n, n_parts))
-    ]
-    with numba_tiles.slp_vectorize():
-        gemm.run_pieces(winograd_tiles.dw_tiles, pieces)
-    dw = _filter_transform_adjoint(gm, du_parts.sum(axis=0)).astype(g.dtype, copy=False)
-    db = db_parts.sum(axis=0) if g.has_bias else None
+    du, db_sum = numba_tiles.run_blocks(
+        winograd_tiles.dw_tiles,
+        n_parts,
+        (ctx.x, dy),
+        g.ph,
+        g.pw,
+        *blocking,
+        sums=((16, g.c_in, g.c_out), (g.c_out,)),
+        dtype=g.dtype,
+    )
+    dw = _filter_transform_adjoint(gm, du).astype(g.dtype, copy=False)
+    db = db_sum if g.has_bias else None
     if not need_dx:
         return None, dw, db
     # dX: the full correlation of dy with the kernel flipped in both axes, C_in and C_out
