@@ -28,6 +28,7 @@ from .geometry import (
     argmax_dtype,
     check_grad,
     conv_geometry,
+    flipped_kernel,
     pad_hw,
     pool_geometry,
     unpad_hw,
@@ -113,7 +114,7 @@ def conv2d_backward(
     # on the `mid` and `big` benchmark cases, the scatter on `small_conv`, 1 -> 16).
     if g.sh == g.sw == 1 and g.c_out <= 2 * g.c_in:
         dy_windows = _full_windows(dy, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.height, g.width)
-        w_flipped = w[::-1, ::-1].transpose(0, 1, 3, 2)  # (KH, KW, C_out, C_in)
+        w_flipped = flipped_kernel(w)  # (KH, KW, C_out, C_in)
         return np.tensordot(dy_windows, w_flipped, axes=3), dw, db  # "nhwijo,ijoc->nhwc"
     dcols = np.tensordot(dy, w, axes=([3], [3]))  # "nhwo,ijco->nhwijc"
     return unpad_hw(col2im(dcols, g.padded_shape, g.sh, g.sw), g.ph, g.pw), dw, db

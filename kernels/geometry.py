@@ -243,3 +243,9 @@ def unpad_hw(x_padded: np.ndarray, ph: int, pw: int) -> np.ndarray:
     """Inverse of :func:`pad_hw`: crop the padding from the H and W axes."""
     h, w = x_padded.shape[1] - 2 * ph, x_padded.shape[2] - 2 * pw
     return x_padded[:, ph : ph + h, pw : pw + w, :]
+
+
+def flipped_kernel(w: np.ndarray) -> np.ndarray:
+    """w (KH, KW, C_in, C_out) -> (KH, KW, C_out, C_in), flipped in both spatial axes: the kernel
+    of dX's "full" correlation with dy, for a stride-1 convolution (a view)."""
+    return w[::-1, ::-1].transpose(0, 1, 3, 2)

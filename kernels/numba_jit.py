@@ -37,6 +37,7 @@ from .geometry import (
     argmax_dtype,
     check_grad,
     conv_geometry,
+    flipped_kernel,
     pool_geometry,
 )
 
@@ -276,7 +277,7 @@ def _tiled_backward(dy: np.ndarray, ctx: TiledConvCtx, need_dx: bool):
     if numba_tiles.dx_by_forward(g):
         # the full correlation: dy padded by KH-1-ph rows (KW-1-pw columns) on each side, the
         # kernel flipped in both axes with C_in and C_out swapped
-        w_flipped = np.ascontiguousarray(w[::-1, ::-1].transpose(0, 1, 3, 2))
+        w_flipped = np.ascontiguousarray(flipped_kernel(w))
         w_flipped = w_flipped.reshape(g.kh, g.kw * g.c_out, g.c_in)
         no_bias = np.zeros(g.c_in, dtype=g.dtype)
         pad_h, pad_w = g.kh - 1 - g.ph, g.kw - 1 - g.pw

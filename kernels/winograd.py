@@ -70,7 +70,7 @@ from numba import njit, prange
 
 from . import gemm, jitcache, numba_tiles, threads, winograd_tiles
 from .contract import ConvCtx
-from .geometry import ConvGeometry, check_grad, conv_geometry
+from .geometry import ConvGeometry, check_grad, conv_geometry, flipped_kernel
 
 FALLBACK = "numba"
 
@@ -385,7 +385,7 @@ def _fused_backward(dy, ctx: FusedWinogradCtx, need_dx: bool):
         return None, dw, db
     # dX: the full correlation of dy with the kernel flipped in both axes, C_in and C_out
     # swapped: a 3x3 stride-1 convolution padded by 2 - padding
-    u_flipped = _filter_transform(gm, np.ascontiguousarray(ctx.w[::-1, ::-1].transpose(0, 1, 3, 2)))
+    u_flipped = _filter_transform(gm, np.ascontiguousarray(flipped_kernel(ctx.w)))
     dx = np.empty(g.x_shape, dtype=g.dtype)
     no_bias = np.zeros(g.c_in, dtype=g.dtype)
     # dX's "output" is x: H x W, C_in channels from C_out
