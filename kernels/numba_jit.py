@@ -273,7 +273,8 @@ def _tiled_dw(dy: np.ndarray, ctx: TiledConvCtx) -> tuple[np.ndarray, np.ndarray
 
 
 def _tiled_dx(dy: np.ndarray, ctx: TiledConvCtx) -> np.ndarray:
-    """dX (N, H, W, C_in) by forward() (stride 1) or dx_cols (numba_tiles.dx_applies)."""
+    """dX (N, H, W, C_in) by forward() (stride 1), dx_phases (stride > 1, 16+ input channels)
+    or dx_cols (numba_tiles.dx_applies)."""
     g, w = ctx.geometry, ctx.w
     dx = np.empty(g.x_shape, dtype=g.dtype)
     if numba_tiles.dx_by_forward(g):
@@ -284,6 +285,11 @@ def _tiled_dx(dy: np.ndarray, ctx: TiledConvCtx) -> np.ndarray:
         no_bias = np.zeros(g.c_in, dtype=g.dtype)
         pad_h, pad_w = g.kh - 1 - g.ph, g.kw - 1 - g.pw
         _launch_tiles(numba_tiles.forward, g, (dy, dx), w_flipped, no_bias, 1, 1, pad_h, pad_w)
+        return dx
+    if numba_tiles.phases_apply(g):
+        wp = numba_tiles.phase_kernels(w, g.sh, g.sw)
+        args = (wp, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw)
+        _launch_tiles(numba_tiles.dx_phases, g, (dy, dx), *args)
         return dx
     wt = np.ascontiguousarray(w.reshape(-1, g.c_out).T)  # (C_out, KH*KW*C_in)
     _launch_tiles(numba_tiles.dx_cols, g, (dy, dx), wt, g.kh, g.sh, g.sw, g.ph, g.pw)
@@ -472,10 +478,11 @@ def warmup(dtypes=None, ops=None) -> None:
             w = np.ones((2, 2, 1, 1), dtype=dtype)
             y, conv_ctx = conv2d_forward(x, w, np.ones(1, dtype=dtype), padding=1)
             conv2d_backward(np.ones_like(y), conv_ctx)
-            # the many-channel path (numba_tiles), dX both ways: stride 1 and stride 2
-            many = np.ones((1, 9, 9, numba_tiles.LANES), dtype=dtype)
+            # the many-channel path (numba_tiles), dX each way: stride 1 (forward), stride 2
+            # on 12 columns (dx_phases) and on 9 (too narrow for its tiles: dx_cols)
             w = np.ones((3, 3, numba_tiles.LANES, numba_tiles.LANES), dtype=dtype)
-            for stride in (1, 2):
+            for stride, size in ((1, 9), (2, 12), (2, 9)):
+                many = np.ones((1, size, size, numba_tiles.LANES), dtype=dtype)
                 y, conv_ctx = conv2d_forward(many, w, None, stride, 1)
                 conv2d_backward(np.ones_like(y), conv_ctx)
         if "maxpool2d" in ops:

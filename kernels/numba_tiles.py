@@ -20,7 +20,12 @@ loads and stores of their output planes) reached about 20% of the peak.
     dx for stride 1                             forward() again: the gradient of a stride-1
                                                 convolution is the "full" correlation of dy
                                                 with the flipped kernel, C_in and C_out swapped
-    dx_cols(dy, dx, wt, kh, sh, sw, ph, pw)     dx for any stride: per sample dcols = dy @ w2.T
+    dx_phases(dy, dx, wp, kh, kw, sh, sw, ph, pw)
+                                                dx for stride > 1: one stride-1 correlation
+                                                of dy per phase (dx pixel modulo the stride)
+                                                with the taps that reach that phase
+    dx_cols(dy, dx, wt, kh, sh, sw, ph, pw)     dx otherwise (8-15 input channels, phases
+                                                under TILE wide): per sample dcols = dy @ w2.T
                                                 (register tiles), each pixel's runs added back
                                                 into the rows they came from (col2im)
     dw_tiles(x, dy, dw, db, sh, sw, ph, pw)     dW = im2col(x).T @ dy: tiles of DW_TILE patch
@@ -349,3 +354,92 @@ def dw_tiles(x, dy, dw, db, sh, sw, ph, pw):
                         for c in range(LANES):
                             if cb + c >= c0:
                                 out[cb + c] += tile[e, c]
+
+
+@njit(**JIT_OPTIONS)
+def dx_phases(dy, dx, wp, kh_all, kw_all, sh, sw, ph, pw):
+    """dx (N, H, W, C_in) for stride > 1, phase by phase: the dx pixels (r, c) with
+    (r + ph) % sh == a and (c + pw) % sw == b receive gradient only from the kernel taps
+    (a + sh*t, b + sw*u), so they are a stride-1 correlation of dy with that sub-kernel:
+
+        dx[sh*R + a - ph, sw*C + b - pw] = sum over t < T_a, u < T_b of
+                                           dy[R - t, C - u] @ w[a + sh*t, b + sw*u].T
+
+    with T_a = ceil((KH - a) / sh) taps (T_b likewise). Each phase runs the forward's register
+    tiles over its own grid (R, C) and writes its pixels straight into dx: no column matrix and
+    no scatter-add, and the sh*sw phases do exactly the direct convolution's multiply-adds.
+
+    wp (sh, sw, TH, TW*C_out, C_in): phase (a, b)'s flipped sub-kernel, rows t' = T_a-1-t and
+    runs of u' = T_b-1-u blocks of C_out (phase_kernels builds it; unused entries are never
+    read). dy is copied per sample into zero-padded rows, TH-1 rows above and TW-1 pixels left.
+    Needs C_in >= LANES and every phase TILE or more columns wide (see phases_apply)."""
+    n, out_h, out_w, c_out = dy.shape
+    height, width, c_in = dx.shape[1], dx.shape[2], dx.shape[3]
+    th, tw = wp.shape[2], wp.shape[3] // c_out
+    size = dy.itemsize
+    last_r = (height - 1 + ph) // sh  # the largest R (or C) of any phase
+    last_c = (width - 1 + pw) // sw
+    rows = np.zeros((max(out_h, last_r + 1) + th, (max(out_w, last_c + 1) + tw) * c_out), dy.dtype)
+    tile = carray(stack_array(80, dx.dtype), (TILE, LANES))
+    for ni in range(n):
+        load_sample(dy[ni], rows, th - 1, tw - 1)
+        for a in range(sh):
+            taps_h = (kh_all - a + sh - 1) // sh
+            r_first = max(0, (ph - a + sh - 1) // sh)
+            r_last = (height - 1 + ph - a) // sh
+            for b in range(sw):
+                taps_w = (kw_all - b + sw - 1) // sw
+                c_first = max(0, (pw - b + sw - 1) // sw)
+                c_last = (width - 1 + pw - b) // sw
+                run = taps_w * c_out
+                w_phase = wp[a, b]
+                for big_r in range(r_first, r_last + 1):
+                    line = big_r + th - taps_h  # padded row of the phase's first tap row
+                    out_rows = dx[ni, sh * big_r + a - ph]
+                    for col0 in range(c_first, c_last + 1, TILE):
+                        first = min(col0, c_last + 1 - TILE)
+                        start = (first + tw - taps_w) * c_out
+                        for c0 in range(0, c_in, LANES):
+                            cb = min(c0, c_in - LANES)
+                            for p in range(TILE):
+                                for c in range(LANES):
+                                    tile[p, c] = 0
+                            for t in range(taps_h):
+                                pixels = np.lib.stride_tricks.as_strided(
+                                    rows[line + t, start:], (TILE, run), (c_out * size, size)
+                                )
+                                w_rows = w_phase[t]
+                                for j in range(run):
+                                    w_row = w_rows[j, cb : cb + LANES]
+                                    for p in range(TILE):
+                                        v = pixels[p, j]
+                                        for c in range(LANES):
+                                            tile[p, c] += v * w_row[c]
+                            for p in range(TILE):
+                                out = out_rows[sw * (first + p) + b - pw, cb : cb + LANES]
+                                for c in range(LANES):
+                                    out[c] = tile[p, c]
+
+
+def phase_kernels(w: np.ndarray, sh: int, sw: int) -> np.ndarray:
+    """dx_phases' weights: w (KH, KW, C_in, C_out) -> (sh, sw, TH, TW*C_out, C_in), zeros
+    where a phase has fewer taps than TH = ceil(KH/sh) (TW = ceil(KW/sw))."""
+    kh, kw, c_in, c_out = w.shape
+    th, tw = -(-kh // sh), -(-kw // sw)
+    wp = np.zeros((sh, sw, th, tw, c_out, c_in), dtype=w.dtype)
+    for a in range(sh):
+        for b in range(sw):
+            sub = w[a::sh, b::sw].transpose(0, 1, 3, 2)[::-1, ::-1]  # (T_a, T_b, C_out, C_in)
+            wp[a, b, : sub.shape[0], : sub.shape[1]] = sub
+    return wp.reshape(sh, sw, th, tw * c_out, c_in)
+
+
+def phases_apply(g: ConvGeometry) -> bool:
+    """True when dx_phases runs geometry g's dX: stride > 1, C_in fills the tiles' lanes and
+    every phase's grid is at least TILE columns wide."""
+    if (g.sh, g.sw) == (1, 1) or g.c_in < LANES:
+        return False
+    return all(
+        (g.width - 1 + g.pw - b) // g.sw - max(0, -(-(g.pw - b) // g.sw)) + 1 >= TILE
+        for b in range(g.sw)
+    )

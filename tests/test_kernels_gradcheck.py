@@ -23,11 +23,14 @@ CONV_CONFIGS = [  # x shape, (KH, KW, C_out), stride, padding
     ((2, 4, 4, 1), (2, 2, 4), 3, 2),
 ]
 # numba's register tiles (kernels/numba_tiles.py): dX by the forward kernel (stride 1, C_in
-# >= 16) and by dx_cols (stride 2, C_in 8), with ragged output-channel and pixel tiles; and the
-# tiled forward with the plane kernels' backward (one input channel)
+# >= 16), by dx_cols (stride 2, C_in 8) and by dx_phases (strides 2 and 3, C_in >= 16; with a
+# 2-row kernel at stride 3 one row phase has no taps), with ragged output-channel and pixel
+# tiles; and the tiled forward with the plane kernels' backward (one input channel)
 TILED_CONV_CONFIGS = [
     ((1, 6, 7, 16), (3, 3, 17), 1, 1),
     ((1, 9, 11, 8), (3, 2, 18), (2, 1), (1, 0)),
+    ((1, 12, 13, 16), (3, 3, 16), 2, 1),
+    ((1, 10, 17, 17), (2, 3, 18), (3, 2), (1, 0)),
     ((2, 6, 7, 1), (3, 3, 16), 1, 1),
 ]
 POOL_CONFIGS = [  # x shape, size, stride

@@ -18,10 +18,11 @@ CONV_CONFIGS = [  # x shape, (KH, KW, C_out), stride, padding (ph, pw)
     ((2, 8, 9, 3), (3, 3, 4), (2, 2), (1, 1)),
     ((1, 9, 7, 2), (5, 3, 3), (2, 1), (2, 1)),
     ((3, 6, 6, 1), (2, 2, 5), (3, 2), (0, 1)),
-    # numba's register tiles (kernels/numba_tiles.py): dX by forward, then by dx_cols; the
-    # tiled forward with the plane kernels' backward
+    # numba's register tiles (kernels/numba_tiles.py): dX by forward, by dx_cols, then by
+    # dx_phases; the tiled forward with the plane kernels' backward
     ((2, 8, 9, 16), (3, 3, 20), (1, 1), (1, 1)),
     ((2, 12, 11, 10), (3, 3, 16), (2, 2), (1, 1)),
+    ((2, 12, 13, 16), (3, 3, 16), (2, 2), (1, 1)),
     ((2, 9, 10, 1), (3, 3, 16), (1, 1), (1, 1)),
 ]
 POOL_CONFIGS = [  # x shape, size, stride
