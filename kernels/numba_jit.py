@@ -228,7 +228,7 @@ class NumbaConvCtx(ConvCtx):
 @dataclass(frozen=True, eq=False)
 class TiledConvCtx(ConvCtx):
     """conv2d's ctx after the tiled forward (kernels/numba_tiles.py): x and w; the backward
-    runs tiled where numba_tiles.dw_applies / dx_applies, else on the plane kernels."""
+    runs tiled too when numba_tiles.backward_applies, else on the plane kernels."""
 
     x: np.ndarray  # (N, H, W, C_in), C-contiguous
     w: np.ndarray  # (KH, KW, C_in, C_out), C-contiguous
@@ -256,7 +256,7 @@ def _tiled_forward(g: ConvGeometry, x: np.ndarray, w: np.ndarray, b: np.ndarray 
 
 
 def _tiled_dw(dy: np.ndarray, ctx: TiledConvCtx) -> tuple[np.ndarray, np.ndarray | None]:
-    """dW (KH, KW, C_in, C_out) and db by numba_tiles.dw_tiles (numba_tiles.dw_applies)."""
+    """dW (KH, KW, C_in, C_out) and db by numba_tiles.dw_tiles (numba_tiles.backward_applies)."""
     g = ctx.geometry
     dw, db_sum = numba_tiles.run_blocks(
         numba_tiles.dw_tiles,
@@ -274,7 +274,7 @@ def _tiled_dw(dy: np.ndarray, ctx: TiledConvCtx) -> tuple[np.ndarray, np.ndarray
 
 def _tiled_dx(dy: np.ndarray, ctx: TiledConvCtx) -> np.ndarray:
     """dX (N, H, W, C_in) by forward() (stride 1), dx_phases (stride > 1, 16+ input channels)
-    or dx_cols (numba_tiles.dx_applies)."""
+    or dx_cols (numba_tiles.backward_applies)."""
     g, w = ctx.geometry, ctx.w
     dx = np.empty(g.x_shape, dtype=g.dtype)
     if numba_tiles.dx_by_forward(g):
@@ -346,14 +346,10 @@ def conv2d_backward(
     check_grad(dy, ctx.geometry.y_shape, ctx.geometry.dtype)
     dy = np.ascontiguousarray(dy)
     if isinstance(ctx, TiledConvCtx):
-        g = ctx.geometry
-        if numba_tiles.dw_applies(g) and (not need_dx or numba_tiles.dx_applies(g)):
+        if numba_tiles.backward_applies(ctx.geometry):
             dw, db = _tiled_dw(dy, ctx)
             return (_tiled_dx(dy, ctx) if need_dx else None), dw, db
-        # dX with few input channels: the plane kernel, which computes dW in the same pass over
-        # dy's planes (the `deep_conv1` case's backward: 0.99 ms, against 1.15 ms for the tiled
-        # dW beside the plane dX alone, 2 cores)
-        return _plane_backward(dy, _plane_ctx(ctx), need_dx)
+        ctx = _plane_ctx(ctx)  # few input channels: the plane kernels' backward
     return _plane_backward(dy, ctx, need_dx)
 
 

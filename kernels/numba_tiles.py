@@ -28,7 +28,7 @@ loads and stores of their output planes) reached about 20% of the peak.
                                                 under TILE wide): per sample dcols = dy @ w2.T
                                                 (register tiles), each pixel's runs added back
                                                 into the rows they came from (col2im)
-    dw_tiles(x, dy, dw, db, sh, sw, ph, pw)     dW = im2col(x).T @ dy: tiles of DW_TILE patch
+    dw_tiles(x, dy, dw, db, sh, sw, ph, pw)     dW = im2col(x).T @ dy: tiles of DW_TILE run
                                                 entries x LANES channels, summed over pixels;
                                                 db = dy summed over pixels
 
@@ -69,9 +69,9 @@ TILE = 5  # output pixels per tile (forward, dX)
 DW_TILE = 6  # patch entries per dW tile
 LANES = 16  # channels per tile: two AVX2 vectors of float32
 
-# The tiled dX takes a geometry with at least this many input channels; below it the plane
-# kernels of kernels/numba_conv.py are faster there (the `small_conv` and `deep_conv1` cases
-# have 1 input channel, `lab_fit` 3), while the tiled forward and dW win from one input channel
+# The tiled backward (dW, dX) takes a geometry with at least this many input channels; below it
+# the plane kernels of kernels/numba_conv.py are faster there (the `small_conv` and `deep_conv1`
+# cases have 1 input channel, `lab_fit` 3), while the tiled forward wins from one input channel
 # on (`deep_conv1` forward: 0.43 ms against 0.92 ms on 2 cores).
 MIN_C_IN = 8
 
@@ -88,16 +88,16 @@ def forward_applies(g: ConvGeometry) -> bool:
     return g.c_out >= LANES and g.out_w >= TILE
 
 
-def dw_applies(g: ConvGeometry) -> bool:
-    """True when dw_tiles runs geometry g's dW (after forward() ran its forward): a patch of
-    at least DW_TILE entries."""
-    return forward_applies(g) and g.kh * g.kw * g.c_in >= DW_TILE
-
-
-def dx_applies(g: ConvGeometry) -> bool:
-    """True when dX by forward() or dx_cols() runs geometry g (which forward() also runs):
-    MIN_C_IN input channels and a patch of at least LANES values (dx_cols' tiles run along it)."""
-    return forward_applies(g) and g.c_in >= MIN_C_IN and g.kh * g.kw * g.c_in >= LANES
+def backward_applies(g: ConvGeometry) -> bool:
+    """True when dw_tiles and dX by forward() or dx_cols() run geometry g (which forward()
+    also runs): MIN_C_IN input channels, a patch of at least LANES values (dx_cols' tiles run
+    along it) and a KW*C_in run of at least DW_TILE (dw_tiles' do)."""
+    return (
+        forward_applies(g)
+        and g.c_in >= MIN_C_IN
+        and g.kh * g.kw * g.c_in >= LANES
+        and g.kw * g.c_in >= DW_TILE
+    )
 
 
 def dx_by_forward(g: ConvGeometry) -> bool:
@@ -298,24 +298,17 @@ def dw_tiles(x, dy, dw, db, sh, sw, ph, pw):
     """dw (KH, KW*C_in, C_out) and db (C_out,), zeroed, += the sums over the samples of the
     input runs of x (N, H, W, C_in) zero-padded by (ph, pw) times dy (N, OH, OW, C_out), and of dy.
 
-    Tiles of DW_TILE patch entries x LANES output channels, each summed over one sample's
-    pixels. The entries are the KH*KW*C_in of the flattened patch, so a tile may span kernel
-    rows (with one input channel, the `deep_conv1` and `small_conv` cases' run of KW*C_in = 3,
-    a tile takes the taps of two kernel rows): entry k of pixel (oh, ow) is the padded rows'
-    value offsets[k] = (k // run) * row_length + k % run after the pixel's first one.
+    Tiles of DW_TILE run entries x LANES output channels, each summed over one sample's pixels.
     The channel block is the outer loop: its LANES columns of the sample's dy, and the input
-    lines the tiles share, stay in L1 while every tile reads them.
-    Needs KH*KW*C_in >= DW_TILE and C_out >= LANES (see dw_applies)."""
+    lines the tiles of one kernel row share, stay in L1 while every tile reads them.
+    Needs KW*C_in >= DW_TILE and C_out >= LANES (see backward_applies)."""
     n, out_h, out_w, c_out = dy.shape
     kh_all, run, _ = dw.shape
-    entries = kh_all * run
     c_in = x.shape[3]
     rows = _padded_rows(x, ph, pw)
-    flat = rows.ravel()
-    row_length = rows.shape[1]
-    step, row_step = sw * c_in, sh * row_length
+    size = x.itemsize
+    strides = (sh * rows.shape[1] * size, sw * c_in * size, size)
     tile = carray(stack_array(96, dy.dtype), (DW_TILE, LANES))
-    offsets = carray(stack_array(6, np.uint64), (DW_TILE,))
     for ni in range(n):
         load_sample(x[ni], rows, ph, pw)
         for oh in range(out_h):
@@ -325,35 +318,34 @@ def dw_tiles(x, dy, dw, db, sh, sw, ph, pw):
                     db[c] += g[c]
         for c0 in range(0, c_out, LANES):
             cb = min(c0, c_out - LANES)
-            for k0 in range(0, entries, DW_TILE):
-                kb = min(k0, entries - DW_TILE)
-                for e in range(DW_TILE):
-                    # unsigned, as the indices below: signed ones add wraparound code that stops
-                    # the tile's vectorisation
-                    offsets[e] = np.uint64((kb + e) // run * row_length + (kb + e) % run)
-                    for c in range(LANES):
-                        tile[e, c] = 0
-                for oh in range(out_h):
-                    line = np.uint64(oh * row_step)
-                    for ow in range(out_w):
-                        first = line + np.uint64(ow * step)
-                        g = dy[ni, oh, ow, cb : cb + LANES]
+            for kh in range(kh_all):
+                for j0 in range(0, run, DW_TILE):
+                    jb = min(j0, run - DW_TILE)
+                    # entries jb .. jb+DW_TILE-1 of every pixel's run, indexed (oh, ow, entry)
+                    inputs = np.lib.stride_tricks.as_strided(
+                        rows[kh, jb:], (out_h, out_w, DW_TILE), strides
+                    )
+                    for e in range(DW_TILE):
+                        for c in range(LANES):
+                            tile[e, c] = 0
+                    for oh in range(out_h):
+                        for ow in range(out_w):
+                            g = dy[ni, oh, ow, cb : cb + LANES]
+                            for e in range(DW_TILE):
+                                a = inputs[oh, ow, e]
+                                for c in range(LANES):
+                                    tile[e, c] += a * g[c]
+                    if jb == j0 and cb == c0:
                         for e in range(DW_TILE):
-                            a = flat[first + offsets[e]]
+                            out = dw[kh, jb + e, cb : cb + LANES]
                             for c in range(LANES):
-                                tile[e, c] += a * g[c]
-                # indexed as dw[k // run, k % run]: with a reshaped (entries, C_out) view of dw
-                # instead, LLVM left the tile in memory and the `mid` case's dW ran 2.5x slower
-                for e in range(DW_TILE):
-                    k = kb + e
-                    out = dw[k // run, k % run]
-                    if kb == k0 and cb == c0:
-                        for c in range(LANES):
-                            out[cb + c] += tile[e, c]
-                    elif k >= k0:  # a moved-back tile: add only what no earlier tile added
-                        for c in range(LANES):
-                            if cb + c >= c0:
-                                out[cb + c] += tile[e, c]
+                                out[c] += tile[e, c]
+                    else:  # a moved-back tile: add only what no earlier tile added
+                        for e in range(DW_TILE):
+                            if jb + e >= j0:
+                                for c in range(LANES):
+                                    if cb + c >= c0:
+                                        dw[kh, jb + e, cb + c] += tile[e, c]
 
 
 @njit(**JIT_OPTIONS)
