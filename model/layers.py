@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels import batchnorm, gemm, get_backend
+from kernels import activations, batchnorm, gemm, get_backend
 from kernels.geometry import as_pair
 
 from .checks import positive_int
@@ -233,16 +233,17 @@ class Dense(Layer):
 
 
 class ReLU(Layer):
-    """y = max(x, 0), any shape. The gradient at exactly 0 is taken as 0."""
+    """y = max(x, 0), any shape (compiled: kernels/activations.py). The gradient at exactly 0 is
+    taken as 0."""
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        # y, not a mask, is kept: y > 0 exactly where x > 0 (NaN included), and prediction, which
-        # never calls backward, then makes one pass over x rather than two
-        self._y = np.maximum(x, x.dtype.type(0))
+        # y, not a mask, is kept: y > 0 exactly where x > 0, and prediction, which never calls
+        # backward, then makes one pass over x rather than two
+        self._y = activations.relu(x)
         return self._y
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        return dy * (self._y > 0)
+        return activations.relu_backward(self._y, dy)
 
 
 class Flatten(Layer):
