@@ -169,6 +169,16 @@ PAIR_LIKE = {
 }
 
 
+# Up to this many channels the copies into and out of the planes go a channel at a time (each
+# plane row written, or read, contiguously), above it a pixel at a time (each pixel's channels
+# read, or written, contiguously). Measured per 64 28x28 samples on one AVX2 core: into the
+# planes, 3 channels (the `lab_fit` case) 56 against 127 µs, 8 channels 135 against 201 µs,
+# 16 channels 278 against 274 µs; out of them, 3 channels 91 against 447 µs, 5 channels 147
+# against 407 µs, 8 channels 227 against 166 µs.
+FEW_CHANNELS_TO_PLANES = 8
+FEW_CHANNELS_FROM_PLANES = 5
+
+
 @njit(cache=True)
 def _to_planes(src, planes, start, pitch, ph, pw, sh, sw):
     """Copy one image src (R, C, K) into its phase planes (K*sh*sw, L) of row pitch `pitch`.
@@ -183,11 +193,13 @@ def _to_planes(src, planes, start, pitch, ph, pw, sh, sw):
     rows, cols, k_all = src.shape
     for r in range(rows):
         base = start + (r + ph) * pitch + pw
-        if k_all == 1:  # one plane: a row is a contiguous copy
-            row = planes[0, base : base + cols]
-            for c in range(cols):
-                row[c] = src[r, c, 0]
-        else:
+        if k_all <= FEW_CHANNELS_TO_PLANES:  # a plane row at a time: contiguous stores
+            for k in range(k_all):
+                row = planes[k, base : base + cols]
+                pixels = src[r, :, k]
+                for c in range(cols):
+                    row[c] = pixels[c]
+        else:  # a pixel at a time: contiguous loads
             for c in range(cols):
                 for k in range(k_all):
                     planes[k, base + c] = src[r, c, k]
@@ -222,11 +234,18 @@ def _from_planes(planes, start, pitch, ph, pw, sh, sw, pair_like, dst):
         return
     rows, cols, k_all = dst.shape
     length = planes.shape[1]
-    if k_all == 1:  # one plain row: a contiguous copy
-        for r in range(rows):
-            row = planes[0, start + (r + ph) * pitch + pw :]
-            for c in range(cols):
-                dst[r, c, 0] = row[c]
+    if k_all <= FEW_CHANNELS_FROM_PLANES:  # a channel at a time
+        flat = planes.ravel()
+        for k in range(k_all):
+            if k == k_all - 1 and k_all % 2:  # a plain row
+                first, step = k * length, 1
+            else:  # one of an interleaved pair
+                first, step = (k - k % 2) * length + k % 2, 2
+            for r in range(rows):
+                row = flat[first + step * (start + (r + ph) * pitch + pw) :]
+                pixels = dst[r, :, k]
+                for c in range(cols):
+                    pixels[c] = row[step * c]
         return
     if k_all % 2 == 0:
         pairs = planes.reshape(k_all // 2, 2 * length).view(pair_like.dtype)  # (K/2, L)
