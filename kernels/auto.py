@@ -229,7 +229,9 @@ def _rule(op: str, g) -> str:
     return (_available(["numba"]) or ["im2col"])[0]
 
 
-def _choose(key: str, op: str, g, candidates, run_for) -> str:
+def _known(key: str, op: str, g) -> str | None:
+    """The backend chosen for `key` already (this process, the rule when autotuning is off, or
+    the disk cache), else None: it still has to be timed."""
     if key in _chosen:
         return _chosen[key]["backend"]
     if mode() == "off":
@@ -239,6 +241,14 @@ def _choose(key: str, op: str, g, candidates, run_for) -> str:
     if key in table:
         _chosen[key] = {**table[key], "source": "cache"}
         return table[key]["backend"]
+    return None
+
+
+def _choose(key: str, op: str, g, candidates, run_for) -> str:
+    known = _known(key, op, g)
+    if known is not None:
+        return known
+    table = _load_table()
     seconds = _time_candidates(
         {name: run_for(_backend(name)) for name in _available(candidates)}, key
     )
@@ -311,6 +321,36 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0):
     name = _choose(conv_key(g), "conv", g, CONV_CANDIDATES, run_for)
     y, inner = _backend(name).conv2d_forward(x, w, b, stride, padding)
     return y, AutoConvCtx(g, name, inner)
+
+
+def conv2d_maxpool2d_forward(x, w, b=None, stride=1, padding=0, size=2, pool_stride=None):
+    """conv2d_forward then maxpool2d_forward in one pass when both run on numba (its
+    conv2d_maxpool2d_forward: the convolution's output is never written); the pool's choice
+    must be known (the first step runs the two calls, which times it). None otherwise, and the
+    caller runs the two calls."""
+    g = conv_geometry(x, w, b, stride, padding)
+
+    def run_for(be):
+        def run():
+            y, ctx = be.conv2d_forward(x, w, b, stride, padding)
+            be.conv2d_backward(y, ctx)
+
+        return run
+
+    if _choose(conv_key(g), "conv", g, CONV_CANDIDATES, run_for) != "numba":
+        return None
+    pg = pool_geometry(np.broadcast_to(np.zeros((), g.dtype), g.y_shape), size, pool_stride)
+    if _known(pool_key("maxpool2d", pg), "pool", pg) != "numba":
+        return None
+    fused = _backend("numba").conv2d_maxpool2d_forward(x, w, b, stride, padding, size, pool_stride)
+    if fused is None:
+        return None
+    y, conv_ctx, pool_ctx = fused
+    return (
+        y,
+        AutoConvCtx(g, "numba", conv_ctx),
+        AutoMaxPoolCtx(pg, pool_ctx.argmax, "numba", pool_ctx),
+    )
 
 
 def conv2d_backward(dy, ctx: AutoConvCtx, need_dx=True):

@@ -416,6 +416,36 @@ def maxpool2d_forward(
     return y, MaxPoolCtx(g, argmax)
 
 
+def conv2d_maxpool2d_forward(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None = None,
+    stride: IntPair = 1,
+    padding: Padding = 0,
+    size: IntPair = 2,
+    pool_stride: IntPair | None = None,
+) -> tuple[np.ndarray, TiledConvCtx, MaxPoolCtx] | None:
+    """maxpool2d_forward(conv2d_forward(x, w, b, stride, padding), size, pool_stride) in one
+    pass, without writing the convolution's output: (y (N, OH//2, OW//2, C_out), the conv's
+    ctx, the pool's ctx), each what the separate call returns, y and the argmax to the bit
+    (numba_tiles.forward_maxpool2). None where it does not apply, and the caller runs the two:
+    a pool other than 2x2 of stride 2, or a convolution the register tiles do not run
+    (numba_tiles.forward_applies). The `small` network's Conv2D + MaxPool2D forward: 0.37 ms
+    against 0.61 ms for the two calls (2-core AVX2 machine)."""
+    g = conv_geometry(x, w, b, stride, padding)
+    conv_out = np.broadcast_to(np.zeros((), g.dtype), g.y_shape)  # its shape, for validation
+    pg = pool_geometry(conv_out, size, pool_stride)
+    if not numba_tiles.forward_applies(g) or (pg.kh, pg.kw, pg.sh, pg.sw) != (2, 2, 2, 2):
+        return None
+    x, w = np.ascontiguousarray(x), np.ascontiguousarray(w)
+    bias = np.zeros(g.c_out, dtype=g.dtype) if b is None else np.ascontiguousarray(b)
+    y = np.empty(pg.y_shape, dtype=g.dtype)
+    argmax = np.empty(pg.y_shape, dtype=argmax_dtype(2, 2))
+    w2 = w.reshape(g.kh, g.kw * g.c_in, g.c_out)
+    _launch_tiles(numba_tiles.forward_maxpool2, g, (x, y, argmax), w2, bias, g.sh, g.sw, g.ph, g.pw)
+    return y, TiledConvCtx(g, x, w), MaxPoolCtx(pg, argmax)
+
+
 def maxpool2d_backward(dy: np.ndarray, ctx: MaxPoolCtx) -> np.ndarray:
     """dy: (N, OH, OW, C) -> dx: (N, H, W, C); each window's gradient goes to its argmax."""
     g, argmax = ctx.geometry, ctx.argmax
@@ -481,6 +511,8 @@ def warmup(dtypes=None, ops=None) -> None:
                 many = np.ones((1, size, size, numba_tiles.LANES), dtype=dtype)
                 y, conv_ctx = conv2d_forward(many, w, None, stride, 1)
                 conv2d_backward(np.ones_like(y), conv_ctx)
+            if "maxpool2d" in ops:  # the fused conv + 2x2 max-pool forward
+                conv2d_maxpool2d_forward(many, w, None, 1, 1, 2, 2)
         if "maxpool2d" in ops:
             tiled = np.ones((1, 4, 4, 1), dtype=dtype)
             for window_input, size, stride in ((x, 2, 1), (tiled, 2, 2), (x, 3, 3), (x, 3, 1)):

@@ -435,3 +435,62 @@ def phases_apply(g: ConvGeometry) -> bool:
         (g.width - 1 + g.pw - b) // g.sw - max(0, -(-(g.pw - b) // g.sw)) + 1 >= TILE
         for b in range(g.sw)
     )
+
+
+@njit(**JIT_OPTIONS)
+def forward_maxpool2(x, y, argmax, w2, bias, sh, sw, ph, pw):
+    """forward() followed by a 2x2 max-pool of stride 2, in one pass: y, argmax (N, OH//2,
+    OW//2, C_out) = each 2x2 window's maximum of the convolution (OH, OW its output's size) and
+    the window index 2*i + j of the winner, exactly as kernels/numba_jit.py's 2x2 pool gives
+    them (np.argmax's ties and NaN). The convolution's output is never written: each tile is
+    one window, 2 x 2 pixels x LANES channels (eight AVX2 registers), its values the forward's
+    to the bit (the same sums in the same order), reduced to the window's maximum in registers.
+
+    Needs C_out >= LANES."""
+    n, pooled_h, pooled_w, c_out = y.shape
+    kh_all, run, _ = w2.shape
+    c_in = x.shape[3]
+    rows = _padded_rows(x, ph, pw)
+    step, size = sw * c_in, x.itemsize
+    strides = (sh * rows.shape[1] * size, step * size, size)
+    tile = carray(stack_array(64, y.dtype), (4, LANES))
+    window = carray(stack_array(64, y.dtype), (4, LANES))
+    for ni in range(n):
+        load_sample(x[ni], rows, ph, pw)
+        for pr in range(pooled_h):
+            for pq in range(pooled_w):
+                for c0 in range(0, c_out, LANES):
+                    cb = min(c0, c_out - LANES)
+                    for k in range(4):
+                        for c in range(LANES):
+                            tile[k, c] = bias[cb + c]
+                    for kh in range(kh_all):
+                        # the window's input runs, indexed (conv row, conv column, entry)
+                        pixels = np.lib.stride_tricks.as_strided(
+                            rows[2 * pr * sh + kh, 2 * pq * step :], (2, 2, run), strides
+                        )
+                        w_rows = w2[kh]
+                        for j in range(run):
+                            w_row = w_rows[j, cb : cb + LANES]
+                            for k in range(4):
+                                a = pixels[k // 2, k % 2, j]
+                                for c in range(LANES):
+                                    tile[k, c] += a * w_row[c]
+                    # copied out before the max: the copy's loops unroll to constant indices,
+                    # the max's do not, and a tile read at a variable index would stay in memory
+                    # (stored back on every step of the sums above)
+                    for k in range(4):
+                        for c in range(LANES):
+                            window[k, c] = tile[k, c]
+                    out = y[ni, pr, pq, cb : cb + LANES]
+                    won = argmax[ni, pr, pq, cb : cb + LANES]
+                    for c in range(LANES):
+                        best = window[0, c]
+                        which = 0
+                        for k in range(1, 4):
+                            v = window[k, c]
+                            take = (v > best) | ((v != v) & (best == best))
+                            best = v if take else best
+                            which = k if take else which
+                        out[c] = best
+                        won[c] = which

@@ -139,6 +139,22 @@ class Conv2D(Layer):
         )
         return y
 
+    def forward_maxpool(self, x: np.ndarray, pool: MaxPool2D) -> np.ndarray | None:
+        """pool.forward(self.forward(x)) in one pass where this layer's backend has
+        conv2d_maxpool2d_forward (numba, auto: the convolution's output is never written) and
+        the pool runs on the same backend; both layers keep their ctx, so their backward passes
+        are unchanged. None (nothing run) otherwise."""
+        fused = getattr(self.backend, "conv2d_maxpool2d_forward", None)
+        if fused is None or pool.backend is not self.backend:
+            return None
+        _check_features(x, self.in_channels, "Conv2D", "channels")
+        w, b = self.params["w"], self.params.get("b")
+        result = fused(x, w, b, self.stride, self.padding, pool.size, pool.stride)
+        if result is None:
+            return None
+        y, self._ctx, pool._ctx = result
+        return y
+
     def backward(self, dy: np.ndarray) -> np.ndarray | None:
         dx, dw, db = self.backend.conv2d_backward(dy, self._ctx, need_dx=self.need_dx)
         self.grads["w"] = dw
@@ -191,6 +207,12 @@ class AvgPool2D(_Pool2D):
     """x: (N, H, W, C) -> (N, OH, OW, C), the mean of each window."""
 
     kind = "avg"
+
+
+def fusable(layer: Layer, following: Layer) -> bool:
+    """True when Sequential may run `layer` and `following` as one call
+    (Conv2D.forward_maxpool): a Conv2D, then a MaxPool2D."""
+    return isinstance(layer, Conv2D) and isinstance(following, MaxPool2D)
 
 
 class Dense(Layer):

@@ -23,6 +23,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from .atomic import write_atomically
+from .layers import fusable
 from .losses import NonFiniteLoss, class_indices, softmax, softmax_cross_entropy
 from .optim import OPTIMIZERS, Optimizer
 from .spec import build_layers, parse_spec, spec_of
@@ -121,8 +122,18 @@ class Sequential:
         if x.ndim != 4:
             raise ValueError(f"input x must be 4-D (N, H, W, C), got shape {x.shape}")
         x = x.astype(self.dtype, copy=False)
-        for layer in self.layers:
+        i = 0
+        while i < len(self.layers):
+            layer = self.layers[i]
+            if i + 1 < len(self.layers) and fusable(layer, self.layers[i + 1]):
+                # Conv2D + MaxPool2D in one pass where the backend can (see
+                # Conv2D.forward_maxpool); the same numbers as the two calls
+                y = layer.forward_maxpool(x, self.layers[i + 1])
+                if y is not None:
+                    x, i = y, i + 2
+                    continue
             x = layer.forward(x, training=training)
+            i += 1
         return x
 
     def backward(self, dlogits):

@@ -121,6 +121,16 @@ class CompilingBackend:
     def maxpool2d_forward(self, x, size=2, stride=None):
         return self._forward("maxpool2d", x, size=size, stride=stride)
 
+    def conv2d_maxpool2d_forward(self, x, w, b=None, stride=1, padding=0, size=2, pool_stride=None):
+        """The current backend's fused Conv2D + MaxPool2D forward, or None where it has none
+        (the stand-in) or it does not apply (model.layers.Conv2D.forward_maxpool)."""
+        backend = self._backend()
+        fused = getattr(backend, "conv2d_maxpool2d_forward", None)
+        result = None if fused is None else fused(x, w, b, stride, padding, size, pool_stride)
+        if result is not None:
+            self._owner[result[1]] = self._owner[result[2]] = backend
+        return result
+
     def maxpool2d_backward(self, dy, ctx):
         return self._backward("maxpool2d", dy, ctx)
 

@@ -249,3 +249,41 @@ def test_sequential_of_custom_layers():
     rng = np.random.default_rng(0)
     net = Sequential([L.Flatten(), L.Dense(4, 2, rng=rng)], dtype=np.float32, rng=rng)
     assert net.forward(np.ones((1, 2, 2, 1))).shape == (1, 2)
+
+
+@pytest.mark.parametrize("backend", ["numba", "auto"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_sequential_fuses_conv_and_maxpool_to_the_same_numbers(backend, dtype, monkeypatch):
+    """Sequential runs Conv2D + MaxPool2D as one call where the backend can (numba; auto once it
+    has chosen numba for both); logits and every gradient equal the two separate calls'."""
+    import model.network as network
+
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 28, 28, 1)).astype(dtype)
+    labels = rng.integers(0, 10, 6)
+    fused_calls = []
+    real = L.Conv2D.forward_maxpool
+
+    def spy(self, x, pool):
+        y = real(self, x, pool)
+        fused_calls.append(y is not None)
+        return y
+
+    monkeypatch.setattr(L.Conv2D, "forward_maxpool", spy)
+
+    def run(fuse: bool):
+        monkeypatch.setattr(network, "fusable", network.fusable if fuse else lambda a, b: False)
+        net = build_network("small", backend=backend, dtype=dtype, seed=0)
+        logits = np.concatenate([net.forward(x, training=True) for _ in range(2)])  # auto: 2nd
+        _, dlogits = softmax_cross_entropy(logits[6:], labels)
+        net.backward(dlogits)
+        return logits[6:], [g.copy() for layer in net.layers for g in layer.grads.values()]
+
+    logits_fused, grads_fused = run(True)
+    assert fused_calls[-1], "the second forward should have taken the fused path"
+    logits, grads = run(False)
+    np.testing.assert_array_equal(logits_fused, logits)
+    assert len(grads_fused) == len(grads)
+    for got, want in zip(grads_fused, grads):
+        np.testing.assert_array_equal(got, want)

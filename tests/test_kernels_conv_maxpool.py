@@ -1,0 +1,88 @@
+"""The fused Conv2D + 2x2 MaxPool2D forward (numba, and auto when both choices are numba):
+the same pooled values and argmax, to the bit, as the two calls, and ctxs whose backward passes
+give the two calls' gradients; None (nothing run) where it does not apply."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from kernels_helpers import BACKENDS
+
+from kernels import get_backend
+
+pytestmark = pytest.mark.skipif("numba" not in BACKENDS, reason="numba is not installed")
+
+CONFIGS = [  # x shape, (KH, KW, C_out), stride, padding
+    ((2, 28, 28, 1), (3, 3, 16), 1, 1),  # the `small` network's first block
+    ((3, 9, 11, 3), (2, 2, 17), 1, 0),  # odd conv output: its last row and column are dropped
+    ((2, 14, 14, 32), (3, 3, 64), 1, 1),
+    ((2, 13, 12, 5), (3, 3, 33), 2, 2),  # a strided convolution, a ragged channel block
+]
+
+
+def _inputs(x_shape, kernel, dtype, nan=False):
+    rng = np.random.default_rng(sum(x_shape) + sum(kernel))
+    x = rng.standard_normal(x_shape).astype(dtype)
+    if nan:  # a NaN reaches several windows of the convolution
+        x[0, x_shape[1] // 2, x_shape[2] // 2, 0] = np.nan
+    w = rng.standard_normal(kernel[:2] + (x_shape[3], kernel[2])).astype(dtype)
+    return x, w, rng.standard_normal(kernel[2]).astype(dtype)
+
+
+@pytest.mark.parametrize("nan", [False, True], ids=["finite", "nan"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("x_shape, kernel, stride, padding", CONFIGS)
+def test_fused_forward_equals_the_two_calls(x_shape, kernel, stride, padding, dtype, nan):
+    be = get_backend("numba")
+    x, w, b = _inputs(x_shape, kernel, dtype, nan)
+    conv_y, conv_ctx = be.conv2d_forward(x, w, b, stride, padding)
+    y, pool_ctx = be.maxpool2d_forward(conv_y, 2, 2)
+    fused = be.conv2d_maxpool2d_forward(x, w, b, stride, padding, 2, None)
+    assert fused is not None
+    y_fused, conv_ctx_fused, pool_ctx_fused = fused
+    np.testing.assert_array_equal(y_fused, y)
+    np.testing.assert_array_equal(pool_ctx_fused.argmax, pool_ctx.argmax)
+    assert pool_ctx_fused.argmax.dtype == pool_ctx.argmax.dtype
+    dy = np.random.default_rng(3).standard_normal(y.shape).astype(dtype)
+    d_conv = be.maxpool2d_backward(dy, pool_ctx)
+    np.testing.assert_array_equal(be.maxpool2d_backward(dy, pool_ctx_fused), d_conv)
+    for got, want in zip(
+        be.conv2d_backward(d_conv, conv_ctx_fused), be.conv2d_backward(d_conv, conv_ctx)
+    ):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize(
+    "x_shape, kernel, size, pool_stride",
+    [
+        ((2, 12, 12, 3), (3, 3, 16), 3, None),  # not a 2x2 pool
+        ((2, 12, 12, 3), (3, 3, 16), 2, 1),  # overlapping windows
+        ((2, 12, 12, 3), (3, 3, 8), 2, None),  # too few output channels for the register tiles
+    ],
+)
+def test_fused_forward_declines_what_it_does_not_do(x_shape, kernel, size, pool_stride):
+    x, w, b = _inputs(x_shape, kernel, np.float32)
+    assert get_backend("numba").conv2d_maxpool2d_forward(x, w, b, 1, 1, size, pool_stride) is None
+
+
+def test_auto_fuses_once_both_choices_are_numba():
+    # tests/conftest.py runs auto with autotuning off: its rule picks numba for this conv and pool
+    be = get_backend("auto")
+    x, w, b = _inputs((2, 28, 28, 1), (3, 3, 16), np.float32)
+    conv_y, conv_ctx = be.conv2d_forward(x, w, b, 1, 1)
+    y, pool_ctx = be.maxpool2d_forward(conv_y, 2, None)
+    assert (conv_ctx.backend, pool_ctx.backend) == ("numba", "numba")
+    fused = be.conv2d_maxpool2d_forward(x, w, b, 1, 1, 2, None)
+    assert fused is not None
+    np.testing.assert_array_equal(fused[0], y)
+    assert (fused[1].backend, fused[2].backend) == ("numba", "numba")
+    dy = np.ones_like(y)
+    np.testing.assert_array_equal(
+        be.maxpool2d_backward(dy, fused[2]), be.maxpool2d_backward(dy, pool_ctx)
+    )
+
+
+def test_auto_declines_where_the_conv_runs_elsewhere():
+    # the rule's winograd shape: 3x3, stride 1, many input channels
+    x, w, b = _inputs((2, 14, 14, 32), (3, 3, 64), np.float32)
+    assert get_backend("auto").conv2d_maxpool2d_forward(x, w, b, 1, 1, 2, None) is None
