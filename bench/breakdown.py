@@ -8,8 +8,8 @@ A step is what model.training runs per batch: the batch drawn from a shuffled or
 for `deep`, as the README's deep run trains), forward in training mode, softmax cross-entropy,
 backward, optimizer update. Each layer's calls are timed from outside: an instance attribute
 shadows the class's method, so the model code is not touched. Each part's figure is the median
-over the timed steps; "other" is what the parts' medians leave of the median step (Python glue,
-the dtype check in Sequential.forward).
+over the timed steps; "other" is the median of what each step's parts leave of it (Python glue,
+the dtype check in Sequential.forward), so the rows need not add up to the median step exactly.
 """
 
 from __future__ import annotations
@@ -72,17 +72,59 @@ def part_name(index: int, layer, pass_: str) -> str:
     return f"{index} {type(layer).__name__} {pass_}"
 
 
+def fused_name(index: int, layers) -> str:
+    """'0 Conv2D + 1 MaxPool2D forward': a pair Sequential ran as one call."""
+    first, second = layers[index], layers[index + 1]
+    return f"{index} {type(first).__name__} + {index + 1} {type(second).__name__} forward"
+
+
+def _fused_pairs(net) -> list[int]:
+    """Indices i whose layers i, i+1 Sequential may run as one call (model.layers.fusable) on a
+    backend that has the fused function."""
+    from model.layers import fusable
+
+    layers = net.layers
+    return [
+        i
+        for i in range(len(layers) - 1)
+        if fusable(layers[i], layers[i + 1])
+        and getattr(layers[i].backend, "conv2d_maxpool2d_forward", None) is not None
+    ]
+
+
 def instrument(net, clock: StepClock) -> None:
     """Time every layer's forward and backward into `clock`, by instance attributes that shadow
-    the class's methods (Sequential calls layer.forward / layer.backward)."""
+    the class's methods (Sequential calls layer.forward / layer.backward, and a fused pair's
+    Conv2D.forward_maxpool, timed only when it ran: it returns None when it does not apply)."""
     for i, layer in enumerate(net.layers):
         layer.forward = clock.wrap(part_name(i, layer, "forward"), layer.forward)
         layer.backward = clock.wrap(part_name(i, layer, "backward"), layer.backward)
+    for i in _fused_pairs(net):
+        layer = net.layers[i]
+        layer.forward_maxpool = _timed_if_run(
+            clock, fused_name(i, net.layers), layer.forward_maxpool
+        )
+
+
+def _timed_if_run(clock: StepClock, name: str, fn):
+    def timed(*args):
+        start = time.perf_counter()
+        result = fn(*args)
+        if result is not None:
+            clock.add(name, time.perf_counter() - start)
+        return result
+
+    return timed
 
 
 def part_order(net, augment: bool) -> list[str]:
-    """The parts of a step in the order they run."""
-    forward = [part_name(i, layer, "forward") for i, layer in enumerate(net.layers)]
+    """The parts a step may have, in the order they run (a fused pair's name before its layers'
+    own, which run instead when the fused call does not apply)."""
+    fused = {i: fused_name(i, net.layers) for i in _fused_pairs(net)}
+    forward = []
+    for i, layer in enumerate(net.layers):
+        forward += [fused[i]] if i in fused else []
+        forward.append(part_name(i, layer, "forward"))
     backward = [part_name(i, layer, "backward") for i, layer in enumerate(net.layers)][::-1]
     return [BATCHING, *([AUGMENT] if augment else []), *forward, LOSS, *backward, UPDATE, OTHER]
 
@@ -110,13 +152,19 @@ def step_breakdown(arch: str, backend: str, x, labels, steps: int, seed: int = 0
     batches_per_epoch = -(-FULL_EPOCH // BATCH_SIZE)
     order = net.rng.permutation(len(x))
     per_step: list[dict[str, float]] = []
+    # an epoch draws one permutation: timed apart, each step is charged its share (run inside
+    # every step, its whole time would count towards the step)
+    shuffles = []
+    for _ in range(5):
+        shuffle_start = time.perf_counter()
+        net.rng.permutation(FULL_EPOCH)
+        shuffles.append(time.perf_counter() - shuffle_start)
+    shuffle_share = float(np.median(shuffles)) / batches_per_epoch
     with threadpool_limits(limits=TRAIN_BLAS_THREADS, user_api="blas"):  # as model.train runs
         for step in range(WARMUP_STEPS + steps):
             clock.parts = {}
             start = time.perf_counter()
-            shuffle_start = time.perf_counter()
-            net.rng.permutation(FULL_EPOCH)
-            clock.add(BATCHING, (time.perf_counter() - shuffle_start) / batches_per_epoch)
+            clock.add(BATCHING, shuffle_share)
             first = (step * BATCH_SIZE) % max(len(x) - BATCH_SIZE + 1, 1)
             idx = order[first : first + BATCH_SIZE]
             xb, yb = clock.call(BATCHING, take, x, labels, idx)
@@ -132,17 +180,22 @@ def step_breakdown(arch: str, backend: str, x, labels, steps: int, seed: int = 0
             dlogits, _ = clock.call(LOSS, loss_and_correct)
             net.backward(dlogits)
             clock.call(UPDATE, net.update, opt)
-            total = time.perf_counter() - start
+            total = time.perf_counter() - start + shuffle_share
             if step >= WARMUP_STEPS:
                 per_step.append({**clock.parts, "step": total})
     step_ms = 1e3 * float(np.median([p["step"] for p in per_step]))
+    seen = {name for p in per_step for name in p}
     medians = {
         name: 1e3 * float(np.median([p.get(name, 0.0) for p in per_step]))
         for name in part_order(net, setup["augment"])
-        if name != OTHER
+        if name in seen
     }
-    # what the parts' medians leave of the median step, so the table adds up to the step
-    medians[OTHER] = max(step_ms - sum(medians.values()), 0.0)
+    # each step less its parts, then the median: a median of the medians' remainder would
+    # count the spread of the parts' times as glue (0.7 ms of the `small` step's 3 ms, where
+    # the steps' own remainders are 0.05 ms)
+    medians[OTHER] = 1e3 * float(
+        np.median([p["step"] - sum(v for k, v in p.items() if k != "step") for p in per_step])
+    )
     parts = [
         {"name": name, "ms": ms, "percent": 100 * ms / step_ms} for name, ms in medians.items()
     ]

@@ -358,7 +358,9 @@ def breakdown_section(results: dict) -> str:
         "Median milliseconds per part over the timed steps, and its share of the median step. "
         "Each layer's forward and backward are timed around its calls; *batching + shuffle* is "
         "drawing the batch plus its share of one 60 000-image permutation; *other* is what the "
-        f"parts leave of each step. BLAS threads: {bd.get('blas_threads', '?')}, as `python -m "
+        "parts leave of each step (medians over the steps, so the rows need not add up to the "
+        "step exactly); *Conv2D + MaxPool2D* is the two layers' forward as one fused call. "
+        f"BLAS threads: {bd.get('blas_threads', '?')}, as `python -m "
         f"model.train` runs. Data: {bd['data']}.",
     ]
     if bd.get("auto_choices"):

@@ -613,3 +613,18 @@ def test_winograd_paths_are_marked_effective_gflops():
     assert _fewer_multiplies("auto -> winograd (winograd fused F(2x2,3x3))")
     assert not _fewer_multiplies("fallback:numba")
     assert not _fewer_multiplies("auto -> numba")
+
+
+def test_step_clock_times_a_fused_pair_as_one_part():
+    pytest.importorskip("numba")
+    from model.network import build_network
+
+    net = build_network("small", backend="numba")
+    clock = breakdown.StepClock()
+    breakdown.instrument(net, clock)
+    net.forward(np.zeros((2, 28, 28, 1), np.float32), training=True)
+    fused = breakdown.fused_name(0, net.layers)
+    assert fused == "0 Conv2D + 1 MaxPool2D forward"
+    assert fused in clock.parts and "0 Conv2D forward" not in clock.parts
+    order = breakdown.part_order(net, augment=False)
+    assert order.index(fused) < order.index("0 Conv2D forward") < order.index("2 ReLU forward")
