@@ -31,6 +31,9 @@ loads and stores of their output planes) reached about 20% of the peak.
     dw_tiles(x, dy, dw, db, sh, sw, ph, pw)     dW = im2col(x).T @ dy: tiles of DW_TILE run
                                                 entries x LANES channels, summed over pixels;
                                                 db = dy summed over pixels
+    forward_maxpool2(x, y, argmax, w2, bias, sh, sw, ph, pw)
+                                                forward() and a 2x2 max-pool of stride 2 in one
+                                                pass: a tile is one pooling window
 
 Each kernel copies one sample at a time into zero-padded scratch rows (and dx_cols writes
 into such rows and copies the interior out), so the padded copy stays in L2.
