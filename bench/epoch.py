@@ -147,6 +147,11 @@ def epoch_run(
     timed = starts if limit is None or limit >= len(starts) else starts[:limit]
     with threadpool_limits(limits=TRAIN_BLAS_THREADS, user_api="blas"):  # as model.train runs
         net.train_step(x[order[:batch_size]], y_onehot[order[:batch_size]], opt)  # warm-up
+        last = len(x) % batch_size
+        if last and len(timed) == len(starts):
+            # the epoch's last, smaller batch has shapes of its own, which auto would time its
+            # candidates on inside the timed epoch (once per machine; then its disk cache knows)
+            net.train_step(x[order[:last]], y_onehot[order[:last]], opt)
         start = time.perf_counter()
         for i in timed:
             idx = order[i : i + batch_size]

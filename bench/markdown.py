@@ -215,7 +215,9 @@ def epoch_section(results: dict) -> str:
         f"## Training epoch (60 000 images, batch {ep.get('batch_size', 64)}, float32)",
         "",
         f"Data: {ep['data']}. Seconds for one epoch ({ep['samples']} images timed; scaled to "
-        "60 000 when fewer). / PyTorch: time ratio against PyTorch at its faster configuration "
+        "60 000 when fewer), after untimed warm-up steps on a full batch and on one of the "
+        "epoch's last batch size (so that auto's one-time timing of each new layer shape, which "
+        "its disk cache then keeps, is not in the epoch). / PyTorch: time ratio against PyTorch at its faster configuration "
         "(NCHW or channels_last), >1 = slower. Test accuracy: after this one epoch, on "
         f"{ep.get('test_images', '?')} test images (— when only part of the epoch ran). BLAS "
         f"threads for the NumPy backends: {ep.get('blas_threads', 'default')}, as `python -m "
