@@ -310,6 +310,13 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0):
     """x: (N, H, W, C_in), w: (KH, KW, C_in, C_out), b: (C_out,) or None -> y: (N, OH, OW, C_out),
     computed by the backend chosen for this shape (see the module docstring)."""
     g = conv_geometry(x, w, b, stride, padding)
+    name = _conv_choice(g, x, w, b, stride, padding)
+    y, inner = _backend(name).conv2d_forward(x, w, b, stride, padding)
+    return y, AutoConvCtx(g, name, inner)
+
+
+def _conv_choice(g: ConvGeometry, x, w, b, stride, padding) -> str:
+    """The backend for conv geometry g, timed on this call's arrays if it is not known yet."""
 
     def run_for(be):
         def run():
@@ -318,9 +325,7 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0):
 
         return run
 
-    name = _choose(conv_key(g), "conv", g, CONV_CANDIDATES, run_for)
-    y, inner = _backend(name).conv2d_forward(x, w, b, stride, padding)
-    return y, AutoConvCtx(g, name, inner)
+    return _choose(conv_key(g), "conv", g, CONV_CANDIDATES, run_for)
 
 
 def conv2d_maxpool2d_forward(x, w, b=None, stride=1, padding=0, size=2, pool_stride=None):
@@ -329,15 +334,7 @@ def conv2d_maxpool2d_forward(x, w, b=None, stride=1, padding=0, size=2, pool_str
     must be known (the first step runs the two calls, which times it). None otherwise, and the
     caller runs the two calls."""
     g = conv_geometry(x, w, b, stride, padding)
-
-    def run_for(be):
-        def run():
-            y, ctx = be.conv2d_forward(x, w, b, stride, padding)
-            be.conv2d_backward(y, ctx)
-
-        return run
-
-    if _choose(conv_key(g), "conv", g, CONV_CANDIDATES, run_for) != "numba":
+    if _conv_choice(g, x, w, b, stride, padding) != "numba":
         return None
     pg = pool_geometry(np.broadcast_to(np.zeros((), g.dtype), g.y_shape), size, pool_stride)
     if _known(pool_key("maxpool2d", pg), "pool", pg) != "numba":
