@@ -163,3 +163,24 @@ class Warmup(Protocol):
         """True when warmup(dtypes, ops) will load from the disk cache (fast) rather than compile
         (seconds per kernel): a trainer then compiles in the background (model/warmup.py)."""
         ...
+
+
+@runtime_checkable
+class ConvMaxPool(Protocol):
+    """An optional member (numba, auto): a Conv2D's forward and the 2x2 MaxPool2D after it in one
+    call. model.layers.Conv2D.forward_maxpool uses it where a backend has it."""
+
+    def conv2d_maxpool2d_forward(
+        self,
+        x: np.ndarray,
+        w: np.ndarray,
+        b: np.ndarray | None = None,
+        stride: IntPair = 1,
+        padding: Padding = 0,
+        size: IntPair = 2,
+        pool_stride: IntPair | None = None,
+    ) -> tuple[np.ndarray, ConvCtx, MaxPoolCtx] | None:
+        """maxpool2d_forward(conv2d_forward(x, w, b, stride, padding), size, pool_stride) as
+        (y, the conv's ctx, the pool's ctx), the same numbers and ctxs as the two calls, or None
+        (nothing run) where the backend does not fuse that pair; the caller then runs the two."""
+        ...

@@ -49,6 +49,19 @@ def test_warmup_is_optional_and_callable(backend):
         module.warmup([np.float32], ["maxpool2d"])  # a run's own dtype and ops only
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fused_conv_maxpool_is_optional_with_the_protocol_signature(backend):
+    module = kernels.get_backend(backend)
+    if not hasattr(module, "conv2d_maxpool2d_forward"):
+        return
+    assert isinstance(module, contract.ConvMaxPool)
+    params = inspect.signature(module.conv2d_maxpool2d_forward).parameters.values()
+    protocol = inspect.signature(contract.ConvMaxPool.conv2d_maxpool2d_forward).parameters
+    assert [(p.name, p.default) for p in params] == [
+        (p.name, p.default) for p in list(protocol.values())[1:]
+    ]
+
+
 def _assert_ctx(ctx, base, geometry_type):
     assert isinstance(ctx, base), f"ctx {type(ctx).__name__} is not a {base.__name__}"
     assert dataclasses.is_dataclass(ctx)
