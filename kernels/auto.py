@@ -35,7 +35,13 @@ from typing import Any
 import numpy as np
 
 from .contract import ConvCtx, MaxPoolCtx, PoolCtx
-from .geometry import ConvGeometry, PoolGeometry, conv_geometry, pool_geometry
+from .geometry import (
+    ConvGeometry,
+    PoolGeometry,
+    conv_geometry,
+    pool_geometry,
+    pooled_conv_geometry,
+)
 
 MODES = ("off", "cached", "fresh")
 CONV_CANDIDATES = ("winograd", "numba", "im2col", "einsum")
@@ -336,7 +342,7 @@ def conv2d_maxpool2d_forward(x, w, b=None, stride=1, padding=0, size=2, pool_str
     g = conv_geometry(x, w, b, stride, padding)
     if _conv_choice(g, x, w, b, stride, padding) != "numba":
         return None
-    pg = pool_geometry(np.broadcast_to(np.zeros((), g.dtype), g.y_shape), size, pool_stride)
+    pg = pooled_conv_geometry(g, size, pool_stride)
     if _known(pool_key("maxpool2d", pg), "pool", pg) != "numba":
         return None
     fused = _backend("numba").conv2d_maxpool2d_forward(x, w, b, stride, padding, size, pool_stride)

@@ -206,6 +206,12 @@ def pool_geometry(x: np.ndarray, size: IntPair, stride: IntPair | None) -> PoolG
     return PoolGeometry(n, height, width, c, kh, kw, sh, sw, out_h, out_w, x.dtype)
 
 
+def pooled_conv_geometry(g: ConvGeometry, size: IntPair, stride: IntPair | None) -> PoolGeometry:
+    """The PoolGeometry of a pool over the output of conv geometry g (validated as
+    pool_geometry does), for a fused conv + pool call that never materialises that output."""
+    return pool_geometry(np.broadcast_to(np.zeros((), g.dtype), g.y_shape), size, stride)
+
+
 def argmax_dtype(kh: int, kw: int) -> np.dtype:
     """The dtype of a max-pool argmax over (kh, kw) windows: uint8 when kh*kw <= 255, else intp.
 

@@ -39,6 +39,7 @@ from .geometry import (
     conv_geometry,
     flipped_kernel,
     pool_geometry,
+    pooled_conv_geometry,
 )
 
 _POOL_JIT: dict[str, Any] = dict(cache=True, parallel=True)
@@ -433,8 +434,7 @@ def conv2d_maxpool2d_forward(
     (numba_tiles.forward_applies). The `small` network's Conv2D + MaxPool2D forward: 0.37 ms
     against 0.61 ms for the two calls (2-core AVX2 machine)."""
     g = conv_geometry(x, w, b, stride, padding)
-    conv_out = np.broadcast_to(np.zeros((), g.dtype), g.y_shape)  # its shape, for validation
-    pg = pool_geometry(conv_out, size, pool_stride)
+    pg = pooled_conv_geometry(g, size, pool_stride)
     if not numba_tiles.forward_applies(g) or (pg.kh, pg.kw, pg.sh, pg.sw) != (2, 2, 2, 2):
         return None
     x, w = np.ascontiguousarray(x), np.ascontiguousarray(w)
