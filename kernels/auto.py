@@ -356,6 +356,16 @@ def conv2d_maxpool2d_forward(x, w, b=None, stride=1, padding=0, size=2, pool_str
     )
 
 
+def conv2d_maxpool2d_backward(dy, conv_ctx: AutoConvCtx, pool_ctx: AutoMaxPoolCtx, need_dx=True):
+    """conv2d_backward(maxpool2d_backward(dy, pool_ctx), conv_ctx, need_dx) in one call where
+    both forwards ran on numba (its conv2d_maxpool2d_backward); None otherwise, and the caller
+    runs the two calls."""
+    if conv_ctx.backend != "numba" or pool_ctx.backend != "numba":
+        return None
+    fused = _backend("numba").conv2d_maxpool2d_backward
+    return fused(dy, conv_ctx.inner, pool_ctx.inner, need_dx)
+
+
 def conv2d_backward(dy, ctx: AutoConvCtx, need_dx=True):
     """dy: (N, OH, OW, C_out) -> (dx or None, dw, db or None), on the forward's backend."""
     return _backend(ctx.backend).conv2d_backward(dy, ctx.inner, need_dx=need_dx)

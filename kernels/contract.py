@@ -167,8 +167,9 @@ class Warmup(Protocol):
 
 @runtime_checkable
 class ConvMaxPool(Protocol):
-    """An optional member (numba, auto): a Conv2D's forward and the 2x2 MaxPool2D after it in one
-    call. model.layers.Conv2D.forward_maxpool uses it where a backend has it."""
+    """Optional members (numba, auto): a Conv2D's forward and the 2x2 MaxPool2D after it in one
+    call, and their backward passes in one call. model.layers.Conv2D.forward_maxpool and
+    backward_maxpool use them where a backend has them."""
 
     def conv2d_maxpool2d_forward(
         self,
@@ -183,4 +184,12 @@ class ConvMaxPool(Protocol):
         """maxpool2d_forward(conv2d_forward(x, w, b, stride, padding), size, pool_stride) as
         (y, the conv's ctx, the pool's ctx), the same numbers and ctxs as the two calls, or None
         (nothing run) where the backend does not fuse that pair; the caller then runs the two."""
+        ...
+
+    def conv2d_maxpool2d_backward(
+        self, dy: np.ndarray, conv_ctx: ConvCtx, pool_ctx: MaxPoolCtx, need_dx: bool = True
+    ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None] | None:
+        """conv2d_backward(maxpool2d_backward(dy, pool_ctx), conv_ctx, need_dx): (dx or None,
+        dw, db or None), the same numbers as the two calls, or None (nothing run) where the
+        backend does not fuse them; the caller then runs the two."""
         ...

@@ -206,6 +206,29 @@ def _to_planes(src, planes, start, pitch, ph, pw, sh, sw):
 
 
 @njit(cache=True)
+def _unpool2(dyp, argmax, out):
+    """out (OH, OW, C) = the backward of a 2x2 max-pool of stride 2 for one sample: each
+    window's gradient dyp (PH, PW, C) at its argmax (PH, PW, C; index 2*a + b) and 0 at its
+    three other pixels, as numba_jit's pool backward writes it. Pixels outside every window (an
+    odd last row or column) are not written.
+
+    One loop over the channels per output pixel, each storing one stream: LLVM vectorises a
+    loop only after checking at run time that its streams do not overlap, and with four output
+    pixels in one loop (six streams) that check is beyond its limit, so the loop stayed scalar
+    (10x slower on the `small` network's 16 channels)."""
+    pooled_h, pooled_w, c_all = dyp.shape
+    zero = out.dtype.type(0)
+    for pr in range(pooled_h):
+        for pq in range(pooled_w):
+            g, which = dyp[pr, pq], argmax[pr, pq]
+            for a in range(2):
+                for b in range(2):
+                    pixel, k = out[2 * pr + a, 2 * pq + b], 2 * a + b
+                    for c in range(c_all):
+                        pixel[c] = g[c] if which[c] == k else zero
+
+
+@njit(cache=True)
 def _output_index(n_planes, length, k, p):
     """Flat index of channel k, position p in _shifted_sum's (n_planes, length) output.
 
@@ -432,16 +455,35 @@ def forward_kernel(x, offsets, weights, bias, lay, n_parts, pair_like, y):
 
 @njit(**_CONV_JIT)
 def backward_kernel(
-    x, dy, offsets, dx_offsets, dx_weights, lay, n_parts, pair_like, need_dx, dw_parts, db_parts, dx
+    x,
+    dy,
+    argmax,
+    out_h,
+    out_w,
+    offsets,
+    dx_offsets,
+    dx_weights,
+    lay,
+    n_parts,
+    pair_like,
+    need_dx,
+    dw_parts,
+    db_parts,
+    dx,
 ):
     """dw_parts (n_parts, T, C_out), db_parts (n_parts, C_out) += block sums; dx (N, H, W, C_in).
 
-    x (N, H, W, C_in) and dy (N, OH, OW, C_out) in; prange over n_parts blocks of samples, each
-    with its own scratch planes and its own row of dw_parts/db_parts. dx is written only when
-    need_dx (the dX taps are then dx_offsets (T2,), dx_weights (T2, C_in*sh*sw)).
+    x (N, H, W, C_in) and dy in: the convolution's output gradient (N, OH, OW, C_out), or,
+    when argmax is not empty, the gradient (N, OH//2, OW//2, C_out) of the 2x2 max-pool of
+    stride 2 that followed it, with the pool's argmax (the same shape). The pool's backward is
+    then done a sample at a time into scratch that stays in cache (_unpool2), and the whole
+    (N, OH, OW, C_out) gradient is never written. out_h, out_w: the convolution's OH, OW.
+    prange over n_parts blocks of samples, each with its own scratch planes and its own row of
+    dw_parts/db_parts. dx is written only when need_dx (the dX taps are then dx_offsets (T2,),
+    dx_weights (T2, C_in*sh*sw)).
     """
-    n, c_in = x.shape[0], x.shape[3]
-    out_h, out_w, c_out = dy.shape[1], dy.shape[2], dy.shape[3]
+    n, c_in, c_out = x.shape[0], x.shape[3], dy.shape[3]
+    pooled = argmax.shape[0] > 0
     n_phases, plane = c_in * lay.sh * lay.sw, lay.hq * lay.wq
     dy_plane = lay.margin + plane
     no_bias = np.zeros(n_phases, dtype=x.dtype)
@@ -453,9 +495,15 @@ def backward_kernel(
         grads = np.zeros(c_out * dy_plane + lay.dx_len, dtype=dy.dtype)
         grad_planes = grads[: c_out * dy_plane].reshape(c_out, dy_plane)
         dx_planes = np.empty((n_phases, lay.dx_len if need_dx else 0), dtype=x.dtype)
+        # zeros: an odd last row or column is in no pooling window, its gradient stays 0
+        unpooled = np.zeros((out_h if pooled else 0, out_w, c_out), dtype=dy.dtype)
         for ni in range(part * n // n_parts, (part + 1) * n // n_parts):
             _to_planes(x[ni], phase_planes, 0, lay.wq, lay.ph, lay.pw, lay.sh, lay.sw)
-            _to_planes(dy[ni], grad_planes, lay.margin, lay.wq, 0, 0, 1, 1)
+            if pooled:
+                _unpool2(dy[ni], argmax[ni], unpooled)
+                _to_planes(unpooled, grad_planes, lay.margin, lay.wq, 0, 0, 1, 1)
+            else:
+                _to_planes(dy[ni], grad_planes, lay.margin, lay.wq, 0, 0, 1, 1)
             if _all_finite(x[ni]):
                 _accumulate_dw_db(
                     planes,

@@ -13,6 +13,9 @@ Convolution, two ways:
            write the same accumulator.
 Pooling:   forward prange over (n, output row); backward prange over samples (windows of one sample
            may overlap, different samples never do).
+Conv + 2x2 max-pool, fused (model.layers.Conv2D.forward_maxpool / backward_maxpool):
+           forward on the register tiles, a tile being one pooling window; backward on the
+           plane kernels, the pool's gradient spread into them a sample at a time.
 
 Accumulators have the input's dtype (float32 stays float32 throughout). Arguments are checked by
 kernels.geometry in Python before any jitted code runs; the jitted code sees C-contiguous arrays.
@@ -363,10 +366,15 @@ def _plane_ctx(ctx: TiledConvCtx) -> NumbaConvCtx:
     return NumbaConvCtx(g, ctx.x, ctx.w, lay, offsets)
 
 
+# backward_kernel's argmax when dy is the convolution's own gradient (no pool to undo)
+_NO_ARGMAX = np.zeros((0, 0, 0, 0), dtype=argmax_dtype(2, 2))
+
+
 def _plane_backward(
-    dy: np.ndarray, ctx: NumbaConvCtx, need_dx: bool
+    dy: np.ndarray, ctx: NumbaConvCtx, need_dx: bool, argmax: np.ndarray = _NO_ARGMAX
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
-    """conv2d_backward on the plane kernels (kernels/numba_conv.py)."""
+    """conv2d_backward on the plane kernels (kernels/numba_conv.py). With a 2x2 max-pool's
+    argmax, dy is that pool's output gradient (see conv2d_maxpool2d_backward)."""
     g, x, w, lay, offsets = ctx.geometry, ctx.x, ctx.w, ctx.layout, ctx.offsets
     if need_dx:
         dx_offsets, dx_weights = numba_conv.dx_taps(g, lay, w)
@@ -385,6 +393,9 @@ def _plane_backward(
         g.flops // 2 * (2 if need_dx else 1),
         x,
         dy,
+        argmax,
+        g.out_h,
+        g.out_w,
         offsets,
         dx_offsets,
         dx_weights,
@@ -445,6 +456,33 @@ def conv2d_maxpool2d_forward(
     args = (*blocks, g.sh, g.sw, g.ph, g.pw)
     _launch_tiles(numba_tiles.forward_maxpool2, g, (x, y, argmax), *args)
     return y, TiledConvCtx(g, x, w), MaxPoolCtx(pg, argmax)
+
+
+def conv2d_maxpool2d_backward(
+    dy: np.ndarray, conv_ctx: NumbaCtx, pool_ctx: MaxPoolCtx, need_dx: bool = True
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None] | None:
+    """conv2d_backward(maxpool2d_backward(dy, pool_ctx), conv_ctx, need_dx) in one call: dy
+    (N, OH//2, OW//2, C_out), the 2x2 stride-2 pool's output gradient -> (dx or None, dw, db or
+    None), to the bit what the two calls give. Where the convolution's backward runs on the
+    plane kernels (few input channels, as the `small` network's first layer), the pool's
+    backward is done a sample at a time on the way into the planes, so its (N, OH, OW, C_out)
+    gradient is never written. None (nothing run) otherwise: another pool, or a convolution
+    whose backward runs on the register tiles; the caller then runs the two calls."""
+    pg, g = pool_ctx.geometry, conv_ctx.geometry
+    if pg.x_shape != g.y_shape:
+        raise ValueError(
+            f"pool_ctx: the pool of a {pg.x_shape} input, expected the pool of this "
+            f"convolution's output {g.y_shape}"
+        )
+    if (pg.kh, pg.kw, pg.sh, pg.sw) != (2, 2, 2, 2) or pool_ctx.argmax.dtype != _NO_ARGMAX.dtype:
+        return None
+    if isinstance(conv_ctx, TiledConvCtx):
+        if numba_tiles.backward_applies(g):
+            return None
+        conv_ctx = _plane_ctx(conv_ctx)
+    check_grad(dy, pg.y_shape, pg.dtype)
+    argmax = np.ascontiguousarray(pool_ctx.argmax)
+    return _plane_backward(np.ascontiguousarray(dy), conv_ctx, need_dx, argmax)
 
 
 def maxpool2d_backward(dy: np.ndarray, ctx: MaxPoolCtx) -> np.ndarray:

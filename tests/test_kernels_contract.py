@@ -55,11 +55,12 @@ def test_fused_conv_maxpool_is_optional_with_the_protocol_signature(backend):
     if not hasattr(module, "conv2d_maxpool2d_forward"):
         return
     assert isinstance(module, contract.ConvMaxPool)
-    params = inspect.signature(module.conv2d_maxpool2d_forward).parameters.values()
-    protocol = inspect.signature(contract.ConvMaxPool.conv2d_maxpool2d_forward).parameters
-    assert [(p.name, p.default) for p in params] == [
-        (p.name, p.default) for p in list(protocol.values())[1:]
-    ]
+    for name in ("conv2d_maxpool2d_forward", "conv2d_maxpool2d_backward"):
+        params = inspect.signature(getattr(module, name)).parameters.values()
+        protocol = inspect.signature(getattr(contract.ConvMaxPool, name)).parameters
+        assert [(p.name, p.default) for p in params] == [
+            (p.name, p.default) for p in list(protocol.values())[1:]
+        ], name
 
 
 def _assert_ctx(ctx, base, geometry_type):

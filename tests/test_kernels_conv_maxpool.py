@@ -1,6 +1,7 @@
-"""The fused Conv2D + 2x2 MaxPool2D forward (numba, and auto when both choices are numba):
-the same pooled values and argmax, to the bit, as the two calls, and ctxs whose backward passes
-give the two calls' gradients; None (nothing run) where it does not apply."""
+"""The fused Conv2D + 2x2 MaxPool2D forward and backward (numba, and auto when both choices are
+numba): the same pooled values and argmax, to the bit, as the two calls, ctxs whose backward
+passes give the two calls' gradients, and a fused backward that gives them too, to the bit;
+None (nothing run) where they do not apply."""
 
 from __future__ import annotations
 
@@ -86,3 +87,96 @@ def test_auto_declines_where_the_conv_runs_elsewhere():
     # the rule's winograd shape: 3x3, stride 1, many input channels
     x, w, b = _inputs((2, 14, 14, 32), (3, 3, 64), np.float32)
     assert get_backend("auto").conv2d_maxpool2d_forward(x, w, b, 1, 1, 2, None) is None
+
+
+BACKWARD_CONFIGS = [  # x shape, (KH, KW, C_out), stride, padding: the plane kernels' backward
+    ((2, 28, 28, 1), (3, 3, 16), 1, 1),  # the `small` network's first block
+    ((3, 11, 9, 3), (3, 3, 17), 1, 1),  # odd conv output: a row and a column in no window
+    ((2, 13, 12, 5), (3, 3, 33), 2, 2),  # strided, a ragged channel block
+    ((2, 10, 10, 2), (3, 3, 4), 1, 1),  # few output channels: the plane forward's ctx
+]
+
+
+def _pooled(be, x, w, b, stride, padding):
+    conv_y, conv_ctx = be.conv2d_forward(x, w, b, stride, padding)
+    y, pool_ctx = be.maxpool2d_forward(conv_y, 2, None)
+    return y, conv_ctx, pool_ctx
+
+
+@pytest.mark.parametrize("need_dx", [True, False], ids=["dx", "no-dx"])
+@pytest.mark.parametrize("bad", [None, "nan-x", "nan-dy", "inf-dy"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("x_shape, kernel, stride, padding", BACKWARD_CONFIGS)
+def test_fused_backward_equals_the_two_calls(x_shape, kernel, stride, padding, dtype, bad, need_dx):
+    be = get_backend("numba")
+    x, w, b = _inputs(x_shape, kernel, dtype, nan=bad == "nan-x")
+    y, conv_ctx, pool_ctx = _pooled(be, x, w, b, stride, padding)
+    dy = np.random.default_rng(5).standard_normal(y.shape).astype(dtype)
+    if bad in ("nan-dy", "inf-dy"):
+        dy[0, 0, 0, 0] = np.nan if bad == "nan-dy" else np.inf
+    want = be.conv2d_backward(be.maxpool2d_backward(dy, pool_ctx), conv_ctx, need_dx=need_dx)
+    got = be.conv2d_maxpool2d_backward(dy, conv_ctx, pool_ctx, need_dx)
+    assert got is not None
+    for g, v in zip(got, want):
+        if v is None:
+            assert g is None
+        else:
+            assert g.dtype == v.dtype
+            np.testing.assert_array_equal(g, v)
+
+
+def test_fused_backward_after_the_fused_forward():
+    be = get_backend("numba")
+    x, w, b = _inputs((2, 28, 28, 1), (3, 3, 16), np.float32)
+    y, conv_ctx, pool_ctx = _pooled(be, x, w, b, 1, 1)
+    _, conv_ctx_fused, pool_ctx_fused = be.conv2d_maxpool2d_forward(x, w, b, 1, 1, 2, None)
+    dy = np.random.default_rng(2).standard_normal(y.shape).astype(np.float32)
+    got = be.conv2d_maxpool2d_backward(dy, conv_ctx_fused, pool_ctx_fused, False)
+    want = be.conv2d_backward(be.maxpool2d_backward(dy, pool_ctx), conv_ctx, need_dx=False)
+    assert got[0] is None
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_array_equal(got[2], want[2])
+
+
+@pytest.mark.parametrize(
+    "x_shape, kernel, size, pool_stride",
+    [
+        ((2, 12, 12, 3), (3, 3, 16), 3, None),  # not a 2x2 pool
+        ((2, 12, 12, 3), (3, 3, 16), 2, 1),  # overlapping windows
+        ((2, 14, 14, 32), (3, 3, 64), 2, None),  # many input channels: the tiles' backward
+    ],
+)
+def test_fused_backward_declines_what_it_does_not_do(x_shape, kernel, size, pool_stride):
+    be = get_backend("numba")
+    x, w, b = _inputs(x_shape, kernel, np.float32)
+    conv_y, conv_ctx = be.conv2d_forward(x, w, b, 1, 1)
+    y, pool_ctx = be.maxpool2d_forward(conv_y, size, pool_stride)
+    assert be.conv2d_maxpool2d_backward(np.ones_like(y), conv_ctx, pool_ctx) is None
+
+
+def test_fused_backward_names_a_wrong_gradient_or_pool():
+    be = get_backend("numba")
+    x, w, b = _inputs((2, 12, 12, 1), (3, 3, 16), np.float32)
+    y, conv_ctx, pool_ctx = _pooled(be, x, w, b, 1, 1)
+    with pytest.raises(ValueError, match="dy"):
+        be.conv2d_maxpool2d_backward(np.ones((2, 5, 6, 16), np.float32), conv_ctx, pool_ctx)
+    other_y, other_ctx = be.maxpool2d_forward(np.ones((2, 10, 10, 16), np.float32), 2, None)
+    with pytest.raises(ValueError, match="pool_ctx"):
+        be.conv2d_maxpool2d_backward(np.ones_like(other_y), conv_ctx, other_ctx)
+
+
+def test_auto_fused_backward_delegates_to_numba_or_declines():
+    be = get_backend("auto")
+    x, w, b = _inputs((2, 28, 28, 1), (3, 3, 16), np.float32)
+    y, conv_ctx, pool_ctx = _pooled(be, x, w, b, 1, 1)
+    assert (conv_ctx.backend, pool_ctx.backend) == ("numba", "numba")
+    dy = np.random.default_rng(4).standard_normal(y.shape).astype(np.float32)
+    got = be.conv2d_maxpool2d_backward(dy, conv_ctx, pool_ctx, True)
+    want = be.conv2d_backward(be.maxpool2d_backward(dy, pool_ctx), conv_ctx)
+    for g, v in zip(got, want):
+        np.testing.assert_array_equal(g, v)
+    # the rule's winograd shape: the conv ran elsewhere, so nothing is fused
+    x, w, b = _inputs((2, 14, 14, 32), (3, 3, 64), np.float32)
+    y, conv_ctx, pool_ctx = _pooled(be, x, w, b, 1, 1)
+    assert conv_ctx.backend != "numba"
+    assert be.conv2d_maxpool2d_backward(np.ones_like(y), conv_ctx, pool_ctx) is None
