@@ -157,6 +157,22 @@ class Conv2D(Layer):
 
     def backward(self, dy: np.ndarray) -> np.ndarray | None:
         dx, dw, db = self.backend.conv2d_backward(dy, self._ctx, need_dx=self.need_dx)
+        return self._keep_grads(dx, dw, db)
+
+    def backward_maxpool(self, dy: np.ndarray, pool: MaxPool2D) -> tuple[bool, np.ndarray | None]:
+        """self.backward(pool.backward(dy)) in one call where this layer's backend has
+        conv2d_maxpool2d_backward (numba, auto: the pool's gradient is never written whole) and
+        the pool runs on the same backend: (True, dx), the same numbers as the two calls.
+        (False, None), nothing run, otherwise."""
+        fused = getattr(self.backend, "conv2d_maxpool2d_backward", None)
+        if fused is None or pool.backend is not self.backend:
+            return False, None
+        result = fused(dy, self._ctx, pool._ctx, self.need_dx)
+        if result is None:
+            return False, None
+        return True, self._keep_grads(*result)
+
+    def _keep_grads(self, dx, dw, db) -> np.ndarray | None:
         self.grads["w"] = dw
         if db is not None:
             self.grads["b"] = db
@@ -211,7 +227,7 @@ class AvgPool2D(_Pool2D):
 
 def fusable(layer: Layer, following: Layer) -> bool:
     """True when Sequential may run `layer` and `following` as one call
-    (Conv2D.forward_maxpool): a Conv2D, then a MaxPool2D."""
+    (Conv2D.forward_maxpool, Conv2D.backward_maxpool): a Conv2D, then a MaxPool2D."""
     return isinstance(layer, Conv2D) and isinstance(following, MaxPool2D)
 
 

@@ -140,10 +140,18 @@ class Sequential:
         """dlogits: (N, 10) -> fills every layer's grads; returns dx, or None when the first
         layer was told not to compute it."""
         dy = dlogits
-        for layer in reversed(self.layers):
+        i = len(self.layers) - 1
+        while i >= 0 and dy is not None:
+            layer = self.layers[i]
+            if i > 0 and fusable(self.layers[i - 1], layer):
+                # MaxPool2D and the Conv2D before it in one call where the backend can (see
+                # Conv2D.backward_maxpool); the same numbers as the two calls
+                fused, dx = self.layers[i - 1].backward_maxpool(dy, layer)
+                if fused:
+                    dy, i = dx, i - 2
+                    continue
             dy = layer.backward(dy)
-            if dy is None:
-                break
+            i -= 1
         return dy
 
     def parameters(self):

@@ -131,6 +131,18 @@ class CompilingBackend:
             self._owner[result[1]] = self._owner[result[2]] = backend
         return result
 
+    def conv2d_maxpool2d_backward(self, dy, conv_ctx, pool_ctx, need_dx=True):
+        """The fused backward of the backend both forwards ran on, or None where it has none
+        or it does not apply (model.layers.Conv2D.backward_maxpool)."""
+        backend = self._owner.get(conv_ctx)
+        fused = getattr(backend, "conv2d_maxpool2d_backward", None)
+        if fused is None or self._owner.get(pool_ctx) is not backend:
+            return None
+        result = fused(dy, conv_ctx, pool_ctx, need_dx)
+        if result is not None:
+            del self._owner[conv_ctx], self._owner[pool_ctx]
+        return result
+
     def maxpool2d_backward(self, dy, ctx):
         return self._backward("maxpool2d", dy, ctx)
 

@@ -254,23 +254,30 @@ def test_sequential_of_custom_layers():
 @pytest.mark.parametrize("backend", ["numba", "auto"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_sequential_fuses_conv_and_maxpool_to_the_same_numbers(backend, dtype, monkeypatch):
-    """Sequential runs Conv2D + MaxPool2D as one call where the backend can (numba; auto once it
-    has chosen numba for both); logits and every gradient equal the two separate calls'."""
+    """Sequential runs Conv2D + MaxPool2D as one call each way where the backend can (numba;
+    auto once it has chosen numba for both); logits and every gradient equal the two separate
+    calls'."""
     import model.network as network
 
     pytest.importorskip("numba")
     rng = np.random.default_rng(0)
     x = rng.standard_normal((6, 28, 28, 1)).astype(dtype)
     labels = rng.integers(0, 10, 6)
-    fused_calls = []
-    real = L.Conv2D.forward_maxpool
+    fused_calls, fused_backward = [], []
+    real, real_backward = L.Conv2D.forward_maxpool, L.Conv2D.backward_maxpool
 
     def spy(self, x, pool):
         y = real(self, x, pool)
         fused_calls.append(y is not None)
         return y
 
+    def spy_backward(self, dy, pool):
+        result = real_backward(self, dy, pool)
+        fused_backward.append(result[0])
+        return result
+
     monkeypatch.setattr(L.Conv2D, "forward_maxpool", spy)
+    monkeypatch.setattr(L.Conv2D, "backward_maxpool", spy_backward)
 
     def run(fuse: bool):
         monkeypatch.setattr(network, "fusable", network.fusable if fuse else lambda a, b: False)
@@ -282,6 +289,7 @@ def test_sequential_fuses_conv_and_maxpool_to_the_same_numbers(backend, dtype, m
 
     logits_fused, grads_fused = run(True)
     assert fused_calls[-1], "the second forward should have taken the fused path"
+    assert fused_backward == [True], "the backward should have taken the fused path"
     logits, grads = run(False)
     np.testing.assert_array_equal(logits_fused, logits)
     assert len(grads_fused) == len(grads)

@@ -155,8 +155,8 @@ def test_the_move_keeps_the_numbers_and_each_backward_goes_to_its_forwards_backe
 
 def test_after_the_move_the_fused_conv_pool_runs_on_the_target(monkeypatch):
     """The compiling proxy passes Conv2D + MaxPool2D's fused forward to numba once it has moved
-    (the stand-in has none: the two calls run), and each backward to the backend that made its
-    ctx: the same losses as the network built on numba."""
+    (the stand-in has none: the two calls run), and each backward, fused or not, to the backend
+    that made its ctx: the same losses as the network built on numba."""
     numba_be = get_backend("numba")
     x, y = separable_data(4 * 32, seed=2)
     batches = [(x[i : i + 32], y[i : i + 32]) for i in range(0, len(x), 32)]
@@ -174,7 +174,15 @@ def test_after_the_move_the_fused_conv_pool_runs_on_the_target(monkeypatch):
         warmup=lambda dtypes, ops: None,
         warmup_cached=lambda dtypes, ops: False,
     )
+    backward_runs = []
+
+    def fused_backward(*args):
+        result = numba_be.conv2d_maxpool2d_backward(*args)
+        backward_runs.append(result is not None)
+        return result
+
     target.conv2d_maxpool2d_forward = fused
+    target.conv2d_maxpool2d_backward = fused_backward
     real = warmup.get_backend
     monkeypatch.setattr(warmup, "get_backend", lambda n: target if n == "numba" else real(n))
     monkeypatch.setattr(warmup, "_Child", lambda *a: FakeChild(polls=2))  # moves in batch 2
@@ -182,6 +190,7 @@ def test_after_the_move_the_fused_conv_pool_runs_on_the_target(monkeypatch):
     proxy = warmup.prepare_backend(net, "numba", np.float32, move_log=lambda line: None)
     moved = steps(net, batches)
     assert proxy.moved and fused_runs and all(fused_runs)
+    assert backward_runs and all(backward_runs)
     np.testing.assert_allclose(moved, reference, rtol=1e-5)
 
 
