@@ -72,15 +72,15 @@ def part_name(index: int, layer, pass_: str) -> str:
     return f"{index} {type(layer).__name__} {pass_}"
 
 
-def fused_name(index: int, layers) -> str:
+def fused_name(index: int, layers, pass_: str = "forward") -> str:
     """'0 Conv2D + 1 MaxPool2D forward': a pair Sequential ran as one call."""
     first, second = layers[index], layers[index + 1]
-    return f"{index} {type(first).__name__} + {index + 1} {type(second).__name__} forward"
+    return f"{index} {type(first).__name__} + {index + 1} {type(second).__name__} {pass_}"
 
 
-def _fused_pairs(net) -> list[int]:
-    """Indices i whose layers i, i+1 Sequential may run as one call (model.layers.fusable) on a
-    backend that has the fused function."""
+def _fused_pairs(net, pass_: str = "forward") -> list[int]:
+    """Indices i whose layers i, i+1 Sequential may run as one call (model.layers.fusable) in
+    that pass, on a backend that has the fused function."""
     from model.layers import fusable
 
     layers = net.layers
@@ -88,29 +88,43 @@ def _fused_pairs(net) -> list[int]:
         i
         for i in range(len(layers) - 1)
         if fusable(layers[i], layers[i + 1])
-        and getattr(layers[i].backend, "conv2d_maxpool2d_forward", None) is not None
+        and getattr(layers[i].backend, f"conv2d_maxpool2d_{pass_}", None) is not None
     ]
 
 
 def instrument(net, clock: StepClock) -> None:
     """Time every layer's forward and backward into `clock`, by instance attributes that shadow
     the class's methods (Sequential calls layer.forward / layer.backward, and a fused pair's
-    Conv2D.forward_maxpool, timed only when it ran: it returns None when it does not apply)."""
+    Conv2D.forward_maxpool / backward_maxpool, timed only when the fused call ran: they say
+    when it does not apply)."""
     for i, layer in enumerate(net.layers):
         layer.forward = clock.wrap(part_name(i, layer, "forward"), layer.forward)
         layer.backward = clock.wrap(part_name(i, layer, "backward"), layer.backward)
-    for i in _fused_pairs(net):
+    for i in _fused_pairs(net, "forward"):
         layer = net.layers[i]
-        layer.forward_maxpool = _timed_if_run(
-            clock, fused_name(i, net.layers), layer.forward_maxpool
-        )
+        name = fused_name(i, net.layers, "forward")
+        layer.forward_maxpool = _timed_if_run(clock, name, layer.forward_maxpool, _not_none)
+    for i in _fused_pairs(net, "backward"):
+        layer = net.layers[i]
+        name = fused_name(i, net.layers, "backward")
+        layer.backward_maxpool = _timed_if_run(clock, name, layer.backward_maxpool, _first)
 
 
-def _timed_if_run(clock: StepClock, name: str, fn):
+def _not_none(result) -> bool:
+    return result is not None
+
+
+def _first(result) -> bool:
+    return bool(result[0])
+
+
+def _timed_if_run(clock: StepClock, name: str, fn, ran):
+    """fn, its time added to `name` when ran(its result) says the fused call ran."""
+
     def timed(*args):
         start = time.perf_counter()
         result = fn(*args)
-        if result is not None:
+        if ran(result):
             clock.add(name, time.perf_counter() - start)
         return result
 
@@ -120,12 +134,17 @@ def _timed_if_run(clock: StepClock, name: str, fn):
 def part_order(net, augment: bool) -> list[str]:
     """The parts a step may have, in the order they run (a fused pair's name before its layers'
     own, which run instead when the fused call does not apply)."""
-    fused = {i: fused_name(i, net.layers) for i in _fused_pairs(net)}
+    fused = {i: fused_name(i, net.layers, "forward") for i in _fused_pairs(net, "forward")}
     forward = []
     for i, layer in enumerate(net.layers):
         forward += [fused[i]] if i in fused else []
         forward.append(part_name(i, layer, "forward"))
-    backward = [part_name(i, layer, "backward") for i, layer in enumerate(net.layers)][::-1]
+    # backward runs from the last layer: a fused pair's name at its second layer's place
+    fused = {i + 1: fused_name(i, net.layers, "backward") for i in _fused_pairs(net, "backward")}
+    backward = []
+    for i, layer in reversed(list(enumerate(net.layers))):
+        backward += [fused[i]] if i in fused else []
+        backward.append(part_name(i, layer, "backward"))
     return [BATCHING, *([AUGMENT] if augment else []), *forward, LOSS, *backward, UPDATE, OTHER]
 
 

@@ -615,7 +615,7 @@ def test_winograd_paths_are_marked_effective_gflops():
     assert not _fewer_multiplies("auto -> numba")
 
 
-def test_step_clock_times_a_fused_pair_as_one_part():
+def test_step_clock_times_a_fused_pair_as_one_part_each_way():
     pytest.importorskip("numba")
     from model.network import build_network
 
@@ -628,3 +628,14 @@ def test_step_clock_times_a_fused_pair_as_one_part():
     assert fused in clock.parts and "0 Conv2D forward" not in clock.parts
     order = breakdown.part_order(net, augment=False)
     assert order.index(fused) < order.index("0 Conv2D forward") < order.index("2 ReLU forward")
+    net.backward(np.ones((2, 10), np.float32))
+    fused_back = breakdown.fused_name(0, net.layers, "backward")
+    assert fused_back == "0 Conv2D + 1 MaxPool2D backward"
+    assert fused_back in clock.parts
+    assert "0 Conv2D backward" not in clock.parts and "1 MaxPool2D backward" not in clock.parts
+    assert (
+        order.index("2 ReLU backward")
+        < order.index(fused_back)
+        < order.index("1 MaxPool2D backward")
+        < order.index("0 Conv2D backward")
+    )
