@@ -6,6 +6,8 @@ Plots are not linked here: bench.report puts each section's images after its tex
 
 from __future__ import annotations
 
+from statistics import median
+
 from .formatting import fmt_num, fmt_seconds, fmt_x, order, table
 from .layers import BLAS_TUNED, forward_backward_medians
 from .peers import PEERS, best_configuration, label
@@ -382,6 +384,44 @@ def breakdown_section(results: dict) -> str:
             "",
             table(["part", "ms", "% of step"], body),
         ]
+    return "\n".join(parts)
+
+
+def paired_section(results: dict) -> str:
+    pr = results.get("paired")
+    if not pr:
+        return ""
+    parts = [
+        f"## Training, head to head: `{pr['ours']}` against PyTorch in alternating rounds",
+        "",
+        f"{pr['rounds']} rounds per model on {pr['data']}; each round trains a fresh network on "
+        f"`{pr['ours']}` and on PyTorch in both layouts, in an order that rotates from round to "
+        "round, on the same batches (batch 64, float32, after an untimed warm-up step), so that "
+        "the machine's drift over minutes, which the epoch section's one-after-the-other runs "
+        "carry, reaches both alike. *ratio*: our seconds over the faster PyTorch layout's in the "
+        "same round, <1 = faster; the median and the range over the rounds.",
+        "",
+    ]
+    body = []
+    for arch in pr["archs"]:
+        name = f"`{arch['arch']}` ({arch['batches']} batches, {arch['optimizer']})"
+        if arch["status"] != "ok":
+            body.append([name, arch["status"], "", "", ""])
+            continue
+        fastest = [
+            min(times[i] for times in arch["peer"].values()) for i in range(len(arch["ours"]))
+        ]
+        body.append(
+            [
+                name,
+                fmt_seconds(median(arch["ours"])),
+                fmt_seconds(median(fastest)),
+                fmt_x(arch["median"]),
+                f"{fmt_x(min(arch['ratios']))} – {fmt_x(max(arch['ratios']))}",
+            ]
+        )
+    headers = ["model", f"{pr['ours']} (median s)", "PyTorch, faster layout", "ratio", "range"]
+    parts.append(table(headers, body))
     return "\n".join(parts)
 
 

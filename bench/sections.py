@@ -26,6 +26,7 @@ from . import (
     markdown,
     memory,
     numba_compile,
+    paired,
     plots,
     scaling,
 )
@@ -68,6 +69,7 @@ SECTIONS: tuple[Section, ...] = (
         markdown.epoch_section,
         (Plot("epoch.png", "epoch", plots.plot_epoch),),
     ),
+    Section("paired", "paired", paired.run, paired.steps, markdown.paired_section),
     Section(
         "breakdown",
         "breakdown",
