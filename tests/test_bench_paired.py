@@ -76,9 +76,7 @@ def test_without_pytorch_or_auto_the_section_says_why(mnist_dir):
     ctx = _ctx(["auto"], {"torch": "not installed", "torch_cl": "not installed"})
     ctx.opts.data_dir = str(mnist_dir)
     res = paired.run(ctx)
-    assert {a["status"] for a in res["archs"]} == {
-        "torch: not installed; torch_cl: not installed"
-    }
+    assert {a["status"] for a in res["archs"]} == {"torch: not installed; torch_cl: not installed"}
     assert ctx.bar.steps == paired.steps(ctx.opts, ctx.backends)
     assert "torch: not installed" in markdown.paired_section({"paired": res})
     ctx = _ctx(["im2col"], {p: OK for p in paired.PEERS})
