@@ -363,7 +363,7 @@ def breakdown_section(results: dict) -> str:
         "Each layer's forward and backward are timed around its calls; *batching + shuffle* is "
         "drawing the batch plus its share of one 60 000-image permutation; *other* is what the "
         "parts leave of each step (medians over the steps, so the rows need not add up to the "
-        "step exactly); *Conv2D + MaxPool2D* is the two layers' forward as one fused call. "
+        "step exactly); *Conv2D + MaxPool2D* is the two layers' forward (or backward) as one fused call. "
         f"BLAS threads: {bd.get('blas_threads', '?')}, as `python -m "
         f"model.train` runs. Data: {bd['data']}.",
     ]
