@@ -29,7 +29,7 @@ from . import threads
 _JIT: dict[str, Any] = dict(cache=True, parallel=True, fastmath={"contract"})
 
 
-def _bounds(rows: int) -> np.ndarray:
+def row_bounds(rows: int) -> np.ndarray:
     """Row ranges, one per numba thread (at least one row each)."""
     parts = max(1, min(threads.count(), rows))
     return np.linspace(0, rows, parts + 1).astype(np.int64)
@@ -105,10 +105,18 @@ def forward_train(x, gamma, beta, eps, shift=None, reduce=None):
     batch norm across processes, a function summing a float64 array over all of them (then
     shift must be the same everywhere, e.g. the running mean), so that every process
     normalises by the statistics of the whole batch."""
+    mean, var, inv_std, rows = statistics(x, eps, shift, reduce)
+    x_hat, y = np.empty_like(x), np.empty_like(x)
+    _normalise(x, mean, inv_std, gamma, beta, row_bounds(x.shape[0]), x_hat, y)
+    return y, x_hat, mean, var, inv_std, rows
+
+
+def statistics(x, eps, shift=None, reduce=None):
+    """x: (R, C) C-contiguous -> the batch's mean, biased var and inv_std (C,) in x's dtype, and
+    the rows they cover (shift and reduce as forward_train's)."""
     dtype = x.dtype
-    bounds = _bounds(x.shape[0])
     shift = (x[0] if shift is None else shift).astype(np.float64)
-    sums = _moments(x, shift, bounds).sum(axis=0)
+    sums = _moments(x, shift, row_bounds(x.shape[0])).sum(axis=0)
     rows = float(x.shape[0])
     if reduce is not None:
         packed = reduce(np.append(sums.ravel(), rows))
@@ -117,10 +125,14 @@ def forward_train(x, gamma, beta, eps, shift=None, reduce=None):
     var = np.maximum(sums[1] / rows - mean_shifted * mean_shifted, 0.0)
     mean = mean_shifted + shift
     inv_std = 1.0 / np.sqrt(var + eps)
-    x_hat, y = np.empty_like(x), np.empty_like(x)
-    mean_t, inv_std_t = mean.astype(dtype), inv_std.astype(dtype)
-    _normalise(x, mean_t, inv_std_t, gamma, beta, bounds, x_hat, y)
-    return y, x_hat, mean_t, var.astype(dtype), inv_std_t, rows
+    return mean.astype(dtype), var.astype(dtype), inv_std.astype(dtype), rows
+
+
+def input_grad_terms(sums, inv_std, gamma, rows, dtype):
+    """dx's per-channel terms from the float64 sums (2, C) of dy and dy * x_hat: scale =
+    gamma * inv_std, mean_dy, mean_dy_xhat, each (C,) in `dtype`."""
+    scale = (gamma * inv_std).astype(dtype)
+    return scale, (sums[0] / rows).astype(dtype), (sums[1] / rows).astype(dtype)
 
 
 def forward_eval(x, mean, var, gamma, beta, eps):
@@ -128,7 +140,7 @@ def forward_eval(x, mean, var, gamma, beta, eps):
     inv_std = (1.0 / np.sqrt(var.astype(np.float64) + eps)).astype(x.dtype)
     y = np.empty_like(x)
     # evaluation keeps no x_hat: _normalise writes each element's x_hat, then y, to the same place
-    _normalise(x, mean.astype(x.dtype), inv_std, gamma, beta, _bounds(x.shape[0]), y, y)
+    _normalise(x, mean.astype(x.dtype), inv_std, gamma, beta, row_bounds(x.shape[0]), y, y)
     return y
 
 
@@ -139,13 +151,12 @@ def backward(dy, x_hat, inv_std, gamma, count=None, reduce=None):
     sum. dx then follows the whole batch's statistics, while dgamma and dbeta stay this
     process's share (the data-parallel step sums every parameter's gradient once)."""
     dtype = dy.dtype
-    bounds = _bounds(dy.shape[0])
+    bounds = row_bounds(dy.shape[0])
     local = sums = _grad_sums(dy, x_hat, bounds).sum(axis=0)
     if reduce is not None:
         sums = reduce(local)
     rows = dy.shape[0] if count is None else count
     dx = np.empty_like(dy)
-    scale = (gamma * inv_std).astype(dtype)
-    mean_dy, mean_dy_xhat = (sums[0] / rows).astype(dtype), (sums[1] / rows).astype(dtype)
+    scale, mean_dy, mean_dy_xhat = input_grad_terms(sums, inv_std, gamma, rows, dtype)
     _input_grad(dy, x_hat, scale, mean_dy, mean_dy_xhat, bounds, dx)
     return dx, local[1].astype(dtype), local[0].astype(dtype)
