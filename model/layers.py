@@ -13,9 +13,11 @@ network passes in, so one seed fixes everything.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
-from kernels import activations, batchnorm, gemm, get_backend
+from kernels import activations, batchnorm, batchnorm_pool, gemm, get_backend
 from kernels.geometry import as_pair
 
 from .checks import positive_int
@@ -139,7 +141,9 @@ class Conv2D(Layer):
         )
         return y
 
-    def forward_maxpool(self, x: np.ndarray, pool: MaxPool2D) -> np.ndarray | None:
+    def forward_maxpool(
+        self, x: np.ndarray, pool: MaxPool2D, training: bool = False
+    ) -> np.ndarray | None:
         """pool.forward(self.forward(x)) in one pass where this layer's backend has
         conv2d_maxpool2d_forward (numba, auto: the convolution's output is never written) and
         the pool runs on the same backend; both layers keep their ctx, so their backward passes
@@ -226,9 +230,10 @@ class AvgPool2D(_Pool2D):
 
 
 def fusable(layer: Layer, following: Layer) -> bool:
-    """True when Sequential may run `layer` and `following` as one call
-    (Conv2D.forward_maxpool, Conv2D.backward_maxpool): a Conv2D, then a MaxPool2D."""
-    return isinstance(layer, Conv2D) and isinstance(following, MaxPool2D)
+    """True when Sequential may run `layer` and `following` as one call each way
+    (forward_maxpool, backward_maxpool, which say when they do not apply): a Conv2D or a
+    BatchNorm, then a MaxPool2D."""
+    return isinstance(layer, (Conv2D, BatchNorm)) and isinstance(following, MaxPool2D)
 
 
 class Dense(Layer):
@@ -331,6 +336,15 @@ class Dropout(Layer):
         return f"Dropout({self.rate})"
 
 
+class _PooledCache(NamedTuple):
+    """What BatchNorm.forward_maxpool keeps for backward_maxpool: its input x (N, H, W, C), the
+    pool's argmax (N, H/2, W/2, C) and the batch mean (C,)."""
+
+    x: np.ndarray
+    argmax: np.ndarray
+    mean: np.ndarray
+
+
 class BatchNorm(Layer):
     """Batch normalisation over the last axis: per channel for (N, H, W, C), per feature for (N, F).
 
@@ -372,16 +386,65 @@ class BatchNorm(Layer):
         y, x_hat, mean, var, inv_std, count = batchnorm.forward_train(
             rows, gamma, beta, self.eps, shift=shift, reduce=self.reduce
         )
-        m = x.dtype.type(self.momentum)
-        self.buffers["running_mean"] = m * self.buffers["running_mean"] + (1 - m) * mean
-        unbiased = var * x.dtype.type(count / max(count - 1, 1))
-        self.buffers["running_var"] = m * self.buffers["running_var"] + (1 - m) * unbiased
+        self._update_running(mean, var, count, x.dtype)
         self._cache = (x_hat, inv_std, x.shape, count)
         return y.reshape(x.shape)
+
+    def _update_running(self, mean, var, count, dtype) -> None:
+        m = dtype.type(self.momentum)
+        self.buffers["running_mean"] = m * self.buffers["running_mean"] + (1 - m) * mean
+        unbiased = var * dtype.type(count / max(count - 1, 1))
+        self.buffers["running_var"] = m * self.buffers["running_var"] + (1 - m) * unbiased
+
+    def forward_maxpool(
+        self, x: np.ndarray, pool: MaxPool2D, training: bool = False
+    ) -> np.ndarray | None:
+        """pool.forward(self.forward(x, training)) in one pass (kernels/batchnorm_pool.py: the
+        normalised (N, H, W, C) array is never written), the same numbers, where it applies:
+        training, a 2x2 pool of stride 2 over even H and W, and no cross-process statistics.
+        None (nothing run) otherwise. The pool layer then keeps no ctx: backward_maxpool runs
+        the pair's backward."""
+        if not training or self.reduce is not None or not batchnorm_pool.applies(x.shape):
+            return None
+        size, stride = as_pair(pool.size, "size"), as_pair(pool.stride or pool.size, "stride")
+        if (size, stride) != ((2, 2), (2, 2)):
+            return None
+        _check_features(x, self.num_features, "BatchNorm", "channels/features")
+        x = np.ascontiguousarray(x)
+        gamma, beta = self.params["gamma"], self.params["beta"]
+        y, argmax, mean, var, inv_std, count = batchnorm_pool.forward_train_maxpool2(
+            x, gamma, beta, self.eps
+        )
+        self._update_running(mean, var, count, x.dtype)
+        self._cache = (_PooledCache(x, argmax, mean), inv_std, x.shape, count)
+        pool._ctx = None
+        return y
+
+    def backward_maxpool(self, dy: np.ndarray, pool: MaxPool2D) -> tuple[bool, np.ndarray | None]:
+        """The pair's backward after forward_maxpool: (True, dx); (False, None), nothing run,
+        after a forward of this layer alone."""
+        if self._cache is None or not isinstance(self._cache[0], _PooledCache):
+            return False, None
+        pooled, inv_std, _, count = self._cache
+        dx, self.grads["gamma"], self.grads["beta"] = batchnorm_pool.backward_maxpool2(
+            np.ascontiguousarray(dy),
+            pooled.argmax,
+            pooled.x,
+            pooled.mean,
+            inv_std,
+            self.params["gamma"],
+            count,
+        )
+        return True, dx
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         if self._cache is None:
             raise RuntimeError("BatchNorm.backward called before forward (in training mode)")
+        if isinstance(self._cache[0], _PooledCache):
+            raise RuntimeError(
+                "BatchNorm.backward after forward_maxpool: the pair's backward is "
+                "backward_maxpool(dy, pool)"
+            )
         x_hat, inv_std, shape, count = self._cache
         dy_rows = np.ascontiguousarray(dy).reshape(-1, self.num_features)
         dx, self.grads["gamma"], self.grads["beta"] = batchnorm.backward(

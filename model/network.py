@@ -126,9 +126,9 @@ class Sequential:
         while i < len(self.layers):
             layer = self.layers[i]
             if i + 1 < len(self.layers) and fusable(layer, self.layers[i + 1]):
-                # Conv2D + MaxPool2D in one pass where the backend can (see
-                # Conv2D.forward_maxpool); the same numbers as the two calls
-                y = layer.forward_maxpool(x, self.layers[i + 1])
+                # Conv2D or BatchNorm + MaxPool2D in one pass where it applies (see their
+                # forward_maxpool); the same numbers as the two calls
+                y = layer.forward_maxpool(x, self.layers[i + 1], training)
                 if y is not None:
                     x, i = y, i + 2
                     continue
@@ -144,8 +144,8 @@ class Sequential:
         while i >= 0 and dy is not None:
             layer = self.layers[i]
             if i > 0 and fusable(self.layers[i - 1], layer):
-                # MaxPool2D and the Conv2D before it in one call where the backend can (see
-                # Conv2D.backward_maxpool); the same numbers as the two calls
+                # MaxPool2D and the Conv2D or BatchNorm before it in one call where it applies
+                # (see their backward_maxpool); the same numbers as the two calls
                 fused, dx = self.layers[i - 1].backward_maxpool(dy, layer)
                 if fused:
                     dy, i = dx, i - 2

@@ -266,8 +266,8 @@ def test_sequential_fuses_conv_and_maxpool_to_the_same_numbers(backend, dtype, m
     fused_calls, fused_backward = [], []
     real, real_backward = L.Conv2D.forward_maxpool, L.Conv2D.backward_maxpool
 
-    def spy(self, x, pool):
-        y = real(self, x, pool)
+    def spy(self, x, pool, training=False):
+        y = real(self, x, pool, training)
         fused_calls.append(y is not None)
         return y
 
@@ -295,3 +295,67 @@ def test_sequential_fuses_conv_and_maxpool_to_the_same_numbers(backend, dtype, m
     assert len(grads_fused) == len(grads)
     for got, want in zip(grads_fused, grads):
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("backend", ["im2col", "numba"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_sequential_fuses_batchnorm_and_maxpool_to_the_same_numbers(backend, dtype, monkeypatch):
+    """The `deep` network's BatchNorm + MaxPool2D pairs run as one call each way in training
+    (kernels/batchnorm_pool.py), on any backend; logits, every gradient and the running
+    statistics equal the separate layers'. Evaluation runs the two layers."""
+    import model.network as network
+
+    if backend == "numba":
+        pytest.importorskip("numba")
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4, 28, 28, 1)).astype(dtype)
+    labels = rng.integers(0, 10, 4)
+    fused = []
+    real = L.BatchNorm.backward_maxpool
+
+    def spy(self, dy, pool):
+        result = real(self, dy, pool)
+        fused.append(result[0])
+        return result
+
+    monkeypatch.setattr(L.BatchNorm, "backward_maxpool", spy)
+
+    def run(fuse: bool):
+        monkeypatch.setattr(network, "fusable", network.fusable if fuse else lambda a, b: False)
+        net = build_network("deep", backend=backend, dtype=dtype, seed=0)
+        for layer in net.layers:
+            if isinstance(layer, L.Dropout):
+                layer.rate = 0.0  # the same numbers either way without drawing a mask
+        logits = net.forward(x, training=True)
+        _, dlogits = softmax_cross_entropy(logits, labels)
+        net.backward(dlogits)
+        grads = [g.copy() for layer in net.layers for g in layer.grads.values()]
+        stats = [b.copy() for layer in net.layers for b in layer.buffers.values()]
+        return logits, grads, stats, net.forward(x)
+
+    logits_fused, grads_fused, stats_fused, eval_fused = run(True)
+    assert fused == [True, True], "both BatchNorm + MaxPool2D pairs should have fused"
+    logits, grads, stats, eval_logits = run(False)
+    np.testing.assert_array_equal(logits_fused, logits)
+    np.testing.assert_array_equal(eval_fused, eval_logits)
+    for got, want in zip(grads_fused + stats_fused, grads + stats):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_batchnorm_pool_fusion_declines_and_says_what_to_call():
+    bn, pool = L.BatchNorm(3), L.MaxPool2D(2)
+    x = np.random.default_rng(0).standard_normal((2, 4, 4, 3)).astype(np.float32)
+    assert bn.forward_maxpool(x, pool, training=False) is None  # evaluation: the two layers
+    assert bn.forward_maxpool(x[:, :3], pool, training=True) is None  # odd height
+    assert bn.forward_maxpool(x, L.MaxPool2D(2, stride=1), training=True) is None
+    bn.reduce = lambda a: a  # cross-process statistics: the two layers
+    assert bn.forward_maxpool(x, pool, training=True) is None
+    bn.reduce = None
+    bn.forward(x, training=True)
+    assert bn.backward_maxpool(np.ones((2, 2, 2, 3), np.float32), pool) == (False, None)
+    y = bn.forward_maxpool(x, pool, training=True)
+    assert y.shape == (2, 2, 2, 3)
+    with pytest.raises(RuntimeError, match="backward_maxpool"):
+        bn.backward(np.ones_like(x))
+    fused, dx = bn.backward_maxpool(np.ones_like(y), pool)
+    assert fused and dx.shape == x.shape
