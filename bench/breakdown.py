@@ -87,16 +87,21 @@ def _fused_pairs(net, pass_: str = "forward") -> list[int]:
     return [
         i
         for i in range(len(layers) - 1)
-        if fusable(layers[i], layers[i + 1])
-        and getattr(layers[i].backend, f"conv2d_maxpool2d_{pass_}", None) is not None
+        if fusable(layers[i], layers[i + 1]) and _has_fused(layers[i], pass_)
     ]
+
+
+def _has_fused(layer, pass_: str) -> bool:
+    """A Conv2D fuses where its backend has the fused function; BatchNorm's are its own."""
+    backend = getattr(layer, "backend", None)
+    return backend is None or getattr(backend, f"conv2d_maxpool2d_{pass_}", None) is not None
 
 
 def instrument(net, clock: StepClock) -> None:
     """Time every layer's forward and backward into `clock`, by instance attributes that shadow
     the class's methods (Sequential calls layer.forward / layer.backward, and a fused pair's
-    Conv2D.forward_maxpool / backward_maxpool, timed only when the fused call ran: they say
-    when it does not apply)."""
+    forward_maxpool / backward_maxpool, timed only when the fused call ran: they say when it
+    does not apply)."""
     for i, layer in enumerate(net.layers):
         layer.forward = clock.wrap(part_name(i, layer, "forward"), layer.forward)
         layer.backward = clock.wrap(part_name(i, layer, "backward"), layer.backward)
