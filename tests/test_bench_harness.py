@@ -12,6 +12,7 @@ from pathlib import Path
 import matplotlib.image
 import numpy as np
 import pytest
+from bench_helpers import Bar
 
 from bench import breakdown, compare, epoch, epoch_memory, first_run, inference, layers, peers
 from bench.cases import LEGACY_CASE_NAMES, TOO_SLOW, Case, get_case, resolve_backends
@@ -370,19 +371,6 @@ def test_compare_file_that_is_not_results(tmp_path, capsys):
     bad.write_text("[1, 2]")
     assert compare.main(["--compare", str(bad)]) == 2
     assert "is not a bench.compare results.json" in capsys.readouterr().err
-
-
-class Bar:
-    """The progress bar a section runner drives, counting its steps."""
-
-    def __init__(self):
-        self.steps = 0
-
-    def update(self, n):
-        self.steps += n
-
-    def set_description(self, text):
-        pass
 
 
 def _context(opts: Options) -> Context:

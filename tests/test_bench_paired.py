@@ -7,21 +7,11 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from bench_helpers import Bar
 
 from bench import markdown, paired
 from bench.status import OK
 from bench.suite import Context, Options
-
-
-class Bar:
-    def __init__(self):
-        self.steps = 0
-
-    def update(self, n):
-        self.steps += n
-
-    def set_description(self, text):
-        pass
 
 
 def test_rounds_rotate_so_each_runs_first_second_and_third_alike():
