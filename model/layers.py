@@ -338,11 +338,13 @@ class Dropout(Layer):
 
 class _PooledCache(NamedTuple):
     """What BatchNorm.forward_maxpool keeps for backward_maxpool: its input x (N, H, W, C), the
-    pool's argmax (N, H/2, W/2, C) and the batch mean (C,)."""
+    pool's argmax (N, H/2, W/2, C), the batch mean and inv_std (C,) and the rows they cover (the count)."""
 
     x: np.ndarray
     argmax: np.ndarray
     mean: np.ndarray
+    inv_std: np.ndarray
+    rows: float
 
 
 class BatchNorm(Layer):
@@ -416,31 +418,36 @@ class BatchNorm(Layer):
             x, gamma, beta, self.eps
         )
         self._update_running(mean, var, count, x.dtype)
-        self._cache = (_PooledCache(x, argmax, mean), inv_std, x.shape, count)
+        self._cache = _PooledCache(x, argmax, mean, inv_std, count)
         pool._ctx = None
         return y
 
     def backward_maxpool(self, dy: np.ndarray, pool: MaxPool2D) -> tuple[bool, np.ndarray | None]:
         """The pair's backward after forward_maxpool: (True, dx); (False, None), nothing run,
         after a forward of this layer alone."""
-        if self._cache is None or not isinstance(self._cache[0], _PooledCache):
+        pooled = self._cache
+        if not isinstance(pooled, _PooledCache):
             return False, None
-        pooled, inv_std, _, count = self._cache
+        if dy.shape != pooled.argmax.shape:
+            raise ValueError(
+                f"BatchNorm + MaxPool2D: dy must have the pooled output's shape "
+                f"{pooled.argmax.shape}, got {dy.shape}"
+            )
         dx, self.grads["gamma"], self.grads["beta"] = batchnorm_pool.backward_maxpool2(
             np.ascontiguousarray(dy),
             pooled.argmax,
             pooled.x,
             pooled.mean,
-            inv_std,
+            pooled.inv_std,
             self.params["gamma"],
-            count,
+            pooled.rows,
         )
         return True, dx
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         if self._cache is None:
             raise RuntimeError("BatchNorm.backward called before forward (in training mode)")
-        if isinstance(self._cache[0], _PooledCache):
+        if isinstance(self._cache, _PooledCache):
             raise RuntimeError(
                 "BatchNorm.backward after forward_maxpool: the pair's backward is "
                 "backward_maxpool(dy, pool)"

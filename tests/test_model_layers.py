@@ -357,5 +357,7 @@ def test_batchnorm_pool_fusion_declines_and_says_what_to_call():
     assert y.shape == (2, 2, 2, 3)
     with pytest.raises(RuntimeError, match="backward_maxpool"):
         bn.backward(np.ones_like(x))
+    with pytest.raises(ValueError, match="dy must have the pooled output's shape"):
+        bn.backward_maxpool(np.ones_like(x), pool)
     fused, dx = bn.backward_maxpool(np.ones_like(y), pool)
     assert fused and dx.shape == x.shape
