@@ -254,8 +254,8 @@ def _tiled_forward(g: ConvGeometry, x: np.ndarray, w: np.ndarray, b: np.ndarray 
     x, w = np.ascontiguousarray(x), np.ascontiguousarray(w)
     bias = np.zeros(g.c_out, dtype=g.dtype) if b is None else np.ascontiguousarray(b)
     y = np.empty(g.y_shape, dtype=g.dtype)
-    blocks = numba_tiles.lane_blocks(w.reshape(g.kh, g.kw * g.c_in, g.c_out), bias)
-    _launch_tiles(numba_tiles.forward, g, (x, y), *blocks, g.sh, g.sw, g.ph, g.pw)
+    w2 = w.reshape(g.kh, g.kw * g.c_in, g.c_out)
+    _launch_tiles(numba_tiles.forward, g, (x, y), w2, bias, g.sh, g.sw, g.ph, g.pw)
     return y, TiledConvCtx(g, x, w)
 
 
@@ -286,9 +286,9 @@ def _tiled_dx(dy: np.ndarray, ctx: TiledConvCtx) -> np.ndarray:
         # kernel flipped in both axes with C_in and C_out swapped
         w_flipped = np.ascontiguousarray(flipped_kernel(w))
         w_flipped = w_flipped.reshape(g.kh, g.kw * g.c_out, g.c_in)
-        blocks = numba_tiles.lane_blocks(w_flipped, np.zeros(g.c_in, dtype=g.dtype))
+        no_bias = np.zeros(g.c_in, dtype=g.dtype)
         pad_h, pad_w = g.kh - 1 - g.ph, g.kw - 1 - g.pw
-        _launch_tiles(numba_tiles.forward, g, (dy, dx), *blocks, 1, 1, pad_h, pad_w)
+        _launch_tiles(numba_tiles.forward, g, (dy, dx), w_flipped, no_bias, 1, 1, pad_h, pad_w)
         return dx
     if numba_tiles.phases_apply(g):
         wp = numba_tiles.phase_kernels(w, g.sh, g.sw)
@@ -452,9 +452,8 @@ def conv2d_maxpool2d_forward(
     bias = np.zeros(g.c_out, dtype=g.dtype) if b is None else np.ascontiguousarray(b)
     y = np.empty(pg.y_shape, dtype=g.dtype)
     argmax = np.empty(pg.y_shape, dtype=argmax_dtype(2, 2))
-    blocks = numba_tiles.lane_blocks(w.reshape(g.kh, g.kw * g.c_in, g.c_out), bias)
-    args = (*blocks, g.sh, g.sw, g.ph, g.pw)
-    _launch_tiles(numba_tiles.forward_maxpool2, g, (x, y, argmax), *args)
+    w2 = w.reshape(g.kh, g.kw * g.c_in, g.c_out)
+    _launch_tiles(numba_tiles.forward_maxpool2, g, (x, y, argmax), w2, bias, g.sh, g.sw, g.ph, g.pw)
     return y, TiledConvCtx(g, x, w), MaxPoolCtx(pg, argmax)
 
 

@@ -16,9 +16,7 @@ and `deep_conv2` benchmark cases' forward (one thread, interleaved A/B on a 2-co
 about 90% of numpy's matmul peak per core), where the loops of kernels/numba_conv.py (bound by
 loads and stores of their output planes) reached about 20% of the peak.
 
-    forward(x, y, wb, bb, starts, sh, sw, ph, pw)
-                                                y = conv(x) + bias, as above (the weights
-                                                and bias by blocks of LANES: lane_blocks)
+    forward(x, y, w2, bias, sh, sw, ph, pw)     y = conv(x) + bias, as above
     dx for stride 1                             forward() again: the gradient of a stride-1
                                                 convolution is the "full" correlation of dy
                                                 with the flipped kernel, C_in and C_out swapped
@@ -33,7 +31,7 @@ loads and stores of their output planes) reached about 20% of the peak.
     dw_tiles(x, dy, dw, db, sh, sw, ph, pw)     dW = im2col(x).T @ dy: tiles of DW_TILE run
                                                 entries x LANES channels, summed over pixels;
                                                 db = dy summed over pixels
-    forward_maxpool2(x, y, argmax, wb, bb, starts, sh, sw, ph, pw)
+    forward_maxpool2(x, y, argmax, w2, bias, sh, sw, ph, pw)
                                                 forward() and a 2x2 max-pool of stride 2 in one
                                                 pass: a tile is one pooling window
 
@@ -197,65 +195,44 @@ def load_sample(sample, rows, ph, pw):
             dst[k] = src[k]
 
 
-def lane_blocks(w2: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """w2 (KH, R, C_out), bias (C_out,) -> the forward's weights by blocks of LANES output
-    channels: wb (B, KH, R, LANES), bb (B, LANES) and each block's first channel, starts (B,).
-
-    Blocks start at 0, LANES, 2*LANES, ...; the last one is moved back to end at the last
-    channel (it then overlaps its neighbour, whose values it recomputes). Each block's weights
-    are contiguous, so the tiles index them with loop counters only: a sliced index such as
-    w2[kh, j, cb:cb + LANES] makes numba check the slice's bounds on every reduction step."""
-    c_out = w2.shape[2]
-    starts = np.minimum(np.arange(0, c_out, LANES), c_out - LANES)
-    lanes = starts[:, None] + np.arange(LANES)  # (B, LANES)
-    wb = np.ascontiguousarray(w2[:, :, lanes].transpose(2, 0, 1, 3))
-    return wb, np.ascontiguousarray(bias[lanes]), starts
-
-
 @njit(**JIT_OPTIONS)
-def forward(x, y, wb, bb, starts, sh, sw, ph, pw):
-    """y (N, OH, OW, C_out) = bias + x (N, H, W, C_in) zero-padded by (ph, pw) and convolved
-    with w2 (KH, KW*C_in, C_out), in TILE x LANES register tiles; the weights and bias come as
-    lane_blocks(w2, bias) gives them (wb (B, KH, KW*C_in, LANES), bb (B, LANES), starts (B,)).
+def forward(x, y, w2, bias, sh, sw, ph, pw):
+    """y (N, OH, OW, C_out) = bias (C_out,) + x (N, H, W, C_in) zero-padded by (ph, pw) and
+    convolved with w2 (KH, KW*C_in, C_out), in TILE x LANES register tiles.
 
     Needs OW >= TILE and C_out >= LANES (see forward_applies)."""
     n, out_h, out_w, c_out = y.shape
-    n_blocks, kh_all, run, _ = wb.shape
+    kh_all, run, _ = w2.shape
     c_in = x.shape[3]
     rows = _padded_rows(x, ph, pw)
     step, size = sw * c_in, x.itemsize
-    strides = (rows.shape[1] * size, step * size, size)
     tile = carray(stack_array(80, y.dtype), (TILE, LANES))
     for ni in range(n):
         load_sample(x[ni], rows, ph, pw)
         for oh in range(out_h):
-            out_row = y[ni, oh]
             for ow0 in range(0, out_w, TILE):
                 first = min(ow0, out_w - TILE)  # the last tile ends at the last pixel
-                # the TILE pixels' input runs for every kernel row, indexed (kernel row, pixel,
-                # entry): one view per tile, and every index below a non-negative loop counter
-                # (no wraparound code, which stops vectorising; few-channel layers such as the
-                # `deep_conv1` case have a reduction of 3 per kernel row, so per-row set-up counts)
-                pixels = np.lib.stride_tricks.as_strided(
-                    rows[oh * sh, first * step :], (kh_all, TILE, run), strides
-                )
-                for blk in range(n_blocks):
-                    bias = bb[blk]
+                for c0 in range(0, c_out, LANES):
+                    cb = min(c0, c_out - LANES)
                     for p in range(TILE):
                         for c in range(LANES):
-                            tile[p, c] = bias[c]
-                    w_block = wb[blk]
+                            tile[p, c] = bias[cb + c]
                     for kh in range(kh_all):
-                        w_rows = w_block[kh]
+                        # the TILE pixels' input runs: strided rows of one view, so every index
+                        # below is a non-negative loop counter (no wraparound code, which stops
+                        # vectorising)
+                        pixels = np.lib.stride_tricks.as_strided(
+                            rows[oh * sh + kh, first * step :], (TILE, run), (step * size, size)
+                        )
+                        w_rows = w2[kh]
                         for j in range(run):
-                            w_row = w_rows[j]
+                            w_row = w_rows[j, cb : cb + LANES]
                             for p in range(TILE):
-                                a = pixels[kh, p, j]
+                                a = pixels[p, j]
                                 for c in range(LANES):
                                     tile[p, c] += a * w_row[c]
-                    cb = starts[blk]
                     for p in range(TILE):
-                        out = out_row[first + p, cb : cb + LANES]
+                        out = y[ni, oh, first + p, cb : cb + LANES]
                         for c in range(LANES):
                             out[c] = tile[p, c]
 
@@ -464,7 +441,7 @@ def phases_apply(g: ConvGeometry) -> bool:
 
 
 @njit(**JIT_OPTIONS)
-def forward_maxpool2(x, y, argmax, wb, bb, starts, sh, sw, ph, pw):
+def forward_maxpool2(x, y, argmax, w2, bias, sh, sw, ph, pw):
     """forward() followed by a 2x2 max-pool of stride 2, in one pass: y, argmax (N, OH//2,
     OW//2, C_out) = each 2x2 window's maximum of the convolution (OH, OW its output's size) and
     the window index 2*i + j of the winner, exactly as kernels/numba_jit.py's 2x2 pool gives
@@ -472,36 +449,34 @@ def forward_maxpool2(x, y, argmax, wb, bb, starts, sh, sw, ph, pw):
     one window, 2 x 2 pixels x LANES channels (eight AVX2 registers), its values the forward's
     to the bit (the same sums in the same order), reduced to the window's maximum in registers.
 
-    The weights and bias as forward() takes them (lane_blocks). Needs C_out >= LANES."""
+    Needs C_out >= LANES."""
     n, pooled_h, pooled_w, c_out = y.shape
-    n_blocks, kh_all, run, _ = wb.shape
+    kh_all, run, _ = w2.shape
     c_in = x.shape[3]
     rows = _padded_rows(x, ph, pw)
     step, size = sw * c_in, x.itemsize
-    line = rows.shape[1] * size
-    strides = (line, sh * line, step * size, size)
+    strides = (sh * rows.shape[1] * size, step * size, size)
     tile = carray(stack_array(64, y.dtype), (4, LANES))
     window = carray(stack_array(64, y.dtype), (4, LANES))
     for ni in range(n):
         load_sample(x[ni], rows, ph, pw)
         for pr in range(pooled_h):
             for pq in range(pooled_w):
-                # the window's input runs, indexed (kernel row, conv row, conv column, entry)
-                pixels = np.lib.stride_tricks.as_strided(
-                    rows[2 * pr * sh, 2 * pq * step :], (kh_all, 2, 2, run), strides
-                )
-                for blk in range(n_blocks):
-                    bias = bb[blk]
+                for c0 in range(0, c_out, LANES):
+                    cb = min(c0, c_out - LANES)
                     for k in range(4):
                         for c in range(LANES):
-                            tile[k, c] = bias[c]
-                    w_block = wb[blk]
+                            tile[k, c] = bias[cb + c]
                     for kh in range(kh_all):
-                        w_rows = w_block[kh]
+                        # the window's input runs, indexed (conv row, conv column, entry)
+                        pixels = np.lib.stride_tricks.as_strided(
+                            rows[2 * pr * sh + kh, 2 * pq * step :], (2, 2, run), strides
+                        )
+                        w_rows = w2[kh]
                         for j in range(run):
-                            w_row = w_rows[j]
+                            w_row = w_rows[j, cb : cb + LANES]
                             for k in range(4):
-                                a = pixels[kh, k // 2, k % 2, j]
+                                a = pixels[k // 2, k % 2, j]
                                 for c in range(LANES):
                                     tile[k, c] += a * w_row[c]
                     # copied out before the max: the copy's loops unroll to constant indices,
@@ -510,7 +485,6 @@ def forward_maxpool2(x, y, argmax, wb, bb, starts, sh, sw, ph, pw):
                     for k in range(4):
                         for c in range(LANES):
                             window[k, c] = tile[k, c]
-                    cb = starts[blk]
                     out = y[ni, pr, pq, cb : cb + LANES]
                     won = argmax[ni, pr, pq, cb : cb + LANES]
                     for c in range(LANES):
