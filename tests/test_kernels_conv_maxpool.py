@@ -5,6 +5,8 @@ None (nothing run) where they do not apply."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from kernels_helpers import BACKENDS
@@ -83,8 +85,11 @@ def test_auto_fuses_once_both_choices_are_numba():
     )
 
 
-def test_auto_declines_where_the_conv_runs_elsewhere():
-    # the rule's winograd shape: 3x3, stride 1, many input channels
+def test_auto_declines_where_the_conv_runs_elsewhere(monkeypatch):
+    # auto's choice for a shape depends on what earlier tests timed in this process: fix it
+    from kernels import auto
+
+    monkeypatch.setattr(auto, "_conv_choice", lambda *args: "winograd")
     x, w, b = _inputs((2, 14, 14, 32), (3, 3, 64), np.float32)
     assert get_backend("auto").conv2d_maxpool2d_forward(x, w, b, 1, 1, 2, None) is None
 
@@ -175,8 +180,7 @@ def test_auto_fused_backward_delegates_to_numba_or_declines():
     want = be.conv2d_backward(be.maxpool2d_backward(dy, pool_ctx), conv_ctx)
     for g, v in zip(got, want):
         np.testing.assert_array_equal(g, v)
-    # the rule's winograd shape: the conv ran elsewhere, so nothing is fused
-    x, w, b = _inputs((2, 14, 14, 32), (3, 3, 64), np.float32)
-    y, conv_ctx, pool_ctx = _pooled(be, x, w, b, 1, 1)
-    assert conv_ctx.backend != "numba"
-    assert be.conv2d_maxpool2d_backward(np.ones_like(y), conv_ctx, pool_ctx) is None
+    # a conv that ran on another backend: nothing is fused (a ctx relabelled, since which
+    # backend auto picks for a shape depends on what earlier tests timed in this process)
+    elsewhere = dataclasses.replace(conv_ctx, backend="im2col")
+    assert be.conv2d_maxpool2d_backward(dy, elsewhere, pool_ctx, True) is None
