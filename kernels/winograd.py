@@ -357,9 +357,8 @@ def _fused_forward(g: ConvGeometry, x, w, b) -> tuple[np.ndarray, FusedWinogradC
     u = _filter_transform(gm, w)
     bias = np.zeros(g.c_out, dtype=g.dtype) if b is None else np.ascontiguousarray(b)
     y = np.empty(g.y_shape, dtype=g.dtype)
-    blocking = winograd_tiles.plan(g.out_h, g.out_w, g.c_in, g.c_out, g.dtype.itemsize)
     numba_tiles.run_blocks(
-        winograd_tiles.forward, _fused_parts(g), (x, y), u, bias, g.ph, g.pw, *blocking
+        winograd_tiles.forward, _fused_parts(g), (x, y), winograd_tiles.pack(u), bias, g.ph, g.pw
     )
     return y, FusedWinogradCtx(g, FUSED_PATH, x, np.ascontiguousarray(w))
 
@@ -388,17 +387,9 @@ def _fused_backward(dy, ctx: FusedWinogradCtx, need_dx: bool):
     u_flipped = _filter_transform(gm, np.ascontiguousarray(flipped_kernel(ctx.w)))
     dx = np.empty(g.x_shape, dtype=g.dtype)
     no_bias = np.zeros(g.c_in, dtype=g.dtype)
-    # dX's "output" is x: H x W, C_in channels from C_out
-    blocking = winograd_tiles.plan(g.height, g.width, g.c_out, g.c_in, g.dtype.itemsize)
+    packed = winograd_tiles.pack(u_flipped)  # dX's "output" is x: C_in channels from C_out
     numba_tiles.run_blocks(
-        winograd_tiles.forward,
-        n_parts,
-        (dy, dx),
-        u_flipped,
-        no_bias,
-        2 - g.ph,
-        2 - g.pw,
-        *blocking,
+        winograd_tiles.forward, n_parts, (dy, dx), packed, no_bias, 2 - g.ph, 2 - g.pw
     )
     return dx, dw, db
 

@@ -31,7 +31,7 @@ import numpy as np
 from numba import carray, njit
 
 from .geometry import ConvGeometry
-from .numba_tiles import JIT_OPTIONS, LANES, TILE, load_sample, matmul_tiles, stack_array
+from .numba_tiles import JIT_OPTIONS, LANES, TILE, load_sample, stack_array
 
 # input channels (K of the tile GEMMs) below which the tiles' reduction is too short to pay for
 # the transforms; C_in and C_out also fill LANES (dX's GEMM has C_in outputs)
@@ -108,6 +108,23 @@ def _planes(n_tiles: int, c: int, itemsize: int) -> int:
     return tiles
 
 
+@njit(inline="always", **JIT_OPTIONS)
+def _b_transpose_d_b(d, out):
+    """out (16, VEC) = B^T d B for VEC 4x4 tiles d (16, VEC) (d is overwritten); B^T as in
+    winograd.py."""
+    for s in range(4):  # B^T d: rows 0 - 2, 1 + 2, 2 - 1, 1 - 3 (each a row of 4)
+        for q in range(VEC):
+            d0, d1, d2, d3 = d[s, q], d[4 + s, q], d[8 + s, q], d[12 + s, q]
+            d[s, q], d[4 + s, q] = d0 - d2, d1 + d2
+            d[8 + s, q], d[12 + s, q] = d2 - d1, d1 - d3
+    for r in range(4):  # ... then B: the same on the columns
+        for q in range(VEC):
+            e0, e1 = d[4 * r, q], d[4 * r + 1, q]
+            e2, e3 = d[4 * r + 2, q], d[4 * r + 3, q]
+            out[4 * r, q], out[4 * r + 1, q] = e0 - e2, e1 + e2
+            out[4 * r + 2, q], out[4 * r + 3, q] = e2 - e1, e1 - e3
+
+
 @njit(**JIT_OPTIONS)
 def _input_transform(rows, c_all, i0, i1, tw, v):
     """v (16, >= T, C)[4r + s, t] = (B^T d B)[r, s] for the 4x4 tile d of tile t =
@@ -130,82 +147,139 @@ def _input_transform(rows, c_all, i0, i1, tw, v):
                         base = U(2 * i + r) * pitch + U(2 * j + s) * cu + cb
                         for q in range(VEC):
                             d[4 * r + s, q] = src[base + U(q)]
-                for s in range(4):  # B^T d: rows 0 - 2, 1 + 2, 2 - 1, 1 - 3 (each a row of 4)
-                    for q in range(VEC):
-                        d0, d1, d2, d3 = d[s, q], d[4 + s, q], d[8 + s, q], d[12 + s, q]
-                        d[s, q], d[4 + s, q] = d0 - d2, d1 + d2
-                        d[8 + s, q], d[12 + s, q] = d2 - d1, d1 - d3
-                for r in range(4):  # ... then B: the same on the columns
-                    for q in range(VEC):
-                        e0, e1 = d[4 * r, q], d[4 * r + 1, q]
-                        e2, e3 = d[4 * r + 2, q], d[4 * r + 3, q]
-                        out[4 * r, q], out[4 * r + 1, q] = e0 - e2, e1 + e2
-                        out[4 * r + 2, q], out[4 * r + 3, q] = e2 - e1, e1 - e3
+                _b_transpose_d_b(d, out)
                 for k in range(16):
                     base = U(k) * plane + t * cu + cb
                     for q in range(VEC):
                         dst[base + U(q)] = out[k, q]
 
 
+def pack(u: np.ndarray) -> np.ndarray:
+    """The filter transform u (16, C_in, C_out) as forward() reads it: (blocks, 16, C_in, LANES),
+    block b holding channels min(b*LANES, C_out - LANES) onward (the last block is moved back to
+    end at the last channel; its overlap is computed twice, to the same values). Needs C_out >=
+    LANES."""
+    c_out = u.shape[2]
+    starts = [min(c0, c_out - LANES) for c0 in range(0, c_out, LANES)]
+    return np.ascontiguousarray(np.stack([u[:, :, s : s + LANES] for s in starts]))
+
+
 @njit(**JIT_OPTIONS)
-def forward(x, y, u, bias, ph, pw, per_block, tiles_v, tiles_m):
+def forward(x, y, packed, bias, ph, pw):
     """y (N, OH, OW, C_out) = bias + the 3x3 stride-1 convolution of x (N, H, W, C_in),
-    zero-padded by (ph, pw), with the filter whose transform is u (16, C_in, C_out); blocks of
-    per_block rows of tiles, scratch planes of tiles_v and tiles_m tiles (from plan())."""
+    zero-padded by (ph, pw), with the filter whose transform is packed (blocks, 16, C_in, LANES)
+    (pack()). Needs TILE tiles per sample.
+
+    A group of TILE tiles goes through all three stages before the next: its input transform
+    (16, TILE, C_in), then per block of LANES output channels the 16 products (16, TILE, LANES)
+    and their output transform. Both scratch arrays stay in L1 (20 KB and 5 KB at 64 channels),
+    where whole rows of tiles at a time went through L2 (the `mid` and `big` benchmark cases)."""
     n, out_h, out_w, c_out = y.shape
     c_in = x.shape[3]
-    th, tw = (out_h + 1) // 2, (out_w + 1) // 2
+    tw = (out_w + 1) // 2
+    n_tiles = (out_h + 1) // 2 * tw
     rows = _tile_rows(c_in, out_h, out_w, x)
-    v = np.empty((16, tiles_v, c_in), dtype=x.dtype)
-    mm = np.empty((16, tiles_m, c_out), dtype=x.dtype)
+    v = np.empty((16, TILE, c_in), dtype=x.dtype)
+    mm = np.empty((16, TILE, LANES), dtype=x.dtype)
     for ni in range(n):
         load_sample(x[ni], rows, ph, pw)
-        i0 = 0
-        while i0 < th:
-            i1 = _block_end(i0, per_block, th, tw)
-            n_tiles = (i1 - i0) * tw
-            _input_transform(rows, c_in, i0, i1, tw, v)
-            for t in range(16):
-                matmul_tiles(v[t, :n_tiles], u[t], mm[t, :n_tiles])
-            _output_transform(mm, bias, i0, i1, tw, y[ni])
-            i0 = i1
+        for g in range(0, n_tiles, TILE):
+            g0 = min(g, n_tiles - TILE)  # a moved-back last group recomputes the same values
+            _input_transform_group(rows, c_in, g0, tw, v)
+            for blk in range(packed.shape[0]):
+                _matmul_group(v, packed[blk], mm)
+                _output_transform_group(mm, bias, min(blk * LANES, c_out - LANES), g0, tw, y[ni])
 
 
 @njit(**JIT_OPTIONS)
-def _output_transform(mm, bias, i0, i1, tw, out):
-    """out (OH, OW, C) = bias + A^T M A of the 4x4 mm (16, >= T, C) of tile t = (i - i0)*tw
-    + j, i0 <= i < i1 (the 2x2 output tile at rows 2i.., columns 2j.., cut at the output's
-    edge); VEC channels at a time through stack buffers, as in _input_transform."""
+def _input_transform_group(rows, c_all, g0, tw, v):
+    """v (16, TILE, C)[4r + s, p] = (B^T d B)[r, s] for the 4x4 tile d of tile g0 + p (tile
+    t at tile row t // tw, column t % tw) of rows (as in _input_transform)."""
+    src, dst = rows.ravel(), v.ravel()
+    pitch, cu, plane = U(rows.shape[1]), U(c_all), U(TILE * c_all)
+    d = carray(stack_array(128, v.dtype), (16, VEC))
+    out = carray(stack_array(128, v.dtype), (16, VEC))
+    i, j = divmod(g0, tw)
+    j -= 1
+    for p in range(TILE):
+        j += 1
+        if j == tw:
+            i, j = i + 1, 0
+        for c0 in range(0, c_all, VEC):
+            cb = U(min(c0, c_all - VEC))
+            for r in range(4):
+                for s in range(4):
+                    base = U(2 * i + r) * pitch + U(2 * j + s) * cu + cb
+                    for q in range(VEC):
+                        d[4 * r + s, q] = src[base + U(q)]
+            _b_transpose_d_b(d, out)
+            for k in range(16):
+                base = U(k) * plane + U(p) * cu + cb
+                for q in range(VEC):
+                    dst[base + U(q)] = out[k, q]
+
+
+@njit(**JIT_OPTIONS)
+def _matmul_group(v, u_block, mm):
+    """mm (16, TILE, LANES)[t] = v[t] (TILE, C_in) @ u_block[t] (C_in, LANES) for the 16 tile
+    positions t, each one TILE x LANES register tile (as numba_tiles.matmul_tiles)."""
+    c_in = v.shape[2]
+    tile = carray(stack_array(80, mm.dtype), (TILE, LANES))
+    for t in range(16):
+        rows, b = v[t], u_block[t]
+        for p in range(TILE):
+            for c in range(LANES):
+                tile[p, c] = 0
+        for j in range(c_in):
+            b_row = b[j]
+            for p in range(TILE):
+                x = rows[p, j]
+                for c in range(LANES):
+                    tile[p, c] += x * b_row[c]
+        out = mm[t]
+        for p in range(TILE):
+            o = out[p]
+            for c in range(LANES):
+                o[c] = tile[p, c]
+
+
+@njit(**JIT_OPTIONS)
+def _output_transform_group(mm, bias, cb, g0, tw, out):
+    """out (OH, OW, C)[the 2x2 block of tile g0 + p, channels cb .. cb + LANES] = bias + A^T M A
+    of the 4x4 mm (16, TILE, LANES)[:, p] (cut at the output's edge); A^T as in winograd.py."""
     out_h, out_w, c_all = out.shape
     src, dst = mm.ravel(), out.ravel()
-    cu, plane, pitch = U(c_all), U(mm.shape[1] * c_all), U(out_w * c_all)
+    cu, pitch = U(c_all), U(out_w * c_all)
     m = carray(stack_array(128, out.dtype), (16, VEC))
     y = carray(stack_array(32, out.dtype), (4, VEC))
-    for i in range(i0, i1):
-        for j in range(tw):
-            t = U((i - i0) * tw + j)
-            rows_out, cols_out = min(2, out_h - 2 * i), min(2, out_w - 2 * j)
-            for c0 in range(0, c_all, VEC):
-                cb = U(min(c0, c_all - VEC))
-                for k in range(16):
-                    base = U(k) * plane + t * cu + cb
+    i, j = divmod(g0, tw)
+    j -= 1
+    for p in range(TILE):
+        j += 1
+        if j == tw:
+            i, j = i + 1, 0
+        rows_out, cols_out = min(2, out_h - 2 * i), min(2, out_w - 2 * j)
+        for v0 in range(0, LANES, VEC):
+            for k in range(16):
+                base = U(k * TILE * LANES + p * LANES + v0)
+                for q in range(VEC):
+                    m[k, q] = src[base + U(q)]
+            ch = U(cb + v0)
+            for s in range(4):  # A^T M: rows 0 + 1 + 2 and 1 - 2 - 3 ...
+                for q in range(VEC):
+                    m0, m1, m2, m3 = m[s, q], m[4 + s, q], m[8 + s, q], m[12 + s, q]
+                    m[s, q], m[4 + s, q] = m0 + m1 + m2, m1 - m2 - m3
+            for r in range(2):  # ... then the same on the columns, plus the bias
+                for q in range(VEC):
+                    b = bias[ch + U(q)]
+                    s0, s1 = m[4 * r, q], m[4 * r + 1, q]
+                    s2, s3 = m[4 * r + 2, q], m[4 * r + 3, q]
+                    y[2 * r, q], y[2 * r + 1, q] = b + (s0 + s1 + s2), b + (s1 - s2 - s3)
+            for r in range(rows_out):
+                for s in range(cols_out):
+                    base = U(2 * i + r) * pitch + U(2 * j + s) * cu + ch
                     for q in range(VEC):
-                        m[k, q] = src[base + U(q)]
-                for s in range(4):  # A^T M: rows 0 + 1 + 2 and 1 - 2 - 3 ...
-                    for q in range(VEC):
-                        m0, m1, m2, m3 = m[s, q], m[4 + s, q], m[8 + s, q], m[12 + s, q]
-                        m[s, q], m[4 + s, q] = m0 + m1 + m2, m1 - m2 - m3
-                for r in range(2):  # ... then the same on the columns, plus the bias
-                    for q in range(VEC):
-                        b = bias[cb + U(q)]
-                        s0, s1 = m[4 * r, q], m[4 * r + 1, q]
-                        s2, s3 = m[4 * r + 2, q], m[4 * r + 3, q]
-                        y[2 * r, q], y[2 * r + 1, q] = b + (s0 + s1 + s2), b + (s1 - s2 - s3)
-                for r in range(rows_out):
-                    for s in range(cols_out):
-                        base = U(2 * i + r) * pitch + U(2 * j + s) * cu + cb
-                        for q in range(VEC):
-                            dst[base + U(q)] = y[2 * r + s, q]
+                        dst[base + U(q)] = y[2 * r + s, q]
 
 
 @njit(**JIT_OPTIONS)
