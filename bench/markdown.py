@@ -391,38 +391,51 @@ def paired_section(results: dict) -> str:
     pr = results.get("paired")
     if not pr:
         return ""
+    ours, single = pr["ours"], pr.get("single")
     parts = [
-        f"## Training, head to head: `{pr['ours']}` against PyTorch in alternating rounds",
+        f"## Training, head to head: `{ours}` against PyTorch in alternating rounds",
         "",
         f"{pr['rounds']} rounds per model on {pr['data']}; each round trains a fresh network on "
-        f"`{pr['ours']}` and on PyTorch in both layouts, in an order that rotates from round to "
-        "round, on the same batches (batch 64, float32, after an untimed warm-up step), so that "
-        "the machine's drift over minutes, which the epoch section's one-after-the-other runs "
-        "carry, reaches both alike. *ratio*: our seconds over the faster PyTorch layout's in the "
-        "same round, <1 = faster; the median and the range over the rounds.",
+        f"`{ours}`, on PyTorch in both layouts"
+        + (f" and on `{single}` (the fastest single backend)" if single else "")
+        + ", in an order that rotates from round to round, on the same batches (batch 64, "
+        "float32, after an untimed warm-up step), so that the machine's drift over minutes, "
+        "which the epoch section's one-after-the-other runs carry, reaches all alike. *ratio*: "
+        "our seconds over the faster PyTorch layout's in the same round, <1 = faster; the median "
+        "and the range over the rounds"
+        + (f"; *{ours} / {single}* the same against `{single}`." if single else "."),
         "",
     ]
     body = []
+    with_single = any("single" in arch for arch in pr["archs"])
     for arch in pr["archs"]:
         name = f"`{arch['arch']}` ({arch['batches']} batches, {arch['optimizer']})"
         if arch["status"] != "ok":
-            body.append([name, arch["status"], "", "", ""])
+            body.append([name, arch["status"], "", "", ""] + ([""] if with_single else []))
             continue
         fastest = [
             min(times[i] for times in arch["peer"].values()) for i in range(len(arch["ours"]))
         ]
-        body.append(
-            [
-                name,
-                fmt_seconds(median(arch["ours"])),
-                fmt_seconds(median(fastest)),
-                fmt_x(arch["median"]),
-                f"{fmt_x(min(arch['ratios']))} – {fmt_x(max(arch['ratios']))}",
-            ]
-        )
-    headers = ["model", f"{pr['ours']} (median s)", "PyTorch, faster layout", "ratio", "range"]
+        row = [
+            name,
+            fmt_seconds(median(arch["ours"])),
+            fmt_seconds(median(fastest)),
+            fmt_x(arch["median"]),
+            _ratio_range(arch["ratios"]),
+        ]
+        if with_single:
+            to = arch.get("single")
+            row.append(f"{fmt_x(to['median'])} ({_ratio_range(to['ratios'])})" if to else "—")
+        body.append(row)
+    headers = ["model", f"{ours} (median s)", "PyTorch, faster layout", "ratio", "range"]
+    if with_single:
+        headers.append(f"{ours} / {single} (range)")
     parts.append(table(headers, body))
     return "\n".join(parts)
+
+
+def _ratio_range(ratios: list[float]) -> str:
+    return f"{fmt_x(min(ratios))} – {fmt_x(max(ratios))}"
 
 
 def inference_section(results: dict) -> str:

@@ -9,8 +9,14 @@ PyTorch layouts (NCHW, channels_last), in an order that rotates from round to ro
 ROUND_BATCHES[arch] batches after an untimed warm-up step. A round's ratio is auto's time over
 the faster PyTorch layout's in that round; the section reports the median and the range.
 
-    run(ctx) -> {"rounds", "archs": [{"arch", "batches", "status", "ours": [s, ...],
-                 "peer": {"torch": [...], "torch_cl": [...]}, "ratios": [...], "median"}]}
+The rounds also train on SINGLE, the fastest single backend of the epoch section on both models,
+so that "auto is at least as fast as the best single backend" is measured the same way (in the
+epoch section the two run minutes apart: `small` numba 2.83 s and auto 3.51 s in report
+2026-12-04_154109, with auto choosing numba for every layer).
+
+    run(ctx) -> {"rounds", "single", "archs": [{"arch", "batches", "status", "ours": [s, ...],
+                 "peer": {"torch": [...], "torch_cl": [...]}, "ratios": [...], "median",
+                 "single": {"seconds": [...], "ratios": [...], "median"} (when it ran)}]}
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ if TYPE_CHECKING:
     from .suite import Context, Options
 
 OURS = "auto"
+SINGLE = "numba"
 PEERS = ("torch", "torch_cl")
 ROUNDS, QUICK_ROUNDS = 5, 2
 # batches per round: about a second of training each on a 2-core machine
@@ -39,10 +46,14 @@ def steps(opts: Options, backends) -> int:
     return len(ARCHS) * (QUICK_ROUNDS if opts.quick else ROUNDS)
 
 
-def round_order(round_index: int) -> list[str]:
-    """Who trains when in round `round_index`: the three participants rotated by one per round,
-    so each is first, second and third equally often."""
-    names = [OURS, *PEERS]
+def participants(backends) -> list[str]:
+    """Who trains in each round: auto, SINGLE when it is usable, and both PyTorch layouts."""
+    return [OURS, *([SINGLE] if SINGLE in backends else []), *PEERS]
+
+
+def round_order(round_index: int, names: list[str]) -> list[str]:
+    """Who trains when in round `round_index`: the participants rotated by one per round, so
+    each takes every position equally often."""
     shift = round_index % len(names)
     return names[shift:] + names[:shift]
 
@@ -83,15 +94,16 @@ def run(ctx: Context) -> dict:
             bar.update(n_rounds)
             continue
         ours: list[float] = []
+        single: list[float] = []
         peer: dict[str, list[float]] = {p: [] for p in PEERS}
         done = 0
         try:
             for r in range(n_rounds):
                 bar.set_description(f"paired {arch} round {r + 1}/{n_rounds}")
-                for name in round_order(r):
-                    if name == OURS:
+                for name in round_order(r, participants(ctx.backends)):
+                    if name in (OURS, SINGLE):
                         got = epoch_run(name, arch, xa, ya, x_test, y_test, optimizer, lr)
-                        ours.append(got["seconds"])
+                        (ours if name == OURS else single).append(got["seconds"])
                     else:
                         got = peers.epoch_run(
                             name, arch, xa, ya, x_test, y_test, optimizer, lr, BATCH_SIZE
@@ -104,14 +116,21 @@ def run(ctx: Context) -> dict:
             bar.update(n_rounds - done)
             continue
         per_round = ratios(ours, peer)
-        archs.append(
-            {
-                **entry,
-                "status": OK,
-                "ours": ours,
-                "peer": peer,
-                "ratios": per_round,
-                "median": float(np.median(per_round)),
+        result = {
+            **entry,
+            "status": OK,
+            "ours": ours,
+            "peer": peer,
+            "ratios": per_round,
+            "median": float(np.median(per_round)),
+        }
+        if single:
+            to_single = ratios(ours, {SINGLE: single})
+            result["single"] = {
+                "seconds": single,
+                "ratios": to_single,
+                "median": float(np.median(to_single)),
             }
-        )
-    return {"data": source, "ours": OURS, "rounds": n_rounds, "archs": archs}
+        archs.append(result)
+    single_name = SINGLE if SINGLE in participants(ctx.backends) else None
+    return {"data": source, "ours": OURS, "single": single_name, "rounds": n_rounds, "archs": archs}

@@ -14,12 +14,14 @@ from bench.status import OK
 from bench.suite import Context, Options
 
 
-def test_rounds_rotate_so_each_runs_first_second_and_third_alike():
-    names = len(paired.PEERS) + 1
-    orders = [paired.round_order(r) for r in range(names)]
-    for position in range(names):
-        assert sorted(o[position] for o in orders) == sorted([paired.OURS, *paired.PEERS])
-    assert paired.round_order(names) == paired.round_order(0)
+@pytest.mark.parametrize("backends", [["auto", "numba"], ["auto"]])
+def test_rounds_rotate_so_each_takes_every_position_alike(backends):
+    names = paired.participants(backends)
+    assert names[0] == paired.OURS and (paired.SINGLE in names) == (paired.SINGLE in backends)
+    orders = [paired.round_order(r, names) for r in range(len(names))]
+    for position in range(len(names)):
+        assert sorted(o[position] for o in orders) == sorted(names)
+    assert paired.round_order(len(names), names) == paired.round_order(0, names)
 
 
 def test_each_round_is_against_that_rounds_faster_layout():
@@ -47,7 +49,7 @@ def test_run_times_every_participant_every_round(monkeypatch, mnist_dir):
 
     monkeypatch.setattr(paired, "epoch_run", ours)
     monkeypatch.setattr(paired.peers, "epoch_run", peer)
-    ctx = _ctx(["auto"], {p: OK for p in paired.PEERS})
+    ctx = _ctx(["auto", "numba"], {p: OK for p in paired.PEERS})
     ctx.opts.data_dir = str(mnist_dir)
     res = paired.run(ctx)
     assert ctx.bar.steps == paired.steps(ctx.opts, ctx.backends)
@@ -56,10 +58,30 @@ def test_run_times_every_participant_every_round(monkeypatch, mnist_dir):
         assert arch["status"] == OK
         assert len(arch["ours"]) == len(arch["ratios"]) == paired.QUICK_ROUNDS
         assert arch["ratios"] == pytest.approx(paired.ratios(arch["ours"], arch["peer"]))
+        single = arch["single"]
+        assert len(single["seconds"]) == paired.QUICK_ROUNDS
+        assert single["ratios"] == pytest.approx(
+            [o / s for o, s in zip(arch["ours"], single["seconds"])]
+        )
         n = paired.QUICK_ROUND_BATCHES[arch["arch"]] * 64
-        assert {c[2] for c in calls if c[0] == arch["arch"]} == {n}  # the same batches for all
+        mine = [c for c in calls if c[0] == arch["arch"]]
+        assert {c[2] for c in mine} == {n}  # the same batches for all
+        assert sorted(c[1] for c in mine) == sorted(
+            paired.participants(ctx.backends) * paired.QUICK_ROUNDS
+        )
     text = markdown.paired_section({"paired": res})
-    assert "`small` (20 batches, momentum)" in text and "×" in text
+    assert "`small` (20 batches, momentum)" in text and "auto / numba" in text
+
+
+def test_without_the_single_backend_its_column_is_left_out(monkeypatch, mnist_dir):
+    monkeypatch.setattr(paired, "epoch_run", lambda *a: {"seconds": 1.0})
+    monkeypatch.setattr(paired.peers, "epoch_run", lambda *a: {"seconds": 2.0})
+    ctx = _ctx(["auto"], {p: OK for p in paired.PEERS})
+    ctx.opts.data_dir = str(mnist_dir)
+    res = paired.run(ctx)
+    assert all(a["status"] == OK and "single" not in a for a in res["archs"])
+    text = markdown.paired_section({"paired": res})
+    assert "0.50×" in text and "auto / numba" not in text
 
 
 def test_without_pytorch_or_auto_the_section_says_why(mnist_dir):
