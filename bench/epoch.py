@@ -137,8 +137,6 @@ def epoch_run(
     from model.training import TRAIN_BLAS_THREADS
 
     module = get_backend(backend)
-    if hasattr(module, "warmup"):
-        module.warmup()
     net = build_network(arch, backend=backend, dtype=np.float32, seed=seed)
     opt = make_optimizer(optimizer, lr=lr)
     order = np.random.default_rng(seed).permutation(len(x))
@@ -146,6 +144,11 @@ def epoch_run(
     limit = batch_limit(backend, arch)
     timed = starts if limit is None or limit >= len(starts) else starts[:limit]
     with threadpool_limits(limits=TRAIN_BLAS_THREADS, user_api="blas"):  # as model.train runs
+        # warm up inside the limit: a BLAS call on more threads leaves OpenBLAS's workers
+        # spinning into the timed steps (auto's warmup runs winograd's batched GEMMs; outside
+        # the limit its 300-batch `small` runs measured 1.06-1.13x numba's, inside 1.0x)
+        if hasattr(module, "warmup"):
+            module.warmup()
         net.train_step(x[order[:batch_size]], y_onehot[order[:batch_size]], opt)  # warm-up
         last = len(x) % batch_size
         if last and len(timed) == len(starts):
