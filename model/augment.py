@@ -35,10 +35,10 @@ def transform_batch(x: np.ndarray, shifts, degrees) -> np.ndarray:
     if theta.shape != (n,):
         raise ValueError(f"degrees must be ({n},), got {theta.shape}")
 
-    from kernels.resample import rotate_shift  # numba: imported on first use
+    from kernels.resample import rotate_shift_batch  # numba: imported on first use
 
     out = np.empty(x.shape, x.dtype)
-    rotate_shift(np.ascontiguousarray(x), np.cos(theta), np.sin(theta), shifts, out)
+    rotate_shift_batch(np.ascontiguousarray(x), np.cos(theta), np.sin(theta), shifts, out)
     return out
 
 
