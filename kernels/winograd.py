@@ -46,7 +46,8 @@ over tiles, vectorised along the contiguous channel axis of NHWC; the GEMMs are 
 split over the cores (kernels/gemm.py).
 
 With 16 or more channels in and out, F(2x2, 3x3) runs fused instead (kernels/winograd_tiles.py):
-every stage on one sample while it is in cache, the 16 GEMMs in numba register tiles. Over the
+every stage on a few tiles of one sample while they are in cache, the 16 GEMMs in numba register
+tiles. Over the
 whole batch each stage above streams megabytes through memory, and the transforms, not the
 multiplies, set its speed.
 

@@ -3,18 +3,20 @@
 kernels/winograd.py explains the algorithm. Its batched path transforms the whole batch, runs
 one BLAS GEMM per tile position over every tile of the batch, and transforms the whole result
 back: each stage streams megabytes through memory, so the transforms, not the multiplies, set its
-speed (the `deep_conv2` benchmark case). Here every stage runs on one sample while its data is
-in L2, then the next sample follows:
+speed (the `deep_conv2` benchmark case). Here the work stays in cache:
 
-    forward(x, y, u, bias, ph, pw)          per sample: input transform -> V (16, T, C_in),
-                                            M[t] = V[t] @ U[t] for the 16 tile positions t in
-                                            register tiles (numba_tiles.matmul_tiles),
-                                            output transform of M -> y
+    forward(x, y, packed, bias, ph, pw)     per sample, per group of TILE tiles: input transform
+                                            -> V (16, TILE, C_in); per block of LANES output
+                                            channels, M[t] = V[t] @ U[t] for the 16 tile
+                                            positions t (one register tile each), then the
+                                            output transform of M -> y. V and M live in L1.
     dX                                      forward() again, on dy with the flipped kernel's
                                             transform (a 3x3 stride-1 full correlation)
-    dw_tiles(x, dy, du, db, ph, pw)         per sample: V as above, dM = the adjoint output
-                                            transform of dy, dU[t] += V[t]^T @ dM[t] in register
-                                            tiles; the caller turns dU into dW = G^T dU G
+    dw_tiles(x, dy, du, db, ph, pw)         per sample, per block of tile rows (in L2): V as
+                                            above, dM = the adjoint output transform of dy,
+                                            dU[t] += V[t]^T @ dM[t] in register tiles summed
+                                            over the block's tiles; the caller turns dU into
+                                            dW = G^T dU G
 
 T = ceil(OH/2) * ceil(OW/2) tiles per sample. F(2x2) rather than F(4x4): its transforms have
 entries 0, +-1 (and 1/2 in G), so float32 stays within a few ulps of the direct sum, and a
