@@ -354,7 +354,8 @@ def _tn_rows6(a, b, ra, cb, dst, dr, dc):
 
 @njit(inline="always", **JIT_OPTIONS)
 def _tn_rows4(a, b, ra, cb, dst, dr, dc):
-    """_tn_rows6 for 4 rows."""
+    """_tn_rows6 for 4 rows: a copy, not a parameter, since stack_array needs its size as a
+    literal when numba compiles the call."""
     tile = carray(stack_array(64, dst.dtype), (4, LANES))
     for e in range(4):
         for c in range(LANES):
