@@ -152,3 +152,26 @@ def test_the_machine_fingerprint_starts_numba_threads_sleeping():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_close_call_is_timed_again_and_keeps_each_best(monkeypatch):
+    """The two best within CLOSE_CALL are timed again (CLOSE_CALL_ROUNDS sets of rounds) and
+    keep their best; a clear winner, or a lone candidate, is not re-timed."""
+    rounds = []
+    later = {"a": 5.0, "b": 1.0}  # b is faster in the later rounds
+
+    def fake(runs, key):
+        rounds.append(sorted(runs))
+        return {name: later[name] for name in runs}
+
+    monkeypatch.setattr(auto, "_time_candidates", fake)
+    runs = {"a": None, "b": None, "c": None}
+    first = {"a": 2.0, "b": 2.2, "c": 9.0, "d": None}  # d failed: not a choice
+    settled = auto._settle_close_call(runs, first, "k")
+    assert rounds == [["a", "b"]] * auto.CLOSE_CALL_ROUNDS
+    assert settled == {"a": 2.0, "b": 1.0, "c": 9.0, "d": None}
+    rounds.clear()
+    clear = {"a": 1.0, "b": 1.0 * auto.CLOSE_CALL * 1.01, "c": 9.0}
+    assert auto._settle_close_call(runs, clear, "k") == clear and not rounds
+    assert auto._settle_close_call(runs, {"a": 1.0, "b": None}, "k") == {"a": 1.0, "b": None}
+    assert not rounds
