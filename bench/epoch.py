@@ -144,9 +144,8 @@ def epoch_run(
     limit = batch_limit(backend, arch)
     timed = starts if limit is None or limit >= len(starts) else starts[:limit]
     with threadpool_limits(limits=TRAIN_BLAS_THREADS, user_api="blas"):  # as model.train runs
-        # warm up inside the limit: a BLAS call on more threads leaves OpenBLAS's workers
-        # spinning into the timed steps (auto's warmup runs winograd's batched GEMMs; outside
-        # the limit its 300-batch `small` runs measured 1.06-1.13x numba's, inside 1.0x)
+        # warm up under the same BLAS limit as the timed steps, so no BLAS call of the warmup
+        # (auto's runs winograd's batched GEMMs) starts OpenBLAS workers the steps never use
         if hasattr(module, "warmup"):
             module.warmup()
         net.train_step(x[order[:batch_size]], y_onehot[order[:batch_size]], opt)  # warm-up

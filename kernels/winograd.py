@@ -47,9 +47,8 @@ split over the cores (kernels/gemm.py).
 
 With 16 or more channels in and out, F(2x2, 3x3) runs fused instead (kernels/winograd_tiles.py):
 every stage on a few tiles of one sample while they are in cache, the 16 GEMMs in numba register
-tiles. Over the
-whole batch each stage above streams megabytes through memory, and the transforms, not the
-multiplies, set its speed.
+tiles. Over the whole batch each stage above streams megabytes through memory, and the
+transforms, not the multiplies, set its speed.
 
 Numerical error: the transforms add and subtract products of different magnitudes, so float32
 results differ from the direct sum by more than rounding of the same sum would: the relative
