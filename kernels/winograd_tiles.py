@@ -56,14 +56,14 @@ def applies(g: ConvGeometry) -> bool:
     )
 
 
-# tiles transformed and multiplied per block (whole rows of tiles, at least TILE tiles): the
-# block's 16 transformed tiles and 16 products stay in L2 (V + M of 40 tiles at 64 channels:
+# dw_tiles' tiles per block (whole rows of tiles, at least TILE tiles): the block's transformed
+# input V and transformed gradient dM stay in L2 (V + M of 40 tiles at 64 channels:
 # 320 KB), where a whole 32x32 sample's 256 tiles (the `big` benchmark case) would need 2 MB
 BLOCK_TILES = 40
 
 
 def plan(out_h: int, out_w: int, c_in: int, c_out: int, itemsize: int) -> tuple[int, int, int]:
-    """The kernels' blocking for a (out_h, out_w) output: (rows of tiles per block,
+    """dw_tiles' blocking for a (out_h, out_w) output: (rows of tiles per block,
     BLOCK_TILES // tw but at least enough for TILE tiles; the tiles to allocate per plane of
     the C_in-channel and the C_out-channel scratch, see _planes)."""
     tw = -(-out_w // 2)
