@@ -128,10 +128,10 @@ def _b_transpose_d_b(d, out):
 
 
 @njit(**JIT_OPTIONS)
-def _input_transform(rows, c_all, i0, i1, tw, v):
-    """v (16, >= T, C)[4r + s, t] = (B^T d B)[r, s] for the 4x4 tile d of tile t =
-    (i - i0)*tw + j, i0 <= i < i1, at rows 2i.. and columns 2j.. of rows ((2*th + 2),
-    (2*tw + 2) * C); B^T as in winograd.py. Needs C >= VEC.
+def _input_transform(rows, c_all, t0, count, tw, v):
+    """v (16, >= count, C)[4r + s, p] = (B^T d B)[r, s] for the 4x4 tile d of tile t0 + p,
+    p < count (tile t at tile row i = t // tw, column j = t % tw: rows 2i.. and columns 2j.. of
+    rows ((2*th + 2), (2*tw + 2) * C)); B^T as in winograd.py. Needs C >= VEC.
 
     VEC channels at a time go through stack buffers (see numba_tiles.stack_array): LLVM knows
     they alias nothing, so the unrolled loads, sums and stores become vector instructions."""
@@ -139,21 +139,24 @@ def _input_transform(rows, c_all, i0, i1, tw, v):
     pitch, cu, plane = U(rows.shape[1]), U(c_all), U(v.shape[1] * c_all)
     d = carray(stack_array(128, v.dtype), (16, VEC))
     out = carray(stack_array(128, v.dtype), (16, VEC))
-    for i in range(i0, i1):
-        for j in range(tw):
-            t = U((i - i0) * tw + j)
-            for c0 in range(0, c_all, VEC):
-                cb = U(min(c0, c_all - VEC))  # a moved-back last step recomputes the same values
-                for r in range(4):
-                    for s in range(4):
-                        base = U(2 * i + r) * pitch + U(2 * j + s) * cu + cb
-                        for q in range(VEC):
-                            d[4 * r + s, q] = src[base + U(q)]
-                _b_transpose_d_b(d, out)
-                for k in range(16):
-                    base = U(k) * plane + t * cu + cb
+    i, j = divmod(t0, tw)
+    j -= 1
+    for p in range(count):
+        j += 1
+        if j == tw:
+            i, j = i + 1, 0
+        for c0 in range(0, c_all, VEC):
+            cb = U(min(c0, c_all - VEC))  # a moved-back last step recomputes the same values
+            for r in range(4):
+                for s in range(4):
+                    base = U(2 * i + r) * pitch + U(2 * j + s) * cu + cb
                     for q in range(VEC):
-                        dst[base + U(q)] = out[k, q]
+                        d[4 * r + s, q] = src[base + U(q)]
+            _b_transpose_d_b(d, out)
+            for k in range(16):
+                base = U(k) * plane + U(p) * cu + cb
+                for q in range(VEC):
+                    dst[base + U(q)] = out[k, q]
 
 
 def pack(u: np.ndarray) -> np.ndarray:
@@ -187,38 +190,10 @@ def forward(x, y, packed, bias, ph, pw):
         load_sample(x[ni], rows, ph, pw)
         for g in range(0, n_tiles, TILE):
             g0 = min(g, n_tiles - TILE)  # a moved-back last group recomputes the same values
-            _input_transform_group(rows, c_in, g0, tw, v)
+            _input_transform(rows, c_in, g0, TILE, tw, v)
             for blk in range(packed.shape[0]):
                 _matmul_group(v, packed[blk], mm)
                 _output_transform_group(mm, bias, min(blk * LANES, c_out - LANES), g0, tw, y[ni])
-
-
-@njit(**JIT_OPTIONS)
-def _input_transform_group(rows, c_all, g0, tw, v):
-    """v (16, TILE, C)[4r + s, p] = (B^T d B)[r, s] for the 4x4 tile d of tile g0 + p (tile
-    t at tile row t // tw, column t % tw) of rows (as in _input_transform)."""
-    src, dst = rows.ravel(), v.ravel()
-    pitch, cu, plane = U(rows.shape[1]), U(c_all), U(TILE * c_all)
-    d = carray(stack_array(128, v.dtype), (16, VEC))
-    out = carray(stack_array(128, v.dtype), (16, VEC))
-    i, j = divmod(g0, tw)
-    j -= 1
-    for p in range(TILE):
-        j += 1
-        if j == tw:
-            i, j = i + 1, 0
-        for c0 in range(0, c_all, VEC):
-            cb = U(min(c0, c_all - VEC))
-            for r in range(4):
-                for s in range(4):
-                    base = U(2 * i + r) * pitch + U(2 * j + s) * cu + cb
-                    for q in range(VEC):
-                        d[4 * r + s, q] = src[base + U(q)]
-            _b_transpose_d_b(d, out)
-            for k in range(16):
-                base = U(k) * plane + U(p) * cu + cb
-                for q in range(VEC):
-                    dst[base + U(q)] = out[k, q]
 
 
 @njit(**JIT_OPTIONS)
@@ -392,7 +367,7 @@ def dw_tiles(x, dy, du, db, ph, pw, per_block, tiles_v, tiles_m):
         while i0 < th:
             i1 = _block_end(i0, per_block, th, tw)
             n_tiles = (i1 - i0) * tw
-            _input_transform(rows, c_in, i0, i1, tw, v)
+            _input_transform(rows, c_in, i0 * tw, n_tiles, tw, v)
             _output_transform_adjoint(grads, c_out, i0, i1, tw, dmm, db)
             for t in range(16):
                 _matmul_tn_tiles(v[t, :n_tiles], dmm[t, :n_tiles], du[t])
