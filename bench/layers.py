@@ -225,19 +225,31 @@ def _plan(ctx: Context) -> tuple[list[dict], list]:
     return rows, plan
 
 
+def rotated(seq: list, rnd: int) -> list:
+    """seq starting at its (rnd mod len)-th element: each round times the backends in another
+    order, so no backend always follows the same neighbour. A fixed order showed as auto and
+    winograd (both running numba's code on small_pool and mid) reading 1.1-1.5x numba's time,
+    the backend timed just before them, where the three are equal interleaved in one process."""
+    if not seq:
+        return seq
+    k = rnd % len(seq)
+    return seq[k:] + seq[:k]
+
+
 def run(ctx: Context) -> list[dict]:
     """Every case x backend (+ peers) x pass: timing rows with derived ratios (derive_ratios).
 
-    The whole matrix is timed opts.rounds times, one round after the other, and each figure is the
-    median of all its rounds' samples: a few seconds of disturbance on the shared machine then
-    spoil one round of a measurement instead of all of it.
+    The whole matrix is timed opts.rounds times, one round after the other (each round starting at
+    another backend, see rotated), and each figure is the median of all its rounds' samples: a few
+    seconds of disturbance on the shared machine then spoil one round of a measurement instead of
+    all of it.
     """
     opts, bar = ctx.opts, ctx.bar
     rows, plan = _plan(ctx)
     pooled = {}
     for rnd in range(opts.rounds):
         for case, _base, timed in plan:
-            for name, is_peer in timed:
+            for name, is_peer in rotated(timed, rnd):
                 bar.set_description(f"layers {case.name} {name} (round {rnd + 1}/{opts.rounds})")
                 time.sleep(COOLDOWN_SECONDS)
                 key = (case.name, name)

@@ -418,6 +418,31 @@ def test_rounds_pool_their_samples_and_blas_threads_are_chosen(monkeypatch):
         Options(sections=("layers", "nope")).resolved()
 
 
+def test_each_round_starts_at_another_backend(monkeypatch):
+    monkeypatch.setattr(layers, "COOLDOWN_SECONDS", 0)
+    built = []
+    real = layers.layer_ops
+    monkeypatch.setattr(
+        layers, "layer_ops", lambda name, case: built.append(name) or real(name, case)
+    )
+    opts = Options(
+        cases=["lab_fit"], backends=["naive", "im2col", "numba"], repeat=1, rounds=3, peers=False
+    ).resolved()
+    layers.run(_context(opts))
+    assert built == [
+        "naive",
+        "im2col",
+        "numba",
+        "im2col",
+        "numba",
+        "naive",
+        "numba",
+        "naive",
+        "im2col",
+    ]
+    assert layers.rotated([], 2) == []
+
+
 def test_slow_backend_is_reported_not_dropped():
     big = get_case("small_conv").with_size(112)
     run, skipped = big.backends(["naive", "im2col"])
