@@ -4,7 +4,9 @@ Like cuDNN's benchmark mode: the first call with a new (op, shapes, stride, padd
 times every candidate backend's forward + backward on that call's own arrays, keeps the
 fastest, and remembers the choice; later calls go straight to it. Forward and backward are
 chosen together, because a backward pass needs its own backend's forward ctx. The candidates are
-timed in interleaved rounds, and the best two again when they finish close (CLOSE_CALL).
+timed in interleaved rounds, and the best two again when they finish close (CLOSE_CALL). A
+Conv2D followed by a MaxPool2D (conv2d_maxpool2d_forward) is also chosen as a pair: numba's
+fused pass against the two layers on their own choices.
 
 Choices are cached on disk per machine (CPU model, vector extensions, numpy and its BLAS,
 numba, thread counts, and the kernels' own source) in the user cache directory, so later runs pay nothing:
@@ -29,6 +31,7 @@ import platform
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -258,13 +261,13 @@ def _rule(op: str, g) -> str:
     return (_available(["numba"]) or ["im2col"])[0]
 
 
-def _known(key: str, op: str, g) -> str | None:
-    """The backend chosen for `key` already (this process, the rule when autotuning is off, or
-    the disk cache), else None: it still has to be timed."""
+def _known(key: str, rule: Callable[[], str]) -> str | None:
+    """The choice for `key` made already (this process, rule() when autotuning is off, or the
+    disk cache), else None: it still has to be timed."""
     if key in _chosen:
         return _chosen[key]["backend"]
     if mode() == "off":
-        _chosen[key] = {"backend": _rule(op, g), "source": "rule"}
+        _chosen[key] = {"backend": rule(), "source": "rule"}
         return _chosen[key]["backend"]
     table = _load_table()
     if key in table:
@@ -273,12 +276,18 @@ def _known(key: str, op: str, g) -> str | None:
     return None
 
 
-def _choose(key: str, op: str, g, candidates, run_for) -> str:
-    known = _known(key, op, g)
+def _choose(key: str, rule: Callable[[], str], make_runs: Callable[[], dict]) -> str:
+    """The choice for `key`: known already (_known), else the fastest of make_runs()'s
+    {choice: zero-argument run}, timed now and written to the cache."""
+    known = _known(key, rule)
     if known is not None:
         return known
     table = _load_table()
-    runs = {name: run_for(_backend(name)) for name in _available(candidates)}
+    runs = make_runs()
+    if len(runs) == 1:  # nothing to choose between
+        (only,) = runs
+        _chosen[key] = {"backend": only, "seconds": {}, "source": "only choice"}
+        return only
     seconds = _settle_close_call(runs, _time_candidates(runs, key), key)
     timed: dict[str, float] = {k: v for k, v in seconds.items() if v is not None}
     if not timed:
@@ -353,19 +362,19 @@ def _conv_choice(g: ConvGeometry, x, w, b, stride, padding) -> str:
 
         return run
 
-    return _choose(conv_key(g), "conv", g, CONV_CANDIDATES, run_for)
+    def runs():
+        return {name: run_for(_backend(name)) for name in _available(CONV_CANDIDATES)}
+
+    return _choose(conv_key(g), lambda: _rule("conv", g), runs)
 
 
 def conv2d_maxpool2d_forward(x, w, b=None, stride=1, padding=0, size=2, pool_stride=None):
-    """conv2d_forward then maxpool2d_forward in one pass when both run on numba (its
-    conv2d_maxpool2d_forward: the convolution's output is never written); the pool's choice
-    must be known (the first step runs the two calls, which times it). None otherwise, and the
-    caller runs the two calls."""
+    """conv2d_forward then maxpool2d_forward in one pass (numba's conv2d_maxpool2d_forward: the
+    convolution's output is never written) where the pair's choice (_pair_choice) is "fused";
+    None otherwise, and the caller runs the two calls (each on its own choice)."""
     g = conv_geometry(x, w, b, stride, padding)
-    if _conv_choice(g, x, w, b, stride, padding) != "numba":
-        return None
     pg = pooled_conv_geometry(g, size, pool_stride)
-    if _known(pool_key("maxpool2d", pg), "pool", pg) != "numba":
+    if _pair_choice(g, pg, x, w, b, stride, padding, size, pool_stride) != FUSED:
         return None
     fused = _backend("numba").conv2d_maxpool2d_forward(x, w, b, stride, padding, size, pool_stride)
     if fused is None:
@@ -376,6 +385,56 @@ def conv2d_maxpool2d_forward(x, w, b=None, stride=1, padding=0, size=2, pool_str
         AutoConvCtx(g, "numba", conv_ctx),
         AutoMaxPoolCtx(pg, pool_ctx.argmax, "numba", pool_ctx),
     )
+
+
+FUSED, SEPARATE = "fused numba", "separate"
+
+
+def pair_key(g: ConvGeometry, pg: PoolGeometry) -> str:
+    """The cache key of a Conv2D + MaxPool2D pair: the conv's key and the pool's window."""
+    return f"conv2d+maxpool2d {conv_key(g)[len('conv2d ') :]} pool={pg.kh},{pg.kw},{pg.sh},{pg.sw}"
+
+
+def _pair_choice(g, pg, x, w, b, stride, padding, size, pool_stride) -> str:
+    """FUSED (numba's one-pass conv + max-pool, forward and backward) or SEPARATE (the conv and
+    the pool each on its own choice), timed against each other where numba fuses the pair.
+    Timed alone, a convolution can lose to another backend by less than fusing it with its
+    pool saves, and a conv choice of im2col then cost the `small` network's epoch 1.46x its
+    time on numba (auto / numba over 8 alternating 300-batch runs), so the pair is timed as the
+    network runs it."""
+
+    def fusable() -> bool:
+        return bool(_available(["numba"])) and _backend("numba").fuses_maxpool(g, pg)
+
+    def rule() -> str:
+        both = _rule("conv", g) == _rule("pool", pg) == "numba"
+        return FUSED if both and fusable() else SEPARATE
+
+    def runs() -> dict:
+        if not fusable():
+            return {SEPARATE: None}  # the only choice: nothing to time
+        conv = _backend(_conv_choice(g, x, w, b, stride, padding))
+        pool = _backend(
+            _pool_choice(
+                "maxpool2d", conv.conv2d_forward(x, w, b, stride, padding)[0], size, pool_stride
+            )
+        )
+        numba = _backend("numba")
+
+        def fused():
+            p, conv_ctx, pool_ctx = numba.conv2d_maxpool2d_forward(
+                x, w, b, stride, padding, size, pool_stride
+            )
+            numba.conv2d_maxpool2d_backward(p, conv_ctx, pool_ctx)
+
+        def separate():
+            yc, conv_ctx = conv.conv2d_forward(x, w, b, stride, padding)
+            p, pool_ctx = pool.maxpool2d_forward(yc, size, pool_stride)
+            conv.conv2d_backward(pool.maxpool2d_backward(p, pool_ctx), conv_ctx)
+
+        return {FUSED: fused, SEPARATE: separate}
+
+    return _choose(pair_key(g, pg), rule, runs)
 
 
 def conv2d_maxpool2d_backward(dy, conv_ctx: AutoConvCtx, pool_ctx: AutoMaxPoolCtx, need_dx=True):
@@ -393,7 +452,8 @@ def conv2d_backward(dy, ctx: AutoConvCtx, need_dx=True):
     return _backend(ctx.backend).conv2d_backward(dy, ctx.inner, need_dx=need_dx)
 
 
-def _pool_forward(op: str, x, size, stride):
+def _pool_choice(op: str, x, size, stride) -> str:
+    """The backend for pooling op ("maxpool2d", "avgpool2d") of x, timed on x if not known."""
     g = pool_geometry(x, size, stride)
 
     def run_for(be):
@@ -403,7 +463,15 @@ def _pool_forward(op: str, x, size, stride):
 
         return run
 
-    name = _choose(pool_key(op, g), "pool", g, POOL_CANDIDATES, run_for)
+    def runs():
+        return {name: run_for(_backend(name)) for name in _available(POOL_CANDIDATES)}
+
+    return _choose(pool_key(op, g), lambda: _rule("pool", g), runs)
+
+
+def _pool_forward(op: str, x, size, stride):
+    g = pool_geometry(x, size, stride)
+    name = _pool_choice(op, x, size, stride)
     y, inner = getattr(_backend(name), f"{op}_forward")(x, size, stride)
     if op == "maxpool2d":
         return y, AutoMaxPoolCtx(g, inner.argmax, name, inner)

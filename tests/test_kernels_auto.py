@@ -17,9 +17,10 @@ from kernels import auto, naive
 def tuner(tmp_path, monkeypatch):
     """auto with an empty cache directory of its own, reset afterwards."""
     monkeypatch.delenv("CONVBENCH_AUTOTUNE", raising=False)
+    before = dict(auto._state)  # tests/conftest.py's: autotuning off, a temporary cache
     auto.configure(mode="cached", cache_dir=tmp_path)
     yield auto
-    auto._state.update(mode=None, cache_dir=None, table=None, path=None)
+    auto._state.update(before, table=None, path=None)
     auto._chosen.clear()
 
 
@@ -175,3 +176,52 @@ def test_a_close_call_is_timed_again_and_keeps_each_best(monkeypatch):
     assert auto._settle_close_call(runs, clear, "k") == clear and not rounds
     assert auto._settle_close_call(runs, {"a": 1.0, "b": None}, "k") == {"a": 1.0, "b": None}
     assert not rounds
+
+
+def _pair_args(c_in=1, c_out=16):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 12, 12, c_in)).astype(np.float32)
+    w = rng.standard_normal((3, 3, c_in, c_out)).astype(np.float32)
+    return x, w, rng.standard_normal(c_out).astype(np.float32)
+
+
+def test_a_conv_and_its_pool_are_timed_as_a_pair(tuner):
+    """numba's fused conv + max-pool is timed against the two layers on their own choices; the
+    fused result, when chosen, is the two calls' result."""
+    x, w, b = _pair_args()
+    fused = tuner.conv2d_maxpool2d_forward(x, w, b, 1, 1, 2, None)
+    (key,) = [k for k in tuner.choices() if k.startswith("conv2d+maxpool2d")]
+    record = tuner.choices()[key]
+    assert record["source"] == "timed" and set(record["seconds"]) == {auto.FUSED, auto.SEPARATE}
+    assert (fused is not None) == (record["backend"] == auto.FUSED)
+    assert key in json.loads(tuner.cache_path().read_text())["choices"]
+    y_conv, _ = naive.conv2d_forward(x, w, b, 1, 1)
+    y_ref, _ = naive.maxpool2d_forward(y_conv, 2)
+    if fused is not None:
+        np.testing.assert_allclose(fused[0], y_ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("faster", [auto.FUSED, auto.SEPARATE])
+def test_the_pair_runs_as_its_timing_says(tuner, monkeypatch, faster):
+    def fake(runs, key):
+        for run in runs.values():
+            run()  # every candidate still runs: it must work
+        return {name: 1.0 if name in (faster, "numba") else 2.0 for name in runs}
+
+    monkeypatch.setattr(auto, "_time_candidates", fake)
+    x, w, b = _pair_args()
+    fused = tuner.conv2d_maxpool2d_forward(x, w, b, 1, 1, 2, None)
+    assert (fused is not None) == (faster == auto.FUSED)
+    if fused is not None:
+        assert (fused[1].backend, fused[2].backend) == ("numba", "numba")
+
+
+def test_a_pair_numba_does_not_fuse_is_not_timed(tuner, monkeypatch):
+    calls = []
+    real = auto._time_candidates
+    monkeypatch.setattr(auto, "_time_candidates", lambda r, k: calls.append(k) or real(r, k))
+    x, w, b = _pair_args()
+    assert tuner.conv2d_maxpool2d_forward(x, w, b, 1, 1, 3, None) is None  # a 3x3 pool
+    (record,) = [v for k, v in tuner.choices().items() if k.startswith("conv2d+maxpool2d")]
+    assert record == {"backend": auto.SEPARATE, "seconds": {}, "source": "only choice"}
+    assert not [k for k in calls if k.startswith("conv2d+maxpool2d")]

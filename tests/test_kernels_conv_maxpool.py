@@ -1,5 +1,5 @@
-"""The fused Conv2D + 2x2 MaxPool2D forward and backward (numba, and auto when both choices are
-numba): the same pooled values and argmax, to the bit, as the two calls, ctxs whose backward
+"""The fused Conv2D + 2x2 MaxPool2D forward and backward (numba, and auto where it chose the
+fused pass): the same pooled values and argmax, to the bit, as the two calls, ctxs whose backward
 passes give the two calls' gradients, and a fused backward that gives them too, to the bit;
 None (nothing run) where they do not apply."""
 
@@ -68,8 +68,9 @@ def test_fused_forward_declines_what_it_does_not_do(x_shape, kernel, size, pool_
     assert get_backend("numba").conv2d_maxpool2d_forward(x, w, b, 1, 1, size, pool_stride) is None
 
 
-def test_auto_fuses_once_both_choices_are_numba():
-    # tests/conftest.py runs auto with autotuning off: its rule picks numba for this conv and pool
+def test_auto_fuses_where_both_choices_are_numba():
+    # tests/conftest.py runs auto with autotuning off: its rule picks numba for this conv and
+    # pool, and then the fused pass for the pair
     be = get_backend("auto")
     x, w, b = _inputs((2, 28, 28, 1), (3, 3, 16), np.float32)
     conv_y, conv_ctx = be.conv2d_forward(x, w, b, 1, 1)
@@ -85,13 +86,15 @@ def test_auto_fuses_once_both_choices_are_numba():
     )
 
 
-def test_auto_declines_where_the_conv_runs_elsewhere(monkeypatch):
-    # auto's choice for a shape depends on what earlier tests timed in this process: fix it
+def test_auto_declines_where_the_conv_runs_elsewhere():
+    # with autotuning off (tests/conftest.py) the rule runs this conv on winograd: the two
+    # layers then run separately
     from kernels import auto
 
-    monkeypatch.setattr(auto, "_conv_choice", lambda *args: "winograd")
     x, w, b = _inputs((2, 14, 14, 32), (3, 3, 64), np.float32)
     assert get_backend("auto").conv2d_maxpool2d_forward(x, w, b, 1, 1, 2, None) is None
+    pair = [v for k, v in auto.choices().items() if k.startswith("conv2d+maxpool2d x=2x14x14x32")]
+    assert pair == [{"backend": auto.SEPARATE, "source": "rule"}]
 
 
 BACKWARD_CONFIGS = [  # x shape, (KH, KW, C_out), stride, padding: the plane kernels' backward
