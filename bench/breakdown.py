@@ -272,5 +272,5 @@ def run(ctx: Context) -> dict:
     if backend == "auto":
         from kernels import auto
 
-        result["auto_choices"] = {k: v["backend"] for k, v in auto.choices().items()}
+        result["auto_choices"] = {k: auto.describe(v) for k, v in auto.choices().items()}
     return result

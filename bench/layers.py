@@ -60,7 +60,10 @@ def path_of(ctx) -> str | None:
     """What a forward's ctx says about how it ran: winograd's path, auto's chosen backend."""
     if hasattr(ctx, "backend") and hasattr(ctx, "inner"):
         inner = path_of(ctx.inner)
-        return f"auto -> {ctx.backend}" + (f" ({inner})" if inner else "")
+        chosen = ctx.backend
+        if getattr(ctx, "forward", ""):  # the passes on two backends
+            chosen = f"{ctx.forward} forward, {ctx.backend} backward"
+        return f"auto -> {chosen}" + (f" ({inner})" if inner else "")
     return getattr(ctx, "path", None)
 
 

@@ -1,12 +1,14 @@
 """auto backend: each layer runs on the backend that is fastest for its shape, found by timing.
 
 Like cuDNN's benchmark mode: the first call with a new (op, shapes, stride, padding, dtype)
-times every candidate backend's forward + backward on that call's own arrays, keeps the
-fastest, and remembers the choice; later calls go straight to it. Forward and backward are
-chosen together, because a backward pass needs its own backend's forward ctx. The candidates are
-timed in interleaved rounds, and the best two again when they finish close (CLOSE_CALL). A
-Conv2D followed by a MaxPool2D (conv2d_maxpool2d_forward) is also chosen as a pair: numba's
-fused pass against the two layers on their own choices.
+times every candidate backend on that call's own arrays, keeps the fastest, and remembers the
+choice; later calls go straight to it. A convolution's forward and backward are timed apart and
+may run on two backends: the backward's backend must then build its ctx from the layer's inputs
+(conv2d_backward_ctx: numba, winograd's fused path), since another backend's forward ctx means
+nothing to it; a pooling's passes are chosen together. The candidates are timed in interleaved
+rounds, and the best two again when they finish close (CLOSE_CALL). A Conv2D followed by a
+MaxPool2D (conv2d_maxpool2d_forward) is also chosen as a pair: numba's fused pass against the
+two layers on their own choices.
 
 Choices are cached on disk per machine (CPU model, vector extensions, numpy and its BLAS,
 numba, thread counts, and the kernels' own source) in the user cache directory, so later runs pay nothing:
@@ -23,6 +25,7 @@ choices() returns what was chosen in this process (for run logs and benchmark re
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -261,43 +264,58 @@ def _rule(op: str, g) -> str:
     return (_available(["numba"]) or ["im2col"])[0]
 
 
-def _known(key: str, rule: Callable[[], str]) -> str | None:
-    """The choice for `key` made already (this process, rule() when autotuning is off, or the
-    disk cache), else None: it still has to be timed."""
+def _known(key: str, rule: Callable[[], str]) -> dict | None:
+    """The record of the choice for `key` made already (this process, rule() when autotuning
+    is off, or the disk cache), else None: it still has to be timed."""
     if key in _chosen:
-        return _chosen[key]["backend"]
+        return _chosen[key]
     if mode() == "off":
         _chosen[key] = {"backend": rule(), "source": "rule"}
-        return _chosen[key]["backend"]
+        return _chosen[key]
     table = _load_table()
     if key in table:
         _chosen[key] = {**table[key], "source": "cache"}
-        return table[key]["backend"]
+        return _chosen[key]
     return None
 
 
-def _choose(key: str, rule: Callable[[], str], make_runs: Callable[[], dict]) -> str:
-    """The choice for `key`: known already (_known), else the fastest of make_runs()'s
-    {choice: zero-argument run}, timed now and written to the cache."""
+def _choose(key: str, rule: Callable[[], str], decide: Callable[[], dict]) -> dict:
+    """The record of the choice for `key` ({"backend": ..., ...}): known already (_known),
+    else decide()'s, timed now and written to the cache; a record without timings ("seconds"
+    empty: there was one choice) is kept for this process only."""
     known = _known(key, rule)
     if known is not None:
         return known
     table = _load_table()
-    runs = make_runs()
+    record = decide()
+    if not record["seconds"]:
+        _chosen[key] = {**record, "source": "only choice"}
+        return _chosen[key]
+    table[key] = record
+    _save_table(table)
+    _chosen[key] = {**record, "source": "timed"}
+    return _chosen[key]
+
+
+def _fastest(runs: dict[str, Any], key: str) -> dict:
+    """{"backend": the fastest of runs ({choice: zero-argument run}), "seconds": each one's}."""
     if len(runs) == 1:  # nothing to choose between
         (only,) = runs
-        _chosen[key] = {"backend": only, "seconds": {}, "source": "only choice"}
-        return only
+        return {"backend": only, "seconds": {}}
     seconds = _settle_close_call(runs, _time_candidates(runs, key), key)
     timed: dict[str, float] = {k: v for k, v in seconds.items() if v is not None}
     if not timed:
         raise RuntimeError(f"autotune: no backend could run {key}")
-    best = min(timed, key=timed.__getitem__)
-    record = {"backend": best, "seconds": seconds}
-    table[key] = record
-    _save_table(table)
-    _chosen[key] = {**record, "source": "timed"}
-    return best
+    return {"backend": min(timed, key=timed.__getitem__), "seconds": seconds}
+
+
+def describe(record: dict) -> str:
+    """A choice record as the run log and the report print it: "numba", or
+    "winograd forward, numba backward" where the passes run on different backends."""
+    backward = record.get("backward", record["backend"])
+    if backward == record["backend"]:
+        return record["backend"]
+    return f"{record['backend']} forward, {backward} backward"
 
 
 def _key(op: str, g, extra: str = "") -> str:
@@ -321,10 +339,12 @@ def pool_key(op: str, g: PoolGeometry) -> str:
 
 @dataclass(frozen=True, eq=False)
 class AutoConvCtx(ConvCtx):
-    """backend: the chosen backend's name; inner: that backend's ctx."""
+    """backend: the backend that runs the backward pass; inner: its ctx; forward: the backend
+    that ran the forward ("" when the same)."""
 
     backend: str
     inner: Any
+    forward: str = ""
 
 
 @dataclass(frozen=True, eq=False)
@@ -345,27 +365,76 @@ class AutoPoolCtx(PoolCtx):
 
 def conv2d_forward(x, w, b=None, stride=1, padding=0):
     """x: (N, H, W, C_in), w: (KH, KW, C_in, C_out), b: (C_out,) or None -> y: (N, OH, OW, C_out),
-    computed by the backend chosen for this shape (see the module docstring)."""
+    computed by the backend chosen for this shape's forward; the ctx is that of the backend
+    chosen for its backward (see the module docstring)."""
     g = conv_geometry(x, w, b, stride, padding)
-    name = _conv_choice(g, x, w, b, stride, padding)
-    y, inner = _backend(name).conv2d_forward(x, w, b, stride, padding)
-    return y, AutoConvCtx(g, name, inner)
+    forward, backward = _conv_choice(g, x, w, b, stride, padding)
+    y, inner = _backend(forward).conv2d_forward(x, w, b, stride, padding)
+    if backward == forward:
+        return y, AutoConvCtx(g, forward, inner)
+    inner = _backend(backward).conv2d_backward_ctx(x, w, b, stride, padding)
+    return y, AutoConvCtx(g, backward, inner, forward)
 
 
-def _conv_choice(g: ConvGeometry, x, w, b, stride, padding) -> str:
-    """The backend for conv geometry g, timed on this call's arrays if it is not known yet."""
+def _rebuilt_ctx(be, x, w, b, stride, padding):
+    """be's backward ctx built from the inputs (ConvBackwardCtx), or None where it has none."""
+    build = getattr(be, "conv2d_backward_ctx", None)
+    return None if build is None else build(x, w, b, stride, padding)
 
-    def run_for(be):
-        def run():
+
+def _conv_choice(g: ConvGeometry, x, w, b, stride, padding) -> tuple[str, str]:
+    """(forward backend, backward backend) for conv geometry g, timed on this call's arrays if
+    not known yet (_conv_passes)."""
+    record = _choose(
+        conv_key(g),
+        lambda: _rule("conv", g),
+        lambda: _conv_passes(conv_key(g), x, w, b, stride, padding),
+    )
+    return record["backend"], record.get("backward", record["backend"])
+
+
+def _conv_passes(key, x, w, b, stride, padding) -> dict:
+    """Each candidate's forward and backward timed on their own; the choice is the pair
+    (forward on F, backward on B) of the least summed time, where B == F or B can build its
+    backward ctx from the inputs (conv2d_backward_ctx: numba, winograd's fused path). A
+    backward is timed on that rebuilt ctx where there is one, so every pair ending in B
+    compares on the same backward time.
+
+    Returns {"backend": F, "backward": B, "seconds": {candidate: its forward + backward},
+    "forward_seconds": {...}, "backward_seconds": {...}} (None: the candidate failed)."""
+    forwards, backwards, rebuildable = {}, {}, set()
+    for name in _available(CONV_CANDIDATES):
+        be = _backend(name)
+        try:
             y, ctx = be.conv2d_forward(x, w, b, stride, padding)
-            be.conv2d_backward(y, ctx)
-
-        return run
-
-    def runs():
-        return {name: run_for(_backend(name)) for name in _available(CONV_CANDIDATES)}
-
-    return _choose(conv_key(g), lambda: _rule("conv", g), runs)
+            rebuilt = _rebuilt_ctx(be, x, w, b, stride, padding)
+        except Exception as exc:  # a candidate that cannot run this shape is not a choice
+            warnings.warn(f"autotune: {name} failed on {key}: {exc}", RuntimeWarning, 3)
+            continue
+        if rebuilt is not None:
+            rebuildable.add(name)
+        forwards[name] = functools.partial(be.conv2d_forward, x, w, b, stride, padding)
+        backwards[name] = functools.partial(be.conv2d_backward, y, rebuilt or ctx)
+    fwd = _settle_close_call(forwards, _time_candidates(forwards, key), key)
+    bwd = _settle_close_call(backwards, _time_candidates(backwards, key), key)
+    pairs = {
+        (f, bk): fwd[f] + bwd[bk]
+        for f in forwards
+        for bk in backwards
+        if fwd[f] is not None and bwd[bk] is not None and (bk == f or bk in rebuildable)
+    }
+    if not pairs:
+        raise RuntimeError(f"autotune: no backend could run {key}")
+    # ties go to one backend for both passes (no ctx to rebuild)
+    forward, backward = min(pairs, key=lambda p: (pairs[p], p[0] != p[1]))
+    both = {n: (None if fwd[n] is None or bwd[n] is None else fwd[n] + bwd[n]) for n in forwards}
+    return {
+        "backend": forward,
+        "backward": backward,
+        "seconds": both,
+        "forward_seconds": fwd,
+        "backward_seconds": bwd,
+    }
 
 
 def conv2d_maxpool2d_forward(x, w, b=None, stride=1, padding=0, size=2, pool_stride=None):
@@ -410,15 +479,12 @@ def _pair_choice(g, pg, x, w, b, stride, padding, size, pool_stride) -> str:
         both = _rule("conv", g) == _rule("pool", pg) == "numba"
         return FUSED if both and fusable() else SEPARATE
 
-    def runs() -> dict:
+    def decide() -> dict:
         if not fusable():
-            return {SEPARATE: None}  # the only choice: nothing to time
-        conv = _backend(_conv_choice(g, x, w, b, stride, padding))
-        pool = _backend(
-            _pool_choice(
-                "maxpool2d", conv.conv2d_forward(x, w, b, stride, padding)[0], size, pool_stride
-            )
-        )
+            return _fastest({SEPARATE: None}, "")  # the only choice: nothing to time
+        # the conv's and the pool's own choices first, so that timing them is not in the pair's
+        y, _ = conv2d_forward(x, w, b, stride, padding)
+        _pool_choice("maxpool2d", y, size, pool_stride)
         numba = _backend("numba")
 
         def fused():
@@ -428,13 +494,13 @@ def _pair_choice(g, pg, x, w, b, stride, padding, size, pool_stride) -> str:
             numba.conv2d_maxpool2d_backward(p, conv_ctx, pool_ctx)
 
         def separate():
-            yc, conv_ctx = conv.conv2d_forward(x, w, b, stride, padding)
-            p, pool_ctx = pool.maxpool2d_forward(yc, size, pool_stride)
-            conv.conv2d_backward(pool.maxpool2d_backward(p, pool_ctx), conv_ctx)
+            yc, conv_ctx = conv2d_forward(x, w, b, stride, padding)
+            p, pool_ctx = maxpool2d_forward(yc, size, pool_stride)
+            conv2d_backward(maxpool2d_backward(p, pool_ctx), conv_ctx)
 
-        return {FUSED: fused, SEPARATE: separate}
+        return _fastest({FUSED: fused, SEPARATE: separate}, pair_key(g, pg))
 
-    return _choose(pair_key(g, pg), rule, runs)
+    return _choose(pair_key(g, pg), rule, decide)["backend"]
 
 
 def conv2d_maxpool2d_backward(dy, conv_ctx: AutoConvCtx, pool_ctx: AutoMaxPoolCtx, need_dx=True):
@@ -448,7 +514,7 @@ def conv2d_maxpool2d_backward(dy, conv_ctx: AutoConvCtx, pool_ctx: AutoMaxPoolCt
 
 
 def conv2d_backward(dy, ctx: AutoConvCtx, need_dx=True):
-    """dy: (N, OH, OW, C_out) -> (dx or None, dw, db or None), on the forward's backend."""
+    """dy: (N, OH, OW, C_out) -> (dx or None, dw, db or None), on the backend chosen for it."""
     return _backend(ctx.backend).conv2d_backward(dy, ctx.inner, need_dx=need_dx)
 
 
@@ -463,10 +529,11 @@ def _pool_choice(op: str, x, size, stride) -> str:
 
         return run
 
-    def runs():
-        return {name: run_for(_backend(name)) for name in _available(POOL_CANDIDATES)}
+    def decide():
+        runs = {name: run_for(_backend(name)) for name in _available(POOL_CANDIDATES)}
+        return _fastest(runs, pool_key(op, g))
 
-    return _choose(pool_key(op, g), lambda: _rule("pool", g), runs)
+    return _choose(pool_key(op, g), lambda: _rule("pool", g), decide)["backend"]
 
 
 def _pool_forward(op: str, x, size, stride):

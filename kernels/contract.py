@@ -166,6 +166,25 @@ class Warmup(Protocol):
 
 
 @runtime_checkable
+class ConvBackwardCtx(Protocol):
+    """Optional member (numba, winograd): the ctx conv2d_backward needs, built from the layer's
+    inputs without running the forward, so that auto can run a layer's forward on one backend
+    and its backward on another."""
+
+    def conv2d_backward_ctx(
+        self,
+        x: np.ndarray,
+        w: np.ndarray,
+        b: np.ndarray | None = None,
+        stride: IntPair = 1,
+        padding: Padding = 0,
+    ) -> ConvCtx | None:
+        """The ctx of conv2d_forward(x, w, b, stride, padding) as far as conv2d_backward reads
+        it, or None where the backward needs the forward's intermediate results."""
+        ...
+
+
+@runtime_checkable
 class ConvMaxPool(Protocol):
     """Optional members (numba, auto): a Conv2D's forward and the 2x2 MaxPool2D after it in one
     call, and their backward passes in one call. model.layers.Conv2D.forward_maxpool and

@@ -341,6 +341,20 @@ def conv2d_forward(
     return y, NumbaConvCtx(g, x, w, lay, offsets)
 
 
+def conv2d_backward_ctx(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None = None,
+    stride: IntPair = 1,
+    padding: Padding = 0,
+) -> TiledConvCtx:
+    """conv2d_backward's ctx from the inputs alone (x and w; no forward run): what auto passes
+    when another backend ran the forward. The backward takes it for every geometry (the plane
+    kernels' layout and taps are rebuilt from it, see _plane_ctx)."""
+    g = conv_geometry(x, w, b, stride, padding)
+    return TiledConvCtx(g, np.ascontiguousarray(x), np.ascontiguousarray(w))
+
+
 def conv2d_backward(
     dy: np.ndarray, ctx: NumbaCtx, need_dx: bool = True
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:

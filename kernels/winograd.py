@@ -423,6 +423,19 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0):
     return y, WinogradConvCtx(g, f"winograd F({m}x{m},3x3)", m, (tiles_h, tiles_w), v, u)
 
 
+def conv2d_backward_ctx(x, w, b=None, stride=1, padding=0):
+    """conv2d_backward's ctx from the inputs alone, for auto when another backend ran the
+    forward: the fused path's (x and w) and the fallback's; None on the batched path, whose
+    backward reads the forward's transformed tiles."""
+    g = conv_geometry(x, w, b, stride, padding)
+    if not native(g):
+        inner = _fallback().conv2d_backward_ctx(x, w, b, stride, padding)
+        return WinogradConvCtx(g, f"fallback:{FALLBACK}", inner=inner)
+    if winograd_tiles.applies(g):
+        return FusedWinogradCtx(g, FUSED_PATH, np.ascontiguousarray(x), np.ascontiguousarray(w))
+    return None
+
+
 def conv2d_backward(dy, ctx: WinogradConvCtx | FusedWinogradCtx, need_dx=True):
     """dy: (N, OH, OW, C_out) -> (dx (N, H, W, C_in) or None, dw like w, db (C_out,) or None)."""
     g = ctx.geometry

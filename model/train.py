@@ -348,7 +348,7 @@ def report_autotune(history) -> None:
         return
     print("auto backend choices (layer shape: backend, how chosen):")
     for key, record in chosen.items():
-        print(f"  {key}: {record['backend']} ({record['source']})")
+        print(f"  {key}: {auto.describe(record)} ({record['source']})")
     history["autotune"] = chosen
 
 

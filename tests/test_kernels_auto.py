@@ -225,3 +225,84 @@ def test_a_pair_numba_does_not_fuse_is_not_timed(tuner, monkeypatch):
     (record,) = [v for k, v in tuner.choices().items() if k.startswith("conv2d+maxpool2d")]
     assert record == {"backend": auto.SEPARATE, "seconds": {}, "source": "only choice"}
     assert not [k for k in calls if k.startswith("conv2d+maxpool2d")]
+
+
+SPLIT_SHAPES = [  # x shape, w shape, stride, padding
+    ((2, 10, 10, 16), (3, 3, 16, 16), 1, 1),  # winograd's fused path; numba's tiles
+    ((2, 9, 8, 1), (3, 3, 1, 4), 1, 1),  # numba's plane kernels; winograd's batched path
+    ((2, 9, 9, 3), (2, 2, 3, 16), 2, 0),  # winograd's fallback (stride 2, 2x2)
+]
+
+
+@pytest.mark.parametrize("x_shape, w_shape, stride, padding", SPLIT_SHAPES)
+@pytest.mark.parametrize("name", ["numba", "winograd"])
+def test_a_backward_ctx_built_from_the_inputs_gives_the_same_gradients(
+    name, x_shape, w_shape, stride, padding
+):
+    from kernels import get_backend
+
+    be = get_backend(name)
+    rng = np.random.default_rng(4)
+    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    b = rng.standard_normal(w_shape[3])
+    y, own = be.conv2d_forward(x, w, b, stride, padding)
+    rebuilt = be.conv2d_backward_ctx(x, w, b, stride, padding)
+    if rebuilt is None:  # winograd's batched path keeps the forward's transformed tiles
+        assert name == "winograd" and own.path.startswith("winograd F(")
+        return
+    dy = rng.standard_normal(y.shape)
+    for got, want in zip(be.conv2d_backward(dy, rebuilt), be.conv2d_backward(dy, own)):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("x_shape, w_shape, stride, padding", SPLIT_SHAPES)
+@pytest.mark.parametrize(
+    "forward, backward", [("winograd", "numba"), ("im2col", "numba"), ("numba", "winograd")]
+)
+def test_passes_on_two_backends_match_naive(
+    tuner, monkeypatch, forward, backward, x_shape, w_shape, stride, padding
+):
+    rng = np.random.default_rng(5)
+    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    b = rng.standard_normal(w_shape[3])
+    rebuilt = auto._backend(backward).conv2d_backward_ctx(x, w, b, stride, padding)
+    if rebuilt is None:
+        pytest.skip(f"{backward} cannot rebuild its ctx here: never chosen for the backward")
+    monkeypatch.setattr(auto, "_conv_choice", lambda *args: (forward, backward))
+    y, ctx = tuner.conv2d_forward(x, w, b, stride, padding)
+    assert (ctx.forward, ctx.backend) == (forward, backward)
+    y_ref, ctx_ref = naive.conv2d_forward(x, w, b, stride, padding)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-10, atol=1e-10)
+    dy = rng.standard_normal(y.shape)
+    for got, want in zip(tuner.conv2d_backward(dy, ctx), naive.conv2d_backward(dy, ctx_ref)):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_each_pass_is_timed_and_the_backward_may_run_elsewhere(tuner, monkeypatch):
+    """The pair of least summed time, where the backward's backend can rebuild its ctx:
+    im2col cannot, so a faster im2col backward does not split the passes onto it."""
+    passes = []
+    fake = {
+        "forward": {"winograd": 1.0, "numba": 2.0, "im2col": 3.0, "einsum": 9.0},
+        "backward": {"winograd": 5.0, "numba": 2.0, "im2col": 0.5, "einsum": 9.0},
+    }
+
+    def timed(runs, key):
+        kind = (
+            "forward"
+            if all(r.func.__name__ == "conv2d_forward" for r in runs.values())
+            else "backward"
+        )
+        passes.append(kind)
+        return {name: fake[kind][name] for name in runs}
+
+    monkeypatch.setattr(auto, "_time_candidates", timed)
+    x, w, b = _conv_args(c_in=16)
+    w = np.concatenate([w] * 4, axis=3)  # 16 output channels: winograd's fused path
+    y, ctx = tuner.conv2d_forward(x, w, np.concatenate([b] * 4), 1, 1)
+    assert passes == ["forward", "backward"]
+    (record,) = tuner.choices().values()
+    assert (record["backend"], record["backward"]) == ("winograd", "numba")  # 1 + 2
+    assert auto.describe(record) == "winograd forward, numba backward"
+    assert (ctx.forward, ctx.backend) == ("winograd", "numba")
+    assert record["seconds"]["im2col"] == 3.5 and record["forward_seconds"]["numba"] == 2.0
