@@ -414,7 +414,9 @@ def _conv_passes(key, x, w, b, stride, padding) -> dict:
         if rebuilt is not None:
             rebuildable.add(name)
         forwards[name] = functools.partial(be.conv2d_forward, x, w, b, stride, padding)
-        backwards[name] = functools.partial(be.conv2d_backward, y, rebuilt or ctx)
+        backwards[name] = functools.partial(
+            be.conv2d_backward, y, ctx if rebuilt is None else rebuilt
+        )
     fwd = _settle_close_call(forwards, _time_candidates(forwards, key), key)
     bwd = _settle_close_call(backwards, _time_candidates(backwards, key), key)
     pairs = {
@@ -505,8 +507,8 @@ def _pair_choice(g, pg, x, w, b, stride, padding, size, pool_stride) -> str:
 
 def conv2d_maxpool2d_backward(dy, conv_ctx: AutoConvCtx, pool_ctx: AutoMaxPoolCtx, need_dx=True):
     """conv2d_backward(maxpool2d_backward(dy, pool_ctx), conv_ctx, need_dx) in one call where
-    both forwards ran on numba (its conv2d_maxpool2d_backward); None otherwise, and the caller
-    runs the two calls."""
+    both backward passes fall to numba (the conv's backward backend and the pool's: its
+    conv2d_maxpool2d_backward); None otherwise, and the caller runs the two calls."""
     if conv_ctx.backend != "numba" or pool_ctx.backend != "numba":
         return None
     fused = _backend("numba").conv2d_maxpool2d_backward

@@ -266,8 +266,9 @@ def test_passes_on_two_backends_match_naive(
     x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
     b = rng.standard_normal(w_shape[3])
     rebuilt = auto._backend(backward).conv2d_backward_ctx(x, w, b, stride, padding)
-    if rebuilt is None:
-        pytest.skip(f"{backward} cannot rebuild its ctx here: never chosen for the backward")
+    if rebuilt is None:  # winograd's batched path: never chosen for a backward alone
+        assert backward == "winograd" and x_shape[3] < 16
+        return
     monkeypatch.setattr(auto, "_conv_choice", lambda *args: (forward, backward))
     y, ctx = tuner.conv2d_forward(x, w, b, stride, padding)
     assert (ctx.forward, ctx.backend) == (forward, backward)
