@@ -139,12 +139,8 @@ def _input_transform(rows, c_all, t0, count, tw, v):
     pitch, cu, plane = U(rows.shape[1]), U(c_all), U(v.shape[1] * c_all)
     d = carray(stack_array(128, v.dtype), (16, VEC))
     out = carray(stack_array(128, v.dtype), (16, VEC))
-    i, j = divmod(t0, tw)
-    j -= 1
     for p in range(count):
-        j += 1
-        if j == tw:
-            i, j = i + 1, 0
+        i, j = divmod(t0 + p, tw)
         for c0 in range(0, c_all, VEC):
             cb = U(min(c0, c_all - VEC))  # a moved-back last step recomputes the same values
             for r in range(4):
@@ -229,12 +225,8 @@ def _output_transform_group(mm, bias, cb, g0, tw, out):
     cu, pitch = U(c_all), U(out_w * c_all)
     m = carray(stack_array(128, out.dtype), (16, VEC))
     y = carray(stack_array(32, out.dtype), (4, VEC))
-    i, j = divmod(g0, tw)
-    j -= 1
     for p in range(TILE):
-        j += 1
-        if j == tw:
-            i, j = i + 1, 0
+        i, j = divmod(g0 + p, tw)
         rows_out, cols_out = min(2, out_h - 2 * i), min(2, out_w - 2 * j)
         for v0 in range(0, LANES, VEC):
             for k in range(16):
