@@ -145,7 +145,7 @@ def epoch_run(
     timed = starts if limit is None or limit >= len(starts) else starts[:limit]
     with threadpool_limits(limits=TRAIN_BLAS_THREADS, user_api="blas"):  # as model.train runs
         # warm up under the same BLAS limit as the timed steps, so no BLAS call of the warmup
-        # (auto's runs winograd's batched GEMMs) starts OpenBLAS workers the steps never use
+        # (auto's warmup runs winograd's batched GEMMs) starts OpenBLAS workers the steps never use
         if hasattr(module, "warmup"):
             module.warmup()
         net.train_step(x[order[:batch_size]], y_onehot[order[:batch_size]], opt)  # warm-up

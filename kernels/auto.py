@@ -483,7 +483,7 @@ def _pair_choice(g, pg, x, w, b, stride, padding, size, pool_stride) -> str:
 
     def decide() -> dict:
         if not fusable():
-            return _fastest({SEPARATE: None}, "")  # the only choice: nothing to time
+            return {"backend": SEPARATE, "seconds": {}}  # the only choice: nothing to time
         # the conv's and the pool's own choices first, so that timing them is not in the pair's
         y, _ = conv2d_forward(x, w, b, stride, padding)
         _pool_choice("maxpool2d", y, size, pool_stride)
