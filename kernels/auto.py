@@ -304,8 +304,9 @@ _SHOWN = {"n", "height", "width", "c_in", "c", "kh", "kw", "c_out", "sh", "sw", 
 
 def _key(op: str, g: Any, head: str, options: dict[str, Any]) -> str:
     shape = "x".join(map(str, g.x_shape))
-    rest = [f"{f.name}={getattr(g, f.name)}" for f in dataclasses.fields(g) if f.name not in _SHOWN]
-    rest += [f"{name}={value}" for name, value in sorted(options.items())]
+    names = [f.name for f in dataclasses.fields(g)]
+    rest = [f"{name}={getattr(g, name)}" for name in names if name not in _SHOWN]
+    rest += [f"{name}={value}" for name, value in sorted(options.items()) if name not in names]
     return " ".join([op, f"x={shape}", head, *rest])
 
 
