@@ -180,10 +180,7 @@ def using(mode: str | None = None, cache_dir: str | os.PathLike | None = None) -
     nothing chosen yet; the previous tuner, and its choices, are back on leaving it."""
     global _current
     previous = _current
-    _current = Tuner(
-        previous.mode_setting if mode is None else mode,
-        previous.cache_dir_setting if cache_dir is None else cache_dir,
-    )
+    _current = _successor(mode, cache_dir)
     try:
         yield _current
     finally:
@@ -194,7 +191,12 @@ def configure(mode: str | None = None, cache_dir: str | os.PathLike | None = Non
     """Replace the current tuner by a fresh one with this mode ("off", "cached", "fresh")
     and/or cache directory (the other setting kept); inside a using() block, until it ends."""
     global _current
-    _current = Tuner(
+    _current = _successor(mode, cache_dir)
+
+
+def _successor(mode: str | None, cache_dir: str | os.PathLike | None) -> Tuner:
+    """A fresh Tuner with the current one's settings where these are None."""
+    return Tuner(
         _current.mode_setting if mode is None else mode,
         _current.cache_dir_setting if cache_dir is None else cache_dir,
     )
