@@ -304,25 +304,34 @@ def _options(**given: tuple[Any, Any]) -> dict[str, Any]:
 _SHOWN = {"n", "height", "width", "c_in", "c", "kh", "kw", "c_out", "sh", "sw", "out_h", "out_w"}
 
 
-def _key(op: str, g: Any, head: str, options: dict[str, Any]) -> str:
-    shape = "x".join(map(str, g.x_shape))
+def _key(op: str, g: Any, options: dict[str, Any]) -> str:
+    if not options:  # every call of a layer asks again: built once per geometry
+        return _plain_key(op, g)
     names = [f.name for f in dataclasses.fields(g)]
-    rest = [f"{name}={getattr(g, name)}" for name in names if name not in _SHOWN]
-    rest += [f"{name}={value}" for name, value in sorted(options.items()) if name not in names]
+    rest = [f"{name}={value}" for name, value in sorted(options.items()) if name not in names]
+    return " ".join([_plain_key(op, g), *rest])
+
+
+@functools.lru_cache(maxsize=4096)
+def _plain_key(op: str, g: Any) -> str:
+    shape = "x".join(map(str, g.x_shape))
+    if op == "conv2d":
+        head = f"w={'x'.join(map(str, g.w_shape))} stride={g.sh},{g.sw}"
+    else:
+        head = f"size={g.kh},{g.kw} stride={g.sh},{g.sw}"
+    rest = [f"{f.name}={getattr(g, f.name)}" for f in dataclasses.fields(g) if f.name not in _SHOWN]
     return " ".join([op, f"x={shape}", head, *rest])
 
 
 def conv_key(g: ConvGeometry, options: dict[str, Any] | None = None) -> str:
     """The cache key of a conv2d call, without the thread settings: shapes, stride, every other
     geometry field (padding, bias, dtype, ...) and the non-default options (dilation, groups)."""
-    return _key(
-        "conv2d", g, f"w={'x'.join(map(str, g.w_shape))} stride={g.sh},{g.sw}", options or {}
-    )
+    return _key("conv2d", g, options or {})
 
 
 def pool_key(op: str, g: PoolGeometry, options: dict[str, Any] | None = None) -> str:
     """The cache key of a pooling call (op "maxpool2d" or "avgpool2d"), without the threads."""
-    return _key(op, g, f"size={g.kh},{g.kw} stride={g.sh},{g.sw}", options or {})
+    return _key(op, g, options or {})
 
 
 def pair_key(g: ConvGeometry, pg: PoolGeometry) -> str:
