@@ -431,7 +431,6 @@ def _conv_passes(key: str, call: tuple, options: dict[str, Any]) -> dict:
     Returns {"backend": F, "backward": B, "seconds": {candidate: its forward + backward},
     "forward_seconds": {...}, "backward_seconds": {...}} (None: the candidate failed), and
     "whole_seconds": {describe(choice): seconds} where a mix was timed as it runs."""
-    policy = tuning_policy
     forwards, backwards, rebuildable = {}, {}, set()
     for name in _available(CONV_CANDIDATES):
         be = _backend(name)
@@ -447,8 +446,8 @@ def _conv_passes(key: str, call: tuple, options: dict[str, Any]) -> dict:
         backwards[name] = functools.partial(
             be.conv2d_backward, y, ctx if rebuilt is None else rebuilt
         )
-    fwd = policy.settle_close_call(forwards, policy.time_candidates(forwards, key), key)
-    bwd = policy.settle_close_call(backwards, policy.time_candidates(backwards, key), key)
+    fwd = tuning_policy.settled_times(forwards, key)
+    bwd = tuning_policy.settled_times(backwards, key)
     pairs: dict[tuple[str, str], float] = {}
     for f in forwards:
         for bk in backwards:
@@ -470,7 +469,7 @@ def _conv_passes(key: str, call: tuple, options: dict[str, Any]) -> dict:
         runs = {_pass_names(mix): _as_run(mix, call, options)}
         if single is not None:
             runs[_pass_names(single)] = _as_run(single, call, options)
-        whole = policy.fastest(runs, key)
+        whole = tuning_policy.fastest(runs, key)
         record["whole_seconds"] = whole["seconds"]
         choice = mix if whole["backend"] == _pass_names(mix) else single
     assert choice is not None  # pairs is not empty: a single or a mix
