@@ -525,9 +525,9 @@ def _pair_choice(g, pg, call: tuple, size, pool_stride) -> str:
     """FUSED (numba's one-pass conv + max-pool, forward and backward) or SEPARATE (the conv and
     the pool each on its own choice), timed against each other where numba fuses the pair.
     Timed alone, a convolution can lose to another backend by less than fusing it with its
-    pool saves, and a conv choice of im2col then cost the `small` network's epoch 1.46x its
-    time on numba (auto / numba over 8 alternating 300-batch runs), so the pair is timed as the
-    network runs it."""
+    pool saves: a conv choice of im2col then made the `small` network's epoch slower on auto
+    than on numba (bench.compare's paired section, auto / numba on `small`), so the pair is
+    timed as the network runs it."""
 
     def fusable() -> bool:
         return bool(_available(["numba"])) and _backend("numba").fuses_maxpool(g, pg)

@@ -117,7 +117,7 @@ def threads_in_force() -> str:
     if _has_numba():
         # threads.count(), not numba.get_num_threads(): the first of them starts numba's
         # workers, and only kernels/threads.py starts them sleeping between kernels; started
-        # spinning here, a `deep` training step with auto ran 1.6x slower
+        # spinning here, they slow the `deep` training step on auto (bench.compare's breakdown)
         numba_threads = threads.count()
     return f"blas={_blas_threads()} numba={numba_threads}"
 
