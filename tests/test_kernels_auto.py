@@ -276,14 +276,16 @@ SPLIT_SHAPES = [  # x shape, w shape, stride, padding
     ((2, 9, 9, 3), (2, 2, 3, 16), 2, 0),  # winograd's fallback (stride 2, 2x2)
 ]
 # winograd's batched path keeps the forward's transformed tiles: it has no ctx built from the
-# inputs, so a backward on it never follows another backend's forward
-BATCHED = ("winograd", SPLIT_SHAPES[1])
-REBUILT = [(name, *shape) for name in ("numba", "winograd") for shape in SPLIT_SHAPES]
+# inputs, so a backward on it never follows another backend's forward. Which layers take it
+# depends on winograd's thresholds (channels, the L2 size): these are the candidates.
+BATCHED_CANDIDATES = [
+    ((2, 9, 8, 1), (3, 3, 1, 4), 1, 1),
+    ((1, 6, 6, 256), (3, 3, 256, 256), 1, 1),
+]
 
 
-@pytest.mark.parametrize(
-    "name, x_shape, w_shape, stride, padding", [c for c in REBUILT if (c[0], c[1:]) != BATCHED]
-)
+@pytest.mark.parametrize("x_shape, w_shape, stride, padding", SPLIT_SHAPES)
+@pytest.mark.parametrize("name", ["numba", "winograd"])
 def test_a_backward_ctx_built_from_the_inputs_gives_the_same_gradients(
     name, x_shape, w_shape, stride, padding
 ):
@@ -295,6 +297,9 @@ def test_a_backward_ctx_built_from_the_inputs_gives_the_same_gradients(
     b = rng.standard_normal(w_shape[3])
     y, own = be.conv2d_forward(x, w, b, stride, padding)
     rebuilt = be.conv2d_backward_ctx(x, w, b, stride, padding)
+    if rebuilt is None:
+        assert name == "winograd" and own.path.startswith("winograd F(")
+        pytest.skip("winograd's batched path: no ctx from the inputs (the next test's subject)")
     dy = rng.standard_normal(y.shape)
     for got, want in zip(be.conv2d_backward(dy, rebuilt), be.conv2d_backward(dy, own)):
         np.testing.assert_array_equal(got, want)
@@ -305,12 +310,16 @@ def test_winograds_batched_path_has_no_ctx_from_the_inputs_and_is_never_split_on
 ):
     from kernels import get_backend
 
-    x_shape, w_shape, stride, padding = BATCHED[1]
+    winograd = get_backend("winograd")
     rng = np.random.default_rng(4)
-    x, w, b = rng.standard_normal(x_shape), rng.standard_normal(w_shape), None
-    _, own = get_backend("winograd").conv2d_forward(x, w, b, stride, padding)
-    assert own.path.startswith("winograd F(")
-    assert get_backend("winograd").conv2d_backward_ctx(x, w, b, stride, padding) is None
+    for x_shape, w_shape, stride, padding in BATCHED_CANDIDATES:
+        x, w, b = rng.standard_normal(x_shape), rng.standard_normal(w_shape), None
+        _, own = winograd.conv2d_forward(x, w, b, stride, padding)
+        if own.path.startswith("winograd F("):
+            break
+    else:
+        pytest.skip("no candidate layer takes winograd's batched path on this machine")
+    assert winograd.conv2d_backward_ctx(x, w, b, stride, padding) is None
     # its backward timed fastest of all, its forward slowest: it is not chosen for the
     # backward after numba's forward, though that mix would be the fastest on paper
 
