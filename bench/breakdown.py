@@ -23,7 +23,7 @@ from threadpoolctl import threadpool_limits
 from .status import OK, error_status
 
 if TYPE_CHECKING:
-    from .suite import Context, Options
+    from .context import Context, Options
 
 # arch -> the optimizer and augmentation of its training run (small: model.train's defaults;
 # deep: the README's run, `--arch deep --optimizer adam --augment`)
@@ -242,7 +242,7 @@ def run(ctx: Context) -> dict:
     """One entry per architecture: the step's parts in ms and % of the step."""
     from model.training import TRAIN_BLAS_THREADS
 
-    from .epoch import load_training_data
+    from .mnist import load_training_data
 
     opts = ctx.opts
     n_steps = QUICK_STEPS if opts.quick else FULL_STEPS

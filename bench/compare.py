@@ -16,22 +16,25 @@ from pathlib import Path
 
 from kernels import BACKEND_NAMES
 from kernels.memory import keep_freed_memory
+from model.cli import HelpFormatter, Parser
 
-from . import epoch
 from .cases import CASES, LEGACY_CASE_NAMES, QUICK_CASES
 from .comparison import compare_results, load_results, render_comparison
+from .context import Options
+from .mnist import data_source
 from .report import write_report
-from .suite import Options, run_suite
+from .suite import resolve_options, run_suite
 
+PROG = "python -m bench.compare"
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "reports"
 
 
+class _Formatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """model.cli's defaults in each option's help, and the module docstring's layout kept."""
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.compare",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = Parser(prog=PROG, description=__doc__, formatter_class=_Formatter)
     p.add_argument(
         "--cases",
         nargs="+",
@@ -170,9 +173,9 @@ def main(argv=None) -> int:
             epoch_samples=args.epoch_samples,
             breakdown_backend=args.breakdown_backend,
         )
-        opts = opts.resolved()  # unknown names fail here, before any timing
+        opts = resolve_options(opts)  # unknown names fail here, before any timing
         if "epoch" in opts.sections:  # a named MNIST directory without the data fails here too
-            print(f"epoch data: {epoch.data_source(opts.data_dir, opts.epoch_samples)}")
+            print(f"epoch data: {data_source(opts.data_dir, opts.epoch_samples)}")
         results = run_suite(opts, name=args.name)
         out_dir = write_report(results, args.out)
         print(f"report: {out_dir / 'report.md'}  (also {Path(args.out) / 'latest.md'})")
@@ -188,7 +191,7 @@ def main(argv=None) -> int:
             )
         return 0
     except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

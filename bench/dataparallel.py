@@ -37,7 +37,7 @@ import numpy as np
 from .status import error_status
 
 if TYPE_CHECKING:
-    from .suite import Context, Options
+    from .context import Context, Options
 
 ARCHS = ("small", "deep")
 BATCH = 64

@@ -1,19 +1,16 @@
 """The epoch section: one training epoch of each architecture per backend and peer, batch 64,
 and the test accuracy after it.
 
-    load_training_data(data_dir, n)  -> x (n, 28, 28, 1) float32, y (n, 10) one-hot, source text
     epoch_run(backend, arch, x, y, x_test, y_test, optimizer, lr)
                                      -> {"seconds", "extrapolated", "batches_timed", "test_acc"}
     run(ctx)                         -> the section's results (bench.suite.Context)
 
-The data is found the way `python -m model.train` finds it (model.mnist.load_mnist: --data-dir,
-$MNIST_DIR, then the user cache), except that nothing is downloaded; without MNIST the epoch runs
-on random data of the same shape, and the report and the console say so and why.
+The data comes from bench.mnist.load_training_data: MNIST as `python -m model.train` finds it, or
+random data of its shape, and the report and the console say which and why.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from typing import TYPE_CHECKING
 
@@ -23,10 +20,11 @@ from threadpoolctl import threadpool_limits
 from kernels import get_backend
 
 from . import peers
-from .status import OK, error_status
+from .mnist import load_training_data
+from .status import row_status
 
 if TYPE_CHECKING:
-    from .suite import Context, Options
+    from .context import Context, Options
 
 # arch -> its optimizer, at model.optim.DEFAULT_LR: small trains as `python -m model.train` does
 # by default; deep with Adam, as the README's deep run (without its augmentation, which the peers
@@ -46,62 +44,6 @@ EXTRAPOLATE_BACKENDS = {"naive": 8}
 DEEP_FULL_EPOCH = ("auto", "torch", "torch_cl")
 DEEP_SAMPLE_BATCHES = 100
 QUICK_DEEP_SAMPLES = 512  # with --quick the deep model trains on this part of the epoch's images
-
-
-def find_mnist(data_dir):
-    """MNIST as `python -m model.train` finds it, without downloading: (MNIST, None), or
-    (None, why not) when no directory was named and the user cache has none.
-
-    A directory named by `data_dir` or $MNIST_DIR must hold MNIST, as for the trainer:
-    FileNotFoundError or ValueError (a corrupt file) from load_mnist otherwise.
-    """
-    from model.mnist import default_cache_dir, load_mnist
-
-    try:
-        return load_mnist(data_dir, download=False, progress=False), None
-    except FileNotFoundError:
-        if data_dir is not None or os.environ.get("MNIST_DIR"):
-            raise
-        return None, (
-            f"no --data-dir or $MNIST_DIR was given and the cache {default_cache_dir()} holds "
-            "no MNIST (python -m model.train downloads it there)"
-        )
-
-
-def describe_source(data, why_not, n_samples: int, split: str = "train") -> str:
-    """The data line of the console and the report: where the images came from, or why random."""
-    if data is None:
-        return f"random data of MNIST's shape ({n_samples} images) because {why_not}"
-    n = min(n_samples, len(data.x_train if split == "train" else data.x_test))
-    return f"real MNIST, {data.source} ({n} {'training' if split == 'train' else 'test'} images)"
-
-
-def data_source(data_dir, n_samples: int) -> str:
-    """describe_source of the data load_training_data would use; raises as find_mnist does."""
-    return describe_source(*find_mnist(data_dir), n_samples)
-
-
-def load_training_data(data_dir, n_samples: int, seed: int = 0, split: str = "train"):
-    """The first `n_samples` MNIST images of `split` ("train" or "test"; find_mnist), else random
-    data of that shape.
-
-    Returns x: (n, 28, 28, 1) float32 in [0, 1], y: (n, 10) float32 one-hot, and describe_source's
-    text.
-    """
-    from model.batches import scale
-    from model.losses import one_hot
-
-    data, why_not = find_mnist(data_dir)
-    if data is None:
-        rng = np.random.default_rng(seed + (split == "test"))
-        x = rng.random((n_samples, 28, 28, 1), dtype=np.float32)
-        y = one_hot(rng.integers(0, 10, n_samples))
-    else:
-        images, labels = (
-            (data.x_train, data.y_train) if split == "train" else (data.x_test, data.y_test)
-        )
-        x, y = scale(images[:n_samples]), one_hot(labels[:n_samples])
-    return x, y, describe_source(data, why_not, n_samples, split)
 
 
 def batch_limit(name: str, arch: str) -> int | None:
@@ -226,27 +168,19 @@ def run(ctx: Context) -> dict:
         for name in ctx.backends + list(peers.PEERS):
             bar.set_description(f"epoch {arch} {name}")
             row = {"name": name, "peer": name in peers.PEERS, "samples": n}
-            try:
+            with row_status(row, rows, bar):
                 if name in peers.PEERS:
-                    if ctx.peers[name] != OK:
-                        raise peers.PeerUnavailable(ctx.peers[name])
+                    peers.require(ctx.peers, name)
                     got = peer_epoch_run(name, arch, xa, ya, x_test, y_test, optimizer, lr)
                 else:
                     got = epoch_run(name, arch, xa, ya, x_test, y_test, optimizer, lr)
                 row.update(
-                    status=OK,
                     seconds=got["seconds"],
                     seconds_per_60k=got["seconds"] * scale,
                     extrapolated=got["extrapolated"] or scale != 1.0,
                     batches_timed=got["batches_timed"],
                     test_acc=got["test_acc"],
                 )
-            except peers.PeerUnavailable as exc:
-                row["status"] = str(exc)
-            except Exception as exc:
-                row["status"] = error_status(exc)
-            rows.append(row)
-            bar.update(1)
         archs.append(
             {
                 "arch": arch,

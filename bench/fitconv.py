@@ -16,10 +16,10 @@ import numpy as np
 from kernels import get_backend
 
 from . import peers
-from .status import OK, error_status
+from .status import row_status
 
 if TYPE_CHECKING:
-    from .suite import Context, Options
+    from .context import Context, Options
 
 # The lab's configuration: samples, channels, side (NCHW inputs); kernels, kernel side; lr.
 SAMPLES, CHANNELS, SIZE = 100, 3, 28
@@ -86,12 +86,11 @@ def run(ctx: Context) -> dict:
     for name in ctx.backends + list(peers.PEERS):
         bar.set_description(f"fitconv {name}")
         row = {"name": name, "peer": name in peers.PEERS}
-        try:
+        with row_status(row, rows, bar):
             if name in peers.PEERS:
-                if ctx.peers[name] != OK:
-                    raise peers.PeerUnavailable(ctx.peers[name])
+                peers.require(ctx.peers, name)
                 seconds = peers.fitconv_epoch_seconds(name, inputs, targets, KSIZE, LR)
-                row.update(status=OK, seconds=seconds)
+                row.update(seconds=seconds)
             else:
                 seconds, extrapolated = fitconv_epoch_seconds(
                     name,
@@ -100,13 +99,7 @@ def run(ctx: Context) -> dict:
                     repeat=1 if opts.quick else 3,
                     samples=QUICK_SAMPLES if opts.quick else None,
                 )
-                row.update(status=OK, seconds=seconds, extrapolated=extrapolated)
-        except peers.PeerUnavailable as exc:
-            row["status"] = str(exc)
-        except Exception as exc:
-            row["status"] = error_status(exc)
-        rows.append(row)
-        bar.update(1)
+                row.update(seconds=seconds, extrapolated=extrapolated)
     return {
         "inputs": list(inputs.shape),
         "targets": list(targets.shape),

@@ -18,10 +18,10 @@ import numpy as np
 from threadpoolctl import threadpool_info
 
 from . import peers
-from .status import OK, error_status
+from .status import row_status
 
 if TYPE_CHECKING:
-    from .suite import Context, Options
+    from .context import Context, Options
 
 ARCHS = ("small", "deep")
 BATCH_SIZE = 1000
@@ -60,7 +60,7 @@ def steps(opts: Options, backends) -> int:
 
 def run(ctx: Context) -> dict:
     """Per architecture, one row per backend and PyTorch configuration: images/s."""
-    from .epoch import load_training_data
+    from .mnist import load_training_data
 
     opts = ctx.opts
     n = QUICK_IMAGES if opts.quick else FULL_IMAGES
@@ -72,23 +72,16 @@ def run(ctx: Context) -> dict:
         for name in ctx.backends + list(TORCH_CONFIGS):
             ctx.bar.set_description(f"inference {arch} {name}")
             row = {"name": name, "peer": name in peers.PEERS}
-            try:
+            with row_status(row, rows, ctx.bar):
                 if name in SKIPPED:
                     row["status"] = SKIPPED[name]
                 elif name in peers.PEERS:
-                    if ctx.peers[name] != OK:
-                        raise peers.PeerUnavailable(ctx.peers[name])
+                    peers.require(ctx.peers, name)
                     seconds = peers.inference_seconds(name, arch, x, BATCH_SIZE, repeat)
-                    row.update(status=OK, seconds=seconds, images_per_second=len(x) / seconds)
+                    row.update(seconds=seconds, images_per_second=len(x) / seconds)
                 else:
                     rate, seconds = images_per_second(name, arch, x, repeat)
-                    row.update(status=OK, seconds=seconds, images_per_second=rate)
-            except peers.PeerUnavailable as exc:
-                row["status"] = str(exc)
-            except Exception as exc:
-                row["status"] = error_status(exc)
-            rows.append(row)
-            ctx.bar.update(1)
+                    row.update(seconds=seconds, images_per_second=rate)
         archs.append({"arch": arch, "rows": rows})
     return {
         "data": source,

@@ -25,7 +25,7 @@ from .status import OK, error_status
 from .timing import measure, summarize
 
 if TYPE_CHECKING:
-    from .suite import Context, Options
+    from .context import Context, Options
 
 NUMPY_BACKENDS = ("naive", "einsum", "im2col")  # pure-numpy: the "best numpy backend" baseline
 PASSES = ("forward", "backward")
@@ -317,12 +317,3 @@ def derive_ratios(rows: list[dict], peak_gflops: float | None) -> list[dict]:
             _, best = peers.best_configuration(times, framework)
             r[f"ratio_{framework}"] = r["median"] / best if best else None
     return rows
-
-
-def forward_backward_medians(results: dict) -> dict:
-    """{case: {backend: forward + backward median}} over the layer rows where both passes ran."""
-    acc = {}
-    for r in results.get("layers", []):
-        if r.get("status") == OK:
-            acc.setdefault(r["case"], {}).setdefault(r["backend"], []).append(r["median"])
-    return {c: {b: sum(t) for b, t in d.items() if len(t) == 2} for c, d in acc.items()}

@@ -9,8 +9,9 @@ from __future__ import annotations
 from statistics import median
 
 from .formatting import fmt_num, fmt_seconds, fmt_x, order, table
-from .layers import BLAS_TUNED, forward_backward_medians
+from .layers import BLAS_TUNED
 from .peers import PEERS, best_configuration, label
+from .results import forward_backward_medians
 from .timing import NOISY_IQR_FRACTION
 
 

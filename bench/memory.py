@@ -20,7 +20,7 @@ from .layers import layer_ops
 from .status import OK, error_status
 
 if TYPE_CHECKING:
-    from .suite import Context, Options
+    from .context import Context, Options
 
 NUMBA_NOTE = (
     "numba allocations made inside jitted code (NRT) are invisible to tracemalloc; "

@@ -26,11 +26,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import peers
-from .epoch import ARCHS, BATCH_SIZE, epoch_run, load_training_data
+from .epoch import ARCHS, BATCH_SIZE, epoch_run
+from .mnist import load_training_data
 from .status import OK, error_status
 
 if TYPE_CHECKING:
-    from .suite import Context, Options
+    from .context import Context, Options
 
 OURS = "auto"
 SINGLE = "numba"

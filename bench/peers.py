@@ -28,14 +28,22 @@ import numpy as np
 from model.losses import class_indices
 
 from .peer_nets import keras_network, torch_network
+from .status import Unmeasured
 
 THREADS = 2
 MOMENTUM = 0.9  # SGD's momentum when the optimizer is "momentum", as model.optim.Momentum
 DISABLED = "disabled (--no-peers)"
 
 
-class PeerUnavailable(RuntimeError):
+class PeerUnavailable(Unmeasured):
     """The peer library is not installed (or failed to import)."""
+
+
+def require(statuses: dict, name: str) -> None:
+    """Raise PeerUnavailable with the peer's status (bench.suite's peer_status: "ok" or why not)
+    unless it is "ok"."""
+    if statuses[name] != "ok":
+        raise PeerUnavailable(statuses[name])
 
 
 class Peer:

@@ -14,13 +14,24 @@ import numpy as np
 import pytest
 from bench_helpers import Bar
 
-from bench import breakdown, compare, epoch, epoch_memory, first_run, inference, layers, peers
+from bench import (
+    breakdown,
+    compare,
+    epoch,
+    epoch_memory,
+    first_run,
+    inference,
+    layers,
+    mnist,
+    peers,
+)
 from bench.cases import LEGACY_CASE_NAMES, TOO_SLOW, Case, get_case, resolve_backends
 from bench.comparison import compare_results, load_results
+from bench.context import Context, Options
 from bench.report import render_markdown
 from bench.scaling import loglog_exponent
 from bench.sections import SECTIONS
-from bench.suite import Context, Options
+from bench.suite import resolve_options
 from bench.timing import measure, summarize
 
 REPO = Path(__file__).resolve().parent.parent
@@ -359,7 +370,7 @@ def test_derive_ratios_by_hand():
 def test_bad_input_is_one_clear_line(argv, message, capsys):
     assert compare.main(argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: {message}") and err.count("\n") == 1
+    assert err.startswith(f"python -m bench.compare: error: {message}") and err.count("\n") == 1
     assert "Traceback" not in err
 
 
@@ -385,7 +396,7 @@ def test_missing_peer_reports_not_installed(monkeypatch):
         lambda name, *a: None if name in peers.PEERS else real(name, *a),
     )
     monkeypatch.setattr(layers, "COOLDOWN_SECONDS", 0)
-    ctx = _context(Options(cases=["lab_fit"], backends=["im2col"], repeat=1).resolved())
+    ctx = _context(resolve_options(Options(cases=["lab_fit"], backends=["im2col"], repeat=1)))
     rows = layers.run(ctx)
     status = {(r["backend"], r["pass"]): r["status"] for r in rows}
     assert status[("im2col", "forward")] == "ok"
@@ -401,9 +412,9 @@ def test_unknown_peer_is_one_clear_error():
 
 def test_rounds_pool_their_samples_and_blas_threads_are_chosen(monkeypatch):
     monkeypatch.setattr(layers, "COOLDOWN_SECONDS", 0)
-    opts = Options(
-        cases=["lab_fit"], backends=["im2col", "numba"], repeat=2, rounds=3, peers=False
-    ).resolved()
+    opts = resolve_options(
+        Options(cases=["lab_fit"], backends=["im2col", "numba"], repeat=2, rounds=3, peers=False)
+    )
     ctx = _context(opts)
     rows = layers.run(ctx)
     assert ctx.bar.steps == 3 * 1 * (2 + len(peers.PEERS))  # rounds x cases x (backends + peers)
@@ -413,9 +424,9 @@ def test_rounds_pool_their_samples_and_blas_threads_are_chosen(monkeypatch):
     assert ok[("im2col", "forward")]["blas_threads"] == ok[("im2col", "backward")]["blas_threads"]
     assert ok[("numba", "forward")]["blas_threads"] == 1  # as model.train runs it (SELF_THREADED)
     with pytest.raises(ValueError, match="--rounds"):
-        Options(rounds=0).resolved()
+        resolve_options(Options(rounds=0))
     with pytest.raises(ValueError, match="unknown section"):
-        Options(sections=("layers", "nope")).resolved()
+        resolve_options(Options(sections=("layers", "nope")))
 
 
 def test_each_round_starts_at_another_backend(monkeypatch):
@@ -425,9 +436,15 @@ def test_each_round_starts_at_another_backend(monkeypatch):
     monkeypatch.setattr(
         layers, "layer_ops", lambda name, case: built.append(name) or real(name, case)
     )
-    opts = Options(
-        cases=["lab_fit"], backends=["naive", "im2col", "numba"], repeat=1, rounds=3, peers=False
-    ).resolved()
+    opts = resolve_options(
+        Options(
+            cases=["lab_fit"],
+            backends=["naive", "im2col", "numba"],
+            repeat=1,
+            rounds=3,
+            peers=False,
+        )
+    )
     layers.run(_context(opts))
     assert built == [
         "naive",
@@ -520,7 +537,7 @@ def test_epoch_data_from_the_user_cache(mnist_dir, tmp_path, monkeypatch):
         (cache / f.name).symlink_to(f)
     monkeypatch.delenv("MNIST_DIR")
     monkeypatch.setenv("CONVBENCH_CACHE", str(cache))
-    x, y, source = epoch.load_training_data(None, 100)
+    x, y, source = mnist.load_training_data(None, 100)
     assert source.startswith("real MNIST") and str(cache) in source
     assert x.shape == (100, 28, 28, 1) and x.dtype == np.float32 and 0 <= x.min() <= x.max() <= 1
     assert y.shape == (100, 10) and (y.sum(axis=1) == 1).all()
@@ -529,7 +546,7 @@ def test_epoch_data_from_the_user_cache(mnist_dir, tmp_path, monkeypatch):
 def test_epoch_data_says_why_it_is_random(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("MNIST_DIR", raising=False)
     monkeypatch.setenv("CONVBENCH_CACHE", str(tmp_path / "empty"))
-    x, y, source = epoch.load_training_data(None, 10)
+    x, y, source = mnist.load_training_data(None, 10)
     assert x.shape == (10, 28, 28, 1) and y.shape == (10, 10)
     assert source.startswith("random data of MNIST's shape (10 images) because no --data-dir")
     assert str(tmp_path / "empty") in source
@@ -538,7 +555,9 @@ def test_epoch_data_says_why_it_is_random(tmp_path, monkeypatch, capsys):
     assert compare.main(argv) == 2
     err = capsys.readouterr().err
     assert (
-        err.startswith(f"error: MNIST directory {tmp_path} (data_dir) lacks")
+        err.startswith(
+            f"python -m bench.compare: error: MNIST directory {tmp_path} (data_dir) lacks"
+        )
         and err.count("\n") == 1
     )
 
