@@ -1,8 +1,13 @@
 """The layer section: every case x backend (+ peers) x pass, timed, with its derived ratios.
 
+    >>> from bench.cases import get_case
+    >>> from bench.layers import layer_ops
     >>> ops = layer_ops("im2col", get_case("small_conv"))
-    >>> ops["forward"](); ops["backward"](); ops["forward_backward"]()
-    >>> rows = run(ctx)            # bench.suite.Context -> one row per (case, backend, pass)
+    >>> sorted(ops)                # zero-argument callables, what run(ctx) times
+    ['backward', 'forward', 'forward_backward']
+    >>> y = ops["forward_backward"]()
+
+run(ctx) (ctx: a bench.suite.Context) times them: one row per (case, backend, pass).
 
 Inputs, and the forward context the backward pass needs, are built in layer_ops, outside the timed
 calls. Backward times dx + dw + db for conv (need_dx=True everywhere, like the peers' autograd).
