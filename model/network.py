@@ -30,13 +30,14 @@ from .spec import build_layers, parse_spec, spec_of
 from .training import fit
 
 # The named architectures: aliases for specs (model/spec.py). small: He-normal weights and zero
-# biases, with which its defaults (SGD with momentum at 0.05, the 20-step warmup) were tuned; from
-# PyTorch's smaller default weights it starts more slowly (2,000 MNIST images, 2 epochs: 90.1%
-# against 92.3%; the full 3-epoch run ends the same, 98.7%). deep: no conv bias before BatchNorm
-# (BN's shift makes it redundant), PyTorch's default initialisation: from He's weights, sqrt(6)x
-# larger, Adam turns the BN-normalised conv weights more slowly (reports/parity/README.md). Both
-# pool before the ReLU: the two commute (max of ReLUs = ReLU of the max, and where a window's
-# maximum is <= 0 both give zero gradient), and the ReLU then touches 4x fewer values.
+# biases, with which its defaults (SGD with momentum at 0.05, the 20-step warmup) are tuned; from
+# PyTorch's smaller default weights (the spec's init=uniform) it starts more slowly on 2,000
+# images over 2 epochs (`--train-limit 2000 --epochs 2`) and ends the full 3-epoch run the same.
+# deep: no conv bias before BatchNorm (BN's shift makes it redundant), PyTorch's default
+# initialisation: from He's weights, sqrt(6)x larger, Adam turns the BN-normalised conv weights
+# more slowly (reports/parity/README.md). Both pool before the ReLU: the two commute (max of
+# ReLUs = ReLU of the max, and where a window's maximum is <= 0 both give zero gradient), and the
+# ReLU then touches 4x fewer values.
 ARCHITECTURES = {
     "small": "conv(16,3,pad=1,init=he),maxpool(2),relu,flatten,dense(128,init=he),relu,"
     "dense(10,init=he)",
