@@ -68,7 +68,7 @@ def _launch(kernel: Any, work: int, *args: Any) -> None:
     if work >= PARALLEL_MIN_WORK or available == 1:
         kernel(*args)
         return
-    numba.set_num_threads(1)  # thread-local, costs ~1 us
+    numba.set_num_threads(1)  # thread-local, and costs about a microsecond
     try:
         kernel(*args)
     finally:

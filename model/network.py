@@ -244,8 +244,8 @@ class Sequential:
         """The BLAS setting for evaluation passes: one thread when a layer's backend splits its
         own work over the cores (numba, winograd, auto; kernels/gemm.py), as training runs them.
         With two, OpenBLAS's idle worker spins between calls and takes a core from those
-        kernels: `deep` with auto predicts 5,200 images/s that way against 7,500 on one BLAS
-        thread (2-core AVX2 machine, measured back to back)."""
+        kernels: `deep` with auto predicts markedly fewer images a second that way than on one
+        BLAS thread (bench.compare's inference section runs prediction this way)."""
         names = {getattr(layer, "backend_name", None) for layer in self.layers}
         if names & SELF_THREADED_BACKENDS:
             return threadpool_limits(limits=1, user_api="blas")
