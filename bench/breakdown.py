@@ -215,8 +215,8 @@ def step_breakdown(arch: str, backend: str, x, labels, steps: int, seed: int = 0
         if name in seen
     }
     # each step less its parts, then the median: a median of the medians' remainder would
-    # count the spread of the parts' times as glue (0.7 ms of the `small` step's 3 ms, where
-    # the steps' own remainders are 0.05 ms)
+    # count the spread of the parts' times as glue (on the `small` step, many times the steps'
+    # own remainders)
     medians[OTHER] = 1e3 * float(
         np.median([p["step"] - sum(v for k, v in p.items() if k != "step") for p in per_step])
     )

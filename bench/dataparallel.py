@@ -135,7 +135,7 @@ def main(argv=None) -> int:
     from model.optim import Adam
 
     # as model.train runs: a step's multi-megabyte arrays reused, not page-faulted afresh (the
-    # `deep` 1 x 2 threads step: 18 ms with it, 23 ms without)
+    # `deep` 1 x 2 threads step is markedly slower without)
     keep_freed_memory()
     comm = None
     if args.distributed:

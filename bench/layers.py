@@ -1,8 +1,13 @@
 """The layer section: every case x backend (+ peers) x pass, timed, with its derived ratios.
 
+    >>> from bench.cases import get_case
+    >>> from bench.layers import layer_ops
     >>> ops = layer_ops("im2col", get_case("small_conv"))
-    >>> ops["forward"](); ops["backward"](); ops["forward_backward"]()
-    >>> rows = run(ctx)            # bench.suite.Context -> one row per (case, backend, pass)
+    >>> sorted(ops)                # zero-argument callables, what run(ctx) times
+    ['backward', 'forward', 'forward_backward']
+    >>> y = ops["forward_backward"]()
+
+run(ctx) (ctx: a bench.suite.Context) times them: one row per (case, backend, pass).
 
 Inputs, and the forward context the backward pass needs, are built in layer_ops, outside the timed
 calls. Backward times dx + dw + db for conv (need_dx=True everywhere, like the peers' autograd).
@@ -44,7 +49,7 @@ BLAS_THREAD_CHOICES = (1, 2)
 # Backends that split their own work over the cores (numba's threads, kernels/gemm.py's GEMM
 # pieces) are timed as model.train runs them, with numpy's BLAS on one thread: with two, OpenBLAS's
 # idle worker spins between calls and takes a core from them (winograd's deep_conv2 forward +
-# backward: 9.7 ms with one BLAS thread, 16.7 ms with two, measured back to back).
+# backward is much slower with two BLAS threads than with one, timed back to back).
 SELF_THREADED = ("numba", "winograd", "auto")
 
 
@@ -230,9 +235,9 @@ def _plan(ctx: Context) -> tuple[list[dict], list]:
 
 def rotated(seq: list, rnd: int) -> list:
     """seq starting at its (rnd mod len)-th element: each round times the backends in another
-    order, so no backend always follows the same neighbour. A fixed order showed as auto and
-    winograd (both running numba's code on small_pool and mid) reading 1.1-1.5x numba's time,
-    the backend timed just before them, where the three are equal interleaved in one process."""
+    order, so no backend always follows the same neighbour. In a fixed order auto and winograd
+    (both running numba's code on small_pool) read slower than numba, the backend timed just
+    before them, where the three are equal interleaved in one process."""
     if not seq:
         return seq
     k = rnd % len(seq)

@@ -1,7 +1,13 @@
 """Describe the machine a benchmark ran on, and measure its matmul peak (the roofline ceiling).
 
->>> info = describe_machine()          # dict: cpu, cores, numpy/BLAS, numba/torch/tf versions
->>> peak = matmul_peak(np.float32)     # GFLOP/s of the best large numpy matmul sample
+>>> import numpy as np
+>>> from bench.machine import describe_machine, matmul_peak
+>>> info = describe_machine(measure_peak=False)   # cpu, cores, numpy/BLAS, numba/torch/tf
+>>> "cpu" in info and "vector_extensions" in info
+True
+>>> peak = matmul_peak(np.float32, size=256, repeat=1)   # GFLOP/s of the best sample
+>>> peak > 0
+True
 """
 
 from __future__ import annotations

@@ -398,7 +398,7 @@ class TorchChannelsLastWorker(InWorker, TorchChannelsLast):
 
 class TensorFlowOneDNN(InWorker, TensorFlow):
     """TensorFlow with oneDNN's optimisations on (TF_ENABLE_ONEDNN_OPTS=1; TensorFlow 2.21 leaves
-    them off on AMD CPUs, and they change its times by up to 2.5x either way), in a worker
+    them off on AMD CPUs, and they change its times by large factors either way), in a worker
     process of its own (see InWorker); the in-process `tensorflow` peer runs with oneDNN off."""
 
     name, package, label = "tf_onednn", "tensorflow", "TensorFlow/Keras (oneDNN)"

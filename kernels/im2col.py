@@ -137,7 +137,8 @@ def maxpool2d_forward(
         np.maximum(y, candidate, out=y)  # propagates NaN, as np.argmax picks NaN
     # The argmax counts the offsets passed before the first one equal to the maximum (or NaN where
     # the maximum is NaN): a running "still searching" mask, added up as 0/1. Per offset that is
-    # one compare, one AND and one add on small arrays, ~6x cheaper than np.where with a scalar
+    # one compare, one AND and one add on small arrays, several times cheaper than np.where with
+    # a scalar
     # (which broadcasts slowly) and far cheaper than boolean-mask writes.
     y_is_nan = np.isnan(y)
     y_is_nan = y_is_nan if y_is_nan.any() else None  # the common case skips the NaN passes
@@ -159,7 +160,7 @@ def maxpool2d_backward(dy: np.ndarray, ctx: MaxPoolCtx) -> np.ndarray:
     dx = np.zeros(g.x_shape, dtype=g.dtype)
     zero = g.dtype.type(0)
     # Windows that do not overlap own their pixels: mask * dy can be written straight into the
-    # strided view (4x cheaper than np.where + +=), but only for finite dy (0 * inf is NaN).
+    # strided view (cheaper than np.where + +=), but only for finite dy (0 * inf is NaN).
     write_directly = g.sh >= g.kh and g.sw >= g.kw and bool(np.isfinite(dy).all())
     for k in range(g.kh * g.kw):
         dx_view = _offset(dx, g, k)

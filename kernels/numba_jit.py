@@ -51,7 +51,7 @@ _POOL_JIT: dict[str, Any] = dict(cache=True, parallel=True)
 # Below this many multiply-adds (conv) or elements (pooling) a kernel runs on the calling thread
 # alone: a parallel region is only as fast as its slowest thread, and for a tiny kernel the
 # hand-off costs more than the second core saves. Above it, both cores help, provided the other
-# core is free: OpenBLAS workers spin for ~0.1 s after every GEMM, so the trainer runs with one
+# core is free: OpenBLAS workers spin for a while after every GEMM, so the trainer runs with one
 # BLAS thread (model.training.TRAIN_BLAS_THREADS). 2**20 is the threshold at which the `small`
 # network's training step (the benchmark's epoch section, batch 64) is fastest on 2 cores.
 PARALLEL_MIN_WORK = 1 << 20
@@ -68,7 +68,7 @@ def _launch(kernel: Any, work: int, *args: Any) -> None:
     if work >= PARALLEL_MIN_WORK or available == 1:
         kernel(*args)
         return
-    numba.set_num_threads(1)  # thread-local, costs ~1 us
+    numba.set_num_threads(1)  # thread-local, and costs about a microsecond
     try:
         kernel(*args)
     finally:
@@ -112,8 +112,9 @@ def _maxpool_forward(x, kh, kw, sh, sw, y, argmax):
 @njit(**_POOL_JIT)
 def _maxpool2x2_forward(x, sh, sw, y, argmax):
     """_maxpool_forward for 2x2 windows, written out: one pass over the channels per window,
-    the four taps compared in registers (no scratch vectors), 6x faster than the general loop on
-    the `small_pool` benchmark case, whose 16 channels make each general pass two vectors long."""
+    the four taps compared in registers (no scratch vectors), several times faster than the
+    general loop on the `small_pool` benchmark case, whose 16 channels make each general pass two
+    vectors long."""
     n, c_all = x.shape[0], x.shape[3]
     out_h, out_w = y.shape[1], y.shape[2]
     for t in prange(n * out_h):
@@ -463,8 +464,8 @@ def conv2d_maxpool2d_forward(
     ctx, the pool's ctx), each what the separate call returns, y and the argmax to the bit
     (numba_tiles.forward_maxpool2). None where it does not apply, and the caller runs the two:
     a pool other than 2x2 of stride 2, or a convolution the register tiles do not run
-    (numba_tiles.forward_applies). The `small` network's Conv2D + MaxPool2D forward: 0.37 ms
-    against 0.61 ms for the two calls (2-core AVX2 machine)."""
+    (numba_tiles.forward_applies). Faster than the two calls on the `small` network's Conv2D +
+    MaxPool2D forward (bench.compare's breakdown section, "0 Conv2D + 1 MaxPool2D forward")."""
     g = conv_geometry(x, w, b, stride, padding)
     pg = pooled_conv_geometry(g, size, pool_stride)
     if not fuses_maxpool(g, pg):

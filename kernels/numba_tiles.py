@@ -11,10 +11,10 @@ with w2 = w reshaped to (KH, KW*C_in, C_out): a product of the (never materialis
 matrix with w2. The kernels below compute it in tiles of TILE output pixels x LANES output
 channels (5 x 16 float32 = ten AVX2 registers). Per step j of the reduction a tile loads LANES
 weights once and each pixel's input once, and does TILE x LANES multiply-adds on values that
-stay in registers until the tile is finished: 80-87 GFLOP/s per core on the `mid`, `stride2`
-and `deep_conv2` benchmark cases' forward (one thread, interleaved A/B on a 2-core AVX2 machine,
-about 90% of numpy's matmul peak per core), where the loops of kernels/numba_conv.py (bound by
-loads and stores of their output planes) reached about 20% of the peak.
+stay in registers until the tile is finished. On the `mid`, `stride2` and `deep_conv2`
+benchmark cases' forward this runs near numpy's matmul peak per core (the report's layer table
+gives GFLOP/s and % peak), where the loops of kernels/numba_conv.py are bound by loads and
+stores of their output planes.
 
     forward(x, y, w2, bias, sh, sw, ph, pw)     y = conv(x) + bias, as above
     dx for stride 1                             forward() again: the gradient of a stride-1
@@ -48,8 +48,9 @@ Two numba details make the tiles work:
   unrolled is promoted to registers.
 - LLVM's SLP vectoriser turns the unrolled LANES scalar multiply-adds of a pixel into vector
   instructions. numba switches it off by default; the kernels here are compiled with it on
-  (slp_vectorize()). Without it they compile to scalar code 20x slower. fastmath is "contract"
-  only: with "reassoc" LLVM vectorises the reduction axis instead (gathers, 5x slower).
+  (slp_vectorize()). Without it they compile to scalar code, an order of magnitude slower.
+  fastmath is "contract" only: with "reassoc" LLVM vectorises the reduction axis instead
+  (gathers, several times slower).
 """
 
 from __future__ import annotations
@@ -75,13 +76,13 @@ LANES = 16  # channels per tile: two AVX2 vectors of float32
 # The tiled backward (dW, dX) takes a geometry with at least this many input channels; below it
 # the plane kernels of kernels/numba_conv.py are faster there (the `small_conv` and `deep_conv1`
 # cases have 1 input channel, `lab_fit` 3), while the tiled forward wins from one input channel
-# on (`deep_conv1` forward: 0.43 ms against 0.92 ms on 2 cores).
+# on (the `deep_conv1` case's forward, bench.conv mb64ic1ih28oc32kh3ph1).
 MIN_C_IN = 8
 
 # Serial kernels that release the GIL: the caller runs one per core on blocks of samples
 # (kernels/gemm.py's thread pool). numba's prange is not used here: a parallel kernel loaded from
-# numba's on-disk cache ran these tiles at half the speed of the freshly compiled one (the
-# `mid` benchmark case's forward, 1 thread: 2.9 ms against 1.35 ms), a serial one at full speed.
+# numba's on-disk cache ran these tiles at about half the speed of the freshly compiled one (the
+# `mid` benchmark case's forward on 1 thread), a serial one at full speed.
 JIT_OPTIONS: dict[str, Any] = dict(cache=True, nogil=True, fastmath={"contract"})
 
 

@@ -124,10 +124,10 @@ def tile_size(g: ConvGeometry) -> int:
 
     F(4x4) does 1.8x fewer multiplies than F(2x2), and its 36 GEMMs of P/4 rows run closer to
     the BLAS peak than F(2x2)'s 16 of P rows; it pays for the part of its last tiles that falls
-    outside the output (a 14x14 output computes 16x16: 1.31x). The `deep_conv2` and `mid`
-    benchmark cases (14x14 outputs) ran faster with batched F(4x4) than with batched F(2x2)
-    (they now take the fused path), so F(2x2) is kept for outputs
-    where F(4x4) would compute more than 1.5x the output (e.g. 6x6, computed as 8x8).
+    outside the output (a 14x14 output computes 16x16: 1.31x). On the 14x14 outputs of the
+    `deep_conv2` and `mid` benchmark cases, run on this path rather than the fused one they take,
+    batched F(4x4) is faster than batched F(2x2), so F(2x2) is kept for outputs where F(4x4)
+    would compute more than 1.5x the output (e.g. 6x6, computed as 8x8).
     """
     wasted4 = (math.ceil(g.out_h / 4) * 4 * math.ceil(g.out_w / 4) * 4) / (g.out_h * g.out_w)
     return 4 if wasted4 <= 1.5 else 2

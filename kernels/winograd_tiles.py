@@ -94,8 +94,8 @@ VEC = 8
 
 # Indices below are unsigned (U = uint64): numba adds wraparound code (for negative indices) to
 # every signed index it cannot prove non-negative, and that code kept the transforms' loads and
-# stores scalar; a slice per operand instead costs more than the arithmetic (3x, the
-# `deep_conv2` input transform).
+# stores scalar; a slice per operand instead costs more than the arithmetic (the
+# `deep_conv2` case's input transform).
 U = np.uint64
 
 
@@ -103,7 +103,7 @@ def _planes(n_tiles: int, c: int, itemsize: int) -> int:
     """Tiles to allocate per plane of a (16, tiles, C) scratch: at least n_tiles, and a plane
     size that is not close to a multiple of 4 KB. The transforms write (or read) all 16 planes
     in one step; at a 4 KB multiple apart those accesses stall on cache aliasing (the `big`
-    case's 64-channel planes ran its input transform 3x slower)."""
+    case's 64-channel planes make its input transform several times slower)."""
     tiles = n_tiles
     while min((tiles * c * itemsize) % 4096, 4096 - (tiles * c * itemsize) % 4096) < 256:
         tiles += 1
@@ -266,8 +266,7 @@ def _matmul_tn_tiles(a, b, out):
 def _matmul_tn_exact(a, b, out):
     """_matmul_tn_tiles for even M, N a multiple of LANES: 6-row tiles, then one or two 4-row
     tiles end exactly at M, so no tile needs a guard (a guarded add in a tile's loops keeps the
-    tile in memory rather than registers: the `mid` and `deep_conv2` dW at 0.65-0.8x the
-    speed)."""
+    tile in memory rather than registers, which slows the `mid` and `deep_conv2` cases' dW)."""
     m, n = a.shape[1], b.shape[1]
     m6 = m - m % 6 - (6 if m % 6 == 2 else 0)
     for c0 in range(0, n, LANES):

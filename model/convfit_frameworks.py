@@ -1,8 +1,12 @@
 """The conv lab's fit in PyTorch or Keras: the same model, data order, start and epoch losses.
 
+    >>> from model.convfit import generate_data
     >>> from model.convfit_frameworks import fit_conv_framework
+    >>> data = generate_data(samples=20, channels=3, size=8, kernels=2, kernel_size=2, seed=0)
     >>> fit = fit_conv_framework("torch", data["input"], data["target"], None, None, lr=0.1,
-    ...                          epochs=10)                  # a model.convfit.ConvFit
+    ...                          epochs=2)                   # a model.convfit.ConvFit
+    >>> fit.kernels.shape, len(fit.losses)                  # (K, C, kh, kw), one loss per epoch
+    ((2, 3, 2, 2), 2)
 
 The model is model.convfit's: K kernels, valid, stride 1, optional bias and ReLU, MSE (mean over a
 batch's target elements), plain SGD or Adam (betas 0.9, 0.999, eps 1e-8; Keras adds eps before

@@ -1,9 +1,9 @@
 """MNIST on disk: find it, download it (checked against SHA-256), read it.
 
     >>> from model.mnist import load_mnist
-    >>> data = load_mnist("/path/to/mnist")   # or $MNIST_DIR, the cache, a download
-    >>> data.x_train.shape, data.x_train.dtype
-    ((60000, 28, 28), dtype('uint8'))
+    >>> data = load_mnist()   # a directory, else $MNIST_DIR, the cache, a download
+    >>> data.x_train.shape, data.x_train.dtype, data.y_train.shape
+    ((60000, 28, 28), dtype('uint8'), (60000,))
 
 Where load_mnist looks, in order (the first that has the data wins):
   1. `data_dir`, else $MNIST_DIR: the four IDX files (gzipped or not) or a Keras-style mnist.npz.

@@ -1,8 +1,13 @@
 """The conv lab's .npy files: their names, reading them with clear errors, writing atomically.
 
+>>> import numpy as np
 >>> from model.npyfiles import load_npy, save_npy
->>> inputs = load_npy("lab/input_data.npy", "--input", ndim=4)   # errors name "--input"
->>> save_npy("lab/kernels.npy", kernels)                          # temp file, then rename
+>>> path = save_npy("input_data.npy", np.zeros((2, 3, 8, 8)))  # temp file, then rename
+>>> load_npy(path, "--input", ndim=4).shape                     # (N, C, H, W)
+(2, 3, 8, 8)
+>>> load_npy(path, "--input", ndim=3)                           # errors name "--input"
+Traceback (most recent call last):
+ValueError: --input 'input_data.npy' must hold a 3-D array, got shape (2, 3, 8, 8)
 """
 
 from __future__ import annotations

@@ -1,8 +1,14 @@
 """Training plots: a grid of test predictions and the loss/accuracy history, saved as PNG.
 
-    >>> from model.plots import plot_history, plot_predictions, maybe_show
-    >>> plot_predictions(images[:10], labels[:10], preds[:10], "out/predictions.png", probs=p)
-    >>> plot_history(history, "out/history.png")
+    >>> import numpy as np
+    >>> from model.plots import plot_history, plot_predictions
+    >>> images = np.zeros((4, 28, 28), np.float32)      # (N, 28, 28) or (N, 28, 28, 1)
+    >>> plot_predictions(images, [1, 2, 3, 4], [1, 2, 3, 5], "predictions.png").name
+    'predictions.png'
+    >>> history = {"epoch": [1, 2], "train_loss": [0.5, 0.3], "train_acc": [0.9, 0.95],
+    ...            "test_loss": [0.4, 0.35], "test_acc": [0.91, 0.93]}
+    >>> plot_history(history, "history.png").name
+    'history.png'
 
 Without a display (Linux with neither DISPLAY nor WAYLAND_DISPLAY) plots are only saved, never
 shown, and the non-interactive Agg backend is selected at import so nothing tries to open a window.

@@ -3,9 +3,20 @@
     python -m model.predict --checkpoint net.npz digit.png [more.png scan.jpg array.npy ...] [--top 3]
     digit.png: 7 (p=0.987)
 
+    >>> import numpy as np
+    >>> from model.network import build_network
     >>> from model.predict import load_image, predict_files
-    >>> img = load_image("digit.png")            # (28, 28) float32 in [0, 1], white on black
-    >>> predict_files(net, ["digit.png"], top=3) # [("digit.png", [(7, 0.987), (1, 0.01), ...])]
+    >>> digit = np.zeros((28, 28), np.float32)
+    >>> digit[6:22, 13:15] = 1.0                    # a "1", white on black
+    >>> np.save("digit.npy", digit)                 # or any image file Pillow reads
+    >>> img = load_image("digit.npy")               # (28, 28) float32 in [0, 1], white on black
+    >>> img.shape, img.dtype
+    ((28, 28), dtype('float32'))
+    >>> net = build_network("small", backend="im2col", seed=0)   # load_network("best.npz") in use
+    >>> [(path, len(ranked)) for path, ranked in predict_files(net, ["digit.npy"], top=3)]
+    [('digit.npy', 3)]
+
+predict_files gives each path its `top` (digit, probability) pairs, most probable first.
 
 Images are made to look like MNIST digits: any size, grayscale / RGB / RGBA / palette, converted
 to grayscale in [0, 1]; inverted when the background is light (mean > 0.5), because MNIST digits

@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 import pytest
-from model_helpers import separable_data, write_mnist_dir
+from model_helpers import separable_data
 
 from model import train as train_cli
 from model import training
@@ -283,12 +283,6 @@ def run_cli(capsys, *argv):
     code = train_cli.main([str(a) for a in argv])
     out = capsys.readouterr()
     return code, out.out, out.err
-
-
-@pytest.fixture(scope="module")
-def small_mnist_dir(tmp_path_factory):
-    """A generated MNIST-format directory (IDX gz files) so CLI tests need no real data."""
-    return write_mnist_dir(tmp_path_factory.mktemp("mnist"))
 
 
 def test_cli_prints_the_run_and_writes_every_output(capsys, tmp_path, small_mnist_dir):

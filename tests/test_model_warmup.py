@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from model_helpers import separable_data, write_mnist_dir
+from model_helpers import separable_data
 
 from kernels import get_backend, jitcache, numba_jit
 from model import train as train_cli
@@ -17,11 +17,6 @@ from model import warmup
 from model.losses import softmax_cross_entropy
 from model.network import build_network
 from model.optim import SGD
-
-
-@pytest.fixture(scope="module")
-def small_mnist_dir(tmp_path_factory):
-    return write_mnist_dir(tmp_path_factory.mktemp("mnist"))
 
 
 def fake_backend(name, events, cached):
