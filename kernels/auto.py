@@ -1,46 +1,51 @@
 """auto backend: each layer runs on the backend that is fastest for its shape, found by timing.
 
-Like cuDNN's benchmark mode: the first call with a new (op, shapes, stride, padding, dtype)
-times every candidate backend on that call's own arrays, keeps the fastest, and remembers the
-choice; later calls go straight to it. A convolution's forward and backward are timed apart and
-may run on two backends: the backward's backend must then build its ctx from the layer's inputs
-(conv2d_backward_ctx: numba, winograd's fused path), since another backend's forward ctx means
-nothing to it; a pooling's passes are chosen together. The candidates are timed in interleaved
-rounds, and the best two again when they finish close (CLOSE_CALL). A Conv2D followed by a
-MaxPool2D (conv2d_maxpool2d_forward) is also chosen as a pair: numba's fused pass against the
-two layers on their own choices.
+Like cuDNN's benchmark mode: the first call with a new (op, shapes, stride, padding, dtype,
+thread settings) times every candidate backend on that call's own arrays, keeps the fastest,
+and remembers the choice; later calls go straight to it. A convolution's forward and backward
+may run on two backends (forward on F, backward on B, where B builds its ctx from the layer's
+inputs: conv2d_backward_ctx, numba and winograd's fused path): such a mix is proposed by the
+passes timed apart and chosen only when, timed as it runs (F's forward, B's ctx, B's backward),
+it beats the best single backend. A pooling's passes are chosen together. A Conv2D followed by
+a MaxPool2D (conv2d_maxpool2d_forward) is also chosen as a pair: numba's fused pass against
+the two layers on their own choices. How candidates are timed: kernels/tuning_policy.py.
 
-Choices are cached on disk per machine (CPU model, vector extensions, numpy and its BLAS,
-numba, thread counts, and the kernels' own source) in the user cache directory, so later runs pay nothing:
+Choices are cached on disk (kernels/tuning_cache.py): one file per machine fingerprint (CPU
+model, vector extensions, numpy and its BLAS, numba, the kernels' own source) in the user cache
+directory, and every key ends with the thread settings in force (BLAS thread limit, numba's
+thread count), so a choice timed under two BLAS threads is not run under the trainer's one.
 
     mode "cached" (default)  use the cache file, time only shapes it does not know
-    mode "fresh"             time every shape again and rewrite the cache
+    mode "fresh"             time every shape again and rewrite their entries
     mode "off"               time nothing: a fixed rule (winograd for 3x3 stride-1 convolutions
                              with at least WINOGRAD_MIN_CHANNELS input channels, else numba)
 
-Set it with configure(mode=...) or the CONVBENCH_AUTOTUNE environment variable. A corrupt or
-stale cache file is ignored with a warning and rewritten atomically; it never stops a run.
-choices() returns what was chosen in this process (for run logs and benchmark reports).
+A Tuner holds one configuration (mode, cache directory) and what it chose. The module's
+functions use the current one: scope another with
+
+    with auto.using(mode="fresh", cache_dir=tmp):   # restored on leaving the block
+        ...
+
+or set the current one's with configure(mode=..., cache_dir=...) (model.train's --autotune);
+$CONVBENCH_AUTOTUNE and $CONVBENCH_CACHE are read where neither says. A corrupt cache file, or
+a bad entry in it (an unknown backend, a backward on a backend that cannot build its ctx), is
+dropped with a warning and timed again; a cache that cannot be written only warns, once. It
+never stops a run. choices() returns what was chosen (for run logs and benchmark reports).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
-import hashlib
-import importlib.metadata
-import json
 import os
-import platform
-import tempfile
-import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from . import tuning_policy
 from .contract import ConvCtx, MaxPoolCtx, PoolCtx
 from .geometry import (
     ConvGeometry,
@@ -49,162 +54,182 @@ from .geometry import (
     pool_geometry,
     pooled_conv_geometry,
 )
+from .tuning_cache import (
+    CacheUnreadable,
+    cache_file,
+    default_cache_dir,
+    load_choices,
+    save_choices,
+    threads_in_force,
+)
+from .tuning_cache import machine_fingerprint as machine_fingerprint  # bench/machine.py records it
 
 MODES = ("off", "cached", "fresh")
 CONV_CANDIDATES = ("winograd", "numba", "im2col", "einsum")
 POOL_CANDIDATES = ("numba", "im2col")
 WINOGRAD_MIN_CHANNELS = 8
-TIMING_REPEATS = 5
-# A runner-up within CLOSE_CALL of the best after those rounds is timed again against it, in
-# CLOSE_CALL_ROUNDS more sets of rounds: on a shared machine five samples can order two
-# backends a few percent apart either way (the `mid` case in report 2026-12-04_183234: numba
-# 4.70 ms and winograd 4.84 ms when auto chose, 4.41 and 3.70 ms in the same run's layer timing).
-CLOSE_CALL = 1.15
-CLOSE_CALL_ROUNDS = 3
-CACHE_VERSION = 1
+FUSED, SEPARATE = "fused numba", "separate"
 
-_state: dict[str, Any] = {"mode": None, "cache_dir": None, "table": None, "path": None}
-_chosen: dict[str, dict] = {}
+
+def _check_mode(value: str, name: str) -> str:
+    if value not in MODES:
+        raise ValueError(f"{name} must be one of {', '.join(MODES)}, got {value!r}")
+    return value
+
+
+class Tuner:
+    """One autotuning configuration and what it has chosen.
+
+    mode: "off", "cached", "fresh", or None ($CONVBENCH_AUTOTUNE, else "cached");
+    cache_dir: the cache file's directory, or None ($CONVBENCH_CACHE, else the user cache).
+    The cache file is read on the first choice that needs it; choices() is this tuner's
+    record of every key it has run, in first-use order."""
+
+    def __init__(self, mode: str | None = None, cache_dir: str | os.PathLike | None = None):
+        self.mode_setting = None if mode is None else _check_mode(mode, "autotune mode")
+        self.cache_dir_setting = None if cache_dir is None else Path(cache_dir)
+        self._chosen: dict[str, dict] = {}
+        self._table: dict[str, dict] | None = None  # the cache file's entries, once read
+        self._machine: dict | None = None
+        self._path: Path | None = None
+        self._saving = True  # False once the cache proved unreadable or unwritable
+
+    @property
+    def mode(self) -> str:
+        """The mode in force: this tuner's setting, else $CONVBENCH_AUTOTUNE, else "cached"."""
+        if self.mode_setting is not None:
+            return self.mode_setting
+        return _check_mode(os.environ.get("CONVBENCH_AUTOTUNE", "cached"), "CONVBENCH_AUTOTUNE")
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.cache_dir_setting or default_cache_dir()
+
+    def cache_path(self) -> Path:
+        """This machine's cache file (kernels.tuning_cache.cache_file) in cache_dir."""
+        if self._path is None:
+            self._machine = machine_fingerprint()
+            self._path = cache_file(self.cache_dir, self._machine)
+        return self._path
+
+    def choices(self) -> dict[str, dict]:
+        """{key: {"backend": name, "seconds": {candidate: seconds}, "source": ...}} for every
+        key this tuner has run ("source": "rule", "cache", "timed" or "only choice")."""
+        return dict(self._chosen)
+
+    def _entries(self) -> dict[str, dict]:
+        if self._table is None:
+            self._table = {}
+            if self.mode == "cached":
+                path = self.cache_path()
+                try:
+                    self._table = load_choices(path, self._machine or {}, check_entry)
+                except CacheUnreadable:
+                    self._saving = False
+        return self._table
+
+    def choose(self, key: str, rule: Callable[[], str], decide: Callable[[], dict]) -> dict:
+        """The record of the choice for `key` ({"backend": ..., ...}): this tuner's, rule()'s
+        in mode "off", the cache's, else decide()'s, timed now and merged into the cache file;
+        a record without timings ("seconds" empty: there was one choice) is kept in memory."""
+        if key in self._chosen:
+            return self._chosen[key]
+        if self.mode == "off":
+            self._chosen[key] = {"backend": rule(), "source": "rule"}
+            return self._chosen[key]
+        table = self._entries()
+        if key in table:
+            self._chosen[key] = {**table[key], "source": "cache"}
+            return self._chosen[key]
+        record = decide()
+        if not record["seconds"]:
+            self._chosen[key] = {**record, "source": "only choice"}
+            return self._chosen[key]
+        table[key] = record
+        self._save(key, record)
+        self._chosen[key] = {**record, "source": "timed"}
+        return self._chosen[key]
+
+    def _save(self, key: str, record: dict) -> None:
+        if not self._saving:
+            return
+        path = self.cache_path()
+        try:
+            save_choices(path, self._machine or {}, {key: record}, check_entry)
+        except OSError as exc:
+            self._saving = False  # one warning per run, not one per layer shape
+            warnings.warn(
+                f"could not write the autotune cache {path}: {exc}; choices are kept for this "
+                f"run only",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+
+
+_current = Tuner()
+
+
+def tuner() -> Tuner:
+    """The Tuner the backend functions use now."""
+    return _current
+
+
+@contextlib.contextmanager
+def using(mode: str | None = None, cache_dir: str | os.PathLike | None = None) -> Iterator[Tuner]:
+    """A fresh Tuner for the block (what is not given is the current one's setting), with
+    nothing chosen yet; the previous tuner, and its choices, are back on leaving it."""
+    global _current
+    previous = _current
+    _current = Tuner(
+        previous.mode_setting if mode is None else mode,
+        previous.cache_dir_setting if cache_dir is None else cache_dir,
+    )
+    try:
+        yield _current
+    finally:
+        _current = previous
 
 
 def configure(mode: str | None = None, cache_dir: str | os.PathLike | None = None) -> None:
-    """Set the autotune mode ("off", "cached", "fresh") and/or the cache directory."""
-    if mode is not None:
-        if mode not in MODES:
-            raise ValueError(f"autotune mode must be one of {', '.join(MODES)}, got {mode!r}")
-        _state["mode"] = mode
-    if cache_dir is not None:
-        _state["cache_dir"] = Path(cache_dir)
-    _state["table"] = None  # re-read (or re-time) under the new settings
-    _chosen.clear()
+    """Replace the current tuner by a fresh one with this mode ("off", "cached", "fresh")
+    and/or cache directory (the other setting kept); inside a using() block, until it ends."""
+    global _current
+    _current = Tuner(
+        _current.mode_setting if mode is None else mode,
+        _current.cache_dir_setting if cache_dir is None else cache_dir,
+    )
 
 
 def mode() -> str:
-    """The autotune mode in force: configure()'s, else $CONVBENCH_AUTOTUNE, else "cached"."""
-    chosen = _state["mode"] or os.environ.get("CONVBENCH_AUTOTUNE", "cached")
-    if chosen not in MODES:
-        raise ValueError(f"CONVBENCH_AUTOTUNE must be one of {', '.join(MODES)}, got {chosen!r}")
-    return chosen
-
-
-def choices() -> dict[str, dict]:
-    """{layer key: {"backend": name, "seconds": {candidate: fwd+bwd seconds}, "source": ...}}
-    for every layer shape this process has run, in first-use order."""
-    return dict(_chosen)
-
-
-# ---------------------------------------------------------------- machine and cache file
-
-
-def _cpu_model_and_isa() -> tuple[str, list[str]]:
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    model = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
-                    break
-    except OSError:
-        pass
-    wanted = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni")
-    return model, [f for f in wanted if f in flags]
-
-
-def machine_fingerprint() -> dict:
-    """What makes one machine's timings differ from another's (the cache is keyed on it)."""
-    from threadpoolctl import threadpool_info
-
-    from . import threads
-
-    model, isa = _cpu_model_and_isa()
-    blas = [
-        f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')}"
-        for i in threadpool_info()
-        if i.get("user_api") == "blas"
-    ]
-    return {
-        "cpu": model,
-        "isa": isa,
-        "cores": os.cpu_count(),
-        "numpy": np.__version__,
-        "blas": sorted(blas),
-        "numba": importlib.metadata.version("numba"),
-        # threads.count(), not numba.get_num_threads(): the first of them starts numba's workers,
-        # and only kernels/threads.py starts them sleeping between kernels; started spinning
-        # here, a `deep` training step with auto ran 1.6x slower (33 against 19 ms)
-        "numba_threads": threads.count(),
-        "python": platform.python_version(),
-        # the candidates' code: a change to any kernel times every shape again
-        "kernels": _kernels_digest(),
-    }
-
-
-def _kernels_digest() -> str:
-    """A hash of the kernels package's source files (the backends auto chooses between)."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
+    """The current tuner's mode in force (see Tuner.mode)."""
+    return _current.mode
 
 
 def cache_dir() -> Path:
-    """configure()'s directory, else $CONVBENCH_CACHE, else ~/.cache/convbench ($XDG_CACHE_HOME)."""
-    if _state["cache_dir"] is not None:
-        return _state["cache_dir"]
-    if os.environ.get("CONVBENCH_CACHE"):
-        return Path(os.environ["CONVBENCH_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "convbench"
+    """The current tuner's cache directory."""
+    return _current.cache_dir
 
 
 def cache_path() -> Path:
-    """This machine's cache file: autotune-<hash of the fingerprint>.json in cache_dir()."""
-    digest = hashlib.sha256(json.dumps(machine_fingerprint(), sort_keys=True).encode())
-    return cache_dir() / f"autotune-{digest.hexdigest()[:12]}.json"
+    """The current tuner's cache file."""
+    return _current.cache_path()
 
 
-def _load_table() -> dict:
-    if _state["table"] is not None:
-        return _state["table"]
-    table: dict = {}
-    path = cache_path()
-    _state["path"] = path
-    if mode() == "cached" and path.exists():
-        try:
-            data = json.loads(path.read_text())
-            if data.get("version") != CACHE_VERSION or data.get("machine") != machine_fingerprint():
-                raise ValueError("written by another version or machine")
-            table = {k: v for k, v in data["choices"].items() if isinstance(v.get("backend"), str)}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            warnings.warn(
-                f"ignoring the autotune cache {path} ({exc}); it will be rewritten",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            table = {}
-    _state["table"] = table
-    return table
+def choices() -> dict[str, dict]:
+    """The current tuner's choices (see Tuner.choices)."""
+    return _current.choices()
 
 
-def _save_table(table: dict) -> None:
-    """Write the cache atomically (temp file + rename); a failure only warns."""
-    path = _state["path"] or cache_path()
-    data = {"version": CACHE_VERSION, "machine": machine_fingerprint(), "choices": table}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except OSError as exc:
-        warnings.warn(f"could not write the autotune cache {path}: {exc}", RuntimeWarning, 2)
+def describe(record: dict) -> str:
+    """A choice record as the run log and the report print it: "numba", or
+    "winograd forward, numba backward" where the passes run on different backends."""
+    backward = record.get("backward", record["backend"])
+    if backward == record["backend"]:
+        return record["backend"]
+    return f"{record['backend']} forward, {backward} backward"
 
 
-# ---------------------------------------------------------------- choosing
+# ---------------------------------------------------------------- cache entries
 
 
 def _available(names) -> list[str]:
@@ -219,41 +244,92 @@ def _backend(name: str):
     return get_backend(name)
 
 
-def _time_candidates(runs: dict[str, Any], key: str) -> dict[str, float | None]:
-    """The best of TIMING_REPEATS timings of each run (None: it raised), taken in rounds (A B C,
-    A B C, ...) so that a busy moment on a shared machine slows every candidate alike rather
-    than all of one candidate's samples."""
-    seconds: dict[str, float | None] = {}
-    for name, run in runs.items():
-        try:
-            run()  # compiles (or loads from numba's cache) and warms the caches
-            seconds[name] = np.inf
-        except Exception as exc:  # a candidate that cannot run this shape is not a choice
-            seconds[name] = None
-            warnings.warn(f"autotune: {name} failed on {key}: {exc}", RuntimeWarning, 3)
-    for _ in range(TIMING_REPEATS):
-        for name, run in runs.items():
-            if seconds[name] is not None:
-                start = time.perf_counter()
-                run()
-                seconds[name] = min(seconds[name], time.perf_counter() - start)  # type: ignore[type-var]
-    return seconds
+_CANDIDATES = {
+    "conv2d": CONV_CANDIDATES,
+    "maxpool2d": POOL_CANDIDATES,
+    "avgpool2d": POOL_CANDIDATES,
+}
 
 
-def _settle_close_call(runs: dict[str, Any], seconds: dict, key: str) -> dict:
-    """seconds, with the best two candidates timed again (see CLOSE_CALL) when they are close;
-    each keeps its best time over all the rounds."""
-    timed = {name: s for name, s in seconds.items() if s is not None}
-    ranked = sorted(timed, key=timed.__getitem__)
-    if len(ranked) < 2 or timed[ranked[1]] > CLOSE_CALL * timed[ranked[0]]:
-        return seconds
-    pair = {name: runs[name] for name in ranked[:2]}
-    settled = dict(seconds)
-    for _ in range(CLOSE_CALL_ROUNDS):
-        for name, s in _time_candidates(pair, key).items():
-            if s is not None:
-                settled[name] = min(settled[name], s)
-    return settled
+def check_entry(key: str, record: Any) -> str | None:
+    """None when a cache entry can be run as it says, else why not (the entry is dropped and
+    its shape timed again): an unknown operation or backend, one not installed here, or a
+    backward on another backend than the forward's that cannot build its ctx from the inputs."""
+    if not isinstance(record, dict) or not isinstance(record.get("backend"), str):
+        return "no backend name"
+    if not isinstance(record.get("seconds", {}), dict):
+        return "its seconds are not a mapping"
+    op = key.split(" ", 1)[0]
+    backend = record["backend"]
+    if op == "conv2d+maxpool2d":
+        return None if backend in (FUSED, SEPARATE) else f"unknown pair choice {backend!r}"
+    candidates = _CANDIDATES.get(op)
+    if candidates is None:
+        return f"unknown operation {op!r}"
+    backward = record.get("backward", backend)
+    if not isinstance(backward, str):
+        return "no backward backend name"
+    for name in {backend, backward}:
+        if name not in candidates:
+            return f"unknown backend {name!r} for {op}"
+        if not _available([name]):
+            return f"backend {name!r} is not available here"
+    if backward != backend and not hasattr(_backend(backward), "conv2d_backward_ctx"):
+        return f"{backward} cannot run a backward after {backend}'s forward"
+    return None
+
+
+# ---------------------------------------------------------------- keys
+
+
+def _options(**given: tuple[Any, Any]) -> dict[str, Any]:
+    """{name: value} of the (value, default) pairs whose value is not the default (n and
+    (n, n) alike), to pass on: a backend that does not know an option is only asked for it
+    when a caller uses it."""
+
+    def is_default(value: Any, default: Any) -> bool:
+        if isinstance(value, (tuple, list)) and not isinstance(default, (tuple, list)):
+            return all(v == default for v in value)
+        return bool(value == default)
+
+    return {
+        name: value for name, (value, default) in given.items() if not is_default(value, default)
+    }
+
+
+# geometry fields the keys spell out; every other field (what a later geometry adds: dilation,
+# groups, four-sided padding, ceil mode) goes in as name=value, so it keys the cache too
+_SHOWN = {"n", "height", "width", "c_in", "c", "kh", "kw", "c_out", "sh", "sw", "out_h", "out_w"}
+
+
+def _key(op: str, g: Any, head: str, options: dict[str, Any]) -> str:
+    shape = "x".join(map(str, g.x_shape))
+    rest = [f"{f.name}={getattr(g, f.name)}" for f in dataclasses.fields(g) if f.name not in _SHOWN]
+    rest += [f"{name}={value}" for name, value in sorted(options.items())]
+    return " ".join([op, f"x={shape}", head, *rest])
+
+
+def conv_key(g: ConvGeometry, options: dict[str, Any] | None = None) -> str:
+    """The cache key of a conv2d call, without the thread settings: shapes, stride, every other
+    geometry field (padding, bias, dtype, ...) and the non-default options (dilation, groups)."""
+    return _key(
+        "conv2d", g, f"w={'x'.join(map(str, g.w_shape))} stride={g.sh},{g.sw}", options or {}
+    )
+
+
+def pool_key(op: str, g: PoolGeometry, options: dict[str, Any] | None = None) -> str:
+    """The cache key of a pooling call (op "maxpool2d" or "avgpool2d"), without the threads."""
+    return _key(op, g, f"size={g.kh},{g.kw} stride={g.sh},{g.sw}", options or {})
+
+
+def pair_key(g: ConvGeometry, pg: PoolGeometry) -> str:
+    """The cache key of a Conv2D + MaxPool2D pair: the conv's key and the pool's window."""
+    return f"conv2d+maxpool2d {conv_key(g)[len('conv2d ') :]} pool={pg.kh},{pg.kw},{pg.sh},{pg.sw}"
+
+
+def _choose(key: str, rule: Callable[[], str], decide: Callable[[], dict]) -> dict:
+    """The current tuner's choice for `key` under the thread settings in force."""
+    return _current.choose(f"{key} {threads_in_force()}", rule, decide)
 
 
 def _rule(op: str, g) -> str:
@@ -264,77 +340,7 @@ def _rule(op: str, g) -> str:
     return (_available(["numba"]) or ["im2col"])[0]
 
 
-def _known(key: str, rule: Callable[[], str]) -> dict | None:
-    """The record of the choice for `key` made already (this process, rule() when autotuning
-    is off, or the disk cache), else None: it still has to be timed."""
-    if key in _chosen:
-        return _chosen[key]
-    if mode() == "off":
-        _chosen[key] = {"backend": rule(), "source": "rule"}
-        return _chosen[key]
-    table = _load_table()
-    if key in table:
-        _chosen[key] = {**table[key], "source": "cache"}
-        return _chosen[key]
-    return None
-
-
-def _choose(key: str, rule: Callable[[], str], decide: Callable[[], dict]) -> dict:
-    """The record of the choice for `key` ({"backend": ..., ...}): known already (_known),
-    else decide()'s, timed now and written to the cache; a record without timings ("seconds"
-    empty: there was one choice) is kept for this process only."""
-    known = _known(key, rule)
-    if known is not None:
-        return known
-    table = _load_table()
-    record = decide()
-    if not record["seconds"]:
-        _chosen[key] = {**record, "source": "only choice"}
-        return _chosen[key]
-    table[key] = record
-    _save_table(table)
-    _chosen[key] = {**record, "source": "timed"}
-    return _chosen[key]
-
-
-def _fastest(runs: dict[str, Any], key: str) -> dict:
-    """{"backend": the fastest of runs ({choice: zero-argument run}), "seconds": each one's}."""
-    if len(runs) == 1:  # nothing to choose between
-        (only,) = runs
-        return {"backend": only, "seconds": {}}
-    seconds = _settle_close_call(runs, _time_candidates(runs, key), key)
-    timed: dict[str, float] = {k: v for k, v in seconds.items() if v is not None}
-    if not timed:
-        raise RuntimeError(f"autotune: no backend could run {key}")
-    return {"backend": min(timed, key=timed.__getitem__), "seconds": seconds}
-
-
-def describe(record: dict) -> str:
-    """A choice record as the run log and the report print it: "numba", or
-    "winograd forward, numba backward" where the passes run on different backends."""
-    backward = record.get("backward", record["backend"])
-    if backward == record["backend"]:
-        return record["backend"]
-    return f"{record['backend']} forward, {backward} backward"
-
-
-def _key(op: str, g, extra: str = "") -> str:
-    shape = "x".join(map(str, g.x_shape))
-    return f"{op} x={shape} {extra} dtype={np.dtype(g.dtype).name}"
-
-
-def conv_key(g: ConvGeometry) -> str:
-    """The cache key of a conv2d call: shapes, stride, padding, bias, dtype."""
-    extra = (
-        f"w={g.kh}x{g.kw}x{g.c_in}x{g.c_out} stride={g.sh},{g.sw} pad={g.ph},{g.pw} "
-        f"bias={int(g.has_bias)}"
-    )
-    return _key("conv2d", g, extra)
-
-
-def pool_key(op: str, g: PoolGeometry) -> str:
-    """The cache key of a pooling call (op "maxpool2d" or "avgpool2d")."""
-    return _key(op, g, f"size={g.kh},{g.kw} stride={g.sh},{g.sw}")
+# ---------------------------------------------------------------- convolution
 
 
 @dataclass(frozen=True, eq=False)
@@ -363,89 +369,135 @@ class AutoPoolCtx(PoolCtx):
     inner: Any
 
 
-def conv2d_forward(x, w, b=None, stride=1, padding=0):
-    """x: (N, H, W, C_in), w: (KH, KW, C_in, C_out), b: (C_out,) or None -> y: (N, OH, OW, C_out),
-    computed by the backend chosen for this shape's forward; the ctx is that of the backend
-    chosen for its backward (see the module docstring)."""
-    g = conv_geometry(x, w, b, stride, padding)
-    forward, backward = _conv_choice(g, x, w, b, stride, padding)
-    y, inner = _backend(forward).conv2d_forward(x, w, b, stride, padding)
+def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
+    """x: (N, H, W, C_in), w: (KH, KW, C_in / groups, C_out), b: (C_out,) or None
+    -> y: (N, OH, OW, C_out), computed by the backend chosen for this shape's forward; the ctx
+    is that of the backend chosen for its backward (see the module docstring). dilation and
+    groups go to the backends only when not 1."""
+    options = _options(dilation=(dilation, 1), groups=(groups, 1))
+    g = conv_geometry(x, w, b, stride, padding, **options)
+    call = (x, w, b, stride, padding)
+    forward, backward = _conv_choice(g, call, options)
+    y, inner = _backend(forward).conv2d_forward(*call, **options)
     if backward == forward:
         return y, AutoConvCtx(g, forward, inner)
-    inner = _backend(backward).conv2d_backward_ctx(x, w, b, stride, padding)
-    return y, AutoConvCtx(g, backward, inner, forward)
+    rebuilt = _rebuilt_ctx(_backend(backward), call, options)
+    if rebuilt is None:  # a cached mix this shape cannot run: B's own forward makes its ctx
+        _, rebuilt = _backend(backward).conv2d_forward(*call, **options)
+    return y, AutoConvCtx(g, backward, rebuilt, forward)
 
 
-def _rebuilt_ctx(be, x, w, b, stride, padding):
+def conv2d_backward(dy, ctx: AutoConvCtx, need_dx=True):
+    """dy: (N, OH, OW, C_out) -> (dx or None, dw, db or None), on the backend chosen for it."""
+    return _backend(ctx.backend).conv2d_backward(dy, ctx.inner, need_dx=need_dx)
+
+
+def _rebuilt_ctx(be, call: tuple, options: dict[str, Any]):
     """be's backward ctx built from the inputs (ConvBackwardCtx), or None where it has none."""
     build = getattr(be, "conv2d_backward_ctx", None)
-    return None if build is None else build(x, w, b, stride, padding)
+    return None if build is None else build(*call, **options)
 
 
-def _conv_choice(g: ConvGeometry, x, w, b, stride, padding) -> tuple[str, str]:
+def _conv_choice(g: ConvGeometry, call: tuple, options: dict[str, Any]) -> tuple[str, str]:
     """(forward backend, backward backend) for conv geometry g, timed on this call's arrays if
     not known yet (_conv_passes)."""
-    record = _choose(
-        conv_key(g),
-        lambda: _rule("conv", g),
-        lambda: _conv_passes(conv_key(g), x, w, b, stride, padding),
-    )
+    key = conv_key(g, options)
+    record = _choose(key, lambda: _rule("conv", g), lambda: _conv_passes(key, call, options))
     return record["backend"], record.get("backward", record["backend"])
 
 
-def _conv_passes(key, x, w, b, stride, padding) -> dict:
-    """Each candidate's forward and backward timed on their own; the choice is the pair
-    (forward on F, backward on B) of the least summed time, where B == F or B can build its
-    backward ctx from the inputs (conv2d_backward_ctx: numba, winograd's fused path). A
-    backward is timed on that rebuilt ctx where there is one, so every pair ending in B
-    compares on the same backward time.
+def _conv_passes(key: str, call: tuple, options: dict[str, Any]) -> dict:
+    """Each candidate's forward and backward timed on their own, summed per pair (forward on F,
+    backward on B, where B == F or B can build its backward ctx from the inputs); a backward is
+    timed on that rebuilt ctx where there is one, so every pair ending in B compares on the
+    same backward time. The best single backend is the choice unless the best mix (F != B) is
+    predicted faster: then the two are timed again as they run (F's forward, B's ctx and
+    backward, one call sequence, interleaved against the single's forward and backward), and
+    the mix is chosen only if it wins there too: the passes timed apart miss what one pass
+    leaves in the caches for the other and what building B's ctx costs.
 
     Returns {"backend": F, "backward": B, "seconds": {candidate: its forward + backward},
-    "forward_seconds": {...}, "backward_seconds": {...}} (None: the candidate failed)."""
+    "forward_seconds": {...}, "backward_seconds": {...}} (None: the candidate failed), and
+    "whole_seconds": {describe(choice): seconds} where a mix was timed as it runs."""
+    policy = tuning_policy
     forwards, backwards, rebuildable = {}, {}, set()
     for name in _available(CONV_CANDIDATES):
         be = _backend(name)
         try:
-            y, ctx = be.conv2d_forward(x, w, b, stride, padding)
-            rebuilt = _rebuilt_ctx(be, x, w, b, stride, padding)
+            y, ctx = be.conv2d_forward(*call, **options)
+            rebuilt = _rebuilt_ctx(be, call, options)
         except Exception as exc:  # a candidate that cannot run this shape is not a choice
             warnings.warn(f"autotune: {name} failed on {key}: {exc}", RuntimeWarning, 3)
             continue
         if rebuilt is not None:
             rebuildable.add(name)
-        forwards[name] = functools.partial(be.conv2d_forward, x, w, b, stride, padding)
+        forwards[name] = functools.partial(be.conv2d_forward, *call, **options)
         backwards[name] = functools.partial(
             be.conv2d_backward, y, ctx if rebuilt is None else rebuilt
         )
-    fwd = _settle_close_call(forwards, _time_candidates(forwards, key), key)
-    bwd = _settle_close_call(backwards, _time_candidates(backwards, key), key)
-    pairs = {
-        (f, bk): fwd[f] + bwd[bk]
-        for f in forwards
-        for bk in backwards
-        if fwd[f] is not None and bwd[bk] is not None and (bk == f or bk in rebuildable)
-    }
+    fwd = policy.settle_close_call(forwards, policy.time_candidates(forwards, key), key)
+    bwd = policy.settle_close_call(backwards, policy.time_candidates(backwards, key), key)
+    pairs: dict[tuple[str, str], float] = {}
+    for f in forwards:
+        for bk in backwards:
+            f_s, b_s = fwd[f], bwd[bk]
+            if f_s is not None and b_s is not None and (bk == f or bk in rebuildable):
+                pairs[(f, bk)] = f_s + b_s
     if not pairs:
         raise RuntimeError(f"autotune: no backend could run {key}")
-    # ties go to one backend for both passes (no ctx to rebuild)
-    forward, backward = min(pairs, key=lambda p: (pairs[p], p[0] != p[1]))
-    both = {n: (None if fwd[n] is None or bwd[n] is None else fwd[n] + bwd[n]) for n in forwards}
-    return {
-        "backend": forward,
-        "backward": backward,
-        "seconds": both,
+    single = min((p for p in pairs if p[0] == p[1]), key=pairs.__getitem__, default=None)
+    mix = min((p for p in pairs if p[0] != p[1]), key=pairs.__getitem__, default=None)
+    both = {n: (fwd[n], bwd[n]) for n in forwards}
+    record: dict[str, Any] = {
+        "seconds": {n: None if None in s else sum(s) for n, s in both.items()},
         "forward_seconds": fwd,
         "backward_seconds": bwd,
     }
+    choice = single
+    if mix is not None and (single is None or pairs[mix] < pairs[single]):
+        runs = {_pass_names(mix): _as_run(mix, call, options)}
+        if single is not None:
+            runs[_pass_names(single)] = _as_run(single, call, options)
+        whole = policy.fastest(runs, key)
+        record["whole_seconds"] = whole["seconds"]
+        choice = mix if whole["backend"] == _pass_names(mix) else single
+    assert choice is not None  # pairs is not empty: a single or a mix
+    return {"backend": choice[0], "backward": choice[1], **record}
 
 
-def conv2d_maxpool2d_forward(x, w, b=None, stride=1, padding=0, size=2, pool_stride=None):
+def _pass_names(passes: tuple[str, str]) -> str:
+    return describe({"backend": passes[0], "backward": passes[1]})
+
+
+def _as_run(passes: tuple[str, str], call: tuple, options: dict[str, Any]) -> Callable[[], None]:
+    """A layer's forward and backward as conv2d_forward and conv2d_backward run them when the
+    choice is passes = (F, B)."""
+    forward, backward = _backend(passes[0]), _backend(passes[1])
+
+    def run() -> None:
+        y, ctx = forward.conv2d_forward(*call, **options)
+        if passes[1] != passes[0]:
+            ctx = _rebuilt_ctx(backward, call, options)
+        backward.conv2d_backward(y, ctx)
+
+    return run
+
+
+# ---------------------------------------------------------------- conv + max-pool pair
+
+
+def conv2d_maxpool2d_forward(
+    x, w, b=None, stride=1, padding=0, size=2, pool_stride=None, dilation=1, groups=1
+):
     """conv2d_forward then maxpool2d_forward in one pass (numba's conv2d_maxpool2d_forward: the
     convolution's output is never written) where the pair's choice (_pair_choice) is "fused";
-    None otherwise, and the caller runs the two calls (each on its own choice)."""
+    None otherwise, and the caller runs the two calls (each on its own choice). A dilated or
+    grouped convolution is never fused: None."""
+    if _options(dilation=(dilation, 1), groups=(groups, 1)):
+        return None
     g = conv_geometry(x, w, b, stride, padding)
     pg = pooled_conv_geometry(g, size, pool_stride)
-    if _pair_choice(g, pg, x, w, b, stride, padding, size, pool_stride) != FUSED:
+    if _pair_choice(g, pg, (x, w, b, stride, padding), size, pool_stride) != FUSED:
         return None
     fused = _backend("numba").conv2d_maxpool2d_forward(x, w, b, stride, padding, size, pool_stride)
     if fused is None:
@@ -458,15 +510,7 @@ def conv2d_maxpool2d_forward(x, w, b=None, stride=1, padding=0, size=2, pool_str
     )
 
 
-FUSED, SEPARATE = "fused numba", "separate"
-
-
-def pair_key(g: ConvGeometry, pg: PoolGeometry) -> str:
-    """The cache key of a Conv2D + MaxPool2D pair: the conv's key and the pool's window."""
-    return f"conv2d+maxpool2d {conv_key(g)[len('conv2d ') :]} pool={pg.kh},{pg.kw},{pg.sh},{pg.sw}"
-
-
-def _pair_choice(g, pg, x, w, b, stride, padding, size, pool_stride) -> str:
+def _pair_choice(g, pg, call: tuple, size, pool_stride) -> str:
     """FUSED (numba's one-pass conv + max-pool, forward and backward) or SEPARATE (the conv and
     the pool each on its own choice), timed against each other where numba fuses the pair.
     Timed alone, a convolution can lose to another backend by less than fusing it with its
@@ -485,22 +529,20 @@ def _pair_choice(g, pg, x, w, b, stride, padding, size, pool_stride) -> str:
         if not fusable():
             return {"backend": SEPARATE, "seconds": {}}  # the only choice: nothing to time
         # the conv's and the pool's own choices first, so that timing them is not in the pair's
-        y, _ = conv2d_forward(x, w, b, stride, padding)
-        _pool_choice("maxpool2d", y, size, pool_stride)
+        y, _ = conv2d_forward(*call)
+        _pool_choice("maxpool2d", y, size, pool_stride, {})
         numba = _backend("numba")
 
         def fused():
-            p, conv_ctx, pool_ctx = numba.conv2d_maxpool2d_forward(
-                x, w, b, stride, padding, size, pool_stride
-            )
+            p, conv_ctx, pool_ctx = numba.conv2d_maxpool2d_forward(*call, size, pool_stride)
             numba.conv2d_maxpool2d_backward(p, conv_ctx, pool_ctx)
 
         def separate():
-            yc, conv_ctx = conv2d_forward(x, w, b, stride, padding)
+            yc, conv_ctx = conv2d_forward(*call)
             p, pool_ctx = maxpool2d_forward(yc, size, pool_stride)
             conv2d_backward(maxpool2d_backward(p, pool_ctx), conv_ctx)
 
-        return _fastest({FUSED: fused, SEPARATE: separate}, pair_key(g, pg))
+        return tuning_policy.fastest({FUSED: fused, SEPARATE: separate}, pair_key(g, pg))
 
     return _choose(pair_key(g, pg), rule, decide)["backend"]
 
@@ -515,41 +557,42 @@ def conv2d_maxpool2d_backward(dy, conv_ctx: AutoConvCtx, pool_ctx: AutoMaxPoolCt
     return fused(dy, conv_ctx.inner, pool_ctx.inner, need_dx)
 
 
-def conv2d_backward(dy, ctx: AutoConvCtx, need_dx=True):
-    """dy: (N, OH, OW, C_out) -> (dx or None, dw, db or None), on the backend chosen for it."""
-    return _backend(ctx.backend).conv2d_backward(dy, ctx.inner, need_dx=need_dx)
+# ---------------------------------------------------------------- pooling
 
 
-def _pool_choice(op: str, x, size, stride) -> str:
+def _pool_choice(op: str, x, size, stride, options: dict[str, Any]) -> str:
     """The backend for pooling op ("maxpool2d", "avgpool2d") of x, timed on x if not known."""
-    g = pool_geometry(x, size, stride)
+    g = pool_geometry(x, size, stride, **options)
+    key = pool_key(op, g, options)
 
     def run_for(be):
         def run():
-            y, ctx = getattr(be, f"{op}_forward")(x, size, stride)
+            y, ctx = getattr(be, f"{op}_forward")(x, size, stride, **options)
             getattr(be, f"{op}_backward")(y, ctx)
 
         return run
 
     def decide():
         runs = {name: run_for(_backend(name)) for name in _available(POOL_CANDIDATES)}
-        return _fastest(runs, pool_key(op, g))
+        return tuning_policy.fastest(runs, key)
 
-    return _choose(pool_key(op, g), lambda: _rule("pool", g), decide)["backend"]
+    return _choose(key, lambda: _rule("pool", g), decide)["backend"]
 
 
-def _pool_forward(op: str, x, size, stride):
-    g = pool_geometry(x, size, stride)
-    name = _pool_choice(op, x, size, stride)
-    y, inner = getattr(_backend(name), f"{op}_forward")(x, size, stride)
+def _pool_forward(op: str, x, size, stride, options: dict[str, Any]):
+    g = pool_geometry(x, size, stride, **options)
+    name = _pool_choice(op, x, size, stride, options)
+    y, inner = getattr(_backend(name), f"{op}_forward")(x, size, stride, **options)
     if op == "maxpool2d":
         return y, AutoMaxPoolCtx(g, inner.argmax, name, inner)
     return y, AutoPoolCtx(g, name, inner)
 
 
-def maxpool2d_forward(x, size=2, stride=None):
-    """x: (N, H, W, C) -> y: (N, OH, OW, C) on the backend chosen for this shape."""
-    return _pool_forward("maxpool2d", x, size, stride)
+def maxpool2d_forward(x, size=2, stride=None, padding=0, ceil_mode=False):
+    """x: (N, H, W, C) -> y: (N, OH, OW, C) on the backend chosen for this shape; padding and
+    ceil_mode go to the backends only when not the defaults."""
+    options = _options(padding=(padding, 0), ceil_mode=(ceil_mode, False))
+    return _pool_forward("maxpool2d", x, size, stride, options)
 
 
 def maxpool2d_backward(dy, ctx: AutoMaxPoolCtx):
@@ -557,14 +600,23 @@ def maxpool2d_backward(dy, ctx: AutoMaxPoolCtx):
     return _backend(ctx.backend).maxpool2d_backward(dy, ctx.inner)
 
 
-def avgpool2d_forward(x, size=2, stride=None):
-    """x: (N, H, W, C) -> y: (N, OH, OW, C) on the backend chosen for this shape."""
-    return _pool_forward("avgpool2d", x, size, stride)
+def avgpool2d_forward(x, size=2, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
+    """x: (N, H, W, C) -> y: (N, OH, OW, C) on the backend chosen for this shape; padding,
+    ceil_mode and count_include_pad go to the backends only when not the defaults."""
+    options = _options(
+        padding=(padding, 0),
+        ceil_mode=(ceil_mode, False),
+        count_include_pad=(count_include_pad, True),
+    )
+    return _pool_forward("avgpool2d", x, size, stride, options)
 
 
 def avgpool2d_backward(dy, ctx: AutoPoolCtx):
     """dy: (N, OH, OW, C) -> dx: (N, H, W, C), on the forward's backend."""
     return _backend(ctx.backend).avgpool2d_backward(dy, ctx.inner)
+
+
+# ---------------------------------------------------------------- warmup
 
 
 def warmup(dtypes=None, ops=None) -> None:

@@ -8,8 +8,8 @@ and "ci" (250 examples; chosen automatically when CI=true). HYPOTHESIS_PROFILE=c
 one explicitly.
 
 The `auto` backend would time candidates and write its choices to the user's cache directory:
-the tests give it a fresh temporary cache and the "off" mode (a fixed rule, no timing), except
-tests/test_kernels_auto.py, which configures it per test.
+the tests give it a temporary cache and the "off" mode (a fixed rule, no timing), in a scope
+(kernels.auto.using) per test; tests/test_kernels_auto*.py open scopes of their own.
 """
 
 import os
@@ -67,9 +67,19 @@ def small_mnist_dir(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _autotune_isolated(tmp_path_factory):
-    """Keep the auto backend's timing and cache file out of the user's cache (see above)."""
+def _autotune_session(tmp_path_factory):
+    """Keep the auto backend's timing and cache file out of the user's cache (see above), from
+    the first fixture of the session on."""
     from kernels import auto
 
-    auto.configure(mode="off", cache_dir=tmp_path_factory.mktemp("autotune"))
-    yield
+    with auto.using(mode="off", cache_dir=tmp_path_factory.mktemp("autotune")):
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _autotune_isolated(_autotune_session):
+    """Each test in a tuner scope of its own: what one test configures or chooses ends with it."""
+    from kernels import auto
+
+    with auto.using():
+        yield

@@ -1,0 +1,83 @@
+"""auto's timing policy: how candidates are timed against each other so that a noisy moment on
+a shared machine does not decide the choice.
+
+    time_candidates(runs, key)          each run's best of TIMING_REPEATS, taken in interleaved
+                                        rounds (A B C, A B C, ...)
+    settle_close_call(runs, s, key)     the best two timed again when within CLOSE_CALL
+    fastest(runs, key)                  both, and the winner: {"backend", "seconds"}
+
+A run is a zero-argument callable doing the work as the network does it (a forward and its
+backward, say); one that raises is not a choice (seconds None, with a warning).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+Runs = Mapping[str, Callable[[], object]]
+
+TIMING_REPEATS = 5
+# A runner-up within CLOSE_CALL of the best after those rounds is timed again against it, in
+# CLOSE_CALL_ROUNDS more sets of rounds: on a shared machine five samples can order two
+# backends a few percent apart either way (the `mid` benchmark case's conv: numba and winograd
+# swapped places between auto's timing and the layer timing of one run).
+CLOSE_CALL = 1.15
+CLOSE_CALL_ROUNDS = 3
+
+
+def time_candidates(runs: Runs, key: str) -> dict[str, float | None]:
+    """The best of TIMING_REPEATS timings of each run (None: it raised), taken in rounds (A B C,
+    A B C, ...) so that a busy moment on a shared machine slows every candidate alike rather
+    than all of one candidate's samples."""
+    seconds: dict[str, float | None] = {}
+    for name, run in runs.items():
+        try:
+            run()  # compiles (or loads from numba's cache) and warms the caches
+            seconds[name] = np.inf
+        except Exception as exc:  # a candidate that cannot run this shape is not a choice
+            seconds[name] = None
+            warnings.warn(f"autotune: {name} failed on {key}: {exc}", RuntimeWarning, 3)
+    for _ in range(TIMING_REPEATS):
+        for name, run in runs.items():
+            best = seconds[name]
+            if best is not None:
+                start = time.perf_counter()
+                run()
+                seconds[name] = min(best, time.perf_counter() - start)
+    return seconds
+
+
+def settle_close_call(
+    runs: Runs, seconds: Mapping[str, float | None], key: str
+) -> dict[str, float | None]:
+    """seconds, with the best two candidates timed again (see CLOSE_CALL) when they are close;
+    each keeps its best time over all the rounds."""
+    timed = {name: s for name, s in seconds.items() if s is not None}
+    ranked = sorted(timed, key=timed.__getitem__)
+    settled = dict(seconds)
+    if len(ranked) < 2 or timed[ranked[1]] > CLOSE_CALL * timed[ranked[0]]:
+        return settled
+    pair = {name: runs[name] for name in ranked[:2]}
+    for _ in range(CLOSE_CALL_ROUNDS):
+        for name, s in time_candidates(pair, key).items():
+            best = settled[name]
+            if s is not None and best is not None:
+                settled[name] = min(best, s)
+    return settled
+
+
+def fastest(runs: Runs, key: str) -> dict:
+    """{"backend": the fastest of runs ({choice: zero-argument run}), "seconds": each one's}
+    ("seconds" empty: a lone run, nothing timed). RuntimeError when every run raised."""
+    if len(runs) == 1:  # nothing to choose between
+        (only,) = runs
+        return {"backend": only, "seconds": {}}
+    seconds = settle_close_call(runs, time_candidates(runs, key), key)
+    timed = {k: v for k, v in seconds.items() if v is not None}
+    if not timed:
+        raise RuntimeError(f"autotune: no backend could run {key}")
+    return {"backend": min(timed, key=timed.__getitem__), "seconds": seconds}
