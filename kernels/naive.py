@@ -10,17 +10,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .contract import ConvCtx, MaxPoolCtx, PoolCtx
+from .contract import ConvCtx, MaxPoolCtx, PoolCtx, check_ctx
 from .geometry import (
+    ConvGeometry,
     IntPair,
     Padding,
     PoolGeometry,
     argmax_dtype,
     check_grad,
     conv_geometry,
-    pad_hw,
+    crop_conv_input,
+    pad_conv_input,
     pool_geometry,
-    unpad_hw,
 )
 
 
@@ -28,8 +29,14 @@ from .geometry import (
 class NaiveConvCtx(ConvCtx):
     """conv2d's ctx: the padded input (dW reads it) and the weights (dX reads them)."""
 
-    x_padded: np.ndarray  # (N, H + 2*ph, W + 2*pw, C_in)
-    w: np.ndarray  # (KH, KW, C_in, C_out)
+    x_padded: np.ndarray  # (N, H + top + bottom, W + left + right, C_in)
+    w: np.ndarray  # (KH, KW, C_in // groups, C_out)
+
+
+def _groups(g: ConvGeometry) -> list[tuple[slice, slice]]:
+    """(input channels, output channels) of each group: group k is a slice of both."""
+    cg, og = g.c_in_group, g.c_out_group
+    return [(slice(k * cg, (k + 1) * cg), slice(k * og, (k + 1) * og)) for k in range(g.groups)]
 
 
 def conv2d_forward(
@@ -38,20 +45,26 @@ def conv2d_forward(
     b: np.ndarray | None = None,
     stride: IntPair = 1,
     padding: Padding = 0,
+    dilation: IntPair = 1,
+    groups: int = 1,
 ) -> tuple[np.ndarray, NaiveConvCtx]:
-    """Cross-correlation. x: (N, H, W, C_in), w: (KH, KW, C_in, C_out), b: (C_out,) or None.
+    """Cross-correlation. x: (N, H, W, C_in), w: (KH, KW, C_in // groups, C_out), b: (C_out,)
+    or None (kernels/contract.py states stride, padding, dilation and groups).
 
     Returns y: (N, OH, OW, C_out) in x's dtype, and ctx for :func:`conv2d_backward`.
     """
-    g = conv_geometry(x, w, b, stride, padding)
-    x_padded = pad_hw(x, g.ph, g.pw)
+    g = conv_geometry(x, w, b, stride, padding, dilation, groups)
+    x_padded = pad_conv_input(x, g)
     y = np.zeros(g.y_shape, dtype=g.dtype)
     for i in range(g.out_h):
         for j in range(g.out_w):
             for di in range(g.kh):
                 for dj in range(g.kw):
-                    # (N, C_in) @ (C_in, C_out): one kernel tap at one output position
-                    y[:, i, j, :] += x_padded[:, i * g.sh + di, j * g.sw + dj, :] @ w[di, dj]
+                    # dilation: the taps of a window are dil_h rows / dil_w columns apart
+                    r, c = i * g.sh + di * g.dil_h, j * g.sw + dj * g.dil_w
+                    for ins, outs in _groups(g):
+                        # (N, C_in/groups) @ (C_in/groups, C_out/groups): one tap, one group
+                        y[:, i, j, outs] += x_padded[:, r, c, ins] @ w[di, dj, :, outs]
     if b is not None:
         y += b
     return y, NaiveConvCtx(g, x_padded, w)
@@ -61,21 +74,23 @@ def conv2d_backward(
     dy: np.ndarray, ctx: NaiveConvCtx, need_dx: bool = True
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
     """dy: (N, OH, OW, C_out) -> (dx (N, H, W, C_in) or None, dw like w, db (C_out,) or None)."""
+    check_ctx(ctx, NaiveConvCtx, "naive")
     g, x_padded, w = ctx.geometry, ctx.x_padded, ctx.w
     check_grad(dy, g.y_shape, g.dtype)
     dw = np.zeros(g.w_shape, dtype=g.dtype)
     dx_padded = np.zeros(g.padded_shape, dtype=g.dtype) if need_dx else None
     for i in range(g.out_h):
         for j in range(g.out_w):
-            dy_ij = dy[:, i, j, :]  # (N, C_out)
             for di in range(g.kh):
                 for dj in range(g.kw):
-                    r, c = i * g.sh + di, j * g.sw + dj
-                    dw[di, dj] += x_padded[:, r, c, :].T @ dy_ij  # (C_in, C_out)
-                    if dx_padded is not None:
-                        dx_padded[:, r, c, :] += dy_ij @ w[di, dj].T  # (N, C_in)
+                    r, c = i * g.sh + di * g.dil_h, j * g.sw + dj * g.dil_w
+                    for ins, outs in _groups(g):
+                        dy_ij = dy[:, i, j, outs]  # (N, C_out/groups)
+                        dw[di, dj, :, outs] += x_padded[:, r, c, ins].T @ dy_ij
+                        if dx_padded is not None:
+                            dx_padded[:, r, c, ins] += dy_ij @ w[di, dj, :, outs].T
     db = dy.sum(axis=(0, 1, 2)) if g.has_bias else None
-    dx = None if dx_padded is None else unpad_hw(dx_padded, g.ph, g.pw)
+    dx = None if dx_padded is None else crop_conv_input(dx_padded, g)
     return dx, dw, db
 
 

@@ -13,6 +13,10 @@ Convolution, two ways:
            write the same accumulator.
 Pooling:   forward prange over (n, output row); backward prange over samples (windows of one sample
            may overlap, different samples never do).
+Depthwise (groups == C_in, kernels/depthwise.py): per-channel stencils vectorised over the
+           contiguous channel axis, padding, stride and dilation native; prange over rows.
+Other groups, dilation, asymmetric padding (kernels/decompose.py): exact rewrites into plain
+           convolutions run on the paths above; the ctx's `path` says which ran.
 Conv + 2x2 max-pool, fused (model.layers.Conv2D.forward_maxpool / backward_maxpool):
            forward on the register tiles, a tile being one pooling window; backward on the
            plane kernels, the pool's gradient spread into them a sample at a time.
@@ -31,8 +35,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from . import jitcache, numba_conv, numba_tiles, threads
-from .contract import ConvCtx, MaxPoolCtx, PoolCtx
+from . import decompose, depthwise, jitcache, numba_conv, numba_tiles, threads
+from .contract import ConvCtx, MaxPoolCtx, PoolCtx, check_ctx
 from .geometry import (
     ConvGeometry,
     IntPair,
@@ -240,8 +244,10 @@ class TiledConvCtx(ConvCtx):
     w: np.ndarray  # (KH, KW, C_in, C_out), C-contiguous
 
 
-# the two conv ctx types: the plane kernels' and the many-channel tiles'
-NumbaCtx = NumbaConvCtx | TiledConvCtx
+# the conv ctx types: the plane kernels', the many-channel tiles', the depthwise kernels' and a
+# decomposed call's (groups, dilation, asymmetric padding)
+NumbaCtx = NumbaConvCtx | TiledConvCtx | depthwise.DepthwiseCtx | decompose.DecomposedCtx
+_CTX_TYPES = (NumbaConvCtx, TiledConvCtx, depthwise.DepthwiseCtx, decompose.DecomposedCtx)
 
 
 def _launch_tiles(
@@ -313,13 +319,21 @@ def conv2d_forward(
     b: np.ndarray | None = None,
     stride: IntPair = 1,
     padding: Padding = 0,
+    dilation: IntPair = 1,
+    groups: int = 1,
 ) -> tuple[np.ndarray, NumbaCtx]:
-    """x: (N, H, W, C_in), w: (KH, KW, C_in, C_out), b: (C_out,) or None -> y: (N, OH, OW, C_out).
+    """x: (N, H, W, C_in), w: (KH, KW, C_in // groups, C_out), b: (C_out,) or None
+    -> y: (N, OH, OW, C_out) (kernels/contract.py states stride, padding, dilation, groups).
 
     Same dtype as x (float32 or float64). ctx keeps x, w (C-contiguous), the layout and the tap
-    offsets for the backward pass.
+    offsets for the backward pass. Depthwise calls run on kernels/depthwise.py, other groups,
+    dilation or asymmetric padding by kernels/decompose.py.
     """
-    g = conv_geometry(x, w, b, stride, padding)
+    g = conv_geometry(x, w, b, stride, padding, dilation, groups)
+    if depthwise.applies(g):
+        return _depthwise_forward(g, x, w, b)
+    if not g.plain:
+        return decompose.forward(conv2d_forward, g, x, w, b, "numba")
     if numba_tiles.forward_applies(g):
         return _tiled_forward(g, x, w, b)
     x, w = np.ascontiguousarray(x), np.ascontiguousarray(w)
@@ -342,17 +356,64 @@ def conv2d_forward(
     return y, NumbaConvCtx(g, x, w, lay, offsets)
 
 
+def _depthwise_forward(
+    g: ConvGeometry, x: np.ndarray, w: np.ndarray, b: np.ndarray | None
+) -> tuple[np.ndarray, depthwise.DepthwiseCtx]:
+    """conv2d_forward by kernels/depthwise.py (groups == C_in)."""
+    ctx = depthwise.make_ctx(g, x, w)
+    multiplier = g.c_out // g.c_in
+    bias = np.zeros(g.c_out, dtype=g.dtype) if b is None else b
+    out = np.empty(g.y_shape[:3] + (multiplier, g.c_in), dtype=g.dtype)
+    _launch(
+        depthwise.forward_kernel,
+        g.flops // 2,
+        ctx.x,
+        ctx.wt,
+        depthwise.to_m_major(bias, g.c_in),
+        *depthwise.geometry_args(g),
+        out,
+    )
+    y = out.reshape(g.y_shape) if multiplier == 1 else depthwise.from_m_major(out)
+    return y, ctx
+
+
+def _depthwise_backward(
+    dy: np.ndarray, ctx: depthwise.DepthwiseCtx, need_dx: bool
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+    """conv2d_backward by kernels/depthwise.py."""
+    g = ctx.geometry
+    dy_m = depthwise.to_m_major(dy, g.c_in)  # (N, OH, OW, M, C_in); a plain copy for M = 1
+    n_parts = _parts(g)
+    dw_parts = np.zeros((n_parts,) + ctx.wt.shape, dtype=g.dtype)
+    args = depthwise.geometry_args(g)
+    _launch(depthwise.dw_kernel, g.flops // 2, ctx.x, dy_m, *args, dw_parts)
+    dw_m = dw_parts.sum(axis=0)  # (KH, KW, M, C_in)
+    dw = depthwise.from_m_major(dw_m).reshape(g.w_shape)
+    db = dy.sum(axis=(0, 1, 2)) if g.has_bias else None
+    if not need_dx:
+        return None, dw, db
+    dx = np.empty(g.x_shape, dtype=g.dtype)
+    _launch(depthwise.dx_kernel, g.flops // 2, dy_m, ctx.wt, *args, dx)
+    return dx, dw, db
+
+
 def conv2d_backward_ctx(
     x: np.ndarray,
     w: np.ndarray,
     b: np.ndarray | None = None,
     stride: IntPair = 1,
     padding: Padding = 0,
-) -> TiledConvCtx:
+    dilation: IntPair = 1,
+    groups: int = 1,
+) -> NumbaCtx | None:
     """conv2d_backward's ctx from the inputs alone (x and w; no forward run): what auto passes
     when another backend ran the forward. The backward takes it for every geometry (the plane
     kernels' layout and taps are rebuilt from it, see _plane_ctx)."""
-    g = conv_geometry(x, w, b, stride, padding)
+    g = conv_geometry(x, w, b, stride, padding, dilation, groups)
+    if depthwise.applies(g):
+        return depthwise.make_ctx(g, x, w)
+    if not g.plain:
+        return decompose.backward_ctx(conv2d_backward_ctx, g, x, w, b, "numba")
     return TiledConvCtx(g, np.ascontiguousarray(x), np.ascontiguousarray(w))
 
 
@@ -363,8 +424,13 @@ def conv2d_backward(
 
     need_dx=False skips the dX half of the kernel (first layer of a network).
     """
+    check_ctx(ctx, _CTX_TYPES, "numba")
     check_grad(dy, ctx.geometry.y_shape, ctx.geometry.dtype)
+    if isinstance(ctx, decompose.DecomposedCtx):
+        return decompose.backward(conv2d_backward, dy, ctx, need_dx)
     dy = np.ascontiguousarray(dy)
+    if isinstance(ctx, depthwise.DepthwiseCtx):
+        return _depthwise_backward(dy, ctx, need_dx)
     if isinstance(ctx, TiledConvCtx):
         if numba_tiles.backward_applies(ctx.geometry):
             dw, db = _tiled_dw(dy, ctx)
@@ -446,8 +512,10 @@ def maxpool2d_forward(
 
 def fuses_maxpool(g: ConvGeometry, pg: PoolGeometry) -> bool:
     """True when conv2d_maxpool2d_forward runs conv geometry g followed by pool geometry pg: a
-    2x2 pool of stride 2 after a convolution the register tiles run."""
-    return numba_tiles.forward_applies(g) and (pg.kh, pg.kw, pg.sh, pg.sw) == (2, 2, 2, 2)
+    2x2 pool of stride 2 after a plain convolution the register tiles run."""
+    return (
+        g.plain and numba_tiles.forward_applies(g) and (pg.kh, pg.kw, pg.sh, pg.sw) == (2, 2, 2, 2)
+    )
 
 
 def conv2d_maxpool2d_forward(
@@ -458,6 +526,8 @@ def conv2d_maxpool2d_forward(
     padding: Padding = 0,
     size: IntPair = 2,
     pool_stride: IntPair | None = None,
+    dilation: IntPair = 1,
+    groups: int = 1,
 ) -> tuple[np.ndarray, TiledConvCtx, MaxPoolCtx] | None:
     """maxpool2d_forward(conv2d_forward(x, w, b, stride, padding), size, pool_stride) in one
     pass, without writing the convolution's output: (y (N, OH//2, OW//2, C_out), the conv's
@@ -488,7 +558,11 @@ def conv2d_maxpool2d_backward(
     plane kernels (few input channels, as the `small` network's first layer), the pool's
     backward is done a sample at a time on the way into the planes, so its (N, OH, OW, C_out)
     gradient is never written. None (nothing run) otherwise: another pool, or a convolution
-    whose backward runs on the register tiles; the caller then runs the two calls."""
+    whose backward runs on the register tiles or is not plain (depthwise, decomposed); the
+    caller then runs the two calls."""
+    check_ctx(conv_ctx, _CTX_TYPES, "numba")
+    if not isinstance(conv_ctx, (NumbaConvCtx, TiledConvCtx)):
+        return None
     pg, g = pool_ctx.geometry, conv_ctx.geometry
     if pg.x_shape != g.y_shape:
         raise ValueError(
@@ -573,6 +647,10 @@ def warmup(dtypes=None, ops=None) -> None:
                 conv2d_backward(np.ones_like(y), conv_ctx)
             if "maxpool2d" in ops:  # the fused conv + 2x2 max-pool forward
                 conv2d_maxpool2d_forward(many, w, None, 1, 1, 2, 2)
+            # the depthwise kernels (kernels/depthwise.py), channel multiplier 2
+            channels = np.ones((1, 4, 4, 2), dtype=dtype)
+            y, conv_ctx = conv2d_forward(channels, np.ones((3, 3, 1, 4), dtype), None, 1, 1, 1, 2)
+            conv2d_backward(np.ones_like(y), conv_ctx)
         if "maxpool2d" in ops:
             tiled = np.ones((1, 4, 4, 1), dtype=dtype)
             for window_input, size, stride in ((x, 2, 1), (tiled, 2, 2), (x, 3, 3), (x, 3, 1)):
@@ -587,7 +665,7 @@ def warmup(dtypes=None, ops=None) -> None:
 
 
 # the files whose kernels warmup() compiles (numba's cache is keyed on them)
-_SOURCES = (__file__, numba_conv.__file__, numba_tiles.__file__)
+_SOURCES = (__file__, numba_conv.__file__, numba_tiles.__file__, depthwise.__file__)
 
 
 def _warmup_args(dtypes, ops) -> tuple[tuple, tuple[str, ...]]:

@@ -15,9 +15,11 @@ from kernels_helpers import (
     OTHER_BACKENDS,
     assert_close,
     conv_cases,
+    general_conv_cases,
     pool_cases,
     run_conv,
     run_pool,
+    takes_groups,
 )
 
 # the number of examples comes from the hypothesis profile (tests/conftest.py: quick or ci)
@@ -69,13 +71,28 @@ def test_many_channel_conv_matches_naive(case, dtype):
     _check_conv_case(case, dtype)
 
 
-def _check_conv_case(case, dtype):
+@pytest.mark.parametrize("backend", OTHER_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
+@settings(EXAMPLES, max_examples=20)
+@given(case=general_conv_cases())
+def test_general_conv_matches_naive(case, dtype, backend):
+    """groups (depthwise with channel multipliers included), dilation, stride and every padding
+    form, TensorFlow's "same" at any stride and kernel size: numba's depthwise kernels and its
+    decomposition (kernels/decompose.py), winograd's fallback, einsum's and im2col's native
+    grouped and dilated paths."""
+    if not takes_groups(backend):
+        pytest.skip(f"{backend}.conv2d_forward takes no dilation/groups yet")
+    _check_conv_case(case, dtype, [backend])
+
+
+def _check_conv_case(case, dtype, backends=OTHER_BACKENDS):
     x, w, b, dy = _conv_inputs(case, dtype)
     args = (x, w, b, case["stride"], case["padding"], dy, case["need_dx"])
-    y, dx, dw, db = run_conv("naive", *args)
+    extra = dict(dilation=case.get("dilation", 1), groups=case.get("groups", 1))
+    y, dx, dw, db = run_conv("naive", *args, **extra)
     assert y.shape == case["y_shape"] and y.dtype == dtype
-    for backend in OTHER_BACKENDS:
-        y_be, dx_be, dw_be, db_be = run_conv(backend, *args)
+    for backend in backends:
+        y_be, dx_be, dw_be, db_be = run_conv(backend, *args, **extra)
         assert_close(y_be, y, f"{backend} y")
         assert_close(dw_be, dw, f"{backend} dw")
         if case["need_dx"]:
