@@ -373,15 +373,25 @@ def pool_counts(g: PoolGeometry) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
-def pool_window_inside(g: PoolGeometry) -> np.ndarray:
-    """(OH, OW, KH*KW) bool: whether flat offset k = i*KW + j of window (oh, ow) lies inside x
-    (a max-pool's argmax never points outside: padding never wins a window)."""
+def pool_scales(g: PoolGeometry) -> np.ndarray:
+    """(OH, OW) in g.dtype: 1 / each window's divisor (see :func:`pool_counts`), the factor
+    avg-pool's forward multiplies each window's sum by and its backward each window's dy."""
+    rows, cols = pool_counts(g)
+    return (1.0 / (rows[:, None] * cols[None, :])).astype(g.dtype)
+
+
+def argmax_inside(g: PoolGeometry, argmax: np.ndarray) -> np.ndarray:
+    """argmax (N, OH, OW, C) over padded windows (padding filled with -inf) -> the same, where a
+    padded position that won (a window whose elements inside x are all -inf, tied with the
+    padding) is replaced by the window's first position inside x: padding never wins."""
     rows = np.arange(g.out_h)[:, None] * g.sh - g.pad_top + np.arange(g.kh)  # (OH, KH)
     cols = np.arange(g.out_w)[:, None] * g.sw - g.pad_left + np.arange(g.kw)  # (OW, KW)
     row_in = (rows >= 0) & (rows < g.height)
     col_in = (cols >= 0) & (cols < g.width)
-    inside = row_in[:, None, :, None] & col_in[None, :, None, :]  # (OH, OW, KH, KW)
-    return inside.reshape(g.out_h, g.out_w, g.kh * g.kw)
+    inside = (row_in[:, None, :, None] & col_in[None, :, None, :]).reshape(g.out_h, g.out_w, -1)
+    oh, ow = np.arange(g.out_h)[None, :, None, None], np.arange(g.out_w)[None, None, :, None]
+    first_inside = inside.argmax(axis=2)[None, :, :, None].astype(argmax.dtype)
+    return np.where(inside[oh, ow, argmax], argmax, first_inside)
 
 
 def pooled_conv_geometry(g: ConvGeometry, size: IntPair, stride: IntPair | None) -> PoolGeometry:
