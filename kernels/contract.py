@@ -11,7 +11,7 @@ Shapes and dtypes (every backend)
     b    (C_out,) or None                 bias
     y    (N, OH, OW, C_out)               OH = (H + top + bottom - (KH - 1)*dh - 1) // sh + 1,
                                           OW likewise (kernels.geometry.conv_geometry)
-    pooling: x (N, H, W, C) -> y (N, OH, OW, C), windows (KH, KW) every (sh, sw), no padding
+    pooling: x (N, H, W, C) -> y (N, OH, OW, C), windows (KH, KW) every (sh, sw) (see Pooling)
 Arrays are float32 or float64; all arrays of one call share x's dtype, and every output (y, dx,
 dw, db) has that dtype too: float32 work never silently becomes float64. Arguments are validated
 by kernels.geometry (conv_geometry, pool_geometry, check_grad) before any work, so a bad argument
@@ -32,6 +32,21 @@ The convolution (torch.nn.functional.conv2d's meaning and keyword names)
     (docs/kernels-conv-semantics.md says which); a ctx that ran a path other than the
     backend's usual one says so in its `path` field.
 
+Pooling
+    maxpool2d_forward and avgpool2d_forward take PyTorch's `padding` and `ceil_mode` (avg-pool
+    also `count_include_pad`, default True): padding n, (ph, pw) or ((top, bottom), (left,
+    right)), each at most half the window (KH // 2 rows, KW // 2 columns), so no window is
+    padding only. Window (oh, ow) starts at row oh*sh - top, column ow*sw - left of x, and per
+    axis (rows shown; lo, hi = top, bottom; kernels.geometry.pool_geometry is the one copy):
+        OH = (H + lo + hi - KH + (sh - 1 if ceil_mode else 0)) // sh + 1
+        with ceil_mode, OH -= 1 if (OH - 1)*sh >= H + lo: the last window starts inside x or
+        the top padding; a ceil_mode window may run past the padded input (it is clipped).
+    Max-pool pads with -inf and padding never wins a window (the winner is the first maximum
+    among the window's elements inside x). Avg-pool divides each window's sum over x by its
+    count (kernels.geometry.pool_counts): with count_include_pad, the window's positions inside
+    x and its padding (not a ceil_mode window's part past the padded input); without, only
+    those inside x. Defaults (0, False, True) are the unpadded pools.
+
 The ctx
     Each forward returns (y, ctx). ctx goes, unchanged, to the same backend's backward; what is
     inside is that backend's business, but every ctx is a frozen dataclass with a `geometry`:
@@ -46,8 +61,8 @@ The ctx
 
 The max-pool argmax
     MaxPoolCtx.argmax (N, OH, OW, C) holds, for every window, the flat index k = i*KW + j of the
-    element that won: the first maximum in row-major window order, or the first NaN (NumPy's
-    argmax rule). Its dtype is kernels.geometry.argmax_dtype(KH, KW): uint8 when KH*KW <= 255,
+    element that won, positions counted including the padded ones: the first maximum in
+    row-major window order among the elements inside x, or the first NaN (NumPy's argmax rule). Its dtype is kernels.geometry.argmax_dtype(KH, KW): uint8 when KH*KW <= 255,
     else intp.
 
 Optional members
@@ -76,7 +91,7 @@ from typing import Protocol, TypeVar, runtime_checkable
 import numpy as np
 from numpy.typing import DTypeLike
 
-from .geometry import ConvGeometry, IntPair, Padding, PoolGeometry
+from .geometry import ConvGeometry, IntPair, Padding, PoolGeometry, PoolPadding
 
 # Frozen: a ctx is never changed after the forward pass. eq=False: ctxs hold arrays, which have
 # no field-wise equality (and so no hash); identity is the only meaningful comparison.
@@ -145,10 +160,16 @@ class Backend(Protocol[ConvCtxT, MaxPoolCtxT, AvgPoolCtxT]):
         ...
 
     def maxpool2d_forward(
-        self, x: np.ndarray, size: IntPair = 2, stride: IntPair | None = None
+        self,
+        x: np.ndarray,
+        size: IntPair = 2,
+        stride: IntPair | None = None,
+        padding: PoolPadding = 0,
+        ceil_mode: bool = False,
     ) -> tuple[np.ndarray, MaxPoolCtxT]:
         """x: (N, H, W, C) -> y: (N, OH, OW, C), each window's maximum; stride None means size.
 
+        padding and ceil_mode as the module docstring's Pooling says (padding never wins).
         Ties go to the first maximum in row-major window order; a NaN in a window wins it.
         """
         ...
@@ -158,13 +179,24 @@ class Backend(Protocol[ConvCtxT, MaxPoolCtxT, AvgPoolCtxT]):
         ...
 
     def avgpool2d_forward(
-        self, x: np.ndarray, size: IntPair = 2, stride: IntPair | None = None
+        self,
+        x: np.ndarray,
+        size: IntPair = 2,
+        stride: IntPair | None = None,
+        padding: PoolPadding = 0,
+        ceil_mode: bool = False,
+        count_include_pad: bool = True,
     ) -> tuple[np.ndarray, AvgPoolCtxT]:
-        """x: (N, H, W, C) -> y: (N, OH, OW, C), each window's mean; stride None means size."""
+        """x: (N, H, W, C) -> y: (N, OH, OW, C), each window's mean; stride None means size.
+
+        padding, ceil_mode and count_include_pad (the divisor) as the module docstring's
+        Pooling says.
+        """
         ...
 
     def avgpool2d_backward(self, dy: np.ndarray, ctx: AvgPoolCtxT) -> np.ndarray:
-        """dy: (N, OH, OW, C) -> dx: (N, H, W, C); each window shares its gradient equally."""
+        """dy: (N, OH, OW, C) -> dx: (N, H, W, C); each window's gradient, divided by its
+        divisor, goes to each of its elements inside x."""
         ...
 
 

@@ -26,13 +26,18 @@ from .geometry import (
     ConvGeometry,
     IntPair,
     Padding,
+    PoolPadding,
     argmax_dtype,
+    argmax_inside,
     check_grad,
     conv_geometry,
     crop_conv_input,
     flipped_kernel,
     pad_conv_input,
     pool_geometry,
+    pool_padded,
+    pool_scales,
+    pool_unpadded,
 )
 from .windows import col2im
 
@@ -186,14 +191,24 @@ def _grouped_backward(
 
 
 def maxpool2d_forward(
-    x: np.ndarray, size: IntPair = 2, stride: IntPair | None = None
+    x: np.ndarray,
+    size: IntPair = 2,
+    stride: IntPair | None = None,
+    padding: PoolPadding = 0,
+    ceil_mode: bool = False,
 ) -> tuple[np.ndarray, MaxPoolCtx]:
-    """x: (N, H, W, C) -> y: (N, OH, OW, C). Ties go to the first maximum in row-major order."""
-    g = pool_geometry(x, size, stride)
-    windows = _windows(x, g.kh, g.kw, g.sh, g.sw, g.out_h, g.out_w)
+    """x: (N, H, W, C) -> y: (N, OH, OW, C). Ties go to the first maximum in row-major order.
+
+    Padded windows read x padded with -inf (geometry.pool_padded); padding never wins.
+    """
+    g = pool_geometry(x, size, stride, padding, ceil_mode)
+    source = x if g.plain else pool_padded(x, g, -np.inf)
+    windows = _windows(source, g.kh, g.kw, g.sh, g.sw, g.out_h, g.out_w)
     flat = windows.reshape(g.n, g.out_h, g.out_w, g.kh * g.kw, g.c)  # taps in row-major order
     argmax = flat.argmax(axis=3)  # first maximum (and first NaN, so NaN propagates)
     y = np.take_along_axis(flat, argmax[:, :, :, None, :], axis=3)[:, :, :, 0, :]
+    if not g.plain:
+        argmax = argmax_inside(g, argmax)
     return y, MaxPoolCtx(g, argmax.astype(argmax_dtype(g.kh, g.kw)))
 
 
@@ -206,21 +221,37 @@ def maxpool2d_backward(dy: np.ndarray, ctx: MaxPoolCtx) -> np.ndarray:
     dcols = np.where(
         argmax[:, :, :, None, None, :] == taps, dy[:, :, :, None, None, :], g.dtype.type(0)
     )
-    return col2im(dcols, g.x_shape, g.sh, g.sw)
+    if g.plain:
+        return col2im(dcols, g.x_shape, g.sh, g.sw)
+    return pool_unpadded(col2im(dcols, g.padded_shape, g.sh, g.sw), g)
 
 
 def avgpool2d_forward(
-    x: np.ndarray, size: IntPair = 2, stride: IntPair | None = None
+    x: np.ndarray,
+    size: IntPair = 2,
+    stride: IntPair | None = None,
+    padding: PoolPadding = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
 ) -> tuple[np.ndarray, PoolCtx]:
-    """x: (N, H, W, C) -> y: (N, OH, OW, C), the mean of each window."""
-    g = pool_geometry(x, size, stride)
-    windows = _windows(x, g.kh, g.kw, g.sh, g.sw, g.out_h, g.out_w)
-    return windows.mean(axis=(3, 4)), PoolCtx(g)
+    """x: (N, H, W, C) -> y: (N, OH, OW, C), the mean of each window (padded windows: the sum
+    over x padded with zeros, times geometry.pool_scales)."""
+    g = pool_geometry(x, size, stride, padding, ceil_mode, count_include_pad)
+    if g.plain:
+        windows = _windows(x, g.kh, g.kw, g.sh, g.sw, g.out_h, g.out_w)
+        return windows.mean(axis=(3, 4)), PoolCtx(g)
+    windows = _windows(pool_padded(x, g, 0.0), g.kh, g.kw, g.sh, g.sw, g.out_h, g.out_w)
+    return windows.sum(axis=(3, 4)) * pool_scales(g)[:, :, None], PoolCtx(g)
 
 
 def avgpool2d_backward(dy: np.ndarray, ctx: PoolCtx) -> np.ndarray:
-    """dy: (N, OH, OW, C) -> dx: (N, H, W, C): a full correlation of dy with a constant kernel."""
+    """dy: (N, OH, OW, C) -> dx: (N, H, W, C): a full correlation of dy with a constant kernel
+    (padded windows: each window's dy times its scale, spread by col2im)."""
     g = ctx.geometry
     check_grad(dy, g.y_shape, g.dtype)
-    dy_windows = _full_windows(dy, g.kh, g.kw, g.sh, g.sw, 0, 0, g.height, g.width)
-    return np.einsum("nhwijc->nhwc", dy_windows) * g.dtype.type(1.0 / (g.kh * g.kw))
+    if g.plain:
+        dy_windows = _full_windows(dy, g.kh, g.kw, g.sh, g.sw, 0, 0, g.height, g.width)
+        return np.einsum("nhwijc->nhwc", dy_windows) * g.dtype.type(1.0 / (g.kh * g.kw))
+    share = (dy * pool_scales(g)[:, :, None])[:, :, :, None, None, :]
+    dcols = np.broadcast_to(share, (g.n, g.out_h, g.out_w, g.kh, g.kw, g.c))
+    return pool_unpadded(col2im(dcols, g.padded_shape, g.sh, g.sw), g)

@@ -328,9 +328,16 @@ def crop_conv_input(x_padded: np.ndarray, g: ConvGeometry) -> np.ndarray:
     return x_padded[:, g.ph : g.ph + g.height, g.pw : g.pw + g.width, :]
 
 
+# What callers may pass as pool padding: n, (ph, pw), or ((top, bottom), (left, right)).
+PoolPadding: TypeAlias = int | tuple[int, int] | tuple[tuple[int, int], tuple[int, int]]
+
+
 @dataclass(frozen=True)
 class PoolGeometry:
-    """Shapes of one pooling call: windows of (kh, kw) every (sh, sw), no padding, floor."""
+    """Shapes of one pooling call: windows of (kh, kw) every (sh, sw) over x padded by pad_top /
+    pad_bottom rows and pad_left / pad_right columns; out_h, out_w by PyTorch's rule (ceil_mode:
+    see :func:`pool_geometry`). count_include_pad is avg-pool's divisor rule (max-pool ignores it).
+    """
 
     n: int
     height: int
@@ -343,6 +350,12 @@ class PoolGeometry:
     out_h: int
     out_w: int
     dtype: np.dtype
+    pad_top: int = 0
+    pad_bottom: int = 0
+    pad_left: int = 0
+    pad_right: int = 0
+    ceil_mode: bool = False
+    count_include_pad: bool = True
 
     @property
     def x_shape(self) -> Shape4:
@@ -352,21 +365,196 @@ class PoolGeometry:
     def y_shape(self) -> Shape4:
         return (self.n, self.out_h, self.out_w, self.c)
 
+    @property
+    def padding(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """((top, bottom), (left, right)), the form pool_geometry accepts."""
+        return (self.pad_top, self.pad_bottom), (self.pad_left, self.pad_right)
 
-def pool_geometry(x: np.ndarray, size: IntPair, stride: IntPair | None) -> PoolGeometry:
-    """Validate pooling arguments; `stride=None` means stride = size (non-overlapping windows)."""
+    @property
+    def window_span(self) -> tuple[int, int]:
+        """(rows, columns) the windows cover from the top-left padded corner: (OH-1)*sh + KH
+        and (OW-1)*sw + KW (the shape of the extent :func:`pool_padded` builds)."""
+        return (self.out_h - 1) * self.sh + self.kh, (self.out_w - 1) * self.sw + self.kw
+
+    @property
+    def padded_shape(self) -> Shape4:
+        """The (N, rows, columns, C) extent every window lies in (see window_span)."""
+        rows, cols = self.window_span
+        return (self.n, rows, cols, self.c)
+
+    @property
+    def plain(self) -> bool:
+        """True when every window lies inside x: no padding, and no ceil_mode window running
+        past the input. Backends then run their unpadded kernels and every divisor is KH*KW."""
+        no_pad = (self.pad_top, self.pad_bottom, self.pad_left, self.pad_right) == (0, 0, 0, 0)
+        rows, cols = self.window_span
+        return no_pad and rows <= self.height and cols <= self.width
+
+
+_POOL_PADDING_FORMS = (
+    "an int, a pair of ints (ph, pw) or a pair of pairs ((top, bottom), (left, right))"
+)
+
+
+def _pool_padding(padding: object) -> tuple[int, int, int, int]:
+    """n, (ph, pw) or ((top, bottom), (left, right)) -> (top, bottom, left, right), each >= 0."""
+    try:
+        if (
+            isinstance(padding, (tuple, list))
+            and len(padding) == 2
+            and all(isinstance(p, (tuple, list)) for p in padding)
+        ):
+            (top, bottom), (left, right) = (
+                as_pair(padding[0], "padding"),
+                as_pair(padding[1], "padding"),
+            )
+        else:
+            ph, pw = as_pair(padding, "padding")
+            top, bottom, left, right = ph, ph, pw, pw
+    except TypeError:
+        raise TypeError(f"padding must be {_POOL_PADDING_FORMS}, got {padding!r}") from None
+    if min(top, bottom, left, right) < 0:
+        raise ValueError(f"padding must be >= 0, got {padding!r}")
+    return top, bottom, left, right
+
+
+def _check_flag(value: object, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _pooled_size(size: int, lo: int, hi: int, k: int, s: int, ceil_mode: bool) -> int:
+    """PyTorch's output size along one axis (the one copy of this arithmetic, see pool_geometry)."""
+    out = (size + lo + hi - k + (s - 1 if ceil_mode else 0)) // s + 1
+    if ceil_mode and (out - 1) * s >= size + lo:
+        out -= 1  # the last window would start in the bottom/right padding: drop it
+    return out
+
+
+def pool_geometry(
+    x: np.ndarray,
+    size: IntPair,
+    stride: IntPair | None,
+    padding: PoolPadding = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+) -> PoolGeometry:
+    """Validate pooling arguments and compute the output size (the only copy of this arithmetic).
+
+    stride=None means stride = size. padding: n, (ph, pw) or ((top, bottom), (left, right)),
+    each at most half the window (KH // 2 rows, KW // 2 columns, PyTorch's rule: no window is
+    padding only). Per axis (rows shown; lo, hi = top, bottom padding)::
+
+        OH = (H + lo + hi - KH + (sh - 1 if ceil_mode else 0)) // sh + 1
+        with ceil_mode, OH -= 1 if (OH - 1)*sh >= H + lo   (the last window starts inside the
+                                                             input or the top padding)
+    """
     check_array(x, "x", 4, "(N, H, W, C)")
+    if min(x.shape) < 1:
+        raise ValueError(f"x must have no empty axis, got x.shape={x.shape}")
     kh, kw = _positive_pair(size, "size")
     sh, sw = (kh, kw) if stride is None else _positive_pair(stride, "stride")
-    n, height, width, c = x.shape
-    if kh > height or kw > width:
+    top, bottom, left, right = _pool_padding(padding)
+    ceil_mode = _check_flag(ceil_mode, "ceil_mode")
+    count_include_pad = _check_flag(count_include_pad, "count_include_pad")
+    if max(top, bottom) > kh // 2 or max(left, right) > kw // 2:
         raise ValueError(
-            f"pool size ({kh}, {kw}) is larger than the input ({height}, {width}) "
-            f"(x.shape={x.shape})"
+            f"padding (({top}, {bottom}), ({left}, {right})) must be at most half the pool size "
+            f"({kh}, {kw}): at most ({kh // 2}, {kw // 2})"
         )
-    out_h = (height - kh) // sh + 1
-    out_w = (width - kw) // sw + 1
-    return PoolGeometry(n, height, width, c, kh, kw, sh, sw, out_h, out_w, x.dtype)
+    n, height, width, c = x.shape
+    if kh > height + top + bottom or kw > width + left + right:
+        padded = f" padded to ({height + top + bottom}, {width + left + right})"
+        raise ValueError(
+            f"pool size ({kh}, {kw}) is larger than the input ({height}, {width})"
+            f"{padded if top + bottom + left + right else ''} (x.shape={x.shape})"
+        )
+    out_h = _pooled_size(height, top, bottom, kh, sh, ceil_mode)
+    out_w = _pooled_size(width, left, right, kw, sw, ceil_mode)
+    return PoolGeometry(
+        n,
+        height,
+        width,
+        c,
+        kh,
+        kw,
+        sh,
+        sw,
+        out_h,
+        out_w,
+        x.dtype,
+        top,
+        bottom,
+        left,
+        right,
+        ceil_mode,
+        count_include_pad,
+    )
+
+
+def pool_padded(x: np.ndarray, g: PoolGeometry, fill: float) -> np.ndarray:
+    """x (N, H, W, C) -> g.padded_shape, x at (pad_top, pad_left) and `fill` around it: every
+    window of g, as an unpadded window of the result (rows/columns no window reaches are cut).
+
+    Max-pool fills with -inf, avg-pool with 0. A copy, for the padded path only.
+    """
+    out = np.full(g.padded_shape, fill, dtype=x.dtype)
+    rows = min(g.height, out.shape[1] - g.pad_top)
+    cols = min(g.width, out.shape[2] - g.pad_left)
+    out[:, g.pad_top : g.pad_top + rows, g.pad_left : g.pad_left + cols] = x[:, :rows, :cols]
+    return out
+
+
+def pool_unpadded(a_padded: np.ndarray, g: PoolGeometry) -> np.ndarray:
+    """Inverse of :func:`pool_padded` for gradients: a_padded (g.padded_shape) -> (N, H, W, C),
+    zero at the rows/columns of x no window reaches."""
+    out = np.zeros(g.x_shape, dtype=a_padded.dtype)
+    rows = min(g.height, a_padded.shape[1] - g.pad_top)
+    cols = min(g.width, a_padded.shape[2] - g.pad_left)
+    out[:, :rows, :cols] = a_padded[:, g.pad_top : g.pad_top + rows, g.pad_left : g.pad_left + cols]
+    return out
+
+
+def pool_counts(g: PoolGeometry) -> tuple[np.ndarray, np.ndarray]:
+    """(rows (OH,), columns (OW,)) int64: how many positions of each window avg-pool divides by
+    along each axis; window (i, j)'s divisor is rows[i] * columns[j].
+
+    count_include_pad: the positions inside the padded input (x and its padding, but not the
+    part of a ceil_mode window past it); else only the positions inside x. As PyTorch.
+    """
+
+    def counts(out: int, s: int, k: int, lo: int, hi: int, size: int) -> np.ndarray:
+        start = np.arange(out, dtype=np.int64) * s - lo  # in x's coordinates
+        if g.count_include_pad:
+            return np.minimum(start + k, size + hi) - start
+        return np.minimum(start + k, size) - np.maximum(start, 0)
+
+    return (
+        counts(g.out_h, g.sh, g.kh, g.pad_top, g.pad_bottom, g.height),
+        counts(g.out_w, g.sw, g.kw, g.pad_left, g.pad_right, g.width),
+    )
+
+
+def pool_scales(g: PoolGeometry) -> np.ndarray:
+    """(OH, OW) in g.dtype: 1 / each window's divisor (see :func:`pool_counts`), the factor
+    avg-pool's forward multiplies each window's sum by and its backward each window's dy."""
+    rows, cols = pool_counts(g)
+    return (1.0 / (rows[:, None] * cols[None, :])).astype(g.dtype)
+
+
+def argmax_inside(g: PoolGeometry, argmax: np.ndarray) -> np.ndarray:
+    """argmax (N, OH, OW, C) over padded windows (padding filled with -inf) -> the same, where a
+    padded position that won (a window whose elements inside x are all -inf, tied with the
+    padding) is replaced by the window's first position inside x: padding never wins."""
+    rows = np.arange(g.out_h)[:, None] * g.sh - g.pad_top + np.arange(g.kh)  # (OH, KH)
+    cols = np.arange(g.out_w)[:, None] * g.sw - g.pad_left + np.arange(g.kw)  # (OW, KW)
+    row_in = (rows >= 0) & (rows < g.height)
+    col_in = (cols >= 0) & (cols < g.width)
+    inside = (row_in[:, None, :, None] & col_in[None, :, None, :]).reshape(g.out_h, g.out_w, -1)
+    oh, ow = np.arange(g.out_h)[None, :, None, None], np.arange(g.out_w)[None, None, :, None]
+    first_inside = inside.argmax(axis=2)[None, :, :, None].astype(argmax.dtype)
+    return np.where(inside[oh, ow, argmax], argmax, first_inside)
 
 
 def pooled_conv_geometry(g: ConvGeometry, size: IntPair, stride: IntPair | None) -> PoolGeometry:

@@ -22,12 +22,17 @@ from .geometry import (
     IntPair,
     Padding,
     PoolGeometry,
+    PoolPadding,
     argmax_dtype,
+    argmax_inside,
     check_grad,
     conv_geometry,
     crop_conv_input,
     pad_conv_input,
     pool_geometry,
+    pool_padded,
+    pool_scales,
+    pool_unpadded,
 )
 from .windows import col2im, offset_view
 
@@ -175,16 +180,22 @@ def _offset(a: np.ndarray, g: PoolGeometry, k: int) -> np.ndarray:
 
 
 def maxpool2d_forward(
-    x: np.ndarray, size: IntPair = 2, stride: IntPair | None = None
+    x: np.ndarray,
+    size: IntPair = 2,
+    stride: IntPair | None = None,
+    padding: PoolPadding = 0,
+    ceil_mode: bool = False,
 ) -> tuple[np.ndarray, MaxPoolCtx]:
     """x: (N, H, W, C) -> y: (N, OH, OW, C). Ties go to the first maximum in row-major order.
 
     The unfolding is done lazily, one kernel offset at a time: a running maximum over KH*KW
     strided views costs KH*KW output-sized passes, where materialising the columns and reducing
-    along a strided axis costs several times more (the `small_pool` benchmark case).
+    along a strided axis costs several times more (the `small_pool` benchmark case). Padded
+    windows read x padded with -inf (geometry.pool_padded); padding never wins.
     """
-    g = pool_geometry(x, size, stride)
-    offsets = [_offset(x, g, k) for k in range(g.kh * g.kw)]
+    g = pool_geometry(x, size, stride, padding, ceil_mode)
+    source = x if g.plain else pool_padded(x, g, -np.inf)
+    offsets = [_offset(source, g, k) for k in range(g.kh * g.kw)]
     y = offsets[0].copy()
     for candidate in offsets[1:]:
         np.maximum(y, candidate, out=y)  # propagates NaN, as np.argmax picks NaN
@@ -203,6 +214,8 @@ def maxpool2d_forward(
             missed &= ~(y_is_nan & np.isnan(candidate))
         searching &= missed
         argmax += searching
+    if not g.plain:
+        argmax = argmax_inside(g, argmax)
     return y, MaxPoolCtx(g, argmax)
 
 
@@ -210,7 +223,7 @@ def maxpool2d_backward(dy: np.ndarray, ctx: MaxPoolCtx) -> np.ndarray:
     """dy: (N, OH, OW, C) -> dx: (N, H, W, C); each window's gradient goes to its argmax."""
     g, argmax = ctx.geometry, ctx.argmax
     check_grad(dy, g.y_shape, g.dtype)
-    dx = np.zeros(g.x_shape, dtype=g.dtype)
+    dx = np.zeros(g.x_shape if g.plain else g.padded_shape, dtype=g.dtype)
     zero = g.dtype.type(0)
     # Windows that do not overlap own their pixels: mask * dy can be written straight into the
     # strided view (cheaper than np.where + +=), but only for finite dy (0 * inf is NaN).
@@ -222,18 +235,28 @@ def maxpool2d_backward(dy: np.ndarray, ctx: MaxPoolCtx) -> np.ndarray:
         else:
             # += so overlapping windows (stride < size) accumulate, exactly as col2im does
             dx_view += np.where(argmax == k, dy, zero)
-    return dx
+    return dx if g.plain else pool_unpadded(dx, g)
 
 
 def avgpool2d_forward(
-    x: np.ndarray, size: IntPair = 2, stride: IntPair | None = None
+    x: np.ndarray,
+    size: IntPair = 2,
+    stride: IntPair | None = None,
+    padding: PoolPadding = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
 ) -> tuple[np.ndarray, PoolCtx]:
-    """x: (N, H, W, C) -> y: (N, OH, OW, C), the mean of each window (summed per offset)."""
-    g = pool_geometry(x, size, stride)
-    y = _offset(x, g, 0).copy()
+    """x: (N, H, W, C) -> y: (N, OH, OW, C), the mean of each window (summed per offset; padded
+    windows over x padded with zeros, times geometry.pool_scales)."""
+    g = pool_geometry(x, size, stride, padding, ceil_mode, count_include_pad)
+    source = x if g.plain else pool_padded(x, g, 0.0)
+    y = _offset(source, g, 0).copy()
     for k in range(1, g.kh * g.kw):
-        y += _offset(x, g, k)
-    y *= g.dtype.type(1.0 / (g.kh * g.kw))
+        y += _offset(source, g, k)
+    if g.plain:
+        y *= g.dtype.type(1.0 / (g.kh * g.kw))
+    else:
+        y *= pool_scales(g)[:, :, None]
     return y, PoolCtx(g)
 
 
@@ -241,7 +264,10 @@ def avgpool2d_backward(dy: np.ndarray, ctx: PoolCtx) -> np.ndarray:
     """dy: (N, OH, OW, C) -> dx: (N, H, W, C); each window shares its gradient equally."""
     g = ctx.geometry
     check_grad(dy, g.y_shape, g.dtype)
-    share = (dy * g.dtype.type(1.0 / (g.kh * g.kw)))[:, :, :, None, None, :]
+    scale = g.dtype.type(1.0 / (g.kh * g.kw)) if g.plain else pool_scales(g)[:, :, None]
+    share = (dy * scale)[:, :, :, None, None, :]
     # a broadcast view: col2im reads it per offset, so the KH*KW copies are never materialised
     dcols = np.broadcast_to(share, (g.n, g.out_h, g.out_w, g.kh, g.kw, g.c))
-    return col2im(dcols, g.x_shape, g.sh, g.sw)
+    if g.plain:
+        return col2im(dcols, g.x_shape, g.sh, g.sw)
+    return pool_unpadded(col2im(dcols, g.padded_shape, g.sh, g.sw), g)

@@ -16,11 +16,13 @@ from .geometry import (
     IntPair,
     Padding,
     PoolGeometry,
+    PoolPadding,
     argmax_dtype,
     check_grad,
     conv_geometry,
     crop_conv_input,
     pad_conv_input,
+    pool_counts,
     pool_geometry,
 )
 
@@ -94,24 +96,39 @@ def conv2d_backward(
     return dx, dw, db
 
 
-def _window(x: np.ndarray, g: PoolGeometry, i: int, j: int) -> np.ndarray:
-    """The (N, KH, KW, C) input window under output position (i, j)."""
-    return x[:, i * g.sh : i * g.sh + g.kh, j * g.sw : j * g.sw + g.kw, :]
+def _window_rows(g: PoolGeometry, i: int, j: int) -> tuple[int, int, int, int, int, int]:
+    """Window (i, j) clipped to x: (row_start, r0, r1, col_start, c0, c1), where the window
+    starts at (row_start, col_start) in x's coordinates (negative inside the top/left padding)
+    and x[:, r0:r1, c0:c1] is the part of it inside x."""
+    row_start, col_start = i * g.sh - g.pad_top, j * g.sw - g.pad_left
+    r0, r1 = max(row_start, 0), min(row_start + g.kh, g.height)
+    c0, c1 = max(col_start, 0), min(col_start + g.kw, g.width)
+    return row_start, r0, r1, col_start, c0, c1
 
 
 def maxpool2d_forward(
-    x: np.ndarray, size: IntPair = 2, stride: IntPair | None = None
+    x: np.ndarray,
+    size: IntPair = 2,
+    stride: IntPair | None = None,
+    padding: PoolPadding = 0,
+    ceil_mode: bool = False,
 ) -> tuple[np.ndarray, MaxPoolCtx]:
-    """x: (N, H, W, C) -> y: (N, OH, OW, C). Ties go to the first maximum in row-major order."""
-    g = pool_geometry(x, size, stride)
+    """x: (N, H, W, C) -> y: (N, OH, OW, C). Ties go to the first maximum in row-major order.
+
+    Padding never wins a window: each window's maximum is taken over its part inside x.
+    """
+    g = pool_geometry(x, size, stride, padding, ceil_mode)
     y = np.empty(g.y_shape, dtype=g.dtype)
     argmax = np.empty(g.y_shape, dtype=argmax_dtype(g.kh, g.kw))  # flat index i*KW + j
     for i in range(g.out_h):
         for j in range(g.out_w):
-            flat = _window(x, g, i, j).reshape(g.n, g.kh * g.kw, g.c)
+            row_start, r0, r1, col_start, c0, c1 = _window_rows(g, i, j)
+            inside = x[:, r0:r1, c0:c1, :].reshape(g.n, -1, g.c)
             # np.argmax returns the first maximum (and the first NaN, so NaN propagates)
-            argmax[:, i, j, :] = flat.argmax(axis=1)
-            y[:, i, j, :] = np.take_along_axis(flat, argmax[:, i, j, None, :], axis=1)[:, 0, :]
+            k = inside.argmax(axis=1)
+            y[:, i, j, :] = np.take_along_axis(inside, k[:, None, :], axis=1)[:, 0, :]
+            di, dj = np.divmod(k, c1 - c0)  # within the clipped window, then the whole one
+            argmax[:, i, j, :] = (di + r0 - row_start) * g.kw + dj + c0 - col_start
     return y, MaxPoolCtx(g, argmax)
 
 
@@ -125,30 +142,42 @@ def maxpool2d_backward(dy: np.ndarray, ctx: MaxPoolCtx) -> np.ndarray:
         for j in range(g.out_w):
             # as intp: uint8 row and column offsets would wrap past row 255
             di, dj = np.divmod(argmax[:, i, j, :].astype(np.intp), g.kw)
+            row_start, _, _, col_start, _, _ = _window_rows(g, i, j)
             # one target per (n, c) within a window, so fancy-index += has no duplicates
-            dx[n_idx, i * g.sh + di, j * g.sw + dj, c_idx] += dy[:, i, j, :]
+            dx[n_idx, row_start + di, col_start + dj, c_idx] += dy[:, i, j, :]
     return dx
 
 
 def avgpool2d_forward(
-    x: np.ndarray, size: IntPair = 2, stride: IntPair | None = None
+    x: np.ndarray,
+    size: IntPair = 2,
+    stride: IntPair | None = None,
+    padding: PoolPadding = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
 ) -> tuple[np.ndarray, PoolCtx]:
-    """x: (N, H, W, C) -> y: (N, OH, OW, C), the mean of each window."""
-    g = pool_geometry(x, size, stride)
+    """x: (N, H, W, C) -> y: (N, OH, OW, C), each window's sum over its part inside x divided
+    by its count (geometry.pool_counts: padding counts or not by count_include_pad)."""
+    g = pool_geometry(x, size, stride, padding, ceil_mode, count_include_pad)
+    rows, cols = pool_counts(g)
     y = np.empty(g.y_shape, dtype=g.dtype)
     for i in range(g.out_h):
         for j in range(g.out_w):
-            y[:, i, j, :] = _window(x, g, i, j).mean(axis=(1, 2))
+            _, r0, r1, _, c0, c1 = _window_rows(g, i, j)
+            y[:, i, j, :] = x[:, r0:r1, c0:c1, :].sum(axis=(1, 2)) / g.dtype.type(rows[i] * cols[j])
     return y, PoolCtx(g)
 
 
 def avgpool2d_backward(dy: np.ndarray, ctx: PoolCtx) -> np.ndarray:
-    """dy: (N, OH, OW, C) -> dx: (N, H, W, C); each window shares its gradient equally."""
+    """dy: (N, OH, OW, C) -> dx: (N, H, W, C); each window shares its gradient equally among
+    its count of positions (those in the padding take their share nowhere)."""
     g = ctx.geometry
     check_grad(dy, g.y_shape, g.dtype)
+    rows, cols = pool_counts(g)
     dx = np.zeros(g.x_shape, dtype=g.dtype)
-    scale = g.dtype.type(1.0 / (g.kh * g.kw))
     for i in range(g.out_h):
         for j in range(g.out_w):
-            _window(dx, g, i, j)[...] += dy[:, i, j, None, None, :] * scale
+            _, r0, r1, _, c0, c1 = _window_rows(g, i, j)
+            scale = g.dtype.type(1.0 / (rows[i] * cols[j]))
+            dx[:, r0:r1, c0:c1, :] += dy[:, i, j, None, None, :] * scale
     return dx

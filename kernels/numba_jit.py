@@ -42,11 +42,13 @@ from .geometry import (
     IntPair,
     Padding,
     PoolGeometry,
+    PoolPadding,
     argmax_dtype,
     check_grad,
     conv_geometry,
     flipped_kernel,
     pool_geometry,
+    pool_scales,
     pooled_conv_geometry,
 )
 
@@ -223,6 +225,112 @@ def _avgpool_backward(dy, kh, kw, sh, sw, scale, dx):
                     for j in range(kw):
                         for ch in range(c_all):
                             dx[ni, oh * sh + i, ow * sw + j, ch] += dy[ni, oh, ow, ch] * scale
+
+
+# Padded windows (padding or a ceil_mode window past the input) run on kernels of their own,
+# which clip each window to x (_inside) instead of reading a padded copy: the unpadded kernels
+# above keep their tap loops free of bounds arithmetic (the `small_pool` benchmark case).
+
+
+@njit(cache=True)
+def _inside(start, k, size):
+    """(first, end): the taps t in [first, end) of a k-tap window starting at `start` (negative
+    in the top/left padding) that fall inside an axis of `size` elements."""
+    return max(0, -start), min(k, size - start)
+
+
+@njit(**_POOL_JIT)
+def _maxpool_forward_padded(x, kh, kw, sh, sw, pad_top, pad_left, y, argmax):
+    """_maxpool_forward over windows starting at (oh*sh - pad_top, ow*sw - pad_left): each
+    window's maximum over its taps inside x (padding never wins; PyTorch's pad <= k // 2 leaves
+    every window one), its argmax the flat index i*kw + j in the whole window."""
+    n, height, width, c_all = x.shape
+    out_h, out_w = y.shape[1], y.shape[2]
+    for t in prange(n * out_h):
+        ni, oh = t // out_h, t % out_h
+        best = np.empty(c_all, dtype=x.dtype)
+        which = np.empty(c_all, dtype=np.int32)
+        r0 = oh * sh - pad_top
+        i0, i1 = _inside(r0, kh, height)
+        for ow in range(out_w):
+            c0 = ow * sw - pad_left
+            j0, j1 = _inside(c0, kw, width)
+            for ch in range(c_all):
+                best[ch] = x[ni, r0 + i0, c0 + j0, ch]
+                which[ch] = np.int32(i0 * kw + j0)
+            for i in range(i0, i1):
+                for j in range(j0, j1):
+                    k32 = np.int32(i * kw + j)
+                    for ch in range(c_all):
+                        v, b = x[ni, r0 + i, c0 + j, ch], best[ch]
+                        take = (v > b) | ((v != v) & (b == b))  # as _maxpool_forward
+                        best[ch] = v if take else b
+                        which[ch] = k32 if take else which[ch]
+            for ch in range(c_all):
+                y[ni, oh, ow, ch] = best[ch]
+                argmax[ni, oh, ow, ch] = which[ch]
+
+
+@njit(**_POOL_JIT)
+def _maxpool_backward_padded(dy, argmax, kh, kw, sh, sw, pad_top, pad_left, dx):
+    """_maxpool_backward for _maxpool_forward_padded's windows (argmax is always inside x)."""
+    n, out_h, out_w, c_all = dy.shape
+    height, width = dx.shape[1], dx.shape[2]
+    for ni in prange(n):
+        for oh in range(out_h):
+            r0 = oh * sh - pad_top
+            i0, i1 = _inside(r0, kh, height)
+            for ow in range(out_w):
+                c0 = ow * sw - pad_left
+                j0, j1 = _inside(c0, kw, width)
+                for i in range(i0, i1):
+                    for j in range(j0, j1):
+                        for ch in range(c_all):
+                            if argmax[ni, oh, ow, ch] == i * kw + j:
+                                dx[ni, r0 + i, c0 + j, ch] += dy[ni, oh, ow, ch]
+
+
+@njit(**_POOL_JIT)
+def _avgpool_forward_padded(x, kh, kw, sh, sw, pad_top, pad_left, scales, y):
+    """y (N, OH, OW, C) = scales[oh, ow] * the sum of each window's taps inside x (padding
+    adds 0; the divisor rule is in scales, geometry.pool_scales)."""
+    n, height, width, c_all = x.shape
+    out_h, out_w = y.shape[1], y.shape[2]
+    for t in prange(n * out_h):
+        ni, oh = t // out_h, t % out_h
+        r0 = oh * sh - pad_top
+        i0, i1 = _inside(r0, kh, height)
+        for ow in range(out_w):
+            c0 = ow * sw - pad_left
+            j0, j1 = _inside(c0, kw, width)
+            for ch in range(c_all):
+                y[ni, oh, ow, ch] = 0
+            for i in range(i0, i1):
+                for j in range(j0, j1):
+                    for ch in range(c_all):
+                        y[ni, oh, ow, ch] += x[ni, r0 + i, c0 + j, ch]
+            scale = scales[oh, ow]
+            for ch in range(c_all):
+                y[ni, oh, ow, ch] *= scale
+
+
+@njit(**_POOL_JIT)
+def _avgpool_backward_padded(dy, kh, kw, sh, sw, pad_top, pad_left, scales, dx):
+    """dx (N, H, W, C), zeroed, += scales[oh, ow] * dy at each window's taps inside x."""
+    n, out_h, out_w, c_all = dy.shape
+    height, width = dx.shape[1], dx.shape[2]
+    for ni in prange(n):
+        for oh in range(out_h):
+            r0 = oh * sh - pad_top
+            i0, i1 = _inside(r0, kh, height)
+            for ow in range(out_w):
+                c0 = ow * sw - pad_left
+                j0, j1 = _inside(c0, kw, width)
+                scale = scales[oh, ow]
+                for i in range(i0, i1):
+                    for j in range(j0, j1):
+                        for ch in range(c_all):
+                            dx[ni, r0 + i, c0 + j, ch] += dy[ni, oh, ow, ch] * scale
 
 
 @dataclass(frozen=True, eq=False)
@@ -496,14 +604,22 @@ def _plane_backward(
 
 
 def maxpool2d_forward(
-    x: np.ndarray, size: IntPair = 2, stride: IntPair | None = None
+    x: np.ndarray,
+    size: IntPair = 2,
+    stride: IntPair | None = None,
+    padding: PoolPadding = 0,
+    ceil_mode: bool = False,
 ) -> tuple[np.ndarray, MaxPoolCtx]:
-    """x: (N, H, W, C) -> y: (N, OH, OW, C). Ties go to the first maximum in row-major order."""
-    g = pool_geometry(x, size, stride)
+    """x: (N, H, W, C) -> y: (N, OH, OW, C). Ties go to the first maximum in row-major order;
+    padding never wins a window."""
+    g = pool_geometry(x, size, stride, padding, ceil_mode)
     y = np.empty(g.y_shape, dtype=g.dtype)
     argmax = np.empty(g.y_shape, dtype=argmax_dtype(g.kh, g.kw))  # flat index i*KW + j
     x = np.ascontiguousarray(x)
-    if (g.kh, g.kw) == (2, 2):
+    if not g.plain:
+        args = (g.kh, g.kw, g.sh, g.sw, g.pad_top, g.pad_left, y, argmax)
+        _launch(_maxpool_forward_padded, x.size, x, *args)
+    elif (g.kh, g.kw) == (2, 2):
         _launch(_maxpool2x2_forward, x.size, x, g.sh, g.sw, y, argmax)
     else:
         _launch(_maxpool_forward, x.size, x, g.kh, g.kw, g.sh, g.sw, y, argmax)
@@ -512,10 +628,9 @@ def maxpool2d_forward(
 
 def fuses_maxpool(g: ConvGeometry, pg: PoolGeometry) -> bool:
     """True when conv2d_maxpool2d_forward runs conv geometry g followed by pool geometry pg: a
-    2x2 pool of stride 2 after a plain convolution the register tiles run."""
-    return (
-        g.plain and numba_tiles.forward_applies(g) and (pg.kh, pg.kw, pg.sh, pg.sw) == (2, 2, 2, 2)
-    )
+    2x2 pool of stride 2, unpadded, after a plain convolution the register tiles run."""
+    two_by_two = (pg.kh, pg.kw, pg.sh, pg.sw) == (2, 2, 2, 2) and pg.plain
+    return g.plain and numba_tiles.forward_applies(g) and two_by_two
 
 
 def conv2d_maxpool2d_forward(
@@ -569,7 +684,9 @@ def conv2d_maxpool2d_backward(
             f"pool_ctx: the pool of a {pg.x_shape} input, expected the pool of this "
             f"convolution's output {g.y_shape}"
         )
-    if (pg.kh, pg.kw, pg.sh, pg.sw) != (2, 2, 2, 2) or pool_ctx.argmax.dtype != _NO_ARGMAX.dtype:
+    if (pg.kh, pg.kw, pg.sh, pg.sw) != (2, 2, 2, 2) or not pg.plain:
+        return None  # the plane kernels undo only an unpadded 2x2 pool of stride 2
+    if pool_ctx.argmax.dtype != _NO_ARGMAX.dtype:
         return None
     if isinstance(conv_ctx, TiledConvCtx):
         if numba_tiles.backward_applies(g):
@@ -586,6 +703,11 @@ def maxpool2d_backward(dy: np.ndarray, ctx: MaxPoolCtx) -> np.ndarray:
     check_grad(dy, g.y_shape, g.dtype)
     dy = np.ascontiguousarray(dy)
     n, height, width, _ = g.x_shape
+    if not g.plain:
+        dx = np.zeros(g.x_shape, dtype=g.dtype)
+        args = (g.kh, g.kw, g.sh, g.sw, g.pad_top, g.pad_left, dx)
+        _launch(_maxpool_backward_padded, dx.size, dy, argmax, *args)
+        return dx
     if (g.sh, g.sw) == (g.kh, g.kw) and (height, width) == (g.out_h * g.kh, g.out_w * g.kw):
         dx = np.empty(g.x_shape, dtype=g.dtype)
         if (g.kh, g.kw) == (2, 2):
@@ -599,13 +721,24 @@ def maxpool2d_backward(dy: np.ndarray, ctx: MaxPoolCtx) -> np.ndarray:
 
 
 def avgpool2d_forward(
-    x: np.ndarray, size: IntPair = 2, stride: IntPair | None = None
+    x: np.ndarray,
+    size: IntPair = 2,
+    stride: IntPair | None = None,
+    padding: PoolPadding = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
 ) -> tuple[np.ndarray, PoolCtx]:
-    """x: (N, H, W, C) -> y: (N, OH, OW, C), the mean of each window."""
-    g = pool_geometry(x, size, stride)
+    """x: (N, H, W, C) -> y: (N, OH, OW, C), the mean of each window (padded windows: divided
+    as geometry.pool_counts says)."""
+    g = pool_geometry(x, size, stride, padding, ceil_mode, count_include_pad)
     y = np.empty(g.y_shape, dtype=g.dtype)
+    x = np.ascontiguousarray(x)
+    if not g.plain:
+        args = (g.kh, g.kw, g.sh, g.sw, g.pad_top, g.pad_left, pool_scales(g), y)
+        _launch(_avgpool_forward_padded, x.size, x, *args)
+        return y, PoolCtx(g)
     scale = g.dtype.type(1.0 / (g.kh * g.kw))
-    _launch(_avgpool_forward, x.size, np.ascontiguousarray(x), g.kh, g.kw, g.sh, g.sw, scale, y)
+    _launch(_avgpool_forward, x.size, x, g.kh, g.kw, g.sh, g.sw, scale, y)
     return y, PoolCtx(g)
 
 
@@ -614,8 +747,13 @@ def avgpool2d_backward(dy: np.ndarray, ctx: PoolCtx) -> np.ndarray:
     g = ctx.geometry
     check_grad(dy, g.y_shape, g.dtype)
     dx = np.zeros(g.x_shape, dtype=g.dtype)
+    dy = np.ascontiguousarray(dy)
+    if not g.plain:
+        args = (g.kh, g.kw, g.sh, g.sw, g.pad_top, g.pad_left, pool_scales(g), dx)
+        _launch(_avgpool_backward_padded, dx.size, dy, *args)
+        return dx
     scale = g.dtype.type(1.0 / (g.kh * g.kw))
-    _launch(_avgpool_backward, dx.size, np.ascontiguousarray(dy), g.kh, g.kw, g.sh, g.sw, scale, dx)
+    _launch(_avgpool_backward, dx.size, dy, g.kh, g.kw, g.sh, g.sw, scale, dx)
     return dx
 
 
@@ -658,9 +796,13 @@ def warmup(dtypes=None, ops=None) -> None:
                 # own), and a size other than 2x2 (the general forward kernel)
                 y, max_ctx = maxpool2d_forward(window_input, size, stride)
                 maxpool2d_backward(np.ones_like(y), max_ctx)
+            # padded windows (their own kernels): ResNet's stem pool, 3x3 stride 2 padding 1
+            y, max_ctx = maxpool2d_forward(x, 3, 2, 1)
+            maxpool2d_backward(np.ones_like(y), max_ctx)
         if "avgpool2d" in ops:
-            y, avg_ctx = avgpool2d_forward(x, 2, 1)
-            avgpool2d_backward(np.ones_like(y), avg_ctx)
+            for padding in (0, 1):  # unpadded and padded windows
+                y, avg_ctx = avgpool2d_forward(x, 2, 1, padding)
+                avgpool2d_backward(np.ones_like(y), avg_ctx)
     jitcache.mark_cached(_maxpool_forward, _SOURCES, dtypes, ops)
 
 

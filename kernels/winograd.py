@@ -481,9 +481,9 @@ def conv2d_backward(dy, ctx: WinogradConvCtx | FusedWinogradCtx, need_dx=True):
     return dx, dw, db
 
 
-def maxpool2d_forward(x, size=2, stride=None):
+def maxpool2d_forward(x, size=2, stride=None, padding=0, ceil_mode=False):
     """Pooling is not a convolution: it runs on the FALLBACK backend (same ctx)."""
-    return _fallback().maxpool2d_forward(x, size, stride)
+    return _fallback().maxpool2d_forward(x, size, stride, padding, ceil_mode)
 
 
 def maxpool2d_backward(dy, ctx):
@@ -491,9 +491,9 @@ def maxpool2d_backward(dy, ctx):
     return _fallback().maxpool2d_backward(dy, ctx)
 
 
-def avgpool2d_forward(x, size=2, stride=None):
+def avgpool2d_forward(x, size=2, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
     """Pooling is not a convolution: it runs on the FALLBACK backend (same ctx)."""
-    return _fallback().avgpool2d_forward(x, size, stride)
+    return _fallback().avgpool2d_forward(x, size, stride, padding, ceil_mode, count_include_pad)
 
 
 def avgpool2d_backward(dy, ctx):

@@ -154,6 +154,12 @@ POOL_BAD = [
     ("size pair too tall", dict(size=(6, 1)), ValueError, r"^pool size \(6, 1\) is larger"),
     ("size 0", dict(size=0), ValueError, r"^size must be >= 1, got \(0, 0\)"),
     ("stride 0", dict(stride=0), ValueError, r"^stride must be >= 1, got \(0, 0\)"),
+    (  # as conv2d_forward: an empty batch is refused, not pooled into an empty output
+        "N=0",
+        dict(x=np.ones((0, 5, 5, 3))),
+        ValueError,
+        r"^x must have no empty axis, got x.shape=\(0, 5, 5, 3\)",
+    ),
 ]
 
 
