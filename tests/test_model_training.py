@@ -395,7 +395,7 @@ def test_ctrl_c_saves_a_checkpoint_and_the_history(capsys, tmp_path, small_mnist
     assert load_network(out / "last.npz").meta["epoch"] == 1
 
 
-def test_nan_loss_in_the_cli_names_epoch_and_keeps_the_last_checkpoint(
+def test_nan_loss_in_the_cli_names_epoch_and_lr_and_says_no_checkpoint_yet(
     capsys, tmp_path, small_mnist_dir
 ):
     out = tmp_path / "run"
@@ -414,7 +414,8 @@ def test_nan_loss_in_the_cli_names_epoch_and_keeps_the_last_checkpoint(
         "1e30",
     )
     assert code == 1
-    assert "at epoch" in stderr and "batch" in stderr and "last good checkpoint" in stderr
+    assert "at epoch 1" in stderr and "batch" in stderr and "learning rate 1e+30" in stderr
+    assert "No checkpoint was written yet" in stderr and not (out / "last.npz").exists()
 
 
 @pytest.mark.parametrize(
