@@ -314,7 +314,7 @@ def prepare_data(args, mean_std=None):
     """Load, subset, scale (and standardise) MNIST. Returns x/y train/test and (mean, std)."""
     print("Loading MNIST dataset...")
     start = time.perf_counter()
-    data = load_mnist(args.data_dir, progress=not args.no_progress)
+    data = load_mnist(args.data_dir, progress=not args.no_progress, data_dir_name="--data-dir")
     print(f"Dataset loaded successfully! ({time.perf_counter() - start:.2f}s, {data.source})")
     print(f"  train: {data.x_train.shape}, test: {data.x_test.shape}")
     x_train, y_train = subset(data.x_train, data.y_train, args.train_limit, "--train-limit")

@@ -204,3 +204,24 @@ def test_resume_from_non_finite_weights_is_an_error(capsys, tmp_path, data_dir):
     )
     assert code == 2 and "NaN or infinite" in err and "Epoch" not in stdout
     assert err.count("\n") == 1
+
+
+# ---- data and checkpoints that are not what they should be ---------------------------------------
+def test_data_dir_that_is_a_file_or_empty(capsys, tmp_path):
+    a_file = tmp_path / "mnist.npz"
+    a_file.write_bytes(b"")
+    code, _, err = run_cli(capsys, "--data-dir", a_file, "--out", tmp_path / "run")
+    assert code == 2 and "(--data-dir) is a file, not a directory" in err
+    assert "does not exist" not in err and err.count("\n") == 1
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = run_cli(capsys, "--data-dir", empty, "--out", tmp_path / "run")
+    assert code == 2 and "(--data-dir) lacks" in err and "(data_dir)" not in err
+    assert err.count("t10k-labels-idx1-ubyte") == 1
+
+
+def test_random_bytes_as_a_checkpoint_are_not_called_a_pickle(capsys, tmp_path, data_dir):
+    bad = tmp_path / "random.npz"
+    bad.write_bytes(np.random.default_rng(0).bytes(4096))
+    code, _, err = run_cli(capsys, *quick(data_dir, tmp_path / "run"), "--resume", bad)
+    assert code == 2 and "not a valid .npz archive" in err and "pickle" not in err

@@ -267,6 +267,7 @@ def test_checkpoint_of_the_legacy_seed_architecture_still_loads(tmp_path):
     "content, message",
     [
         (b"not a checkpoint", "not a readable convbench checkpoint"),
+        (bytes(range(256)) * 8, "checkpoint: not a valid .npz archive"),
         (None, "does not exist"),
     ],
 )
@@ -274,8 +275,9 @@ def test_unreadable_checkpoint_is_a_clear_error(tmp_path, content, message):
     path = tmp_path / "bad.npz"
     if content is not None:
         path.write_bytes(content)
-    with pytest.raises((ValueError, FileNotFoundError), match=message):
+    with pytest.raises((ValueError, FileNotFoundError), match=message) as info:
         load_network(path)
+    assert "pickle" not in str(info.value)
 
 
 # ---- the CLI ----------------------------------------------------------------------------------
