@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .npyfiles import not_an_npz
+
 MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
@@ -161,6 +163,9 @@ def _load_dir(directory: Path, what: str) -> MNIST | None:
 
 
 def _load_npz(path: Path, what: str) -> MNIST:
+    problem = not_an_npz(path)
+    if problem:
+        raise MNISTFormatError(f"{path}: {problem}")
     try:
         archive = np.load(path, allow_pickle=False)
     except Exception as exc:  # BadZipFile, OSError, EOFError, ValueError: all mean "not an npz"
@@ -306,7 +311,12 @@ def _load_from_keras() -> MNIST | None:
 
 
 def load_mnist(
-    data_dir=None, cache_dir=None, download: bool = True, mirrors=MIRRORS, progress: bool = True
+    data_dir=None,
+    cache_dir=None,
+    download: bool = True,
+    mirrors=MIRRORS,
+    progress: bool = True,
+    data_dir_name: str = "data_dir",
 ) -> MNIST:
     """MNIST from the first source that has it (see the module docstring for the order).
 
@@ -315,12 +325,18 @@ def load_mnist(
     when `data_dir` / $MNIST_DIR lacks the files, MNISTFormatError (a ValueError) naming the file
     when a file is corrupt, and FileNotFoundError explaining how to provide the data when no
     source has it. With download=False neither the mirrors nor TensorFlow are tried.
+    `data_dir_name` names `data_dir` in errors (a CLI passes its option, "--data-dir").
     """
-    given, what = data_dir, "data_dir"
+    given, what = data_dir, data_dir_name
     if given is None and os.environ.get("MNIST_DIR"):
         given, what = os.environ["MNIST_DIR"], "MNIST_DIR"
     if given is not None:
         directory = Path(given).expanduser()
+        if directory.exists() and not directory.is_dir():
+            raise NotADirectoryError(
+                f"MNIST directory {directory} ({what}) is a file, not a directory; give the "
+                f"directory that holds {_expected_names()}"
+            )
         if not directory.is_dir():
             raise FileNotFoundError(
                 f"MNIST directory {directory} ({what}) does not exist; expected {_expected_names()}"
@@ -333,8 +349,8 @@ def load_mnist(
                 if path is None
             ]
             raise FileNotFoundError(
-                f"MNIST directory {directory} ({what}) lacks "
-                f"{', '.join(missing)}; expected {_expected_names()}"
+                f"MNIST directory {directory} ({what}) lacks {', '.join(missing)} (it needs all "
+                f"four IDX files, gzipped or not, or {NPZ_FILE} with {', '.join(IDX_FILES)})"
             )
         return data
 

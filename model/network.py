@@ -25,6 +25,7 @@ from threadpoolctl import threadpool_limits
 from .atomic import write_atomically
 from .layers import fusable
 from .losses import NonFiniteLoss, class_indices, softmax, softmax_cross_entropy
+from .npyfiles import not_an_npz
 from .optim import OPTIMIZERS, Optimizer
 from .spec import build_layers, parse_spec, spec_of
 from .training import fit
@@ -349,6 +350,9 @@ def read_checkpoint(path) -> tuple[dict, dict[str, np.ndarray]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    problem = not_an_npz(path)
+    if problem:
+        raise ValueError(f"checkpoint {path} is not a readable convbench checkpoint: {problem}")
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}

@@ -29,6 +29,7 @@ background is light, inverted (no resizing or centring).
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,10 @@ from .network import input_standardization, load_network
 SIZE = 28  # MNIST field
 BOX = 20  # MNIST digits were scaled to fit this box, then centred in the field
 INK = 0.1  # pixels above this (after inversion and stretching) count as the digit
+# An image whose longer side exceeds twice this is shrunk by an integer box filter as it is
+# loaded: its digit ends up in a BOX x BOX square, so more pixels only cost time and memory (as
+# float64 grayscale and alpha planes, a 10000 x 10000 photo would take 1.6 GB).
+LOAD_SIDE = 280
 
 
 # ---- images --------------------------------------------------------------------------------------
@@ -51,13 +56,43 @@ def _resample_filter():
     return getattr(Image, "Resampling", Image).LANCZOS  # Pillow < 9.1 has no Resampling enum
 
 
+def _reduced(img):
+    """`img` shrunk by an integer factor so its longer side is below 2 * LOAD_SIDE (box filter,
+    aspect kept); smaller images come back as they are."""
+    factor = max(img.size) // LOAD_SIDE
+    if factor < 2:
+        return img
+    if img.mode in ("1", "P"):  # Image.reduce takes neither
+        img = img.convert("RGBA")
+    elif img.mode.startswith("I;16"):
+        img = img.convert("I")
+    return img.reduce(factor)
+
+
 def _read_pixels(path: Path) -> np.ndarray:
-    """Grayscale (H, W) float64 in [0, 1] from any image Pillow reads; ValueError if unreadable."""
+    """Grayscale (H, W) float64 in [0, 1] from any image Pillow reads, an image larger than
+    2 * LOAD_SIDE pixels across shrunk on load (_reduced); ValueError if unreadable or larger
+    than Pillow's limit against decompression bombs (2 * Image.MAX_IMAGE_PIXELS)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():
+            # Pillow warns above MAX_IMAGE_PIXELS and refuses above twice that; what it accepts
+            # is shrunk here at once, so its warning would only alarm.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+    except Image.DecompressionBombError:
+        raise ValueError(
+            f"image {str(path)!r} is too large to read safely (more than "
+            f"{2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f} megapixels): scale it down first"
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise ValueError(f"cannot read image {str(path)!r}: {exc}") from None
+    try:
+        with opened as img:
+            img.draft(img.mode, (LOAD_SIDE, LOAD_SIDE))  # JPEG decodes at 1/2..1/8 scale
             img.load()
+            img = _reduced(img)
             if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
                 # 16-bit/float grayscale: convert("L") would clip, so scale by the data's range.
                 pixels = np.asarray(img, dtype=np.float64)

@@ -330,10 +330,35 @@ def test_explicit_dir_without_files(tmp_path, monkeypatch, no_env, via_env, exis
         load_mnist(None if via_env else directory, cache_dir=tmp_path / "cache")
     message = str(info.value)
     assert str(directory) in message and ("MNIST_DIR" if via_env else "data_dir") in message
-    for name in ("train-images-idx3-ubyte", "t10k-labels-idx1-ubyte", "mnist.npz"):
-        assert name in message
-    if exists:  # says what is missing, not just what is expected
+    for name in ("t10k-labels-idx1-ubyte", "mnist.npz"):
+        assert message.count(name) == 1  # each file named once
+    if exists:  # says what is missing (the file present is not listed), not just what is expected
         assert "lacks train-labels-idx1-ubyte[.gz], t10k-images" in message
+        assert "train-images" not in message
+    else:
+        assert "train-images-idx3-ubyte" in message
+
+
+def test_explicit_dir_that_is_a_file(tmp_path, no_env):
+    (tmp_path / "mnist.npz").write_bytes(b"")
+    with pytest.raises(NotADirectoryError, match=r"mnist\.npz \(--data-dir\) is a file, not a dir"):
+        load_mnist(tmp_path / "mnist.npz", download=False, data_dir_name="--data-dir")
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (bytes(range(256)) * 8, "not a valid .npz archive"),
+        (b"", "not a valid .npz archive"),
+        (b"\x93NUMPY\x01\x00", "a single .npy array"),
+    ],
+    ids=["random-bytes", "empty", "npy"],
+)
+def test_npz_that_is_not_an_archive_says_so(tmp_path, no_env, content, message):
+    (tmp_path / "mnist.npz").write_bytes(content)
+    with pytest.raises(MNISTFormatError, match=message) as info:
+        load_mnist(tmp_path, download=False)
+    assert "pickle" not in str(info.value)
 
 
 # ---- the downloader ------------------------------------------------------------------------------
