@@ -12,7 +12,8 @@ Fields (a letter prefix, then a non-negative integer; any order; '_' between fie
     oh  output height (default computed)  ow  output width (default computed, or oh)
     kh  kernel height (required)          kw  kernel width (default kh)
     sh  stride height (default 1)         sw  stride width (default sh)
-    ph  padding height (default: from oh, else 0)   pw  padding width (default: from ow, else ph)
+    ph  padding height (default: from oh, else 0)
+    pw  padding width (default: ph when ph is given, else from ow, else 0)
     dh  dilation height minus one: benchdnn's convention, so dh0 (the default) is no dilation and
         dh1 spaces the taps two pixels apart (PyTorch's dilation=2)
     dw  dilation width minus one (default dh)
@@ -205,18 +206,27 @@ def _derived_padding(values: dict[str, int], descriptor: str) -> dict[str, int]:
         ("oh", "ph", "ih", "kh", "sh", "dh", None, None),
         ("ow", "pw", "iw", "kw", "sw", "dw", "ih", "kh"),
     ):
-        if o in values and p not in values:
+        # pw defaults to an explicit ph before it is derived from ow
+        if o in values and p not in values and not (p == "pw" and "ph" in values):
             size = values.get(i, values.get(i_default or i, 0))
             kernel = values.get(k, values.get(k_default or k, 0))
             stride = values.get(s, values.get("sh", 1))
             dil = values.get(d, values.get("dh", 0))
-            twice = (values[o] - 1) * stride - size + (kernel - 1) * (dil + 1) + 1
-            if twice < 0:
+            span = (kernel - 1) * (dil + 1) + 1
+            twice = (values[o] - 1) * stride - size + span
+            # benchdnn takes the floor of twice / 2; a stride-2 layer that halves its input
+            # (resnet50:conv1, 224 -> 112 with a 7x7 kernel) needs the ceiling
+            fits = [
+                pad
+                for pad in (twice // 2, (twice + 1) // 2)
+                if pad >= 0 and (size + 2 * pad - span) // stride + 1 == values[o]
+            ]
+            if not fits:
                 raise DescriptorError(
-                    f"descriptor {descriptor!r}: {o}={values[o]} is smaller than any padding "
-                    f"gives; give {p} instead"
+                    f"descriptor {descriptor!r}: no padding gives {o}={values[o]}; "
+                    f"give {p} explicitly"
                 )
-            out[p] = twice // 2
+            out[p] = fits[0]
     return out
 
 
