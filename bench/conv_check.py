@@ -4,10 +4,17 @@ float64 reference, and the tolerance each algorithm is held to.
 Every process that times a problem draws the same inputs (seeded by the descriptor), so each
 implementation is checked against one reference:
 
+    >>> from bench.problems import parse
+    >>> from kernels import get_backend
+    >>> problem = parse("mb2ic4ih8oc6kh3ph1")
     >>> data = inputs(problem, np.float32)            # x, w, b, dy as float32 arrays
     >>> ref = reference(problem, data)                # y, dx, dw, db in float64
-    >>> err = relative_errors({"y": y, ...}, ref)     # {"y": max|y - ref| / max|ref|, ...}
-    >>> err_max <= tolerance(algorithm)
+    >>> be = get_backend("im2col")
+    >>> y, ctx = be.conv2d_forward(data["x"], data["w"], data["b"], stride=1, padding=1)
+    >>> dx, dw, db = be.conv2d_backward(data["dy"], ctx)
+    >>> err = relative_errors({"y": y, "dx": dx, "dw": dw, "db": db}, ref)
+    >>> max(err.values()) <= tolerance(algorithm(ctx), np.float32)
+    True
 
 The error of an output is its largest absolute error over the reference's largest magnitude (one
 number per output, comparable across layers whatever their scale).
