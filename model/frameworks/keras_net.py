@@ -23,6 +23,54 @@ def _pair(value):
     return (value, value) if isinstance(value, int) else tuple(value)
 
 
+def _depthwise(layer) -> bool:
+    """Our groups == C_in is Keras's DepthwiseConv2D (its kernel (KH, KW, C_in, multiplier) is
+    ours (KH, KW, 1, C_in * multiplier) reshaped: output channel c * multiplier + m either way)."""
+    return layer.groups == layer.in_channels > 1
+
+
+def _conv(layer, mode: str, dtype: str):
+    options = dict(
+        strides=_pair(layer.stride),
+        padding=mode,
+        dilation_rate=_pair(layer.dilation),
+        use_bias="b" in layer.params,
+        dtype=dtype,
+    )
+    if _depthwise(layer):
+        multiplier = layer.out_channels // layer.in_channels
+        return keras.layers.DepthwiseConv2D(
+            layer.kernel_size, depth_multiplier=multiplier, **options
+        )
+    return keras.layers.Conv2D(
+        layer.out_channels, layer.kernel_size, groups=layer.groups, **options
+    )
+
+
+def _pool_padding(layer, dtype: str):
+    """The layer that pads before a padded Keras pool (Keras pools have only "valid" and
+    "same"): zeros for an average that counts them (count_include_pad), -inf for a maximum
+    (padding never wins a window). None without padding; ValueError for what Keras has no
+    equivalent of (ceil_mode, an average that does not count its padding)."""
+    name = type(layer).__name__
+    if layer.ceil_mode:
+        raise ValueError(f"--framework keras: {name} with ceil_mode has no Keras equivalent")
+    ph, pw = _pair(layer.padding)
+    if (ph, pw) == (0, 0):
+        return None
+    if isinstance(layer, L.AvgPool2D):
+        if not layer.count_include_pad:
+            raise ValueError(
+                f"--framework keras: {name} with padding and count_include_pad=False has no "
+                "Keras equivalent"
+            )
+        return keras.layers.ZeroPadding2D((ph, pw), dtype=dtype)
+    pads = [[0, 0], [ph, ph], [pw, pw], [0, 0]]
+    return keras.layers.Lambda(
+        lambda t: tf.pad(t, pads, constant_values=float("-inf")), dtype=dtype
+    )
+
+
 def translate(net) -> tuple[keras.Sequential, list]:
     """(the model, [(our layer, its keras layer)]) with net's current weights."""
     dtype = "float64" if net.dtype == np.float64 else "float32"
@@ -37,10 +85,7 @@ def translate(net) -> tuple[keras.Sequential, list]:
                 mode = "valid"
                 if _pair(pad) != (0, 0):
                     model.add(keras.layers.ZeroPadding2D(_pair(pad), dtype=dtype))
-            k = keras.layers.Conv2D(
-                layer.out_channels, layer.kernel_size, strides=_pair(layer.stride), padding=mode,
-                use_bias="b" in layer.params, dtype=dtype,
-            )  # fmt: skip
+            k = _conv(layer, mode, dtype)
         elif isinstance(layer, L.BatchNorm):
             k = keras.layers.BatchNormalization(
                 momentum=layer.momentum, epsilon=layer.eps, dtype=dtype
@@ -52,6 +97,9 @@ def translate(net) -> tuple[keras.Sequential, list]:
                 else keras.layers.AveragePooling2D
             )
             stride = layer.size if layer.stride is None else layer.stride
+            padded = _pool_padding(layer, dtype)
+            if padded is not None:
+                model.add(padded)
             k = cls(_pair(layer.size), strides=_pair(stride), dtype=dtype)
         elif isinstance(layer, L.ReLU):
             k = keras.layers.ReLU(dtype=dtype)
@@ -88,11 +136,15 @@ def _copy(pairs, into_keras: bool) -> None:
         arrays = _arrays(layer)
         if not arrays:
             continue
+        # Keras's depthwise kernel is ours reshaped (see _depthwise); everything else copies as is
+        w_shape = k.get_weights()[0].shape
         if into_keras:
-            k.set_weights([store[key] for store, key in arrays])
+            values = [store[key] for store, key in arrays]
+            values[0] = values[0].reshape(w_shape)
+            k.set_weights(values)
         else:
             for (store, key), value in zip(arrays, k.get_weights()):
-                store[key] = value.astype(store[key].dtype)
+                store[key] = value.reshape(store[key].shape).astype(store[key].dtype)
 
 
 class Model:
