@@ -190,6 +190,7 @@ GRAD_CONFIGS = [  # x shape, size, stride, padding, ceil_mode, count_include_pad
     ((1, 6, 7, 2), (3, 2), (2, 1), ((1, 0), (0, 1)), True, True),
     ((2, 4, 5, 1), (4, 3), 3, (2, 1), True, False),
     ((1, 7, 6, 2), 3, 1, ((0, 1), (1, 1)), False, False),
+    ((1, 6, 6, 2), 3, 2, 1, True, True),  # the last window runs past the padded input
 ]
 
 
@@ -223,6 +224,9 @@ ORACLE_CONFIGS = [  # x shape, size, stride, padding (symmetric: (ph, pw)), ceil
     ((2, 6, 6, 1), 4, 3, 2, True),
     ((1, 6, 5, 2), 2, 1, 0, True),
     ((1, 8, 5, 2), (5, 3), (2, 2), (2, 1), False),
+    # the last window starts in x and runs past the bottom/right padding: clipped, and with
+    # count_include_pad divided by its positions inside x and the padding only
+    ((1, 6, 6, 2), 3, 2, 1, True),
 ]
 
 
