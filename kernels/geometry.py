@@ -9,6 +9,8 @@ Layout conventions (all backends; kernels/contract.py states the whole contract)
     w:  (KH, KW, C_in, C_out)      conv weights, HWIO
     b:  (C_out,) or None           bias
     y:  (N, OH, OW, C_out)         OH = (H + 2*ph - KH) // sh + 1
+    pooling: x (N, H, W, C) -> (N, OH, OW, C), OH by PyTorch's rule (pool_geometry: padding,
+             ceil_mode)
 """
 
 from __future__ import annotations
@@ -321,12 +323,12 @@ def pool_geometry(
         out_h,
         out_w,
         x.dtype,
-        top,
-        bottom,
-        left,
-        right,
-        ceil_mode,
-        count_include_pad,
+        pad_top=top,
+        pad_bottom=bottom,
+        pad_left=left,
+        pad_right=right,
+        ceil_mode=ceil_mode,
+        count_include_pad=count_include_pad,
     )
 
 
