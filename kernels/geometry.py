@@ -9,8 +9,6 @@ Layout conventions (all backends; kernels/contract.py states the whole contract)
     w:  (KH, KW, C_in, C_out)      conv weights, HWIO
     b:  (C_out,) or None           bias
     y:  (N, OH, OW, C_out)         OH = (H + 2*ph - KH) // sh + 1
-    pooling: x (N, H, W, C) -> (N, OH, OW, C), OH by PyTorch's rule (pool_geometry: padding,
-             ceil_mode)
 """
 
 from __future__ import annotations
