@@ -62,8 +62,8 @@ The ctx
 The max-pool argmax
     MaxPoolCtx.argmax (N, OH, OW, C) holds, for every window, the flat index k = i*KW + j of the
     element that won, positions counted including the padded ones: the first maximum in
-    row-major window order among the elements inside x, or the first NaN (NumPy's argmax rule). Its dtype is kernels.geometry.argmax_dtype(KH, KW): uint8 when KH*KW <= 255,
-    else intp.
+    row-major window order among the elements inside x, or the first NaN (NumPy's argmax rule).
+    Its dtype is kernels.geometry.argmax_dtype(KH, KW): uint8 when KH*KW <= 255, else intp.
 
 Optional members
     warmup(dtypes=None, ops=None) -> None: compile, or load from a disk cache, what the backend

@@ -484,12 +484,12 @@ def pool_geometry(
         out_h,
         out_w,
         x.dtype,
-        top,
-        bottom,
-        left,
-        right,
-        ceil_mode,
-        count_include_pad,
+        pad_top=top,
+        pad_bottom=bottom,
+        pad_left=left,
+        pad_right=right,
+        ceil_mode=ceil_mode,
+        count_include_pad=count_include_pad,
     )
 
 
@@ -558,8 +558,10 @@ def argmax_inside(g: PoolGeometry, argmax: np.ndarray) -> np.ndarray:
 
 
 def pooled_conv_geometry(g: ConvGeometry, size: IntPair, stride: IntPair | None) -> PoolGeometry:
-    """The PoolGeometry of a pool over the output of conv geometry g (validated as
-    pool_geometry does), for a fused conv + pool call that never materialises that output."""
+    """The PoolGeometry of an unpadded, floor-mode pool over the output of conv geometry g
+    (validated as pool_geometry does), for a fused conv + pool call that never materialises that
+    output. The fused paths run no padded or ceil_mode pool (they decline one, see
+    PoolGeometry.plain)."""
     return pool_geometry(np.broadcast_to(np.zeros((), g.dtype), g.y_shape), size, stride)
 
 

@@ -227,9 +227,9 @@ def _avgpool_backward(dy, kh, kw, sh, sw, scale, dx):
                             dx[ni, oh * sh + i, ow * sw + j, ch] += dy[ni, oh, ow, ch] * scale
 
 
-# Padded windows (padding or a ceil_mode window past the input) run on kernels of their own,
-# which clip each window to x (_inside) instead of reading a padded copy: the unpadded kernels
-# above keep their tap loops free of bounds arithmetic (the `small_pool` benchmark case).
+# Padded windows (padding, or a ceil_mode window past the input) run on kernels of their own
+# that clip each window to x (_inside) rather than read a padded copy of x. The unpadded kernels
+# above, tuned on the `small_pool` benchmark case, are left exactly as they are.
 
 
 @njit(cache=True)

@@ -184,12 +184,34 @@ def test_padding_never_wins_a_max_window(backend):
     np.testing.assert_array_equal(dx[0, :, :, 1], expected, err_msg=backend)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
+def test_padded_maxpool_nan_wins_as_in_naive(dtype):
+    """NaNs next to the padding and in clipped ceil_mode windows: the first NaN wins its window
+    in every backend (y, argmax and dx as naive's)."""
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((2, 7, 6, 3)).astype(dtype)
+    x[0, 0, 0, 0] = x[0, 6, 5, 1] = x[1, 3, 2, 2] = x[1, 3, 3, 2] = np.nan
+    case = dict(size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=True)
+    y, ctx = _forward("naive", "max", x, case)
+    dy = (rng.permutation(y.size) + 1).reshape(y.shape).astype(dtype)
+    dx = _backward("naive", "max", dy, ctx)
+    # windows start at rows and columns -1, 1, 3, 5: (0, 0) lies in one window, (6, 5) in two
+    # (the last, clipped column window among them), (3, 2) and (3, 3) together in four
+    assert np.isnan(y).sum() == 1 + 2 + 4
+    for backend in OTHERS:
+        y_be, ctx_be = _forward(backend, "max", x, case)
+        np.testing.assert_array_equal(y_be, y, err_msg=f"{backend} y")
+        np.testing.assert_array_equal(ctx_be.argmax, ctx.argmax, err_msg=f"{backend} argmax")
+        np.testing.assert_array_equal(_backward(backend, "max", dy, ctx_be), dx, err_msg=backend)
+
+
 GRAD_CONFIGS = [  # x shape, size, stride, padding, ceil_mode, count_include_pad
     ((2, 5, 6, 2), 3, 2, 1, False, True),  # ResNet's stem pool
     ((1, 5, 5, 3), 2, 2, 1, True, False),
     ((1, 6, 7, 2), (3, 2), (2, 1), ((1, 0), (0, 1)), True, True),
     ((2, 4, 5, 1), (4, 3), 3, (2, 1), True, False),
     ((1, 7, 6, 2), 3, 1, ((0, 1), (1, 1)), False, False),
+    ((1, 6, 6, 2), 3, 2, 1, True, True),  # the last window runs past the padded input
 ]
 
 
@@ -223,6 +245,9 @@ ORACLE_CONFIGS = [  # x shape, size, stride, padding (symmetric: (ph, pw)), ceil
     ((2, 6, 6, 1), 4, 3, 2, True),
     ((1, 6, 5, 2), 2, 1, 0, True),
     ((1, 8, 5, 2), (5, 3), (2, 2), (2, 1), False),
+    # the last window starts in x and runs past the bottom/right padding: clipped, and with
+    # count_include_pad divided by its positions inside x and the padding only
+    ((1, 6, 6, 2), 3, 2, 1, True),
 ]
 
 
