@@ -130,7 +130,10 @@ class Torch(Peer):
         def backward():
             return torch.autograd.grad(y, params, dy, retain_graph=True)
 
-        return {"forward": forward, "backward": backward}
+        def forward_backward():
+            return torch.autograd.grad(fwd(), params, dy)
+
+        return {"forward": forward, "backward": backward, "forward_backward": forward_backward}
 
     def _nchw(self, x):
         """(N, H, W, C) float32 array -> a tensor in this configuration's layout."""
@@ -266,7 +269,12 @@ class TensorFlow(Peer):
         def backward():
             return [g.numpy() for g in tape.gradient(y, params, output_gradients=dy)]
 
-        return {"forward": forward, "backward": backward}
+        def forward_backward():
+            with tf.GradientTape() as step:
+                out = fwd()
+            return [g.numpy() for g in step.gradient(out, params, output_gradients=dy)]
+
+        return {"forward": forward, "backward": backward, "forward_backward": forward_backward}
 
     def epoch_run(self, arch, x, y_onehot, optimizer, lr, batch_size, seed, x_test, y_test):
         keras = self.lib().keras
