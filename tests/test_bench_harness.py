@@ -201,6 +201,8 @@ def test_inference_rows(tiny_run):
         assert rows["torch"]["status"] == "disabled (--no-peers)"
         r = rows["im2col"]
         assert r["images_per_second"] == pytest.approx(inf["images"] / r["seconds"])
+        assert r["seconds"] == pytest.approx(np.median(r["samples"]))
+        assert len(r["samples"]) == inf["repeat"]
     assert "## Inference (1000 images" in (out / "tiny" / "report.md").read_text()
 
 
