@@ -210,7 +210,7 @@ def write_history(root, out, png=None) -> tuple[list[dict], list[str]]:
     svg = buf.getvalue()
     svg = svg[svg.index("<svg") :]  # inline: without the XML prolog and doctype
     if png is not None:
-        fig.savefig(png, dpi=120)
+        fig.savefig(png, dpi=90)
     plt.close(fig)
     out.write_text(render_html(runs, skipped, out, svg), encoding="utf-8")
     return runs, skipped
