@@ -20,7 +20,6 @@ input (one line on stderr), 130 when interrupted.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -30,7 +29,13 @@ from model.cli import HelpFormatter, Parser
 
 from . import epoch
 from .cases import CASES, LEGACY_CASE_NAMES, QUICK_CASES
-from .comparison import compare_results, load_results, regressions, render_comparison
+from .comparison import (
+    compare_results,
+    load_results,
+    regressions,
+    render_comparison,
+    write_comparison,
+)
 from .context import Options
 from .mnist import data_source
 from .outdir import DEFAULT_OUT, rescue_results, writable_dir
@@ -178,23 +183,9 @@ def comparison(old_path, new: dict, new_path, fail_factor: float | None, out_dir
     rows = compare_results(old, new, fail_factor)
     text = render_comparison(rows, old["name"], new["name"], fail_factor)
     print(text)
-    md, js = (out_dir / f"compare-{old['name']}{ext}" for ext in (".md", ".json"))
     record = {"old": str(old_path), "new": str(new_path), "fail_on_regression": fail_factor}
-    replaced = ""
-    if js.exists():
-        try:
-            before = json.loads(js.read_text())
-            same = (before.get("old"), before.get("new")) == (record["old"], record["new"])
-        except (OSError, ValueError):
-            same = False
-        replaced = (
-            " (replacing the earlier comparison of the same pair)"
-            if same
-            else " (replacing a comparison of another pair of files with this old name)"
-        )
-    md.write_text(text)
-    js.write_text(json.dumps({**record, "rows": rows}, indent=1))
-    print(f"comparison written to {md} and {js}{replaced}")
+    md, js, replaced = write_comparison(out_dir, old["name"], text, record, rows)
+    print(f"comparison written to {md} and {js}" + (f" ({replaced})" if replaced else ""))
     return bool(regressions(rows))
 
 

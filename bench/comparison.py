@@ -107,7 +107,8 @@ def result_figures(results: dict) -> dict:
     breakdown = results.get("breakdown") or {}
     for run in breakdown.get("archs", []):
         if run.get("status") == "ok":
-            add(f"step {run['arch']}", breakdown["backend"], run["step_ms"] / 1e3)
+            samples = [ms / 1e3 for ms in run.get("step_samples_ms") or []]
+            add(f"step {run['arch']}", breakdown["backend"], run["step_ms"] / 1e3, samples)
     return figures
 
 
@@ -238,3 +239,27 @@ def render_comparison(rows, old_name, new_name, fail_factor: float | None = None
             + "."
         )
     return "\n".join(lines) + "\n"
+
+
+def write_comparison(
+    out_dir: Path, old_name: str, text: str, record: dict, rows: list[dict]
+) -> tuple[Path, Path, str | None]:
+    """Write out_dir/compare-<old_name>.md (`text`) and .json (`record` + rows): one pair of
+    files per old run, so comparing NEW with another run never overwrites this one. Returns the
+    two paths and what an existing pair was ("replacing ..."), else None."""
+    md, js = (out_dir / f"compare-{old_name}{ext}" for ext in (".md", ".json"))
+    replaced = None
+    if js.exists():
+        try:
+            before = json.loads(js.read_text())
+            same = (before.get("old"), before.get("new")) == (record["old"], record["new"])
+        except (OSError, ValueError):
+            same = False
+        replaced = (
+            "replacing the earlier comparison of the same pair"
+            if same
+            else "replacing a comparison of another pair of files with this old name"
+        )
+    md.write_text(text)
+    js.write_text(json.dumps({**record, "rows": rows}, indent=1))
+    return md, js, replaced

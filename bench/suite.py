@@ -117,10 +117,13 @@ def run_suite(options: Options, name: str | None = None) -> dict:
     for b, why in broken.items():
         tqdm.write(f"backend {b} unusable, reported as such: {why}")
     ctx = Context(opts, backends, broken, results["peers"], m["peak_gflops"]["float32"])
+    chosen = [s for s in SECTIONS if s.name in opts.sections]
+    # the plan, so the bar's "left" (estimated from the steps done so far) can be read against it
+    tqdm.write("plan: " + ", ".join(f"{s.name} {s.steps(opts, backends)} steps" for s in chosen))
     with tqdm(total=count_steps(opts, backends), unit="step") as ctx.bar:
-        for section in SECTIONS:
-            if section.name in opts.sections:
-                results[section.key] = section.run(ctx)
+        for i, section in enumerate(chosen):
+            ctx.bar.set_postfix_str(f"section {i + 1}/{len(chosen)}")
+            results[section.key] = section.run(ctx)
     results["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     m["after"] = busy_check()
     return results

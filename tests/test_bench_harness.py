@@ -97,6 +97,7 @@ def test_results_json_is_well_formed(tiny_run):
     assert [run["arch"] for run in res["epoch"]["archs"]] == ["small", "deep"]
     for run in res["epoch"]["archs"]:
         assert len(run["rows"]) == 2 + len(peers.PEERS)
+    assert all(len(r["samples"]) == 1 for r in res["fitconv"]["rows"] if r["status"] == "ok")
     # our backends' workloads ran; peers are disabled
     for rows in [run["rows"] for run in res["epoch"]["archs"]] + [res["fitconv"]["rows"]]:
         assert {r["name"]: r["status"] for r in rows if not r["peer"]} == {
@@ -169,6 +170,7 @@ def test_breakdown_names_every_layer_pass_and_the_step(tiny_run):
             assert p["percent"] == pytest.approx(100 * p["ms"] / a["step_ms"])
         # the parts are timed inside the step, so their medians cannot add up to much more
         assert sum(p["ms"] for p in a["parts"]) < 2 * a["step_ms"]
+        assert a["step_ms"] == pytest.approx(np.median(a["step_samples_ms"]))
     md = (out / "tiny" / "report.md").read_text()
     assert "## Where a training step goes (backend `im2col`" in md
     assert "| 1 BatchNorm + 2 MaxPool2D backward |" in md  # fused on every backend
