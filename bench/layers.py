@@ -21,6 +21,7 @@ from kernels import get_backend
 
 from . import peers
 from .cases import Case, get_case, resolve_cases
+from .results import round_medians
 from .stats import median_interval
 from .status import OK, error_status
 from .timing import measure, rotated, summarize
@@ -316,14 +317,6 @@ def derive_ratios(rows: list[dict], peak_gflops: float | None) -> list[dict]:
             r[f"ratio_{framework}"] = r["median"] / best if best else None
     _add_paired_ratios(ok)
     return rows
-
-
-def round_medians(row: dict) -> dict[int, float]:
-    """{round: median of the row's samples in that round} (rounds as recorded by _pool)."""
-    by_round: dict[int, list] = {}
-    for rnd, t in zip(row.get("rounds") or [], row.get("samples") or []):
-        by_round.setdefault(rnd, []).append(t)
-    return {rnd: float(np.median(ts)) for rnd, ts in by_round.items()}
 
 
 def _add_paired_ratios(ok: list[dict]) -> None:

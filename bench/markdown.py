@@ -11,7 +11,7 @@ from statistics import median
 from .formatting import fmt_num, fmt_seconds, fmt_x, order, table
 from .layers import BLAS_TUNED
 from .peers import PEERS, best_configuration, label
-from .results import forward_backward_medians
+from .results import forward_backward_medians, paired_forward_backward_ratio
 from .stats import NOISY_IQR_FRACTION
 
 
@@ -112,7 +112,11 @@ def _summary(results: dict) -> str:
         best = min(ours, key=ours.get) if ours else None
         cells = [f"**{fmt_seconds(d[n])}**" if n == best else fmt_seconds(d.get(n)) for n in names]
         torch_name, torch_s = best_configuration(d)
-        vs_torch = fmt_x(ours[best] / torch_s) if best and torch_s else "—"
+        paired = paired_forward_backward_ratio(results, case, best) if best else None
+        if paired:
+            vs_torch = fmt_ratio({"r": paired["ratio"], "r_interval": paired["interval"]}, "r")
+        else:  # results written before the rounds were kept: the medians' ratio
+            vs_torch = fmt_x(ours[best] / torch_s) if best and torch_s else "—"
         body.append([case, *cells, best or "—", vs_torch, label(torch_name) if torch_name else "—"])
     return "\n".join(
         [
@@ -120,7 +124,9 @@ def _summary(results: dict) -> str:
             "",
             "Median seconds of one forward plus one backward call; bold = fastest of our backends; "
             "*fastest / PyTorch* = that backend's time / PyTorch's at its best configuration "
-            "(NCHW or channels_last, the faster per case, named in the last column; >1 = slower).",
+            "(NCHW or channels_last, the faster per case, named in the last column; >1 = slower): "
+            "the median of the per-round ratios, each round timing every backend and peer of "
+            "the case interleaved, with the 95% bootstrap interval of that median in brackets.",
             "",
             table(
                 [

@@ -10,6 +10,7 @@ import pytest
 from bench_helpers import Bar
 
 from bench import epoch, layers, markdown, peers
+from bench import results as results_module
 from bench.context import Context, Options
 from bench.status import OK
 from bench.suite import resolve_options
@@ -130,3 +131,32 @@ def test_a_busy_machine_is_named_at_the_top_of_the_report():
     assert header.splitlines()[2].startswith("> **⚠ The machine was busy** (before the run: load")
     del results["machine"]["before"]
     assert "busy" not in markdown.machine_header(results)
+
+
+def test_summary_ratio_pairs_forward_plus_backward_by_round():
+    def row(backend, p, samples):
+        return {
+            "case": "c",
+            "pass": p,
+            "backend": backend,
+            "status": OK,
+            "median": sorted(samples)[len(samples) // 2],
+            "samples": samples,
+            "rounds": [0, 1],
+        }
+
+    results = {
+        "layers": [
+            row("numba", "forward", [1.0, 3.0]),
+            row("numba", "backward", [1.0, 3.0]),
+            row("torch", "forward", [2.0, 6.0]),
+            row("torch", "backward", [2.0, 6.0]),
+        ]
+    }
+    got = results_module.paired_forward_backward_ratio(results, "c", "numba")
+    assert got["ratios"] == [0.5, 0.5] and got["ratio"] == 0.5
+    assert "| c | **" in markdown._summary(results) and "0.50× [0.50, 0.50]" in markdown._summary(
+        results
+    )
+    del results["layers"][2:]
+    assert results_module.paired_forward_backward_ratio(results, "c", "numba") is None
