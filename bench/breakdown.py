@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from .status import OK, error_status
+from .status import row_status
 
 if TYPE_CHECKING:
     from .context import Context, Options
@@ -255,14 +255,10 @@ def run(ctx: Context) -> dict:
     for arch, setup in ARCHS.items():
         ctx.bar.set_description(f"breakdown {arch}")
         entry = {"arch": arch, **setup}
-        try:
+        with row_status(entry, archs, ctx.bar):
             if backend is None:
                 raise RuntimeError("no usable backend in this run")
-            entry.update(status=OK, **step_breakdown(arch, backend, x, labels, n_steps))
-        except Exception as exc:
-            entry["status"] = error_status(exc)
-        archs.append(entry)
-        ctx.bar.update(1)
+            entry.update(**step_breakdown(arch, backend, x, labels, n_steps))
     result = {
         "backend": backend,
         "batch_size": BATCH_SIZE,
