@@ -20,14 +20,15 @@ class Options:
     backends: list | None = None  # None: all available
     repeat: int = 5
     rounds: int = 1  # passes over the whole layer matrix (see bench.layers.run)
-    quick: bool = False
+    quick: bool = False  # the reduced matrix (CI's smoke test)
+    full: bool = False  # every section, whole epochs (the committed reports' runs)
     peers: bool = True
     data_dir: str | None = None  # None: $MNIST_DIR, then the user cache (bench.mnist.find_mnist)
-    epoch_samples: int | None = None  # None: 60000 (quick: 2048)
+    epoch_samples: int | None = None  # None: rounds of a few batches (--full: 60000)
     scaling_case: str = "small_conv"
     memory_case: str = "deep_conv2"
     breakdown_backend: str | None = None  # None: auto, else numba, else im2col (bench.breakdown)
-    sections: tuple | None = None  # None: every section of bench.sections.SECTIONS
+    sections: tuple | None = None  # None: bench.sections.DEFAULT_SECTIONS (--full: all)
 
 
 @dataclass

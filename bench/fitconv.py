@@ -2,7 +2,8 @@
 and peer, seconds per epoch of per-sample SGD.
 
     make_fitconv_data()                             -> inputs (100, 3, 28, 28), targets (100, 2, 27, 27)
-    fitconv_epoch_seconds(backend, inputs, targets) -> (seconds per epoch (median), extrapolated?)
+    fitconv_epoch_seconds(backend, inputs, targets) -> (seconds per epoch (median), extrapolated?,
+                                                        every timed epoch's seconds, scaled alike)
     run(ctx)                                        -> the section's results (bench.suite.Context)
 """
 
@@ -38,11 +39,11 @@ def make_fitconv_data(seed: int = 0):
 
 def fitconv_epoch_seconds(
     backend: str, inputs, targets, repeat: int = 3, samples: int | None = None
-) -> tuple[float, bool]:
+) -> tuple[float, bool, list[float]]:
     """Median seconds of one epoch of `model.convfit.fit_kernels` (per-sample SGD) on `backend`.
 
     With `samples` < len(inputs) the epoch is timed on the first `samples` and scaled up; returns
-    (seconds per full epoch, extrapolated).
+    (seconds per full epoch, extrapolated, each of the `repeat` epochs' seconds scaled alike).
     """
     from model.convfit import fit_kernels
 
@@ -72,7 +73,8 @@ def fitconv_epoch_seconds(
         start = time.perf_counter()
         one_epoch()
         times.append(time.perf_counter() - start)
-    return float(np.median(times)) * full / len(inputs), len(inputs) < full
+    scaled = [t * full / len(inputs) for t in times]
+    return float(np.median(scaled)), len(inputs) < full, scaled
 
 
 def steps(opts: Options, backends) -> int:
@@ -92,14 +94,14 @@ def run(ctx: Context) -> dict:
                 seconds = peers.fitconv_epoch_seconds(name, inputs, targets, KSIZE, LR)
                 row.update(seconds=seconds)
             else:
-                seconds, extrapolated = fitconv_epoch_seconds(
+                seconds, extrapolated, samples = fitconv_epoch_seconds(
                     name,
                     inputs,
                     targets,
                     repeat=1 if opts.quick else 3,
                     samples=QUICK_SAMPLES if opts.quick else None,
                 )
-                row.update(seconds=seconds, extrapolated=extrapolated)
+                row.update(seconds=seconds, extrapolated=extrapolated, samples=samples)
     return {
         "inputs": list(inputs.shape),
         "targets": list(targets.shape),

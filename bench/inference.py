@@ -1,7 +1,7 @@
 """The inference section: images/s of `Sequential.predict` over the MNIST test images, for both
 architectures and our backends, beside PyTorch's eval-mode inference of the same networks.
 
-    images_per_second(backend, arch, x, repeat) -> (images/s, median seconds)
+    images_per_second(backend, arch, x, repeat) -> (images/s, median seconds, each pass's seconds)
     run(ctx)                                    -> the section's results (bench.suite.Context)
 
 Networks are freshly initialised: inference does the same work whatever the weights. Ours run as
@@ -33,7 +33,8 @@ SKIPPED = {"naive": "skipped: too slow for 10 000 images (a reference, not a way
 
 
 def images_per_second(backend: str, arch: str, x, repeat: int, seed: int = 0):
-    """(images/s, median seconds) of net.predict(x) for x: (N, 28, 28, 1) float32, after one
+    """(images/s, median seconds, every pass's seconds) of net.predict(x) for x: (N, 28, 28, 1)
+    float32, after one
     untimed batch (auto tunes, numba loads its kernels there)."""
     from model.network import build_network
 
@@ -45,7 +46,7 @@ def images_per_second(backend: str, arch: str, x, repeat: int, seed: int = 0):
         net.predict(x, batch_size=BATCH_SIZE)
         times.append(time.perf_counter() - start)
     seconds = float(np.median(times))
-    return len(x) / seconds, seconds
+    return len(x) / seconds, seconds, times
 
 
 def blas_threads() -> int | None:
@@ -77,11 +78,12 @@ def run(ctx: Context) -> dict:
                     row["status"] = SKIPPED[name]
                 elif name in peers.PEERS:
                     peers.require(ctx.peers, name)
-                    seconds = peers.inference_seconds(name, arch, x, BATCH_SIZE, repeat)
-                    row.update(seconds=seconds, images_per_second=len(x) / seconds)
+                    times = peers.inference_seconds(name, arch, x, BATCH_SIZE, repeat)
+                    seconds = float(np.median(times))
+                    row.update(seconds=seconds, images_per_second=len(x) / seconds, samples=times)
                 else:
-                    rate, seconds = images_per_second(name, arch, x, repeat)
-                    row.update(seconds=seconds, images_per_second=rate)
+                    rate, seconds, times = images_per_second(name, arch, x, repeat)
+                    row.update(seconds=seconds, images_per_second=rate, samples=times)
         archs.append({"arch": arch, "rows": rows})
     return {
         "data": source,

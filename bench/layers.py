@@ -26,8 +26,10 @@ from kernels import get_backend
 
 from . import peers
 from .cases import Case, get_case, resolve_cases
+from .results import round_medians
+from .stats import median_interval
 from .status import OK, error_status
-from .timing import measure, summarize
+from .timing import measure, rotated, summarize
 
 if TYPE_CHECKING:
     from .context import Context, Options
@@ -140,9 +142,16 @@ def _build_threads(name) -> int | None:
     return 1 if name in SELF_THREADED else None
 
 
-def _time_passes(ops, threads, repeat, pooled, key) -> None:
+def _pool(pooled, k, samples, number, rnd) -> None:
+    """Add one round's per-call samples to pooled[k] = (samples, calls per sample, the round of
+    each sample)."""
+    before, _, rounds = pooled.get(k, ([], 0, []))
+    pooled[k] = (before + list(samples), number, rounds + [rnd] * len(samples))
+
+
+def _time_passes(ops, threads, repeat, pooled, key, rnd: int = 0) -> None:
     """Time every pass of `ops` under `threads` BLAS threads (None: as configured) and add the
-    per-call samples to pooled[key + (threads, pass)] = (samples, calls per sample); an error
+    per-call samples of round `rnd` to pooled[key + (threads, pass)] (see _pool); an error
     status replaces the entry."""
     with threadpool_limits(limits=threads, user_api="blas"):
         for p in PASSES:
@@ -151,7 +160,7 @@ def _time_passes(ops, threads, repeat, pooled, key) -> None:
                 continue
             try:
                 t = measure(ops[p], repeat=repeat)
-                pooled[k] = (pooled.get(k, ([], 0))[0] + t.samples, t.number)
+                _pool(pooled, k, t.samples, t.number, rnd)
             except Exception as exc:
                 pooled[k] = error_status(exc)
 
@@ -165,10 +174,10 @@ def time_peer(peer: str, case_name: str, repeat: int) -> dict:
     except Exception as exc:
         return {(None, p): error_status(exc) for p in PASSES}
     _time_passes(ops, None, repeat, pooled, ())
-    return pooled
+    return {k: v if isinstance(v, str) else v[:2] for k, v in pooled.items()}
 
 
-def _time_remote(name, case, repeat, pooled, key) -> None:
+def _time_remote(name, case, repeat, pooled, key, rnd: int = 0) -> None:
     """_time_passes for a remote peer: timed in its worker by the configuration it stands for."""
     peer = peers.get_peer(name)
     try:
@@ -180,7 +189,7 @@ def _time_remote(name, case, repeat, pooled, key) -> None:
         if isinstance(value, str) or isinstance(pooled.get(k), str):
             pooled[k] = pooled.get(k) if isinstance(pooled.get(k), str) else value
         else:
-            pooled[k] = (pooled.get(k, ([], 0))[0] + value[0], value[1])
+            _pool(pooled, k, value[0], value[1], rnd)
 
 
 def _pooled_rows(base, name, is_peer, pooled) -> list[dict]:
@@ -197,7 +206,8 @@ def _pooled_rows(base, name, is_peer, pooled) -> list[dict]:
             if isinstance(got, str):
                 row["status"] = got
             else:
-                row.update(summarize(*got).to_dict(), status=OK)
+                samples, number, rounds = got
+                row.update(summarize(samples, number).to_dict(), rounds=rounds, status=OK)
             if threads is not None:
                 row["blas_threads"] = threads
             rows.append(row)
@@ -233,17 +243,6 @@ def _plan(ctx: Context) -> tuple[list[dict], list]:
     return rows, plan
 
 
-def rotated(seq: list, rnd: int) -> list:
-    """seq starting at its (rnd mod len)-th element: each round times the backends in another
-    order, so no backend always follows the same neighbour. In a fixed order auto and winograd
-    (both running numba's code on small_pool) read slower than numba, the backend timed just
-    before them, where the three are equal interleaved in one process."""
-    if not seq:
-        return seq
-    k = rnd % len(seq)
-    return seq[k:] + seq[:k]
-
-
 def run(ctx: Context) -> list[dict]:
     """Every case x backend (+ peers) x pass: timing rows with derived ratios (derive_ratios).
 
@@ -262,7 +261,7 @@ def run(ctx: Context) -> list[dict]:
                 time.sleep(COOLDOWN_SECONDS)
                 key = (case.name, name)
                 if is_peer and peers.get_peer(name).remote:
-                    _time_remote(name, case, opts.repeat, pooled, key)
+                    _time_remote(name, case, opts.repeat, pooled, key, rnd)
                     bar.update(1)
                     continue
                 try:
@@ -277,7 +276,7 @@ def run(ctx: Context) -> list[dict]:
                     bar.update(1)
                     continue
                 for threads in _blas_choices(name):
-                    _time_passes(ops, threads, opts.repeat, pooled, key)
+                    _time_passes(ops, threads, opts.repeat, pooled, key, rnd)
                 bar.update(1)
     for _case, base, timed in plan:
         for name, is_peer in timed:
@@ -321,4 +320,28 @@ def derive_ratios(rows: list[dict], peak_gflops: float | None) -> list[dict]:
         for framework in peers.PEER_GROUPS:  # a framework counts at its best configuration
             _, best = peers.best_configuration(times, framework)
             r[f"ratio_{framework}"] = r["median"] / best if best else None
+    _add_paired_ratios(ok)
     return rows
+
+
+def _add_paired_ratios(ok: list[dict]) -> None:
+    """Where the rows carry their rounds: ratios_torch (per round, this row's median over the
+    faster PyTorch configuration's median in the same round), ratio_torch = their median and
+    ratio_torch_interval (bench.stats.median_interval), in place. The rounds interleave every
+    backend and peer of a case, so a round's ratio is free of the drift between rounds."""
+    by_key: dict = {}
+    for r in ok:
+        by_key.setdefault((r["case"], r["pass"]), {})[r["backend"]] = round_medians(r)
+    for r in ok:
+        per_backend = by_key[(r["case"], r["pass"])]
+        torch_rounds = [per_backend[n] for n in peers.PEER_GROUPS["torch"] if n in per_backend]
+        ours = per_backend[r["backend"]]
+        ratios = [
+            t / min(tr[rnd] for tr in torch_rounds)
+            for rnd, t in sorted(ours.items())
+            if torch_rounds and all(rnd in tr for tr in torch_rounds)
+        ]
+        if ratios:
+            r["ratios_torch"] = ratios
+            r["ratio_torch"] = float(np.median(ratios))
+            r["ratio_torch_interval"] = median_interval(ratios)

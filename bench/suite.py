@@ -18,8 +18,8 @@ from . import epoch, peers
 from .cases import QUICK_CASES, get_case, resolve_backends, resolve_cases
 from .context import Context, Options
 from .layers import NUMPY_BACKENDS, warm_up_backend
-from .machine import describe_machine
-from .sections import SECTION_NAMES, SECTIONS
+from .machine import busy_check, describe_machine, source_commit
+from .sections import DEFAULT_SECTIONS, SECTION_NAMES, SECTIONS
 from .status import error_status
 
 
@@ -36,16 +36,24 @@ def resolve_options(options: Options) -> Options:
             **asdict(options),
             "cases": [c.name for c in resolve_cases(cases)],
             "backends": resolve_backends(options.backends),
-            "sections": tuple(SECTION_NAMES if options.sections is None else options.sections),
+            "sections": tuple(
+                options.sections
+                if options.sections is not None
+                else SECTION_NAMES
+                if options.full
+                else DEFAULT_SECTIONS
+            ),
         }
     )
     if opts.repeat < 1:
         raise ValueError(f"--repeat must be >= 1, got {opts.repeat}")
     if opts.rounds < 1:
         raise ValueError(f"--rounds must be >= 1, got {opts.rounds}")
-    if opts.epoch_samples is None:
-        opts.epoch_samples = epoch.QUICK_EPOCH if opts.quick else epoch.FULL_EPOCH
-    if opts.epoch_samples < 1:
+    if opts.quick and opts.full:
+        raise ValueError("--quick and --full exclude each other")
+    if opts.epoch_samples is None and opts.full:
+        opts.epoch_samples = epoch.FULL_EPOCH
+    if opts.epoch_samples is not None and opts.epoch_samples < 1:
         raise ValueError(f"--epoch-samples must be >= 1, got {opts.epoch_samples}")
     unknown = [s for s in opts.sections if s not in SECTION_NAMES]
     if unknown:
@@ -84,9 +92,18 @@ def run_suite(options: Options, name: str | None = None) -> dict:
         "created": created.isoformat(timespec="seconds"),
         "options": asdict(opts),
         "numpy_backends": list(NUMPY_BACKENDS),
+        "commit": source_commit(),
     }
+    before = busy_check()
+    if before["busy"]:
+        tqdm.write(
+            f"warning: the machine is busy ({before['busy']}): timings will be slow and noisy; "
+            "the report says so at its top"
+        )
     tqdm.write("measuring the machine (matmul peak)...")
     results["machine"] = m = describe_machine()
+    m["before"] = before
+    m["threads"]["peers"] = peers.THREADS
     tqdm.write(
         f"{m['cpu']}, {m['cores']} cores, numpy {m['numpy']} ({m['blas']}), matmul peak "
         f"{m['peak_gflops']['float32']:.0f} GFLOP/s float32 / "
@@ -100,9 +117,13 @@ def run_suite(options: Options, name: str | None = None) -> dict:
     for b, why in broken.items():
         tqdm.write(f"backend {b} unusable, reported as such: {why}")
     ctx = Context(opts, backends, broken, results["peers"], m["peak_gflops"]["float32"])
+    chosen = [s for s in SECTIONS if s.name in opts.sections]
+    # the plan, so the bar's "left" (estimated from the steps done so far) can be read against it
+    tqdm.write("plan: " + ", ".join(f"{s.name} {s.steps(opts, backends)} steps" for s in chosen))
     with tqdm(total=count_steps(opts, backends), unit="step") as ctx.bar:
-        for section in SECTIONS:
-            if section.name in opts.sections:
-                results[section.key] = section.run(ctx)
+        for i, section in enumerate(chosen):
+            ctx.bar.set_postfix_str(f"section {i + 1}/{len(chosen)}")
+            results[section.key] = section.run(ctx)
     results["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    m["after"] = busy_check()
     return results
