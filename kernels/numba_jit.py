@@ -467,10 +467,20 @@ def conv2d_forward(
 def _depthwise_forward(
     g: ConvGeometry, x: np.ndarray, w: np.ndarray, b: np.ndarray | None
 ) -> tuple[np.ndarray, depthwise.DepthwiseCtx]:
-    """conv2d_forward by kernels/depthwise.py (groups == C_in)."""
+    """conv2d_forward by kernels/depthwise.py (groups == C_in): whole rows at a time where
+    depthwise.rows_apply, else a pixel at a time."""
     ctx = depthwise.make_ctx(g, x, w)
     multiplier = g.c_out // g.c_in
     bias = np.zeros(g.c_out, dtype=g.dtype) if b is None else b
+    if depthwise.rows_apply(g):
+        block = depthwise.block_pixels(g.c_in)
+        y = np.empty(g.y_shape, dtype=g.dtype)
+        w_tiled = depthwise.tiled_weights(ctx.wt, block)
+        args = (g.sh, g.ph, g.pw, g.dil_h, g.dil_w, y)
+        _launch(
+            depthwise.forward_rows_kernel, g.flops // 2, ctx.x, w_tiled, np.tile(bias, block), *args
+        )
+        return y, ctx
     out = np.empty(g.y_shape[:3] + (multiplier, g.c_in), dtype=g.dtype)
     _launch(
         depthwise.forward_kernel,
@@ -488,20 +498,27 @@ def _depthwise_forward(
 def _depthwise_backward(
     dy: np.ndarray, ctx: depthwise.DepthwiseCtx, need_dx: bool
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
-    """conv2d_backward by kernels/depthwise.py."""
+    """conv2d_backward by kernels/depthwise.py: dW a pixel at a time, dX by rows (the full
+    correlation: a forward with the kernel turned) where depthwise.rows_apply at stride 1."""
     g = ctx.geometry
-    dy_m = depthwise.to_m_major(dy, g.c_in)  # (N, OH, OW, M, C_in); a plain copy for M = 1
-    n_parts = _parts(g)
-    dw_parts = np.zeros((n_parts,) + ctx.wt.shape, dtype=g.dtype)
-    args = depthwise.geometry_args(g)
-    _launch(depthwise.dw_kernel, g.flops // 2, ctx.x, dy_m, *args, dw_parts)
-    dw_m = dw_parts.sum(axis=0)  # (KH, KW, M, C_in)
-    dw = depthwise.from_m_major(dw_m).reshape(g.w_shape)
+    n_parts, work = _parts(g), g.flops // 2
     db = dy.sum(axis=(0, 1, 2)) if g.has_bias else None
+    dy_m = depthwise.to_m_major(dy, g.c_in)  # (N, OH, OW, M, C_in); a view for M = 1
+    dw_parts = np.zeros((n_parts,) + ctx.wt.shape, dtype=g.dtype)
+    _launch(depthwise.dw_kernel, work, ctx.x, dy_m, *depthwise.geometry_args(g), dw_parts)
+    dw = depthwise.from_m_major(dw_parts.sum(axis=0)).reshape(g.w_shape)
     if not need_dx:
         return None, dw, db
     dx = np.empty(g.x_shape, dtype=g.dtype)
-    _launch(depthwise.dx_kernel, g.flops // 2, dy_m, ctx.wt, *args, dx)
+    if depthwise.rows_apply(g) and g.sh == 1:
+        block = depthwise.block_pixels(g.c_in)
+        w_turned = depthwise.tiled_weights(ctx.wt, block, flip=True)
+        no_bias = np.zeros(block * g.c_in, dtype=g.dtype)
+        pads = (g.kh_span - 1 - g.ph, g.kw_span - 1 - g.pw)
+        args = (1, *pads, g.dil_h, g.dil_w, dx)
+        _launch(depthwise.forward_rows_kernel, work, dy, w_turned, no_bias, *args)
+        return dx, dw, db
+    _launch(depthwise.dx_kernel, work, dy_m, ctx.wt, *depthwise.geometry_args(g), dx)
     return dx, dw, db
 
 
@@ -786,10 +803,13 @@ def warmup(dtypes=None, ops=None) -> None:
                 conv2d_backward(np.ones_like(y), conv_ctx)
             if "maxpool2d" in ops:  # the fused conv + 2x2 max-pool forward
                 conv2d_maxpool2d_forward(many, w, None, 1, 1, 2, 2)
-            # the depthwise kernels (kernels/depthwise.py), channel multiplier 2
+            # the depthwise kernels (kernels/depthwise.py): by rows (multiplier 1, stride 1)
+            # and a pixel at a time (multiplier 2)
             channels = np.ones((1, 4, 4, 2), dtype=dtype)
-            y, conv_ctx = conv2d_forward(channels, np.ones((3, 3, 1, 4), dtype), None, 1, 1, 1, 2)
-            conv2d_backward(np.ones_like(y), conv_ctx)
+            for c_out in (2, 4):
+                w_depthwise = np.ones((3, 3, 1, c_out), dtype)
+                y, conv_ctx = conv2d_forward(channels, w_depthwise, None, 1, 1, 1, 2)
+                conv2d_backward(np.ones_like(y), conv_ctx)
         if "maxpool2d" in ops:
             tiled = np.ones((1, 4, 4, 1), dtype=dtype)
             for window_input, size, stride in ((x, 2, 1), (tiled, 2, 2), (x, 3, 3), (x, 3, 1)):
