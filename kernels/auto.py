@@ -180,10 +180,7 @@ def using(mode: str | None = None, cache_dir: str | os.PathLike | None = None) -
     nothing chosen yet; the previous tuner, and its choices, are back on leaving it."""
     global _current
     previous = _current
-    _current = Tuner(
-        previous.mode_setting if mode is None else mode,
-        previous.cache_dir_setting if cache_dir is None else cache_dir,
-    )
+    _current = _successor(mode, cache_dir)
     try:
         yield _current
     finally:
@@ -194,7 +191,12 @@ def configure(mode: str | None = None, cache_dir: str | os.PathLike | None = Non
     """Replace the current tuner by a fresh one with this mode ("off", "cached", "fresh")
     and/or cache directory (the other setting kept); inside a using() block, until it ends."""
     global _current
-    _current = Tuner(
+    _current = _successor(mode, cache_dir)
+
+
+def _successor(mode: str | None, cache_dir: str | os.PathLike | None) -> Tuner:
+    """A fresh Tuner with the current one's settings where these are None."""
+    return Tuner(
         _current.mode_setting if mode is None else mode,
         _current.cache_dir_setting if cache_dir is None else cache_dir,
     )
@@ -302,24 +304,34 @@ def _options(**given: tuple[Any, Any]) -> dict[str, Any]:
 _SHOWN = {"n", "height", "width", "c_in", "c", "kh", "kw", "c_out", "sh", "sw", "out_h", "out_w"}
 
 
-def _key(op: str, g: Any, head: str, options: dict[str, Any]) -> str:
+def _key(op: str, g: Any, options: dict[str, Any]) -> str:
+    if not options:  # every call of a layer asks again: built once per geometry
+        return _plain_key(op, g)
+    names = [f.name for f in dataclasses.fields(g)]
+    rest = [f"{name}={value}" for name, value in sorted(options.items()) if name not in names]
+    return " ".join([_plain_key(op, g), *rest])
+
+
+@functools.lru_cache(maxsize=4096)
+def _plain_key(op: str, g: Any) -> str:
     shape = "x".join(map(str, g.x_shape))
+    if op == "conv2d":
+        head = f"w={'x'.join(map(str, g.w_shape))} stride={g.sh},{g.sw}"
+    else:
+        head = f"size={g.kh},{g.kw} stride={g.sh},{g.sw}"
     rest = [f"{f.name}={getattr(g, f.name)}" for f in dataclasses.fields(g) if f.name not in _SHOWN]
-    rest += [f"{name}={value}" for name, value in sorted(options.items())]
     return " ".join([op, f"x={shape}", head, *rest])
 
 
 def conv_key(g: ConvGeometry, options: dict[str, Any] | None = None) -> str:
     """The cache key of a conv2d call, without the thread settings: shapes, stride, every other
     geometry field (padding, bias, dtype, ...) and the non-default options (dilation, groups)."""
-    return _key(
-        "conv2d", g, f"w={'x'.join(map(str, g.w_shape))} stride={g.sh},{g.sw}", options or {}
-    )
+    return _key("conv2d", g, options or {})
 
 
 def pool_key(op: str, g: PoolGeometry, options: dict[str, Any] | None = None) -> str:
     """The cache key of a pooling call (op "maxpool2d" or "avgpool2d"), without the threads."""
-    return _key(op, g, f"size={g.kh},{g.kw} stride={g.sh},{g.sw}", options or {})
+    return _key(op, g, options or {})
 
 
 def pair_key(g: ConvGeometry, pg: PoolGeometry) -> str:
@@ -419,7 +431,6 @@ def _conv_passes(key: str, call: tuple, options: dict[str, Any]) -> dict:
     Returns {"backend": F, "backward": B, "seconds": {candidate: its forward + backward},
     "forward_seconds": {...}, "backward_seconds": {...}} (None: the candidate failed), and
     "whole_seconds": {describe(choice): seconds} where a mix was timed as it runs."""
-    policy = tuning_policy
     forwards, backwards, rebuildable = {}, {}, set()
     for name in _available(CONV_CANDIDATES):
         be = _backend(name)
@@ -435,8 +446,8 @@ def _conv_passes(key: str, call: tuple, options: dict[str, Any]) -> dict:
         backwards[name] = functools.partial(
             be.conv2d_backward, y, ctx if rebuilt is None else rebuilt
         )
-    fwd = policy.settle_close_call(forwards, policy.time_candidates(forwards, key), key)
-    bwd = policy.settle_close_call(backwards, policy.time_candidates(backwards, key), key)
+    fwd = tuning_policy.settled_times(forwards, key)
+    bwd = tuning_policy.settled_times(backwards, key)
     pairs: dict[tuple[str, str], float] = {}
     for f in forwards:
         for bk in backwards:
@@ -458,7 +469,7 @@ def _conv_passes(key: str, call: tuple, options: dict[str, Any]) -> dict:
         runs = {_pass_names(mix): _as_run(mix, call, options)}
         if single is not None:
             runs[_pass_names(single)] = _as_run(single, call, options)
-        whole = policy.fastest(runs, key)
+        whole = tuning_policy.fastest(runs, key)
         record["whole_seconds"] = whole["seconds"]
         choice = mix if whole["backend"] == _pass_names(mix) else single
     assert choice is not None  # pairs is not empty: a single or a mix
@@ -514,9 +525,9 @@ def _pair_choice(g, pg, call: tuple, size, pool_stride) -> str:
     """FUSED (numba's one-pass conv + max-pool, forward and backward) or SEPARATE (the conv and
     the pool each on its own choice), timed against each other where numba fuses the pair.
     Timed alone, a convolution can lose to another backend by less than fusing it with its
-    pool saves, and a conv choice of im2col then cost the `small` network's epoch 1.46x its
-    time on numba (auto / numba over 8 alternating 300-batch runs), so the pair is timed as the
-    network runs it."""
+    pool saves: a conv choice of im2col then made the `small` network's epoch slower on auto
+    than on numba (bench.compare's paired section, auto / numba on `small`), so the pair is
+    timed as the network runs it."""
 
     def fusable() -> bool:
         return bool(_available(["numba"])) and _backend("numba").fuses_maxpool(g, pg)

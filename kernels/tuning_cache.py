@@ -21,7 +21,6 @@ temp file behind.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import hashlib
 import importlib.metadata
@@ -39,6 +38,11 @@ import numpy as np
 
 from . import threads
 from .gemm import _blas_threads  # the one cheap reader of the BLAS limit in force
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock, and of two runs writing at once the last one wins
+    fcntl = None  # type: ignore[assignment]
 
 CACHE_VERSION = 2  # 2: thread settings in every key, entries validated on load
 
@@ -117,7 +121,7 @@ def threads_in_force() -> str:
     if _has_numba():
         # threads.count(), not numba.get_num_threads(): the first of them starts numba's
         # workers, and only kernels/threads.py starts them sleeping between kernels; started
-        # spinning here, a `deep` training step with auto ran 1.6x slower
+        # spinning here, they slow the `deep` training step on auto (bench.compare's breakdown)
         numba_threads = threads.count()
     return f"blas={_blas_threads()} numba={numba_threads}"
 
@@ -216,7 +220,8 @@ def save_choices(path: Path, machine: dict, entries: dict, check: EntryCheck) ->
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp: str | None = None
     with open(path.with_name(path.name + ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         try:
             try:
                 on_disk, _ = _checked(_read(path, machine), check)

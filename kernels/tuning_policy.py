@@ -4,7 +4,8 @@ a shared machine does not decide the choice.
     time_candidates(runs, key)          each run's best of TIMING_REPEATS, taken in interleaved
                                         rounds (A B C, A B C, ...)
     settle_close_call(runs, s, key)     the best two timed again when within CLOSE_CALL
-    fastest(runs, key)                  both, and the winner: {"backend", "seconds"}
+    settled_times(runs, key)            both
+    fastest(runs, key)                  and the winner: {"backend", "seconds"}
 
 A run is a zero-argument callable doing the work as the network does it (a forward and its
 backward, say); one that raises is not a choice (seconds None, with a warning).
@@ -70,13 +71,18 @@ def settle_close_call(
     return settled
 
 
+def settled_times(runs: Runs, key: str) -> dict[str, float | None]:
+    """time_candidates, then settle_close_call: each run's best seconds (None: it raised)."""
+    return settle_close_call(runs, time_candidates(runs, key), key)
+
+
 def fastest(runs: Runs, key: str) -> dict:
     """{"backend": the fastest of runs ({choice: zero-argument run}), "seconds": each one's}
     ("seconds" empty: a lone run, nothing timed). RuntimeError when every run raised."""
     if len(runs) == 1:  # nothing to choose between
         (only,) = runs
         return {"backend": only, "seconds": {}}
-    seconds = settle_close_call(runs, time_candidates(runs, key), key)
+    seconds = settled_times(runs, key)
     timed = {k: v for k, v in seconds.items() if v is not None}
     if not timed:
         raise RuntimeError(f"autotune: no backend could run {key}")

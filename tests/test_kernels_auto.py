@@ -152,10 +152,10 @@ def test_the_key_holds_every_geometry_field_and_the_options():
 
     @dataclasses.dataclass(frozen=True)
     class Grown(ConvGeometry):
-        groups: int = 1
+        spare: int = 1
 
-    grown = Grown(**dataclasses.asdict(g), groups=2)
-    assert auto.conv_key(grown) == key + " groups=2"
+    grown = Grown(**dataclasses.asdict(g), spare=2)
+    assert auto.conv_key(grown) == key + " spare=2"
     assert auto.conv_key(g, {"dilation": 2}) == key + " dilation=2"
 
 

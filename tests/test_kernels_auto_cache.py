@@ -174,3 +174,28 @@ def test_the_thread_settings_start_numba_threads_sleeping():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("blas=")
+
+
+@pytest.mark.parametrize(
+    "key, record, why",
+    [
+        ("conv2d x=1", {"backend": "winograd", "backward": "numba", "seconds": {}}, None),
+        ("conv2d x=1", {"backend": "naive", "seconds": {}}, "unknown backend 'naive'"),
+        ("maxpool2d x=1", {"backend": "winograd"}, "unknown backend 'winograd' for maxpool2d"),
+        ("avgpool2d x=1", {"backend": "im2col"}, None),
+        ("conv2d+maxpool2d x=1", {"backend": auto.FUSED, "seconds": {}}, None),
+        ("conv2d+maxpool2d x=1", {"backend": "numba"}, "unknown pair choice 'numba'"),
+        ("conv2d x=1", {"seconds": {}}, "no backend name"),
+    ],
+)
+def test_each_kind_of_entry_is_checked(key, record, why):
+    got = auto.check_entry(key, record)
+    assert got == why if why is None else why in got
+
+
+def test_an_entry_on_a_backend_not_installed_here_is_dropped(monkeypatch):
+    import kernels
+
+    monkeypatch.setattr(kernels, "available_backends", lambda: ["naive", "im2col", "einsum"])
+    assert "not available here" in auto.check_entry("conv2d x=1", {"backend": "numba"})
+    assert auto.check_entry("conv2d x=1", {"backend": "im2col"}) is None
