@@ -4,6 +4,7 @@ failing rank ends the job with rank 0's message and leaves the last checkpoint i
 missing mpi4py is a clear error. Each run is a subprocess with a timeout, so a hang fails."""
 
 import builtins
+import json
 import os
 import shutil
 import subprocess
@@ -73,8 +74,11 @@ def test_two_ranks_give_one_process_weights(tmp_path, mnist_dir, arch, options):
         relative_differences(tmp_path / "two" / "last.npz", tmp_path / "one" / "last.npz").values()
     )
     assert worst < 1e-3, worst
-    # rank 0 alone prints and writes
+    # rank 0 alone prints and writes, and says how many ranks ran
     assert double.stdout.count("Experiment completed!") == 1
+    assert double.stdout.count("Distributed: 2 ranks (MPI)") == 1
+    assert json.loads((tmp_path / "two" / "history.json").read_text())["ranks"] == 2
+    assert "ranks" not in json.loads((tmp_path / "one" / "history.json").read_text())
     one_lines = [line for line in single.stdout.splitlines() if line.startswith("Epoch 2/2")]
     two_lines = [line for line in double.stdout.splitlines() if line.startswith("Epoch 2/2")]
     assert (
