@@ -581,13 +581,16 @@ def run(parser, args, comm) -> int:
                 augment=augment, seed=args.seed, **common,
             )  # fmt: skip
         else:
-            fit(
-                net, x_train, y_train, epochs=args.epochs, optimizer=optimizer,
-                augment=args.augment, max_shift=args.max_shift, max_degrees=args.max_degrees,
-                early_stop=args.early_stop,
-                best_state=best_weights(out) if args.resume and args.early_stop else None,
-                blas_threads=args.blas_threads, comm=comm, **common,
-            )  # fmt: skip
+            # under MPI, Ctrl-C stops every rank after the same step (Communicator docstring)
+            agreed = contextlib.nullcontext() if comm is None else comm.interrupts_at_a_step()
+            with agreed:
+                fit(
+                    net, x_train, y_train, epochs=args.epochs, optimizer=optimizer,
+                    augment=args.augment, max_shift=args.max_shift, max_degrees=args.max_degrees,
+                    early_stop=args.early_stop,
+                    best_state=best_weights(out) if args.resume and args.early_stop else None,
+                    blas_threads=args.blas_threads, comm=comm, **common,
+                )  # fmt: skip
         if compiling is not None and not compiling.moved:
             print(
                 f"training ended before the {args.backend} kernels were ready; waiting for "

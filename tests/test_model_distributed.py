@@ -7,8 +7,10 @@ import builtins
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -118,3 +120,46 @@ def test_distributed_without_mpi4py_names_the_extra(monkeypatch, capsys, mnist_d
     code = train_cli.main(["--distributed", "--data-dir", str(mnist_dir), "--epochs", "1"])
     err = capsys.readouterr().err
     assert code == 2 and 'pip install -e ".[mpi]"' in err and err.count("\n") == 1
+
+
+def interrupt_a_distributed_run(mnist_dir, out, delay):
+    """Start a two-rank run in a process group of its own, send the group SIGINT `delay`
+    seconds into the first epoch, and return (exit status or None for a hang, stdout)."""
+    command = [MPIEXEC, "-n", "2", sys.executable, "-m", "model.train", "--distributed"]
+    command += ["--data-dir", str(mnist_dir), "--out", str(out), "--no-progress"]
+    command += ["--epochs", "1000", "--compile", "wait"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    job = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+    printed = []
+    for line in job.stdout:
+        printed.append(line)
+        if line.startswith("Epoch 1/"):
+            break
+    time.sleep(delay)
+    os.killpg(job.pid, signal.SIGINT)
+    try:
+        rest, _ = job.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(job.pid, signal.SIGKILL)
+        rest, _ = job.communicate()
+        return None, "".join(printed) + rest
+    return job.returncode, "".join(printed) + rest
+
+
+@needs_mpi
+@pytest.mark.slow
+def test_ctrl_c_stops_every_rank_at_the_same_step(tmp_path, mnist_dir):
+    """Ctrl-C of a two-rank job: every rank stops after the same step, rank 0 saves
+    interrupted.npz, and the job exits 130 (a rank that raised KeyboardInterrupt where the
+    signal landed left the other in an Allreduce: a hang in about one try in six). The delays
+    spread the signal over the step's phases."""
+    for attempt, delay in enumerate(np.linspace(0.0, 0.5, 10)):
+        out = tmp_path / f"run{attempt}"
+        code, printed = interrupt_a_distributed_run(mnist_dir, out, delay)
+        assert code == 130, f"attempt {attempt}: {'hung' if code is None else code}\n{printed}"
+        assert printed.count("Interrupted: saved") == 1, printed
+        meta = load_network(out / "interrupted.npz").meta
+        assert meta["interrupted"] is True
