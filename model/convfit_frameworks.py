@@ -21,12 +21,12 @@ torch and tensorflow are imported only when a fit asks for them, so `model` neve
 
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
 
 from .convfit import ConvFit, FitPlan, check_diverged, plan_fit
+from .tensorflow_import import import_tensorflow
 
 FRAMEWORKS = ("numpy", "torch", "keras")
 PEERS_INSTALL = 'pip install -e ".[peers]"'
@@ -43,11 +43,10 @@ def _import_torch():
 
 
 def _import_keras():
-    # TensorFlow logs CPU-feature notices to stderr on import; the lab's output is its epoch lines.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # TensorFlow writes start-up lines to stderr on import; the lab's output is its epoch lines.
     try:
+        import_tensorflow()  # Keras's backend here
         import keras
-        import tensorflow  # noqa: F401  (Keras's backend here)
     except ImportError:
         raise ImportError(
             "framework 'keras' needs TensorFlow and Keras, which are not installed: "

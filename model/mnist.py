@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .npyfiles import not_an_npz
+from .tensorflow_import import import_tensorflow
 
 MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -300,7 +301,7 @@ def _fetch(url: str, target: Path, sha256: str, progress: bool, timeout: float) 
 def _load_from_keras() -> MNIST | None:
     """MNIST from tf.keras.datasets (which keeps its own cache), or None without TensorFlow."""
     try:
-        import tensorflow as tf
+        tf = import_tensorflow()
     except ImportError:
         return None
     (x_train, y_train), (x_test, y_test) = tf.keras.datasets.mnist.load_data()

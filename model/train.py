@@ -4,9 +4,10 @@
     python -m model.train --arch deep --optimizer adam --augment --epochs 10
     python -m model.train --resume runs/<name>/last.npz --epochs 6
 
-Writes into --out: history.json and history.csv, last.npz (every epoch) and best.npz (lowest test
-loss), predictions.png (10 random test digits, green right / red wrong) and history.png (loss and
-accuracy curves). Ctrl-C saves interrupted.npz and the history, then exits cleanly.
+Writes into --out (checked before training): history.json and history.csv, last.npz (every
+epoch) and best.npz (lowest test loss), predictions.png (10 test digits, misclassified ones first,
+green right / red wrong) and history.png (loss and accuracy curves). Ctrl-C saves interrupted.npz
+and the history, then exits with status 130; a diverging loss stops the run (status 1).
 """
 
 from __future__ import annotations
@@ -505,6 +506,13 @@ def run(parser, args, comm) -> int:
         + f", {args.dtype}, {args.optimizer} "
         f"lr {args.lr:g}, batch {args.batch_size}, {count(args.epochs, 'epoch')}"
     )
+    if comm is not None:
+        share = f"{args.batch_size / comm.size:.3g}"
+        print(
+            f"Distributed: {comm.size} ranks (MPI), each computing about {share} images of "
+            f"every batch of {args.batch_size}"
+        )
+        history["ranks"] = comm.size
     if args.backend == "auto":
         from kernels import auto
 
@@ -573,13 +581,16 @@ def run(parser, args, comm) -> int:
                 augment=augment, seed=args.seed, **common,
             )  # fmt: skip
         else:
-            fit(
-                net, x_train, y_train, epochs=args.epochs, optimizer=optimizer,
-                augment=args.augment, max_shift=args.max_shift, max_degrees=args.max_degrees,
-                early_stop=args.early_stop,
-                best_state=best_weights(out) if args.resume and args.early_stop else None,
-                blas_threads=args.blas_threads, comm=comm, **common,
-            )  # fmt: skip
+            # under MPI, Ctrl-C stops every rank after the same step (Communicator docstring)
+            agreed = contextlib.nullcontext() if comm is None else comm.interrupts_at_a_step()
+            with agreed:
+                fit(
+                    net, x_train, y_train, epochs=args.epochs, optimizer=optimizer,
+                    augment=args.augment, max_shift=args.max_shift, max_degrees=args.max_degrees,
+                    early_stop=args.early_stop,
+                    best_state=best_weights(out) if args.resume and args.early_stop else None,
+                    blas_threads=args.blas_threads, comm=comm, **common,
+                )  # fmt: skip
         if compiling is not None and not compiling.moved:
             print(
                 f"training ended before the {args.backend} kernels were ready; waiting for "
@@ -590,9 +601,10 @@ def run(parser, args, comm) -> int:
         if root:
             if last_written:
                 kept = f"The last good checkpoint is {out / 'last.npz'}."
+            elif args.resume:  # resume_state refuses non-finite weights: this one is good
+                kept = f"The last good checkpoint is {args.resume} (resumed from; none written)."
             else:
-                kept = "No checkpoint was written yet: the run stopped in its first epoch"
-                kept += f" (it started from {args.resume})." if args.resume else "."
+                kept = "No checkpoint was written yet: the run stopped in its first epoch."
             print(f"{parser.prog}: error: {exc}. {kept}", file=sys.stderr)
         write_history()
         return 1
@@ -630,18 +642,24 @@ def run(parser, args, comm) -> int:
 
 
 def write_plots(net, history, x_test, y_test, out, show):
-    """predictions.png from 10 random test images and history.png from the curves."""
-    from .plots import plot_history, plot_predictions
+    """predictions.png (mistakes first when there are some, plots.pick_examples) from the test
+    set and history.png from the curves."""
+    from .plots import pick_examples, plot_history, plot_predictions
 
-    pick = np.random.default_rng(0).choice(len(x_test), size=min(10, len(x_test)), replace=False)
-    probs = net.predict_proba(x_test[pick])
+    probs = net.predict_proba(x_test)
+    predicted = probs.argmax(axis=1)
+    wrong = int((predicted != y_test).sum())
+    pick = pick_examples(y_test, predicted)
+    shown = int((predicted[pick] != y_test[pick]).sum())
     plot_predictions(
         x_test[pick],
         y_test[pick],
-        probs.argmax(axis=1),
+        predicted[pick],
         out / "predictions.png",
-        probs=probs.max(axis=1),
+        probs=probs[pick].max(axis=1),
         show=show,
+        title=f"{wrong} of {len(y_test)} test images misclassified"
+        + (f"; {shown} of them shown, in red" if shown else ""),
     )
     if history["epoch"]:
         plot_history(history, out / "history.png", show=show)
