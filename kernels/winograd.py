@@ -377,6 +377,7 @@ def _fused_backward(dy, ctx: FusedWinogradCtx, need_dx: bool):
         *blocking,
         sums=((16, g.c_in, g.c_out), (g.c_out,)),
         dtype=g.dtype,
+        loop_vectorize=False,  # AVX-512: keeps dU's register tiles in registers (slp_vectorize)
     )
     dw = _filter_transform_adjoint(gm, du).astype(g.dtype, copy=False)
     db = db_sum if g.has_bias else None

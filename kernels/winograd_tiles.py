@@ -307,16 +307,15 @@ def _tn_rows6(a, b, ra, cb, dst, dr, dc):
         for c in range(LANES):
             tile[e, c] = 0
     for t in range(a.shape[0]):
-        b_row = b[t, cb : cb + LANES]
-        a_row = a[t, ra : ra + 6]
+        a_row, b_row = a[t], b[t]
         for e in range(6):
-            x = a_row[e]
+            x = a_row[ra + e]
             for c in range(LANES):
-                tile[e, c] += x * b_row[c]
+                tile[e, c] += x * b_row[cb + c]
     for e in range(6):
-        o = dst[dr + e, dc : dc + LANES]
+        o = dst[dr + e]
         for c in range(LANES):
-            o[c] += tile[e, c]
+            o[dc + c] += tile[e, c]
 
 
 @njit(inline="always", **JIT_OPTIONS)
@@ -328,16 +327,15 @@ def _tn_rows4(a, b, ra, cb, dst, dr, dc):
         for c in range(LANES):
             tile[e, c] = 0
     for t in range(a.shape[0]):
-        b_row = b[t, cb : cb + LANES]
-        a_row = a[t, ra : ra + 4]
+        a_row, b_row = a[t], b[t]
         for e in range(4):
-            x = a_row[e]
+            x = a_row[ra + e]
             for c in range(LANES):
-                tile[e, c] += x * b_row[c]
+                tile[e, c] += x * b_row[cb + c]
     for e in range(4):
-        o = dst[dr + e, dc : dc + LANES]
+        o = dst[dr + e]
         for c in range(LANES):
-            o[c] += tile[e, c]
+            o[dc + c] += tile[e, c]
 
 
 @njit(**JIT_OPTIONS)
