@@ -124,20 +124,22 @@ def run_blocks(
     *args: Any,
     sums: tuple[tuple[int, ...], ...] = (),
     dtype: Any = None,
+    loop_vectorize: bool = True,
 ) -> list[np.ndarray]:
     """kernel(*(a[lo:hi] for a in blocked), *accumulators, *args) for n_parts blocks lo:hi of
     the samples (the leading axis) at once, on kernels/gemm.py's thread pool, compiled with the
     SLP vectoriser on (the kernels here are serial and release the GIL).
 
     sums: the shapes of accumulators the kernel adds into (dW, db): each block gets its own,
-    zeroed, in `dtype`, so threads never share one; returned summed over the blocks."""
+    zeroed, in `dtype`, so threads never share one; returned summed over the blocks.
+    loop_vectorize: False compiles the kernel with LLVM's loop vectoriser off (slp_vectorize)."""
     n = blocked[0].shape[0]
     parts = [np.zeros((n_parts, *shape), dtype=dtype) for shape in sums]
     pieces = [
         tuple(a[lo:hi] for a in blocked) + tuple(p[i] for p in parts) + args
         for i, (lo, hi) in enumerate(gemm.split_bounds(n, n_parts))
     ]
-    with slp_vectorize():
+    with slp_vectorize(loop_vectorize):
         gemm.run_pieces(kernel, pieces)
     return [p.sum(axis=0) for p in parts]
 
@@ -146,17 +148,25 @@ _SLP_LOCK = threading.RLock()
 
 
 @contextlib.contextmanager
-def slp_vectorize() -> Iterator[None]:
-    """Compile (on first call) with LLVM's SLP vectoriser on; numba's config is global, so it is
-    switched back afterwards and the lock keeps two threads from interleaving the switch."""
+def slp_vectorize(loop_vectorize: bool = True) -> Iterator[None]:
+    """Compile (on first call) with LLVM's SLP vectoriser on, and the loop vectoriser on or off;
+    numba's config is global, so it is switched back afterwards and the lock keeps two threads
+    from interleaving the switch.
+
+    The loop vectoriser off: with AVX-512's gathers and scatters its cost model vectorises a
+    register tile's reduction loop across the tile's rows instead, a masked gather and scatter
+    of the tile per multiply-add, and the tile never reaches registers (winograd_tiles' dW tiles,
+    `mb8ic64ih56oc64oh56kh3ph1` backward-weights: 1.2 GFLOP/s per core). AVX2 has no scatter,
+    so the SLP vectoriser alone handled these loops there."""
     config: Any = numba.core.config
     with _SLP_LOCK:
-        before = config.SLP_VECTORIZE
+        before = config.SLP_VECTORIZE, config.LOOP_VECTORIZE
         config.SLP_VECTORIZE = 1
+        config.LOOP_VECTORIZE = int(loop_vectorize)
         try:
             yield
         finally:
-            config.SLP_VECTORIZE = before
+            config.SLP_VECTORIZE, config.LOOP_VECTORIZE = before
 
 
 def _stack_array_typing(typingctx, count, dtype):

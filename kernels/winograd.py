@@ -121,6 +121,20 @@ def native(g: ConvGeometry) -> bool:
     return g.plain and (g.kh, g.kw, g.sh, g.sw) == (3, 3, 1, 1)
 
 
+def declined(g: ConvGeometry) -> str:
+    """Why a 3x3 stride-1 convolution runs on FALLBACK instead ("" when Winograd runs it): the
+    batched path with fewer than winograd_tiles.MIN_CHANNELS channels in or out. Its GEMMs
+    then have a K or N of a few channels and its transforms a vector or two per tile, and the
+    direct tiles were 5-15x faster (forward + backward, one process, interleaved:
+    `mb64ic1ih28oc16oh28kh3ph1` (small_conv), `mb8ic16ih28oc8oh28kh3ph1`,
+    `mb2ic3ih224oc64oh224kh3ph1` (vgg16:conv1_1)); from 32 channels on (`mb8ic32ih28oc512oh28kh3ph1`)
+    the batched path is the faster."""
+    few = min(g.c_in, g.c_out) < winograd_tiles.MIN_CHANNELS
+    if not native(g) or winograd_tiles.applies(g) or not few:
+        return ""
+    return f"declined: fewer than {winograd_tiles.MIN_CHANNELS} channels in or out, on {FALLBACK}"
+
+
 def tile_size(g: ConvGeometry) -> int:
     """The output tile m of F(m x m, 3 x 3) used for geometry g on the batched path (layers the
     fused path of winograd_tiles does not take).
@@ -380,6 +394,7 @@ def _fused_backward(dy, ctx: FusedWinogradCtx, need_dx: bool):
         *blocking,
         sums=((16, g.c_in, g.c_out), (g.c_out,)),
         dtype=g.dtype,
+        loop_vectorize=False,  # AVX-512: keeps dU's register tiles in registers (slp_vectorize)
     )
     dw = _filter_transform_adjoint(gm, du).astype(g.dtype, copy=False)
     db = db_sum if g.has_bias else None
@@ -412,9 +427,9 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
     batch (m from tile_size); others on the FALLBACK backend (native(g)).
     """
     g = conv_geometry(x, w, b, stride, padding, dilation, groups)
-    if not native(g):
+    if not native(g) or declined(g):
         y, inner = _fallback().conv2d_forward(x, w, b, stride, padding, dilation, groups)
-        return y, WinogradConvCtx(g, _fallback_path(inner), inner=inner)
+        return y, WinogradConvCtx(g, declined(g) or _fallback_path(inner), inner=inner)
     if winograd_tiles.applies(g):
         return _fused_forward(g, x, w, b)
     threads.launch()  # before the first parallel kernel (kernels/threads.py)
@@ -438,11 +453,11 @@ def conv2d_backward_ctx(x, w, b=None, stride=1, padding=0, dilation=1, groups=1)
     forward: the fused path's (x and w) and the fallback's; None on the batched path, whose
     backward reads the forward's transformed tiles (and where the fallback gives None)."""
     g = conv_geometry(x, w, b, stride, padding, dilation, groups)
-    if not native(g):
+    if not native(g) or declined(g):
         inner = _fallback().conv2d_backward_ctx(x, w, b, stride, padding, dilation, groups)
         if inner is None:
             return None
-        return WinogradConvCtx(g, _fallback_path(inner), inner=inner)
+        return WinogradConvCtx(g, declined(g) or _fallback_path(inner), inner=inner)
     if winograd_tiles.applies(g):
         return FusedWinogradCtx(g, FUSED_PATH, np.ascontiguousarray(x), np.ascontiguousarray(w))
     return None
