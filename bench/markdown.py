@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from statistics import median
 
+import numpy as np
+
 from .formatting import fmt_num, fmt_seconds, fmt_x, order, table
 from .layers import BLAS_TUNED
 from .peers import PEERS, best_configuration, label
 from .results import forward_backward_medians, paired_forward_backward_ratio
-from .stats import NOISY_IQR_FRACTION
+from .stats import NOISY_IQR_FRACTION, is_noisy
 
 
 def busy_warning(results: dict) -> str:
@@ -140,6 +142,16 @@ def _summary(results: dict) -> str:
             ),
         ]
     )
+
+
+def fmt_spread(median: float, samples, unit=fmt_seconds) -> str:
+    """The median, then the samples' IQR in brackets and ⚠ when noisy (bench.stats.is_noisy),
+    when there are at least 2 samples."""
+    text = unit(median)
+    if samples is not None and len(samples) >= 2:
+        q25, q75 = np.percentile(samples, [25, 75])
+        text += f" ({unit(q75 - q25)})" + (" ⚠" if is_noisy(median, q75 - q25) else "")
+    return text
 
 
 def fmt_ratio(row: dict, key: str) -> str:
@@ -318,7 +330,7 @@ def fitconv_section(results: dict) -> str:
     body = [
         [
             label(r["name"]),
-            fmt_seconds(r.get("seconds")) if r["status"] == "ok" else r["status"],
+            fmt_spread(r["seconds"], r.get("samples")) if r["status"] == "ok" else r["status"],
             "extrapolated" if r.get("extrapolated") else "measured" if r["status"] == "ok" else "",
             fmt_x(r["seconds"] / keras) if keras and r["status"] == "ok" else "—",
         ]
@@ -448,7 +460,8 @@ def breakdown_section(results: dict) -> str:
             parts += ["", title, "", arch["status"]]
             continue
         body = [[p["name"], f"{p['ms']:.2f}", f"{p['percent']:.1f}%"] for p in arch["parts"]]
-        body.append(["**step**", f"**{arch['step_ms']:.2f}**", "100%"])
+        step = fmt_spread(arch["step_ms"], arch.get("step_samples_ms"), lambda v: f"{v:.2f}")
+        body.append(["**step**", f"**{step}**", "100%"])
         parts += [
             "",
             f"{title} (median of {arch['steps']} steps)",
@@ -532,14 +545,13 @@ def inference_section(results: dict) -> str:
                 body.append([label(r["name"]), r["status"], "", ""])
                 continue
             vs = "—" if r["peer"] or not torch_s else fmt_x(torch_s / r["seconds"])
-            body.append(
-                [label(r["name"]), f"{r['images_per_second']:,.0f}", fmt_seconds(r["seconds"]), vs]
-            )
+            seconds = fmt_spread(r["seconds"], r.get("samples"))
+            body.append([label(r["name"]), f"{r['images_per_second']:,.0f}", seconds, vs])
         parts += [
             "",
             f"### `{arch['arch']}` model",
             "",
-            table(["implementation", "images/s", "seconds", "vs PyTorch"], body),
+            table(["implementation", "images/s", "seconds (IQR)", "vs PyTorch"], body),
         ]
     return "\n".join(parts)
 

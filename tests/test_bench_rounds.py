@@ -160,3 +160,9 @@ def test_summary_ratio_pairs_forward_plus_backward_by_round():
     )
     del results["layers"][2:]
     assert results_module.paired_forward_backward_ratio(results, "c", "numba") is None
+
+
+def test_single_figures_show_their_spread_when_they_have_samples():
+    assert markdown.fmt_spread(1.0, [0.9, 1.0, 1.1]) == "1.00 s (100.00 ms) ⚠"
+    assert markdown.fmt_spread(1.0, [1.0, 1.0, 1.01]).endswith("ms)")
+    assert markdown.fmt_spread(1.0, [1.0]) == "1.00 s"
