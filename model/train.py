@@ -454,7 +454,9 @@ def run(parser, args, comm) -> int:
     root = comm is None or comm.is_root
 
     def error(message) -> int:
-        print(f"{parser.prog}: error: {message}", file=sys.stderr)
+        """Every rank meets the same bad input and returns 2; rank 0 says why, once."""
+        if root:
+            print(f"{parser.prog}: error: {message}", file=sys.stderr)
         return 2
 
     try:
