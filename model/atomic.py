@@ -14,11 +14,11 @@ import tempfile
 from pathlib import Path
 
 
-def _umask() -> int:
-    """The process's umask (os.umask can only be read by setting it)."""
-    mask = os.umask(0o022)
+def default_file_mode() -> int:
+    """0666 less the process's umask: the mode open() gives a new file (mkstemp's are 0600)."""
+    mask = os.umask(0o022)  # os.umask can only be read by setting it
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask
 
 
 def write_atomically(path, write):
@@ -31,7 +31,7 @@ def write_atomically(path, write):
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
-            os.fchmod(f.fileno(), 0o666 & ~_umask())
+            os.fchmod(f.fileno(), default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

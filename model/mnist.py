@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import default_file_mode
 from .npyfiles import not_an_npz
 from .tensorflow_import import import_tensorflow
 
@@ -288,7 +289,7 @@ def _fetch(url: str, target: Path, sha256: str, progress: bool, timeout: float) 
             os.fsync(out.fileno())  # the bytes are on disk before the name says "complete"
         if digest.hexdigest() != sha256.lower():
             raise DownloadError(f"SHA-256 mismatch: got {digest.hexdigest()}, expected {sha256}")
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a shared $CONVBENCH_CACHE should be readable
+        os.chmod(tmp, default_file_mode())  # mkstemp makes 0600: a shared cache must be readable
         os.replace(tmp, target)
     except BaseException:
         try:

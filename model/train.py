@@ -17,6 +17,7 @@ import contextlib
 import os
 import sys
 import time
+import warnings
 from datetime import datetime
 from pathlib import Path
 
@@ -425,6 +426,16 @@ def main(argv=None) -> int:
         if unsupported:
             parser.error(f"--framework {args.framework} does not support {', '.join(unsupported)}")
     keep_freed_memory()  # a step's multi-MB arrays are reused, not page-faulted afresh
+    with warnings.catch_warnings():
+        # A diverging step overflows in the GEMMs (also in kernels.gemm's worker threads, which
+        # np.errstate would not reach) before its loss is found not finite or exploded: that is
+        # reported once, as TrainingDiverged, not first as numpy's RuntimeWarnings.
+        warnings.filterwarnings("ignore", "(overflow|invalid value) encountered", RuntimeWarning)
+        return dispatch(parser, args)
+
+
+def dispatch(parser, args) -> int:
+    """run() in this process, or on every rank of an MPI job under --distributed."""
     if not args.distributed:
         return run(parser, args, None)
     try:
@@ -454,7 +465,9 @@ def run(parser, args, comm) -> int:
     root = comm is None or comm.is_root
 
     def error(message) -> int:
-        print(f"{parser.prog}: error: {message}", file=sys.stderr)
+        """Every rank meets the same bad input and returns 2; rank 0 says why, once."""
+        if root:
+            print(f"{parser.prog}: error: {message}", file=sys.stderr)
         return 2
 
     try:

@@ -163,3 +163,12 @@ def test_ctrl_c_stops_every_rank_at_the_same_step(tmp_path, mnist_dir):
         assert printed.count("Interrupted: saved") == 1, printed
         meta = load_network(out / "interrupted.npz").meta
         assert meta["interrupted"] is True
+
+
+@needs_mpi
+def test_an_unwritable_out_ends_every_rank_with_one_line(tmp_path, mnist_dir):
+    blocker = tmp_path / "taken"
+    blocker.write_text("")
+    job = train(mnist_dir, blocker / "run", ranks=2)
+    assert job.returncode == 2 and "Epoch" not in job.stdout
+    assert job.stderr.count("error: --out") == 1 and "cannot be created" in job.stderr

@@ -4,6 +4,7 @@ but the two real-MNIST tests uses small synthetic files in tmp_path."""
 import gzip
 import hashlib
 import http.server
+import os
 import struct
 import threading
 
@@ -368,12 +369,16 @@ def test_download_good_files(tmp_path, serve):
     files = synthetic_files(synthetic_arrays())
     url, _ = serve({f"/mnist/{name}": (content, "ok") for name, content in files.items()})
     cache = tmp_path / "cache"
-    fetched = download_mnist(cache, [url + "/mnist/"], files=sha256s(files), progress=False)
+    umask = os.umask(0o027)  # the files get the user's usual mode, not mkstemp's 0600
+    try:
+        fetched = download_mnist(cache, [url + "/mnist/"], files=sha256s(files), progress=False)
+    finally:
+        os.umask(umask)
     assert fetched == {name: f"{url}/mnist/{name}" for name in files}
     assert sorted(p.name for p in cache.iterdir()) == sorted(files)
     for name, content in files.items():
         assert (cache / name).read_bytes() == content
-        assert (cache / name).stat().st_mode & 0o777 == 0o644
+        assert (cache / name).stat().st_mode & 0o777 == 0o640
     # Everything cached: nothing fetched again.
     assert download_mnist(cache, [url + "/mnist/"], files=sha256s(files), progress=False) == {}
 
