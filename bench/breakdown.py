@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from .status import OK, error_status
+from .status import row_status
 
 if TYPE_CHECKING:
-    from .suite import Context, Options
+    from .context import Context, Options
 
 # arch -> the optimizer and augmentation of its training run (small: model.train's defaults;
 # deep: the README's run, `--arch deep --optimizer adam --augment`)
@@ -156,8 +156,9 @@ def part_order(net, augment: bool) -> list[str]:
 def step_breakdown(arch: str, backend: str, x, labels, steps: int, seed: int = 0) -> dict:
     """Median milliseconds per part of `steps` training steps of `arch` on `backend`.
 
-    x: (N, 28, 28, 1) float32, labels: (N,) int. Returns {"step_ms": median step, "parts":
-    [{"name", "ms", "percent"}] in running order, "steps"}. The shuffle is the permutation of a
+    x: (N, 28, 28, 1) float32, labels: (N,) int. Returns {"step_ms": median step,
+    "step_samples_ms": every timed step, "parts": [{"name", "ms", "percent"}] in running order,
+    "steps"}. The shuffle is the permutation of a
     60 000-image epoch, charged per batch (its share: 1 / 938).
     """
     from model.augment import augment_batch
@@ -215,15 +216,16 @@ def step_breakdown(arch: str, backend: str, x, labels, steps: int, seed: int = 0
         if name in seen
     }
     # each step less its parts, then the median: a median of the medians' remainder would
-    # count the spread of the parts' times as glue (0.7 ms of the `small` step's 3 ms, where
-    # the steps' own remainders are 0.05 ms)
+    # count the spread of the parts' times as glue (on the `small` step, many times the steps'
+    # own remainders)
     medians[OTHER] = 1e3 * float(
         np.median([p["step"] - sum(v for k, v in p.items() if k != "step") for p in per_step])
     )
     parts = [
         {"name": name, "ms": ms, "percent": 100 * ms / step_ms} for name, ms in medians.items()
     ]
-    return {"step_ms": step_ms, "parts": parts, "steps": steps}
+    step_samples = [1e3 * p["step"] for p in per_step]
+    return {"step_ms": step_ms, "step_samples_ms": step_samples, "parts": parts, "steps": steps}
 
 
 def choose_backend(ctx: Context) -> str | None:
@@ -242,7 +244,7 @@ def run(ctx: Context) -> dict:
     """One entry per architecture: the step's parts in ms and % of the step."""
     from model.training import TRAIN_BLAS_THREADS
 
-    from .epoch import load_training_data
+    from .mnist import load_training_data
 
     opts = ctx.opts
     n_steps = QUICK_STEPS if opts.quick else FULL_STEPS
@@ -253,14 +255,10 @@ def run(ctx: Context) -> dict:
     for arch, setup in ARCHS.items():
         ctx.bar.set_description(f"breakdown {arch}")
         entry = {"arch": arch, **setup}
-        try:
+        with row_status(entry, archs, ctx.bar):
             if backend is None:
                 raise RuntimeError("no usable backend in this run")
-            entry.update(status=OK, **step_breakdown(arch, backend, x, labels, n_steps))
-        except Exception as exc:
-            entry["status"] = error_status(exc)
-        archs.append(entry)
-        ctx.bar.update(1)
+            entry.update(**step_breakdown(arch, backend, x, labels, n_steps))
     result = {
         "backend": backend,
         "batch_size": BATCH_SIZE,

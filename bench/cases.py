@@ -1,10 +1,14 @@
 """Named benchmark cases: one conv or pool layer call each, with its FLOP count and the backends
 that are reasonable for it.
 
+    >>> import numpy as np
     >>> from bench.cases import get_case
     >>> case = get_case("small_conv")
-    >>> x, w, b = case.make_inputs(np.float32)          # x: (N, H, W, C_in), w: (KH, KW, C_in, C_out)
-    >>> case.flops                                       # forward FLOPs (ConvGeometry.flops)
+    >>> x, w, b = case.make_inputs(np.float32)
+    >>> x.shape, w.shape, b.shape                       # (N, H, W, C_in), (KH, KW, C_in, C_out)
+    ((64, 28, 28, 1), (3, 3, 1, 16), (16,))
+    >>> case.flops                                      # forward FLOPs (ConvGeometry.flops)
+    14450688
 
 Layouts are the kernels' (NHWC activations, HWIO weights). FLOPs come from
 `kernels.geometry.ConvGeometry.flops` (the only copy of that arithmetic); pool cases have no FLOP

@@ -37,7 +37,7 @@ import numpy as np
 from .status import error_status
 
 if TYPE_CHECKING:
-    from .suite import Context, Options
+    from .context import Context, Options
 
 ARCHS = ("small", "deep")
 BATCH = 64
@@ -135,7 +135,7 @@ def main(argv=None) -> int:
     from model.optim import Adam
 
     # as model.train runs: a step's multi-megabyte arrays reused, not page-faulted afresh (the
-    # `deep` 1 x 2 threads step: 18 ms with it, 23 ms without)
+    # `deep` 1 x 2 threads step is markedly slower without)
     keep_freed_memory()
     comm = None
     if args.distributed:

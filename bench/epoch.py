@@ -1,19 +1,16 @@
 """The epoch section: one training epoch of each architecture per backend and peer, batch 64,
 and the test accuracy after it.
 
-    load_training_data(data_dir, n)  -> x (n, 28, 28, 1) float32, y (n, 10) one-hot, source text
     epoch_run(backend, arch, x, y, x_test, y_test, optimizer, lr)
                                      -> {"seconds", "extrapolated", "batches_timed", "test_acc"}
     run(ctx)                         -> the section's results (bench.suite.Context)
 
-The data is found the way `python -m model.train` finds it (model.mnist.load_mnist: --data-dir,
-$MNIST_DIR, then the user cache), except that nothing is downloaded; without MNIST the epoch runs
-on random data of the same shape, and the report and the console say so and why.
+The data comes from bench.mnist.load_training_data: MNIST as `python -m model.train` finds it, or
+random data of its shape, and the report and the console say which and why.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from typing import TYPE_CHECKING
 
@@ -23,10 +20,13 @@ from threadpoolctl import threadpool_limits
 from kernels import get_backend
 
 from . import peers
-from .status import OK, error_status
+from .mnist import load_training_data
+from .stats import is_noisy, median_interval
+from .status import OK, Unmeasured, row_status
+from .timing import rotated
 
 if TYPE_CHECKING:
-    from .suite import Context, Options
+    from .context import Context, Options
 
 # arch -> its optimizer, at model.optim.DEFAULT_LR: small trains as `python -m model.train` does
 # by default; deep with Adam, as the README's deep run (without its augmentation, which the peers
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 ARCHS = {"small": "momentum", "deep": "adam"}
 BATCH_SIZE = 64
 FULL_EPOCH = 60_000
-QUICK_EPOCH = 2048
 FULL_TEST, QUICK_TEST = 10_000, 1000  # test images for the accuracy after the epoch
 MOMENTUM = 0.9
 # A full naive epoch would take minutes (its convolution is Python loops), so naive is timed on
@@ -46,62 +45,14 @@ EXTRAPOLATE_BACKENDS = {"naive": 8}
 DEEP_FULL_EPOCH = ("auto", "torch", "torch_cl")
 DEEP_SAMPLE_BATCHES = 100
 QUICK_DEEP_SAMPLES = 512  # with --quick the deep model trains on this part of the epoch's images
-
-
-def find_mnist(data_dir):
-    """MNIST as `python -m model.train` finds it, without downloading: (MNIST, None), or
-    (None, why not) when no directory was named and the user cache has none.
-
-    A directory named by `data_dir` or $MNIST_DIR must hold MNIST, as for the trainer:
-    FileNotFoundError or ValueError (a corrupt file) from load_mnist otherwise.
-    """
-    from model.mnist import default_cache_dir, load_mnist
-
-    try:
-        return load_mnist(data_dir, download=False, progress=False), None
-    except FileNotFoundError:
-        if data_dir is not None or os.environ.get("MNIST_DIR"):
-            raise
-        return None, (
-            f"no --data-dir or $MNIST_DIR was given and the cache {default_cache_dir()} holds "
-            "no MNIST (python -m model.train downloads it there)"
-        )
-
-
-def describe_source(data, why_not, n_samples: int, split: str = "train") -> str:
-    """The data line of the console and the report: where the images came from, or why random."""
-    if data is None:
-        return f"random data of MNIST's shape ({n_samples} images) because {why_not}"
-    n = min(n_samples, len(data.x_train if split == "train" else data.x_test))
-    return f"real MNIST, {data.source} ({n} {'training' if split == 'train' else 'test'} images)"
-
-
-def data_source(data_dir, n_samples: int) -> str:
-    """describe_source of the data load_training_data would use; raises as find_mnist does."""
-    return describe_source(*find_mnist(data_dir), n_samples)
-
-
-def load_training_data(data_dir, n_samples: int, seed: int = 0, split: str = "train"):
-    """The first `n_samples` MNIST images of `split` ("train" or "test"; find_mnist), else random
-    data of that shape.
-
-    Returns x: (n, 28, 28, 1) float32 in [0, 1], y: (n, 10) float32 one-hot, and describe_source's
-    text.
-    """
-    from model.batches import scale
-    from model.losses import one_hot
-
-    data, why_not = find_mnist(data_dir)
-    if data is None:
-        rng = np.random.default_rng(seed + (split == "test"))
-        x = rng.random((n_samples, 28, 28, 1), dtype=np.float32)
-        y = one_hot(rng.integers(0, 10, n_samples))
-    else:
-        images, labels = (
-            (data.x_train, data.y_train) if split == "train" else (data.x_test, data.y_test)
-        )
-        x, y = scale(images[:n_samples]), one_hot(labels[:n_samples])
-    return x, y, describe_source(data, why_not, n_samples, split)
+# Without --full (or --epoch-samples) every backend and peer trains this many batches per round,
+# a fresh network each time, in ROUNDS rounds whose order rotates (bench.timing.rotated), and the
+# epoch is scaled from them: the ratio to PyTorch is then taken within each round, as the layer
+# cases' are, instead of between runs minutes apart on a machine whose speed drifts.
+ROUNDS, QUICK_ROUNDS = 5, 2
+ROUND_BATCHES = {"small": 40, "deep": 6}
+QUICK_ROUND_BATCHES = {"small": 10, "deep": 2}
+ROUND_TEST = 64  # the runs end with an evaluation; a token one, not reported for partial epochs
 
 
 def batch_limit(name: str, arch: str) -> int | None:
@@ -203,62 +154,136 @@ def peer_epoch_run(
     return {**run, "extrapolated": False, "batches_timed": None}
 
 
+def plan(opts: Options) -> tuple[int, dict | None]:
+    """(rounds, {arch: batches per round} or None for whole epochs) the options ask for: whole
+    epochs once with --full or --epoch-samples, else ROUND_BATCHES in interleaved rounds."""
+    if opts.full or opts.epoch_samples is not None:
+        return 1, None
+    if opts.quick:
+        return QUICK_ROUNDS, QUICK_ROUND_BATCHES
+    return ROUNDS, ROUND_BATCHES
+
+
+def images(opts: Options) -> int:
+    """Training images the plan reads: --epoch-samples, else a whole epoch, else the largest
+    round."""
+    batches = plan(opts)[1]
+    if batches is not None:
+        return max(batches.values()) * BATCH_SIZE
+    return opts.epoch_samples or FULL_EPOCH
+
+
 def steps(opts: Options, backends) -> int:
-    return len(ARCHS) * (len(backends) + len(peers.PEERS))
+    return plan(opts)[0] * len(ARCHS) * (len(backends) + len(peers.PEERS))
+
+
+def _train(name, arch, xa, ya, x_test, y_test, optimizer, lr) -> dict:
+    """epoch_run or peer_epoch_run of backend or peer `name` on xa, ya."""
+    if name in peers.PEERS:
+        return peer_epoch_run(name, arch, xa, ya, x_test, y_test, optimizer, lr)
+    return epoch_run(name, arch, xa, ya, x_test, y_test, optimizer, lr)
+
+
+def summarize_rows(names, rounds: list[dict], scale: float) -> list[dict]:
+    """One row per name from the rounds' results {name: epoch_run dict or an exception}:
+    seconds_per_60k is the median of the rounds' samples_per_60k (each round's seconds times
+    `scale`), with its IQR, noise mark and interval; ratio_torch is the median of the per-round
+    ratios to PyTorch's faster layout in the same round, with its interval (bench.stats)."""
+    rows = []
+    for name in names:
+        row = {"name": name, "peer": name in peers.PEERS}
+        got = [r[name] for r in rounds if name in r]
+        failed = [g for g in got if isinstance(g, BaseException)]
+        with row_status(row):
+            if failed:
+                raise failed[0]
+            if not got:
+                raise Unmeasured("not measured")
+            samples = [g["seconds"] * scale for g in got]
+            q25, median, q75 = np.percentile(samples, [25, 50, 75])
+            row.update(
+                seconds=float(np.median([g["seconds"] for g in got])),
+                seconds_per_60k=float(median),
+                samples_per_60k=samples,
+                rounds=[i for i, r in enumerate(rounds) if name in r],
+                iqr=float(q75 - q25),
+                noisy=is_noisy(median, q75 - q25),
+                interval=median_interval(samples),
+                extrapolated=any(g["extrapolated"] for g in got) or scale != 1.0,
+                batches_timed=got[0]["batches_timed"],
+                test_acc=got[0]["test_acc"] if len(got) == 1 else None,
+            )
+        rows.append(row)
+    _add_paired_ratios(rows, rounds)
+    return rows
+
+
+def _add_paired_ratios(rows: list[dict], rounds: list[dict]) -> None:
+    """ratio_torch (median over rounds of ours / PyTorch's faster layout that round) and
+    ratio_torch_interval on each ok row, in place."""
+    for row in rows:
+        per_round = []
+        for r in rounds:
+            torch_s = [
+                r[t]["seconds"] for t in peers.PEER_GROUPS["torch"] if isinstance(r.get(t), dict)
+            ]
+            if isinstance(r.get(row["name"]), dict) and torch_s:
+                per_round.append(r[row["name"]]["seconds"] / min(torch_s))
+        if row["status"] == OK and per_round:
+            row["ratios_torch"] = per_round
+            row["ratio_torch"] = float(np.median(per_round))
+            row["ratio_torch_interval"] = median_interval(per_round)
 
 
 def run(ctx: Context) -> dict:
     """Per architecture, one row per backend and peer: seconds per epoch (scaled to 60 000
-    images when fewer ran) and the test accuracy after it."""
+    images when fewer ran) over the plan's rounds, each round training every backend and peer
+    on the same images in a rotated order, and the test accuracy after a whole epoch."""
     from model.optim import DEFAULT_LR
     from model.training import TRAIN_BLAS_THREADS
 
     opts, bar = ctx.opts, ctx.bar
-    x, y, source = load_training_data(opts.data_dir, opts.epoch_samples)
-    n_test = QUICK_TEST if opts.quick else FULL_TEST
+    n_rounds, batches = plan(opts)
+    x, y, source = load_training_data(opts.data_dir, images(opts))
+    n_test = ROUND_TEST if batches else QUICK_TEST if opts.quick else FULL_TEST
     x_test, y_test, _ = load_training_data(opts.data_dir, n_test, split="test")
+    names = ctx.backends + list(peers.PEERS)
     archs = []
     for arch, optimizer in ARCHS.items():
-        n = min(len(x), QUICK_DEEP_SAMPLES) if opts.quick and arch == "deep" else len(x)
+        if batches is not None:
+            n = min(len(x), batches[arch] * BATCH_SIZE)
+        else:
+            n = min(len(x), QUICK_DEEP_SAMPLES) if opts.quick and arch == "deep" else len(x)
         xa, ya, scale = x[:n], y[:n], FULL_EPOCH / n
         lr = DEFAULT_LR[optimizer]
-        rows = []
-        for name in ctx.backends + list(peers.PEERS):
-            bar.set_description(f"epoch {arch} {name}")
-            row = {"name": name, "peer": name in peers.PEERS, "samples": n}
-            try:
-                if name in peers.PEERS:
-                    if ctx.peers[name] != OK:
-                        raise peers.PeerUnavailable(ctx.peers[name])
-                    got = peer_epoch_run(name, arch, xa, ya, x_test, y_test, optimizer, lr)
+        rounds: list[dict] = []
+        for rnd in range(n_rounds):
+            results: dict = {}
+            for name in rotated(names, rnd):
+                bar.set_description(f"epoch {arch} {name} (round {rnd + 1}/{n_rounds})")
+                if name in peers.PEERS and ctx.peers[name] != OK:
+                    results[name] = peers.PeerUnavailable(ctx.peers[name])
                 else:
-                    got = epoch_run(name, arch, xa, ya, x_test, y_test, optimizer, lr)
-                row.update(
-                    status=OK,
-                    seconds=got["seconds"],
-                    seconds_per_60k=got["seconds"] * scale,
-                    extrapolated=got["extrapolated"] or scale != 1.0,
-                    batches_timed=got["batches_timed"],
-                    test_acc=got["test_acc"],
-                )
-            except peers.PeerUnavailable as exc:
-                row["status"] = str(exc)
-            except Exception as exc:
-                row["status"] = error_status(exc)
-            rows.append(row)
-            bar.update(1)
+                    try:
+                        results[name] = _train(name, arch, xa, ya, x_test, y_test, optimizer, lr)
+                    except Exception as exc:  # one broken backend must not stop the run
+                        results[name] = exc
+                bar.update(1)
+            rounds.append(results)
         archs.append(
             {
                 "arch": arch,
                 "optimizer": f"{optimizer}" + (f" {MOMENTUM}" if optimizer == "momentum" else ""),
                 "lr": lr,
                 "samples": n,
-                "rows": rows,
+                "rounds": n_rounds,
+                "rows": summarize_rows(names, rounds, scale),
             }
         )
     return {
         "data": source,
         "samples": len(x),
+        "rounds": n_rounds,
         "test_images": len(x_test),
         "batch_size": BATCH_SIZE,
         "dtype": "float32",

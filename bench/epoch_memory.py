@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import peers
-from .status import OK, error_status
+from .status import OK, row_status
 
 if TYPE_CHECKING:
-    from .suite import Context, Options
+    from .context import Context, Options
 
 # images trained per architecture: the whole epoch for small; deep reaches its peak in its first
 # batches and a whole epoch per backend would take minutes, so it trains part of one. --quick
@@ -66,7 +66,8 @@ def child_main(spec_json: str) -> None:
     from model.optim import DEFAULT_LR
 
     from .epoch import ARCHS as OPTIMIZERS
-    from .epoch import BATCH_SIZE, epoch_run, load_training_data
+    from .epoch import BATCH_SIZE, epoch_run
+    from .mnist import load_training_data
 
     spec = json.loads(spec_json)
     name, arch = spec["name"], spec["arch"]
@@ -134,16 +135,10 @@ def run(ctx: Context) -> dict:
         for name in ctx.backends + list(TORCH_CONFIGS):
             ctx.bar.set_description(f"epoch memory {arch} {name}")
             row = {"name": name, "peer": name in peers.PEERS, "samples": samples[arch]}
-            try:
-                if name in peers.PEERS and ctx.peers[name] != OK:
-                    raise peers.PeerUnavailable(ctx.peers[name])
-                row.update(status=OK, **peak_of_epoch(name, arch, samples[arch], opts.data_dir))
-            except peers.PeerUnavailable as exc:
-                row["status"] = str(exc)
-            except Exception as exc:
-                row["status"] = error_status(exc)
-            rows.append(row)
-            ctx.bar.update(1)
+            with row_status(row, rows, ctx.bar):
+                if name in peers.PEERS:
+                    peers.require(ctx.peers, name)
+                row.update(**peak_of_epoch(name, arch, samples[arch], opts.data_dir))
         add_ratios(rows)
         archs.append({"arch": arch, "samples": samples[arch], "rows": rows})
     missing = [arch for arch in FULL_SAMPLES if arch not in samples]

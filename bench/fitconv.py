@@ -2,7 +2,8 @@
 and peer, seconds per epoch of per-sample SGD.
 
     make_fitconv_data()                             -> inputs (100, 3, 28, 28), targets (100, 2, 27, 27)
-    fitconv_epoch_seconds(backend, inputs, targets) -> (seconds per epoch (median), extrapolated?)
+    fitconv_epoch_seconds(backend, inputs, targets) -> (seconds per epoch (median), extrapolated?,
+                                                        every timed epoch's seconds, scaled alike)
     run(ctx)                                        -> the section's results (bench.suite.Context)
 """
 
@@ -16,10 +17,10 @@ import numpy as np
 from kernels import get_backend
 
 from . import peers
-from .status import OK, error_status
+from .status import row_status
 
 if TYPE_CHECKING:
-    from .suite import Context, Options
+    from .context import Context, Options
 
 # The lab's configuration: samples, channels, side (NCHW inputs); kernels, kernel side; lr.
 SAMPLES, CHANNELS, SIZE = 100, 3, 28
@@ -38,11 +39,11 @@ def make_fitconv_data(seed: int = 0):
 
 def fitconv_epoch_seconds(
     backend: str, inputs, targets, repeat: int = 3, samples: int | None = None
-) -> tuple[float, bool]:
+) -> tuple[float, bool, list[float]]:
     """Median seconds of one epoch of `model.convfit.fit_kernels` (per-sample SGD) on `backend`.
 
     With `samples` < len(inputs) the epoch is timed on the first `samples` and scaled up; returns
-    (seconds per full epoch, extrapolated).
+    (seconds per full epoch, extrapolated, each of the `repeat` epochs' seconds scaled alike).
     """
     from model.convfit import fit_kernels
 
@@ -72,7 +73,8 @@ def fitconv_epoch_seconds(
         start = time.perf_counter()
         one_epoch()
         times.append(time.perf_counter() - start)
-    return float(np.median(times)) * full / len(inputs), len(inputs) < full
+    scaled = [t * full / len(inputs) for t in times]
+    return float(np.median(scaled)), len(inputs) < full, scaled
 
 
 def steps(opts: Options, backends) -> int:
@@ -86,27 +88,20 @@ def run(ctx: Context) -> dict:
     for name in ctx.backends + list(peers.PEERS):
         bar.set_description(f"fitconv {name}")
         row = {"name": name, "peer": name in peers.PEERS}
-        try:
+        with row_status(row, rows, bar):
             if name in peers.PEERS:
-                if ctx.peers[name] != OK:
-                    raise peers.PeerUnavailable(ctx.peers[name])
+                peers.require(ctx.peers, name)
                 seconds = peers.fitconv_epoch_seconds(name, inputs, targets, KSIZE, LR)
-                row.update(status=OK, seconds=seconds)
+                row.update(seconds=seconds)
             else:
-                seconds, extrapolated = fitconv_epoch_seconds(
+                seconds, extrapolated, samples = fitconv_epoch_seconds(
                     name,
                     inputs,
                     targets,
                     repeat=1 if opts.quick else 3,
                     samples=QUICK_SAMPLES if opts.quick else None,
                 )
-                row.update(status=OK, seconds=seconds, extrapolated=extrapolated)
-        except peers.PeerUnavailable as exc:
-            row["status"] = str(exc)
-        except Exception as exc:
-            row["status"] = error_status(exc)
-        rows.append(row)
-        bar.update(1)
+                row.update(seconds=seconds, extrapolated=extrapolated, samples=samples)
     return {
         "inputs": list(inputs.shape),
         "targets": list(targets.shape),

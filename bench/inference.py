@@ -1,7 +1,7 @@
 """The inference section: images/s of `Sequential.predict` over the MNIST test images, for both
 architectures and our backends, beside PyTorch's eval-mode inference of the same networks.
 
-    images_per_second(backend, arch, x, repeat) -> (images/s, median seconds)
+    images_per_second(backend, arch, x, repeat) -> (images/s, median seconds, each pass's seconds)
     run(ctx)                                    -> the section's results (bench.suite.Context)
 
 Networks are freshly initialised: inference does the same work whatever the weights. Ours run as
@@ -18,10 +18,10 @@ import numpy as np
 from threadpoolctl import threadpool_info
 
 from . import peers
-from .status import OK, error_status
+from .status import row_status
 
 if TYPE_CHECKING:
-    from .suite import Context, Options
+    from .context import Context, Options
 
 ARCHS = ("small", "deep")
 BATCH_SIZE = 1000
@@ -33,7 +33,8 @@ SKIPPED = {"naive": "skipped: too slow for 10 000 images (a reference, not a way
 
 
 def images_per_second(backend: str, arch: str, x, repeat: int, seed: int = 0):
-    """(images/s, median seconds) of net.predict(x) for x: (N, 28, 28, 1) float32, after one
+    """(images/s, median seconds, every pass's seconds) of net.predict(x) for x: (N, 28, 28, 1)
+    float32, after one
     untimed batch (auto tunes, numba loads its kernels there)."""
     from model.network import build_network
 
@@ -45,7 +46,7 @@ def images_per_second(backend: str, arch: str, x, repeat: int, seed: int = 0):
         net.predict(x, batch_size=BATCH_SIZE)
         times.append(time.perf_counter() - start)
     seconds = float(np.median(times))
-    return len(x) / seconds, seconds
+    return len(x) / seconds, seconds, times
 
 
 def blas_threads() -> int | None:
@@ -60,7 +61,7 @@ def steps(opts: Options, backends) -> int:
 
 def run(ctx: Context) -> dict:
     """Per architecture, one row per backend and PyTorch configuration: images/s."""
-    from .epoch import load_training_data
+    from .mnist import load_training_data
 
     opts = ctx.opts
     n = QUICK_IMAGES if opts.quick else FULL_IMAGES
@@ -72,23 +73,17 @@ def run(ctx: Context) -> dict:
         for name in ctx.backends + list(TORCH_CONFIGS):
             ctx.bar.set_description(f"inference {arch} {name}")
             row = {"name": name, "peer": name in peers.PEERS}
-            try:
+            with row_status(row, rows, ctx.bar):
                 if name in SKIPPED:
                     row["status"] = SKIPPED[name]
                 elif name in peers.PEERS:
-                    if ctx.peers[name] != OK:
-                        raise peers.PeerUnavailable(ctx.peers[name])
-                    seconds = peers.inference_seconds(name, arch, x, BATCH_SIZE, repeat)
-                    row.update(status=OK, seconds=seconds, images_per_second=len(x) / seconds)
+                    peers.require(ctx.peers, name)
+                    times = peers.inference_seconds(name, arch, x, BATCH_SIZE, repeat)
+                    seconds = float(np.median(times))
+                    row.update(seconds=seconds, images_per_second=len(x) / seconds, samples=times)
                 else:
-                    rate, seconds = images_per_second(name, arch, x, repeat)
-                    row.update(status=OK, seconds=seconds, images_per_second=rate)
-            except peers.PeerUnavailable as exc:
-                row["status"] = str(exc)
-            except Exception as exc:
-                row["status"] = error_status(exc)
-            rows.append(row)
-            ctx.bar.update(1)
+                    rate, seconds, times = images_per_second(name, arch, x, repeat)
+                    row.update(seconds=seconds, images_per_second=rate, samples=times)
         archs.append({"arch": arch, "rows": rows})
     return {
         "data": source,

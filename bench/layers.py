@@ -1,8 +1,13 @@
 """The layer section: every case x backend (+ peers) x pass, timed, with its derived ratios.
 
+    >>> from bench.cases import get_case
+    >>> from bench.layers import layer_ops
     >>> ops = layer_ops("im2col", get_case("small_conv"))
-    >>> ops["forward"](); ops["backward"](); ops["forward_backward"]()
-    >>> rows = run(ctx)            # bench.suite.Context -> one row per (case, backend, pass)
+    >>> sorted(ops)                # zero-argument callables, what run(ctx) times
+    ['backward', 'forward', 'forward_backward']
+    >>> y = ops["forward_backward"]()
+
+run(ctx) (ctx: a bench.suite.Context) times them: one row per (case, backend, pass).
 
 Inputs, and the forward context the backward pass needs, are built in layer_ops, outside the timed
 calls. Backward times dx + dw + db for conv (need_dx=True everywhere, like the peers' autograd).
@@ -21,11 +26,13 @@ from kernels import get_backend
 
 from . import peers
 from .cases import Case, get_case, resolve_cases
+from .results import round_medians
+from .stats import median_interval
 from .status import OK, error_status
-from .timing import measure, summarize
+from .timing import measure, rotated, summarize
 
 if TYPE_CHECKING:
-    from .suite import Context, Options
+    from .context import Context, Options
 
 NUMPY_BACKENDS = ("naive", "einsum", "im2col")  # pure-numpy: the "best numpy backend" baseline
 PASSES = ("forward", "backward")
@@ -44,7 +51,7 @@ BLAS_THREAD_CHOICES = (1, 2)
 # Backends that split their own work over the cores (numba's threads, kernels/gemm.py's GEMM
 # pieces) are timed as model.train runs them, with numpy's BLAS on one thread: with two, OpenBLAS's
 # idle worker spins between calls and takes a core from them (winograd's deep_conv2 forward +
-# backward: 9.7 ms with one BLAS thread, 16.7 ms with two, measured back to back).
+# backward is much slower with two BLAS threads than with one, timed back to back).
 SELF_THREADED = ("numba", "winograd", "auto")
 
 
@@ -135,9 +142,16 @@ def _build_threads(name) -> int | None:
     return 1 if name in SELF_THREADED else None
 
 
-def _time_passes(ops, threads, repeat, pooled, key) -> None:
+def _pool(pooled, k, samples, number, rnd) -> None:
+    """Add one round's per-call samples to pooled[k] = (samples, calls per sample, the round of
+    each sample)."""
+    before, _, rounds = pooled.get(k, ([], 0, []))
+    pooled[k] = (before + list(samples), number, rounds + [rnd] * len(samples))
+
+
+def _time_passes(ops, threads, repeat, pooled, key, rnd: int = 0) -> None:
     """Time every pass of `ops` under `threads` BLAS threads (None: as configured) and add the
-    per-call samples to pooled[key + (threads, pass)] = (samples, calls per sample); an error
+    per-call samples of round `rnd` to pooled[key + (threads, pass)] (see _pool); an error
     status replaces the entry."""
     with threadpool_limits(limits=threads, user_api="blas"):
         for p in PASSES:
@@ -146,7 +160,7 @@ def _time_passes(ops, threads, repeat, pooled, key) -> None:
                 continue
             try:
                 t = measure(ops[p], repeat=repeat)
-                pooled[k] = (pooled.get(k, ([], 0))[0] + t.samples, t.number)
+                _pool(pooled, k, t.samples, t.number, rnd)
             except Exception as exc:
                 pooled[k] = error_status(exc)
 
@@ -160,10 +174,10 @@ def time_peer(peer: str, case_name: str, repeat: int) -> dict:
     except Exception as exc:
         return {(None, p): error_status(exc) for p in PASSES}
     _time_passes(ops, None, repeat, pooled, ())
-    return pooled
+    return {k: v if isinstance(v, str) else v[:2] for k, v in pooled.items()}
 
 
-def _time_remote(name, case, repeat, pooled, key) -> None:
+def _time_remote(name, case, repeat, pooled, key, rnd: int = 0) -> None:
     """_time_passes for a remote peer: timed in its worker by the configuration it stands for."""
     peer = peers.get_peer(name)
     try:
@@ -175,7 +189,7 @@ def _time_remote(name, case, repeat, pooled, key) -> None:
         if isinstance(value, str) or isinstance(pooled.get(k), str):
             pooled[k] = pooled.get(k) if isinstance(pooled.get(k), str) else value
         else:
-            pooled[k] = (pooled.get(k, ([], 0))[0] + value[0], value[1])
+            _pool(pooled, k, value[0], value[1], rnd)
 
 
 def _pooled_rows(base, name, is_peer, pooled) -> list[dict]:
@@ -192,7 +206,8 @@ def _pooled_rows(base, name, is_peer, pooled) -> list[dict]:
             if isinstance(got, str):
                 row["status"] = got
             else:
-                row.update(summarize(*got).to_dict(), status=OK)
+                samples, number, rounds = got
+                row.update(summarize(samples, number).to_dict(), rounds=rounds, status=OK)
             if threads is not None:
                 row["blas_threads"] = threads
             rows.append(row)
@@ -228,17 +243,6 @@ def _plan(ctx: Context) -> tuple[list[dict], list]:
     return rows, plan
 
 
-def rotated(seq: list, rnd: int) -> list:
-    """seq starting at its (rnd mod len)-th element: each round times the backends in another
-    order, so no backend always follows the same neighbour. A fixed order showed as auto and
-    winograd (both running numba's code on small_pool and mid) reading 1.1-1.5x numba's time,
-    the backend timed just before them, where the three are equal interleaved in one process."""
-    if not seq:
-        return seq
-    k = rnd % len(seq)
-    return seq[k:] + seq[:k]
-
-
 def run(ctx: Context) -> list[dict]:
     """Every case x backend (+ peers) x pass: timing rows with derived ratios (derive_ratios).
 
@@ -257,7 +261,7 @@ def run(ctx: Context) -> list[dict]:
                 time.sleep(COOLDOWN_SECONDS)
                 key = (case.name, name)
                 if is_peer and peers.get_peer(name).remote:
-                    _time_remote(name, case, opts.repeat, pooled, key)
+                    _time_remote(name, case, opts.repeat, pooled, key, rnd)
                     bar.update(1)
                     continue
                 try:
@@ -272,7 +276,7 @@ def run(ctx: Context) -> list[dict]:
                     bar.update(1)
                     continue
                 for threads in _blas_choices(name):
-                    _time_passes(ops, threads, opts.repeat, pooled, key)
+                    _time_passes(ops, threads, opts.repeat, pooled, key, rnd)
                 bar.update(1)
     for _case, base, timed in plan:
         for name, is_peer in timed:
@@ -316,13 +320,28 @@ def derive_ratios(rows: list[dict], peak_gflops: float | None) -> list[dict]:
         for framework in peers.PEER_GROUPS:  # a framework counts at its best configuration
             _, best = peers.best_configuration(times, framework)
             r[f"ratio_{framework}"] = r["median"] / best if best else None
+    _add_paired_ratios(ok)
     return rows
 
 
-def forward_backward_medians(results: dict) -> dict:
-    """{case: {backend: forward + backward median}} over the layer rows where both passes ran."""
-    acc = {}
-    for r in results.get("layers", []):
-        if r.get("status") == OK:
-            acc.setdefault(r["case"], {}).setdefault(r["backend"], []).append(r["median"])
-    return {c: {b: sum(t) for b, t in d.items() if len(t) == 2} for c, d in acc.items()}
+def _add_paired_ratios(ok: list[dict]) -> None:
+    """Where the rows carry their rounds: ratios_torch (per round, this row's median over the
+    faster PyTorch configuration's median in the same round), ratio_torch = their median and
+    ratio_torch_interval (bench.stats.median_interval), in place. The rounds interleave every
+    backend and peer of a case, so a round's ratio is free of the drift between rounds."""
+    by_key: dict = {}
+    for r in ok:
+        by_key.setdefault((r["case"], r["pass"]), {})[r["backend"]] = round_medians(r)
+    for r in ok:
+        per_backend = by_key[(r["case"], r["pass"])]
+        torch_rounds = [per_backend[n] for n in peers.PEER_GROUPS["torch"] if n in per_backend]
+        ours = per_backend[r["backend"]]
+        ratios = [
+            t / min(tr[rnd] for tr in torch_rounds)
+            for rnd, t in sorted(ours.items())
+            if torch_rounds and all(rnd in tr for tr in torch_rounds)
+        ]
+        if ratios:
+            r["ratios_torch"] = ratios
+            r["ratio_torch"] = float(np.median(ratios))
+            r["ratio_torch_interval"] = median_interval(ratios)

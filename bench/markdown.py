@@ -8,10 +8,44 @@ from __future__ import annotations
 
 from statistics import median
 
+import numpy as np
+
 from .formatting import fmt_num, fmt_seconds, fmt_x, order, table
-from .layers import BLAS_TUNED, forward_backward_medians
+from .layers import BLAS_TUNED
 from .peers import PEERS, best_configuration, label
-from .timing import NOISY_IQR_FRACTION
+from .results import forward_backward_medians, paired_forward_backward_ratio
+from .stats import NOISY_IQR_FRACTION, is_noisy
+
+
+def busy_warning(results: dict) -> str:
+    """A warning line when the machine was busy before or after the run (bench.machine's
+    busy_check), else ""."""
+    m = results.get("machine", {})
+    reasons = [
+        f"{when} the run: {m[key]['busy']}"
+        for when, key in (("before", "before"), ("after", "after"))
+        if (m.get(key) or {}).get("busy")
+    ]
+    if not reasons:
+        return ""
+    return (
+        "> **⚠ The machine was busy** ("
+        + "; ".join(reasons)
+        + "): other work shared the cores, so times are slower and noisier than this machine "
+        "manages alone, and ratios between runs mislead. Rerun on a quiet machine before "
+        "drawing conclusions."
+    )
+
+
+def _threads(m: dict) -> str:
+    t = m.get("threads") or {}
+    if not t:
+        return "—"
+    env = ", ".join(f"{k}={v}" for k, v in (t.get("env") or {}).items())
+    return (
+        f"BLAS {', '.join(t.get('blas') or []) or '?'}; numba {t.get('numba')}; peers "
+        f"{t.get('peers', '?')}" + (f"; {env}" if env else "")
+    )
 
 
 def machine_header(results: dict) -> str:
@@ -19,12 +53,16 @@ def machine_header(results: dict) -> str:
     peak = m.get("peak_gflops", {})
     opts = results.get("options", {})
     broken = results.get("broken_backends", {})
+    after = (m.get("after") or {}).get("load_average") or []
+    mode = "full" if opts.get("full") else "quick" if opts.get("quick") else "default"
+    warning = busy_warning(results)
     return "\n".join(
         [
             f"# convbench report `{results['name']}`",
             "",
-            f"Run {results['created']} → {results.get('finished', '?')}, repeats {opts.get('repeat')}"
-            f" x {opts.get('rounds', 1)} rounds{', quick' if opts.get('quick') else ''}.",
+            *([warning, ""] if warning else []),
+            f"Run {results['created']} → {results.get('finished', '?')}, {mode} mode, layer "
+            f"samples {opts.get('repeat')} x {opts.get('rounds', 1)} rounds.",
             "",
             table(
                 ["machine", ""],
@@ -32,9 +70,11 @@ def machine_header(results: dict) -> str:
                     ["CPU", f"{m['cpu']}, {m['cores']} cores"],
                     ["vector extensions", ", ".join(m.get("vector_extensions", [])) or "—"],
                     [
-                        "load average at start",
-                        ", ".join(f"{v:.2f}" for v in m.get("load_average") or []),
+                        "load average at start / end",
+                        ", ".join(f"{v:.2f}" for v in m.get("load_average") or [])
+                        + (" / " + ", ".join(f"{v:.2f}" for v in after) if after else ""),
                     ],
+                    ["threads", _threads(m)],
                     ["Python / NumPy", f"{m['python']} / {m['numpy']}"],
                     ["BLAS", m["blas"]],
                     [
@@ -74,7 +114,11 @@ def _summary(results: dict) -> str:
         best = min(ours, key=ours.get) if ours else None
         cells = [f"**{fmt_seconds(d[n])}**" if n == best else fmt_seconds(d.get(n)) for n in names]
         torch_name, torch_s = best_configuration(d)
-        vs_torch = fmt_x(ours[best] / torch_s) if best and torch_s else "—"
+        paired = paired_forward_backward_ratio(results, case, best) if best else None
+        if paired:
+            vs_torch = fmt_ratio({"r": paired["ratio"], "r_interval": paired["interval"]}, "r")
+        else:  # results written before the rounds were kept: the medians' ratio
+            vs_torch = fmt_x(ours[best] / torch_s) if best and torch_s else "—"
         body.append([case, *cells, best or "—", vs_torch, label(torch_name) if torch_name else "—"])
     return "\n".join(
         [
@@ -82,7 +126,9 @@ def _summary(results: dict) -> str:
             "",
             "Median seconds of one forward plus one backward call; bold = fastest of our backends; "
             "*fastest / PyTorch* = that backend's time / PyTorch's at its best configuration "
-            "(NCHW or channels_last, the faster per case, named in the last column; >1 = slower).",
+            "(NCHW or channels_last, the faster per case, named in the last column; >1 = slower): "
+            "the median of the per-round ratios, each round timing every backend and peer of "
+            "the case interleaved, with the 95% bootstrap interval of that median in brackets.",
             "",
             table(
                 [
@@ -96,6 +142,25 @@ def _summary(results: dict) -> str:
             ),
         ]
     )
+
+
+def fmt_spread(median: float, samples, unit=fmt_seconds) -> str:
+    """The median, then the samples' IQR in brackets and ⚠ when noisy (bench.stats.is_noisy),
+    when there are at least 2 samples."""
+    text = unit(median)
+    if samples is not None and len(samples) >= 2:
+        q25, q75 = np.percentile(samples, [25, 75])
+        text += f" ({unit(q75 - q25)})" + (" ⚠" if is_noisy(median, q75 - q25) else "")
+    return text
+
+
+def fmt_ratio(row: dict, key: str) -> str:
+    """row[key] as a ratio, with row[key + "_interval"] after it when the row has one."""
+    interval = row.get(f"{key}_interval")
+    text = fmt_x(row.get(key))
+    if interval and row.get(key) is not None:
+        text += f" [{interval[0]:.2f}, {interval[1]:.2f}]"
+    return text
 
 
 def _fewer_multiplies(path: str) -> bool:
@@ -121,7 +186,7 @@ def _layer_row(r: dict) -> list:
         "—" if pf is None else f"{100 * pf:.1f}%",
         fmt_x(r.get("speedup_vs_naive"), 1),
         fmt_x(r.get("speedup_vs_best_numpy")),
-        fmt_x(r.get("ratio_torch")),
+        fmt_ratio(r, "ratio_torch"),
         fmt_x(r.get("ratio_tensorflow")),
     ]
 
@@ -154,13 +219,16 @@ def layers_section(results: dict) -> str:
             "multiply-add (backward = dx + dw = 2× forward); *% peak* is against the float32 "
             "matmul peak above. *vs naive* and *vs best numpy* are speedups (>1 = faster); "
             "*/ PyTorch* and */ TF* are time ratios against the framework's faster configuration "
+            "(*/ PyTorch*: the median of the per-round ratios, each round timing every backend "
+            "and peer of the case interleaved, with the 95% bootstrap interval of that median in "
+            "brackets) "
             "(PyTorch NCHW or channels_last; TensorFlow with oneDNN off, in this process, or on, "
             "timed by the same code in a worker process, since TensorFlow reads "
             "TF_ENABLE_ONEDNN_OPTS once at start), >1 = slower. Pool cases do no "
             "multiply-adds, so they have no GFLOP/s. GFLOP/s is always the direct convolution's "
             "count, so every backend is measured on the same work: *eff.* marks Winograd's native "
             "path, which does fewer multiplies (effective GFLOP/s, may exceed the matmul peak); "
-            "[brackets] say how winograd and auto ran the case. ⚠ marks noisy results (IQR > "
+            "[brackets] say how winograd and auto ran the case. ⚠ marks noisy results (IQR ≥ "
             f"{NOISY_IQR_FRACTION:.0%} of median). einsum and im2col are timed with 1 and 2 BLAS "
             "threads and keep the faster setting (the number after the name); numba, winograd "
             "and auto use 2 threads of their own with NumPy's BLAS on 1, as `python -m "
@@ -194,12 +262,19 @@ def _epoch_table(run: dict) -> str:
         if r.get("batches_timed") and r["extrapolated"]:
             how += f" (from {r['batches_timed']} batches)"
         acc = r.get("test_acc")
+        seconds = fmt_seconds(r["seconds_per_60k"])
+        if len(r.get("samples_per_60k") or []) > 1:
+            seconds += f" ({fmt_seconds(r['iqr'])})" + (" ⚠" if r.get("noisy") else "")
+        if "ratio_torch" in r:
+            vs_torch = fmt_ratio(r, "ratio_torch")
+        else:  # results written before the rounds: the two medians' ratio
+            vs_torch = fmt_x(r["seconds_per_60k"] / torch_s) if torch_s else "—"
         body.append(
             [
                 label(r["name"]),
-                fmt_seconds(r["seconds_per_60k"]),
+                seconds,
                 how,
-                fmt_x(r["seconds_per_60k"] / torch_s) if torch_s else "—",
+                vs_torch,
                 "—" if acc is None else f"{100 * acc:.2f}%",
             ]
         )
@@ -216,11 +291,19 @@ def epoch_section(results: dict) -> str:
     parts = [
         f"## Training epoch (60 000 images, batch {ep.get('batch_size', 64)}, float32)",
         "",
-        f"Data: {ep['data']}. Seconds for one epoch ({ep['samples']} images timed; scaled to "
-        "60 000 when fewer), after untimed warm-up steps on a full batch and on one of the "
+        f"Data: {ep['data']}. Seconds for one epoch, "
+        + (
+            f"the median (IQR) of {ep['rounds']} rounds, each training every backend and peer "
+            "in a rotated order on the images given below and scaled to 60 000 images"
+            if ep.get("rounds", 1) > 1
+            else f"{ep['samples']} images timed (scaled to 60 000 when fewer)"
+        )
+        + ", after untimed warm-up steps on a full batch and on one of the "
         "epoch's last batch size (so that auto's one-time timing of each new layer shape, which "
         "its disk cache then keeps, is not in the epoch). / PyTorch: time ratio against "
-        "PyTorch at its faster configuration (NCHW or channels_last), >1 = slower. Test accuracy: after this one epoch, on "
+        "PyTorch at its faster configuration (NCHW or channels_last) within each round, the "
+        "median over rounds with its 95% bootstrap interval, >1 = slower; ⚠: IQR ≥ "
+        f"{NOISY_IQR_FRACTION:.0%} of the median. Test accuracy: after this one epoch, on "
         f"{ep.get('test_images', '?')} test images (— when only part of the epoch ran). BLAS "
         f"threads for the NumPy backends: {ep.get('blas_threads', 'default')}, as `python -m "
         "model.train` runs them; PyTorch and Keras use 2 threads. The peers run the same layers "
@@ -247,7 +330,7 @@ def fitconv_section(results: dict) -> str:
     body = [
         [
             label(r["name"]),
-            fmt_seconds(r.get("seconds")) if r["status"] == "ok" else r["status"],
+            fmt_spread(r["seconds"], r.get("samples")) if r["status"] == "ok" else r["status"],
             "extrapolated" if r.get("extrapolated") else "measured" if r["status"] == "ok" else "",
             fmt_x(r["seconds"] / keras) if keras and r["status"] == "ok" else "—",
         ]
@@ -377,7 +460,8 @@ def breakdown_section(results: dict) -> str:
             parts += ["", title, "", arch["status"]]
             continue
         body = [[p["name"], f"{p['ms']:.2f}", f"{p['percent']:.1f}%"] for p in arch["parts"]]
-        body.append(["**step**", f"**{arch['step_ms']:.2f}**", "100%"])
+        step = fmt_spread(arch["step_ms"], arch.get("step_samples_ms"), lambda v: f"{v:.2f}")
+        body.append(["**step**", f"**{step}**", "100%"])
         parts += [
             "",
             f"{title} (median of {arch['steps']} steps)",
@@ -461,14 +545,13 @@ def inference_section(results: dict) -> str:
                 body.append([label(r["name"]), r["status"], "", ""])
                 continue
             vs = "—" if r["peer"] or not torch_s else fmt_x(torch_s / r["seconds"])
-            body.append(
-                [label(r["name"]), f"{r['images_per_second']:,.0f}", fmt_seconds(r["seconds"]), vs]
-            )
+            seconds = fmt_spread(r["seconds"], r.get("samples"))
+            body.append([label(r["name"]), f"{r['images_per_second']:,.0f}", seconds, vs])
         parts += [
             "",
             f"### `{arch['arch']}` model",
             "",
-            table(["implementation", "images/s", "seconds", "vs PyTorch"], body),
+            table(["implementation", "images/s", "seconds (IQR)", "vs PyTorch"], body),
         ]
     return "\n".join(parts)
 

@@ -17,10 +17,10 @@ import numpy as np
 
 from .cases import Case, get_case
 from .layers import layer_ops
-from .status import OK, error_status
+from .status import row_status
 
 if TYPE_CHECKING:
-    from .suite import Context, Options
+    from .context import Context, Options
 
 NUMBA_NOTE = (
     "numba allocations made inside jitted code (NRT) are invisible to tracemalloc; "
@@ -52,9 +52,7 @@ def run(ctx: Context) -> dict:
     rows = []
     for name in ctx.backends:
         ctx.bar.set_description(f"memory {name}")
-        try:
-            rows.append({"backend": name, "status": OK, "peak_bytes": peak_bytes(name, case)})
-        except Exception as exc:
-            rows.append({"backend": name, "status": error_status(exc)})
-        ctx.bar.update(1)
+        row = {"backend": name}
+        with row_status(row, rows, ctx.bar):
+            row["peak_bytes"] = peak_bytes(name, case)
     return {"case": case.name, "shape": case.shape_text, "note": NUMBA_NOTE, "rows": rows}

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from .status import OK
 
 if TYPE_CHECKING:
-    from .suite import Context, Options
+    from .context import Context, Options
 
 _COMPILE_SCRIPT = """
 import json, time

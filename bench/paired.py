@@ -1,18 +1,17 @@
 """The paired section: `--backend auto` against PyTorch at its faster layout, in alternating rounds.
 
 The epoch section trains each backend and peer once, one after the other, over several minutes.
-On a shared machine whose speed drifts within minutes (on the 2-core development machine the same
-kernel call measured 0.46 and 0.82 ms minutes apart, and the `small` epoch's ratio to PyTorch
-read 0.60, 0.68 and 0.74 in three full runs of the same code), the ratio of two such runs carries
-that drift. Here the two run in rounds: each round trains a fresh network on auto and on both
+On a shared machine whose speed drifts within minutes (the same kernel call, timed minutes apart,
+can differ by more than the backends being compared), the ratio of two such runs carries that
+drift. Here the two run in rounds: each round trains a fresh network on auto and on both
 PyTorch layouts (NCHW, channels_last), in an order that rotates from round to round, on the same
 ROUND_BATCHES[arch] batches after an untimed warm-up step. A round's ratio is auto's time over
 the faster PyTorch layout's in that round; the section reports the median and the range.
 
 The rounds also train on SINGLE, the fastest single backend of the epoch section on both models,
 so that "auto is at least as fast as the best single backend" is measured the same way (in the
-epoch section the two run minutes apart: `small` numba 2.83 s and auto 3.51 s in report
-2026-12-04_154109, with auto choosing numba for every layer).
+epoch section the two run minutes apart, and on `small`, where auto chooses numba for every
+layer, the drift alone can put either ahead).
 
     run(ctx) -> {"rounds", "single", "archs": [{"arch", "batches", "status", "ours": [s, ...],
                  "peer": {"torch": [...], "torch_cl": [...]}, "ratios": [...], "median",
@@ -26,11 +25,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import peers
-from .epoch import ARCHS, BATCH_SIZE, epoch_run, load_training_data
+from .epoch import ARCHS, BATCH_SIZE, epoch_run
+from .mnist import load_training_data
 from .status import OK, error_status
 
 if TYPE_CHECKING:
-    from .suite import Context, Options
+    from .context import Context, Options
 
 OURS = "auto"
 SINGLE = "numba"

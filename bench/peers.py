@@ -9,7 +9,7 @@ says why); TensorFlow with oneDNN off runs in the benchmark's process.
 
     layer_ops(peer, case)                        -> {"forward", "backward"} callables
     epoch_run(peer, arch, x, y, x_test, y_test)  -> {"seconds", "test_acc"} of one training epoch
-    inference_seconds(peer, arch, x)             -> seconds of eval-mode inference over x (PyTorch)
+    inference_seconds(peer, arch, x)             -> seconds of each eval-mode pass over x (PyTorch)
     fitconv_epoch_seconds(peer, inputs, targets) -> seconds per epoch of the .npy conv-kernel fit
 """
 
@@ -28,14 +28,22 @@ import numpy as np
 from model.losses import class_indices
 
 from .peer_nets import keras_network, torch_network
+from .status import Unmeasured
 
 THREADS = 2
 MOMENTUM = 0.9  # SGD's momentum when the optimizer is "momentum", as model.optim.Momentum
 DISABLED = "disabled (--no-peers)"
 
 
-class PeerUnavailable(RuntimeError):
+class PeerUnavailable(Unmeasured):
     """The peer library is not installed (or failed to import)."""
+
+
+def require(statuses: dict, name: str) -> None:
+    """Raise PeerUnavailable with the peer's status (bench.suite's peer_status: "ok" or why not)
+    unless it is "ok"."""
+    if statuses[name] != "ok":
+        raise PeerUnavailable(statuses[name])
 
 
 class Peer:
@@ -72,7 +80,7 @@ class Peer:
     def epoch_run(self, arch, x, y_onehot, optimizer, lr, batch_size, seed, x_test, y_test) -> dict:
         raise NotImplementedError
 
-    def inference_seconds(self, arch, x, batch_size, repeat, seed) -> float:
+    def inference_seconds(self, arch, x, batch_size, repeat, seed) -> list[float]:
         raise PeerUnavailable("inference is not measured for this peer")
 
     def fitconv_epoch_seconds(self, inputs, targets, k, lr, epochs, seed) -> float:
@@ -122,7 +130,10 @@ class Torch(Peer):
         def backward():
             return torch.autograd.grad(y, params, dy, retain_graph=True)
 
-        return {"forward": forward, "backward": backward}
+        def forward_backward():
+            return torch.autograd.grad(fwd(), params, dy)
+
+        return {"forward": forward, "backward": backward, "forward_backward": forward_backward}
 
     def _nchw(self, x):
         """(N, H, W, C) float32 array -> a tensor in this configuration's layout."""
@@ -177,7 +188,7 @@ class Torch(Peer):
             start = time.perf_counter()
             self._predict(model, x, batch_size)
             times.append(time.perf_counter() - start)
-        return float(np.median(times))
+        return times
 
     def fitconv_epoch_seconds(self, inputs, targets, k, lr, epochs, seed):
         torch = self.lib()
@@ -258,7 +269,12 @@ class TensorFlow(Peer):
         def backward():
             return [g.numpy() for g in tape.gradient(y, params, output_gradients=dy)]
 
-        return {"forward": forward, "backward": backward}
+        def forward_backward():
+            with tf.GradientTape() as step:
+                out = fwd()
+            return [g.numpy() for g in step.gradient(out, params, output_gradients=dy)]
+
+        return {"forward": forward, "backward": backward, "forward_backward": forward_backward}
 
     def epoch_run(self, arch, x, y_onehot, optimizer, lr, batch_size, seed, x_test, y_test):
         keras = self.lib().keras
@@ -390,7 +406,7 @@ class TorchChannelsLastWorker(InWorker, TorchChannelsLast):
 
 class TensorFlowOneDNN(InWorker, TensorFlow):
     """TensorFlow with oneDNN's optimisations on (TF_ENABLE_ONEDNN_OPTS=1; TensorFlow 2.21 leaves
-    them off on AMD CPUs, and they change its times by up to 2.5x either way), in a worker
+    them off on AMD CPUs, and they change its times by large factors either way), in a worker
     process of its own (see InWorker); the in-process `tensorflow` peer runs with oneDNN off."""
 
     name, package, label = "tf_onednn", "tensorflow", "TensorFlow/Keras (oneDNN)"
@@ -461,9 +477,9 @@ def epoch_run(
 
 def inference_seconds(
     peer: str, arch: str, x, batch_size: int = 1000, repeat: int = 3, seed: int = 0
-) -> float:
-    """Median seconds of eval-mode logits, without autograd, for all of x: (N, 28, 28, 1)
-    float32, in batches of `batch_size`; one warm-up batch first."""
+) -> list[float]:
+    """Seconds of each of `repeat` passes of eval-mode logits, without autograd, over all of x:
+    (N, 28, 28, 1) float32, in batches of `batch_size`; one warm-up batch first."""
     return get_peer(peer).inference_seconds(arch, x, batch_size, repeat, seed)
 
 

@@ -12,8 +12,8 @@ from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
 from .formatting import order  # noqa: E402
-from .layers import forward_backward_medians  # noqa: E402
 from .peers import label  # noqa: E402
+from .results import forward_backward_medians  # noqa: E402
 
 DPI = 90
 

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from . import markdown
+from .outdir import json_default
 from .sections import SECTIONS
 
 
@@ -30,7 +31,7 @@ def write_report(results: dict, out_root) -> Path:
     out_root = Path(out_root)
     out_dir = out_root / results["name"]
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=_json_default))
+    (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=json_default))
     drawn = {
         plot.file
         for section in SECTIONS
@@ -45,11 +46,3 @@ def write_report(results: dict, out_root) -> Path:
         latest = latest.replace(f"]({fname})", f"]({results['name']}/{fname})")
     (out_root / "latest.md").write_text(latest)
     return out_dir
-
-
-def _json_default(obj):
-    if hasattr(obj, "item"):
-        return obj.item()
-    if isinstance(obj, (set, tuple)):
-        return list(obj)
-    return str(obj)

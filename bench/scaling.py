@@ -18,7 +18,7 @@ from .status import OK, error_status
 from .timing import measure
 
 if TYPE_CHECKING:
-    from .suite import Context, Options
+    from .context import Context, Options
 
 BATCH_SIZES = (8, 16, 32, 64, 128)
 IMAGE_SIZES = (14, 28, 56, 112)

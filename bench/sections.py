@@ -126,3 +126,7 @@ SECTIONS: tuple[Section, ...] = (
     ),
 )
 SECTION_NAMES = tuple(s.name for s in SECTIONS)
+# Without --full (and --quick, with fewer cases and rounds): the suite's question, every backend
+# on every layer case and both epochs against PyTorch, within the run-time budget bench.compare's
+# help states; the other sections run with --full or --sections.
+DEFAULT_SECTIONS = ("layers", "epoch")

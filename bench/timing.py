@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .stats import is_noisy
+
 
 @dataclass
 class Timing:
@@ -24,14 +26,11 @@ class Timing:
 
     @property
     def noisy(self) -> bool:
-        """IQR above a quarter of the median: the machine was busy; treat the figure with care."""
-        return self.iqr > NOISY_IQR_FRACTION * self.median
+        """torch.utils.benchmark's rule (bench.stats.is_noisy): IQR >= 10% of the median."""
+        return is_noisy(self.median, self.iqr)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "noisy": self.noisy}
-
-
-NOISY_IQR_FRACTION = 0.25
 
 
 def summarize(samples, number: int = 1) -> Timing:
@@ -63,3 +62,14 @@ def measure(
             fn()
         samples.append((time.perf_counter() - start) / number)
     return summarize(samples, number)
+
+
+def rotated(seq: list, rnd: int) -> list:
+    """seq starting at its (rnd mod len)-th element: each round times the backends in another
+    order, so no backend always follows the same neighbour. A fixed order showed as auto and
+    winograd (both running numba's code on small_pool and mid) reading 1.1-1.5x numba's time,
+    the backend timed just before them, where the three are equal interleaved in one process."""
+    if not seq:
+        return seq
+    k = rnd % len(seq)
+    return seq[k:] + seq[:k]

@@ -1,9 +1,19 @@
 """Conv2d and pooling kernels, forward and backward, behind one interface and several backends.
 
-    >>> from kernels import get_backend, available_backends
+    >>> import numpy as np
+    >>> from kernels import available_backends, get_backend
+    >>> "im2col" in available_backends()
+    True
     >>> be = get_backend("im2col")
+    >>> x = np.ones((2, 5, 5, 1), np.float32)          # (N, H, W, C_in), NHWC
+    >>> w = np.ones((3, 3, 1, 4), np.float32)          # (KH, KW, C_in, C_out), HWIO
+    >>> b = np.zeros(4, np.float32)                    # (C_out,) or None
     >>> y, ctx = be.conv2d_forward(x, w, b, stride=1, padding=0)
-    >>> dx, dw, db = be.conv2d_backward(dy, ctx)
+    >>> y.shape, y.dtype, float(y[0, 0, 0, 0])         # each output sums a 3x3 window of ones
+    ((2, 3, 3, 4), dtype('float32'), 9.0)
+    >>> dx, dw, db = be.conv2d_backward(np.ones_like(y), ctx)
+    >>> dx.shape, dw.shape, db.shape
+    ((2, 5, 5, 1), (3, 3, 1, 4), (4,))
 
 Files:
     __init__.py     the registry: get_backend(name), available_backends()

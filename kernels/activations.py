@@ -2,8 +2,8 @@
 
 NumPy's forms cost more than the memory they touch: np.maximum(x, 0) (a NaN-propagating
 maximum) is not a plain vector max, and dy * (y > 0) makes two passes and a boolean temporary.
-On the `small` network's pooled activation, (64, 14, 14, 16) float32, they take about 97 and
-77 µs against 34 and 53 µs here (2-core AVX2 machine, freed memory kept as in training).
+The compiled passes here beat both on the `small` network's pooled activation, (64, 14, 14, 16)
+float32, with freed memory kept as in training (bench.compare's breakdown section, the ReLU parts).
 
     relu(x)              y = max(x, 0), any shape; NaN stays NaN (as np.maximum)
     relu_backward(y, dy) dx = dy where y > 0, else 0 (0 also where dy is inf or NaN and y <= 0,
@@ -21,9 +21,9 @@ from numba import njit, prange
 
 from . import threads
 
-# From this many elements on both cores take part. Waking numba's sleeping workers costs about
-# 40 µs: a (64, 14, 14, 32) float32 activation's backward takes 83 µs on one thread and 88 on
-# two, a (64, 28, 28, 16) one's 159 and 120 (2-core AVX2 machine).
+# From this many elements on both cores take part. Waking numba's sleeping workers costs tens of
+# microseconds: a (64, 14, 14, 32) float32 activation's backward (the `deep` network's second
+# block) is no faster on two threads than on one, a (64, 28, 28, 16) one's (`small`) is.
 PARALLEL_MIN = 1 << 19
 
 _JIT: dict[str, Any] = dict(cache=True, nogil=True)
@@ -32,7 +32,7 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 # The loops run over range(size) of (sliced) flat arrays: an index numba knows to be
 # non-negative, so the select vectorises. With range(lo, hi) it stayed a branch per element,
-# mispredicted on random signs: 1.4 ms instead of 33 µs on the `small` network's activation.
+# mispredicted on random signs: many times slower on the `small` network's activation.
 @njit(**_JIT)
 def _relu(x, y):
     for i in range(x.size):

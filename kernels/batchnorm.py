@@ -2,8 +2,9 @@
 
 Written with NumPy operations, a training step's batch norm makes about eight passes over its
 input forward (mean, centre, square, mean, scale, shift, ...) and twelve backward, each reading
-and writing an array of the activation's size; on the `deep` network's first block, (64, 28, 28,
-32) float32, that is ~20 ms of a ~100 ms step. Here each direction is one pass that reduces
+and writing an array of the activation's size, which on the `deep` network's first block, (64,
+28, 28, 32) float32, is a large part of a training step (bench.compare's breakdown section
+names batch norm's share). Here each direction is one pass that reduces
 (per-channel sums) and one that writes the result, both split over the cores by rows:
 
     forward (training)  pass 1: sum(x), sum(x^2) per channel          -> mean, var, inv_std

@@ -33,8 +33,8 @@ import numpy as np
 MIN_SPLIT_MACS = 1 << 19
 
 # matmul splits the reduction axis K instead of the output when K is at least this many times
-# M and N (the `small` network's Dense(3136 -> 128) forward at batch 64: 0.51 ms against 0.59 ms
-# split by output columns, on a 2-core AVX2 machine)
+# M and N: the `small` network's Dense(3136 -> 128) forward at batch 64 is faster split along K
+# than by output columns (bench.compare's breakdown section, "4 Dense forward")
 K_SPLIT_RATIO = 4
 
 _pool: concurrent.futures.ThreadPoolExecutor | None = None

@@ -3,6 +3,9 @@
 Forward:   cols (N*OH*OW, KH*KW*C_in [+1]) @ [w; b] (KH*KW*C_in [+1], C_out)   -> y
 Backward:  [dw; db] = cols.T @ dy,   dcols = dy @ w.T,   dx = col2im(dcols)
 (the +1: a column of ones in cols carries the bias, see im2col)
+Dilation: each kernel offset's view steps (dh, dw) taps apart (windows.offset_view). Groups > 1:
+im2col per group (each group's channel slice unfolded on its own), one batched GEMM over the
+groups, the bias added after it.
 Pooling walks the same kernel offsets without materialising columns (max/mean per offset),
 and col2im's per-offset accumulation for the gradient.
 """
@@ -13,17 +16,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .contract import ConvCtx, MaxPoolCtx, PoolCtx
+from .contract import ConvCtx, MaxPoolCtx, PoolCtx, check_ctx
 from .geometry import (
+    ConvGeometry,
     IntPair,
     Padding,
     PoolGeometry,
+    PoolPadding,
     argmax_dtype,
+    argmax_inside,
     check_grad,
     conv_geometry,
-    pad_hw,
+    crop_conv_input,
+    pad_conv_input,
     pool_geometry,
-    unpad_hw,
+    pool_padded,
+    pool_scales,
+    pool_unpadded,
 )
 from .windows import col2im, offset_view
 
@@ -32,8 +41,10 @@ from .windows import col2im, offset_view
 class Im2colConvCtx(ConvCtx):
     """conv2d's ctx: the column matrix (dW reads it) and the weights as a matrix (dX)."""
 
-    cols: np.ndarray  # (N*OH*OW, KH*KW*C_in [+ 1]), see im2col
-    w_mat: np.ndarray  # (KH*KW*C_in, C_out)
+    # (N*OH*OW, KH*KW*C_in [+ 1]), see im2col; groups > 1: (groups, N*OH*OW, KH*KW*C_in/groups)
+    cols: np.ndarray
+    # (KH*KW*C_in, C_out); groups > 1: (groups, KH*KW*C_in/groups, C_out/groups)
+    w_mat: np.ndarray
 
 
 def im2col(
@@ -45,8 +56,13 @@ def im2col(
     out_h: int,
     out_w: int,
     ones: bool = False,
+    dh: int = 1,
+    dw: int = 1,
 ) -> np.ndarray:
     """x_padded: (N, Hp, Wp, C) -> cols: (N*OH*OW, KH*KW*C), plus a last column of ones if `ones`.
+
+    Tap (i, j) of window (oh, ow) reads x_padded[:, oh*sh + i*dh, ow*sw + j*dw]: (dh, dw) is the
+    dilation.
 
     Row m is the receptive field of output pixel m, ordered (kh, kw, c) like w.reshape(-1, C_out);
     the ones column is the input that multiplies the bias, so one GEMM adds it (and dW's GEMM
@@ -70,7 +86,7 @@ def im2col(
             first = (i * kw + j) * c
             # splitting the row axis into (N, OH, OW) is always a view, so this writes into cols
             block = cols[:, first : first + c].reshape(n, out_h, out_w, c)
-            block[...] = offset_view(x_padded, i, j, sh, sw, out_h, out_w)
+            block[...] = offset_view(x_padded, i * dh, j * dw, sh, sw, out_h, out_w)
     if ones:
         cols[:, -1] = 1
     return cols
@@ -82,10 +98,28 @@ def conv2d_forward(
     b: np.ndarray | None = None,
     stride: IntPair = 1,
     padding: Padding = 0,
+    dilation: IntPair = 1,
+    groups: int = 1,
 ) -> tuple[np.ndarray, Im2colConvCtx]:
-    """x: (N, H, W, C_in), w: (KH, KW, C_in, C_out), b: (C_out,) or None -> y: (N, OH, OW, C_out)."""
-    g = conv_geometry(x, w, b, stride, padding)
-    cols = im2col(pad_hw(x, g.ph, g.pw), g.kh, g.kw, g.sh, g.sw, g.out_h, g.out_w, ones=g.has_bias)
+    """x: (N, H, W, C_in), w: (KH, KW, C_in // groups, C_out), b: (C_out,) or None
+    -> y: (N, OH, OW, C_out) (kernels/contract.py states stride, padding, dilation, groups)."""
+    g = conv_geometry(x, w, b, stride, padding, dilation, groups)
+    x_padded = pad_conv_input(x, g)
+    unfold = (g.kh, g.kw, g.sh, g.sw, g.out_h, g.out_w)
+    if g.groups > 1:
+        cg = g.c_in_group
+        cols = np.stack(
+            [
+                im2col(x_padded[..., k * cg : (k + 1) * cg], *unfold, dh=g.dil_h, dw=g.dil_w)
+                for k in range(g.groups)
+            ]
+        )
+        w_mat = w.reshape(-1, g.groups, g.c_out_group).transpose(1, 0, 2)
+        y = (cols @ w_mat).transpose(1, 0, 2).reshape(g.y_shape)  # (G, M, C_out/G) -> NHWC
+        if b is not None:
+            y += b
+        return y, Im2colConvCtx(g, cols, w_mat)
+    cols = im2col(x_padded, *unfold, ones=g.has_bias, dh=g.dil_h, dw=g.dil_w)
     w_mat = w.reshape(-1, g.c_out)
     # with a bias, its row under w_mat meets the ones column of cols (see im2col)
     y = cols @ (w_mat if b is None else np.vstack([w_mat, b]))
@@ -96,8 +130,11 @@ def conv2d_backward(
     dy: np.ndarray, ctx: Im2colConvCtx, need_dx: bool = True
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
     """dy: (N, OH, OW, C_out) -> (dx (N, H, W, C_in) or None, dw like w, db (C_out,) or None)."""
+    check_ctx(ctx, Im2colConvCtx, "im2col")
     g, cols, w_mat = ctx.geometry, ctx.cols, ctx.w_mat
     check_grad(dy, g.y_shape, g.dtype)
+    if g.groups > 1:
+        return _grouped_backward(dy, g, cols, w_mat, need_dx)
     dy_mat = dy.reshape(-1, g.c_out)
     grads = cols.T @ dy_mat  # (KH*KW*C_in [+ 1], C_out): dw, then db's row
     dw = grads[: len(w_mat)].reshape(g.w_shape)
@@ -111,8 +148,29 @@ def conv2d_backward(
     else:
         dcols = dy_mat @ w_mat.T
     dcols = dcols.reshape(g.n, g.out_h, g.out_w, g.kh, g.kw, g.c_in)
-    dx_padded = col2im(dcols, g.padded_shape, g.sh, g.sw)
-    return unpad_hw(dx_padded, g.ph, g.pw), dw, db
+    return _col2im_cropped(dcols, g), dw, db
+
+
+def _col2im_cropped(dcols: np.ndarray, g: ConvGeometry) -> np.ndarray:
+    """dcols (N, OH, OW, KH, KW, C_in) -> dx (N, H, W, C_in): scattered back, padding cropped."""
+    dx_padded = col2im(dcols, g.padded_shape, g.sh, g.sw, g.dil_h, g.dil_w)
+    return crop_conv_input(dx_padded, g)
+
+
+def _grouped_backward(
+    dy: np.ndarray, g: ConvGeometry, cols: np.ndarray, w_mat: np.ndarray, need_dx: bool
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+    """conv2d_backward for groups > 1: cols (G, M, K), w_mat (G, K, C_out/G)."""
+    dy_groups = dy.reshape(-1, g.groups, g.c_out_group).transpose(1, 0, 2)  # (G, M, C_out/G)
+    dw = (cols.transpose(0, 2, 1) @ dy_groups).transpose(1, 0, 2).reshape(g.w_shape)
+    db = dy.sum(axis=(0, 1, 2)) if g.has_bias else None
+    if not need_dx:
+        return None, dw, db
+    dcols = (dy_groups @ w_mat.transpose(0, 2, 1)).reshape(
+        g.groups, g.n, g.out_h, g.out_w, g.kh, g.kw, g.c_in_group
+    )
+    dcols = dcols.transpose(1, 2, 3, 4, 5, 0, 6).reshape(*g.y_shape[:3], g.kh, g.kw, g.c_in)
+    return _col2im_cropped(dcols, g), dw, db
 
 
 def _offset(a: np.ndarray, g: PoolGeometry, k: int) -> np.ndarray:
@@ -122,22 +180,29 @@ def _offset(a: np.ndarray, g: PoolGeometry, k: int) -> np.ndarray:
 
 
 def maxpool2d_forward(
-    x: np.ndarray, size: IntPair = 2, stride: IntPair | None = None
+    x: np.ndarray,
+    size: IntPair = 2,
+    stride: IntPair | None = None,
+    padding: PoolPadding = 0,
+    ceil_mode: bool = False,
 ) -> tuple[np.ndarray, MaxPoolCtx]:
     """x: (N, H, W, C) -> y: (N, OH, OW, C). Ties go to the first maximum in row-major order.
 
     The unfolding is done lazily, one kernel offset at a time: a running maximum over KH*KW
     strided views costs KH*KW output-sized passes, where materialising the columns and reducing
-    along a strided axis costs several times more (the `small_pool` benchmark case).
+    along a strided axis costs several times more (the `small_pool` benchmark case). Padded
+    windows read x padded with -inf (geometry.pool_padded); padding never wins.
     """
-    g = pool_geometry(x, size, stride)
-    offsets = [_offset(x, g, k) for k in range(g.kh * g.kw)]
+    g = pool_geometry(x, size, stride, padding, ceil_mode)
+    source = x if g.plain else pool_padded(x, g, -np.inf)
+    offsets = [_offset(source, g, k) for k in range(g.kh * g.kw)]
     y = offsets[0].copy()
     for candidate in offsets[1:]:
         np.maximum(y, candidate, out=y)  # propagates NaN, as np.argmax picks NaN
     # The argmax counts the offsets passed before the first one equal to the maximum (or NaN where
     # the maximum is NaN): a running "still searching" mask, added up as 0/1. Per offset that is
-    # one compare, one AND and one add on small arrays, ~6x cheaper than np.where with a scalar
+    # one compare, one AND and one add on small arrays, several times cheaper than np.where with
+    # a scalar
     # (which broadcasts slowly) and far cheaper than boolean-mask writes.
     y_is_nan = np.isnan(y)
     y_is_nan = y_is_nan if y_is_nan.any() else None  # the common case skips the NaN passes
@@ -149,6 +214,8 @@ def maxpool2d_forward(
             missed &= ~(y_is_nan & np.isnan(candidate))
         searching &= missed
         argmax += searching
+    if not g.plain:
+        argmax = argmax_inside(g, argmax)
     return y, MaxPoolCtx(g, argmax)
 
 
@@ -156,10 +223,10 @@ def maxpool2d_backward(dy: np.ndarray, ctx: MaxPoolCtx) -> np.ndarray:
     """dy: (N, OH, OW, C) -> dx: (N, H, W, C); each window's gradient goes to its argmax."""
     g, argmax = ctx.geometry, ctx.argmax
     check_grad(dy, g.y_shape, g.dtype)
-    dx = np.zeros(g.x_shape, dtype=g.dtype)
+    dx = np.zeros(g.x_shape if g.plain else g.padded_shape, dtype=g.dtype)
     zero = g.dtype.type(0)
     # Windows that do not overlap own their pixels: mask * dy can be written straight into the
-    # strided view (4x cheaper than np.where + +=), but only for finite dy (0 * inf is NaN).
+    # strided view (cheaper than np.where + +=), but only for finite dy (0 * inf is NaN).
     write_directly = g.sh >= g.kh and g.sw >= g.kw and bool(np.isfinite(dy).all())
     for k in range(g.kh * g.kw):
         dx_view = _offset(dx, g, k)
@@ -168,18 +235,28 @@ def maxpool2d_backward(dy: np.ndarray, ctx: MaxPoolCtx) -> np.ndarray:
         else:
             # += so overlapping windows (stride < size) accumulate, exactly as col2im does
             dx_view += np.where(argmax == k, dy, zero)
-    return dx
+    return dx if g.plain else pool_unpadded(dx, g)
 
 
 def avgpool2d_forward(
-    x: np.ndarray, size: IntPair = 2, stride: IntPair | None = None
+    x: np.ndarray,
+    size: IntPair = 2,
+    stride: IntPair | None = None,
+    padding: PoolPadding = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
 ) -> tuple[np.ndarray, PoolCtx]:
-    """x: (N, H, W, C) -> y: (N, OH, OW, C), the mean of each window (summed per offset)."""
-    g = pool_geometry(x, size, stride)
-    y = _offset(x, g, 0).copy()
+    """x: (N, H, W, C) -> y: (N, OH, OW, C), the mean of each window (summed per offset; padded
+    windows over x padded with zeros, times geometry.pool_scales)."""
+    g = pool_geometry(x, size, stride, padding, ceil_mode, count_include_pad)
+    source = x if g.plain else pool_padded(x, g, 0.0)
+    y = _offset(source, g, 0).copy()
     for k in range(1, g.kh * g.kw):
-        y += _offset(x, g, k)
-    y *= g.dtype.type(1.0 / (g.kh * g.kw))
+        y += _offset(source, g, k)
+    if g.plain:
+        y *= g.dtype.type(1.0 / (g.kh * g.kw))
+    else:
+        y *= pool_scales(g)[:, :, None]
     return y, PoolCtx(g)
 
 
@@ -187,7 +264,10 @@ def avgpool2d_backward(dy: np.ndarray, ctx: PoolCtx) -> np.ndarray:
     """dy: (N, OH, OW, C) -> dx: (N, H, W, C); each window shares its gradient equally."""
     g = ctx.geometry
     check_grad(dy, g.y_shape, g.dtype)
-    share = (dy * g.dtype.type(1.0 / (g.kh * g.kw)))[:, :, :, None, None, :]
+    scale = g.dtype.type(1.0 / (g.kh * g.kw)) if g.plain else pool_scales(g)[:, :, None]
+    share = (dy * scale)[:, :, :, None, None, :]
     # a broadcast view: col2im reads it per offset, so the KH*KW copies are never materialised
     dcols = np.broadcast_to(share, (g.n, g.out_h, g.out_w, g.kh, g.kw, g.c))
-    return col2im(dcols, g.x_shape, g.sh, g.sw)
+    if g.plain:
+        return col2im(dcols, g.x_shape, g.sh, g.sw)
+    return pool_unpadded(col2im(dcols, g.padded_shape, g.sh, g.sw), g)

@@ -161,7 +161,7 @@ def dx_taps(g: ConvGeometry, lay: Layout, w: np.ndarray) -> tuple[np.ndarray, np
 
 
 # a zero-length array whose dtype is as wide as two values of the conv's dtype (see _from_planes):
-# int64 for float32 pairs (copied as plain bits; numba moves complex64 as two floats, which was as
+# int64 for float32 pairs (copied as plain bits; numba moves complex64 as two floats, which is as
 # slow as no pairing), complex128 for float64
 PAIR_LIKE = {
     np.dtype(np.float32): np.empty(0, np.int64),
@@ -171,10 +171,10 @@ PAIR_LIKE = {
 
 # Up to this many channels the copies into and out of the planes go a channel at a time (each
 # plane row written, or read, contiguously), above it a pixel at a time (each pixel's channels
-# read, or written, contiguously). Measured per 64 28x28 samples on one AVX2 core: into the
-# planes, 3 channels (the `lab_fit` case) 56 against 127 µs, 8 channels 135 against 201 µs,
-# 16 channels 278 against 274 µs; out of them, 3 channels 91 against 447 µs, 5 channels 147
-# against 407 µs, 8 channels 227 against 166 µs.
+# read, or written, contiguously). The crossover, timed per 64 28x28 samples on one core: into
+# the planes a channel at a time wins up to 8 channels (the `lab_fit` case has 3) and ties at 16;
+# out of them it wins up to 5 and loses at 8 (bench.conv mb64ic3ih28oc2kh2, the `lab_fit` case,
+# and the same with ic5, ic8 and ic16).
 FEW_CHANNELS_TO_PLANES = 8
 FEW_CHANNELS_FROM_PLANES = 5
 
@@ -214,8 +214,8 @@ def _unpool2(dyp, argmax, out):
 
     One loop over the channels per output pixel, each storing one stream: LLVM vectorises a
     loop only after checking at run time that its streams do not overlap, and with four output
-    pixels in one loop (six streams) that check is beyond its limit, so the loop stayed scalar
-    (10x slower on the `small` network's 16 channels)."""
+    pixels in one loop (six streams) that check is beyond its limit, so the loop stays scalar
+    (many times slower on the `small_pool` case's 16 channels)."""
     pooled_h, pooled_w, c_all = dyp.shape
     zero = out.dtype.type(0)
     for pr in range(pooled_h):

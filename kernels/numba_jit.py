@@ -13,6 +13,10 @@ Convolution, two ways:
            write the same accumulator.
 Pooling:   forward prange over (n, output row); backward prange over samples (windows of one sample
            may overlap, different samples never do).
+Depthwise (groups == C_in, kernels/depthwise.py): per-channel stencils vectorised over the
+           contiguous channel axis, padding, stride and dilation native; prange over rows.
+Other groups, dilation, asymmetric padding (kernels/decompose.py): exact rewrites into plain
+           convolutions run on the paths above; the ctx's `path` says which ran.
 Conv + 2x2 max-pool, fused (model.layers.Conv2D.forward_maxpool / backward_maxpool):
            forward on the register tiles, a tile being one pooling window; backward on the
            plane kernels, the pool's gradient spread into them a sample at a time.
@@ -31,18 +35,20 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from . import jitcache, numba_conv, numba_tiles, threads
-from .contract import ConvCtx, MaxPoolCtx, PoolCtx
+from . import decompose, depthwise, jitcache, numba_conv, numba_tiles, threads
+from .contract import ConvCtx, MaxPoolCtx, PoolCtx, check_ctx
 from .geometry import (
     ConvGeometry,
     IntPair,
     Padding,
     PoolGeometry,
+    PoolPadding,
     argmax_dtype,
     check_grad,
     conv_geometry,
     flipped_kernel,
     pool_geometry,
+    pool_scales,
     pooled_conv_geometry,
 )
 
@@ -51,7 +57,7 @@ _POOL_JIT: dict[str, Any] = dict(cache=True, parallel=True)
 # Below this many multiply-adds (conv) or elements (pooling) a kernel runs on the calling thread
 # alone: a parallel region is only as fast as its slowest thread, and for a tiny kernel the
 # hand-off costs more than the second core saves. Above it, both cores help, provided the other
-# core is free: OpenBLAS workers spin for ~0.1 s after every GEMM, so the trainer runs with one
+# core is free: OpenBLAS workers spin for a while after every GEMM, so the trainer runs with one
 # BLAS thread (model.training.TRAIN_BLAS_THREADS). 2**20 is the threshold at which the `small`
 # network's training step (the benchmark's epoch section, batch 64) is fastest on 2 cores.
 PARALLEL_MIN_WORK = 1 << 20
@@ -68,7 +74,7 @@ def _launch(kernel: Any, work: int, *args: Any) -> None:
     if work >= PARALLEL_MIN_WORK or available == 1:
         kernel(*args)
         return
-    numba.set_num_threads(1)  # thread-local, costs ~1 us
+    numba.set_num_threads(1)  # thread-local, and costs about a microsecond
     try:
         kernel(*args)
     finally:
@@ -112,8 +118,9 @@ def _maxpool_forward(x, kh, kw, sh, sw, y, argmax):
 @njit(**_POOL_JIT)
 def _maxpool2x2_forward(x, sh, sw, y, argmax):
     """_maxpool_forward for 2x2 windows, written out: one pass over the channels per window,
-    the four taps compared in registers (no scratch vectors), 6x faster than the general loop on
-    the `small_pool` benchmark case, whose 16 channels make each general pass two vectors long."""
+    the four taps compared in registers (no scratch vectors), several times faster than the
+    general loop on the `small_pool` benchmark case, whose 16 channels make each general pass two
+    vectors long."""
     n, c_all = x.shape[0], x.shape[3]
     out_h, out_w = y.shape[1], y.shape[2]
     for t in prange(n * out_h):
@@ -220,6 +227,112 @@ def _avgpool_backward(dy, kh, kw, sh, sw, scale, dx):
                             dx[ni, oh * sh + i, ow * sw + j, ch] += dy[ni, oh, ow, ch] * scale
 
 
+# Padded windows (padding, or a ceil_mode window past the input) run on kernels of their own
+# that clip each window to x (_inside) rather than read a padded copy of x. The unpadded kernels
+# above, tuned on the `small_pool` benchmark case, are left exactly as they are.
+
+
+@njit(cache=True)
+def _inside(start, k, size):
+    """(first, end): the taps t in [first, end) of a k-tap window starting at `start` (negative
+    in the top/left padding) that fall inside an axis of `size` elements."""
+    return max(0, -start), min(k, size - start)
+
+
+@njit(**_POOL_JIT)
+def _maxpool_forward_padded(x, kh, kw, sh, sw, pad_top, pad_left, y, argmax):
+    """_maxpool_forward over windows starting at (oh*sh - pad_top, ow*sw - pad_left): each
+    window's maximum over its taps inside x (padding never wins; PyTorch's pad <= k // 2 leaves
+    every window one), its argmax the flat index i*kw + j in the whole window."""
+    n, height, width, c_all = x.shape
+    out_h, out_w = y.shape[1], y.shape[2]
+    for t in prange(n * out_h):
+        ni, oh = t // out_h, t % out_h
+        best = np.empty(c_all, dtype=x.dtype)
+        which = np.empty(c_all, dtype=np.int32)
+        r0 = oh * sh - pad_top
+        i0, i1 = _inside(r0, kh, height)
+        for ow in range(out_w):
+            c0 = ow * sw - pad_left
+            j0, j1 = _inside(c0, kw, width)
+            for ch in range(c_all):
+                best[ch] = x[ni, r0 + i0, c0 + j0, ch]
+                which[ch] = np.int32(i0 * kw + j0)
+            for i in range(i0, i1):
+                for j in range(j0, j1):
+                    k32 = np.int32(i * kw + j)
+                    for ch in range(c_all):
+                        v, b = x[ni, r0 + i, c0 + j, ch], best[ch]
+                        take = (v > b) | ((v != v) & (b == b))  # as _maxpool_forward
+                        best[ch] = v if take else b
+                        which[ch] = k32 if take else which[ch]
+            for ch in range(c_all):
+                y[ni, oh, ow, ch] = best[ch]
+                argmax[ni, oh, ow, ch] = which[ch]
+
+
+@njit(**_POOL_JIT)
+def _maxpool_backward_padded(dy, argmax, kh, kw, sh, sw, pad_top, pad_left, dx):
+    """_maxpool_backward for _maxpool_forward_padded's windows (argmax is always inside x)."""
+    n, out_h, out_w, c_all = dy.shape
+    height, width = dx.shape[1], dx.shape[2]
+    for ni in prange(n):
+        for oh in range(out_h):
+            r0 = oh * sh - pad_top
+            i0, i1 = _inside(r0, kh, height)
+            for ow in range(out_w):
+                c0 = ow * sw - pad_left
+                j0, j1 = _inside(c0, kw, width)
+                for i in range(i0, i1):
+                    for j in range(j0, j1):
+                        for ch in range(c_all):
+                            if argmax[ni, oh, ow, ch] == i * kw + j:
+                                dx[ni, r0 + i, c0 + j, ch] += dy[ni, oh, ow, ch]
+
+
+@njit(**_POOL_JIT)
+def _avgpool_forward_padded(x, kh, kw, sh, sw, pad_top, pad_left, scales, y):
+    """y (N, OH, OW, C) = scales[oh, ow] * the sum of each window's taps inside x (padding
+    adds 0; the divisor rule is in scales, geometry.pool_scales)."""
+    n, height, width, c_all = x.shape
+    out_h, out_w = y.shape[1], y.shape[2]
+    for t in prange(n * out_h):
+        ni, oh = t // out_h, t % out_h
+        r0 = oh * sh - pad_top
+        i0, i1 = _inside(r0, kh, height)
+        for ow in range(out_w):
+            c0 = ow * sw - pad_left
+            j0, j1 = _inside(c0, kw, width)
+            for ch in range(c_all):
+                y[ni, oh, ow, ch] = 0
+            for i in range(i0, i1):
+                for j in range(j0, j1):
+                    for ch in range(c_all):
+                        y[ni, oh, ow, ch] += x[ni, r0 + i, c0 + j, ch]
+            scale = scales[oh, ow]
+            for ch in range(c_all):
+                y[ni, oh, ow, ch] *= scale
+
+
+@njit(**_POOL_JIT)
+def _avgpool_backward_padded(dy, kh, kw, sh, sw, pad_top, pad_left, scales, dx):
+    """dx (N, H, W, C), zeroed, += scales[oh, ow] * dy at each window's taps inside x."""
+    n, out_h, out_w, c_all = dy.shape
+    height, width = dx.shape[1], dx.shape[2]
+    for ni in prange(n):
+        for oh in range(out_h):
+            r0 = oh * sh - pad_top
+            i0, i1 = _inside(r0, kh, height)
+            for ow in range(out_w):
+                c0 = ow * sw - pad_left
+                j0, j1 = _inside(c0, kw, width)
+                scale = scales[oh, ow]
+                for i in range(i0, i1):
+                    for j in range(j0, j1):
+                        for ch in range(c_all):
+                            dx[ni, r0 + i, c0 + j, ch] += dy[ni, oh, ow, ch] * scale
+
+
 @dataclass(frozen=True, eq=False)
 class NumbaConvCtx(ConvCtx):
     """conv2d's ctx: x and w as the kernels read them, the plane layout and the forward taps."""
@@ -239,8 +352,10 @@ class TiledConvCtx(ConvCtx):
     w: np.ndarray  # (KH, KW, C_in, C_out), C-contiguous
 
 
-# the two conv ctx types: the plane kernels' and the many-channel tiles'
-NumbaCtx = NumbaConvCtx | TiledConvCtx
+# the conv ctx types: the plane kernels', the many-channel tiles', the depthwise kernels' and a
+# decomposed call's (groups, dilation, asymmetric padding)
+NumbaCtx = NumbaConvCtx | TiledConvCtx | depthwise.DepthwiseCtx | decompose.DecomposedCtx
+_CTX_TYPES = (NumbaConvCtx, TiledConvCtx, depthwise.DepthwiseCtx, decompose.DecomposedCtx)
 
 
 def _launch_tiles(
@@ -312,13 +427,21 @@ def conv2d_forward(
     b: np.ndarray | None = None,
     stride: IntPair = 1,
     padding: Padding = 0,
+    dilation: IntPair = 1,
+    groups: int = 1,
 ) -> tuple[np.ndarray, NumbaCtx]:
-    """x: (N, H, W, C_in), w: (KH, KW, C_in, C_out), b: (C_out,) or None -> y: (N, OH, OW, C_out).
+    """x: (N, H, W, C_in), w: (KH, KW, C_in // groups, C_out), b: (C_out,) or None
+    -> y: (N, OH, OW, C_out) (kernels/contract.py states stride, padding, dilation, groups).
 
     Same dtype as x (float32 or float64). ctx keeps x, w (C-contiguous), the layout and the tap
-    offsets for the backward pass.
+    offsets for the backward pass. Depthwise calls run on kernels/depthwise.py, other groups,
+    dilation or asymmetric padding by kernels/decompose.py.
     """
-    g = conv_geometry(x, w, b, stride, padding)
+    g = conv_geometry(x, w, b, stride, padding, dilation, groups)
+    if depthwise.applies(g):
+        return _depthwise_forward(g, x, w, b)
+    if not g.plain:
+        return decompose.forward(conv2d_forward, g, x, w, b, "numba")
     if numba_tiles.forward_applies(g):
         return _tiled_forward(g, x, w, b)
     x, w = np.ascontiguousarray(x), np.ascontiguousarray(w)
@@ -341,17 +464,81 @@ def conv2d_forward(
     return y, NumbaConvCtx(g, x, w, lay, offsets)
 
 
+def _depthwise_forward(
+    g: ConvGeometry, x: np.ndarray, w: np.ndarray, b: np.ndarray | None
+) -> tuple[np.ndarray, depthwise.DepthwiseCtx]:
+    """conv2d_forward by kernels/depthwise.py (groups == C_in): whole rows at a time where
+    depthwise.rows_apply, else a pixel at a time."""
+    ctx = depthwise.make_ctx(g, x, w)
+    multiplier = g.c_out // g.c_in
+    bias = np.zeros(g.c_out, dtype=g.dtype) if b is None else b
+    if depthwise.rows_apply(g):
+        block = depthwise.block_pixels(g.c_in)
+        y = np.empty(g.y_shape, dtype=g.dtype)
+        w_tiled = depthwise.tiled_weights(ctx.wt, block)
+        args = (g.sh, g.ph, g.pw, g.dil_h, g.dil_w, y)
+        _launch(
+            depthwise.forward_rows_kernel, g.flops // 2, ctx.x, w_tiled, np.tile(bias, block), *args
+        )
+        return y, ctx
+    out = np.empty(g.y_shape[:3] + (multiplier, g.c_in), dtype=g.dtype)
+    _launch(
+        depthwise.forward_kernel,
+        g.flops // 2,
+        ctx.x,
+        ctx.wt,
+        depthwise.to_m_major(bias, g.c_in),
+        *depthwise.geometry_args(g),
+        out,
+    )
+    y = out.reshape(g.y_shape) if multiplier == 1 else depthwise.from_m_major(out)
+    return y, ctx
+
+
+def _depthwise_backward(
+    dy: np.ndarray, ctx: depthwise.DepthwiseCtx, need_dx: bool
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+    """conv2d_backward by kernels/depthwise.py: dW a pixel at a time, dX by rows (the full
+    correlation: a forward with the kernel turned) where depthwise.rows_apply at stride 1."""
+    g = ctx.geometry
+    n_parts, work = _parts(g), g.flops // 2
+    db = dy.sum(axis=(0, 1, 2)) if g.has_bias else None
+    dy_m = depthwise.to_m_major(dy, g.c_in)  # (N, OH, OW, M, C_in); a view for M = 1
+    dw_parts = np.zeros((n_parts,) + ctx.wt.shape, dtype=g.dtype)
+    _launch(depthwise.dw_kernel, work, ctx.x, dy_m, *depthwise.geometry_args(g), dw_parts)
+    dw = depthwise.from_m_major(dw_parts.sum(axis=0)).reshape(g.w_shape)
+    if not need_dx:
+        return None, dw, db
+    dx = np.empty(g.x_shape, dtype=g.dtype)
+    if depthwise.rows_apply(g) and g.sh == 1:
+        block = depthwise.block_pixels(g.c_in)
+        w_turned = depthwise.tiled_weights(ctx.wt, block, flip=True)
+        no_bias = np.zeros(block * g.c_in, dtype=g.dtype)
+        pads = (g.kh_span - 1 - g.ph, g.kw_span - 1 - g.pw)
+        args = (1, *pads, g.dil_h, g.dil_w, dx)
+        _launch(depthwise.forward_rows_kernel, work, dy, w_turned, no_bias, *args)
+        return dx, dw, db
+    _launch(depthwise.dx_kernel, work, dy_m, ctx.wt, *depthwise.geometry_args(g), dx)
+    return dx, dw, db
+
+
 def conv2d_backward_ctx(
     x: np.ndarray,
     w: np.ndarray,
     b: np.ndarray | None = None,
     stride: IntPair = 1,
     padding: Padding = 0,
-) -> TiledConvCtx:
+    dilation: IntPair = 1,
+    groups: int = 1,
+) -> NumbaCtx | None:
     """conv2d_backward's ctx from the inputs alone (x and w; no forward run): what auto passes
     when another backend ran the forward. The backward takes it for every geometry (the plane
     kernels' layout and taps are rebuilt from it, see _plane_ctx)."""
-    g = conv_geometry(x, w, b, stride, padding)
+    g = conv_geometry(x, w, b, stride, padding, dilation, groups)
+    if depthwise.applies(g):
+        return depthwise.make_ctx(g, x, w)
+    if not g.plain:
+        return decompose.backward_ctx(conv2d_backward_ctx, g, x, w, b, "numba")
     return TiledConvCtx(g, np.ascontiguousarray(x), np.ascontiguousarray(w))
 
 
@@ -362,8 +549,13 @@ def conv2d_backward(
 
     need_dx=False skips the dX half of the kernel (first layer of a network).
     """
+    check_ctx(ctx, _CTX_TYPES, "numba")
     check_grad(dy, ctx.geometry.y_shape, ctx.geometry.dtype)
+    if isinstance(ctx, decompose.DecomposedCtx):
+        return decompose.backward(conv2d_backward, dy, ctx, need_dx)
     dy = np.ascontiguousarray(dy)
+    if isinstance(ctx, depthwise.DepthwiseCtx):
+        return _depthwise_backward(dy, ctx, need_dx)
     if isinstance(ctx, TiledConvCtx):
         if numba_tiles.backward_applies(ctx.geometry):
             dw, db = _tiled_dw(dy, ctx)
@@ -429,14 +621,22 @@ def _plane_backward(
 
 
 def maxpool2d_forward(
-    x: np.ndarray, size: IntPair = 2, stride: IntPair | None = None
+    x: np.ndarray,
+    size: IntPair = 2,
+    stride: IntPair | None = None,
+    padding: PoolPadding = 0,
+    ceil_mode: bool = False,
 ) -> tuple[np.ndarray, MaxPoolCtx]:
-    """x: (N, H, W, C) -> y: (N, OH, OW, C). Ties go to the first maximum in row-major order."""
-    g = pool_geometry(x, size, stride)
+    """x: (N, H, W, C) -> y: (N, OH, OW, C). Ties go to the first maximum in row-major order;
+    padding never wins a window."""
+    g = pool_geometry(x, size, stride, padding, ceil_mode)
     y = np.empty(g.y_shape, dtype=g.dtype)
     argmax = np.empty(g.y_shape, dtype=argmax_dtype(g.kh, g.kw))  # flat index i*KW + j
     x = np.ascontiguousarray(x)
-    if (g.kh, g.kw) == (2, 2):
+    if not g.plain:
+        args = (g.kh, g.kw, g.sh, g.sw, g.pad_top, g.pad_left, y, argmax)
+        _launch(_maxpool_forward_padded, x.size, x, *args)
+    elif (g.kh, g.kw) == (2, 2):
         _launch(_maxpool2x2_forward, x.size, x, g.sh, g.sw, y, argmax)
     else:
         _launch(_maxpool_forward, x.size, x, g.kh, g.kw, g.sh, g.sw, y, argmax)
@@ -445,8 +645,9 @@ def maxpool2d_forward(
 
 def fuses_maxpool(g: ConvGeometry, pg: PoolGeometry) -> bool:
     """True when conv2d_maxpool2d_forward runs conv geometry g followed by pool geometry pg: a
-    2x2 pool of stride 2 after a convolution the register tiles run."""
-    return numba_tiles.forward_applies(g) and (pg.kh, pg.kw, pg.sh, pg.sw) == (2, 2, 2, 2)
+    2x2 pool of stride 2, unpadded, after a plain convolution the register tiles run."""
+    two_by_two = (pg.kh, pg.kw, pg.sh, pg.sw) == (2, 2, 2, 2) and pg.plain
+    return g.plain and numba_tiles.forward_applies(g) and two_by_two
 
 
 def conv2d_maxpool2d_forward(
@@ -457,15 +658,18 @@ def conv2d_maxpool2d_forward(
     padding: Padding = 0,
     size: IntPair = 2,
     pool_stride: IntPair | None = None,
+    dilation: IntPair = 1,
+    groups: int = 1,
 ) -> tuple[np.ndarray, TiledConvCtx, MaxPoolCtx] | None:
     """maxpool2d_forward(conv2d_forward(x, w, b, stride, padding), size, pool_stride) in one
     pass, without writing the convolution's output: (y (N, OH//2, OW//2, C_out), the conv's
-    ctx, the pool's ctx), each what the separate call returns, y and the argmax to the bit
-    (numba_tiles.forward_maxpool2). None where it does not apply, and the caller runs the two:
+    ctx, the pool's ctx), each what the separate call returns: the argmax, and y to the bit in
+    float32 (in float64 within ulps: the two kernels are compiled apart and FMA contraction may
+    differ; tests/test_kernels_conv_maxpool.py) (numba_tiles.forward_maxpool2). None where it does not apply, and the caller runs the two:
     a pool other than 2x2 of stride 2, or a convolution the register tiles do not run
-    (numba_tiles.forward_applies). The `small` network's Conv2D + MaxPool2D forward: 0.37 ms
-    against 0.61 ms for the two calls (2-core AVX2 machine)."""
-    g = conv_geometry(x, w, b, stride, padding)
+    (numba_tiles.forward_applies). Faster than the two calls on the `small` network's Conv2D +
+    MaxPool2D forward (bench.compare's breakdown section, "0 Conv2D + 1 MaxPool2D forward")."""
+    g = conv_geometry(x, w, b, stride, padding, dilation, groups)
     pg = pooled_conv_geometry(g, size, pool_stride)
     if not fuses_maxpool(g, pg):
         return None
@@ -487,14 +691,20 @@ def conv2d_maxpool2d_backward(
     plane kernels (few input channels, as the `small` network's first layer), the pool's
     backward is done a sample at a time on the way into the planes, so its (N, OH, OW, C_out)
     gradient is never written. None (nothing run) otherwise: another pool, or a convolution
-    whose backward runs on the register tiles; the caller then runs the two calls."""
+    whose backward runs on the register tiles or is not plain (depthwise, decomposed); the
+    caller then runs the two calls."""
+    check_ctx(conv_ctx, _CTX_TYPES, "numba")
+    if not isinstance(conv_ctx, (NumbaConvCtx, TiledConvCtx)):
+        return None
     pg, g = pool_ctx.geometry, conv_ctx.geometry
     if pg.x_shape != g.y_shape:
         raise ValueError(
             f"pool_ctx: the pool of a {pg.x_shape} input, expected the pool of this "
             f"convolution's output {g.y_shape}"
         )
-    if (pg.kh, pg.kw, pg.sh, pg.sw) != (2, 2, 2, 2) or pool_ctx.argmax.dtype != _NO_ARGMAX.dtype:
+    if (pg.kh, pg.kw, pg.sh, pg.sw) != (2, 2, 2, 2) or not pg.plain:
+        return None  # the plane kernels undo only an unpadded 2x2 pool of stride 2
+    if pool_ctx.argmax.dtype != _NO_ARGMAX.dtype:
         return None
     if isinstance(conv_ctx, TiledConvCtx):
         if numba_tiles.backward_applies(g):
@@ -511,6 +721,11 @@ def maxpool2d_backward(dy: np.ndarray, ctx: MaxPoolCtx) -> np.ndarray:
     check_grad(dy, g.y_shape, g.dtype)
     dy = np.ascontiguousarray(dy)
     n, height, width, _ = g.x_shape
+    if not g.plain:
+        dx = np.zeros(g.x_shape, dtype=g.dtype)
+        args = (g.kh, g.kw, g.sh, g.sw, g.pad_top, g.pad_left, dx)
+        _launch(_maxpool_backward_padded, dx.size, dy, argmax, *args)
+        return dx
     if (g.sh, g.sw) == (g.kh, g.kw) and (height, width) == (g.out_h * g.kh, g.out_w * g.kw):
         dx = np.empty(g.x_shape, dtype=g.dtype)
         if (g.kh, g.kw) == (2, 2):
@@ -524,13 +739,24 @@ def maxpool2d_backward(dy: np.ndarray, ctx: MaxPoolCtx) -> np.ndarray:
 
 
 def avgpool2d_forward(
-    x: np.ndarray, size: IntPair = 2, stride: IntPair | None = None
+    x: np.ndarray,
+    size: IntPair = 2,
+    stride: IntPair | None = None,
+    padding: PoolPadding = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
 ) -> tuple[np.ndarray, PoolCtx]:
-    """x: (N, H, W, C) -> y: (N, OH, OW, C), the mean of each window."""
-    g = pool_geometry(x, size, stride)
+    """x: (N, H, W, C) -> y: (N, OH, OW, C), the mean of each window (padded windows: divided
+    as geometry.pool_counts says)."""
+    g = pool_geometry(x, size, stride, padding, ceil_mode, count_include_pad)
     y = np.empty(g.y_shape, dtype=g.dtype)
+    x = np.ascontiguousarray(x)
+    if not g.plain:
+        args = (g.kh, g.kw, g.sh, g.sw, g.pad_top, g.pad_left, pool_scales(g), y)
+        _launch(_avgpool_forward_padded, x.size, x, *args)
+        return y, PoolCtx(g)
     scale = g.dtype.type(1.0 / (g.kh * g.kw))
-    _launch(_avgpool_forward, x.size, np.ascontiguousarray(x), g.kh, g.kw, g.sh, g.sw, scale, y)
+    _launch(_avgpool_forward, x.size, x, g.kh, g.kw, g.sh, g.sw, scale, y)
     return y, PoolCtx(g)
 
 
@@ -539,8 +765,13 @@ def avgpool2d_backward(dy: np.ndarray, ctx: PoolCtx) -> np.ndarray:
     g = ctx.geometry
     check_grad(dy, g.y_shape, g.dtype)
     dx = np.zeros(g.x_shape, dtype=g.dtype)
+    dy = np.ascontiguousarray(dy)
+    if not g.plain:
+        args = (g.kh, g.kw, g.sh, g.sw, g.pad_top, g.pad_left, pool_scales(g), dx)
+        _launch(_avgpool_backward_padded, dx.size, dy, *args)
+        return dx
     scale = g.dtype.type(1.0 / (g.kh * g.kw))
-    _launch(_avgpool_backward, dx.size, np.ascontiguousarray(dy), g.kh, g.kw, g.sh, g.sw, scale, dx)
+    _launch(_avgpool_backward, dx.size, dy, g.kh, g.kw, g.sh, g.sw, scale, dx)
     return dx
 
 
@@ -572,6 +803,13 @@ def warmup(dtypes=None, ops=None) -> None:
                 conv2d_backward(np.ones_like(y), conv_ctx)
             if "maxpool2d" in ops:  # the fused conv + 2x2 max-pool forward
                 conv2d_maxpool2d_forward(many, w, None, 1, 1, 2, 2)
+            # the depthwise kernels (kernels/depthwise.py): by rows (multiplier 1, stride 1)
+            # and a pixel at a time (multiplier 2)
+            channels = np.ones((1, 4, 4, 2), dtype=dtype)
+            for c_out in (2, 4):
+                w_depthwise = np.ones((3, 3, 1, c_out), dtype)
+                y, conv_ctx = conv2d_forward(channels, w_depthwise, None, 1, 1, 1, 2)
+                conv2d_backward(np.ones_like(y), conv_ctx)
         if "maxpool2d" in ops:
             tiled = np.ones((1, 4, 4, 1), dtype=dtype)
             for window_input, size, stride in ((x, 2, 1), (tiled, 2, 2), (x, 3, 3), (x, 3, 1)):
@@ -579,14 +817,18 @@ def warmup(dtypes=None, ops=None) -> None:
                 # own), and a size other than 2x2 (the general forward kernel)
                 y, max_ctx = maxpool2d_forward(window_input, size, stride)
                 maxpool2d_backward(np.ones_like(y), max_ctx)
+            # padded windows (their own kernels): ResNet's stem pool, 3x3 stride 2 padding 1
+            y, max_ctx = maxpool2d_forward(x, 3, 2, 1)
+            maxpool2d_backward(np.ones_like(y), max_ctx)
         if "avgpool2d" in ops:
-            y, avg_ctx = avgpool2d_forward(x, 2, 1)
-            avgpool2d_backward(np.ones_like(y), avg_ctx)
+            for padding in (0, 1):  # unpadded and padded windows
+                y, avg_ctx = avgpool2d_forward(x, 2, 1, padding)
+                avgpool2d_backward(np.ones_like(y), avg_ctx)
     jitcache.mark_cached(_maxpool_forward, _SOURCES, dtypes, ops)
 
 
 # the files whose kernels warmup() compiles (numba's cache is keyed on them)
-_SOURCES = (__file__, numba_conv.__file__, numba_tiles.__file__)
+_SOURCES = (__file__, numba_conv.__file__, numba_tiles.__file__, depthwise.__file__)
 
 
 def _warmup_args(dtypes, ops) -> tuple[tuple, tuple[str, ...]]:

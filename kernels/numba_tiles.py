@@ -11,10 +11,10 @@ with w2 = w reshaped to (KH, KW*C_in, C_out): a product of the (never materialis
 matrix with w2. The kernels below compute it in tiles of TILE output pixels x LANES output
 channels (5 x 16 float32 = ten AVX2 registers). Per step j of the reduction a tile loads LANES
 weights once and each pixel's input once, and does TILE x LANES multiply-adds on values that
-stay in registers until the tile is finished: 80-87 GFLOP/s per core on the `mid`, `stride2`
-and `deep_conv2` benchmark cases' forward (one thread, interleaved A/B on a 2-core AVX2 machine,
-about 90% of numpy's matmul peak per core), where the loops of kernels/numba_conv.py (bound by
-loads and stores of their output planes) reached about 20% of the peak.
+stay in registers until the tile is finished. On the `mid`, `stride2` and `deep_conv2`
+benchmark cases' forward this runs near numpy's matmul peak per core (the report's layer table
+gives GFLOP/s and % peak), where the loops of kernels/numba_conv.py are bound by loads and
+stores of their output planes.
 
     forward(x, y, w2, bias, sh, sw, ph, pw)     y = conv(x) + bias, as above
     dx for stride 1                             forward() again: the gradient of a stride-1
@@ -48,8 +48,9 @@ Two numba details make the tiles work:
   unrolled is promoted to registers.
 - LLVM's SLP vectoriser turns the unrolled LANES scalar multiply-adds of a pixel into vector
   instructions. numba switches it off by default; the kernels here are compiled with it on
-  (slp_vectorize()). Without it they compile to scalar code 20x slower. fastmath is "contract"
-  only: with "reassoc" LLVM vectorises the reduction axis instead (gathers, 5x slower).
+  (slp_vectorize()). Without it they compile to scalar code, an order of magnitude slower.
+  fastmath is "contract" only: with "reassoc" LLVM vectorises the reduction axis instead
+  (gathers, several times slower).
 """
 
 from __future__ import annotations
@@ -75,13 +76,13 @@ LANES = 16  # channels per tile: two AVX2 vectors of float32
 # The tiled backward (dW, dX) takes a geometry with at least this many input channels; below it
 # the plane kernels of kernels/numba_conv.py are faster there (the `small_conv` and `deep_conv1`
 # cases have 1 input channel, `lab_fit` 3), while the tiled forward wins from one input channel
-# on (`deep_conv1` forward: 0.43 ms against 0.92 ms on 2 cores).
+# on (the `deep_conv1` case's forward, bench.conv mb64ic1ih28oc32kh3ph1).
 MIN_C_IN = 8
 
 # Serial kernels that release the GIL: the caller runs one per core on blocks of samples
 # (kernels/gemm.py's thread pool). numba's prange is not used here: a parallel kernel loaded from
-# numba's on-disk cache ran these tiles at half the speed of the freshly compiled one (the
-# `mid` benchmark case's forward, 1 thread: 2.9 ms against 1.35 ms), a serial one at full speed.
+# numba's on-disk cache ran these tiles at about half the speed of the freshly compiled one (the
+# `mid` benchmark case's forward on 1 thread), a serial one at full speed.
 JIT_OPTIONS: dict[str, Any] = dict(cache=True, nogil=True, fastmath={"contract"})
 
 
@@ -123,20 +124,22 @@ def run_blocks(
     *args: Any,
     sums: tuple[tuple[int, ...], ...] = (),
     dtype: Any = None,
+    loop_vectorize: bool = True,
 ) -> list[np.ndarray]:
     """kernel(*(a[lo:hi] for a in blocked), *accumulators, *args) for n_parts blocks lo:hi of
     the samples (the leading axis) at once, on kernels/gemm.py's thread pool, compiled with the
     SLP vectoriser on (the kernels here are serial and release the GIL).
 
     sums: the shapes of accumulators the kernel adds into (dW, db): each block gets its own,
-    zeroed, in `dtype`, so threads never share one; returned summed over the blocks."""
+    zeroed, in `dtype`, so threads never share one; returned summed over the blocks.
+    loop_vectorize: False compiles the kernel with LLVM's loop vectoriser off (slp_vectorize)."""
     n = blocked[0].shape[0]
     parts = [np.zeros((n_parts, *shape), dtype=dtype) for shape in sums]
     pieces = [
         tuple(a[lo:hi] for a in blocked) + tuple(p[i] for p in parts) + args
         for i, (lo, hi) in enumerate(gemm.split_bounds(n, n_parts))
     ]
-    with slp_vectorize():
+    with slp_vectorize(loop_vectorize):
         gemm.run_pieces(kernel, pieces)
     return [p.sum(axis=0) for p in parts]
 
@@ -145,17 +148,25 @@ _SLP_LOCK = threading.RLock()
 
 
 @contextlib.contextmanager
-def slp_vectorize() -> Iterator[None]:
-    """Compile (on first call) with LLVM's SLP vectoriser on; numba's config is global, so it is
-    switched back afterwards and the lock keeps two threads from interleaving the switch."""
+def slp_vectorize(loop_vectorize: bool = True) -> Iterator[None]:
+    """Compile (on first call) with LLVM's SLP vectoriser on, and the loop vectoriser on or off;
+    numba's config is global, so it is switched back afterwards and the lock keeps two threads
+    from interleaving the switch.
+
+    The loop vectoriser off: with AVX-512's gathers and scatters its cost model vectorises a
+    register tile's reduction loop across the tile's rows instead, a masked gather and scatter
+    of the tile per multiply-add, and the tile never reaches registers (winograd_tiles' dW tiles,
+    `mb8ic64ih56oc64oh56kh3ph1` backward-weights: 1.2 GFLOP/s per core). AVX2 has no scatter,
+    so the SLP vectoriser alone handled these loops there."""
     config: Any = numba.core.config
     with _SLP_LOCK:
-        before = config.SLP_VECTORIZE
+        before = config.SLP_VECTORIZE, config.LOOP_VECTORIZE
         config.SLP_VECTORIZE = 1
+        config.LOOP_VECTORIZE = int(loop_vectorize)
         try:
             yield
         finally:
-            config.SLP_VECTORIZE = before
+            config.SLP_VECTORIZE, config.LOOP_VECTORIZE = before
 
 
 def _stack_array_typing(typingctx, count, dtype):

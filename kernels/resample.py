@@ -9,11 +9,12 @@ and the output is the bilinear blend of the four input pixels around (y, x), tho
 image reading zero. The arithmetic is model/augment.py's NumPy formulation, operation for
 operation (float64 positions and weights, each weight rounded to the image dtype, the four terms
 added in the order (0, 0), (0, 1), (1, 0), (1, 1)), so both give the same bits; the tests keep the
-NumPy form as the reference. Compiled, a batch of 64 MNIST images takes about a third of the
-NumPy form's time, which gathers through (N, H, W) index arrays four times.
+NumPy form as the reference. Compiled, a batch of 64 MNIST images takes a fraction of the
+NumPy form's time, which gathers through (N, H, W) index arrays four times (bench.compare's
+breakdown section, "augmentation").
 
 rotate_shift_batch splits the images over kernels/gemm.py's thread pool (the kernel releases the
-GIL) rather than compiling a parallel (prange) version, which took 2.6 s instead of 1 s to
+GIL) rather than compiling a parallel (prange) version, which takes more than twice as long to
 compile on a cold cache's first augmented batch. The images are independent, so the split
 changes no bits.
 """

@@ -5,14 +5,14 @@ GEMMs split over a thread pool (kernels/gemm.py) and numpy's own single-threaded
 default threading layer on Linux is OpenMP (GNU libgomp), whose idle workers spin for a while
 (GOMP_SPINCOUNT, 300 000 polls) after every parallel region before they sleep: on 2 cores that
 takes a core from the GEMM that follows. Started with GOMP_SPINCOUNT=0, they go to sleep at
-once; the `deep` network's training step (bench.compare's breakdown section) runs about 15%
-faster that way, measured on a 2-core AVX2 machine.
+once; the `deep` network's training step (bench.compare's breakdown section) runs faster that
+way on 2 cores.
 
 libgomp reads the variable once, when numba's OpenMP layer loads it, so launch() sets it only
 around that moment, and the kernels call launch() before their first parallel region rather than
 at import. A process holds one libgomp: PyTorch's bundled copy has the same name, so whichever
 loads first decides for both. PyTorch run after our kernels in one process would get sleeping
-workers too and run its `deep` epoch about 8% slower (measured on the same machine), so the
+workers too and run its `deep` epoch slower (bench.compare's epoch section), so the
 benchmark times PyTorch in worker processes of its own (bench/peers.py), and a process that never
 runs our parallel kernels (`model.train --framework torch`) leaves libgomp's defaults alone. A
 GOMP_SPINCOUNT or OMP_WAIT_POLICY the user set is left alone.

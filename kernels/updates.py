@@ -1,8 +1,9 @@
 """Optimizer updates compiled into one pass over each parameter (model/optim.py calls them).
 
 NumPy's form of an Adam step makes about ten passes over every parameter, each allocating a
-temporary: 1.4 ms per step for the `deep` network's 0.42 M parameters (bench.compare's breakdown
-section, "optimizer update"), 5% of its step. Fused, each element is read and written once.
+temporary, a visible part of the `deep` network's step with its 0.42 M parameters
+(bench.compare's breakdown section, "optimizer update"). Fused, each element is read and written
+once.
 
 The arithmetic is NumPy's, in the same order and the parameter's dtype, with no fastmath (so no
 fused multiply-adds): the results are bit-identical to model/optim.py's NumPy path, which the
@@ -29,7 +30,7 @@ def momentum(p, g, velocity, mu, lr):
 
 # error_model="numpy": a float division by zero gives inf/NaN as in NumPy; numba's default
 # ("python") tests every divisor to raise ZeroDivisionError, and the branch stops LLVM from
-# vectorising the loop (4x slower on the `deep` update).
+# vectorising the loop (several times slower on the `deep` update).
 @njit(cache=True, error_model="numpy")
 def adam(p, g, m, v, beta1, one_minus_beta1, beta2, one_minus_beta2, step, inv_sqrt_bc2, eps):
     """m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;  p -= step * m / (sqrt(v) inv_sqrt_bc2

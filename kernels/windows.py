@@ -20,8 +20,13 @@ def offset_view(a: np.ndarray, i: int, j: int, sh: int, sw: int, out_h: int, out
     return a[:, i : i + sh * out_h : sh, j : j + sw * out_w : sw, :]
 
 
-def col2im(dcols: np.ndarray, padded_shape: tuple[int, ...], sh: int, sw: int) -> np.ndarray:
+def col2im(
+    dcols: np.ndarray, padded_shape: tuple[int, ...], sh: int, sw: int, dh: int = 1, dw: int = 1
+) -> np.ndarray:
     """dcols: (N, OH, OW, KH, KW, C) -> dx_padded: padded_shape, summing overlapping windows.
+
+    Tap (i, j) of window (oh, ow) is element (oh*sh + i*dh, ow*sw + j*dw): (dh, dw) is the
+    convolution's dilation.
 
     Accumulates per kernel offset (`+=` on a strided slice): within one offset no two output
     positions touch the same input element, so there is no need for a slow np.add.at.
@@ -30,6 +35,6 @@ def col2im(dcols: np.ndarray, padded_shape: tuple[int, ...], sh: int, sw: int) -
     dx_padded = np.zeros(padded_shape, dtype=dcols.dtype)
     for i in range(kh):
         for j in range(kw):
-            dx_view = offset_view(dx_padded, i, j, sh, sw, out_h, out_w)
+            dx_view = offset_view(dx_padded, i * dh, j * dw, sh, sw, out_h, out_w)
             dx_view += dcols[:, :, :, i, j, :]
     return dx_padded

@@ -55,8 +55,10 @@ results differ from the direct sum by more than rounding of the same sum would: 
 error grows with the tile size (F(4x4) multiplies inputs by up to 5 and outputs by up to 8).
 tests/test_kernels_winograd.py measures it; float64 stays within ~1e-12 of naive.
 
-Anything else (kernels other than 3x3, stride > 1) and pooling run on the `numba` backend
-(FALLBACK), looked up through the registry; the ctx's `path` says which path ran.
+Anything else (kernels other than 3x3, stride > 1, and any groups, dilation or asymmetric
+padding) and pooling run on the `numba` backend (FALLBACK), looked up through the registry; the
+ctx's `path` says which path ran, with the fallback's own path where it has one
+("fallback:numba (numba depthwise)").
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import gemm, jitcache, numba_tiles, threads, winograd_tiles
-from .contract import ConvCtx
+from .contract import ConvCtx, check_ctx
 from .geometry import ConvGeometry, check_grad, conv_geometry, flipped_kernel
 
 FALLBACK = "numba"
@@ -114,8 +116,23 @@ def transforms(m: int, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def native(g: ConvGeometry) -> bool:
-    """True when Winograd runs this convolution itself: a 3x3 kernel at stride 1."""
-    return (g.kh, g.kw, g.sh, g.sw) == (3, 3, 1, 1)
+    """True when Winograd runs this convolution itself: a plain (one group, no dilation,
+    symmetric padding) 3x3 kernel at stride 1."""
+    return g.plain and (g.kh, g.kw, g.sh, g.sw) == (3, 3, 1, 1)
+
+
+def declined(g: ConvGeometry) -> str:
+    """Why a 3x3 stride-1 convolution runs on FALLBACK instead ("" when Winograd runs it): the
+    batched path with fewer than winograd_tiles.MIN_CHANNELS channels in or out. Its GEMMs
+    then have a K or N of a few channels and its transforms a vector or two per tile, and the
+    direct tiles were 5-15x faster (forward + backward, one process, interleaved:
+    `mb64ic1ih28oc16oh28kh3ph1` (small_conv), `mb8ic16ih28oc8oh28kh3ph1`,
+    `mb2ic3ih224oc64oh224kh3ph1` (vgg16:conv1_1)); from 32 channels on (`mb8ic32ih28oc512oh28kh3ph1`)
+    the batched path is the faster."""
+    few = min(g.c_in, g.c_out) < winograd_tiles.MIN_CHANNELS
+    if not native(g) or winograd_tiles.applies(g) or not few:
+        return ""
+    return f"declined: fewer than {winograd_tiles.MIN_CHANNELS} channels in or out, on {FALLBACK}"
 
 
 def tile_size(g: ConvGeometry) -> int:
@@ -124,10 +141,10 @@ def tile_size(g: ConvGeometry) -> int:
 
     F(4x4) does 1.8x fewer multiplies than F(2x2), and its 36 GEMMs of P/4 rows run closer to
     the BLAS peak than F(2x2)'s 16 of P rows; it pays for the part of its last tiles that falls
-    outside the output (a 14x14 output computes 16x16: 1.31x). The `deep_conv2` and `mid`
-    benchmark cases (14x14 outputs) ran faster with batched F(4x4) than with batched F(2x2)
-    (they now take the fused path), so F(2x2) is kept for outputs
-    where F(4x4) would compute more than 1.5x the output (e.g. 6x6, computed as 8x8).
+    outside the output (a 14x14 output computes 16x16: 1.31x). On the 14x14 outputs of the
+    `deep_conv2` and `mid` benchmark cases, run on this path rather than the fused one they take,
+    batched F(4x4) is faster than batched F(2x2), so F(2x2) is kept for outputs where F(4x4)
+    would compute more than 1.5x the output (e.g. 6x6, computed as 8x8).
     """
     wasted4 = (math.ceil(g.out_h / 4) * 4 * math.ceil(g.out_w / 4) * 4) / (g.out_h * g.out_w)
     return 4 if wasted4 <= 1.5 else 2
@@ -377,6 +394,7 @@ def _fused_backward(dy, ctx: FusedWinogradCtx, need_dx: bool):
         *blocking,
         sums=((16, g.c_in, g.c_out), (g.c_out,)),
         dtype=g.dtype,
+        loop_vectorize=False,  # AVX-512: keeps dU's register tiles in registers (slp_vectorize)
     )
     dw = _filter_transform_adjoint(gm, du).astype(g.dtype, copy=False)
     db = db_sum if g.has_bias else None
@@ -394,17 +412,24 @@ def _fused_backward(dy, ctx: FusedWinogradCtx, need_dx: bool):
     return dx, dw, db
 
 
-def conv2d_forward(x, w, b=None, stride=1, padding=0):
-    """x: (N, H, W, C_in), w: (KH, KW, C_in, C_out), b: (C_out,) or None -> y: (N, OH, OW, C_out).
+def _fallback_path(inner: Any) -> str:
+    """The ctx path of a fallback call: the fallback's name, and its own path if it has one."""
+    inner_path = getattr(inner, "path", None)
+    return f"fallback:{FALLBACK}" + (f" ({inner_path})" if inner_path else "")
 
-    Same dtype as x. 3x3 stride-1 convolutions run as Winograd: fused F(2x2, 3x3) per sample
-    where winograd_tiles.applies (16 channels and more), else F(m x m, 3 x 3) over the batch (m
-    from tile_size); others on the FALLBACK backend.
+
+def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
+    """x: (N, H, W, C_in), w: (KH, KW, C_in // groups, C_out), b: (C_out,) or None
+    -> y: (N, OH, OW, C_out) (kernels/contract.py states stride, padding, dilation, groups).
+
+    Same dtype as x. Plain 3x3 stride-1 convolutions run as Winograd: fused F(2x2, 3x3) per
+    sample where winograd_tiles.applies (16 channels and more), else F(m x m, 3 x 3) over the
+    batch (m from tile_size); others on the FALLBACK backend (native(g)).
     """
-    g = conv_geometry(x, w, b, stride, padding)
-    if not native(g):
-        y, inner = _fallback().conv2d_forward(x, w, b, stride, padding)
-        return y, WinogradConvCtx(g, f"fallback:{FALLBACK}", inner=inner)
+    g = conv_geometry(x, w, b, stride, padding, dilation, groups)
+    if not native(g) or declined(g):
+        y, inner = _fallback().conv2d_forward(x, w, b, stride, padding, dilation, groups)
+        return y, WinogradConvCtx(g, declined(g) or _fallback_path(inner), inner=inner)
     if winograd_tiles.applies(g):
         return _fused_forward(g, x, w, b)
     threads.launch()  # before the first parallel kernel (kernels/threads.py)
@@ -423,14 +448,16 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0):
     return y, WinogradConvCtx(g, f"winograd F({m}x{m},3x3)", m, (tiles_h, tiles_w), v, u)
 
 
-def conv2d_backward_ctx(x, w, b=None, stride=1, padding=0):
+def conv2d_backward_ctx(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
     """conv2d_backward's ctx from the inputs alone, for auto when another backend ran the
     forward: the fused path's (x and w) and the fallback's; None on the batched path, whose
-    backward reads the forward's transformed tiles."""
-    g = conv_geometry(x, w, b, stride, padding)
-    if not native(g):
-        inner = _fallback().conv2d_backward_ctx(x, w, b, stride, padding)
-        return WinogradConvCtx(g, f"fallback:{FALLBACK}", inner=inner)
+    backward reads the forward's transformed tiles (and where the fallback gives None)."""
+    g = conv_geometry(x, w, b, stride, padding, dilation, groups)
+    if not native(g) or declined(g):
+        inner = _fallback().conv2d_backward_ctx(x, w, b, stride, padding, dilation, groups)
+        if inner is None:
+            return None
+        return WinogradConvCtx(g, declined(g) or _fallback_path(inner), inner=inner)
     if winograd_tiles.applies(g):
         return FusedWinogradCtx(g, FUSED_PATH, np.ascontiguousarray(x), np.ascontiguousarray(w))
     return None
@@ -438,6 +465,7 @@ def conv2d_backward_ctx(x, w, b=None, stride=1, padding=0):
 
 def conv2d_backward(dy, ctx: WinogradConvCtx | FusedWinogradCtx, need_dx=True):
     """dy: (N, OH, OW, C_out) -> (dx (N, H, W, C_in) or None, dw like w, db (C_out,) or None)."""
+    check_ctx(ctx, (WinogradConvCtx, FusedWinogradCtx), "winograd")
     g = ctx.geometry
     if isinstance(ctx, FusedWinogradCtx):
         check_grad(dy, g.y_shape, g.dtype)
@@ -468,9 +496,9 @@ def conv2d_backward(dy, ctx: WinogradConvCtx | FusedWinogradCtx, need_dx=True):
     return dx, dw, db
 
 
-def maxpool2d_forward(x, size=2, stride=None):
+def maxpool2d_forward(x, size=2, stride=None, padding=0, ceil_mode=False):
     """Pooling is not a convolution: it runs on the FALLBACK backend (same ctx)."""
-    return _fallback().maxpool2d_forward(x, size, stride)
+    return _fallback().maxpool2d_forward(x, size, stride, padding, ceil_mode)
 
 
 def maxpool2d_backward(dy, ctx):
@@ -478,9 +506,9 @@ def maxpool2d_backward(dy, ctx):
     return _fallback().maxpool2d_backward(dy, ctx)
 
 
-def avgpool2d_forward(x, size=2, stride=None):
+def avgpool2d_forward(x, size=2, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
     """Pooling is not a convolution: it runs on the FALLBACK backend (same ctx)."""
-    return _fallback().avgpool2d_forward(x, size, stride)
+    return _fallback().avgpool2d_forward(x, size, stride, padding, ceil_mode, count_include_pad)
 
 
 def avgpool2d_backward(dy, ctx):

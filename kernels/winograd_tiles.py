@@ -32,6 +32,7 @@ from __future__ import annotations
 import numpy as np
 from numba import carray, njit
 
+from . import isa
 from .geometry import ConvGeometry
 from .numba_tiles import JIT_OPTIONS, LANES, TILE, load_sample, stack_array
 
@@ -40,13 +41,18 @@ from .numba_tiles import JIT_OPTIONS, LANES, TILE, load_sample, stack_array
 MIN_CHANNELS = LANES
 
 
+# the share of a core's L2 the filter transform U (16, C_in, C_out) may fill for the fused path
+L2_SHARE_FOR_U = 8
+
+
 def applies(g: ConvGeometry) -> bool:
     """True when the fused F(2x2) runs geometry g (3x3, stride 1, checked by the caller):
-    LANES channels in and out, TILE tiles per sample, and padding of at most 2 (dX's full
-    correlation pads dy by 2 - padding)."""
+    LANES channels in and out, U small enough for the cache (u_fits_cache), TILE tiles per
+    sample, and padding of at most 2 (dX's full correlation pads dy by 2 - padding)."""
     tiles = -(-g.out_h // 2) * -(-g.out_w // 2)
     return (
         min(g.c_in, g.c_out) >= MIN_CHANNELS
+        and u_fits_cache(g.c_in, g.c_out, g.dtype.itemsize)
         and tiles >= TILE
         and g.height >= 2  # dX's output, computed as tiles too
         and g.width >= 2
@@ -54,6 +60,17 @@ def applies(g: ConvGeometry) -> bool:
         and g.ph <= 2
         and g.pw <= 2
     )
+
+
+def u_fits_cache(c_in: int, c_out: int, itemsize: int) -> bool:
+    """True when the filter transform U (16, C_in, C_out) fills at most 1/L2_SHARE_FOR_U of a
+    core's L2. forward() reads all of U for every TILE tiles, and dw_tiles adds into a dU as
+    large for every block of tiles: only in cache do so few tiles per pass keep the multiplies
+    busy. Past it the batched path's BLAS GEMMs over every tile of the batch run faster
+    (forward + backward, one process, interleaved, on a 2 MB L2: fused 0.63x of batched at
+    `mb8ic64ih56oc64oh56kh3ph1` (U 256 KB), 1.3x at `mb2ic64ih112oc128oh112kh3ph1` (512 KB),
+    1.4x at `mb8ic128ih28oc128oh28kh3ph1` (1 MB), 1.8x at `mb8ic256ih14oc256oh14kh3ph1`)."""
+    return 16 * c_in * c_out * itemsize <= isa.l2_bytes() // L2_SHARE_FOR_U
 
 
 # dw_tiles' tiles per block (whole rows of tiles, at least TILE tiles): the block's transformed
@@ -94,8 +111,8 @@ VEC = 8
 
 # Indices below are unsigned (U = uint64): numba adds wraparound code (for negative indices) to
 # every signed index it cannot prove non-negative, and that code kept the transforms' loads and
-# stores scalar; a slice per operand instead costs more than the arithmetic (3x, the
-# `deep_conv2` input transform).
+# stores scalar; a slice per operand instead costs more than the arithmetic (the
+# `deep_conv2` case's input transform).
 U = np.uint64
 
 
@@ -103,7 +120,7 @@ def _planes(n_tiles: int, c: int, itemsize: int) -> int:
     """Tiles to allocate per plane of a (16, tiles, C) scratch: at least n_tiles, and a plane
     size that is not close to a multiple of 4 KB. The transforms write (or read) all 16 planes
     in one step; at a 4 KB multiple apart those accesses stall on cache aliasing (the `big`
-    case's 64-channel planes ran its input transform 3x slower)."""
+    case's 64-channel planes make its input transform several times slower)."""
     tiles = n_tiles
     while min((tiles * c * itemsize) % 4096, 4096 - (tiles * c * itemsize) % 4096) < 256:
         tiles += 1
@@ -266,8 +283,7 @@ def _matmul_tn_tiles(a, b, out):
 def _matmul_tn_exact(a, b, out):
     """_matmul_tn_tiles for even M, N a multiple of LANES: 6-row tiles, then one or two 4-row
     tiles end exactly at M, so no tile needs a guard (a guarded add in a tile's loops keeps the
-    tile in memory rather than registers: the `mid` and `deep_conv2` dW at 0.65-0.8x the
-    speed)."""
+    tile in memory rather than registers, which slows the `mid` and `deep_conv2` cases' dW)."""
     m, n = a.shape[1], b.shape[1]
     m6 = m - m % 6 - (6 if m % 6 == 2 else 0)
     for c0 in range(0, n, LANES):
@@ -307,16 +323,15 @@ def _tn_rows6(a, b, ra, cb, dst, dr, dc):
         for c in range(LANES):
             tile[e, c] = 0
     for t in range(a.shape[0]):
-        b_row = b[t, cb : cb + LANES]
-        a_row = a[t, ra : ra + 6]
+        a_row, b_row = a[t], b[t]
         for e in range(6):
-            x = a_row[e]
+            x = a_row[ra + e]
             for c in range(LANES):
-                tile[e, c] += x * b_row[c]
+                tile[e, c] += x * b_row[cb + c]
     for e in range(6):
-        o = dst[dr + e, dc : dc + LANES]
+        o = dst[dr + e]
         for c in range(LANES):
-            o[c] += tile[e, c]
+            o[dc + c] += tile[e, c]
 
 
 @njit(inline="always", **JIT_OPTIONS)
@@ -328,16 +343,15 @@ def _tn_rows4(a, b, ra, cb, dst, dr, dc):
         for c in range(LANES):
             tile[e, c] = 0
     for t in range(a.shape[0]):
-        b_row = b[t, cb : cb + LANES]
-        a_row = a[t, ra : ra + 4]
+        a_row, b_row = a[t], b[t]
         for e in range(4):
-            x = a_row[e]
+            x = a_row[ra + e]
             for c in range(LANES):
-                tile[e, c] += x * b_row[c]
+                tile[e, c] += x * b_row[cb + c]
     for e in range(4):
-        o = dst[dr + e, dc : dc + LANES]
+        o = dst[dr + e]
         for c in range(LANES):
-            o[c] += tile[e, c]
+            o[dc + c] += tile[e, c]
 
 
 @njit(**JIT_OPTIONS)

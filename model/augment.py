@@ -1,7 +1,11 @@
 """Augmentation of training batches: random shifts and rotations, resampled bilinearly.
 
+>>> import numpy as np
 >>> from model.augment import augment_batch
->>> xb = augment_batch(xb, rng)   # (N, H, W, C) float -> same shape and dtype, a new array
+>>> xb = np.zeros((8, 28, 28, 1), np.float32)
+>>> out = augment_batch(xb, np.random.default_rng(0))   # a new array, same shape and dtype
+>>> out.shape, out.dtype, out is xb
+((8, 28, 28, 1), dtype('float32'), False)
 """
 
 from __future__ import annotations

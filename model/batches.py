@@ -1,11 +1,14 @@
 """Arrays for training: MNIST's uint8 images as float NHWC, standardisation, subsets, batches.
 
 >>> import numpy as np
-
-from .checks import nonnegative_int, positive_int
->>> from model.batches import scale, iterate_batches
->>> x = scale(data.x_train)                   # (60000, 28, 28, 1) float32 in [0, 1]
->>> for xb, yb in iterate_batches(x, data.y_train, 64, rng=np.random.default_rng(0)): ...
+>>> from model.batches import iterate_batches, scale
+>>> images = np.full((100, 28, 28), 255, np.uint8)   # MNIST's (N, 28, 28) uint8
+>>> x = scale(images)                                # (N, 28, 28, 1) float32 in [0, 1]
+>>> x.shape, x.dtype, float(x.max())
+((100, 28, 28, 1), dtype('float32'), 1.0)
+>>> labels = np.arange(100) % 10
+>>> [len(xb) for xb, yb in iterate_batches(x, labels, 64, rng=np.random.default_rng(0))]
+[64, 36]
 """
 
 from __future__ import annotations

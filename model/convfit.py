@@ -1,10 +1,13 @@
 """The conv lab's algorithm: learn convolution kernels so that conv2d(input) ~= target.
 
     >>> from model.convfit import fit_conv, generate_data
-    >>> data = generate_data(samples=100, channels=3, size=28, kernels=2, kernel_size=2, seed=0)
+    >>> data = generate_data(samples=20, channels=3, size=8, kernels=2, kernel_size=2, seed=0)
+    >>> data["input"].shape, data["target"].shape          # NCHW in, NKHW out (valid conv)
+    ((20, 3, 8, 8), (20, 2, 7, 7))
     >>> fit = fit_conv(data["input"], data["target"], num_kernels=2, kernel_size=2,
-    ...                lr=0.1, epochs=10, backend="im2col")
-    >>> fit.kernels.shape, fit.losses[-1]                  # (2, 3, 2, 2), about 0.09
+    ...                lr=0.1, epochs=3, backend="im2col")
+    >>> fit.kernels.shape, len(fit.losses), fit.losses[-1] < fit.losses[0]
+    ((2, 3, 2, 2), 3, True)
 
 `model.npyfiles` reads and writes the lab's .npy files; `python -m model.fitconv` is the CLI.
 

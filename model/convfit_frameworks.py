@@ -1,8 +1,12 @@
 """The conv lab's fit in PyTorch or Keras: the same model, data order, start and epoch losses.
 
+    >>> from model.convfit import generate_data
     >>> from model.convfit_frameworks import fit_conv_framework
+    >>> data = generate_data(samples=20, channels=3, size=8, kernels=2, kernel_size=2, seed=0)
     >>> fit = fit_conv_framework("torch", data["input"], data["target"], None, None, lr=0.1,
-    ...                          epochs=10)                  # a model.convfit.ConvFit
+    ...                          epochs=2)                   # a model.convfit.ConvFit
+    >>> fit.kernels.shape, len(fit.losses)                  # (K, C, kh, kw), one loss per epoch
+    ((2, 3, 2, 2), 2)
 
 The model is model.convfit's: K kernels, valid, stride 1, optional bias and ReLU, MSE (mean over a
 batch's target elements), plain SGD or Adam (betas 0.9, 0.999, eps 1e-8; Keras adds eps before
@@ -17,12 +21,12 @@ torch and tensorflow are imported only when a fit asks for them, so `model` neve
 
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
 
 from .convfit import ConvFit, FitPlan, check_diverged, plan_fit
+from .tensorflow_import import import_tensorflow
 
 FRAMEWORKS = ("numpy", "torch", "keras")
 PEERS_INSTALL = 'pip install -e ".[peers]"'
@@ -39,11 +43,10 @@ def _import_torch():
 
 
 def _import_keras():
-    # TensorFlow logs CPU-feature notices to stderr on import; the lab's output is its epoch lines.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # TensorFlow writes start-up lines to stderr on import; the lab's output is its epoch lines.
     try:
+        import_tensorflow()  # Keras's backend here
         import keras
-        import tensorflow  # noqa: F401  (Keras's backend here)
     except ImportError:
         raise ImportError(
             "framework 'keras' needs TensorFlow and Keras, which are not installed: "

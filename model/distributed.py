@@ -15,12 +15,18 @@ batch's mean and variance, and the running statistics stay identical everywhere.
 not depend on the number of ranks, only --batch-size does.
 
 Rank 0 alone prints, draws and writes checkpoints (model.train); a failure on any rank ends the
-whole job (see `Communicator.abort`).
+whole job (see `Communicator.abort`). Ctrl-C is agreed like a failure: while training, SIGINT
+only sets a flag (`Communicator.interrupts_at_a_step`), the step's Allreduce carries it, and
+every rank raises KeyboardInterrupt after the same step, so rank 0 saves and all ranks exit
+together; a KeyboardInterrupt raised wherever the signal happened to land on one rank would
+leave the others waiting in an Allreduce it never joins.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 
 import numpy as np
@@ -69,6 +75,7 @@ class Communicator:
         self.comm, self._mpi = comm, mpi
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self.flat: np.ndarray | None = None
+        self.interrupted = False  # SIGINT seen here, not yet agreed (interrupts_at_a_step)
 
     @property
     def is_root(self) -> bool:
@@ -99,18 +106,35 @@ class Communicator:
             for array in layer.buffers.values():
                 self.comm.Bcast(array, root=0)
 
+    @contextlib.contextmanager
+    def interrupts_at_a_step(self):
+        """Within: SIGINT sets self.interrupted instead of raising KeyboardInterrupt, and
+        reduce_step raises KeyboardInterrupt on every rank at the first step whose Allreduce
+        carries a rank's flag. Outside (loading data, compiling), Ctrl-C raises as usual and
+        model.train ends the job with Communicator.abort."""
+
+        def note(signum, frame):
+            self.interrupted = True
+
+        previous = signal.signal(signal.SIGINT, note)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
     def reduce_step(
         self, net, loss_sum: float, correct: int, nonfinite: bool = False, error: bool = False
     ) -> tuple[float, int]:
         """Sum the gradients (each already this rank's share of the global mean) in place in
         one Allreduce of one flat buffer, with the batch's loss sum, correct count, a
-        non-finite-loss count and a failed-rank count. Returns the global (loss sum,
-        correct); on every rank, before any weight changes, RankFailed when a rank's step
-        raised (`error`), else NonFiniteLoss when a rank's loss was NaN or infinite."""
+        non-finite-loss count, a failed-rank count and an interrupted-rank count. Returns the
+        global (loss sum, correct); on every rank, before any weight changes, RankFailed when
+        a rank's step raised (`error`), else KeyboardInterrupt when a rank saw SIGINT (see
+        interrupts_at_a_step), else NonFiniteLoss when a rank's loss was NaN or infinite."""
         grads = [] if error else [layer.grads[name] for _, layer, name in net.parameters()]
         size = sum(layer.params[name].size for _, layer, name in net.parameters())
-        if self.flat is None or self.flat.size != size + 4:
-            self.flat = np.empty(size + 4, dtype=net.dtype)
+        if self.flat is None or self.flat.size != size + 5:
+            self.flat = np.empty(size + 5, dtype=net.dtype)
         flat = self.flat
         flat[:] = 0
         at = 0
@@ -118,16 +142,20 @@ class Communicator:
             flat[at : at + g.size] = g.ravel()
             at += g.size
         ok = not (error or nonfinite)
-        flat[-4:] = (
+        flat[-5:] = (
             loss_sum if ok else 0.0,
             correct if ok else 0,
             nonfinite,
             float(error),
+            float(self.interrupted),
         )
         self.comm.Allreduce(self._mpi.IN_PLACE, flat, op=self._mpi.SUM)
-        if flat[-1] > 0:
-            raise RankFailed(int(flat[-1]))
         if flat[-2] > 0:
+            raise RankFailed(int(flat[-2]))
+        if flat[-1] > 0:
+            self.interrupted = False
+            raise KeyboardInterrupt
+        if flat[-3] > 0:
             raise NonFiniteLoss(float("nan"))
         at = 0
         for _, layer, name in net.parameters():
@@ -136,7 +164,7 @@ class Communicator:
             g = layer.grads[name]
             layer.grads[name] = flat[at : at + g.size].reshape(g.shape)
             at += g.size
-        return float(flat[-4]), int(round(float(flat[-3])))
+        return float(flat[-5]), int(round(float(flat[-4])))
 
     def test_failure(self, step: int) -> None:
         test_failure(self.rank, step)

@@ -1,7 +1,10 @@
 """The lab's NCHW convolution, conv2d(inputs, kernels), and the small example `fitconv demo` shows.
 
+    >>> import numpy as np
     >>> from model.labconv import conv2d
-    >>> conv2d(np.ones((3, 5, 5)), np.ones((2, 3, 3, 3))).shape     # (2, 3, 3), every value 27.0
+    >>> y = conv2d(np.ones((3, 5, 5)), np.ones((2, 3, 3, 3)))   # (C, H, W), (K, C, kh, kw)
+    >>> y.shape, float(y.min()), float(y.max())                  # (K, H-kh+1, W-kw+1)
+    ((2, 3, 3), 27.0, 27.0)
 
 Valid (no padding), stride-1 cross-correlation, as in the lab's targets. The kernels package works
 in NHWC / HWIO; conv2d converts to and from that layout around one backend's conv2d_forward.

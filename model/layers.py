@@ -92,10 +92,12 @@ def _check_features(x, expected: int, layer: str, axis_name: str):
 class Conv2D(Layer):
     """2-D convolution (cross-correlation). x: (N, H, W, C_in) -> y: (N, OH, OW, C_out).
 
-    Weights are HWIO `(KH, KW, C_in, C_out)`, bias `(C_out,)`, initialised by `init` ("uniform":
-    PyTorch's default, U(+-1/sqrt(KH*KW*C_in)); "he": He-normal weights, zero bias). `need_dx=False`
-    tells the backend not to compute the input gradient: the first layer of a network has nobody
-    to pass it to.
+    Weights are HWIO `(KH, KW, C_in // groups, C_out)`, bias `(C_out,)`, initialised by `init`
+    ("uniform": PyTorch's default, U(+-1/sqrt(fan_in)); "he": He-normal weights, zero bias), with
+    fan_in = KH*KW*C_in // groups. stride, padding, dilation and groups mean what they mean in
+    torch.nn.Conv2d (kernels/contract.py; padding also "same" as TensorFlow pads it, or
+    ((top, bottom), (left, right))). `need_dx=False` tells the backend not to compute the input
+    gradient: the first layer of a network has nobody to pass it to.
     """
 
     no_decay = frozenset({"b"})
@@ -113,19 +115,29 @@ class Conv2D(Layer):
         bias=True,
         need_dx=True,
         init="uniform",
+        dilation=1,
+        groups=1,
     ):
         super().__init__()
         kh, kw = as_pair(kernel_size, "kernel_size")
         positive_int(in_channels, "Conv2D: in_channels")
         positive_int(out_channels, "Conv2D: out_channels")
+        positive_int(groups, "Conv2D: groups")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"Conv2D: groups={groups} must divide in_channels={in_channels} and "
+                f"out_channels={out_channels}"
+            )
         rng = np.random.default_rng() if rng is None else rng
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel_size, self.stride, self.padding = (kh, kw), stride, padding
+        self.dilation, self.groups = dilation, int(groups)
         self.backend_name, self.backend = backend, get_backend(backend)
         self.need_dx = need_dx
-        w_shape = (kh, kw, self.in_channels, self.out_channels)
+        group_in = self.in_channels // self.groups
+        w_shape = (kh, kw, group_in, self.out_channels)
         self.init = init  # kept so that the layer's spec (model/spec.py) rebuilds it
-        _init_params(self, init, rng, w_shape, kh * kw * self.in_channels, bias, dtype)
+        _init_params(self, init, rng, w_shape, kh * kw * group_in, bias, dtype)
         self._ctx = None
 
     def use_backend(self, backend, name: str) -> None:
@@ -137,9 +149,20 @@ class Conv2D(Layer):
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         _check_features(x, self.in_channels, "Conv2D", "channels")
         y, self._ctx = self.backend.conv2d_forward(
-            x, self.params["w"], self.params.get("b"), stride=self.stride, padding=self.padding
+            x, self.params["w"], self.params.get("b"), **self._options()
         )
         return y
+
+    def _options(self) -> dict:
+        """The keyword arguments of this layer's conv2d calls; dilation and groups only when
+        set, so a backend object written before they existed (a user's) still runs plain
+        convolutions."""
+        options = {"stride": self.stride, "padding": self.padding}
+        if as_pair(self.dilation, "dilation") != (1, 1):
+            options["dilation"] = self.dilation
+        if self.groups != 1:
+            options["groups"] = self.groups
+        return options
 
     def forward_maxpool(
         self, x: np.ndarray, pool: MaxPool2D, training: bool = False
@@ -149,11 +172,11 @@ class Conv2D(Layer):
         the pool runs on the same backend; both layers keep their ctx, so their backward passes
         are unchanged. None (nothing run) otherwise."""
         fused = getattr(self.backend, "conv2d_maxpool2d_forward", None)
-        if fused is None or pool.backend is not self.backend:
+        if fused is None or pool.backend is not self.backend or not pool.plain:
             return None
         _check_features(x, self.in_channels, "Conv2D", "channels")
         w, b = self.params["w"], self.params.get("b")
-        result = fused(x, w, b, self.stride, self.padding, pool.size, pool.stride)
+        result = fused(x, w, b, size=pool.size, pool_stride=pool.stride, **self._options())
         if result is None:
             return None
         y, self._ctx, pool._ctx = result
@@ -183,22 +206,45 @@ class Conv2D(Layer):
         return dx
 
     def __repr__(self):
+        extra = "".join(
+            f", {name}={value}"
+            for name, value in (("dilation", self.dilation), ("groups", self.groups))
+            if value not in (1, (1, 1))
+        )
         return (
             f"Conv2D({self.in_channels}->{self.out_channels}, {self.kernel_size}, "
-            f"stride={self.stride}, padding={self.padding}, backend={self.backend_name!r})"
+            f"stride={self.stride}, padding={self.padding}{extra}, "
+            f"backend={self.backend_name!r})"
         )
 
 
 class _Pool2D(Layer):
-    """Shared wiring of the two pools; `kind` picks the backend functions."""
+    """Shared wiring of the two pools; `kind` picks the backend functions. padding (n, (ph, pw)
+    or ((top, bottom), (left, right))) and ceil_mode mean what they mean in torch.nn.MaxPool2d."""
 
     kind = ""
 
-    def __init__(self, size=2, stride=None, backend="im2col"):
+    def __init__(self, size=2, stride=None, backend="im2col", padding=0, ceil_mode=False):
         super().__init__()
         self.size, self.stride = size, stride
+        self.padding, self.ceil_mode = padding, bool(ceil_mode)
         self.use_backend(get_backend(backend), backend)
         self._ctx = None
+
+    @property
+    def plain(self) -> bool:
+        """No padding and floor division: the pool the fused conv/BatchNorm + pool passes run."""
+        return self.padding in (0, (0, 0)) and not self.ceil_mode
+
+    def _options(self) -> dict:
+        # Only what differs from the defaults, so a user's backend object written before pool
+        # padding existed still runs plain pools.
+        options: dict = {"size": self.size, "stride": self.stride}
+        if self.padding not in (0, (0, 0)):
+            options["padding"] = self.padding
+        if self.ceil_mode:
+            options["ceil_mode"] = True
+        return options
 
     def use_backend(self, backend, name: str) -> None:
         """As Conv2D.use_backend."""
@@ -207,14 +253,19 @@ class _Pool2D(Layer):
         self._backward = getattr(backend, f"{self.kind}pool2d_backward")
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        y, self._ctx = self._forward(x, size=self.size, stride=self.stride)
+        y, self._ctx = self._forward(x, **self._options())
         return y
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         return self._backward(dy, self._ctx)
 
     def __repr__(self):
-        return f"{type(self).__name__}({self.size}, stride={self.stride}, backend={self.backend_name!r})"
+        extra = f", padding={self.padding}" if self.padding not in (0, (0, 0)) else ""
+        extra += ", ceil_mode=True" if self.ceil_mode else ""
+        return (
+            f"{type(self).__name__}({self.size}, stride={self.stride}{extra}, "
+            f"backend={self.backend_name!r})"
+        )
 
 
 class MaxPool2D(_Pool2D):
@@ -224,9 +275,28 @@ class MaxPool2D(_Pool2D):
 
 
 class AvgPool2D(_Pool2D):
-    """x: (N, H, W, C) -> (N, OH, OW, C), the mean of each window."""
+    """x: (N, H, W, C) -> (N, OH, OW, C), the mean of each window; count_include_pad (PyTorch's
+    default True) counts the padding in a padded window's divisor."""
 
     kind = "avg"
+
+    def __init__(
+        self,
+        size=2,
+        stride=None,
+        backend="im2col",
+        padding=0,
+        ceil_mode=False,
+        count_include_pad=True,
+    ):
+        super().__init__(size, stride, backend, padding, ceil_mode)
+        self.count_include_pad = bool(count_include_pad)
+
+    def _options(self) -> dict:
+        options = super()._options()
+        if not self.count_include_pad:
+            options["count_include_pad"] = False
+        return options
 
 
 def fusable(layer: Layer, following: Layer) -> bool:
@@ -409,7 +479,7 @@ class BatchNorm(Layer):
         if not training or self.reduce is not None or not batchnorm_pool.applies(x.shape):
             return None
         size, stride = as_pair(pool.size, "size"), as_pair(pool.stride or pool.size, "stride")
-        if (size, stride) != ((2, 2), (2, 2)):
+        if (size, stride) != ((2, 2), (2, 2)) or not pool.plain:
             return None
         _check_features(x, self.num_features, "BatchNorm", "channels/features")
         x = np.ascontiguousarray(x)

@@ -1,9 +1,9 @@
 """MNIST on disk: find it, download it (checked against SHA-256), read it.
 
     >>> from model.mnist import load_mnist
-    >>> data = load_mnist("/path/to/mnist")   # or $MNIST_DIR, the cache, a download
-    >>> data.x_train.shape, data.x_train.dtype
-    ((60000, 28, 28), dtype('uint8'))
+    >>> data = load_mnist()   # a directory, else $MNIST_DIR, the cache, a download
+    >>> data.x_train.shape, data.x_train.dtype, data.y_train.shape
+    ((60000, 28, 28), dtype('uint8'), (60000,))
 
 Where load_mnist looks, in order (the first that has the data wins):
   1. `data_dir`, else $MNIST_DIR: the four IDX files (gzipped or not) or a Keras-style mnist.npz.
@@ -29,6 +29,10 @@ from http.client import HTTPException
 from pathlib import Path
 
 import numpy as np
+
+from .atomic import default_file_mode
+from .npyfiles import not_an_npz
+from .tensorflow_import import import_tensorflow
 
 MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -161,6 +165,9 @@ def _load_dir(directory: Path, what: str) -> MNIST | None:
 
 
 def _load_npz(path: Path, what: str) -> MNIST:
+    problem = not_an_npz(path)
+    if problem:
+        raise MNISTFormatError(f"{path}: {problem}")
     try:
         archive = np.load(path, allow_pickle=False)
     except Exception as exc:  # BadZipFile, OSError, EOFError, ValueError: all mean "not an npz"
@@ -282,7 +289,7 @@ def _fetch(url: str, target: Path, sha256: str, progress: bool, timeout: float) 
             os.fsync(out.fileno())  # the bytes are on disk before the name says "complete"
         if digest.hexdigest() != sha256.lower():
             raise DownloadError(f"SHA-256 mismatch: got {digest.hexdigest()}, expected {sha256}")
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a shared $CONVBENCH_CACHE should be readable
+        os.chmod(tmp, default_file_mode())  # mkstemp makes 0600: a shared cache must be readable
         os.replace(tmp, target)
     except BaseException:
         try:
@@ -295,7 +302,7 @@ def _fetch(url: str, target: Path, sha256: str, progress: bool, timeout: float) 
 def _load_from_keras() -> MNIST | None:
     """MNIST from tf.keras.datasets (which keeps its own cache), or None without TensorFlow."""
     try:
-        import tensorflow as tf
+        tf = import_tensorflow()
     except ImportError:
         return None
     (x_train, y_train), (x_test, y_test) = tf.keras.datasets.mnist.load_data()
@@ -306,7 +313,12 @@ def _load_from_keras() -> MNIST | None:
 
 
 def load_mnist(
-    data_dir=None, cache_dir=None, download: bool = True, mirrors=MIRRORS, progress: bool = True
+    data_dir=None,
+    cache_dir=None,
+    download: bool = True,
+    mirrors=MIRRORS,
+    progress: bool = True,
+    data_dir_name: str = "data_dir",
 ) -> MNIST:
     """MNIST from the first source that has it (see the module docstring for the order).
 
@@ -315,12 +327,18 @@ def load_mnist(
     when `data_dir` / $MNIST_DIR lacks the files, MNISTFormatError (a ValueError) naming the file
     when a file is corrupt, and FileNotFoundError explaining how to provide the data when no
     source has it. With download=False neither the mirrors nor TensorFlow are tried.
+    `data_dir_name` names `data_dir` in errors (a CLI passes its option, "--data-dir").
     """
-    given, what = data_dir, "data_dir"
+    given, what = data_dir, data_dir_name
     if given is None and os.environ.get("MNIST_DIR"):
         given, what = os.environ["MNIST_DIR"], "MNIST_DIR"
     if given is not None:
         directory = Path(given).expanduser()
+        if directory.exists() and not directory.is_dir():
+            raise NotADirectoryError(
+                f"MNIST directory {directory} ({what}) is a file, not a directory; give the "
+                f"directory that holds {_expected_names()}"
+            )
         if not directory.is_dir():
             raise FileNotFoundError(
                 f"MNIST directory {directory} ({what}) does not exist; expected {_expected_names()}"
@@ -333,8 +351,8 @@ def load_mnist(
                 if path is None
             ]
             raise FileNotFoundError(
-                f"MNIST directory {directory} ({what}) lacks "
-                f"{', '.join(missing)}; expected {_expected_names()}"
+                f"MNIST directory {directory} ({what}) lacks {', '.join(missing)} (it needs all "
+                f"four IDX files, gzipped or not, or {NPZ_FILE} with {', '.join(IDX_FILES)})"
             )
         return data
 

@@ -25,18 +25,20 @@ from threadpoolctl import threadpool_limits
 from .atomic import write_atomically
 from .layers import fusable
 from .losses import NonFiniteLoss, class_indices, softmax, softmax_cross_entropy
+from .npyfiles import not_an_npz
 from .optim import OPTIMIZERS, Optimizer
 from .spec import build_layers, parse_spec, spec_of
 from .training import fit
 
 # The named architectures: aliases for specs (model/spec.py). small: He-normal weights and zero
-# biases, with which its defaults (SGD with momentum at 0.05, the 20-step warmup) were tuned; from
-# PyTorch's smaller default weights it starts more slowly (2,000 MNIST images, 2 epochs: 90.1%
-# against 92.3%; the full 3-epoch run ends the same, 98.7%). deep: no conv bias before BatchNorm
-# (BN's shift makes it redundant), PyTorch's default initialisation: from He's weights, sqrt(6)x
-# larger, Adam turns the BN-normalised conv weights more slowly (reports/parity/README.md). Both
-# pool before the ReLU: the two commute (max of ReLUs = ReLU of the max, and where a window's
-# maximum is <= 0 both give zero gradient), and the ReLU then touches 4x fewer values.
+# biases, with which its defaults (SGD with momentum at 0.05, the 20-step warmup) are tuned; from
+# PyTorch's smaller default weights (the spec's init=uniform) it starts more slowly on 2,000
+# images over 2 epochs (`--train-limit 2000 --epochs 2`) and ends the full 3-epoch run the same.
+# deep: no conv bias before BatchNorm (BN's shift makes it redundant), PyTorch's default
+# initialisation: from He's weights, sqrt(6)x larger, Adam turns the BN-normalised conv weights
+# more slowly (reports/parity/README.md). Both pool before the ReLU: the two commute (max of
+# ReLUs = ReLU of the max, and where a window's maximum is <= 0 both give zero gradient), and the
+# ReLU then touches 4x fewer values.
 ARCHITECTURES = {
     "small": "conv(16,3,pad=1,init=he),maxpool(2),relu,flatten,dense(128,init=he),relu,"
     "dense(10,init=he)",
@@ -243,8 +245,8 @@ class Sequential:
         """The BLAS setting for evaluation passes: one thread when a layer's backend splits its
         own work over the cores (numba, winograd, auto; kernels/gemm.py), as training runs them.
         With two, OpenBLAS's idle worker spins between calls and takes a core from those
-        kernels: `deep` with auto predicts 5,200 images/s that way against 7,500 on one BLAS
-        thread (2-core AVX2 machine, measured back to back)."""
+        kernels: `deep` with auto predicts markedly fewer images a second that way than on one
+        BLAS thread (bench.compare's inference section runs prediction this way)."""
         names = {getattr(layer, "backend_name", None) for layer in self.layers}
         if names & SELF_THREADED_BACKENDS:
             return threadpool_limits(limits=1, user_api="blas")
@@ -348,6 +350,9 @@ def read_checkpoint(path) -> tuple[dict, dict[str, np.ndarray]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    problem = not_an_npz(path)
+    if problem:
+        raise ValueError(f"checkpoint {path} is not a readable convbench checkpoint: {problem}")
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}

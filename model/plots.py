@@ -1,8 +1,14 @@
 """Training plots: a grid of test predictions and the loss/accuracy history, saved as PNG.
 
-    >>> from model.plots import plot_history, plot_predictions, maybe_show
-    >>> plot_predictions(images[:10], labels[:10], preds[:10], "out/predictions.png", probs=p)
-    >>> plot_history(history, "out/history.png")
+    >>> import numpy as np
+    >>> from model.plots import plot_history, plot_predictions
+    >>> images = np.zeros((4, 28, 28), np.float32)      # (N, 28, 28) or (N, 28, 28, 1)
+    >>> plot_predictions(images, [1, 2, 3, 4], [1, 2, 3, 5], "predictions.png").name
+    'predictions.png'
+    >>> history = {"epoch": [1, 2], "train_loss": [0.5, 0.3], "train_acc": [0.9, 0.95],
+    ...            "test_loss": [0.4, 0.35], "test_acc": [0.91, 0.93]}
+    >>> plot_history(history, "history.png").name
+    'history.png'
 
 Without a display (Linux with neither DISPLAY nor WAYLAND_DISPLAY) plots are only saved, never
 shown, and the non-interactive Agg backend is selected at import so nothing tries to open a window.
@@ -126,13 +132,31 @@ def _image_range(images: np.ndarray) -> tuple:
     return None, None
 
 
-def predictions_figure(images, true_labels, pred_labels, probs=None, show: bool = False) -> Figure:
+def pick_examples(true_labels, pred_labels, count: int = GRID_ROWS * GRID_COLS, seed: int = 0):
+    """Indices of up to `count` examples for the predictions grid: mistakes first (up to half of
+    the grid, more when there are too few right ones), then right ones, each drawn at random
+    (seeded). A grid of ten random digits of a 98% model rarely shows the 2% it gets wrong.
+
+    true_labels, pred_labels: (N,) ints. Returns (min(count, N),) int indices."""
+    true_labels, pred_labels = np.asarray(true_labels), np.asarray(pred_labels)
+    rng = np.random.default_rng(seed)
+    wrong = rng.permutation(np.flatnonzero(true_labels != pred_labels))
+    right = rng.permutation(np.flatnonzero(true_labels == pred_labels))
+    count = min(count, len(true_labels))
+    n_wrong = min(len(wrong), max(count // 2, count - len(right)))
+    return np.concatenate([wrong[:n_wrong], right[: count - n_wrong]]).astype(int)
+
+
+def predictions_figure(
+    images, true_labels, pred_labels, probs=None, show: bool = False, title: str | None = None
+) -> Figure:
     """The 2x5 grid of the first (up to) 10 images, each titled "true T / pred P" [+ "p=0.98"].
 
     images: (N, H, W) or (N, H, W, 1), uint8 or float; true_labels, pred_labels: (N,) ints;
     probs: None, (N,) probability of each prediction, or (N, classes) probabilities (the predicted
     class's is shown). A title is green when pred == true, red otherwise. Axes without an image
-    (N < 10) are hidden. Raises ValueError naming the argument whose length does not match images.
+    (N < 10) are hidden; `title` goes above the grid. Raises ValueError naming the argument whose
+    length does not match images.
     """
     images = _check_images(images)
     n = images.shape[0]
@@ -154,21 +178,25 @@ def predictions_figure(images, true_labels, pred_labels, probs=None, show: bool 
             continue
         ax.imshow(images[i], cmap="gray", vmin=vmin, vmax=vmax, interpolation="nearest")
         true, pred = int(true_labels[i]), int(pred_labels[i])
-        title = f"true {true} / pred {pred}"
-        if probs is not None:
-            title += f"\np={float(probs[i]):.2f}"
-        ax.set_title(title, color=RIGHT_COLOUR if true == pred else WRONG_COLOUR, fontsize=10)
+        label = f"true {true} / pred {pred}"
+        ax.set_title(
+            label + (f"\np={float(probs[i]):.2f}" if probs is not None else ""),
+            color=RIGHT_COLOUR if true == pred else WRONG_COLOUR,
+            fontsize=10,
+        )
+    if title:
+        fig.suptitle(title, fontsize=11)
     return fig
 
 
 def plot_predictions(
-    images, true_labels, pred_labels, path, probs=None, show: bool = False
+    images, true_labels, pred_labels, path, probs=None, show: bool = False, title=None
 ) -> Path:
     """Save the predictions grid (see `predictions_figure`) to `path`; returns the path written.
 
     With `show` and a display the figure is also shown (blocking until closed).
     """
-    fig = predictions_figure(images, true_labels, pred_labels, probs=probs, show=show)
+    fig = predictions_figure(images, true_labels, pred_labels, probs=probs, show=show, title=title)
     return _finish(fig, path, show)
 
 
@@ -257,9 +285,13 @@ def plot_history(history: dict, path, show: bool = False) -> Path:
 
 def compare_figure(histories: dict[str, dict], show: bool = False) -> Figure:
     """Several runs on one figure: {label: history} -> test accuracy, train loss and seconds
-    per epoch side by side, one colour per run (train accuracy dotted beside test)."""
+    per epoch side by side, one colour per run (train accuracy dotted beside test). When every
+    run has one epoch, bars labelled with their values (compare_bars): one point per run would
+    be a dot, and runs that agree would hide each other's."""
     if not histories:
         raise ValueError("compare needs at least one run's history")
+    if all(len(h.get("epoch") or ()) == 1 for h in histories.values()):
+        return compare_bars(histories, show)
     fig = _new_figure(show, figsize=(13, 4), layout="constrained")
     ax_acc, ax_loss, ax_time = fig.subplots(1, 3)
     for i, (name, history) in enumerate(histories.items()):
@@ -293,6 +325,40 @@ def compare_figure(histories: dict[str, dict], show: bool = False) -> Figure:
     ax_time.set_ylim(bottom=0)
     ax_acc.legend(fontsize=7)
     ax_time.legend(fontsize=7)
+    return fig
+
+
+def compare_bars(histories: dict[str, dict], show: bool = False) -> Figure:
+    """One-epoch runs side by side: {label: history} -> bars of test accuracy (train beside it,
+    hatched), train loss and seconds, one colour per run, each bar labelled with its value."""
+    fig = _new_figure(show, figsize=(13, 4.2), layout="constrained")
+    ax_acc, ax_loss, ax_time = fig.subplots(1, 3)
+    names = list(histories)
+    at = np.arange(len(names))
+    colours = [f"C{i}" for i in range(len(names))]
+
+    def last(history, key):
+        value = (history.get(key) or [None])[-1]
+        return np.nan if value is None else float(value)
+
+    def bars(ax, x, key, fmt, width=0.8, **style):
+        values = [last(histories[name], key) for name in names]
+        drawn = ax.bar(x, values, width=width, color=colours, **style)
+        ax.bar_label(drawn, labels=["" if np.isnan(v) else fmt.format(v) for v in values])
+
+    bars(ax_acc, at - 0.2, "test_acc", "{:.4f}", width=0.4)
+    bars(ax_acc, at + 0.2, "train_acc", "{:.4f}", width=0.4, hatch="//", alpha=0.5)
+    bars(ax_loss, at, "train_loss", "{:.4f}")
+    bars(ax_time, at, "seconds", "{:.2f}")
+    for ax, title in (
+        (ax_acc, "accuracy (test plain, train hatched)"),
+        (ax_loss, "train loss"),
+        (ax_time, "seconds (training pass)"),
+    ):
+        ax.set_title(f"{title}, one epoch")
+        ax.set_xticks(at, names, rotation=15, ha="right", fontsize=8)
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.margins(y=0.15)  # room for the labels above the bars
     return fig
 
 

@@ -3,9 +3,20 @@
     python -m model.predict --checkpoint net.npz digit.png [more.png scan.jpg array.npy ...] [--top 3]
     digit.png: 7 (p=0.987)
 
+    >>> import numpy as np
+    >>> from model.network import build_network
     >>> from model.predict import load_image, predict_files
-    >>> img = load_image("digit.png")            # (28, 28) float32 in [0, 1], white on black
-    >>> predict_files(net, ["digit.png"], top=3) # [("digit.png", [(7, 0.987), (1, 0.01), ...])]
+    >>> digit = np.zeros((28, 28), np.float32)
+    >>> digit[6:22, 13:15] = 1.0                    # a "1", white on black
+    >>> np.save("digit.npy", digit)                 # or any image file Pillow reads
+    >>> img = load_image("digit.npy")               # (28, 28) float32 in [0, 1], white on black
+    >>> img.shape, img.dtype
+    ((28, 28), dtype('float32'))
+    >>> net = build_network("small", backend="im2col", seed=0)   # load_network("best.npz") in use
+    >>> [(path, len(ranked)) for path, ranked in predict_files(net, ["digit.npy"], top=3)]
+    [('digit.npy', 3)]
+
+predict_files gives each path its `top` (digit, probability) pairs, most probable first.
 
 Images are made to look like MNIST digits: any size, grayscale / RGB / RGBA / palette, converted
 to grayscale in [0, 1]; inverted when the background is light (mean > 0.5), because MNIST digits
@@ -18,6 +29,7 @@ background is light, inverted (no resizing or centring).
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +41,10 @@ from .network import input_standardization, load_network
 SIZE = 28  # MNIST field
 BOX = 20  # MNIST digits were scaled to fit this box, then centred in the field
 INK = 0.1  # pixels above this (after inversion and stretching) count as the digit
+# An image whose longer side exceeds twice this is shrunk by an integer box filter as it is
+# loaded: its digit ends up in a BOX x BOX square, so more pixels only cost time and memory (as
+# float64 grayscale and alpha planes, a 10000 x 10000 photo would take 1.6 GB).
+LOAD_SIDE = 280
 
 
 # ---- images --------------------------------------------------------------------------------------
@@ -40,13 +56,43 @@ def _resample_filter():
     return getattr(Image, "Resampling", Image).LANCZOS  # Pillow < 9.1 has no Resampling enum
 
 
+def _reduced(img):
+    """`img` shrunk by an integer factor so its longer side is below 2 * LOAD_SIDE (box filter,
+    aspect kept); smaller images come back as they are."""
+    factor = max(img.size) // LOAD_SIDE
+    if factor < 2:
+        return img
+    if img.mode in ("1", "P"):  # Image.reduce takes neither
+        img = img.convert("RGBA")
+    elif img.mode.startswith("I;16"):
+        img = img.convert("I")
+    return img.reduce(factor)
+
+
 def _read_pixels(path: Path) -> np.ndarray:
-    """Grayscale (H, W) float64 in [0, 1] from any image Pillow reads; ValueError if unreadable."""
+    """Grayscale (H, W) float64 in [0, 1] from any image Pillow reads, an image larger than
+    2 * LOAD_SIDE pixels across shrunk on load (_reduced); ValueError if unreadable or larger
+    than Pillow's limit against decompression bombs (2 * Image.MAX_IMAGE_PIXELS)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():
+            # Pillow warns above MAX_IMAGE_PIXELS and refuses above twice that; what it accepts
+            # is shrunk here at once, so its warning would only alarm.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+    except Image.DecompressionBombError:
+        raise ValueError(
+            f"image {str(path)!r} is too large to read safely (more than "
+            f"{2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f} megapixels): scale it down first"
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise ValueError(f"cannot read image {str(path)!r}: {exc}") from None
+    try:
+        with opened as img:
+            img.draft(img.mode, (LOAD_SIDE, LOAD_SIDE))  # JPEG decodes at 1/2..1/8 scale
             img.load()
+            img = _reduced(img)
             if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
                 # 16-bit/float grayscale: convert("L") would clip, so scale by the data's range.
                 pixels = np.asarray(img, dtype=np.float64)

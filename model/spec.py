@@ -11,8 +11,9 @@ for a (height, width) pair). The named architectures are specs:
 
 | layer | arguments (defaults) |
 |---|---|
-| `conv(filters, kernel=3, stride=1, pad=0, bias=true, init=uniform)` | pad: a number, `AxB`, `same` or `valid`; init: `uniform` (PyTorch's) or `he` |
-| `maxpool(size=2, stride=size)`, `avgpool(size=2, stride=size)` | |
+| `conv(filters, kernel=3, stride=1, pad=0, dilation=1, groups=1, bias=true, init=uniform)` | pad: a number, `AxB`, `same` (TensorFlow's: uneven with an even kernel or a stride) or `valid`; groups must divide the input's and the output's channels (`groups=` the input's channels: depthwise); init: `uniform` (PyTorch's) or `he` |
+| `maxpool(size=2, stride=size, pad=0, ceil=false)` | pad: a number or `AxB`, at most half the window; ceil: PyTorch's `ceil_mode` |
+| `avgpool(size=2, stride=size, pad=0, ceil=false, count_pad=true)` | count_pad: the padding counts in a window's divisor (PyTorch's `count_include_pad`) |
 | `bn` (or `batchnorm`)`(momentum=0.9, eps=1e-5)` | over channels before `flatten`, features after |
 | `relu`, `flatten` | |
 | `dropout(rate=0.5)` | |
@@ -32,6 +33,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from kernels.geometry import conv_geometry, pool_geometry
+
 from . import layers as L
 
 INPUT_SHAPE = (28, 28, 1)
@@ -41,10 +44,21 @@ CLASSES = 10
 _SIGNATURES: dict[str, tuple[tuple[str, ...], dict]] = {
     "conv": (
         ("filters", "kernel"),
-        {"kernel": 3, "stride": 1, "pad": 0, "bias": True, "init": "uniform"},
+        {
+            "kernel": 3,
+            "stride": 1,
+            "pad": 0,
+            "dilation": 1,
+            "groups": 1,
+            "bias": True,
+            "init": "uniform",
+        },
     ),
-    "maxpool": (("size", "stride"), {"size": 2, "stride": None}),
-    "avgpool": (("size", "stride"), {"size": 2, "stride": None}),
+    "maxpool": (("size", "stride"), {"size": 2, "stride": None, "pad": 0, "ceil": False}),
+    "avgpool": (
+        ("size", "stride"),
+        {"size": 2, "stride": None, "pad": 0, "ceil": False, "count_pad": True},
+    ),
     "bn": ((), {"momentum": 0.9, "eps": 1e-5}),
     "relu": ((), {}),
     "flatten": ((), {}),
@@ -99,7 +113,7 @@ def _format(value) -> str:
 
 def _normal(name: str, value):
     """An argument in its normal form: sizes as (h, w) pairs, everything else as given."""
-    if name in ("kernel", "stride", "size") and isinstance(value, int):
+    if name in ("kernel", "stride", "size", "dilation") and isinstance(value, int):
         return (value, value)
     if name == "pad" and isinstance(value, int):
         return (value, value)
@@ -191,6 +205,16 @@ def _check_values(kind: str, a: dict, token: str) -> None:
             )
         _positive_pair(a["kernel"], "kernel", kind, token)
         _positive_pair(a["stride"], "stride", kind, token)
+        _positive_pair(a["dilation"], "dilation", kind, token)
+        if not (isinstance(a["groups"], int) and a["groups"] > 0):
+            raise ValueError(
+                f"layer spec: conv groups must be a positive integer, got {a['groups']!r} in {token!r}"
+            )
+        if a["filters"] % a["groups"]:
+            raise ValueError(
+                f"layer spec: conv groups={a['groups']} must divide its filters={a['filters']}, "
+                f"in {token!r}"
+            )
         pad = a["pad"]
         if not (pad in ("same", "valid") or (isinstance(pad, tuple) and min(pad) >= 0)):
             raise ValueError(
@@ -204,6 +228,17 @@ def _check_values(kind: str, a: dict, token: str) -> None:
     elif kind.endswith("pool"):
         _positive_pair(a["size"], "size", kind, token)
         _positive_pair(a["stride"], "stride", kind, token)
+        pad = a["pad"]
+        if not (isinstance(pad, tuple) and min(pad) >= 0):
+            raise ValueError(
+                f"layer spec: {kind} pad must be a number >= 0 or AxB, got {pad!r} in {token!r}"
+            )
+        flags = ("ceil", "count_pad") if kind == "avgpool" else ("ceil",)
+        for flag in flags:
+            if not isinstance(a[flag], bool):
+                raise ValueError(
+                    f"layer spec: {kind} {flag} must be true or false, got {a[flag]!r} in {token!r}"
+                )
     elif kind == "dropout":
         if not (isinstance(a["rate"], (int, float)) and 0 <= a["rate"] < 1):
             raise ValueError(
@@ -256,21 +291,42 @@ def parse_spec(text: str) -> list[LayerSpec]:
     return specs
 
 
-def _out_size(size: int, kernel: int, stride: int, pad: int) -> int:
-    return (size + 2 * pad - kernel) // stride + 1
+def _spans(spec: LayerSpec) -> tuple[int, int]:
+    """Rows and columns one window of a conv or pool layer covers (a dilated kernel's span)."""
+    if spec.kind != "conv":
+        return spec.args["size"]
+    (kh, kw), (dh, dw) = spec.args["kernel"], spec.args["dilation"]
+    return (kh - 1) * dh + 1, (kw - 1) * dw + 1
 
 
-def _pads(spec: LayerSpec) -> tuple[int, int]:
-    pad, (kh, kw) = spec.args["pad"], spec.args["kernel"]
+def _pads(spec: LayerSpec) -> tuple[int, int] | str:
+    """The conv's padding as the layer takes it: (ph, pw), or "same" where TensorFlow's rule
+    pads unevenly (an even kernel span or a stride), which kernels.geometry resolves per input."""
+    pad = spec.args["pad"]
     if pad == "valid":
         return (0, 0)
     if pad == "same":
-        if spec.args["stride"] != (1, 1) or kh % 2 == 0 or kw % 2 == 0:
-            raise ValueError(
-                f"layer spec: {spec.text()}: pad=same needs stride 1 and an odd kernel"
-            )
-        return (kh // 2, kw // 2)
+        (sh, sw), (kh, kw) = spec.args["stride"], _spans(spec)
+        if (sh, sw) == (1, 1) and kh % 2 and kw % 2:
+            return (kh // 2, kw // 2)  # even on both sides: written as numbers, as before
+        return "same"
     return pad
+
+
+def _out_shape(spec: LayerSpec, shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """(OH, OW, C) of a conv or pool layer on an (H, W, C) input, by kernels.geometry (the one
+    copy of the output-size arithmetic), whose clear errors it passes on."""
+    x = np.broadcast_to(np.zeros((), np.float32), (1, *shape))
+    a = spec.args
+    if spec.kind == "conv":
+        group_in = max(shape[2] // a["groups"], 1)
+        w = np.broadcast_to(np.zeros((), np.float32), (*a["kernel"], group_in, a["filters"]))
+        g = conv_geometry(x, w, None, a["stride"], _pads(spec), a["dilation"], a["groups"])
+        return g.out_h, g.out_w, g.c_out
+    pg = pool_geometry(
+        x, a["size"], a["stride"], a["pad"], a["ceil"], a.get("count_pad", True)
+    )  # fmt: skip
+    return pg.out_h, pg.out_w, pg.c
 
 
 def check_shapes(specs: list[LayerSpec]) -> list[tuple[int, ...]]:
@@ -285,16 +341,18 @@ def check_shapes(specs: list[LayerSpec]) -> list[tuple[int, ...]]:
                 raise ValueError(
                     f"layer spec: {where} needs an image (H, W, C) but comes after flatten"
                 )
-            kh, kw = s.args["kernel"] if s.kind == "conv" else s.args["size"]
-            ph, pw = _pads(s) if s.kind == "conv" else (0, 0)
-            sh, sw = s.args["stride"]
-            if kh > shape[0] + 2 * ph or kw > shape[1] + 2 * pw:
+            kh, kw = _spans(s)
+            pad = _pads(s) if s.kind == "conv" else s.args["pad"]
+            ph, pw = (0, 0) if isinstance(pad, str) else pad
+            if pad != "same" and (kh > shape[0] + 2 * ph or kw > shape[1] + 2 * pw):
                 raise ValueError(
                     f"layer spec: {where}: window {kh}x{kw} is larger than its "
                     f"{shape[0]}x{shape[1]} input (padded: +{2 * ph}x{2 * pw})"
                 )
-            out_c = s.args["filters"] if s.kind == "conv" else shape[2]
-            shape = (_out_size(shape[0], kh, sh, ph), _out_size(shape[1], kw, sw, pw), out_c)
+            try:
+                shape = _out_shape(s, shape)
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"layer spec: {where}: {error}") from None
         elif s.kind == "flatten":
             shape = (math.prod(shape),)
         elif s.kind == "dense":
@@ -325,6 +383,8 @@ def build_layers(specs: list[LayerSpec], backend: str, dtype, rng) -> list:
                     _compact(a["kernel"]),
                     stride=_compact(a["stride"]),
                     padding=_compact(_pads(s)),
+                    dilation=_compact(a["dilation"]),
+                    groups=a["groups"],
                     bias=a["bias"],
                     need_dx=has_params_before,
                     init=a["init"],
@@ -334,9 +394,19 @@ def build_layers(specs: list[LayerSpec], backend: str, dtype, rng) -> list:
                 )  # fmt: skip
             )
         elif s.kind in ("maxpool", "avgpool"):
-            cls = L.MaxPool2D if s.kind == "maxpool" else L.AvgPool2D
             stride = None if a["stride"] == a["size"] else _compact(a["stride"])
-            built.append(cls(_compact(a["size"]), stride=stride, backend=backend))
+            options = {"backend": backend, "padding": _compact(a["pad"]), "ceil_mode": a["ceil"]}
+            if s.kind == "maxpool":
+                built.append(L.MaxPool2D(_compact(a["size"]), stride=stride, **options))
+            else:
+                built.append(
+                    L.AvgPool2D(
+                        _compact(a["size"]),
+                        stride=stride,
+                        count_include_pad=a["count_pad"],
+                        **options,
+                    )
+                )
         elif s.kind == "bn":
             built.append(L.BatchNorm(shape[-1], momentum=a["momentum"], eps=a["eps"], dtype=dtype))
         elif s.kind == "relu":
@@ -351,7 +421,9 @@ def build_layers(specs: list[LayerSpec], backend: str, dtype, rng) -> list:
 
 
 def _compact(pair):
-    """(k, k) -> k, as the layers' reprs and the named architectures write it."""
+    """(k, k) -> k, as the layers' reprs and the named architectures write it ("same" as is)."""
+    if isinstance(pair, str):
+        return pair
     return pair[0] if pair[0] == pair[1] else pair
 
 
@@ -371,6 +443,8 @@ def spec_of(layers) -> str:
                 "kernel": _pair(layer.kernel_size),
                 "stride": _pair(layer.stride),
                 "pad": pad,
+                "dilation": _pair(layer.dilation),
+                "groups": layer.groups,
                 "bias": "b" in layer.params,
                 "init": layer.init,
             }
@@ -378,9 +452,17 @@ def spec_of(layers) -> str:
         elif kind in ("MaxPool2D", "AvgPool2D"):
             size = _pair(layer.size)
             stride = size if layer.stride is None else _pair(layer.stride)
-            tokens.append(
-                LayerSpec(kind[:3].lower() + "pool", {"size": size, "stride": stride}).text()
-            )
+            if not isinstance(layer.padding, (int, np.integer)) and len(layer.padding) == 2:
+                if isinstance(layer.padding[0], tuple):
+                    raise ValueError(
+                        "spec_of: the layer spec language has no uneven pool padding, got "
+                        f"{layer.padding!r}"
+                    )
+            args = {"size": size, "stride": stride, "pad": _pair(layer.padding)}
+            args["ceil"] = layer.ceil_mode
+            if kind == "AvgPool2D":
+                args["count_pad"] = layer.count_include_pad
+            tokens.append(LayerSpec(kind[:3].lower() + "pool", args).text())
         elif kind == "BatchNorm":
             tokens.append(LayerSpec("bn", {"momentum": layer.momentum, "eps": layer.eps}).text())
         elif kind in ("ReLU", "Flatten"):

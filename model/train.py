@@ -4,9 +4,10 @@
     python -m model.train --arch deep --optimizer adam --augment --epochs 10
     python -m model.train --resume runs/<name>/last.npz --epochs 6
 
-Writes into --out: history.json and history.csv, last.npz (every epoch) and best.npz (lowest test
-loss), predictions.png (10 random test digits, green right / red wrong) and history.png (loss and
-accuracy curves). Ctrl-C saves interrupted.npz and the history, then exits cleanly.
+Writes into --out (checked before training): history.json and history.csv, last.npz (every
+epoch) and best.npz (lowest test loss), predictions.png (10 test digits, misclassified ones first,
+green right / red wrong) and history.png (loss and accuracy curves). Ctrl-C saves interrupted.npz
+and the history, then exits with status 130; a diverging loss stops the run (status 1).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import contextlib
 import os
 import sys
 import time
+import warnings
 from datetime import datetime
 from pathlib import Path
 
@@ -24,6 +26,7 @@ import numpy as np
 from kernels import BACKEND_NAMES
 from kernels.memory import keep_freed_memory
 
+from .atomic import writable_dir
 from .batches import scale, standardize, standardize_stats, subset
 from .cli import Parser, nonnegative_float, nonnegative_int, positive_float, positive_int
 from .distributed import RankFailed, connect
@@ -76,9 +79,26 @@ def architecture(text: str) -> str:
     return text
 
 
-def run_name(arch: str) -> str:
-    """The arch's part of a default run directory name: the name, or "spec" for a spec."""
-    return arch if arch in ARCHITECTURES else "spec"
+def run_name(args) -> str:
+    """The default run directory's name: <date>_<time>_<arch>_<what trained it>, the arch being
+    its name or "spec" for a spec, and the trainer the backend or the --framework."""
+    arch = args.arch if args.arch in ARCHITECTURES else "spec"
+    trainer = args.backend if args.framework == "numpy" else args.framework
+    return f"{datetime.now():%Y-%m-%d_%H%M%S}_{arch}_{trainer}"
+
+
+AUTOTUNE_MODES = ("off", "cached", "fresh")
+
+
+def autotune_default(parser) -> str:
+    """--autotune's default: $CONVBENCH_AUTOTUNE (as kernels.auto reads it), else "cached"; a
+    value outside AUTOTUNE_MODES is a usage error rather than silently ignored."""
+    value = os.environ.get("CONVBENCH_AUTOTUNE", "cached")
+    if value not in AUTOTUNE_MODES:
+        parser.error(
+            f"CONVBENCH_AUTOTUNE must be one of {', '.join(AUTOTUNE_MODES)}, got {value!r}"
+        )
+    return value
 
 
 def build_parser() -> Parser:
@@ -92,10 +112,11 @@ def build_parser() -> Parser:
     )
     p.add_argument(
         "--autotune",
-        choices=("off", "cached", "fresh"),
-        default="cached",
+        choices=AUTOTUNE_MODES,
+        default=None,
         help="with --backend auto: cached = reuse this machine's earlier choices and time only "
-        "new layer shapes; fresh = time every layer again; off = a fixed rule, no timing",
+        "new layer shapes; fresh = time every layer again; off = a fixed rule, no timing "
+        "(default: $CONVBENCH_AUTOTUNE, else cached)",
     )
     p.add_argument(
         "--compile",
@@ -251,7 +272,8 @@ def build_parser() -> Parser:
     p.add_argument(
         "--out",
         default=None,
-        help="output directory (default: runs/<date>_<time>_<arch>_<backend>)",
+        help="output directory, checked before training starts (default: "
+        "runs/<date>_<time>_<arch>_<backend or framework>)",
     )
     p.add_argument(
         "--resume",
@@ -294,7 +316,7 @@ def prepare_data(args, mean_std=None):
     """Load, subset, scale (and standardise) MNIST. Returns x/y train/test and (mean, std)."""
     print("Loading MNIST dataset...")
     start = time.perf_counter()
-    data = load_mnist(args.data_dir, progress=not args.no_progress)
+    data = load_mnist(args.data_dir, progress=not args.no_progress, data_dir_name="--data-dir")
     print(f"Dataset loaded successfully! ({time.perf_counter() - start:.2f}s, {data.source})")
     print(f"  train: {data.x_train.shape}, test: {data.x_test.shape}")
     x_train, y_train = subset(data.x_train, data.y_train, args.train_limit, "--train-limit")
@@ -315,18 +337,47 @@ def prepare_data(args, mean_std=None):
 
 
 def resume_state(args):
-    """(net, optimizer, history, saved args) from --resume; the saved run's settings win except
-    --epochs, --backend (any backend can continue any run), --data-dir, --out and display options."""
-    meta, _ = read_checkpoint(args.resume)
+    """(net, optimizer, history) from --resume; the saved run's settings win except --epochs,
+    --backend (any backend can continue any run), how it runs (--autotune, --compile,
+    --blas-threads), --data-dir, --out and display options.
+
+    ValueError (one line) when the checkpoint's weights are not finite, or when --epochs asks
+    for no more epochs than it has done."""
+    meta, arrays = read_checkpoint(args.resume)
+    bad = [name for name, a in arrays.items() if a.dtype.kind == "f" and not np.isfinite(a).all()]
+    if bad:
+        raise ValueError(
+            f"checkpoint {args.resume} holds NaN or infinite values (in {', '.join(bad[:3])}"
+            f"{', ...' if len(bad) > 3 else ''}): resume from an earlier one"
+        )
     net, optimizer = load_network(args.resume, backend=args.backend, with_optimizer=True)
     saved = meta.get("args", {})
     for key, value in saved.items():
-        if key not in ("epochs", "backend", "data_dir", "out", "resume", "show", "no_progress"):
+        if key not in RUN_OPTIONS:
             setattr(args, key, value)
     history = meta.get("history") or new_history()
-    done = count(len(history["epoch"]), "epoch")
-    print(f"Resuming {args.resume}: {done} done, training to {args.epochs}")
+    done = len(history["epoch"])
+    if args.epochs <= done:
+        raise ValueError(
+            f"--epochs {args.epochs}: {args.resume} has {count(done, 'epoch')} done already; "
+            f"--epochs is the total, so pass more than {done} to train on"
+        )
+    print(f"Resuming {args.resume}: {count(done, 'epoch')} done, training to {args.epochs}")
+    if meta.get("interrupted"):
+        print(
+            f"  note: it was saved mid-epoch {done + 1} (Ctrl-C); epoch {done + 1} starts again "
+            "from these weights, so this run will not match an uninterrupted one (resuming from "
+            "the run's last.npz would)"
+        )
     return net, optimizer, history
+
+
+# Options that say how a run runs, or where, not what it computes: --resume takes them from the
+# command line, not from the checkpoint.
+RUN_OPTIONS = (
+    "epochs", "backend", "autotune", "compile", "blas_threads", "data_dir", "out", "resume",
+    "show", "no_progress",
+)  # fmt: skip
 
 
 def best_weights(out):
@@ -358,6 +409,8 @@ FRAMEWORK_LABELS = {"torch": "PyTorch", "keras": "Keras"}
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.autotune is None:
+        args.autotune = autotune_default(parser)
     if args.framework != "numpy":
         unsupported = [
             flag
@@ -373,6 +426,16 @@ def main(argv=None) -> int:
         if unsupported:
             parser.error(f"--framework {args.framework} does not support {', '.join(unsupported)}")
     keep_freed_memory()  # a step's multi-MB arrays are reused, not page-faulted afresh
+    with warnings.catch_warnings():
+        # A diverging step overflows in the GEMMs (also in kernels.gemm's worker threads, which
+        # np.errstate would not reach) before its loss is found not finite or exploded: that is
+        # reported once, as TrainingDiverged, not first as numpy's RuntimeWarnings.
+        warnings.filterwarnings("ignore", "(overflow|invalid value) encountered", RuntimeWarning)
+        return dispatch(parser, args)
+
+
+def dispatch(parser, args) -> int:
+    """run() in this process, or on every rank of an MPI job under --distributed."""
     if not args.distributed:
         return run(parser, args, None)
     try:
@@ -400,16 +463,38 @@ def run_distributed(parser, args, comm) -> int:
 def run(parser, args, comm) -> int:
     """The training run; comm: a model.distributed.Communicator under --distributed, else None."""
     root = comm is None or comm.is_root
+
+    def error(message) -> int:
+        """Every rank meets the same bad input and returns 2; rank 0 says why, once."""
+        if root:
+            print(f"{parser.prog}: error: {message}", file=sys.stderr)
+        return 2
+
     try:
         if args.resume:
             net, optimizer, history = resume_state(args)
             mean_std = input_standardization(net.meta)
         else:
             net, optimizer, history, mean_std = None, None, new_history(), None
+    except (OSError, ValueError) as exc:
+        return error(exc)
+    out = Path(args.out or Path("runs") / run_name(args))
+    problem = None
+    if comm is not None:
+        out = Path(comm.comm.bcast(str(out), root=0))  # the ranks' clocks may read another second
+    if root:
+        try:
+            writable_dir(out, "--out")
+        except OSError as exc:
+            problem = str(exc)
+    if comm is not None:
+        problem = comm.comm.bcast(problem, root=0)
+    if problem:  # now, not at the first checkpoint an epoch later
+        return error(problem)
+    try:
         x_train, y_train, x_test, y_test, mean_std = prepare_data(args, mean_std)
     except (OSError, ValueError) as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return 2
+        return error(exc)
     if net is None:
         net = build_network(args.arch, backend=args.backend, dtype=args.dtype, seed=args.seed)
         lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
@@ -421,15 +506,8 @@ def run(parser, args, comm) -> int:
             clip_value=args.clip_value,
         )
         args.lr = lr
-    out = Path(
-        args.out
-        or Path("runs") / f"{datetime.now():%Y-%m-%d_%H%M%S}_{run_name(args.arch)}_{args.backend}"
-    )
     if comm is not None:
-        out = Path(comm.comm.bcast(str(out), root=0))  # the ranks' clocks may read another second
         comm.attach(net)
-    if root:
-        out.mkdir(parents=True, exist_ok=True)
     run_args = {k: v for k, v in vars(args).items() if k not in ("resume",)}
     print(
         f"Model: {args.arch} on "
@@ -441,6 +519,13 @@ def run(parser, args, comm) -> int:
         + f", {args.dtype}, {args.optimizer} "
         f"lr {args.lr:g}, batch {args.batch_size}, {count(args.epochs, 'epoch')}"
     )
+    if comm is not None:
+        share = f"{args.batch_size / comm.size:.3g}"
+        print(
+            f"Distributed: {comm.size} ranks (MPI), each computing about {share} images of "
+            f"every batch of {args.batch_size}"
+        )
+        history["ranks"] = comm.size
     if args.backend == "auto":
         from kernels import auto
 
@@ -473,10 +558,13 @@ def run(parser, args, comm) -> int:
         if root:
             save_history(history, out / "history.json", out / "history.csv")
 
+    last_written = []  # whether this run has written last.npz, for the divergence message
+
     def on_epoch_end(net, history, is_best):
         if args.backend == "auto":
             report_autotune(history)
         checkpoint(out / "last.npz", epoch=len(history["epoch"]))
+        last_written.append(True)
         if is_best:
             checkpoint(out / "best.npz", epoch=len(history["epoch"]))
         write_history()
@@ -506,13 +594,16 @@ def run(parser, args, comm) -> int:
                 augment=augment, seed=args.seed, **common,
             )  # fmt: skip
         else:
-            fit(
-                net, x_train, y_train, epochs=args.epochs, optimizer=optimizer,
-                augment=args.augment, max_shift=args.max_shift, max_degrees=args.max_degrees,
-                early_stop=args.early_stop,
-                best_state=best_weights(out) if args.resume and args.early_stop else None,
-                blas_threads=args.blas_threads, comm=comm, **common,
-            )  # fmt: skip
+            # under MPI, Ctrl-C stops every rank after the same step (Communicator docstring)
+            agreed = contextlib.nullcontext() if comm is None else comm.interrupts_at_a_step()
+            with agreed:
+                fit(
+                    net, x_train, y_train, epochs=args.epochs, optimizer=optimizer,
+                    augment=args.augment, max_shift=args.max_shift, max_degrees=args.max_degrees,
+                    early_stop=args.early_stop,
+                    best_state=best_weights(out) if args.resume and args.early_stop else None,
+                    blas_threads=args.blas_threads, comm=comm, **common,
+                )  # fmt: skip
         if compiling is not None and not compiling.moved:
             print(
                 f"training ended before the {args.backend} kernels were ready; waiting for "
@@ -521,10 +612,13 @@ def run(parser, args, comm) -> int:
             compiling.finish(wait=True)
     except (TrainingDiverged, RankFailed) as exc:
         if root:
-            print(
-                f"{parser.prog}: error: {exc}. The last good checkpoint is {out / 'last.npz'}.",
-                file=sys.stderr,
-            )
+            if last_written:
+                kept = f"The last good checkpoint is {out / 'last.npz'}."
+            elif args.resume:  # resume_state refuses non-finite weights: this one is good
+                kept = f"The last good checkpoint is {args.resume} (resumed from; none written)."
+            else:
+                kept = "No checkpoint was written yet: the run stopped in its first epoch."
+            print(f"{parser.prog}: error: {exc}. {kept}", file=sys.stderr)
         write_history()
         return 1
     except KeyboardInterrupt:
@@ -561,18 +655,24 @@ def run(parser, args, comm) -> int:
 
 
 def write_plots(net, history, x_test, y_test, out, show):
-    """predictions.png from 10 random test images and history.png from the curves."""
-    from .plots import plot_history, plot_predictions
+    """predictions.png (mistakes first when there are some, plots.pick_examples) from the test
+    set and history.png from the curves."""
+    from .plots import pick_examples, plot_history, plot_predictions
 
-    pick = np.random.default_rng(0).choice(len(x_test), size=min(10, len(x_test)), replace=False)
-    probs = net.predict_proba(x_test[pick])
+    probs = net.predict_proba(x_test)
+    predicted = probs.argmax(axis=1)
+    wrong = int((predicted != y_test).sum())
+    pick = pick_examples(y_test, predicted)
+    shown = int((predicted[pick] != y_test[pick]).sum())
     plot_predictions(
         x_test[pick],
         y_test[pick],
-        probs.argmax(axis=1),
+        predicted[pick],
         out / "predictions.png",
-        probs=probs.max(axis=1),
+        probs=probs[pick].max(axis=1),
         show=show,
+        title=f"{wrong} of {len(y_test)} test images misclassified"
+        + (f"; {shown} of them shown, in red" if shown else ""),
     )
     if history["epoch"]:
         plot_history(history, out / "history.png", show=show)

@@ -40,15 +40,46 @@ DEFAULT_MAX_SHIFT, DEFAULT_MAX_DEGREES = 2, 10.0  # augmentation: pixels, degree
 DEFAULT_PATIENCE = 5  # early stopping: epochs without a lower test loss
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; `epoch` (1-based) and `batch` (1-based) say where."""
+# A step whose loss exceeds this multiple of the run's first step's loss has diverged (as in
+# model.convfit): `--lr 1e6` on the small network grows the loss to ~1e23 while staying finite.
+DIVERGENCE_FACTOR = 1e6
 
-    def __init__(self, epoch: int, batch: int, loss: float):
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite, or grew DIVERGENCE_FACTOR-fold over the run's first step's
+    (`first_loss`); `epoch` (1-based) and `batch` (1-based) say where, `lr` is the base rate."""
+
+    def __init__(
+        self, epoch: int, batch: int, loss: float, lr: float | None = None, first_loss=None
+    ):
+        if math.isfinite(loss) and first_loss:
+            what = f"grew to {loss:.4g}, {loss / first_loss:.3g} times the first step's"
+            what += f" {first_loss:.4g},"
+        else:
+            what = f"became {loss}"
+        cause = f"the learning rate {lr:g} is probably too large: " if lr is not None else ""
         super().__init__(
-            f"loss became {loss} at epoch {epoch}, batch {batch}: training stopped "
-            f"(try a lower --lr, or --clip-norm)"
+            f"loss {what} at epoch {epoch}, batch {batch}: training stopped "
+            f"({cause}try a lower --lr, or --clip-norm)"
         )
-        self.epoch, self.batch, self.loss = epoch, batch, loss
+        self.epoch, self.batch, self.loss, self.lr = epoch, batch, loss, lr
+
+
+class DivergenceGuard:
+    """Stops a run whose loss explodes while staying finite (NaN and Inf are caught by the step
+    itself, before the update): remembers the first step's loss and raises TrainingDiverged once
+    a step's loss exceeds DIVERGENCE_FACTOR times it. Under --distributed every rank sees the
+    same global loss, so all ranks stop at the same step."""
+
+    def __init__(self, lr: float):
+        self.lr, self.first_loss = lr, None
+
+    def check(self, loss: float, epoch: int, batch: int) -> None:
+        """epoch, batch: 1-based, for the message."""
+        if self.first_loss is None:
+            self.first_loss = loss
+        elif self.first_loss > 0 and loss > DIVERGENCE_FACTOR * self.first_loss:
+            raise TrainingDiverged(epoch, batch, loss, self.lr, self.first_loss)
 
 
 def new_history() -> dict:
@@ -97,7 +128,8 @@ def fit(
     `blas_threads`: BLAS threads during training (None = the BLAS default; see TRAIN_BLAS_THREADS).
     `comm`: a model.distributed.Communicator for data-parallel training (each step's batch is
     shared among the ranks; every rank calls fit with the same arguments).
-    Raises TrainingDiverged on a NaN/Inf loss, before the bad step is applied to the weights.
+    Raises TrainingDiverged on a NaN/Inf loss, before the bad step is applied to the weights, and
+    on a loss DIVERGENCE_FACTOR times the first step's (DivergenceGuard).
     """
     epochs = nonnegative_int(epochs, "epochs")
     batch_size = positive_int(batch_size, "batch_size")
@@ -117,6 +149,7 @@ def fit(
     base_lr = optimizer.lr if base_lr is None else base_lr
     labels = class_indices(y)
     best_loss, waited = _best_so_far(history)
+    guard = DivergenceGuard(base_lr)
 
     def lr_of_step(epoch_lr):
         return lambda: epoch_lr * warmup_factor(optimizer.t, warmup_steps)
@@ -137,6 +170,7 @@ def fit(
                 epochs,
                 progress,
                 comm,
+                guard,
             )
             seconds = time.perf_counter() - start
             optimizer.lr = epoch_lr
@@ -186,10 +220,22 @@ def _best_so_far(history):
 
 
 def _train_epoch(
-    net, x, labels, optimizer, step_lr, batch_size, augment, epoch, epochs, progress, comm=None
+    net,
+    x,
+    labels,
+    optimizer,
+    step_lr,
+    batch_size,
+    augment,
+    epoch,
+    epochs,
+    progress,
+    comm=None,
+    guard=None,
 ):
     """One pass over a fresh permutation. step_lr() gives each step's learning rate; augment is
-    (max_shift, max_degrees) or None. Returns (mean loss, accuracy) over the epoch's samples."""
+    (max_shift, max_degrees) or None; guard: a DivergenceGuard (None: no check beyond NaN/Inf).
+    Returns (mean loss, accuracy) over the epoch's samples."""
     loss_sum, correct, seen = 0.0, 0, 0
     total = num_batches(len(x), batch_size)
     bar = tqdm(
@@ -211,7 +257,11 @@ def _train_epoch(
                 else:
                     loss, n_correct = net.train_step(xb, yb, optimizer, comm=comm)
             except NonFiniteLoss as exc:
-                raise TrainingDiverged(epoch + 1, batch, exc.loss) from None
+                raise TrainingDiverged(
+                    epoch + 1, batch, exc.loss, guard.lr if guard else None
+                ) from None
+            if guard is not None:
+                guard.check(loss, epoch + 1, batch)
             loss_sum += loss * len(yb)
             correct += n_correct
             seen += len(yb)

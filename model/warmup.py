@@ -18,6 +18,9 @@ backend that made its forward's ctx, so a step can straddle the move safely.
 
 from __future__ import annotations
 
+import ctypes
+import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -153,15 +156,36 @@ class CompilingBackend:
         return self._backward("avgpool2d", dy, ctx)
 
 
-class _Child:
-    """The compiling process, its output kept in a temporary file for the error message."""
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
-    def __init__(self, backend: str, dtypes, ops):
+
+def die_with_parent(parent: int) -> None:
+    """Called first in a child process: have the kernel send it SIGTERM when `parent` dies (a
+    run killed with kill -9 cannot stop its compiling child itself, which would otherwise run
+    on for the rest of its compile), and exit at once if `parent` is already gone. Linux only
+    (prctl); elsewhere the child outlives a killed parent as before."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the prctl took effect
+        os._exit(1)
+
+
+class _Child:
+    """The compiling process, its output kept in a temporary file for the error message.
+    `work`: the Python code it runs after die_with_parent (default: the backend's warmup)."""
+
+    def __init__(self, backend: str, dtypes, ops, work: str | None = None):
         self._output = tempfile.TemporaryFile()
-        code = (
-            "import numpy as np; from kernels import get_backend; "
-            f"get_backend({backend!r}).warmup({[np.dtype(d).name for d in dtypes]!r}, {sorted(ops)!r})"
-        )
+        if work is None:
+            names = [np.dtype(d).name for d in dtypes]
+            work = (
+                "import numpy as np; from kernels import get_backend; "
+                f"get_backend({backend!r}).warmup({names!r}, {sorted(ops)!r})"
+            )
+        code = f"from model.warmup import die_with_parent; die_with_parent({os.getpid()}); {work}"
         # cwd: where this process found `kernels`, so the child compiles the same sources
         self._proc = subprocess.Popen(
             [sys.executable, "-c", code],

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
+from model_helpers import write_mnist_dir
 
 settings.register_profile(
     "ci", max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -56,6 +57,13 @@ def mnist_dir():
             "real MNIST not available: set MNIST_DIR to a directory with the four IDX files"
         )
     return Path(path)
+
+
+@pytest.fixture(scope="session")
+def small_mnist_dir(tmp_path_factory):
+    """A generated MNIST-format directory (the four gzipped IDX files of 200 training and 100 test
+    images, model_helpers.write_mnist_dir) so CLI tests need no real data. Read-only: shared."""
+    return write_mnist_dir(tmp_path_factory.mktemp("mnist"))
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -5,6 +5,8 @@ Imported by tests/test_kernels_*.py (pytest puts tests/ on sys.path; there is no
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 from hypothesis import strategies as st
 
@@ -31,12 +33,29 @@ def assert_close(actual, expected, what: str) -> None:
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale, err_msg=what)
 
 
-def run_conv(backend: str, x, w, b, stride, padding, dy, need_dx=True):
-    """Forward then backward on one backend -> (y, dx, dw, db)."""
+def run_conv(backend: str, x, w, b, stride, padding, dy, need_dx=True, dilation=1, groups=1):
+    """Forward then backward on one backend -> (y, dx, dw, db). dilation and groups are passed
+    only when not 1, so a backend without them still runs the plain calls."""
     be = get_backend(backend)
-    y, ctx = be.conv2d_forward(x, w, b, stride=stride, padding=padding)
+    extra = {} if (dilation, groups) == (1, 1) else dict(dilation=dilation, groups=groups)
+    y, ctx = be.conv2d_forward(x, w, b, stride=stride, padding=padding, **extra)
     dx, dw, db = be.conv2d_backward(dy, ctx, need_dx=need_dx)
     return y, dx, dw, db
+
+
+def takes_groups(backend: str) -> bool:
+    """Whether the backend's conv2d_forward takes dilation and groups (auto gains them when
+    its pass-through lands)."""
+    params = inspect.signature(get_backend(backend).conv2d_forward).parameters
+    return {"dilation", "groups"} <= params.keys()
+
+
+def tf_same(size: int, k: int, stride: int, dilation: int) -> tuple[int, int]:
+    """TensorFlow's SAME padding along one axis, (before, after), written out independently of
+    kernels.geometry: out = ceil(size / stride), the odd one after."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + (k - 1) * dilation + 1 - size, 0)
+    return total // 2, total - total // 2
 
 
 def run_pool(backend: str, kind: str, x, size, stride, dy):
@@ -74,6 +93,59 @@ def conv_cases(draw, channels=(1, 4), sizes=(1, 12)):
         y_shape=(n, out_h, out_w, c_out),
         stride=stride,
         padding=padding,
+        bias=draw(st.booleans()),
+        need_dx=draw(st.booleans()),
+        seed=draw(st.integers(0, 2**32 - 1)),
+    )
+
+
+@st.composite
+def general_conv_cases(draw):
+    """A random conv2d call with every parameter: groups (depthwise with channel multiplier 1-2
+    included), dilation 1-3, stride 1-3, padding as n, (ph, pw), ((top, bottom), (left, right)),
+    "valid" or "same" (TensorFlow's, any stride and kernel)."""
+    n, h, w = draw(st.integers(1, 2)), draw(st.integers(1, 10)), draw(st.integers(1, 10))
+    if draw(st.booleans()):  # depthwise
+        c_in = groups = draw(st.integers(2, 5))
+        c_out = c_in * draw(st.integers(1, 2))
+    else:
+        groups = draw(st.integers(1, 3))
+        c_in, c_out = groups * draw(st.integers(1, 3)), groups * draw(st.integers(1, 3))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    dh, dw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    mode = draw(st.sampled_from(["int", "pair", "sides", "valid", "same"]))
+    if mode == "same":
+        kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+        (top, bottom), (left, right) = tf_same(h, kh, sh, dh), tf_same(w, kw, sw, dw)
+        padding = "same"
+    else:
+        if mode == "valid":
+            top = bottom = left = right = 0
+            padding = "valid"
+        elif mode == "int":
+            top = bottom = left = right = draw(st.integers(0, 2))
+            padding = top
+        elif mode == "pair":
+            top = bottom = draw(st.integers(0, 2))
+            left = right = draw(st.integers(0, 2))
+            padding = (top, left)
+        else:
+            top, bottom, left, right = (draw(st.integers(0, 2)) for _ in range(4))
+            padding = ((top, bottom), (left, right))
+        # the dilated kernel must fit the padded input: (k - 1) * d + 1 <= size + padding
+        kh = draw(st.integers(1, min(4, (h + top + bottom - 1) // dh + 1)))
+        kw = draw(st.integers(1, min(4, (w + left + right - 1) // dw + 1)))
+    out_h = (h + top + bottom - (kh - 1) * dh - 1) // sh + 1
+    out_w = (w + left + right - (kw - 1) * dw - 1) // sw + 1
+    pick = draw(st.booleans())
+    return dict(
+        x_shape=(n, h, w, c_in),
+        w_shape=(kh, kw, c_in // groups, c_out),
+        y_shape=(n, out_h, out_w, c_out),
+        stride=sh if sh == sw and pick else (sh, sw),
+        padding=padding,
+        dilation=dh if dh == dw and pick else (dh, dw),
+        groups=groups,
         bias=draw(st.booleans()),
         need_dx=draw(st.booleans()),
         seed=draw(st.integers(0, 2**32 - 1)),

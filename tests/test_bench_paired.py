@@ -10,8 +10,9 @@ import pytest
 from bench_helpers import Bar
 
 from bench import markdown, paired
+from bench.context import Context, Options
 from bench.status import OK
-from bench.suite import Context, Options
+from bench.suite import resolve_options
 
 
 @pytest.mark.parametrize("backends", [["auto", "numba"], ["auto"]])
@@ -31,7 +32,7 @@ def test_each_round_is_against_that_rounds_faster_layout():
 
 
 def _ctx(backends, peer_status, quick=True):
-    opts = Options(quick=quick, backends=backends, peers=True).resolved()
+    opts = resolve_options(Options(quick=quick, backends=backends, peers=True))
     return Context(opts, backends, peers=peer_status, bar=Bar())
 
 

@@ -15,10 +15,14 @@ from kernels_helpers import (
     OTHER_BACKENDS,
     assert_close,
     conv_cases,
+    general_conv_cases,
     pool_cases,
     run_conv,
     run_pool,
+    takes_groups,
 )
+
+from kernels import get_backend
 
 # the number of examples comes from the hypothesis profile (tests/conftest.py: quick or ci)
 EXAMPLES = settings(
@@ -69,13 +73,28 @@ def test_many_channel_conv_matches_naive(case, dtype):
     _check_conv_case(case, dtype)
 
 
-def _check_conv_case(case, dtype):
+@pytest.mark.parametrize("backend", OTHER_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
+@settings(EXAMPLES, max_examples=20)
+@given(case=general_conv_cases())
+def test_general_conv_matches_naive(case, dtype, backend):
+    """groups (depthwise with channel multipliers included), dilation, stride and every padding
+    form, TensorFlow's "same" at any stride and kernel size: numba's depthwise kernels and its
+    decomposition (kernels/decompose.py), winograd's fallback, einsum's and im2col's native
+    grouped and dilated paths."""
+    if not takes_groups(backend):
+        pytest.skip(f"{backend}.conv2d_forward takes no dilation/groups yet")
+    _check_conv_case(case, dtype, [backend])
+
+
+def _check_conv_case(case, dtype, backends=OTHER_BACKENDS):
     x, w, b, dy = _conv_inputs(case, dtype)
     args = (x, w, b, case["stride"], case["padding"], dy, case["need_dx"])
-    y, dx, dw, db = run_conv("naive", *args)
+    extra = dict(dilation=case.get("dilation", 1), groups=case.get("groups", 1))
+    y, dx, dw, db = run_conv("naive", *args, **extra)
     assert y.shape == case["y_shape"] and y.dtype == dtype
-    for backend in OTHER_BACKENDS:
-        y_be, dx_be, dw_be, db_be = run_conv(backend, *args)
+    for backend in backends:
+        y_be, dx_be, dw_be, db_be = run_conv(backend, *args, **extra)
         assert_close(y_be, y, f"{backend} y")
         assert_close(dw_be, dw, f"{backend} dw")
         if case["need_dx"]:
@@ -163,3 +182,31 @@ def test_conv_stride_and_padding_edges_by_hand():
         np.testing.assert_allclose(dx.ravel(), [1, 10, 10, 100, 100], err_msg=backend)
         np.testing.assert_allclose(dw.ravel(), [0 + 20 + 400, 1 + 30 + 500], err_msg=backend)
         assert db is None
+
+
+@pytest.mark.parametrize(
+    "x_shape, stride, multiplier",
+    [
+        ((2, 12, 13, 32), 1, 1),  # depthwise rows: 8-pixel blocks, ragged last block
+        ((2, 12, 13, 32), 2, 1),  # rows forward, per-pixel dX
+        ((1, 7, 7, 144), 1, 1),  # more channels than a row block: per pixel
+        ((1, 9, 8, 20), (1, 2), 2),  # channel multiplier 2, stride 2 along the width
+    ],
+)
+def test_depthwise_layer_shapes_match_naive(x_shape, stride, multiplier):
+    """MobileNet-like depthwise 3x3 layers (padding 1, float32) with enough channels to reach
+    the numba depthwise kernels' row blocks and their per-pixel kernels."""
+    rng = np.random.default_rng(11)
+    c = x_shape[3]
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal((3, 3, 1, c * multiplier)).astype(np.float32)
+    b = rng.standard_normal(c * multiplier).astype(np.float32)
+    y, _ = get_backend("einsum").conv2d_forward(x, w, b, stride, 1, groups=c)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    expected = run_conv("naive", x, w, b, stride, 1, dy, groups=c)
+    for backend in OTHER_BACKENDS:
+        if not takes_groups(backend):
+            continue  # auto: tests/test_kernels_auto.py's business once it passes groups on
+        got = run_conv(backend, x, w, b, stride, 1, dy, groups=c)
+        for name, got_a, want in zip(("y", "dx", "dw", "db"), got, expected):
+            assert_close(got_a, want, f"{backend} {name}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from kernels_helpers import BACKENDS, numeric_grad
+from kernels_helpers import BACKENDS, numeric_grad, takes_groups
 
 from kernels import get_backend
 
@@ -32,6 +32,17 @@ TILED_CONV_CONFIGS = [
     ((1, 12, 13, 16), (3, 3, 16), 2, 1),
     ((1, 10, 17, 17), (2, 3, 18), (3, 2), (1, 0)),
     ((2, 6, 7, 1), (3, 3, 16), 1, 1),
+]
+# x shape, (KH, KW, C_out), stride, padding, dilation, groups: each new parameter on its own,
+# then together (numba: depthwise kernels for groups == C_in, kernels/decompose.py otherwise)
+GENERAL_CONV_CONFIGS = [
+    ((2, 6, 7, 4), (3, 3, 6), 1, 1, 1, 2),
+    ((2, 6, 7, 3), (3, 2, 2), 1, 1, (2, 3), 1),
+    ((2, 6, 7, 3), (3, 2, 2), 2, ((0, 1), (2, 0)), 1, 1),
+    ((2, 7, 6, 2), (2, 2, 4), 2, "same", 1, 1),
+    ((1, 8, 8, 3), (3, 3, 3), (2, 1), 1, (2, 1), 3),
+    ((2, 7, 6, 2), (2, 3, 4), 2, "same", 2, 2),
+    ((1, 7, 8, 4), (3, 3, 4), (1, 2), ((1, 0), (0, 2)), 2, 2),
 ]
 POOL_CONFIGS = [  # x shape, size, stride
     ((2, 6, 6, 2), 2, None),
@@ -57,6 +68,34 @@ def test_conv_gradients_match_finite_differences(backend, x_shape, kernel, strid
 
     def loss():
         return float(np.sum(be.conv2d_forward(x, w, b, stride, padding)[0] * projection))
+
+    for name, analytic, param in (("dx", dx, x), ("dw", dw, w), ("db", db, b)):
+        np.testing.assert_allclose(
+            analytic, numeric_grad(loss, param), rtol=TOL, atol=TOL, err_msg=f"{backend} {name}"
+        )
+
+
+@pytest.mark.parametrize(
+    "backend, x_shape, kernel, stride, padding, dilation, groups",
+    [(backend, *config) for backend in BACKENDS for config in GENERAL_CONV_CONFIGS],
+)
+def test_general_conv_gradients_match_finite_differences(
+    backend, x_shape, kernel, stride, padding, dilation, groups
+):
+    if not takes_groups(backend):
+        pytest.skip(f"{backend}.conv2d_forward takes no dilation/groups yet")
+    be = get_backend(backend)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(x_shape)
+    w = rng.standard_normal(kernel[:2] + (x_shape[3] // groups, kernel[2]))
+    b = rng.standard_normal(kernel[2])
+    args = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    y, ctx = be.conv2d_forward(x, w, b, **args)
+    projection = rng.standard_normal(y.shape)
+    dx, dw, db = be.conv2d_backward(projection, ctx)
+
+    def loss():
+        return float(np.sum(be.conv2d_forward(x, w, b, **args)[0] * projection))
 
     for name, analytic, param in (("dx", dx, x), ("dw", dw, w), ("db", db, b)):
         np.testing.assert_allclose(

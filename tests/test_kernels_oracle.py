@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from kernels_helpers import BACKENDS, assert_close
+from kernels_helpers import BACKENDS, assert_close, takes_groups
 
 from kernels import get_backend
 
@@ -144,3 +144,106 @@ def test_pool_against_tensorflow(tf, backend, kind, x_shape, size, stride):
     dx = getattr(be, f"{kind}pool2d_backward")(dy, ctx)
     assert_close(y, ty.numpy(), f"{backend} y vs tensorflow")
     assert_close(dx, tape.gradient(loss, tx).numpy(), f"{backend} dx vs tensorflow")
+
+
+# x shape, (KH, KW, C_out), stride, padding, dilation, groups: PyTorch's grouping and dilation,
+# depthwise with a channel multiplier, and padding of both forms PyTorch's F.pad spells out
+TORCH_GENERAL_CONFIGS = [
+    ((2, 9, 8, 6), (3, 3, 4), 1, 1, 1, 2),
+    ((2, 9, 8, 4), (3, 3, 8), 2, 1, 1, 4),
+    ((1, 10, 9, 3), (3, 2, 3), (1, 2), ((2, 0), (1, 1)), (2, 3), 1),
+    ((2, 11, 10, 16), (3, 3, 16), 2, 1, 1, 16),
+    ((2, 8, 8, 6), (2, 3, 6), 1, ((0, 1), (2, 1)), 2, 3),
+]
+
+
+def _general_data(x_shape, kernel, groups):
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal(x_shape)
+    w = rng.standard_normal(kernel[:2] + (x_shape[3] // groups, kernel[2]))
+    return rng, x, w, rng.standard_normal(kernel[2])
+
+
+def _ours_general(backend, x, w, b, dy, **args):
+    be = get_backend(backend)
+    if not takes_groups(backend):
+        pytest.skip(f"{backend}.conv2d_forward takes no dilation/groups yet")
+    y, ctx = be.conv2d_forward(x, w, b, **args)
+    return (y,) + be.conv2d_backward(dy, ctx)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "x_shape, kernel, stride, padding, dilation, groups", TORCH_GENERAL_CONFIGS
+)
+def test_general_conv_against_torch(
+    torch, backend, x_shape, kernel, stride, padding, dilation, groups
+):
+    import torch.nn.functional as F
+
+    rng, x, w, b = _general_data(x_shape, kernel, groups)
+    tx = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)  # NCHW
+    tw = torch.tensor(w.transpose(3, 2, 0, 1), requires_grad=True)  # (C_out, C_in/groups, KH, KW)
+    tb = torch.tensor(b, requires_grad=True)
+    if isinstance(padding, int):
+        (top, bottom), (left, right) = (padding, padding), (padding, padding)
+    else:
+        (top, bottom), (left, right) = padding
+    padded = F.pad(tx, (left, right, top, bottom))  # F.pad's order: last axis first
+    ty = F.conv2d(padded, tw, tb, stride=stride, dilation=dilation, groups=groups)
+    dy = rng.standard_normal(ty.shape).transpose(0, 2, 3, 1).copy()  # NHWC
+    ty.backward(torch.tensor(dy.transpose(0, 3, 1, 2)))
+    expected = (
+        ty.detach().numpy().transpose(0, 2, 3, 1),
+        tx.grad.numpy().transpose(0, 2, 3, 1),
+        tw.grad.numpy().transpose(2, 3, 1, 0),
+        tb.grad.numpy(),
+    )
+    args = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    for name, got, want in zip(
+        ("y", "dx", "dw", "db"), _ours_general(backend, x, w, b, dy, **args), expected
+    ):
+        assert_close(got, np.ascontiguousarray(want), f"{backend} {name} vs torch")
+
+
+# x shape, (KH, KW, C_out or multiplier), stride, dilation, depthwise: TensorFlow's "SAME" where
+# it pads one more row/column at the bottom/right (even kernel or stride 2 on an odd input)
+TF_SAME_CONFIGS = [
+    ((2, 9, 8, 3), (2, 2, 4), 2, 1, False),
+    ((2, 8, 9, 3), (4, 3, 2), (2, 1), 1, False),
+    ((1, 9, 9, 2), (2, 3, 3), 1, (2, 1), False),
+    ((2, 9, 8, 4), (2, 2, 2), 2, 1, True),
+    ((2, 7, 8, 3), (3, 3, 1), 2, 1, True),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("x_shape, kernel, stride, dilation, depthwise", TF_SAME_CONFIGS)
+def test_same_padding_against_tensorflow(tf, backend, x_shape, kernel, stride, dilation, depthwise):
+    c_in = x_shape[3]
+    c_out = c_in * kernel[2] if depthwise else kernel[2]
+    groups = c_in if depthwise else 1
+    rng, x, w, b = _general_data(x_shape, kernel[:2] + (c_out,), groups)
+    strides = (stride, stride) if isinstance(stride, int) else stride
+    dilations = (dilation, dilation) if isinstance(dilation, int) else dilation
+    # TF's depthwise filter is (KH, KW, C_in, M), output channel c*M + m: ours reshaped
+    tw_value = w.reshape(kernel[:2] + (c_in, kernel[2])) if depthwise else w
+    tx, tw, tb = tf.Variable(x), tf.Variable(tw_value), tf.Variable(b)
+    with tf.GradientTape() as tape:
+        if depthwise:
+            conv = tf.nn.depthwise_conv2d(
+                tx, tw, (1,) + strides + (1,), "SAME", dilations=dilations
+            )
+        else:
+            # tf.nn.convolution: dilation by space-to-batch (conv2d has no CPU dilated gradient)
+            conv = tf.nn.convolution(tx, tw, strides, "SAME", dilations=dilations)
+        ty = conv + tb
+        dy = rng.standard_normal(ty.shape)
+        loss = tf.reduce_sum(ty * dy)
+    gx, gw, gb = tape.gradient(loss, [tx, tw, tb])
+    expected = (ty.numpy(), gx.numpy(), gw.numpy().reshape(w.shape), gb.numpy())
+    args = dict(stride=stride, padding="same", dilation=dilation, groups=groups)
+    for name, got, want in zip(
+        ("y", "dx", "dw", "db"), _ours_general(backend, x, w, b, dy, **args), expected
+    ):
+        assert_close(got, want, f"{backend} {name} vs tensorflow")

@@ -41,6 +41,7 @@ def force_tile(monkeypatch):
     def force(m):
         monkeypatch.setattr(winograd, "tile_size", lambda g: m)
         monkeypatch.setattr(winograd_tiles, "applies", lambda g: False)
+        monkeypatch.setattr(winograd, "declined", lambda g: "")
 
     return force
 
@@ -152,6 +153,36 @@ def test_other_shapes_run_on_the_stated_fallback(kernel, stride):
         assert (ref is None) == (got is None)
         if ref is not None:
             _assert_close(got, ref, F64_RTOL, "grad")
+
+
+@pytest.mark.parametrize("c_in, c_out", [(1, 16), (16, 8), (3, 64)])
+def test_few_channels_are_declined_and_said_so(c_in, c_out):
+    """3x3 stride-1 with fewer than MIN_CHANNELS in or out: the batched path would lose to the
+    fallback's direct tiles, so winograd hands it over, and ctx.path says why."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 9, 9, c_in))
+    w = rng.standard_normal((3, 3, c_in, c_out))
+    y, ctx = winograd.conv2d_forward(x, w, None, 1, 1)
+    assert ctx.path.startswith("declined: fewer than") and ctx.path.endswith(winograd.FALLBACK)
+    y_ref, ctx_ref = naive.conv2d_forward(x, w, None, 1, 1)
+    _assert_close(y, y_ref, F64_RTOL, "y")
+    dy = rng.standard_normal(y.shape)
+    for ref, got in zip(naive.conv2d_backward(dy, ctx_ref), winograd.conv2d_backward(dy, ctx)):
+        if ref is not None:
+            _assert_close(got, ref, F64_RTOL, "grad")
+
+
+def test_many_channels_leave_the_fused_path_for_the_batched_one(monkeypatch):
+    """A filter transform U too large for the cache share (u_fits_cache) takes the batched
+    path; with a larger cache the same shape runs fused."""
+    g = geometry.conv_geometry(np.empty((1, 8, 8, 32)), np.empty((3, 3, 32, 32)), None, 1, 1)
+    monkeypatch.setattr(winograd_tiles.isa, "l2_bytes", lambda: 16 * 32 * 32 * 8 * 8)
+    assert winograd_tiles.applies(g) and not winograd.declined(g)
+    monkeypatch.setattr(winograd_tiles.isa, "l2_bytes", lambda: 16 * 32 * 32 * 8 * 8 - 1)
+    assert not winograd_tiles.applies(g) and not winograd.declined(g)
+    x = np.random.default_rng(4).standard_normal((1, 8, 8, 32))
+    _, ctx = winograd.conv2d_forward(x, np.ones((3, 3, 32, 32)), None, 1, 1)
+    assert ctx.path == f"winograd F({winograd.tile_size(g)}x{winograd.tile_size(g)},3x3)"
 
 
 def test_transform_matrices_compute_a_correlation():

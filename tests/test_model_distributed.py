@@ -4,10 +4,13 @@ failing rank ends the job with rank 0's message and leaves the last checkpoint i
 missing mpi4py is a clear error. Each run is a subprocess with a timeout, so a hang fails."""
 
 import builtins
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -73,8 +76,11 @@ def test_two_ranks_give_one_process_weights(tmp_path, mnist_dir, arch, options):
         relative_differences(tmp_path / "two" / "last.npz", tmp_path / "one" / "last.npz").values()
     )
     assert worst < 1e-3, worst
-    # rank 0 alone prints and writes
+    # rank 0 alone prints and writes, and says how many ranks ran
     assert double.stdout.count("Experiment completed!") == 1
+    assert double.stdout.count("Distributed: 2 ranks (MPI)") == 1
+    assert json.loads((tmp_path / "two" / "history.json").read_text())["ranks"] == 2
+    assert "ranks" not in json.loads((tmp_path / "one" / "history.json").read_text())
     one_lines = [line for line in single.stdout.splitlines() if line.startswith("Epoch 2/2")]
     two_lines = [line for line in double.stdout.splitlines() if line.startswith("Epoch 2/2")]
     assert (
@@ -114,3 +120,55 @@ def test_distributed_without_mpi4py_names_the_extra(monkeypatch, capsys, mnist_d
     code = train_cli.main(["--distributed", "--data-dir", str(mnist_dir), "--epochs", "1"])
     err = capsys.readouterr().err
     assert code == 2 and 'pip install -e ".[mpi]"' in err and err.count("\n") == 1
+
+
+def interrupt_a_distributed_run(mnist_dir, out, delay):
+    """Start a two-rank run in a process group of its own, send the group SIGINT `delay`
+    seconds into the first epoch, and return (exit status or None for a hang, stdout)."""
+    command = [MPIEXEC, "-n", "2", sys.executable, "-m", "model.train", "--distributed"]
+    command += ["--data-dir", str(mnist_dir), "--out", str(out), "--no-progress"]
+    command += ["--epochs", "1000", "--compile", "wait"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    job = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+    printed = []
+    for line in job.stdout:
+        printed.append(line)
+        if line.startswith("Epoch 1/"):
+            break
+    time.sleep(delay)
+    os.killpg(job.pid, signal.SIGINT)
+    try:
+        rest, _ = job.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(job.pid, signal.SIGKILL)
+        rest, _ = job.communicate()
+        return None, "".join(printed) + rest
+    return job.returncode, "".join(printed) + rest
+
+
+@needs_mpi
+@pytest.mark.slow
+def test_ctrl_c_stops_every_rank_at_the_same_step(tmp_path, mnist_dir):
+    """Ctrl-C of a two-rank job: every rank stops after the same step, rank 0 saves
+    interrupted.npz, and the job exits 130 (a rank that raised KeyboardInterrupt where the
+    signal landed left the other in an Allreduce: a hang in about one try in six). The delays
+    spread the signal over the step's phases."""
+    for attempt, delay in enumerate(np.linspace(0.0, 0.5, 10)):
+        out = tmp_path / f"run{attempt}"
+        code, printed = interrupt_a_distributed_run(mnist_dir, out, delay)
+        assert code == 130, f"attempt {attempt}: {'hung' if code is None else code}\n{printed}"
+        assert printed.count("Interrupted: saved") == 1, printed
+        meta = load_network(out / "interrupted.npz").meta
+        assert meta["interrupted"] is True
+
+
+@needs_mpi
+def test_an_unwritable_out_ends_every_rank_with_one_line(tmp_path, mnist_dir):
+    blocker = tmp_path / "taken"
+    blocker.write_text("")
+    job = train(mnist_dir, blocker / "run", ranks=2)
+    assert job.returncode == 2 and "Epoch" not in job.stdout
+    assert job.stderr.count("error: --out") == 1 and "cannot be created" in job.stderr

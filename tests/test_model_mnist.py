@@ -4,6 +4,7 @@ but the two real-MNIST tests uses small synthetic files in tmp_path."""
 import gzip
 import hashlib
 import http.server
+import os
 import struct
 import threading
 
@@ -330,10 +331,35 @@ def test_explicit_dir_without_files(tmp_path, monkeypatch, no_env, via_env, exis
         load_mnist(None if via_env else directory, cache_dir=tmp_path / "cache")
     message = str(info.value)
     assert str(directory) in message and ("MNIST_DIR" if via_env else "data_dir") in message
-    for name in ("train-images-idx3-ubyte", "t10k-labels-idx1-ubyte", "mnist.npz"):
-        assert name in message
-    if exists:  # says what is missing, not just what is expected
+    for name in ("t10k-labels-idx1-ubyte", "mnist.npz"):
+        assert message.count(name) == 1  # each file named once
+    if exists:  # says what is missing (the file present is not listed), not just what is expected
         assert "lacks train-labels-idx1-ubyte[.gz], t10k-images" in message
+        assert "train-images" not in message
+    else:
+        assert "train-images-idx3-ubyte" in message
+
+
+def test_explicit_dir_that_is_a_file(tmp_path, no_env):
+    (tmp_path / "mnist.npz").write_bytes(b"")
+    with pytest.raises(NotADirectoryError, match=r"mnist\.npz \(--data-dir\) is a file, not a dir"):
+        load_mnist(tmp_path / "mnist.npz", download=False, data_dir_name="--data-dir")
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (bytes(range(256)) * 8, "not a valid .npz archive"),
+        (b"", "not a valid .npz archive"),
+        (b"\x93NUMPY\x01\x00", "a single .npy array"),
+    ],
+    ids=["random-bytes", "empty", "npy"],
+)
+def test_npz_that_is_not_an_archive_says_so(tmp_path, no_env, content, message):
+    (tmp_path / "mnist.npz").write_bytes(content)
+    with pytest.raises(MNISTFormatError, match=message) as info:
+        load_mnist(tmp_path, download=False)
+    assert "pickle" not in str(info.value)
 
 
 # ---- the downloader ------------------------------------------------------------------------------
@@ -343,12 +369,16 @@ def test_download_good_files(tmp_path, serve):
     files = synthetic_files(synthetic_arrays())
     url, _ = serve({f"/mnist/{name}": (content, "ok") for name, content in files.items()})
     cache = tmp_path / "cache"
-    fetched = download_mnist(cache, [url + "/mnist/"], files=sha256s(files), progress=False)
+    umask = os.umask(0o027)  # the files get the user's usual mode, not mkstemp's 0600
+    try:
+        fetched = download_mnist(cache, [url + "/mnist/"], files=sha256s(files), progress=False)
+    finally:
+        os.umask(umask)
     assert fetched == {name: f"{url}/mnist/{name}" for name in files}
     assert sorted(p.name for p in cache.iterdir()) == sorted(files)
     for name, content in files.items():
         assert (cache / name).read_bytes() == content
-        assert (cache / name).stat().st_mode & 0o777 == 0o644
+        assert (cache / name).stat().st_mode & 0o777 == 0o640
     # Everything cached: nothing fetched again.
     assert download_mnist(cache, [url + "/mnist/"], files=sha256s(files), progress=False) == {}
 

@@ -214,3 +214,53 @@ def test_show_without_display_saves_and_says_so(tmp_path, capsys):
 def test_maybe_show_without_display_prints_one_line(capsys):
     assert maybe_show(True, ["a.png", "b.png"]) is False
     assert capsys.readouterr().out == "plots saved to a.png, b.png (no display available)\n"
+
+
+# ---- what the grid shows -----------------------------------------------------------------------
+def test_pick_examples_shows_mistakes_first():
+    true = np.arange(100) % 10
+    pred = true.copy()
+    pred[[7, 30, 55]] = (pred[[7, 30, 55]] + 1) % 10
+    pick = plots.pick_examples(true, pred)
+    assert len(pick) == 10 and len(set(pick)) == 10
+    assert sorted(pick[:3]) == [7, 30, 55] and (true[pick[3:]] == pred[pick[3:]]).all()
+    # many mistakes: half the grid, the rest right ones for comparison
+    pred[:80] = (true[:80] + 1) % 10
+    pick = plots.pick_examples(true, pred)
+    assert (true[pick] != pred[pick]).sum() == 5
+    # too few right ones: the grid fills with mistakes; fewer images than the grid: all of them
+    pick = plots.pick_examples(true[:12], pred[:12])
+    assert len(pick) == 10 and (true[pick] != pred[pick]).all()
+    assert sorted(plots.pick_examples(true[:4], true[:4])) == [0, 1, 2, 3]
+
+
+def test_predictions_grid_title():
+    images, true, pred = random_batch()
+    fig = predictions_figure(images, true, pred, title="4 of 10 test images misclassified")
+    assert fig._suptitle.get_text() == "4 of 10 test images misclassified"
+
+
+def one_epoch(acc, loss, seconds):
+    return {
+        "epoch": [1],
+        "train_loss": [loss],
+        "train_acc": [acc - 0.1],
+        "test_loss": [loss],
+        "test_acc": [acc],
+        "seconds": [seconds],
+    }
+
+
+def test_compare_of_one_epoch_runs_draws_labelled_bars(tmp_path):
+    runs = {"a (numpy)": one_epoch(0.85, 1.16, 1.8), "b (torch)": one_epoch(0.85, 1.16, 5.5)}
+    fig = plots.compare_figure(runs)
+    acc, loss, seconds = fig.axes[:3]
+    assert len(acc.patches) == 4 and len(loss.patches) == 2 and len(seconds.patches) == 2
+    labels = [t.get_text() for t in seconds.texts]
+    assert labels == ["1.80", "5.50"]
+    assert [t.get_text() for t in loss.get_xticklabels()] == list(runs)
+    plots.save_figure(fig, tmp_path / "compare.png")
+    read_png(tmp_path / "compare.png")
+    # with more epochs somewhere, lines as before
+    longer = {**runs, "c (keras)": history3() | {"seconds": [1.0, 1.0, 1.0]}}
+    assert not plots.compare_figure(longer).axes[0].patches

@@ -5,8 +5,11 @@ one epoch (with and without --standardize), and the predict CLI reads the checkp
 
 import gzip
 import re
+import struct
 import subprocess
 import sys
+import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -195,6 +198,44 @@ def test_unreadable_image_names_the_file(tmp_path, content, message):
     path.write_bytes(content)
     with pytest.raises(ValueError, match=f"{message}.*broken.png"):
         load_image(path)
+
+
+def png_claiming_size(path, width, height):
+    """A small PNG whose header says width x height: what Pillow checks before decoding."""
+    Image.new("L", (8, 8)).save(path)
+    data = bytearray(path.read_bytes())
+    at = data.index(b"IHDR")
+    data[at + 4 : at + 12] = struct.pack(">II", width, height)
+    data[at + 17 : at + 21] = struct.pack(">I", zlib.crc32(bytes(data[at : at + 17])))
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_decompression_bomb_is_one_clear_error(tmp_path, capsys, checkpoints):
+    path = png_claiming_size(tmp_path / "huge.png", 20000, 20000)
+    with pytest.raises(ValueError, match=r"huge.png' is too large to read safely"):
+        load_image(path)
+    with pytest.raises(SystemExit) as info:
+        main(["--checkpoint", str(checkpoints["plain"]), str(path)])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "P", "I;16"])
+def test_large_image_is_shrunk_on_load_quietly(tmp_path, monkeypatch, mode):
+    side = 3000
+    pixels = np.kron(dark_bar_on_light(60, 100), np.ones((side // 100, side // 100), np.uint8))
+    image = Image.fromarray(pixels).convert(mode)
+    image.save(tmp_path / "big.png")
+    # between Pillow's warning and its refusal, as a 10000 x 10000 photo is at the default limit
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", pixels.size // 2 + 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gray = predict._read_pixels(tmp_path / "big.png")
+    assert max(gray.shape) < 2 * predict.LOAD_SIDE and gray.shape[1] / gray.shape[0] == 100 / 60
+    small = tmp_path / "small.png"
+    save_png(small, dark_bar_on_light())
+    np.testing.assert_allclose(load_image(tmp_path / "big.png"), load_image(small), atol=0.1)
 
 
 def test_missing_image_names_the_file(tmp_path):

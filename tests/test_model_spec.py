@@ -30,12 +30,20 @@ def test_each_kind_parses_with_its_defaults():
             "kernel": (3, 3),
             "stride": (1, 1),
             "pad": (0, 0),
+            "dilation": (1, 1),
+            "groups": 1,
             "bias": True,
             "init": "uniform",
         },
     )
-    assert maxpool.args == {"size": (2, 2), "stride": (2, 2)}
-    assert avgpool.args == {"size": (3, 3), "stride": (1, 1)}
+    assert maxpool.args == {"size": (2, 2), "stride": (2, 2), "pad": (0, 0), "ceil": False}
+    assert avgpool.args == {
+        "size": (3, 3),
+        "stride": (1, 1),
+        "pad": (0, 0),
+        "ceil": False,
+        "count_pad": True,
+    }
     assert bn.kind == "bn" and bn.args == {"momentum": 0.9, "eps": 1e-5}
     assert relu.kind == "relu" and flat.kind == "flatten"
     assert drop.args == {"rate": 0.5} and dense.args == {"units": 10, "init": "uniform"}

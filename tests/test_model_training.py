@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 import pytest
-from model_helpers import separable_data, write_mnist_dir
+from model_helpers import separable_data
 
 from model import train as train_cli
 from model import training
@@ -267,6 +267,7 @@ def test_checkpoint_of_the_legacy_seed_architecture_still_loads(tmp_path):
     "content, message",
     [
         (b"not a checkpoint", "not a readable convbench checkpoint"),
+        (bytes(range(256)) * 8, "checkpoint: not a valid .npz archive"),
         (None, "does not exist"),
     ],
 )
@@ -274,8 +275,9 @@ def test_unreadable_checkpoint_is_a_clear_error(tmp_path, content, message):
     path = tmp_path / "bad.npz"
     if content is not None:
         path.write_bytes(content)
-    with pytest.raises((ValueError, FileNotFoundError), match=message):
+    with pytest.raises((ValueError, FileNotFoundError), match=message) as info:
         load_network(path)
+    assert "pickle" not in str(info.value)
 
 
 # ---- the CLI ----------------------------------------------------------------------------------
@@ -283,12 +285,6 @@ def run_cli(capsys, *argv):
     code = train_cli.main([str(a) for a in argv])
     out = capsys.readouterr()
     return code, out.out, out.err
-
-
-@pytest.fixture(scope="module")
-def small_mnist_dir(tmp_path_factory):
-    """A generated MNIST-format directory (IDX gz files) so CLI tests need no real data."""
-    return write_mnist_dir(tmp_path_factory.mktemp("mnist"))
 
 
 def test_cli_prints_the_run_and_writes_every_output(capsys, tmp_path, small_mnist_dir):
@@ -395,7 +391,7 @@ def test_ctrl_c_saves_a_checkpoint_and_the_history(capsys, tmp_path, small_mnist
     assert load_network(out / "last.npz").meta["epoch"] == 1
 
 
-def test_nan_loss_in_the_cli_names_epoch_and_keeps_the_last_checkpoint(
+def test_nan_loss_in_the_cli_names_epoch_and_lr_and_says_no_checkpoint_yet(
     capsys, tmp_path, small_mnist_dir
 ):
     out = tmp_path / "run"
@@ -414,7 +410,8 @@ def test_nan_loss_in_the_cli_names_epoch_and_keeps_the_last_checkpoint(
         "1e30",
     )
     assert code == 1
-    assert "at epoch" in stderr and "batch" in stderr and "last good checkpoint" in stderr
+    assert "at epoch 1" in stderr and "batch" in stderr and "learning rate 1e+30" in stderr
+    assert "No checkpoint was written yet" in stderr and not (out / "last.npz").exists()
 
 
 @pytest.mark.parametrize(

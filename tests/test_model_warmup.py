@@ -5,11 +5,16 @@ beyond float32 rounding."""
 
 import os
 import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from model_helpers import separable_data, write_mnist_dir
+from model_helpers import separable_data
 
 from kernels import get_backend, jitcache, numba_jit
 from model import train as train_cli
@@ -18,10 +23,7 @@ from model.losses import softmax_cross_entropy
 from model.network import build_network
 from model.optim import SGD
 
-
-@pytest.fixture(scope="module")
-def small_mnist_dir(tmp_path_factory):
-    return write_mnist_dir(tmp_path_factory.mktemp("mnist"))
+REPO = Path(__file__).resolve().parents[1]
 
 
 def fake_backend(name, events, cached):
@@ -263,3 +265,41 @@ def test_warmup_compiles_every_signature_a_training_step_uses(arch):
     net.train_step(x, y, SGD(lr=0.01))
     net.evaluate(x, y)
     assert signatures() == before
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG) is Linux's"
+)
+def test_the_child_dies_with_a_killed_parent(tmp_path):
+    """kill -9 of a training run leaves no compiling child behind: the parent here starts a
+    child that would sleep for ten minutes, waits until it runs, prints its pid and kills
+    itself."""
+    started = tmp_path / "started"
+    work = f"open({str(started)!r}, 'w').close(); import time; time.sleep(600)"
+    parent = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os, signal, time; from model import warmup; "
+            f"child = warmup._Child('numba', [], [], work={work!r}); "
+            f"[time.sleep(0.05) for _ in range(2400) if not os.path.exists({str(started)!r})]; "
+            "print(child._proc.pid, flush=True); os.kill(os.getpid(), signal.SIGKILL)",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert parent.returncode == -signal.SIGKILL and started.exists()
+    child_pid = int(parent.stdout.split()[0])
+    for _ in range(300):  # the kernel signals the child at once; allow a loaded machine 30 s
+        try:
+            os.kill(child_pid, 0)
+        except ProcessLookupError:
+            break
+        if Path(f"/proc/{child_pid}/stat").read_text().split()[2] == "Z":  # reaped later by init
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(child_pid, signal.SIGKILL)
+        pytest.fail(f"the compiling child {child_pid} outlived its killed parent")

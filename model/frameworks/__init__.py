@@ -17,6 +17,7 @@ copy_back(net).
 from __future__ import annotations
 
 import importlib
+import math
 import time
 
 import numpy as np
@@ -26,7 +27,13 @@ from ..augment import augment_batch
 from ..batches import iterate_batches, num_batches
 from ..losses import class_indices
 from ..optim import Optimizer, lr_at, warmup_factor
-from ..training import HISTORY_KEYS, format_epoch, new_history
+from ..training import (
+    HISTORY_KEYS,
+    DivergenceGuard,
+    TrainingDiverged,
+    format_epoch,
+    new_history,
+)
 
 FRAMEWORKS = ("numpy", "torch", "keras")
 _MODULES = {"torch": ("torch_net", "torch"), "keras": ("keras_net", "tensorflow")}
@@ -69,12 +76,15 @@ def fit_in_framework(
     seed=0,
 ):
     """model.training.fit's loop with the framework doing the arithmetic; `augment` is
-    (max_shift, max_degrees) or None. Returns the history (the same keys as fit's)."""
+    (max_shift, max_degrees) or None. Returns the history (the same keys as fit's).
+    Raises TrainingDiverged as fit does (the framework's weights reach `net` only at an epoch's
+    end, so a diverged step never reaches a checkpoint)."""
     model = framework_model(name, net, optimizer, seed)
     history = new_history() if history is None else history
     base_lr = optimizer.lr if base_lr is None else base_lr
     labels = class_indices(y)
     best_loss = min((v for v in history["test_loss"] if v is not None), default=np.inf)
+    guard = DivergenceGuard(base_lr)
     for epoch in range(len(history["epoch"]), epochs):
         epoch_lr = lr_at(schedule, base_lr, epoch, epochs, step_epochs, step_factor)
         loss_sum, correct, seen = 0.0, 0, 0
@@ -86,18 +96,23 @@ def fit_in_framework(
             disable=not progress,
         )
         start = time.perf_counter()
-        for xb, yb in iterate_batches(x, labels, batch_size, net.rng):
-            if augment is not None:
-                xb = augment_batch(xb, net.rng, *augment)
-            lr = epoch_lr * warmup_factor(optimizer.t, warmup_steps)
-            loss, n_correct = model.step(xb, yb, lr)
-            optimizer.t += 1
-            loss_sum += loss * len(yb)
-            correct += n_correct
-            seen += len(yb)
-            bar.update(1)
+        try:
+            for batch, (xb, yb) in enumerate(iterate_batches(x, labels, batch_size, net.rng), 1):
+                if augment is not None:
+                    xb = augment_batch(xb, net.rng, *augment)
+                lr = epoch_lr * warmup_factor(optimizer.t, warmup_steps)
+                loss, n_correct = model.step(xb, yb, lr)
+                if not math.isfinite(loss):
+                    raise TrainingDiverged(epoch + 1, batch, loss, base_lr)
+                guard.check(loss, epoch + 1, batch)
+                optimizer.t += 1
+                loss_sum += loss * len(yb)
+                correct += n_correct
+                seen += len(yb)
+                bar.update(1)
+        finally:
+            bar.close()
         seconds = time.perf_counter() - start
-        bar.close()
         optimizer.lr = epoch_lr
         test_loss, test_acc = (
             model.evaluate(x_test, class_indices(y_test)) if x_test is not None else (None, None)

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from kernels.geometry import conv_geometry
+
 from .. import layers as L
 
 THREADS = 2
@@ -27,11 +29,44 @@ def _pair(value):
     return (value, value) if isinstance(value, int) else tuple(value)
 
 
-def _padding(layer):
-    if isinstance(layer.padding, str):
-        kh, kw = layer.kernel_size
-        return (0, 0) if layer.padding == "valid" else (kh // 2, kw // 2)
-    return _pair(layer.padding)
+class SamePaddedConv2d(nn.Conv2d):
+    """nn.Conv2d with TensorFlow's padding="same" where it pads unevenly (an even kernel span or
+    a stride): the rows and columns each input needs, from kernels.geometry (the one copy of
+    that rule), the odd one at the bottom/right; torch's own padding="same" is stride 1 only."""
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        probe = np.broadcast_to(np.zeros((), np.float32), (1, h, w, c))
+        kernel = np.broadcast_to(
+            np.zeros((), np.float32), (*self.kernel_size, c // self.groups, self.out_channels)
+        )
+        g = conv_geometry(probe, kernel, None, self.stride, "same", self.dilation, self.groups)
+        return super().forward(nn.functional.pad(x, (g.pw, g.pw_end, g.ph, g.ph_end)))
+
+
+def _conv(layer) -> nn.Conv2d:
+    """The torch module of our Conv2D: explicit padding as torch's, "same" by SamePaddedConv2d."""
+    pad = layer.padding
+    uneven = isinstance(pad, str) and pad == "same"
+    options = dict(
+        stride=_pair(layer.stride),
+        dilation=_pair(layer.dilation),
+        groups=layer.groups,
+        bias="b" in layer.params,
+    )
+    if uneven:
+        cls, padding = SamePaddedConv2d, (0, 0)
+    else:
+        cls, padding = nn.Conv2d, (0, 0) if pad == "valid" else _pair(pad)
+    return cls(layer.in_channels, layer.out_channels, layer.kernel_size, padding=padding, **options)
+
+
+def _pool(layer) -> nn.Module:
+    stride = layer.size if layer.stride is None else layer.stride
+    options = dict(stride=_pair(stride), padding=_pair(layer.padding), ceil_mode=layer.ceil_mode)
+    if isinstance(layer, L.MaxPool2D):
+        return nn.MaxPool2d(_pair(layer.size), **options)
+    return nn.AvgPool2d(_pair(layer.size), count_include_pad=layer.count_include_pad, **options)
 
 
 def translate(net) -> nn.Sequential:
@@ -39,21 +74,12 @@ def translate(net) -> nn.Sequential:
     modules, flat = [], False
     for layer in net.layers:
         if isinstance(layer, L.Conv2D):
-            m = nn.Conv2d(
-                layer.in_channels,
-                layer.out_channels,
-                layer.kernel_size,
-                stride=_pair(layer.stride),
-                padding=_padding(layer),
-                bias="b" in layer.params,
-            )
+            m = _conv(layer)
         elif isinstance(layer, L.BatchNorm):
             cls = nn.BatchNorm1d if flat else nn.BatchNorm2d
             m = cls(layer.num_features, eps=layer.eps, momentum=1 - layer.momentum)
         elif isinstance(layer, (L.MaxPool2D, L.AvgPool2D)):
-            cls = nn.MaxPool2d if isinstance(layer, L.MaxPool2D) else nn.AvgPool2d
-            stride = layer.size if layer.stride is None else layer.stride
-            m = cls(_pair(layer.size), stride=_pair(stride))
+            m = _pool(layer)
         elif isinstance(layer, L.ReLU):
             m = nn.ReLU()
         elif isinstance(layer, L.Flatten):

@@ -1,0 +1,239 @@
+"""Depthwise convolution (groups == C_in, any channel multiplier) as compiled per-channel stencils.
+
+A depthwise layer does KH*KW multiply-adds per output value and reads every input value KH*KW
+times from cache: it is bound by memory, and a GEMM formulation (im2col per group, or a plain
+convolution per channel) spends most of its time building operands one channel wide. In NHWC
+the channel axis is contiguous, so here every loop's innermost axis is the channels: one tap of
+one pixel is a multiply-add of three contiguous channel vectors, which LLVM vectorises.
+
+Channel multiplier M = C_out // C_in: output channel o = c*M + m reads input channel c (PyTorch's
+grouping). The kernels work on an m-major layout, where a pixel's outputs are (M, C) with the
+channels contiguous: the weights as wt (KH, KW, M, C), the output as (N, OH, OW, M, C); for M = 1
+(MobileNet's layers) both are exactly w and y, for M > 1 the caller transposes (to_m_major /
+from_m_major), a copy as large as y.
+
+Padding, stride and dilation are native: a tap outside the input is skipped (the padding is
+never materialised), and the taps of a window are (dil_h, dil_w) apart.
+    forward_kernel  prange over output rows (n, oh): y = b + sum over taps of x * w
+    forward_rows_kernel  the same, each output row as one long vector (few channels, M = 1,
+                    stride 1 along the width; see ROW_BLOCK); at stride 1 it also runs dX,
+                    the full correlation of dy with the kernel turned by 180 degrees
+    dx_kernel       prange over input rows (n, r): a gather, each input pixel summing the
+                    taps that read it, so no two threads write one element
+    dw_kernel       prange over blocks of output rows, each block with its own partial dW,
+                    summed afterwards (no shared accumulator)
+kernels/numba_jit.py (the numba backend) calls them and decides the thread count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numba import njit, prange
+
+from .contract import ConvCtx
+from .geometry import ConvGeometry
+
+# reassoc and contract let LLVM fuse and vectorise the multiply-adds; nnan/ninf stay off, so NaN
+# and inf keep their IEEE meaning (as in kernels/numba_conv.py).
+_JIT: dict[str, Any] = dict(cache=True, parallel=True, fastmath={"reassoc", "contract"})
+
+PATH = "numba depthwise"
+
+
+@dataclass(frozen=True, eq=False)
+class DepthwiseCtx(ConvCtx):
+    """conv2d's ctx on the depthwise path: x, and the weights in the m-major layout."""
+
+    path: str
+    x: np.ndarray  # (N, H, W, C_in), C-contiguous
+    wt: np.ndarray  # (KH, KW, M, C_in), C-contiguous, M = C_out // C_in
+
+
+def to_m_major(a: np.ndarray, c_in: int) -> np.ndarray:
+    """a (..., C_in*M), channel o = c*M + m -> (..., M, C_in), C-contiguous."""
+    split = a.reshape(*a.shape[:-1], c_in, a.shape[-1] // c_in)
+    return np.ascontiguousarray(np.swapaxes(split, -1, -2))
+
+
+def from_m_major(a: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`to_m_major`: a (..., M, C_in) -> (..., C_in*M)."""
+    return np.swapaxes(a, -1, -2).reshape(*a.shape[:-2], -1)
+
+
+def applies(g: ConvGeometry) -> bool:
+    """True when this module computes geometry g: a depthwise convolution (groups == C_in > 1)."""
+    return g.depthwise
+
+
+def make_ctx(g: ConvGeometry, x: np.ndarray, w: np.ndarray) -> DepthwiseCtx:
+    """The ctx of geometry g: x (N, H, W, C_in), w (KH, KW, 1, C_in*M)."""
+    wt = to_m_major(w.reshape(g.kh, g.kw, g.c_out), g.c_in)
+    return DepthwiseCtx(g, PATH, np.ascontiguousarray(x), wt)
+
+
+def geometry_args(g: ConvGeometry) -> tuple[int, int, int, int, int, int]:
+    """(sh, sw, top, left, dil_h, dil_w): what every kernel below takes after its arrays."""
+    return g.sh, g.sw, g.ph, g.pw, g.dil_h, g.dil_w
+
+
+@njit(**_JIT)
+def forward_kernel(x, wt, bias, sh, sw, pt, pl, dh, dw, out):
+    """out (N, OH, OW, M, C) = bias (M, C) + the depthwise correlation of x (N, H, W, C) with
+    wt (KH, KW, M, C); input row oh*sh - pt + i*dh, column ow*sw - pl + j*dw for tap (i, j)."""
+    n, height, width, c_all = x.shape
+    kh, kw, m_all = wt.shape[0], wt.shape[1], wt.shape[2]
+    out_h, out_w = out.shape[1], out.shape[2]
+    for t in prange(n * out_h):
+        ni, oh = t // out_h, t % out_h
+        for ow in range(out_w):
+            acc = out[ni, oh, ow]  # (M, C): the pixel's outputs stay in L1 across the taps
+            for m in range(m_all):
+                for c in range(c_all):
+                    acc[m, c] = bias[m, c]
+            for i in range(kh):
+                r = oh * sh - pt + i * dh
+                if r < 0 or r >= height:
+                    continue
+                for j in range(kw):
+                    col = ow * sw - pl + j * dw
+                    if col < 0 or col >= width:
+                        continue
+                    pixel = x[ni, r, col]
+                    for m in range(m_all):
+                        tap, row = wt[i, j, m], acc[m]
+                        for c in range(c_all):
+                            row[c] += pixel[c] * tap[c]
+
+
+@njit(**_JIT)
+def dx_kernel(dy, wt, sh, sw, pt, pl, dh, dw, dx):
+    """dx (N, H, W, C) = the gradient of forward_kernel's x for dy (N, OH, OW, M, C): each
+    input pixel (r, col) sums dy * w over the taps (i, j) whose window reads it."""
+    n, height, width, c_all = dx.shape
+    kh, kw, m_all = wt.shape[0], wt.shape[1], wt.shape[2]
+    out_h, out_w = dy.shape[1], dy.shape[2]
+    zero = dx.dtype.type(0)
+    for t in prange(n * height):
+        ni, r = t // height, t % height
+        for col in range(width):
+            acc = dx[ni, r, col]
+            for c in range(c_all):
+                acc[c] = zero
+            for i in range(kh):
+                row_at = r + pt - i * dh  # = oh * sh for the output row oh that reads (r, .)
+                if row_at < 0 or row_at % sh != 0 or row_at // sh >= out_h:
+                    continue
+                oh = row_at // sh
+                for j in range(kw):
+                    col_at = col + pl - j * dw
+                    if col_at < 0 or col_at % sw != 0 or col_at // sw >= out_w:
+                        continue
+                    grad = dy[ni, oh, col_at // sw]
+                    for m in range(m_all):
+                        tap, g_m = wt[i, j, m], grad[m]
+                        for c in range(c_all):
+                            acc[c] += g_m[c] * tap[c]
+
+
+@njit(**_JIT)
+def dw_kernel(x, dy, sh, sw, pt, pl, dh, dw, dw_parts):
+    """dw_parts (P, KH, KW, M, C): part p += the weight gradient of the output rows (n, oh) of
+    its block (the P blocks split the N*OH rows evenly); x (N, H, W, C), dy (N, OH, OW, M, C)."""
+    n, height, width, c_all = x.shape
+    n_parts, kh, kw, m_all = dw_parts.shape[0], dw_parts.shape[1], dw_parts.shape[2], dy.shape[3]
+    out_h, out_w = dy.shape[1], dy.shape[2]
+    rows = n * out_h
+    for p in prange(n_parts):
+        acc = dw_parts[p]
+        for t in range(p * rows // n_parts, (p + 1) * rows // n_parts):
+            ni, oh = t // out_h, t % out_h
+            for ow in range(out_w):
+                grad = dy[ni, oh, ow]
+                for i in range(kh):
+                    r = oh * sh - pt + i * dh
+                    if r < 0 or r >= height:
+                        continue
+                    for j in range(kw):
+                        col = ow * sw - pl + j * dw
+                        if col < 0 or col >= width:
+                            continue
+                        pixel = x[ni, r, col]
+                        for m in range(m_all):
+                            row, g_m = acc[i, j, m], grad[m]
+                            for c in range(c_all):
+                                row[c] += pixel[c] * g_m[c]
+
+
+# ------------------------------------------------------------ one output row as one long vector
+#
+# With one output channel per input channel (M = 1) and stride 1 along the width, a row of the
+# output, (OW, C) flattened, gets each tap (i, j) as one shifted contiguous slice of an input row
+# times the tap's weights repeated along the row: a loop as long as the row, not C long. For the
+# few-channel layers (MobileNetV2's 112x112x32) a per-pixel loop C = 32 long spends its time
+# entering and leaving loops too short to vectorise fully. Rows are cut into blocks of
+# block_pixels pixels (block_pixels * C about ROW_BLOCK values) so that the weights, repeated
+# over one block for all KH*KW taps, stay in L1 cache. With more than ROW_BLOCK / 2 channels a
+# block is one pixel and the per-pixel kernel is faster (the 56x56x144 layer: 8.7 against 19.8
+# ms; 112x112x32: 14.9 against 9.9 ms for the rows, one thread, forward). dW stays per pixel:
+# its row form keeps B*C partial sums per tap and was slower on both layers.
+ROW_BLOCK = 256
+
+
+def rows_apply(g: ConvGeometry) -> bool:
+    """True when forward_rows_kernel runs geometry g's forward (and, at stride 1, its dX):
+    channel multiplier 1, stride 1 along the width, at most ROW_BLOCK / 2 channels."""
+    return g.c_out == g.c_in <= ROW_BLOCK // 2 and g.sw == 1
+
+
+def block_pixels(c: int) -> int:
+    """Pixels per row block for c channels (see ROW_BLOCK)."""
+    return max(1, ROW_BLOCK // c)
+
+
+def tiled_weights(wt: np.ndarray, block: int, flip: bool = False) -> np.ndarray:
+    """wt (KH, KW, 1, C) -> (KH, KW, block*C), each tap's weights repeated `block` times; with
+    `flip` the kernel is turned by 180 degrees (dX's full correlation)."""
+    if flip:
+        wt = wt[::-1, ::-1]
+    kh, kw, _, c = wt.shape
+    return np.ascontiguousarray(np.tile(wt.reshape(kh, kw, c), (1, 1, block)))
+
+
+@njit(**_JIT)
+def forward_rows_kernel(x, w_tiled, bias_tiled, sh, pt, pl, dh, dw, out):
+    """out (N, OH, OW, C) = bias + the depthwise correlation of x (N, H, W, C), stride (sh, 1):
+    tap (i, j) of output (oh, ow) reads x[oh*sh - pt + i*dh, ow - pl + j*dw]. w_tiled
+    (KH, KW, B*C) and bias_tiled (B*C,) repeat the weights and bias over a block of B pixels."""
+    n, height, width, c_all = x.shape
+    kh, kw, block_len = w_tiled.shape
+    out_h, out_w = out.shape[1], out.shape[2]
+    block = block_len // c_all
+    for t in prange(n * out_h):
+        ni, oh = t // out_h, t % out_h
+        out_row = out[ni, oh].reshape(out_w * c_all)
+        for p0 in range(0, out_w, block):
+            p1 = min(p0 + block, out_w)
+            base = p0 * c_all
+            for k in range((p1 - p0) * c_all):
+                out_row[base + k] = bias_tiled[k]
+            for i in range(kh):
+                r = oh * sh - pt + i * dh
+                if r < 0 or r >= height:
+                    continue
+                x_row = x[ni, r].reshape(width * c_all)
+                for j in range(kw):
+                    # output pixels of this block whose tap (i, j) lies inside the row
+                    lo, hi = max(p0, pl - j * dw), min(p1, width + pl - j * dw)
+                    if lo >= hi:
+                        continue
+                    # slices, so every index below counts up from 0: an index that might be
+                    # negative (k + shift) costs a wraparound select per element, no vectors
+                    start, stop, shift = lo * c_all, hi * c_all, (j * dw - pl) * c_all
+                    out_seg = out_row[start:stop]
+                    x_seg = x_row[start + shift : stop + shift]
+                    taps = w_tiled[i, j, start - base : stop - base]
+                    for k in range(stop - start):
+                        out_seg[k] += x_seg[k] * taps[k]
