@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from . import tuning_policy
-from .contract import ConvCtx, MaxPoolCtx, PoolCtx
+from .contract import ConvCtx, MaxPoolCtx, PoolCtx, check_ctx
 from .geometry import (
     ConvGeometry,
     PoolGeometry,
@@ -290,9 +290,10 @@ def _options(**given: tuple[Any, Any]) -> dict[str, Any]:
     when a caller uses it."""
 
     def is_default(value: Any, default: Any) -> bool:
+        # the default's own type only: groups=1.0 or ceil_mode=0 go on, to their clear error
         if isinstance(value, (tuple, list)) and not isinstance(default, (tuple, list)):
-            return all(v == default for v in value)
-        return bool(value == default)
+            return all(type(v) is type(default) and v == default for v in value)
+        return type(value) is type(default) and bool(value == default)
 
     return {
         name: value for name, (value, default) in given.items() if not is_default(value, default)
@@ -401,6 +402,7 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
 
 def conv2d_backward(dy, ctx: AutoConvCtx, need_dx=True):
     """dy: (N, OH, OW, C_out) -> (dx or None, dw, db or None), on the backend chosen for it."""
+    check_ctx(ctx, AutoConvCtx, "auto")
     return _backend(ctx.backend).conv2d_backward(dy, ctx.inner, need_dx=need_dx)
 
 
@@ -608,6 +610,7 @@ def maxpool2d_forward(x, size=2, stride=None, padding=0, ceil_mode=False):
 
 def maxpool2d_backward(dy, ctx: AutoMaxPoolCtx):
     """dy: (N, OH, OW, C) -> dx: (N, H, W, C), on the forward's backend."""
+    check_ctx(ctx, AutoMaxPoolCtx, "auto")
     return _backend(ctx.backend).maxpool2d_backward(dy, ctx.inner)
 
 
@@ -624,6 +627,7 @@ def avgpool2d_forward(x, size=2, stride=None, padding=0, ceil_mode=False, count_
 
 def avgpool2d_backward(dy, ctx: AutoPoolCtx):
     """dy: (N, OH, OW, C) -> dx: (N, H, W, C), on the forward's backend."""
+    check_ctx(ctx, AutoPoolCtx, "auto")
     return _backend(ctx.backend).avgpool2d_backward(dy, ctx.inner)
 
 

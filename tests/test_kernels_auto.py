@@ -162,6 +162,7 @@ def test_the_key_holds_every_geometry_field_and_the_options():
 def test_default_options_are_not_passed_on():
     assert auto._options(dilation=(1, 1), groups=(1, 1)) == {}
     assert auto._options(dilation=((1, 1), 1), padding=((0, 0), 0)) == {}
+    assert auto._options(groups=(1.0, 1), ceil_mode=(0, False)) == {"groups": 1.0, "ceil_mode": 0}
     assert auto._options(dilation=((2, 1), 1), ceil_mode=(True, False)) == {
         "dilation": (2, 1),
         "ceil_mode": True,

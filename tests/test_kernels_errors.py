@@ -202,8 +202,6 @@ def test_backward_rejects_wrong_dy(backend):
 def test_conv_backward_rejects_a_foreign_ctx(backend):
     """ctx=None, or another backend's ctx, is one clear TypeError naming what was passed and
     where it came from, not an AttributeError on one of its fields."""
-    if backend == "auto":
-        pytest.skip("auto's backward does not call contract.check_ctx yet (kernels/auto.py)")
     be = get_backend(backend)
     y, _ = be.conv2d_forward(X, W, B)
     dy = np.ones_like(y)
