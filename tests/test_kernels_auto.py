@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
-from kernels import auto, naive, tuning_policy
+from kernels import auto, naive, tuning, tuning_policy
 from kernels.geometry import ConvGeometry, conv_geometry
 
 
@@ -118,7 +118,7 @@ def test_bad_mode_is_a_clear_error(monkeypatch):
         auto.configure(mode="sometimes")
     monkeypatch.setenv("CONVBENCH_AUTOTUNE", "always")
     with pytest.raises(ValueError, match="CONVBENCH_AUTOTUNE must be one of"):
-        _ = auto.Tuner().mode
+        _ = tuning.Tuner().mode
 
 
 def test_the_key_ends_with_the_thread_settings_in_force(cached, monkeypatch):
@@ -146,7 +146,7 @@ def test_the_key_holds_every_geometry_field_and_the_options():
     without a change here; so do non-default options."""
     x, w, b = _conv_args()
     g = conv_geometry(x, w, b, 1, 1)
-    key = auto.conv_key(g)
+    key = tuning.conv_key(g)
     assert key.startswith("conv2d x=2x6x6x8 w=3x3x8x4 stride=1,1 ")
     assert "ph=1" in key and "has_bias=True" in key and "dtype=float64" in key
 
@@ -155,15 +155,18 @@ def test_the_key_holds_every_geometry_field_and_the_options():
         spare: int = 1
 
     grown = Grown(**dataclasses.asdict(g), spare=2)
-    assert auto.conv_key(grown) == key + " spare=2"
-    assert auto.conv_key(g, {"dilation": 2}) == key + " dilation=2"
+    assert tuning.conv_key(grown) == key + " spare=2"
+    assert tuning.conv_key(g, {"dilation": 2}) == key + " dilation=2"
 
 
 def test_default_options_are_not_passed_on():
-    assert auto._options(dilation=(1, 1), groups=(1, 1)) == {}
-    assert auto._options(dilation=((1, 1), 1), padding=((0, 0), 0)) == {}
-    assert auto._options(groups=(1.0, 1), ceil_mode=(0, False)) == {"groups": 1.0, "ceil_mode": 0}
-    assert auto._options(dilation=((2, 1), 1), ceil_mode=(True, False)) == {
+    assert tuning.non_default(dilation=(1, 1), groups=(1, 1)) == {}
+    assert tuning.non_default(dilation=((1, 1), 1), padding=((0, 0), 0)) == {}
+    assert tuning.non_default(groups=(1.0, 1), ceil_mode=(0, False)) == {
+        "groups": 1.0,
+        "ceil_mode": 0,
+    }
+    assert tuning.non_default(dilation=((2, 1), 1), ceil_mode=(True, False)) == {
         "dilation": (2, 1),
         "ceil_mode": True,
     }

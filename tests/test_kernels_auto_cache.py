@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 import pytest
 
-from kernels import auto, naive, tuning_cache, tuning_policy
+from kernels import auto, naive, tuning, tuning_cache, tuning_policy
 
 
 @pytest.fixture
@@ -88,7 +88,7 @@ def test_a_bad_entry_is_dropped_with_a_warning_and_timed_again(cached, record):
     np.testing.assert_allclose(y, naive.conv2d_forward(*_conv_args(), 1, 1)[0], atol=1e-10)
     assert cached.choices()[key]["source"] == "timed"
     saved = json.loads(cached.cache_path().read_text())["choices"]
-    assert auto.check_entry(key, saved[key]) is None and good_key in saved
+    assert tuning.check_entry(key, saved[key]) is None and good_key in saved
 
 
 def test_an_entry_of_an_unknown_operation_is_dropped(cached):
@@ -189,7 +189,7 @@ def test_the_thread_settings_start_numba_threads_sleeping():
     ],
 )
 def test_each_kind_of_entry_is_checked(key, record, why):
-    got = auto.check_entry(key, record)
+    got = tuning.check_entry(key, record)
     assert got == why if why is None else why in got
 
 
@@ -197,5 +197,5 @@ def test_an_entry_on_a_backend_not_installed_here_is_dropped(monkeypatch):
     import kernels
 
     monkeypatch.setattr(kernels, "available_backends", lambda: ["naive", "im2col", "einsum"])
-    assert "not available here" in auto.check_entry("conv2d x=1", {"backend": "numba"})
-    assert auto.check_entry("conv2d x=1", {"backend": "im2col"}) is None
+    assert "not available here" in tuning.check_entry("conv2d x=1", {"backend": "numba"})
+    assert tuning.check_entry("conv2d x=1", {"backend": "im2col"}) is None
