@@ -211,12 +211,14 @@ def describe(record: dict) -> str:
 
 
 def available(names) -> list[str]:
+    """The backends of `names` installed here, in that order."""
     from . import available_backends  # the registry (kernels/__init__ imports us lazily)
 
     return [name for name in names if name in available_backends()]
 
 
 def backend(name: str):
+    """The backend module called `name` (kernels.get_backend)."""
     from . import get_backend
 
     return get_backend(name)
