@@ -20,7 +20,10 @@ Files:
     contract.py     the Backend protocol every backend module follows (shapes, dtypes, the ctx
                     dataclasses, the max-pool argmax rule, the optional warmup())
     geometry.py     argument checking and output-size arithmetic (the only copy), argmax_dtype
+    decompose.py    grouped, dilated and unevenly padded convolutions as plain ones (per group,
+                    zero-inserted taps, explicit padding) for backends without a native path
     windows.py      window helpers shared by the NumPy backends: per-offset views, col2im
+    isa.py          the machine's vector width, ISA flags and cache sizes (blocking decisions)
     memory.py       keep_freed_memory(): glibc malloc tuning a training run opts into
     gemm.py         matrix products split over the cores by us (Dense layers, Winograd's tiles)
     threads.py      numba's worker threads, started so they sleep between kernels
@@ -29,9 +32,16 @@ Files:
     im2col.py       backend "im2col": receptive fields unfolded into a matrix, one GEMM
     numba_jit.py    backend "numba": jitted loops (thread rule, public functions, pooling, warmup)
     numba_conv.py   the numba backend's convolution machinery (plane layout, taps, hot loops)
+    numba_tiles.py  the numba backend's register tiles (many-channel convolutions, GEMM tiles)
+    depthwise.py    the numba backend's depthwise convolutions (groups == C_in): per-channel
+                    stencils vectorised over the contiguous channel axis
     winograd.py     backend "winograd": Winograd F(4x4,3x3)/F(2x2,3x3) for 3x3 stride-1 convs
                     (tile transforms in numba, one GEMM per tile position); others on numba
-    auto.py         backend "auto": per layer shape, the fastest backend, timed once and cached
+    winograd_tiles.py  the fused Winograd F(2x2, 3x3) forward and backward-weights tiles
+    auto.py         backend "auto": per layer shape and pass, the fastest backend, dispatched
+    tuning.py       auto's Tuner: mode, cache, choices; `auto.using(...)` scopes one
+    tuning_cache.py the machine fingerprint, the thread settings in force, the cache file
+    tuning_policy.py  how candidates are timed: interleaved rounds, close calls re-timed
 
 Compiled pieces of the model's other layers (not backends):
     batchnorm.py    batch-norm forward and backward in two passes each (model.layers.BatchNorm)
