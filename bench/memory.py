@@ -24,9 +24,10 @@ from .timing import in_rounds, pooled
 if TYPE_CHECKING:
     from .context import Context, Options
 
-# rounds per backend, in a rotated order: the traced peak is close to deterministic, so a few
-# samples show whether it is (a spread and the noise mark) and give bench.comparison its test
-REPEATS = 3
+# rounds per backend, in a rotated order. A traced forward + backward of deep_conv2 takes
+# milliseconds (naive's tens), so five cost nothing and are the fewest with which
+# bench.comparison's Mann-Whitney test can call a change significant (5 + 5: p >= 0.008)
+REPEATS = 5
 NUMBA_NOTE = (
     "numba allocations made inside jitted code (NRT) are invisible to tracemalloc; "
     "its figure may understate the real peak"
