@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -695,3 +696,16 @@ def test_step_clock_times_a_fused_pair_as_one_part_each_way():
         < order.index("1 MaxPool2D backward")
         < order.index("0 Conv2D backward")
     )
+
+
+@pytest.mark.parametrize("peer", ["tensorflow", "tf_onednn"])
+def test_the_tensorflow_peers_import_without_tensorflows_start_up_lines(peer):
+    pytest.importorskip("tensorflow", reason="TensorFlow is an optional peer")
+    # tf_onednn imports in its worker process, whose stderr is this child's
+    code = f"from bench import peers; peers.get_peer({peer!r}).lib()"
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert "absl::InitializeLog" not in done.stderr and "oneDNN" not in done.stderr, done.stderr

@@ -230,3 +230,11 @@ def test_comparison_tests_the_sampled_sections():
     text = render_comparison(list(rows.values()), "old", "new")
     assert "| memory deep_conv2 im2col | 1.0 MiB | 1.5 MiB |" in text
     assert "| epoch memory small 640 im2col | 301 MB | 452 MB |" in text
+
+
+def test_the_dataparallel_worker_prints_every_timed_step():
+    pytest.importorskip("threadpoolctl")
+    got = dataparallel._worker("small", 2, 1, 1)  # one process: no MPI needed
+    assert len(got["step_samples"]) == 2
+    assert got["step_seconds"] == pytest.approx(np.median(got["step_samples"]))
+    assert got["allreduce_seconds"] is None and got["grad_bytes"] > 0
