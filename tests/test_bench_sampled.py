@@ -232,6 +232,7 @@ def test_comparison_tests_the_sampled_sections():
     assert "| epoch memory small 640 im2col | 301 MB | 452 MB |" in text
 
 
+@pytest.mark.slow  # a fresh process that warms up numba's kernels: about a minute on 2 cores
 def test_the_dataparallel_worker_prints_every_timed_step():
     pytest.importorskip("threadpoolctl")
     got = dataparallel._worker("small", 2, 1, 1)  # one process: no MPI needed
