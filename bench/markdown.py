@@ -541,10 +541,12 @@ def paired_section(results: dict) -> str:
         + (f" and on `{single}` (the fastest single backend)" if single else "")
         + ", in an order that rotates from round to round, on the same batches (batch 64, "
         "float32, after an untimed warm-up step), so that the machine's drift over minutes, "
-        "which the epoch section's one-after-the-other runs carry, reaches all alike. *ratio*: "
+        "which --full's whole epochs, trained one after the other, carry, reaches all alike. *ratio*: "
         "our seconds over the faster PyTorch layout's in the same round, <1 = faster; the median "
         "and the range over the rounds"
-        + (f"; *{ours} / {single}* the same against `{single}`." if single else "."),
+        + (f"; *{ours} / {single}* the same against `{single}`." if single else ".")
+        + " Seconds: "
+        + spread_note(pr["rounds"]).replace("Each figure is", "each is"),
         "",
     ]
     body = []
@@ -559,8 +561,8 @@ def paired_section(results: dict) -> str:
         ]
         row = [
             name,
-            fmt_seconds(median(arch["ours"])),
-            fmt_seconds(median(fastest)),
+            fmt_spread(median(arch["ours"]), arch["ours"], range_below=RANGE_BELOW),
+            fmt_spread(median(fastest), fastest, range_below=RANGE_BELOW),
             fmt_x(arch["median"]),
             _ratio_range(arch["ratios"]),
         ]
@@ -568,7 +570,7 @@ def paired_section(results: dict) -> str:
             to = arch.get("single")
             row.append(f"{fmt_x(to['median'])} ({_ratio_range(to['ratios'])})" if to else "—")
         body.append(row)
-    headers = ["model", f"{ours} (median s)", "PyTorch, faster layout", "ratio", "range"]
+    headers = ["model", f"{ours} (s)", "PyTorch, faster layout (s)", "ratio", "range"]
     if with_single:
         headers.append(f"{ours} / {single} (range)")
     parts.append(table(headers, body))
