@@ -466,7 +466,7 @@ def scaling_section(results: dict) -> str:
             "Exponent = slope of log time against log size (1 = linear in batch; 2 = linear in "
             "pixels for image side), fitted to the medians."
             + (
-                f" {sc['rounds']} rounds, each timing every backend's curve in a rotated order. "
+                f" {sc['rounds']} round{'s' if sc['rounds'] != 1 else ''}, each timing every backend's curve in a rotated order. "
                 + spread_note(n)
                 if n >= 2
                 else ""
