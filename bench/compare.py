@@ -6,7 +6,7 @@ results.json, PNGs) and <out>/latest.md.
                                           # (budgeted at about 5 minutes on 2 cores)
     python -m bench.compare --quick       # 3 layer cases, short epoch rounds (about 1.5 minutes;
                                           # CI's smoke test)
-    python -m bench.compare --full        # every section, whole epochs (about 15 minutes; the
+    python -m bench.compare --full        # every section, whole epochs (about 22 minutes; the
                                           # committed runs: --full --out reports)
     python -m bench.compare --compare OLD.json            # run, then compare with OLD
     python -m bench.compare --compare OLD.json NEW.json   # compare two runs, no timing
@@ -96,7 +96,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--full",
         action="store_true",
         help="every section (breakdown, inference, memory, compile, scaling, ...), whole "
-        "60 000-image epochs with their test accuracy, 7 x 3 layer samples; about 15 minutes",
+        "60 000-image epochs with their test accuracy, 7 x 3 layer samples; about 22 minutes",
     )
     p.add_argument(
         "--sections",

@@ -21,6 +21,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from .cases import LEGACY_CASE_NAMES
 from .formatting import fmt_seconds, table
 from .peers import PEER_GROUPS, PEERS
@@ -72,20 +74,30 @@ def rename_legacy_cases(results: dict) -> dict:
     return results
 
 
-def _figure(group: str, name: str, median: float, samples) -> dict:
+def _figure(group: str, name: str, median: float, samples, unit: str = "s") -> dict:
     samples = [float(s) for s in samples or []] or [float(median)]
-    return {"group": group, "name": name, "median": float(median), "samples": samples}
+    return {"group": group, "name": name, "median": float(median), "samples": samples, "unit": unit}
+
+
+# how render_comparison prints a figure of each unit result_figures uses
+UNIT_FORMATS = {
+    "s": fmt_seconds,
+    "B": lambda b: f"{b / 2**20:.1f} MiB",
+    "MB": lambda mb: f"{mb:.0f} MB",
+}
 
 
 def result_figures(results: dict) -> dict:
-    """{key: {"group", "name", "median", "samples"}} for every successful measurement (layers,
-    epochs, fitconv, inference passes, the breakdown's training steps); key = group + " " + name,
-    where name is the backend or peer and group what it ran. Samples are seconds; a figure stored
-    without them has its median as its one sample."""
+    """{key: {"group", "name", "median", "samples", "unit"}} for every successful measurement
+    (layers, epochs, fitconv, inference passes, the breakdown's training steps, the paired
+    rounds, the memory and epoch-memory peaks, each scaling point, the data-parallel steps);
+    key = group + " " + name, where name is the backend, peer or configuration and group what it
+    ran. Every figure is one where larger is worse: seconds ("s"), bytes ("B") or megabytes
+    ("MB"). A figure stored without samples has its median as its one sample."""
     figures = {}
 
-    def add(group, name, median, samples=None):
-        figures[f"{group} {name}"] = _figure(group, name, median, samples)
+    def add(group, name, median, samples=None, unit="s"):
+        figures[f"{group} {name}"] = _figure(group, name, median, samples, unit)
 
     for r in results.get("layers", []):
         if r.get("status") == "ok":
@@ -109,7 +121,46 @@ def result_figures(results: dict) -> dict:
         if run.get("status") == "ok":
             samples = [ms / 1e3 for ms in run.get("step_samples_ms") or []]
             add(f"step {run['arch']}", breakdown["backend"], run["step_ms"] / 1e3, samples)
+    _add_section_figures(results, add)
     return figures
+
+
+def _add_section_figures(results: dict, add) -> None:
+    """result_figures' entries of the sections measured in rounds of their own: paired, memory,
+    epoch memory, scaling, data-parallel (`add(group, name, median, samples, unit)`)."""
+    paired = results.get("paired") or {}
+    for run in paired.get("archs", []):
+        if run.get("status") == "ok":
+            add(f"paired {run['arch']}", paired["ours"], np.median(run["ours"]), run["ours"])
+            for name, times in run["peer"].items():
+                add(f"paired {run['arch']}", name, np.median(times), times)
+            if run.get("single"):
+                times = run["single"]["seconds"]
+                add(f"paired {run['arch']}", paired["single"], np.median(times), times)
+    memory = results.get("memory") or {}
+    for r in memory.get("rows", []):
+        if r.get("status") == "ok":
+            group = f"memory {memory['case']}"
+            add(group, r["backend"], r["peak_bytes"], r.get("samples"), "B")
+    for run in (results.get("epoch_memory") or {}).get("archs", []):
+        for r in run["rows"]:
+            if r.get("status") == "ok":
+                group = f"epoch memory {run['arch']} {run['samples']}"
+                add(group, r["name"], r["peak_mb"], r.get("peak_mb_samples"), "MB")
+    scaling = results.get("scaling") or {}
+    for axis in ("batch", "size"):
+        for name, c in (scaling.get(axis) or {}).items():
+            if c.get("status") != "ok":
+                continue
+            samples = c.get("samples") or [None] * len(c["sizes"])
+            for size, median, ts in zip(c["sizes"], c["seconds"], samples):
+                add(f"scaling {scaling['case']} {axis} {size}", name, median, ts)
+    dp = results.get("dataparallel") or {}
+    for arch, result in (dp.get("archs") or {}).items():
+        for r in result.get("rows", []):
+            if r.get("status") == "ok":
+                group = f"data-parallel {arch} step"
+                add(group, r["config"], r["step_seconds"], r.get("step_samples"))
 
 
 def _torch_best(figures: dict, group: str) -> float | None:
@@ -144,6 +195,7 @@ def compare_results(old: dict, new: dict, fail_factor: float | None = None) -> l
         peer = fa["name"] in PEERS
         row = {
             "key": key,
+            "unit": fa["unit"],
             "group": fa["group"],
             "name": fa["name"],
             "peer": peer,
@@ -200,8 +252,8 @@ def render_comparison(rows, old_name, new_name, fail_factor: float | None = None
     body = [
         [
             r["key"],
-            fmt_seconds(r["old"]),
-            fmt_seconds(r["new"]),
+            UNIT_FORMATS[r.get("unit", "s")](r["old"]),
+            UNIT_FORMATS[r.get("unit", "s")](r["new"]),
             f"{r['ratio']:.2f} [{r['low']:.2f}, {r['high']:.2f}]",
             "—" if r["p"] is None else f"{r['p']:.3g}",
             r["change"],
@@ -215,7 +267,8 @@ def render_comparison(rows, old_name, new_name, fail_factor: float | None = None
     lines = [
         f"# Comparison: `{new_name}` against `{old_name}`",
         "",
-        "ratio = new / old median time (>1 = slower), [95% bootstrap interval]; p = two-sided "
+        "ratio = new / old median (time, or peak memory for the memory rows; >1 = slower or "
+        "larger), [95% bootstrap interval]; p = two-sided "
         f"Mann-Whitney U on the raw samples, changed when p < {ALPHA} (untested: fewer than 2 "
         "samples on a side).",
         "",

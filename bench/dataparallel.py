@@ -2,8 +2,9 @@
 machine (measured), and the speedup a cluster of P ranks would get (modelled).
 
 Measured, for the `small` and `deep` networks (batch 64, float32, the numba backend), each in a
-fresh process: images/s of training steps for 1 process x 2 threads, 1 process x 1 thread, and
-2 processes x 1 thread (`mpiexec -n 2`, model/distributed.py: one Allreduce of the flat gradient
+fresh process per round (ROUNDS rounds, the configurations' order rotating from round to round;
+every round's timed steps pooled into one median with its IQR): images/s of training steps for
+1 process x 2 threads, 1 process x 1 thread, and 2 processes x 1 thread (`mpiexec -n 2`, model/distributed.py: one Allreduce of the flat gradient
 buffer per step, synchronised batch norm); the parallel efficiency of 2 ranks against the
 1-process run with the same cores; and the time of one Allreduce of the gradient buffer between
 the two local ranks.
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .status import error_status
+from .timing import in_rounds, pooled
 
 if TYPE_CHECKING:
     from .context import Context, Options
@@ -45,6 +47,10 @@ BACKEND = "numba"
 RANKS_MODELLED = (1, 2, 4, 8, 16, 32, 64)
 BANDWIDTH_GBIT = 10.0  # the modelled network: 10 Gbit/s Ethernet
 LATENCY_S = 20e-6  # per message, a TCP/IP figure
+# each configuration runs once per round, in an order rotated from round to round, so the
+# machine's drift reaches all three alike; its step time pools every round's steps
+ROUNDS, QUICK_ROUNDS = 3, 2
+STEPS, QUICK_STEPS = 14, 3  # timed steps per worker
 CONFIGS = (  # (name, processes, threads per process)
     ("1 process x 2 threads", 1, 2),
     ("1 process x 1 thread", 1, 1),
@@ -60,7 +66,12 @@ def mpi_status() -> str | None:
 
 
 def steps(opts: Options, backends) -> int:
-    return len(ARCHS) * len(CONFIGS)
+    return plan(opts)[0] * len(ARCHS) * len(CONFIGS)
+
+
+def plan(opts: Options) -> tuple[int, int]:
+    """(rounds, timed steps per worker) the options ask for."""
+    return (QUICK_ROUNDS, QUICK_STEPS) if opts.quick else (ROUNDS, STEPS)
 
 
 def _worker(arch: str, steps_: int, processes: int, threads: int) -> dict:
@@ -77,6 +88,26 @@ def _worker(arch: str, steps_: int, processes: int, threads: int) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def pool_workers(got: list[tuple[int, dict]]) -> dict:
+    """One configuration's row from its rounds' worker outputs [(round, main's dict)]: the step
+    time is the median of every round's step samples (with iqr, noisy, step_samples, rounds: one
+    entry per step), images/s follows from it, the Allreduce time is the median of the rounds'."""
+    samples = [t for _, w in got for t in w["step_samples"]]
+    rounds = [rnd for rnd, w in got for _ in w["step_samples"]]
+    step = pooled(samples, rounds)
+    allreduce = [w["allreduce_seconds"] for _, w in got if w["allreduce_seconds"] is not None]
+    return {
+        "images_per_s": BATCH / step["median"],
+        "step_seconds": step["median"],
+        "iqr": step["iqr"],
+        "noisy": step["noisy"],
+        "step_samples": step["samples"],
+        "rounds": step["rounds"],
+        "grad_bytes": got[0][1]["grad_bytes"],
+        "allreduce_seconds": float(np.median(allreduce)) if allreduce else None,
+    }
+
+
 def modelled_speedup(step_seconds: float, grad_bytes: int, ranks: int) -> float:
     """speedup(P) of the module docstring's model."""
     if ranks == 1:
@@ -91,18 +122,28 @@ def run(ctx: Context) -> dict:
     if skipped:
         ctx.bar.update(steps(ctx.opts, ctx.backends))
         return {"status": skipped}
-    n_steps = 6 if ctx.opts.quick else 40
-    out: dict = {"status": "ok", "backend": BACKEND, "batch": BATCH, "steps": n_steps, "archs": {}}
+    n_rounds, n_steps = plan(ctx.opts)
+    out: dict = {
+        "status": "ok",
+        "backend": BACKEND,
+        "batch": BATCH,
+        "steps": n_steps,
+        "rounds": n_rounds,
+        "archs": {},
+    }
+    configs = {name: (processes, threads) for name, processes, threads in CONFIGS}
     for arch in ARCHS:
+
+        def measure_one(name, _rnd, arch=arch):
+            return _worker(arch, n_steps, *configs[name])
+
+        got = in_rounds(list(configs), n_rounds, measure_one, ctx.bar, f"data parallel {arch}:")
         rows = []
-        for name, processes, threads in CONFIGS:
-            ctx.bar.set_description(f"data parallel {arch}: {name}")
-            try:
-                got = _worker(arch, n_steps, processes, threads)
-                rows.append({"config": name, "status": "ok", **got})
-            except Exception as exc:  # one failed configuration must not stop the run
-                rows.append({"config": name, "status": error_status(exc)})
-            ctx.bar.update(1)
+        for name in configs:
+            if isinstance(got[name], BaseException):  # one failed configuration: its row says why
+                rows.append({"config": name, "status": error_status(got[name])})
+            else:
+                rows.append({"config": name, "status": "ok", **pool_workers(got[name])})
         result = {"rows": rows}
         ok = {r["config"]: r for r in rows if r["status"] == "ok"}
         two, one_two = ok.get(CONFIGS[2][0]), ok.get(CONFIGS[0][0])
@@ -120,8 +161,9 @@ def run(ctx: Context) -> dict:
 
 
 def main(argv=None) -> int:
-    """The worker: time training steps (rank 0 prints {"images_per_s", "step_seconds",
-    "grad_bytes", "allreduce_seconds"} as one JSON line)."""
+    """The worker: time training steps (rank 0 prints {"images_per_s", "step_seconds" (the
+    median step), "step_samples" (every timed step's seconds), "grad_bytes", "allreduce_seconds"}
+    as one JSON line)."""
     p = argparse.ArgumentParser(prog="python -m bench.dataparallel")
     p.add_argument("--arch", choices=ARCHS, required=True)
     p.add_argument("--steps", type=int, default=20)
@@ -177,6 +219,7 @@ def main(argv=None) -> int:
                 {
                     "images_per_s": BATCH / step,
                     "step_seconds": step,
+                    "step_samples": times,
                     "grad_bytes": grad_bytes,
                     "allreduce_seconds": allreduce,
                 }

@@ -5,6 +5,10 @@ PyTorch, each in a fresh process, against the target of at most twice PyTorch's.
         -> {"peak_mb": the child's VmHWM, "before_training_mb": its VmRSS then}
     run(ctx)                                  -> the section's results (bench.suite.Context)
 
+Each row is the median of ROUNDS children (QUICK_ROUNDS with --quick), one per round, the order
+of backends and peers rotating from round to round; results.json keeps every child's figures
+(peak_mb_samples, before_training_mb_samples) and the round it ran in (rounds).
+
 The child imports the backend (or the peer's library), loads the data as the epoch section does,
 notes its resident set (the imports and the data), then trains one epoch (bench.epoch.epoch_run,
 or the peer's bench.peers.epoch_run; a backend the epoch section extrapolates trains that part
@@ -23,8 +27,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from . import peers
 from .status import OK, row_status
+from .timing import in_rounds, pooled
 
 if TYPE_CHECKING:
     from .context import Context, Options
@@ -34,6 +41,10 @@ if TYPE_CHECKING:
 # measures the small model only: each child costs seconds of imports.
 FULL_SAMPLES = {"small": 60_000, "deep": 6400}
 QUICK_SAMPLES = {"small": 640}
+# each row is the median of this many children, run in rounds whose order rotates (so a drift in
+# the machine's free memory or page cache reaches every backend alike); the spread of a peak
+# resident set across fresh processes is what the noise mark judges
+ROUNDS, QUICK_ROUNDS = 3, 2
 TORCH_CONFIGS = ("torch", "torch_cl")
 TARGET_RATIO = 2.0  # issue 14: no backend may need more than twice PyTorch's memory
 TIMEOUT_SECONDS = 900
@@ -121,26 +132,58 @@ def add_ratios(rows: list[dict]) -> None:
             r["target"] = "pass" if r["ratio_torch"] <= TARGET_RATIO else "FAIL"
 
 
+def plan(opts: Options) -> tuple[int, dict]:
+    """(rounds, {arch: training images}) the options ask for."""
+    return (QUICK_ROUNDS, QUICK_SAMPLES) if opts.quick else (ROUNDS, FULL_SAMPLES)
+
+
 def steps(opts: Options, backends) -> int:
-    archs = QUICK_SAMPLES if opts.quick else FULL_SAMPLES
-    return len(archs) * (len(backends) + len(TORCH_CONFIGS))
+    n_rounds, archs = plan(opts)
+    return n_rounds * len(archs) * (len(backends) + len(TORCH_CONFIGS))
+
+
+def summarize_row(row: dict, got) -> None:
+    """Fill an ok row from its rounds' child_main figures [(round, {"peak_mb",
+    "before_training_mb"})]: each figure the median of the rounds, peak_mb with its IQR, noise
+    mark, samples and rounds (bench.timing.pooled), before_training_mb with its samples."""
+    rounds = [r for r, _ in got]
+    peak = pooled([g["peak_mb"] for _, g in got], rounds)
+    before = [g["before_training_mb"] for _, g in got]
+    row.update(
+        peak_mb=peak["median"],
+        peak_mb_samples=peak["samples"],
+        iqr=peak["iqr"],
+        noisy=peak["noisy"],
+        rounds=rounds,
+    )
+    if all(b is not None for b in before):  # None where /proc is absent
+        row.update(before_training_mb=float(np.median(before)), before_training_mb_samples=before)
+    else:
+        row["before_training_mb"] = None
 
 
 def run(ctx: Context) -> dict:
     opts = ctx.opts
-    samples = QUICK_SAMPLES if opts.quick else FULL_SAMPLES
+    n_rounds, samples = plan(opts)
+    names = ctx.backends + list(TORCH_CONFIGS)
     archs = []
     for arch in samples:
-        rows = []
-        for name in ctx.backends + list(TORCH_CONFIGS):
-            ctx.bar.set_description(f"epoch memory {arch} {name}")
+
+        def measure_one(name, _rnd, arch=arch):
+            if name in peers.PEERS:
+                peers.require(ctx.peers, name)
+            return peak_of_epoch(name, arch, samples[arch], opts.data_dir)
+
+        got = in_rounds(names, n_rounds, measure_one, ctx.bar, f"epoch memory {arch}")
+        rows: list[dict] = []
+        for name in names:
             row = {"name": name, "peer": name in peers.PEERS, "samples": samples[arch]}
-            with row_status(row, rows, ctx.bar):
-                if name in peers.PEERS:
-                    peers.require(ctx.peers, name)
-                row.update(**peak_of_epoch(name, arch, samples[arch], opts.data_dir))
+            with row_status(row, rows):
+                if isinstance(got[name], BaseException):
+                    raise got[name]
+                summarize_row(row, got[name])
         add_ratios(rows)
-        archs.append({"arch": arch, "samples": samples[arch], "rows": rows})
+        archs.append({"arch": arch, "samples": samples[arch], "rounds": n_rounds, "rows": rows})
     missing = [arch for arch in FULL_SAMPLES if arch not in samples]
     skipped = f"skipped with --quick: the {', '.join(missing)} model" if missing else None
     return {"target_ratio": TARGET_RATIO, "archs": archs, "skipped": skipped}

@@ -144,14 +144,42 @@ def _summary(results: dict) -> str:
     )
 
 
-def fmt_spread(median: float, samples, unit=fmt_seconds) -> str:
-    """The median, then the samples' IQR in brackets and ⚠ when noisy (bench.stats.is_noisy),
-    when there are at least 2 samples."""
+# Sections whose figures carry a handful of samples (memory, epoch memory, scaling, data-parallel)
+# show the range below this many samples, where an IQR interpolates between two or three values
+RANGE_BELOW = 5
+
+
+def fmt_spread(median: float, samples, unit=fmt_seconds, range_below: int = 0) -> str:
+    """The median, then the samples' spread in brackets and ⚠ when noisy (bench.stats.is_noisy,
+    on the IQR), when there are at least 2 samples. The spread is the IQR, or with fewer than
+    `range_below` samples their range "min – max"."""
     text = unit(median)
     if samples is not None and len(samples) >= 2:
         q25, q75 = np.percentile(samples, [25, 75])
-        text += f" ({unit(q75 - q25)})" + (" ⚠" if is_noisy(median, q75 - q25) else "")
+        if len(samples) < range_below:
+            spread = f"{unit(min(samples))} – {unit(max(samples))}"
+        else:
+            spread = unit(q75 - q25)
+        text += f" ({spread})" + (" ⚠" if is_noisy(median, q75 - q25) else "")
     return text
+
+
+def spread_note(n: int) -> str:
+    """What fmt_spread(..., range_below=RANGE_BELOW) puts in brackets for n samples, and the
+    noise mark's rule, as a sentence of a section's text."""
+    what = "the range (min – max)" if n < RANGE_BELOW else "the IQR"
+    return (
+        f"Each figure is the median of {n} samples, {what} in brackets; ⚠: IQR ≥ "
+        f"{NOISY_IQR_FRACTION:.0%} of the median (torch.utils.benchmark's rule)."
+    )
+
+
+def fmt_mib(n_bytes) -> str:
+    return f"{n_bytes / 2**20:.1f} MiB"
+
+
+def fmt_mb(mb) -> str:
+    return f"{mb:.0f} MB"
 
 
 def fmt_ratio(row: dict, key: str) -> str:
@@ -355,15 +383,25 @@ def memory_section(results: dict) -> str:
     if not mem:
         return ""
     body = [
-        [r["backend"], f"{r['peak_bytes'] / 2**20:.1f} MiB" if r["status"] == "ok" else r["status"]]
+        [
+            r["backend"],
+            fmt_spread(r["peak_bytes"], r.get("samples"), fmt_mib, RANGE_BELOW)
+            if r["status"] == "ok"
+            else r["status"],
+        ]
         for r in mem["rows"]
     ]
+    n = max((len(r.get("samples") or []) for r in mem["rows"]), default=0)
     return "\n".join(
         [
             "## Memory: peak allocation of one conv forward + backward "
             f"(`{mem['case']}`, {mem['shape']})",
             "",
-            "tracemalloc peak, inputs excluded. Note: " + mem["note"] + ".",
+            "tracemalloc peak, inputs excluded, in rounds whose backend order rotates. "
+            + (spread_note(n) + " " if n >= 2 else "")
+            + "Note: "
+            + mem["note"]
+            + ".",
             "",
             table(["backend", "peak"], body),
         ]
@@ -398,13 +436,26 @@ def scaling_section(results: dict) -> str:
     sc = results.get("scaling")
     if not sc:
         return ""
+    n = max(
+        (
+            len(ts)
+            for axis in ("batch", "size")
+            for c in sc.get(axis, {}).values()
+            for ts in c.get("samples") or []
+        ),
+        default=0,
+    )
     body = []
     for axis, axis_label in (("batch", "batch size"), ("size", "image side")):
         for name, c in sc.get(axis, {}).items():
             if c["status"] != "ok":
                 body.append([axis_label, name, c["status"], ""])
                 continue
-            pts = ", ".join(f"{s}: {fmt_seconds(t)}" for s, t in zip(c["sizes"], c["seconds"]))
+            samples = c.get("samples") or [None] * len(c["sizes"])
+            pts = ", ".join(
+                f"{s}: {fmt_spread(t, ts, range_below=RANGE_BELOW)}"
+                for s, t, ts in zip(c["sizes"], c["seconds"], samples)
+            )
             if c.get("skipped_sizes"):
                 pts += f"; {name} skipped at {c['skipped_sizes']}: {c['skip_reason']}"
             body.append([axis_label, name, pts, fmt_num(c["exponent"], 2)])
@@ -413,7 +464,13 @@ def scaling_section(results: dict) -> str:
             f"## Scaling (`{sc['case']}`, {sc['shape']}, forward + backward)",
             "",
             "Exponent = slope of log time against log size (1 = linear in batch; 2 = linear in "
-            "pixels for image side).",
+            "pixels for image side), fitted to the medians."
+            + (
+                f" {sc['rounds']} round{'s' if sc['rounds'] != 1 else ''}, each timing every backend's curve in a rotated order. "
+                + spread_note(n)
+                if n >= 2
+                else ""
+            ),
             "",
             table(["varying", "backend", "median time per size", "exponent"], body),
         ]
@@ -484,10 +541,12 @@ def paired_section(results: dict) -> str:
         + (f" and on `{single}` (the fastest single backend)" if single else "")
         + ", in an order that rotates from round to round, on the same batches (batch 64, "
         "float32, after an untimed warm-up step), so that the machine's drift over minutes, "
-        "which the epoch section's one-after-the-other runs carry, reaches all alike. *ratio*: "
+        "which --full's whole epochs, trained one after the other, carry, reaches all alike. *ratio*: "
         "our seconds over the faster PyTorch layout's in the same round, <1 = faster; the median "
         "and the range over the rounds"
-        + (f"; *{ours} / {single}* the same against `{single}`." if single else "."),
+        + (f"; *{ours} / {single}* the same against `{single}`." if single else ".")
+        + " Seconds: "
+        + spread_note(pr["rounds"]).replace("Each figure is", "each is"),
         "",
     ]
     body = []
@@ -502,8 +561,8 @@ def paired_section(results: dict) -> str:
         ]
         row = [
             name,
-            fmt_seconds(median(arch["ours"])),
-            fmt_seconds(median(fastest)),
+            fmt_spread(median(arch["ours"]), arch["ours"], range_below=RANGE_BELOW),
+            fmt_spread(median(fastest), fastest, range_below=RANGE_BELOW),
             fmt_x(arch["median"]),
             _ratio_range(arch["ratios"]),
         ]
@@ -511,7 +570,7 @@ def paired_section(results: dict) -> str:
             to = arch.get("single")
             row.append(f"{fmt_x(to['median'])} ({_ratio_range(to['ratios'])})" if to else "—")
         body.append(row)
-    headers = ["model", f"{ours} (median s)", "PyTorch, faster layout", "ratio", "range"]
+    headers = ["model", f"{ours} (s)", "PyTorch, faster layout (s)", "ratio", "range"]
     if with_single:
         headers.append(f"{ours} / {single} (range)")
     parts.append(table(headers, body))
@@ -573,6 +632,15 @@ def epoch_memory_section(results: dict) -> str:
         f"most {target:g}× (*target* column). Our backends run with `keep_freed_memory()`, as "
         "`python -m model.train` does.",
     ]
+    n = max(
+        (len(r.get("peak_mb_samples") or []) for a in em["archs"] for r in a["rows"]), default=0
+    )
+    if n >= 2:
+        parts[-1] += (
+            f" Each row runs {n} such processes, one per round, the order of backends and "
+            "PyTorch rotating from round to round; *before training* and *peak* are their "
+            "medians. " + spread_note(n).replace("Each figure", "The peak")
+        )
     if em.get("skipped"):
         parts += ["", em["skipped"]]
     for arch in em["archs"]:
@@ -581,11 +649,12 @@ def epoch_memory_section(results: dict) -> str:
             if r["status"] != "ok":
                 body.append([label(r["name"]), r["status"], "", "", ""])
                 continue
+            before = r.get("before_training_mb")
             body.append(
                 [
                     label(r["name"]),
-                    f"{r['before_training_mb']:.0f} MB",
-                    f"{r['peak_mb']:.0f} MB",
+                    "—" if before is None else fmt_mb(before),
+                    fmt_spread(r["peak_mb"], r.get("peak_mb_samples"), fmt_mb, RANGE_BELOW),
                     fmt_x(r.get("ratio_torch")),
                     r.get("target", "—"),
                 ]
@@ -658,7 +727,7 @@ def dataparallel_section(results: dict) -> str:
                     arch,
                     r["config"],
                     f"{r['images_per_s']:.0f}",
-                    fmt_seconds(r["step_seconds"]),
+                    fmt_spread(r["step_seconds"], r.get("step_samples"), range_below=RANGE_BELOW),
                     fmt_seconds(allreduce) if allreduce is not None else "—",
                 ]
             )
@@ -669,13 +738,23 @@ def dataparallel_section(results: dict) -> str:
         if "modelled" in result:
             modelled.append([arch, *(f"{s:.1f}×" for s in result["modelled"].values())])
     ranks = next((list(r["modelled"]) for r in dp["archs"].values() if "modelled" in r), [])
+    n_rounds = dp.get("rounds", 1)
+    measured = (
+        f"{n_rounds} rounds of a fresh process per configuration, the configurations' order "
+        f"rotating from round to round, {dp['steps']} timed steps each; the step time is the "
+        f"median of all {n_rounds * dp['steps']} steps, the IQR in brackets, ⚠: IQR ≥ "
+        f"{NOISY_IQR_FRACTION:.0%} of the median"
+        if n_rounds > 1
+        else f"median of {dp['steps']} steps"
+    )
     model = dp.get("model", {})
     return "\n".join(
         [
             title,
             "",
             f"**Measured** on this machine ({dp['backend']} backend, batch {dp['batch']}, float32, "
-            f"median of {dp['steps']} steps; the 2-process run splits each batch 32 + 32 and sums "
+            + measured
+            + "; the 2-process run splits each batch 32 + 32 and sums "
             "the gradient with one Allreduce per step; the last row per network is its parallel "
             "efficiency against one process using the same two cores):",
             "",

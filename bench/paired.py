@@ -1,17 +1,22 @@
 """The paired section: `--backend auto` against PyTorch at its faster layout, in alternating rounds.
 
-The epoch section trains each backend and peer once, one after the other, over several minutes.
-On a shared machine whose speed drifts within minutes (the same kernel call, timed minutes apart,
-can differ by more than the backends being compared), the ratio of two such runs carries that
-drift. Here the two run in rounds: each round trains a fresh network on auto and on both
+With --full the epoch section trains each backend and peer on a whole epoch once, one after the
+other, over several minutes (for the test accuracy after it). On a shared machine whose speed
+drifts within minutes (the same kernel call, timed minutes apart, can differ by more than the
+backends being compared), the ratio of two such runs carries that drift. Here the two run in
+rounds: each round trains a fresh network on auto and on both
 PyTorch layouts (NCHW, channels_last), in an order that rotates from round to round, on the same
 ROUND_BATCHES[arch] batches after an untimed warm-up step. A round's ratio is auto's time over
 the faster PyTorch layout's in that round; the section reports the median and the range.
 
 The rounds also train on SINGLE, the fastest single backend of the epoch section on both models,
-so that "auto is at least as fast as the best single backend" is measured the same way (in the
-epoch section the two run minutes apart, and on `small`, where auto chooses numba for every
-layer, the drift alone can put either ahead).
+so that "auto is at least as fast as the best single backend" is measured the same way (in
+--full's epoch section the two run minutes apart, and on `small`, where auto chooses numba for
+every layer, the drift alone can put either ahead).
+
+Without --full the epoch section itself trains every backend and peer in rotated rounds (of
+fewer batches), so this section is part of --full only (DEFAULT_SECTIONS leaves it out): there it
+is the run's one interleaved comparison of auto with PyTorch and with SINGLE.
 
     run(ctx) -> {"rounds", "single", "archs": [{"arch", "batches", "status", "ours": [s, ...],
                  "peer": {"torch": [...], "torch_cl": [...]}, "ratios": [...], "median",

@@ -231,10 +231,11 @@ class TensorFlow(Peer):
     onednn = "0"  # TF_ENABLE_ONEDNN_OPTS for this configuration
 
     def _import(self):
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        from model.tensorflow_import import import_tensorflow
+
         if "tensorflow" not in sys.modules:  # TensorFlow reads the variable once, at import
             os.environ["TF_ENABLE_ONEDNN_OPTS"] = self.onednn
-        import tensorflow as tf
+        tf = import_tensorflow()  # without TensorFlow's doubled start-up lines on stderr
 
         try:
             # Only possible before TF's runtime starts; afterwards the first setting stays in force.

@@ -40,6 +40,25 @@ def summarize(samples, number: int = 1) -> Timing:
     return Timing(float(q50), float(q75 - q25), [float(s) for s in arr], number)
 
 
+def pooled(samples, rounds) -> dict:
+    """A figure measured several times, as results.json keeps it: {"median", "iqr", "noisy",
+    "samples" (as given), "rounds" (the round each sample came from)}; `samples` and `rounds`
+    of one length >= 1."""
+    if len(samples) == 0 or len(samples) != len(rounds):
+        raise ValueError(
+            f"samples and rounds must be non-empty and of one length, got {len(samples)} "
+            f"and {len(rounds)}"
+        )
+    t = summarize(samples)
+    return {
+        "median": t.median,
+        "iqr": t.iqr,
+        "noisy": t.noisy,
+        "samples": t.samples,
+        "rounds": [int(r) for r in rounds],
+    }
+
+
 def measure(
     fn, repeat: int = 5, warmup: int = 1, min_sample: float = 0.02, max_number: int = 1000
 ) -> Timing:
@@ -73,3 +92,23 @@ def rotated(seq: list, rnd: int) -> list:
         return seq
     k = rnd % len(seq)
     return seq[k:] + seq[:k]
+
+
+def in_rounds(names: list, n_rounds: int, measure_one, bar=None, label: str = "") -> dict:
+    """Measure every name once per round, in an order rotated from round to round (`rotated`):
+    {name: [(round, measure_one(name, round)), ...], or the first exception it raised}. A name
+    that raised is not measured again; `bar` (tqdm-like) advances one step per name and round
+    either way."""
+    got: dict = {name: [] for name in names}
+    for rnd in range(n_rounds):
+        for name in rotated(list(names), rnd):
+            if bar is not None:
+                bar.set_description(f"{label} {name} (round {rnd + 1}/{n_rounds})".strip())
+            if not isinstance(got[name], BaseException):
+                try:
+                    got[name].append((rnd, measure_one(name, rnd)))
+                except Exception as exc:  # one broken backend must not stop the run
+                    got[name] = exc
+            if bar is not None:
+                bar.update(1)
+    return got

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from bench import (
     first_run,
     inference,
     layers,
+    memory,
     mnist,
     peers,
 )
@@ -91,8 +93,14 @@ def test_results_json_is_well_formed(tiny_run):
     )
     assert rows[("small_pool", "im2col", "forward")].get("gflops") is None  # pools: no FLOPs
     assert {r["backend"] for r in res["memory"]["rows"]} == {"naive", "im2col"}
-    assert all(r["peak_bytes"] > 0 for r in res["memory"]["rows"])
-    assert res["scaling"]["batch"]["im2col"]["exponent"] is not None
+    for r in res["memory"]["rows"]:  # memory.REPEATS rounds, each figure their median
+        assert r["peak_bytes"] > 0 and r["peak_bytes"] == pytest.approx(np.median(r["samples"]))
+        assert r["rounds"] == list(range(memory.REPEATS)) == list(range(len(r["samples"])))
+    curve = res["scaling"]["batch"]["im2col"]
+    assert curve["exponent"] is not None
+    for median, samples, rounds in zip(curve["seconds"], curve["samples"], curve["rounds"]):
+        assert rounds == [0, 0, 1, 1]  # --quick: 2 rounds of --repeat 2
+        assert median == pytest.approx(np.median(samples))
     assert res["epoch"]["samples"] == 128
     assert [run["arch"] for run in res["epoch"]["archs"]] == ["small", "deep"]
     for run in res["epoch"]["archs"]:
@@ -214,8 +222,12 @@ def test_epoch_memory_rows(tiny_run):
     assert [a["arch"] for a in em["archs"]] == ["small"] and "deep" in em["skipped"]
     rows = {r["name"]: r for r in em["archs"][0]["rows"]}
     for name in ("naive", "im2col"):
-        assert rows[name]["status"] == "ok"
-        assert rows[name]["peak_mb"] >= rows[name]["before_training_mb"] > 0
+        r = rows[name]
+        assert r["status"] == "ok"
+        assert r["peak_mb"] >= r["before_training_mb"] > 0
+        assert r["rounds"] == list(range(epoch_memory.QUICK_ROUNDS))  # one child per round
+        assert r["peak_mb"] == pytest.approx(np.median(r["peak_mb_samples"]))
+        assert len(r["before_training_mb_samples"]) == epoch_memory.QUICK_ROUNDS
         assert "ratio_torch" not in rows[name]  # no PyTorch figure to compare with
     assert rows["torch"]["status"] == "disabled (--no-peers)"
     assert (
@@ -684,3 +696,16 @@ def test_step_clock_times_a_fused_pair_as_one_part_each_way():
         < order.index("1 MaxPool2D backward")
         < order.index("0 Conv2D backward")
     )
+
+
+@pytest.mark.parametrize("peer", ["tensorflow", "tf_onednn"])
+def test_the_tensorflow_peers_import_without_tensorflows_start_up_lines(peer):
+    pytest.importorskip("tensorflow", reason="TensorFlow is an optional peer")
+    # tf_onednn imports in its worker process, whose stderr is this child's
+    code = f"from bench import peers; peers.get_peer({peer!r}).lib()"
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert "absl::InitializeLog" not in done.stderr and "oneDNN" not in done.stderr, done.stderr
