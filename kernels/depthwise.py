@@ -175,17 +175,19 @@ def dw_kernel(x, dy, sh, sw, pt, pl, dh, dw, dw_parts):
 # few-channel layers (MobileNetV2's 112x112x32) a per-pixel loop C = 32 long spends its time
 # entering and leaving loops too short to vectorise fully. Rows are cut into blocks of
 # block_pixels pixels (block_pixels * C about ROW_BLOCK values) so that the weights, repeated
-# over one block for all KH*KW taps, stay in L1 cache. With more than ROW_BLOCK / 2 channels a
-# block is one pixel and the per-pixel kernel is faster (the 56x56x144 layer: 8.7 against 19.8
-# ms; 112x112x32: 14.9 against 9.9 ms for the rows, one thread, forward). dW stays per pixel:
-# its row form keeps B*C partial sums per tap and was slower on both layers.
+# over one block for all KH*KW taps, stay in L1 cache. Measured one thread, forward, batch 8,
+# 3x3 stride 1 (interleaved, best of 15): rows win at 32 channels (112x112x32: 5.3 against
+# 6.7 ms), the per-pixel kernel from 64 (56x56x64: 2.2 against 2.4 ms; 56x56x128: 3.9 against
+# 5.1 ms), hence ROWS_MAX_CHANNELS. Fusing a row's three taps into one loop was slower still,
+# and so was dW in row form (B*C partial sums per tap): dW stays per pixel.
 ROW_BLOCK = 256
+ROWS_MAX_CHANNELS = 32
 
 
 def rows_apply(g: ConvGeometry) -> bool:
     """True when forward_rows_kernel runs geometry g's forward (and, at stride 1, its dX):
-    channel multiplier 1, stride 1 along the width, at most ROW_BLOCK / 2 channels."""
-    return g.c_out == g.c_in <= ROW_BLOCK // 2 and g.sw == 1
+    channel multiplier 1, stride 1 along the width, at most ROWS_MAX_CHANNELS channels."""
+    return g.c_out == g.c_in <= ROWS_MAX_CHANNELS and g.sw == 1
 
 
 def block_pixels(c: int) -> int:

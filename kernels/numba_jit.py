@@ -661,14 +661,16 @@ def conv2d_maxpool2d_forward(
     dilation: IntPair = 1,
     groups: int = 1,
 ) -> tuple[np.ndarray, TiledConvCtx, MaxPoolCtx] | None:
-    """maxpool2d_forward(conv2d_forward(x, w, b, stride, padding), size, pool_stride) in one
-    pass, without writing the convolution's output: (y (N, OH//2, OW//2, C_out), the conv's
-    ctx, the pool's ctx), each what the separate call returns: the argmax, and y to the bit in
-    float32 (in float64 within ulps: the two kernels are compiled apart and FMA contraction may
-    differ; tests/test_kernels_conv_maxpool.py) (numba_tiles.forward_maxpool2). None where it does not apply, and the caller runs the two:
-    a pool other than 2x2 of stride 2, or a convolution the register tiles do not run
-    (numba_tiles.forward_applies). Faster than the two calls on the `small` network's Conv2D +
-    MaxPool2D forward (bench.compare's breakdown section, "0 Conv2D + 1 MaxPool2D forward")."""
+    """maxpool2d_forward(conv2d_forward(x, w, b, stride, padding, dilation, groups), size,
+    pool_stride) in one pass, without writing the convolution's output: (y (N, OH//2, OW//2,
+    C_out), the conv's ctx, the pool's ctx), each what the separate call returns: the argmax,
+    and y to the bit in float32 (in float64 within ulps: the two kernels are compiled apart and
+    FMA contraction may differ; tests/test_kernels_conv_maxpool.py) (numba_tiles.forward_maxpool2).
+    None where it does not apply, and the caller runs the two: a pool other than 2x2 of stride
+    2, a convolution the register tiles do not run (numba_tiles.forward_applies), or one with
+    groups, dilation or asymmetric padding. Faster than the two calls on the `small` network's
+    Conv2D + MaxPool2D forward (bench.compare's breakdown section, "0 Conv2D + 1 MaxPool2D
+    forward")."""
     g = conv_geometry(x, w, b, stride, padding, dilation, groups)
     pg = pooled_conv_geometry(g, size, pool_stride)
     if not fuses_maxpool(g, pg):

@@ -200,3 +200,26 @@ def test_auto_fused_backward_delegates_to_numba_or_declines():
     # backend auto picks for a shape depends on what earlier tests timed in this process)
     elsewhere = dataclasses.replace(conv_ctx, backend="im2col")
     assert be.conv2d_maxpool2d_backward(dy, elsewhere, pool_ctx, True) is None
+
+
+@pytest.mark.parametrize(
+    "kernel, padding, dilation, groups",
+    [
+        ((3, 3, 16), 1, 1, 16),  # depthwise (kernels/depthwise.py)
+        ((3, 3, 16), 1, 1, 2),  # groups (kernels/decompose.py)
+        ((3, 3, 16), 2, 2, 1),  # dilation
+        ((3, 3, 16), ((0, 2), (1, 1)), 1, 1),  # asymmetric padding
+    ],
+)
+def test_fused_calls_decline_convolutions_that_are_not_plain(kernel, padding, dilation, groups):
+    """groups, dilation and asymmetric padding run on paths the fused kernels do not have:
+    both fused calls return None and the caller runs the two calls."""
+    be = get_backend("numba")
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 12, 12, 16))
+    w = rng.standard_normal(kernel[:2] + (16 // groups, kernel[2]))
+    args = dict(stride=1, padding=padding, dilation=dilation, groups=groups)
+    assert be.conv2d_maxpool2d_forward(x, w, None, size=2, pool_stride=2, **args) is None
+    y, conv_ctx = be.conv2d_forward(x, w, None, **args)
+    pooled, pool_ctx = be.maxpool2d_forward(y, 2, 2)
+    assert be.conv2d_maxpool2d_backward(np.ones_like(pooled), conv_ctx, pool_ctx) is None
