@@ -12,8 +12,8 @@ libgomp reads the variable once, when numba's OpenMP layer loads it, so launch()
 around that moment, and the kernels call launch() before their first parallel region rather than
 at import. A process holds one libgomp: PyTorch's bundled copy has the same name, so whichever
 loads first decides for both. PyTorch run after our kernels in one process would get sleeping
-workers too and run its `deep` epoch slower (bench.compare's epoch section), so the
-benchmark times PyTorch in worker processes of its own (bench/peers.py), and a process that never
+workers too and run its `deep` epoch slower (the `deep` epoch timed in this process against
+a worker's), so the benchmark times PyTorch in worker processes of its own (bench/peers.py), and a process that never
 runs our parallel kernels (`model.train --framework torch`) leaves libgomp's defaults alone. A
 GOMP_SPINCOUNT or OMP_WAIT_POLICY the user set is left alone.
 """

@@ -1,5 +1,10 @@
 """Shared test configuration.
 
+Two tiers: plain `pytest` runs the fast tier, every test not marked `slow` (pyproject.toml's
+addopts); `pytest -m slow` runs the slow tier: training on real MNIST, MPI runs, cold numba
+compiles and runs of the benchmark harness. A test belongs in the slow tier when it takes
+seconds on two cores because of what it exercises, not because it is written slowly.
+
 Plain `pytest` runs every benchmark body once, untimed, as a quick correctness smoke test;
 `pytest --benchmark-only` (or any option that asks for timings) times them for real.
 
@@ -46,6 +51,46 @@ def pytest_configure(config):
     wants_timing = any(config.getoption(name, default=None) for name in _TIMING_OPTIONS)
     if not wants_timing and hasattr(config.option, "benchmark_disable"):
         config.option.benchmark_disable = True
+
+
+# The slow tier, for tests whose files carry no marks of their own: every test that uses one of
+# these fixtures, and these tests by name (the reason beside each). Tests in other files are
+# marked where they are written (@pytest.mark.slow).
+SLOW_FIXTURES = {
+    "tiny_run": "runs the benchmark harness, bench.compare, end to end",
+}
+SLOW_TESTS = {
+    "test_model_distributed.py::test_two_ranks_give_one_process_weights": "training under mpiexec",
+    "test_model_distributed.py::test_a_failing_rank_ends_the_job_and_keeps_the_last_checkpoint": (
+        "training under mpiexec"
+    ),
+    "test_bench_harness.py::test_tensorflow_is_timed_with_onednn_on_in_a_worker_and_off_here": (
+        "starts TensorFlow in a benchmark worker process"
+    ),
+    "test_bench_harness.py::test_pytorch_is_timed_in_a_worker_of_its_own": (
+        "starts PyTorch in a benchmark worker process"
+    ),
+    "test_bench_harness.py::test_dataparallel_worker_measures_one_and_two_ranks": (
+        "a data-parallel benchmark run under mpiexec"
+    ),
+}
+
+
+def slow_reason(item) -> str | None:
+    """Why `item` belongs to the slow tier by the tables above, or None."""
+    name = f"{item.path.name}::{item.originalname}"
+    fixtures = SLOW_FIXTURES.keys() & set(getattr(item, "fixturenames", ()))
+    if fixtures:
+        return SLOW_FIXTURES[min(fixtures)]
+    return SLOW_TESTS.get(name)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    # tryfirst: the marks must be on the items before `-m` deselects by them.
+    for item in items:
+        if slow_reason(item) is not None:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

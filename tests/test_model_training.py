@@ -502,6 +502,7 @@ def test_cli_unreadable_checkpoint_and_missing_data(capsys, tmp_path):
     assert code == 2 and "nowhere" in err
 
 
+@pytest.mark.slow
 def test_real_mnist_2000_images_reach_90_percent_in_two_epochs(capsys, tmp_path, mnist_dir):
     out = tmp_path / "run"
     code, stdout, _ = run_cli(

@@ -213,6 +213,7 @@ def test_a_backend_that_compiles_nothing_needs_no_preparation():
         warmup.prepare_backend(net, "numba", np.float32, mode="later")
 
 
+@pytest.mark.slow  # a real cold compile in a child process
 def test_the_child_compiles_into_the_disk_cache(tmp_path):
     """A real child process: numba's average pool in float64 (small, quick to compile)."""
     child = warmup._Child("numba", [np.float64], ["avgpool2d"])
