@@ -265,7 +265,7 @@ def compare_rows(
 ) -> list[dict]:
     """bench.compare's section for a network set: for each batch size (8: training, 1: the
     inference latency case) the summary rows of summarize(), each with "set" and "mb" added.
-    Raises SystemExit-free RuntimeError when any answer is wrong."""
+    Raises RuntimeError when any answer is wrong."""
     rows = []
     for mb in batch_sizes:
         result = run(load_set(set_name, mb), [*backends, "torch"], repeat=repeat, progress=False)

@@ -241,3 +241,35 @@ def test_cli_errors_are_one_line(argv, message, capsys):
     assert conv.main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_compare_rows_summarise_each_batch_size(monkeypatch):
+    calls = []
+
+    def fake_run(problems, impls, dtype_name="float32", repeat=5, progress=True):
+        calls.append((problems[0].mb, tuple(impls)))
+        rows = [
+            {"descriptor": p.descriptor(), "impl": impl, "status": "ok", "seconds": _s(t)}
+            for p in problems
+            for impl, t in (("numba", 2.0), ("torch", 1.0))
+        ]
+        result = {"peak_gflops": 1.0, "rows": rows}
+        conv.annotate(result)
+        return result
+
+    monkeypatch.setattr(conv, "run", fake_run)
+    rows = conv.compare_rows("alexnet", batch_sizes=(8, 1), backends=("numba",))
+    assert calls == [(8, ("numba", "torch")), (1, ("numba", "torch"))]
+    numba = [r for r in rows if r["impl"] == "numba"]
+    assert [(r["set"], r["mb"]) for r in numba] == [("alexnet", 8), ("alexnet", 1)]
+    assert numba[0]["geomean_vs_torch"] == pytest.approx(2.0)
+
+
+def test_compare_rows_fail_on_a_wrong_answer(monkeypatch):
+    def fake_run(problems, impls, dtype_name="float32", repeat=5, progress=True):
+        row = {"descriptor": problems[0].descriptor(), "impl": "numba", "status": "WRONG"}
+        return {"peak_gflops": 1.0, "rows": [row]}
+
+    monkeypatch.setattr(conv, "run", fake_run)
+    with pytest.raises(RuntimeError, match="alexnet mb8: wrong answers from numba on"):
+        conv.compare_rows("alexnet", batch_sizes=(8,), backends=("numba",))
