@@ -17,9 +17,11 @@ has no dx-only call). GFLOP/s count 2*N*OH*OW*C_out*KH*KW*C_in/g per pass (fwd_b
 Every timed problem is also checked against a float64 reference (bench.conv_check) with the
 tolerance of the algorithm that ran; a wrong answer fails the run (exit status 1).
 
-Process isolation: every implementation runs in a fresh process of its own (and the matmul peak
-in another): OpenBLAS's and OpenMP's idle workers spin after a call, which would slow whatever
-ran next on the same cores.
+Process isolation: every implementation runs in a process of its own (and the matmul peak in
+another): OpenBLAS's and OpenMP's idle workers spin after a call, which would slow whatever ran
+next in the same process. The processes take turns: per problem, each round takes one sample of
+every implementation, in alternating order, so a busy moment of the shared machine (or a peer's
+spinning workers) falls on all of them alike; the median over --repeat rounds is reported.
 """
 
 from __future__ import annotations
@@ -32,14 +34,20 @@ import multiprocessing
 import re
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 
+from . import timing
 from .conv_check import cached_reference, inputs, relative_errors, tolerance
 from .conv_ops import PASSES, PEERS, Unsupported, backend_ops, tensorflow_ops, torch_ops
 from .problems import DescriptorError, Problem, available_sets, load_set, parse
 from .timing import measure
+
+# a timed sample loops a pass until it lasts MIN_SAMPLE seconds (at most MAX_NUMBER calls)
+MIN_SAMPLE, MAX_NUMBER = 0.02, 1000
+_worker: dict = {}  # worker_setup's prepared problem, inside an implementation's process
 
 DEFAULT_BACKENDS = ("im2col", "numba", "winograd")
 PEER_LABELS = {"torch": "PyTorch", "tensorflow": "TensorFlow"}
@@ -56,51 +64,69 @@ def _warm_up(name: str, dtype) -> None:
         be.warmup(dtypes=[dtype], ops=["conv2d"])
 
 
-def measure_implementation(
-    impl: str,
-    descriptors: list[str],
-    dtype_name: str = "float32",
-    repeat: int = 5,
-    reference_dir: str | None = None,
-    progress: bool = True,
-) -> list[dict]:
-    """Time and check every problem with one implementation (a backend name, "torch" or
-    "tensorflow"); one row (a JSON-ready dict) per problem. Meant to run in a process of its own."""
+def worker_setup(
+    impl: str, descriptor: str, dtype_name: str = "float32", reference_dir: str | None = None
+) -> dict:
+    """In the implementation's own process: prepare one problem (inputs, the implementation's
+    passes, PyTorch's faster layout), check its answers against the float64 reference, and keep
+    the passes for worker_sample(). Returns the problem's row, without timings."""
     dtype = np.dtype(dtype_name)
-    if impl not in PEERS:
+    if impl not in PEERS and not _worker.get("warm"):
         _warm_up(impl, dtype)
-    cache = Path(reference_dir) if reference_dir else None
-    rows = []
-    for descriptor in _progress(descriptors, impl, progress):
-        problem = parse(descriptor)
-        row: dict = {"descriptor": descriptor, "impl": impl}
-        rows.append(row)
-        data = inputs(problem, dtype)
-        try:
-            if impl == "torch":
-                ops = torch_ops(problem, data, lambda fn: measure(fn, repeat=repeat).median)
-            elif impl == "tensorflow":
-                ops = tensorflow_ops(problem, data)
-            else:
-                ops = backend_ops(impl, problem, data)
-        except Unsupported as err:
-            row["status"] = f"skipped: {err}"
-            continue
-        ref = cached_reference(problem, data, cache)
-        errors = relative_errors(ops.outputs, ref)
-        limit = tolerance(ops.algorithm, dtype)
-        row.update(
-            algorithm=ops.algorithm,
-            config=ops.config,
-            errors=errors,
-            tolerance=limit,
-            status="ok" if max(errors.values()) <= limit else "WRONG",
-        )
-        seconds = {name: measure(ops.passes[name], repeat=repeat) for name in PASSES}
-        row["seconds"] = {name: t.median for name, t in seconds.items()}
-        row["iqr"] = {name: t.iqr for name, t in seconds.items()}
-        row["seconds"]["bwd_d"] = max(row["seconds"]["bwd"] - row["seconds"]["bwd_w"], 0.0)
-    return rows
+        _worker["warm"] = True
+    _worker.pop("ops", None)  # the previous problem's arrays go before this one's are made
+    problem = parse(descriptor)
+    row: dict = {"descriptor": descriptor, "impl": impl}
+    data = inputs(problem, dtype)
+    try:
+        if impl == "torch":
+            ops = torch_ops(problem, data, lambda fn: measure(fn, repeat=3).median)
+        elif impl == "tensorflow":
+            ops = tensorflow_ops(problem, data)
+        else:
+            ops = backend_ops(impl, problem, data)
+    except Unsupported as err:
+        row["status"] = f"skipped: {err}"
+        return row
+    ref = cached_reference(problem, data, Path(reference_dir) if reference_dir else None)
+    errors = relative_errors(ops.outputs, ref)
+    limit = tolerance(ops.algorithm, dtype)
+    row.update(
+        algorithm=ops.algorithm,
+        config=ops.config,
+        errors=errors,
+        tolerance=limit,
+        status="ok" if max(errors.values()) <= limit else "WRONG",
+    )
+    # one untimed call per pass (the warm-up) sets how many calls make a sample last MIN_SAMPLE
+    numbers = {}
+    for name in PASSES:
+        start = time.perf_counter()
+        ops.passes[name]()
+        elapsed = time.perf_counter() - start
+        numbers[name] = int(min(MAX_NUMBER, max(1, math.ceil(MIN_SAMPLE / max(elapsed, 1e-9)))))
+    ops.outputs.clear()
+    _worker.update(ops=ops, numbers=numbers)
+    return row
+
+
+def worker_sample() -> dict[str, float]:
+    """In the implementation's own process: one sample of each pass of the problem prepared by
+    worker_setup(), in seconds per call."""
+    ops, numbers = _worker["ops"], _worker["numbers"]
+    seconds = {}
+    for name in PASSES:
+        fn, number = ops.passes[name], numbers[name]
+        start = time.perf_counter()
+        for _ in range(number):
+            fn()
+        seconds[name] = (time.perf_counter() - start) / number
+    return seconds
+
+
+def worker_release() -> None:
+    """Drop the prepared problem's arrays."""
+    _worker.pop("ops", None)
 
 
 def _progress(items, label: str, enabled: bool):
@@ -134,29 +160,61 @@ def run(
 ) -> dict:
     """Time and check `problems` with each implementation, each in a process of its own.
 
-    Returns {"peak_gflops", "dtype", "problems": [descriptor...], "rows": [row...]}, the rows
-    annotated with GFLOP/s, % of peak and the ratio to PyTorch (annotate()).
+    Per problem, every implementation's process prepares and checks it (worker_setup), then
+    `repeat` rounds each take one sample of every implementation (worker_sample), in alternating
+    order: a busy moment of a shared machine, or the spinning workers a previous call left,
+    falls on all implementations alike rather than on whichever ran then.
+
+    Returns {"machine", "peak_gflops", "dtype", "problems": [descriptor...], "rows": [row...]},
+    one row per problem and implementation, annotated by annotate().
     """
-    descriptors = [p.descriptor() for p in problems]
     from .machine import cpu_model, vector_extensions
 
     peak = _in_fresh_process(_peak, dtype_name)
+    context = multiprocessing.get_context("spawn")
+    pools = {impl: concurrent.futures.ProcessPoolExecutor(1, mp_context=context) for impl in implementations}  # fmt: skip
     rows: list[dict] = []
-    with tempfile.TemporaryDirectory(prefix="bench-conv-ref-") as reference_dir:
-        for impl in implementations:
-            rows += _in_fresh_process(
-                measure_implementation, impl, descriptors, dtype_name, repeat, reference_dir,
-                progress,
-            )  # fmt: skip
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-conv-ref-") as reference_dir:
+            for problem in _progress(problems, ", ".join(implementations), progress):
+                descriptor = problem.descriptor()
+                found = {
+                    impl: pools[impl]
+                    .submit(worker_setup, impl, descriptor, dtype_name, reference_dir)
+                    .result()
+                    for impl in implementations
+                }
+                timed = [impl for impl in implementations if "algorithm" in found[impl]]
+                samples: dict[str, list[dict[str, float]]] = {impl: [] for impl in timed}
+                for round_ in range(repeat):
+                    for impl in timed if round_ % 2 == 0 else timed[::-1]:
+                        samples[impl].append(pools[impl].submit(worker_sample).result())
+                for impl in implementations:
+                    pools[impl].submit(worker_release).result()
+                    if impl in samples:
+                        _add_timings(found[impl], samples[impl])
+                    rows.append(found[impl])
+    finally:
+        for pool in pools.values():
+            pool.shutdown()
     result = {
         "machine": {"cpu": cpu_model(), "vector_extensions": vector_extensions()},
         "peak_gflops": peak,
         "dtype": dtype_name,
-        "problems": descriptors,
+        "problems": [p.descriptor() for p in problems],
         "rows": rows,
     }
     annotate(result)
     return result
+
+
+def _add_timings(row: dict, samples: list[dict[str, float]]) -> None:
+    """row["seconds"] and row["iqr"]: the median and inter-quartile range of each pass's samples,
+    and bwd_d = bwd - bwd_w."""
+    timings = {name: timing.summarize([s[name] for s in samples]) for name in PASSES}
+    row["seconds"] = {name: t.median for name, t in timings.items()}
+    row["iqr"] = {name: t.iqr for name, t in timings.items()}
+    row["seconds"]["bwd_d"] = max(row["seconds"]["bwd"] - row["seconds"]["bwd_w"], 0.0)
 
 
 def annotate(result: dict) -> None:
@@ -207,7 +265,7 @@ def compare_rows(
 ) -> list[dict]:
     """bench.compare's section for a network set: for each batch size (8: training, 1: the
     inference latency case) the summary rows of summarize(), each with "set" and "mb" added.
-    Raises SystemExit-free RuntimeError when any answer is wrong."""
+    Raises RuntimeError when any answer is wrong."""
     rows = []
     for mb in batch_sizes:
         result = run(load_set(set_name, mb), [*backends, "torch"], repeat=repeat, progress=False)

@@ -66,12 +66,13 @@ from numba import carray, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from . import gemm
+from . import gemm, isa
 from .geometry import ConvGeometry
 
 TILE = 5  # output pixels per tile (forward, dX)
 DW_TILE = 6  # patch entries per dW tile
 LANES = 16  # channels per tile: two AVX2 vectors of float32
+L2_BYTES = isa.l2_bytes()  # a compile-time constant of the kernels that block for it
 
 # The tiled backward (dW, dX) takes a geometry with at least this many input channels; below it
 # the plane kernels of kernels/numba_conv.py are faster there (the `small_conv` and `deep_conv1`
@@ -312,9 +313,12 @@ def dw_tiles(x, dy, dw, db, sh, sw, ph, pw):
     """dw (KH, KW*C_in, C_out) and db (C_out,), zeroed, += the sums over the samples of the
     input runs of x (N, H, W, C_in) zero-padded by (ph, pw) times dy (N, OH, OW, C_out), and of dy.
 
-    Tiles of DW_TILE run entries x LANES output channels, each summed over one sample's pixels.
-    The channel block is the outer loop: its LANES columns of the sample's dy, and the input
-    lines the tiles of one kernel row share, stay in L1 while every tile reads them.
+    Tiles of DW_TILE run entries x LANES output channels, each summed over a band of output
+    rows of one sample. The channel block is the outer loop within a band: its LANES columns of
+    the band's dy, and the input lines the tiles of one kernel row share, stay in L1 while every
+    tile reads them. The band (dw_band_rows) keeps its input rows in L2 while all the tiles
+    pass over them: a whole 224x224 sample's rows (`vgg16:conv1_2`, 13 MB at 64 channels) were
+    read from memory once per tile column, 8-15x slower than the same work on a 56x56 plane.
     Needs KW*C_in >= DW_TILE and C_out >= LANES (see backward_applies)."""
     n, out_h, out_w, c_out = dy.shape
     kh_all, run, _ = dw.shape
@@ -322,7 +326,7 @@ def dw_tiles(x, dy, dw, db, sh, sw, ph, pw):
     rows = _padded_rows(x, ph, pw)
     size = x.itemsize
     strides = (sh * rows.shape[1] * size, sw * c_in * size, size)
-    tile = carray(stack_array(96, dy.dtype), (DW_TILE, LANES))
+    band = dw_band_rows(rows.shape[1] * size, sh, out_w * LANES * size)
     for ni in range(n):
         load_sample(x[ni], rows, ph, pw)
         for oh in range(out_h):
@@ -330,36 +334,54 @@ def dw_tiles(x, dy, dw, db, sh, sw, ph, pw):
                 g = dy[ni, oh, ow]
                 for c in range(c_out):
                     db[c] += g[c]
-        for c0 in range(0, c_out, LANES):
-            cb = min(c0, c_out - LANES)
-            for kh in range(kh_all):
-                for j0 in range(0, run, DW_TILE):
-                    jb = min(j0, run - DW_TILE)
-                    # entries jb .. jb+DW_TILE-1 of every pixel's run, indexed (oh, ow, entry)
-                    inputs = np.lib.stride_tricks.as_strided(
-                        rows[kh, jb:], (out_h, out_w, DW_TILE), strides
-                    )
-                    for e in range(DW_TILE):
-                        for c in range(LANES):
-                            tile[e, c] = 0
-                    for oh in range(out_h):
-                        for ow in range(out_w):
-                            g = dy[ni, oh, ow, cb : cb + LANES]
-                            for e in range(DW_TILE):
-                                a = inputs[oh, ow, e]
-                                for c in range(LANES):
-                                    tile[e, c] += a * g[c]
-                    if jb == j0 and cb == c0:
+        for r0 in range(0, out_h, band):
+            _dw_band(rows, dy[ni, r0 : min(r0 + band, out_h)], dw, r0 * sh, strides)
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def dw_band_rows(row_bytes, sh, dy_row_bytes):
+    """Output rows per band of dw_tiles: as many as keep the band's input rows (sh per output
+    row, row_bytes each) and its dy columns of one channel block in half of a core's L2."""
+    return max(1, (L2_BYTES // 2) // (sh * row_bytes + dy_row_bytes))
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _dw_band(rows, dy_band, dw, row0, strides):
+    """dw += the tiles of dw_tiles over one band: dy_band (rows, OW, C_out) of one sample,
+    whose first output row reads padded input row row0 + kh."""
+    out_h, out_w, c_out = dy_band.shape
+    kh_all, run, _ = dw.shape
+    tile = carray(stack_array(96, dy_band.dtype), (DW_TILE, LANES))
+    for c0 in range(0, c_out, LANES):
+        cb = min(c0, c_out - LANES)
+        for kh in range(kh_all):
+            for j0 in range(0, run, DW_TILE):
+                jb = min(j0, run - DW_TILE)
+                # entries jb .. jb+DW_TILE-1 of every pixel's run, indexed (oh, ow, entry)
+                inputs = np.lib.stride_tricks.as_strided(
+                    rows[row0 + kh, jb:], (out_h, out_w, DW_TILE), strides
+                )
+                for e in range(DW_TILE):
+                    for c in range(LANES):
+                        tile[e, c] = 0
+                for oh in range(out_h):
+                    for ow in range(out_w):
+                        g = dy_band[oh, ow, cb : cb + LANES]
                         for e in range(DW_TILE):
-                            out = dw[kh, jb + e, cb : cb + LANES]
+                            a = inputs[oh, ow, e]
                             for c in range(LANES):
-                                out[c] += tile[e, c]
-                    else:  # a moved-back tile: add only what no earlier tile added
-                        for e in range(DW_TILE):
-                            if jb + e >= j0:
-                                for c in range(LANES):
-                                    if cb + c >= c0:
-                                        dw[kh, jb + e, cb + c] += tile[e, c]
+                                tile[e, c] += a * g[c]
+                if jb == j0 and cb == c0:
+                    for e in range(DW_TILE):
+                        out = dw[kh, jb + e, cb : cb + LANES]
+                        for c in range(LANES):
+                            out[c] += tile[e, c]
+                else:  # a moved-back tile: add only what no earlier tile added
+                    for e in range(DW_TILE):
+                        if jb + e >= j0:
+                            for c in range(LANES):
+                                if cb + c >= c0:
+                                    dw[kh, jb + e, cb + c] += tile[e, c]
 
 
 @njit(**JIT_OPTIONS)

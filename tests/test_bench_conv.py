@@ -156,12 +156,26 @@ def test_tolerance_per_algorithm():
     assert tolerance("winograd F(4x4)", np.float64) == 1e-10
 
 
+def _rows_in_process(impl, problems, dtype_name="float32", repeat=1):
+    """What run() does for one implementation, in this process: setup, samples, timings."""
+    rows = []
+    for problem in problems:
+        row = conv.worker_setup(impl, problem.descriptor(), dtype_name)
+        if "algorithm" in row:
+            conv._add_timings(row, [conv.worker_sample() for _ in range(repeat)])
+        conv.worker_release()
+        rows.append(row)
+    return rows
+
+
 def test_rows_check_and_skip():
     descriptors = ['mb2ic3ih8oc4kh3ph1n"t:plain*2"', 'g2mb2ic4ih8oc4kh3ph1n"t:grouped"']
-    rows = conv.measure_implementation("numba", descriptors, repeat=1, progress=False)
+    rows = _rows_in_process("numba", [parse(d) for d in descriptors], repeat=3)
     assert rows[0]["status"] == "ok" and set(rows[0]["seconds"]) >= {"fwd", "bwd_d", "fwd_bwd"}
+    assert all(t > 0 for t in rows[0]["seconds"].values() if t) and rows[0]["iqr"]["fwd"] >= 0
     assert max(rows[0]["errors"].values()) <= rows[0]["tolerance"]
     assert rows[1]["status"].startswith("skipped: numba has no grouped convolution")
+    assert "seconds" not in rows[1]
 
 
 def test_wrong_answer_fails_the_run(monkeypatch, capsys):
@@ -174,9 +188,7 @@ def test_wrong_answer_fails_the_run(monkeypatch, capsys):
     monkeypatch.setattr(naive, "conv2d_forward", off_by_one)
 
     def in_process(problems, impls, dtype_name="float32", repeat=5, progress=True):
-        rows = conv.measure_implementation(
-            "naive", [p.descriptor() for p in problems], dtype_name, 1, None, False
-        )
+        rows = _rows_in_process("naive", problems, dtype_name)
         result = {"peak_gflops": 1.0, "dtype": dtype_name, "rows": rows}
         conv.annotate(result)
         return result
@@ -229,3 +241,35 @@ def test_cli_errors_are_one_line(argv, message, capsys):
     assert conv.main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_compare_rows_summarise_each_batch_size(monkeypatch):
+    calls = []
+
+    def fake_run(problems, impls, dtype_name="float32", repeat=5, progress=True):
+        calls.append((problems[0].mb, tuple(impls)))
+        rows = [
+            {"descriptor": p.descriptor(), "impl": impl, "status": "ok", "seconds": _s(t)}
+            for p in problems
+            for impl, t in (("numba", 2.0), ("torch", 1.0))
+        ]
+        result = {"peak_gflops": 1.0, "rows": rows}
+        conv.annotate(result)
+        return result
+
+    monkeypatch.setattr(conv, "run", fake_run)
+    rows = conv.compare_rows("alexnet", batch_sizes=(8, 1), backends=("numba",))
+    assert calls == [(8, ("numba", "torch")), (1, ("numba", "torch"))]
+    numba = [r for r in rows if r["impl"] == "numba"]
+    assert [(r["set"], r["mb"]) for r in numba] == [("alexnet", 8), ("alexnet", 1)]
+    assert numba[0]["geomean_vs_torch"] == pytest.approx(2.0)
+
+
+def test_compare_rows_fail_on_a_wrong_answer(monkeypatch):
+    def fake_run(problems, impls, dtype_name="float32", repeat=5, progress=True):
+        row = {"descriptor": problems[0].descriptor(), "impl": "numba", "status": "WRONG"}
+        return {"peak_gflops": 1.0, "rows": [row]}
+
+    monkeypatch.setattr(conv, "run", fake_run)
+    with pytest.raises(RuntimeError, match="alexnet mb8: wrong answers from numba on"):
+        conv.compare_rows("alexnet", batch_sizes=(8,), backends=("numba",))
