@@ -40,7 +40,7 @@ from .context import Options
 from .mnist import data_source
 from .outdir import DEFAULT_OUT, rescue_results, writable_dir
 from .report import write_report
-from .sections import DEFAULT_SECTIONS, SECTION_NAMES
+from .sections import DEFAULT_SECTIONS, FULL_SECTIONS, OPT_IN_SECTIONS, SECTION_NAMES
 from .suite import resolve_options, run_suite
 
 PROG = "python -m bench.compare"
@@ -102,8 +102,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--sections",
         nargs="+",
         metavar="SECTION",
-        help=f"the sections to run, or 'all' (default: {' '.join(DEFAULT_SECTIONS)}; --full: "
-        f"all). Known: {', '.join(SECTION_NAMES)}",
+        help=f"the sections to run, or 'all' (default: {' '.join(DEFAULT_SECTIONS)}; --full and "
+        f"'all': every one but {', '.join(OPT_IN_SECTIONS)}, which runs only when named: "
+        f"minutes per network set). Known: {', '.join(SECTION_NAMES)}",
     )
     p.add_argument(
         "--out",
@@ -189,6 +190,14 @@ def comparison(old_path, new: dict, new_path, fail_factor: float | None, out_dir
     return bool(regressions(rows))
 
 
+def sections_option(names: list[str] | None) -> tuple[str, ...] | None:
+    """--sections as Options takes it: None (the mode's default), 'all' (every section but the
+    opt-in ones), or the names given."""
+    if not names:
+        return None
+    return FULL_SECTIONS if names == ["all"] else tuple(names)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     keep_freed_memory()  # time the kernels as model.train runs them
@@ -208,11 +217,7 @@ def main(argv=None) -> int:
             backends=args.backends,
             quick=args.quick,
             full=args.full,
-            sections=None
-            if not args.sections
-            else SECTION_NAMES
-            if args.sections == ["all"]
-            else tuple(args.sections),
+            sections=sections_option(args.sections),
             repeat=args.repeat or REPEAT[mode],
             rounds=args.rounds or ROUNDS[mode],
             peers=not args.no_peers,

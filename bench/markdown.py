@@ -769,3 +769,41 @@ def dataparallel_section(results: dict) -> str:
             table(["network", *[f"P={p}" for p in ranks]], modelled) if modelled else "",
         ]
     )
+
+
+def sets_section(results: dict) -> str:
+    sets = results.get("sets")
+    if not sets:
+        return ""
+    body = []
+    for row in sets["rows"]:
+        if row["status"] != "ok":
+            body.append([row["set"], "", row["status"], "", "", ""])
+            continue
+        for entry in row["summary"]:
+            geomean = entry.get("geomean_vs_torch")
+            body.append(
+                [
+                    row["set"],
+                    f"mb{entry['mb']}",
+                    label(entry["impl"]),
+                    fmt_x(geomean) if geomean is not None else "—",
+                    fmt_x(entry["max_vs_torch"]) if "max_vs_torch" in entry else "—",
+                    fmt_seconds(entry["network_seconds"]),
+                ]
+            )
+    return "\n".join(
+        [
+            "## Real-network sets (`python -m bench.conv --set NAME`)",
+            "",
+            "Every distinct convolution of each network (bench/shapes/), forward + backward, each "
+            "answer checked against a float64 reference. ours / PyTorch: the geometric mean of the "
+            "layers' time ratios, each weighted by how often the layer occurs, and the worst layer; "
+            "network: the sum of count x time. `python -m bench.conv --set NAME --mb 8` gives the "
+            "per-layer table (docs/real-networks.md).",
+            "",
+            table(
+                ["set", "batch", "implementation", "ours / PyTorch", "worst layer", "network"], body
+            ),
+        ]
+    )

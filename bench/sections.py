@@ -29,6 +29,7 @@ from . import (
     paired,
     plots,
     scaling,
+    sets,
 )
 
 
@@ -124,8 +125,12 @@ SECTIONS: tuple[Section, ...] = (
         markdown.scaling_section,
         (Plot("scaling.png", "scaling", plots.plot_scaling),),
     ),
+    Section("sets", "sets", sets.run, sets.steps, markdown.sets_section),
 )
 SECTION_NAMES = tuple(s.name for s in SECTIONS)
+# Sections that run only when named (or with `--sections all`): minutes each, not in --full.
+OPT_IN_SECTIONS = ("sets",)
+FULL_SECTIONS = tuple(name for name in SECTION_NAMES if name not in OPT_IN_SECTIONS)
 # Without --full (and --quick, with fewer cases and rounds): the suite's question, every backend
 # on every layer case and both epochs against PyTorch, within the run-time budget bench.compare's
 # help states; the other sections run with --full or --sections.

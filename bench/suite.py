@@ -19,7 +19,7 @@ from .cases import QUICK_CASES, get_case, resolve_backends, resolve_cases
 from .context import Context, Options
 from .layers import NUMPY_BACKENDS, warm_up_backend
 from .machine import busy_check, describe_machine, source_commit
-from .sections import DEFAULT_SECTIONS, SECTION_NAMES, SECTIONS
+from .sections import DEFAULT_SECTIONS, FULL_SECTIONS, SECTION_NAMES, SECTIONS
 from .status import error_status
 
 
@@ -39,7 +39,7 @@ def resolve_options(options: Options) -> Options:
             "sections": tuple(
                 options.sections
                 if options.sections is not None
-                else SECTION_NAMES
+                else FULL_SECTIONS
                 if options.full
                 else DEFAULT_SECTIONS
             ),
