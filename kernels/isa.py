@@ -1,8 +1,10 @@
 """What the kernels' blocking depends on, read from the machine they run on: the float vector
 width of the widest SIMD extension and the per-core L2 cache size.
 
-    >>> vector_bits()            # 512 with AVX-512F, 256 with AVX2, else 128
-    >>> l2_bytes()               # per-core L2 (Linux sysfs), or DEFAULT_L2_BYTES when unknown
+    >>> vector_bits() in (128, 256, 512)     # 512 with AVX-512F, 256 with AVX2, else 128
+    True
+    >>> l2_bytes() > 0                       # per-core L2 (Linux sysfs), or DEFAULT_L2_BYTES
+    True
 
 Both are read once per process (Linux: /proc/cpuinfo and /sys/devices/system/cpu); elsewhere the
 defaults describe a common AVX2 machine.

@@ -156,8 +156,9 @@ def slp_vectorize(loop_vectorize: bool = True) -> Iterator[None]:
 
     The loop vectoriser off: with AVX-512's gathers and scatters its cost model vectorises a
     register tile's reduction loop across the tile's rows instead, a masked gather and scatter
-    of the tile per multiply-add, and the tile never reaches registers (winograd_tiles' dW tiles,
-    `mb8ic64ih56oc64oh56kh3ph1` backward-weights: 1.2 GFLOP/s per core). AVX2 has no scatter,
+    of the tile per multiply-add, and the tile never reaches registers (winograd_tiles' dW tiles:
+    `python -m bench.conv mb8ic64ih56oc64oh56kh3ph1` backward-weights, a small fraction of the
+    matmul peak with the loop vectoriser on). AVX2 has no scatter,
     so the SLP vectoriser alone handled these loops there."""
     config: Any = numba.core.config
     with _SLP_LOCK:
