@@ -409,7 +409,8 @@ def _depthwise_backward(
         args = (1, *pads, g.dil_h, g.dil_w, dx)
         _launch(depthwise.forward_rows_kernel, work, dy, w_turned, no_bias, *args)
         return dx, dw, db
-    _launch(depthwise.dx_kernel, work, dy_m, ctx.wt, *depthwise.geometry_args(g), dx)
+    dx_kernel = depthwise.dx_kernel if (g.sh, g.sw) == (1, 1) else depthwise.dx_strided_kernel
+    _launch(dx_kernel, work, dy_m, ctx.wt, *depthwise.geometry_args(g), dx)
     return dx, dw, db
 
 
@@ -664,12 +665,12 @@ def warmup(dtypes=None, ops=None) -> None:
                 conv2d_backward(np.ones_like(y), conv_ctx)
             if "maxpool2d" in ops:  # the fused conv + 2x2 max-pool forward
                 conv2d_maxpool2d_forward(many, w, None, 1, 1, 2, 2)
-            # the depthwise kernels (kernels/depthwise.py): by rows (multiplier 1, stride 1)
-            # and a pixel at a time (multiplier 2)
+            # the depthwise kernels (kernels/depthwise.py): by rows (multiplier 1, stride 1),
+            # a pixel at a time (multiplier 2), dX at stride 2
             channels = np.ones((1, 4, 4, 2), dtype=dtype)
-            for c_out in (2, 4):
+            for c_out, stride in ((2, 1), (4, 1), (4, 2)):
                 w_depthwise = np.ones((3, 3, 1, c_out), dtype)
-                y, conv_ctx = conv2d_forward(channels, w_depthwise, None, 1, 1, 1, 2)
+                y, conv_ctx = conv2d_forward(channels, w_depthwise, None, stride, 1, 1, 2)
                 conv2d_backward(np.ones_like(y), conv_ctx)
         if "maxpool2d" in ops:
             tiled = np.ones((1, 4, 4, 1), dtype=dtype)
