@@ -177,19 +177,26 @@ def dx_strided_kernel(dy, wt, sh, sw, pt, pl, dh, dw, dx):
 
 
 @njit(**_JIT)
-def dw_kernel(x, dy, sh, sw, pt, pl, dh, dw, dw_parts):
-    """dw_parts (P, KH, KW, M, C): part p += the weight gradient of the output rows (n, oh) of
-    its block (the P blocks split the N*OH rows evenly); x (N, H, W, C), dy (N, OH, OW, M, C)."""
+def dw_kernel(x, dy, sh, sw, pt, pl, dh, dw, dw_parts, db_parts):
+    """dw_parts (P, KH, KW, M, C), db_parts (P, M, C): part p += the weight and bias gradients
+    of the output rows (n, oh) of its block (the P blocks split the N*OH rows evenly); x (N, H,
+    W, C), dy (N, OH, OW, M, C). db here, while dy is in cache, rather than by a numpy sum over
+    dy of its own (one thread, batch 8, 3x3 stride 1: 112x112x32 5.6 against 7.3 ms for dW and
+    the sum; 14x14x384 0.49 against 0.55 ms)."""
     n, height, width, c_all = x.shape
     n_parts, kh, kw, m_all = dw_parts.shape[0], dw_parts.shape[1], dw_parts.shape[2], dy.shape[3]
     out_h, out_w = dy.shape[1], dy.shape[2]
     rows = n * out_h
     for p in prange(n_parts):
-        acc = dw_parts[p]
+        acc, bias_acc = dw_parts[p], db_parts[p]
         for t in range(p * rows // n_parts, (p + 1) * rows // n_parts):
             ni, oh = t // out_h, t % out_h
             for ow in range(out_w):
                 grad = dy[ni, oh, ow]
+                for m in range(m_all):
+                    bias_row, g_m = bias_acc[m], grad[m]
+                    for c in range(c_all):
+                        bias_row[c] += g_m[c]
                 for i in range(kh):
                     r = oh * sh - pt + i * dh
                     if r < 0 or r >= height:

@@ -393,11 +393,13 @@ def _depthwise_backward(
     correlation: a forward with the kernel turned) where depthwise.rows_apply at stride 1."""
     g = ctx.geometry
     n_parts, work = _parts(g), g.flops // 2
-    db = dy.sum(axis=(0, 1, 2)) if g.has_bias else None
     dy_m = depthwise.to_m_major(dy, g.c_in)  # (N, OH, OW, M, C_in); a view for M = 1
     dw_parts = np.zeros((n_parts,) + ctx.wt.shape, dtype=g.dtype)
-    _launch(depthwise.dw_kernel, work, ctx.x, dy_m, *depthwise.geometry_args(g), dw_parts)
+    db_parts = np.zeros((n_parts,) + ctx.wt.shape[2:], dtype=g.dtype)
+    args = (*depthwise.geometry_args(g), dw_parts, db_parts)
+    _launch(depthwise.dw_kernel, work, ctx.x, dy_m, *args)
     dw = depthwise.from_m_major(dw_parts.sum(axis=0)).reshape(g.w_shape)
+    db = depthwise.from_m_major(db_parts.sum(axis=0)) if g.has_bias else None
     if not need_dx:
         return None, dw, db
     dx = np.empty(g.x_shape, dtype=g.dtype)
