@@ -15,9 +15,12 @@ from_m_major), a copy as large as y.
 Padding, stride and dilation are native: a tap outside the input is skipped (the padding is
 never materialised), and the taps of a window are (dil_h, dil_w) apart.
     forward_kernel  prange over output rows (n, oh): y = b + sum over taps of x * w
-    forward_rows_kernel  the same, each output row as one long vector (few channels, M = 1,
-                    stride 1 along the width; see ROW_BLOCK); at stride 1 it also runs dX,
-                    the full correlation of dy with the kernel turned by 180 degrees
+    forward3x3_kernel  the same for 3x3 kernels (MobileNet's), the nine taps of an interior
+                    pixel summed in one pass; at stride 1 it also runs dX, the full correlation
+                    of dy with the kernel turned by 180 degrees
+    forward_rows_kernel  the same for other kernel sizes, each output row as one long vector
+                    (few channels, M = 1, stride 1 along the width; see ROW_BLOCK); at stride
+                    1 it also runs dX
     dx_kernel       prange over input rows (n, r): a gather, each input pixel summing the
                     taps that read it, so no two threads write one element
     dx_strided_kernel  the same rows, for a stride > 1, walking the output pixels instead
@@ -107,6 +110,65 @@ def forward_kernel(x, wt, bias, sh, sw, pt, pl, dh, dw, out):
                         tap, row = wt[i, j, m], acc[m]
                         for c in range(c_all):
                             row[c] += pixel[c] * tap[c]
+
+
+def fused3x3_applies(g: ConvGeometry) -> bool:
+    """True when forward3x3_kernel runs geometry g's forward (and, at stride 1, its dX): a 3x3
+    kernel, channel multiplier 1; any stride, dilation and padding."""
+    return (g.kh, g.kw) == (3, 3) and g.c_out == g.c_in
+
+
+@njit(**_JIT)
+def forward3x3_kernel(x, wt, bias, sh, sw, pt, pl, dh, dw, out):
+    """forward_kernel for a 3x3 kernel and multiplier 1 (wt (3, 3, 1, C), bias (1, C), out (N,
+    OH, OW, 1, C)): a pixel whose nine taps all lie inside x sums them in one pass over the
+    channels, writing its output once instead of loading and storing it per tap. One thread,
+    batch 8, against forward_kernel: 112x112x32 4.0 against 6.4 ms (and 5.1 for
+    forward_rows_kernel), 56x56x144 2.6 against 4.1 ms, 14x14x384 0.38 against 0.50 ms."""
+    n, height, width, c_all = x.shape
+    out_h, out_w = out.shape[1], out.shape[2]
+    w00, w01, w02 = wt[0, 0, 0], wt[0, 1, 0], wt[0, 2, 0]
+    w10, w11, w12 = wt[1, 0, 0], wt[1, 1, 0], wt[1, 2, 0]
+    w20, w21, w22 = wt[2, 0, 0], wt[2, 1, 0], wt[2, 2, 0]
+    b = bias[0]
+    for t in prange(n * out_h):
+        ni, oh = t // out_h, t % out_h
+        r0 = oh * sh - pt
+        rows_inside = r0 >= 0 and r0 + 2 * dh < height
+        if rows_inside:
+            x0, x1, x2 = x[ni, r0], x[ni, r0 + dh], x[ni, r0 + 2 * dh]
+        for ow in range(out_w):
+            acc = out[ni, oh, ow, 0]
+            c0 = ow * sw - pl
+            if rows_inside and c0 >= 0 and c0 + 2 * dw < width:
+                c1, c2 = c0 + dw, c0 + 2 * dw
+                for c in range(c_all):
+                    acc[c] = (
+                        b[c]
+                        + x0[c0, c] * w00[c]
+                        + x0[c1, c] * w01[c]
+                        + x0[c2, c] * w02[c]
+                        + x1[c0, c] * w10[c]
+                        + x1[c1, c] * w11[c]
+                        + x1[c2, c] * w12[c]
+                        + x2[c0, c] * w20[c]
+                        + x2[c1, c] * w21[c]
+                        + x2[c2, c] * w22[c]
+                    )
+                continue
+            for c in range(c_all):  # an edge pixel: tap by tap, skipping the padding
+                acc[c] = b[c]
+            for i in range(3):
+                r = r0 + i * dh
+                if r < 0 or r >= height:
+                    continue
+                for j in range(3):
+                    col = c0 + j * dw
+                    if col < 0 or col >= width:
+                        continue
+                    pixel, tap = x[ni, r, col], wt[i, j, 0]
+                    for c in range(c_all):
+                        acc[c] += pixel[c] * tap[c]
 
 
 @njit(**_JIT)

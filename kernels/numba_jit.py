@@ -363,6 +363,11 @@ def _depthwise_forward(
     ctx = depthwise.make_ctx(g, x, w)
     multiplier = g.c_out // g.c_in
     bias = np.zeros(g.c_out, dtype=g.dtype) if b is None else b
+    if depthwise.fused3x3_applies(g):
+        y = np.empty(g.y_shape, dtype=g.dtype)
+        args = (*depthwise.geometry_args(g), y[:, :, :, None, :])  # (N, OH, OW, 1, C) view
+        _launch(depthwise.forward3x3_kernel, g.flops // 2, ctx.x, ctx.wt, bias[None], *args)
+        return y, ctx
     if depthwise.rows_apply(g):
         block = depthwise.block_pixels(g.c_in)
         y = np.empty(g.y_shape, dtype=g.dtype)
@@ -403,6 +408,14 @@ def _depthwise_backward(
     if not need_dx:
         return None, dw, db
     dx = np.empty(g.x_shape, dtype=g.dtype)
+    if depthwise.fused3x3_applies(g) and (g.sh, g.sw) == (1, 1):
+        # the full correlation: dy padded by 2*dilation - padding, the kernel turned
+        w_turned = np.ascontiguousarray(ctx.wt[::-1, ::-1])
+        no_bias = np.zeros((1, g.c_in), dtype=g.dtype)
+        pads = (2 * g.dil_h - g.ph, 2 * g.dil_w - g.pw)
+        args = (1, 1, *pads, g.dil_h, g.dil_w, dx[:, :, :, None, :])
+        _launch(depthwise.forward3x3_kernel, work, dy, w_turned, no_bias, *args)
+        return dx, dw, db
     if depthwise.rows_apply(g) and g.sh == 1:
         block = depthwise.block_pixels(g.c_in)
         w_turned = depthwise.tiled_weights(ctx.wt, block, flip=True)
