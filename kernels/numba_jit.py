@@ -680,11 +680,11 @@ def warmup(dtypes=None, ops=None) -> None:
                 conv2d_backward(np.ones_like(y), conv_ctx)
             if "maxpool2d" in ops:  # the fused conv + 2x2 max-pool forward
                 conv2d_maxpool2d_forward(many, w, None, 1, 1, 2, 2)
-            # the depthwise kernels (kernels/depthwise.py): by rows (multiplier 1, stride 1),
-            # a pixel at a time (multiplier 2), dX at stride 2
+            # the depthwise kernels (kernels/depthwise.py): 3x3 (multiplier 1), by rows (2x2,
+            # multiplier 1), a pixel at a time (multiplier 2), dX at stride 2
             channels = np.ones((1, 4, 4, 2), dtype=dtype)
-            for c_out, stride in ((2, 1), (4, 1), (4, 2)):
-                w_depthwise = np.ones((3, 3, 1, c_out), dtype)
+            for k, c_out, stride in ((3, 2, 1), (2, 2, 1), (3, 4, 1), (3, 4, 2)):
+                w_depthwise = np.ones((k, k, 1, c_out), dtype)
                 y, conv_ctx = conv2d_forward(channels, w_depthwise, None, stride, 1, 1, 2)
                 conv2d_backward(np.ones_like(y), conv_ctx)
         if "maxpool2d" in ops:
