@@ -358,24 +358,23 @@ def conv2d_forward(
 def _depthwise_forward(
     g: ConvGeometry, x: np.ndarray, w: np.ndarray, b: np.ndarray | None
 ) -> tuple[np.ndarray, depthwise.DepthwiseCtx]:
-    """conv2d_forward by kernels/depthwise.py (groups == C_in): whole rows at a time where
-    depthwise.rows_apply, else a pixel at a time."""
+    """conv2d_forward by kernels/depthwise.py (groups == C_in): the 3x3 kernel where
+    depthwise.fused3x3_applies, whole rows where depthwise.rows_apply, else a pixel at a time."""
     ctx = depthwise.make_ctx(g, x, w)
     multiplier = g.c_out // g.c_in
     bias = np.zeros(g.c_out, dtype=g.dtype) if b is None else b
     if depthwise.fused3x3_applies(g):
         y = np.empty(g.y_shape, dtype=g.dtype)
-        args = (*depthwise.geometry_args(g), y[:, :, :, None, :])  # (N, OH, OW, 1, C) view
-        _launch(depthwise.forward3x3_kernel, g.flops // 2, ctx.x, ctx.wt, bias[None], *args)
+        fused_args = (*depthwise.geometry_args(g), y[:, :, :, None, :])  # (N, OH, OW, 1, C)
+        _launch(depthwise.forward3x3_kernel, g.flops // 2, ctx.x, ctx.wt, bias[None], *fused_args)
         return y, ctx
     if depthwise.rows_apply(g):
         block = depthwise.block_pixels(g.c_in)
         y = np.empty(g.y_shape, dtype=g.dtype)
         w_tiled = depthwise.tiled_weights(ctx.wt, block)
-        args = (g.sh, g.ph, g.pw, g.dil_h, g.dil_w, y)
-        _launch(
-            depthwise.forward_rows_kernel, g.flops // 2, ctx.x, w_tiled, np.tile(bias, block), *args
-        )
+        rows_args = (g.sh, g.ph, g.pw, g.dil_h, g.dil_w, y)
+        bias_tiled = np.tile(bias, block)
+        _launch(depthwise.forward_rows_kernel, g.flops // 2, ctx.x, w_tiled, bias_tiled, *rows_args)
         return y, ctx
     out = np.empty(g.y_shape[:3] + (multiplier, g.c_in), dtype=g.dtype)
     _launch(
@@ -394,15 +393,16 @@ def _depthwise_forward(
 def _depthwise_backward(
     dy: np.ndarray, ctx: depthwise.DepthwiseCtx, need_dx: bool
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
-    """conv2d_backward by kernels/depthwise.py: dW a pixel at a time, dX by rows (the full
-    correlation: a forward with the kernel turned) where depthwise.rows_apply at stride 1."""
+    """conv2d_backward by kernels/depthwise.py: dW and db in one pass; dX at stride 1 as the
+    full correlation (a forward with the kernel turned) on the 3x3 or row kernel where they
+    apply, else by dx_kernel (stride 1) or dx_strided_kernel."""
     g = ctx.geometry
     n_parts, work = _parts(g), g.flops // 2
     dy_m = depthwise.to_m_major(dy, g.c_in)  # (N, OH, OW, M, C_in); a view for M = 1
     dw_parts = np.zeros((n_parts,) + ctx.wt.shape, dtype=g.dtype)
     db_parts = np.zeros((n_parts,) + ctx.wt.shape[2:], dtype=g.dtype)
-    args = (*depthwise.geometry_args(g), dw_parts, db_parts)
-    _launch(depthwise.dw_kernel, work, ctx.x, dy_m, *args)
+    dw_args = (*depthwise.geometry_args(g), dw_parts, db_parts)
+    _launch(depthwise.dw_kernel, work, ctx.x, dy_m, *dw_args)
     dw = depthwise.from_m_major(dw_parts.sum(axis=0)).reshape(g.w_shape)
     db = depthwise.from_m_major(db_parts.sum(axis=0)) if g.has_bias else None
     if not need_dx:
@@ -413,16 +413,16 @@ def _depthwise_backward(
         w_turned = np.ascontiguousarray(ctx.wt[::-1, ::-1])
         no_bias = np.zeros((1, g.c_in), dtype=g.dtype)
         pads = (2 * g.dil_h - g.ph, 2 * g.dil_w - g.pw)
-        args = (1, 1, *pads, g.dil_h, g.dil_w, dx[:, :, :, None, :])
-        _launch(depthwise.forward3x3_kernel, work, dy, w_turned, no_bias, *args)
+        fused_args = (1, 1, *pads, g.dil_h, g.dil_w, dx[:, :, :, None, :])
+        _launch(depthwise.forward3x3_kernel, work, dy, w_turned, no_bias, *fused_args)
         return dx, dw, db
     if depthwise.rows_apply(g) and g.sh == 1:
         block = depthwise.block_pixels(g.c_in)
         w_turned = depthwise.tiled_weights(ctx.wt, block, flip=True)
         no_bias = np.zeros(block * g.c_in, dtype=g.dtype)
         pads = (g.kh_span - 1 - g.ph, g.kw_span - 1 - g.pw)
-        args = (1, *pads, g.dil_h, g.dil_w, dx)
-        _launch(depthwise.forward_rows_kernel, work, dy, w_turned, no_bias, *args)
+        rows_args = (1, *pads, g.dil_h, g.dil_w, dx)
+        _launch(depthwise.forward_rows_kernel, work, dy, w_turned, no_bias, *rows_args)
         return dx, dw, db
     dx_kernel = depthwise.dx_kernel if (g.sh, g.sw) == (1, 1) else depthwise.dx_strided_kernel
     _launch(dx_kernel, work, dy_m, ctx.wt, *depthwise.geometry_args(g), dx)
