@@ -467,19 +467,23 @@ def conv2d_forward(
 def _depthwise_forward(
     g: ConvGeometry, x: np.ndarray, w: np.ndarray, b: np.ndarray | None
 ) -> tuple[np.ndarray, depthwise.DepthwiseCtx]:
-    """conv2d_forward by kernels/depthwise.py (groups == C_in): whole rows at a time where
-    depthwise.rows_apply, else a pixel at a time."""
+    """conv2d_forward by kernels/depthwise.py (groups == C_in): the 3x3 kernel where
+    depthwise.fused3x3_applies, whole rows where depthwise.rows_apply, else a pixel at a time."""
     ctx = depthwise.make_ctx(g, x, w)
     multiplier = g.c_out // g.c_in
     bias = np.zeros(g.c_out, dtype=g.dtype) if b is None else b
+    if depthwise.fused3x3_applies(g):
+        y = np.empty(g.y_shape, dtype=g.dtype)
+        fused_args = (*depthwise.geometry_args(g), y[:, :, :, None, :])  # (N, OH, OW, 1, C)
+        _launch(depthwise.forward3x3_kernel, g.flops // 2, ctx.x, ctx.wt, bias[None], *fused_args)
+        return y, ctx
     if depthwise.rows_apply(g):
         block = depthwise.block_pixels(g.c_in)
         y = np.empty(g.y_shape, dtype=g.dtype)
         w_tiled = depthwise.tiled_weights(ctx.wt, block)
-        args = (g.sh, g.ph, g.pw, g.dil_h, g.dil_w, y)
-        _launch(
-            depthwise.forward_rows_kernel, g.flops // 2, ctx.x, w_tiled, np.tile(bias, block), *args
-        )
+        rows_args = (g.sh, g.ph, g.pw, g.dil_h, g.dil_w, y)
+        bias_tiled = np.tile(bias, block)
+        _launch(depthwise.forward_rows_kernel, g.flops // 2, ctx.x, w_tiled, bias_tiled, *rows_args)
         return y, ctx
     out = np.empty(g.y_shape[:3] + (multiplier, g.c_in), dtype=g.dtype)
     _launch(
@@ -498,27 +502,39 @@ def _depthwise_forward(
 def _depthwise_backward(
     dy: np.ndarray, ctx: depthwise.DepthwiseCtx, need_dx: bool
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
-    """conv2d_backward by kernels/depthwise.py: dW a pixel at a time, dX by rows (the full
-    correlation: a forward with the kernel turned) where depthwise.rows_apply at stride 1."""
+    """conv2d_backward by kernels/depthwise.py: dW and db in one pass; dX at stride 1 as the
+    full correlation (a forward with the kernel turned) on the 3x3 or row kernel where they
+    apply, else by dx_kernel (stride 1) or dx_strided_kernel."""
     g = ctx.geometry
     n_parts, work = _parts(g), g.flops // 2
-    db = dy.sum(axis=(0, 1, 2)) if g.has_bias else None
     dy_m = depthwise.to_m_major(dy, g.c_in)  # (N, OH, OW, M, C_in); a view for M = 1
     dw_parts = np.zeros((n_parts,) + ctx.wt.shape, dtype=g.dtype)
-    _launch(depthwise.dw_kernel, work, ctx.x, dy_m, *depthwise.geometry_args(g), dw_parts)
+    db_parts = np.zeros((n_parts,) + ctx.wt.shape[2:], dtype=g.dtype)
+    dw_args = (*depthwise.geometry_args(g), dw_parts, db_parts)
+    _launch(depthwise.dw_kernel, work, ctx.x, dy_m, *dw_args)
     dw = depthwise.from_m_major(dw_parts.sum(axis=0)).reshape(g.w_shape)
+    db = depthwise.from_m_major(db_parts.sum(axis=0)) if g.has_bias else None
     if not need_dx:
         return None, dw, db
     dx = np.empty(g.x_shape, dtype=g.dtype)
+    if depthwise.fused3x3_applies(g) and (g.sh, g.sw) == (1, 1):
+        # the full correlation: dy padded by 2*dilation - padding, the kernel turned
+        w_turned = np.ascontiguousarray(ctx.wt[::-1, ::-1])
+        no_bias = np.zeros((1, g.c_in), dtype=g.dtype)
+        pads = (2 * g.dil_h - g.ph, 2 * g.dil_w - g.pw)
+        fused_args = (1, 1, *pads, g.dil_h, g.dil_w, dx[:, :, :, None, :])
+        _launch(depthwise.forward3x3_kernel, work, dy, w_turned, no_bias, *fused_args)
+        return dx, dw, db
     if depthwise.rows_apply(g) and g.sh == 1:
         block = depthwise.block_pixels(g.c_in)
         w_turned = depthwise.tiled_weights(ctx.wt, block, flip=True)
         no_bias = np.zeros(block * g.c_in, dtype=g.dtype)
         pads = (g.kh_span - 1 - g.ph, g.kw_span - 1 - g.pw)
-        args = (1, *pads, g.dil_h, g.dil_w, dx)
-        _launch(depthwise.forward_rows_kernel, work, dy, w_turned, no_bias, *args)
+        rows_args = (1, *pads, g.dil_h, g.dil_w, dx)
+        _launch(depthwise.forward_rows_kernel, work, dy, w_turned, no_bias, *rows_args)
         return dx, dw, db
-    _launch(depthwise.dx_kernel, work, dy_m, ctx.wt, *depthwise.geometry_args(g), dx)
+    dx_kernel = depthwise.dx_kernel if (g.sh, g.sw) == (1, 1) else depthwise.dx_strided_kernel
+    _launch(dx_kernel, work, dy_m, ctx.wt, *depthwise.geometry_args(g), dx)
     return dx, dw, db
 
 
@@ -805,12 +821,12 @@ def warmup(dtypes=None, ops=None) -> None:
                 conv2d_backward(np.ones_like(y), conv_ctx)
             if "maxpool2d" in ops:  # the fused conv + 2x2 max-pool forward
                 conv2d_maxpool2d_forward(many, w, None, 1, 1, 2, 2)
-            # the depthwise kernels (kernels/depthwise.py): by rows (multiplier 1, stride 1)
-            # and a pixel at a time (multiplier 2)
+            # the depthwise kernels (kernels/depthwise.py): 3x3 (multiplier 1), by rows (2x2,
+            # multiplier 1), a pixel at a time (multiplier 2), dX at stride 2
             channels = np.ones((1, 4, 4, 2), dtype=dtype)
-            for c_out in (2, 4):
-                w_depthwise = np.ones((3, 3, 1, c_out), dtype)
-                y, conv_ctx = conv2d_forward(channels, w_depthwise, None, 1, 1, 1, 2)
+            for k, c_out, stride in ((3, 2, 1), (2, 2, 1), (3, 4, 1), (3, 4, 2)):
+                w_depthwise = np.ones((k, k, 1, c_out), dtype)
+                y, conv_ctx = conv2d_forward(channels, w_depthwise, None, stride, 1, 1, 2)
                 conv2d_backward(np.ones_like(y), conv_ctx)
         if "maxpool2d" in ops:
             tiled = np.ones((1, 4, 4, 1), dtype=dtype)

@@ -105,7 +105,8 @@ def general_conv_cases(draw):
     included), dilation 1-3, stride 1-3, padding as n, (ph, pw), ((top, bottom), (left, right)),
     "valid" or "same" (TensorFlow's, any stride and kernel)."""
     n, h, w = draw(st.integers(1, 2)), draw(st.integers(1, 10)), draw(st.integers(1, 10))
-    if draw(st.booleans()):  # depthwise
+    depthwise = draw(st.booleans())
+    if depthwise:
         c_in = groups = draw(st.integers(2, 5))
         c_out = c_in * draw(st.integers(1, 2))
     else:
@@ -135,6 +136,11 @@ def general_conv_cases(draw):
         # the dilated kernel must fit the padded input: (k - 1) * d + 1 <= size + padding
         kh = draw(st.integers(1, min(4, (h + top + bottom - 1) // dh + 1)))
         kw = draw(st.integers(1, min(4, (w + left + right - 1) // dw + 1)))
+    fits_3x3 = 2 * dh < h + top + bottom and 2 * dw < w + left + right
+    if depthwise and fits_3x3 and draw(st.booleans()):
+        kh = kw = 3  # numba's 3x3 depthwise kernel (MobileNet's layers), a path of its own
+        if mode == "same":
+            (top, bottom), (left, right) = tf_same(h, kh, sh, dh), tf_same(w, kw, sw, dw)
     out_h = (h + top + bottom - (kh - 1) * dh - 1) // sh + 1
     out_w = (w + left + right - (kw - 1) * dw - 1) // sw + 1
     pick = draw(st.booleans())
