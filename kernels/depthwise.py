@@ -122,9 +122,9 @@ def fused3x3_applies(g: ConvGeometry) -> bool:
 def forward3x3_kernel(x, wt, bias, sh, sw, pt, pl, dh, dw, out):
     """forward_kernel for a 3x3 kernel and multiplier 1 (wt (3, 3, 1, C), bias (1, C), out (N,
     OH, OW, 1, C)): a pixel whose nine taps all lie inside x sums them in one pass over the
-    channels, writing its output once instead of loading and storing it per tap. One thread,
-    batch 8, against forward_kernel: 112x112x32 4.0 against 6.4 ms (and 5.1 for
-    forward_rows_kernel), 56x56x144 2.6 against 4.1 ms, 14x14x384 0.38 against 0.50 ms."""
+    channels, writing its output once instead of loading and storing it per tap. Faster than
+    forward_kernel and forward_rows_kernel in one-thread interleaved A/B on MobileNetV2's
+    depthwise layers (`python -m bench.conv --set mobilenetv2 --mb 8`, its g = C layers)."""
     n, height, width, c_all = x.shape
     out_h, out_w = out.shape[1], out.shape[2]
     w00, w01, w02 = wt[0, 0, 0], wt[0, 1, 0], wt[0, 2, 0]
@@ -207,8 +207,9 @@ def dx_strided_kernel(dy, wt, sh, sw, pt, pl, dh, dw, dx):
     that reads it (output row oh), each tap (i, j) of each output pixel adds dy * w to the input
     pixel it read. dx_kernel asks each input pixel which taps read it, two divisions per tap,
     most of them finding none at stride 2; walking the output pixels needs no division per
-    pixel (the 112x112x32 stride-2 layer, one thread: 2.0 against 3.2 ms). At stride 1 every tap
-    reads and dx_kernel's gather, summing in place, is faster (56x56x144: 4.3 against 5.6 ms)."""
+    pixel, and is the faster at stride 2 (`python -m bench.conv g32mb8ic32ih112oc32oh56kh3sh2ph1`,
+    one thread). At stride 1 every tap reads and dx_kernel's gather, summing in place, is the
+    faster (`g144mb8ic144ih56oc144oh56kh3ph1`)."""
     n, height, width, c_all = dx.shape
     kh, kw, m_all = wt.shape[0], wt.shape[1], wt.shape[2]
     out_h, out_w = dy.shape[1], dy.shape[2]
@@ -243,10 +244,10 @@ def dw_kernel(x, dy, sh, sw, pt, pl, dh, dw, dw_parts, db_parts):
     """dw_parts (P, KH, KW, M, C), db_parts (P, M, C): part p += the weight and bias gradients
     of the output rows (n, oh) of its block (the P blocks split the N*OH rows evenly); x (N, H,
     W, C), dy (N, OH, OW, M, C). db here, while dy is in cache, rather than by a numpy sum over
-    dy of its own (one thread, batch 8, 3x3 stride 1: 112x112x32 5.6 against 7.3 ms for dW and
-    the sum; 14x14x384 0.49 against 0.55 ms). A 3x3 form updating nine sums in one pass over
-    the channels, as forward3x3_kernel does, was 2-3.5x slower on the same layers: ten streams
-    stored in one loop, which LLVM left scalar."""
+    dy of its own (faster in one-thread A/B on `g32mb8ic32ih112oc32oh112kh3ph1` and
+    `g384mb8ic384ih14oc384oh14kh3ph1`). A 3x3 form updating nine sums in one pass over the
+    channels, as forward3x3_kernel does, was several times slower on the same layers: ten
+    streams stored in one loop, which LLVM left scalar."""
     n, height, width, c_all = x.shape
     n_parts, kh, kw, m_all = dw_parts.shape[0], dw_parts.shape[1], dw_parts.shape[2], dy.shape[3]
     out_h, out_w = dy.shape[1], dy.shape[2]
@@ -254,7 +255,7 @@ def dw_kernel(x, dy, sh, sw, pt, pl, dh, dw, dw_parts, db_parts):
     for p in prange(n_parts):
         # sums of the thread's own allocation, copied out at the end: parts side by side in
         # dw_parts share cache lines at their borders, and two threads adding into one line
-        # made two threads slower than one (the 112x112x32 layer's dW: 10 against 6 ms)
+        # made two threads slower than one (dW of `g32mb8ic32ih112oc32oh112kh3ph1`)
         acc = np.zeros(dw_parts.shape[1:], dtype=dw_parts.dtype)
         bias_acc = np.zeros(db_parts.shape[1:], dtype=db_parts.dtype)
         for t in range(p * rows // n_parts, (p + 1) * rows // n_parts):
@@ -290,11 +291,11 @@ def dw_kernel(x, dy, sh, sw, pt, pl, dh, dw, dw_parts, db_parts):
 # few-channel layers (MobileNetV2's 112x112x32) a per-pixel loop C = 32 long spends its time
 # entering and leaving loops too short to vectorise fully. Rows are cut into blocks of
 # block_pixels pixels (block_pixels * C about ROW_BLOCK values) so that the weights, repeated
-# over one block for all KH*KW taps, stay in L1 cache. Measured one thread, forward, batch 8,
-# 3x3 stride 1 (interleaved, best of 15): rows win at 32 channels (112x112x32: 5.3 against
-# 6.7 ms), the per-pixel kernel from 64 (56x56x64: 2.2 against 2.4 ms; 56x56x128: 3.9 against
-# 5.1 ms), hence ROWS_MAX_CHANNELS. Fusing a row's three taps into one loop was slower still,
-# and so was dW in row form (B*C partial sums per tap): dW stays per pixel.
+# over one block for all KH*KW taps, stay in L1 cache. Chosen by interleaved one-thread A/B of
+# the forward at batch 8, 3x3 stride 1: rows win at 32 channels (`python -m bench.conv
+# g32mb8ic32ih112oc32oh112kh3ph1`), the per-pixel kernel from 64 (`g64mb8ic64ih56oc64oh56kh3ph1`,
+# `g128mb8ic128ih56oc128oh56kh3ph1`), hence ROWS_MAX_CHANNELS. Fusing a row's three taps into one
+# loop was slower still, and so was dW in row form (B*C partial sums per tap): dW stays per pixel.
 ROW_BLOCK = 256
 ROWS_MAX_CHANNELS = 32
 

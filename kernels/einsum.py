@@ -214,6 +214,7 @@ def maxpool2d_forward(
 
 def maxpool2d_backward(dy: np.ndarray, ctx: MaxPoolCtx) -> np.ndarray:
     """dy: (N, OH, OW, C) -> dx: (N, H, W, C); each window's gradient goes to its argmax."""
+    check_ctx(ctx, MaxPoolCtx, "einsum")
     g, argmax = ctx.geometry, ctx.argmax
     check_grad(dy, g.y_shape, g.dtype)
     # one-hot over the window taps, laid out (N, OH, OW, KH, KW, C) as col2im expects
@@ -247,6 +248,7 @@ def avgpool2d_forward(
 def avgpool2d_backward(dy: np.ndarray, ctx: PoolCtx) -> np.ndarray:
     """dy: (N, OH, OW, C) -> dx: (N, H, W, C): a full correlation of dy with a constant kernel
     (padded windows: each window's dy times its scale, spread by col2im)."""
+    check_ctx(ctx, PoolCtx, "einsum")
     g = ctx.geometry
     check_grad(dy, g.y_shape, g.dtype)
     if g.plain:

@@ -241,6 +241,7 @@ def maxpool2d_forward(
 
 def maxpool2d_backward(dy: np.ndarray, ctx: MaxPoolCtx) -> np.ndarray:
     """dy: (N, OH, OW, C) -> dx: (N, H, W, C); each window's gradient goes to its argmax."""
+    check_ctx(ctx, MaxPoolCtx, "im2col")
     g, argmax = ctx.geometry, ctx.argmax
     check_grad(dy, g.y_shape, g.dtype)
     dx = np.zeros(g.x_shape if g.plain else g.padded_shape, dtype=g.dtype)
@@ -282,6 +283,7 @@ def avgpool2d_forward(
 
 def avgpool2d_backward(dy: np.ndarray, ctx: PoolCtx) -> np.ndarray:
     """dy: (N, OH, OW, C) -> dx: (N, H, W, C); each window shares its gradient equally."""
+    check_ctx(ctx, PoolCtx, "im2col")
     g = ctx.geometry
     check_grad(dy, g.y_shape, g.dtype)
     scale = g.dtype.type(1.0 / (g.kh * g.kw)) if g.plain else pool_scales(g)[:, :, None]

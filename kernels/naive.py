@@ -134,6 +134,7 @@ def maxpool2d_forward(
 
 def maxpool2d_backward(dy: np.ndarray, ctx: MaxPoolCtx) -> np.ndarray:
     """dy: (N, OH, OW, C) -> dx: (N, H, W, C); each window's gradient goes to its argmax."""
+    check_ctx(ctx, MaxPoolCtx, "naive")
     g, argmax = ctx.geometry, ctx.argmax
     check_grad(dy, g.y_shape, g.dtype)
     dx = np.zeros(g.x_shape, dtype=g.dtype)
@@ -171,6 +172,7 @@ def avgpool2d_forward(
 def avgpool2d_backward(dy: np.ndarray, ctx: PoolCtx) -> np.ndarray:
     """dy: (N, OH, OW, C) -> dx: (N, H, W, C); each window shares its gradient equally among
     its count of positions (those in the padding take their share nowhere)."""
+    check_ctx(ctx, PoolCtx, "naive")
     g = ctx.geometry
     check_grad(dy, g.y_shape, g.dtype)
     rows, cols = pool_counts(g)

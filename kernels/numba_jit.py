@@ -735,6 +735,7 @@ def conv2d_maxpool2d_backward(
 
 def maxpool2d_backward(dy: np.ndarray, ctx: MaxPoolCtx) -> np.ndarray:
     """dy: (N, OH, OW, C) -> dx: (N, H, W, C); each window's gradient goes to its argmax."""
+    check_ctx(ctx, MaxPoolCtx, "numba")
     g, argmax = ctx.geometry, ctx.argmax
     check_grad(dy, g.y_shape, g.dtype)
     dy = np.ascontiguousarray(dy)
@@ -780,6 +781,7 @@ def avgpool2d_forward(
 
 def avgpool2d_backward(dy: np.ndarray, ctx: PoolCtx) -> np.ndarray:
     """dy: (N, OH, OW, C) -> dx: (N, H, W, C); each window shares its gradient equally."""
+    check_ctx(ctx, PoolCtx, "numba")
     g = ctx.geometry
     check_grad(dy, g.y_shape, g.dtype)
     dx = np.zeros(g.x_shape, dtype=g.dtype)

@@ -214,6 +214,19 @@ def test_conv_backward_rejects_a_foreign_ctx(backend):
         be.conv2d_backward(dy, foreign)
 
 
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pool_backward_rejects_a_missing_ctx(backend, kind):
+    """A pool backward given ctx=None (or no ctx at all) is one clear TypeError naming the
+    backend whose ctx it wanted; winograd's pooling runs on its fallback, which names itself."""
+    be = get_backend(backend)
+    y, _ = getattr(be, f"{kind}pool2d_forward")(X, 2)
+    with pytest.raises(TypeError, match=r"^\w+: ctx must be the ctx \w+'s forward returned .*got "):
+        getattr(be, f"{kind}pool2d_backward")(np.ones_like(y), None)
+    with pytest.raises(TypeError, match=r"got object \(from builtins\)"):
+        getattr(be, f"{kind}pool2d_backward")(np.ones_like(y), object())
+
+
 def test_unknown_backend_lists_the_available_ones():
     with pytest.raises(ValueError, match=r"unknown backend 'cuda'; available backends: naive, "):
         get_backend("cuda")
