@@ -115,11 +115,13 @@ def layer_ops(backend: str, case: Case, dtype=np.float32) -> dict:
     return {"forward": forward, "backward": backward, "forward_backward": forward_backward}
 
 
-def warm_up_backend(backend: str) -> None:
-    """Compile everything a JIT backend needs before timing (a no-op for the numpy backends)."""
+def warm_up_backend(backend: str, dtypes=(np.float32,)) -> None:
+    """Compile what a JIT backend needs before timing, for `dtypes` (the layer cases are
+    float32; a no-op for the numpy backends). Each dtype more is seconds of compiling per
+    kernel, so only those that will be timed."""
     module = get_backend(backend)
     if hasattr(module, "warmup"):
-        module.warmup()
+        module.warmup(dtypes=list(dtypes))
 
 
 # ---- the section ---------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bench import conv
+from bench import conv, conv_ops
 from bench.conv_check import algorithm, inputs, reference, relative_errors, tolerance
 from bench.problems import DescriptorError, Problem, available_sets, load_set, parse
 from kernels import naive
@@ -174,8 +174,16 @@ def test_rows_check_and_skip():
     assert rows[0]["status"] == "ok" and set(rows[0]["seconds"]) >= {"fwd", "bwd_d", "fwd_bwd"}
     assert all(t > 0 for t in rows[0]["seconds"].values() if t) and rows[0]["iqr"]["fwd"] >= 0
     assert max(rows[0]["errors"].values()) <= rows[0]["tolerance"]
-    assert rows[1]["status"].startswith("skipped: numba has no grouped convolution")
-    assert "seconds" not in rows[1]
+    # every backend of ours computes grouped convolutions; the grouped row is timed and checked
+    assert rows[1]["status"] == "ok" and max(rows[1]["errors"].values()) <= rows[1]["tolerance"]
+    # a backend whose conv2d_forward has no `groups` (a user's) is skipped with the reason
+    grouped = parse(descriptors[1])
+
+    def plain_forward(x, w, b=None, stride=1, padding=0):
+        raise AssertionError("never called")
+
+    with pytest.raises(conv_ops.Unsupported, match="mine has no grouped convolution"):
+        conv_ops._conv_kwargs("mine", plain_forward, grouped)
 
 
 def test_wrong_answer_fails_the_run(monkeypatch, capsys):
