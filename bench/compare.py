@@ -3,10 +3,10 @@ TensorFlow), with the machine's matmul peak as the roofline; write <out>/<name>/
 results.json, PNGs) and <out>/latest.md.
 
     python -m bench.compare               # every backend x layer case, both epochs, vs PyTorch
-                                          # (budgeted at about 5 minutes on 2 cores)
-    python -m bench.compare --quick       # 3 layer cases, short epoch rounds (about 1.5 minutes;
+                                          # (3.5 minutes on a 2-vCPU AVX-512 Xeon)
+    python -m bench.compare --quick       # 3 layer cases, short epoch rounds (2 minutes there;
                                           # CI's smoke test)
-    python -m bench.compare --full        # every section, whole epochs (about 22 minutes; the
+    python -m bench.compare --full        # every section, whole epochs (about 22 minutes, estimated; the
                                           # committed runs: --full --out reports)
     python -m bench.compare --compare OLD.json            # run, then compare with OLD
     python -m bench.compare --compare OLD.json NEW.json   # compare two runs, no timing
@@ -90,13 +90,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help=f"reduced matrix: layer cases {', '.join(QUICK_CASES)}, epochs in "
         f"{epoch.QUICK_ROUNDS} rounds of {epoch.QUICK_ROUND_BATCHES['small']} (small) and "
-        f"{epoch.QUICK_ROUND_BATCHES['deep']} (deep) batches; about 1.5 minutes",
+        f"{epoch.QUICK_ROUND_BATCHES['deep']} (deep) batches; 2 minutes on a 2-vCPU AVX-512 Xeon",
     )
     mode.add_argument(
         "--full",
         action="store_true",
         help="every section (breakdown, inference, memory, compile, scaling, ...), whole "
-        "60 000-image epochs with their test accuracy, 7 x 3 layer samples; about 22 minutes",
+        "60 000-image epochs with their test accuracy, 7 x 3 layer samples; about 22 minutes (estimated from the sections' counts)",
     )
     p.add_argument(
         "--sections",
