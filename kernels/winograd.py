@@ -309,15 +309,20 @@ def _filter_transform(gm: np.ndarray, w: np.ndarray) -> np.ndarray:
     """w (3, 3, C_in, C_out) -> u (a*a, C_in, C_out): G g G^T for every channel pair.
 
     G g G^T at position (a, b) is sum_ij G[a, i] G[b, j] g[i, j], i.e. the Kronecker product
-    G (x) G (a*a, 9) times the 9 taps: one small GEMM over all channel pairs at once.
+    G (x) G (a*a, 9) times the 9 taps: one small GEMM over all channel pairs at once, split over
+    our pool (gemm.matmul) rather than numpy's threaded BLAS, whose workers keep spinning after
+    the call and take the cores from the transforms and GEMMs that follow
+    (`mb8ic256ih14oc256oh14kh3ph1`, resnet50:res4a_branch2b, with BLAS at its default threads).
     """
     a = gm.shape[0]
-    return (np.kron(gm, gm) @ w.reshape(9, -1)).reshape(a * a, *w.shape[2:])
+    w2 = np.ascontiguousarray(w).reshape(9, -1)
+    return gemm.matmul(np.kron(gm, gm), w2).reshape(a * a, *w.shape[2:])
 
 
 def _filter_transform_adjoint(gm: np.ndarray, du: np.ndarray) -> np.ndarray:
     """du (a*a, C_in, C_out) -> dw (3, 3, C_in, C_out) = G^T dU G, _filter_transform's transpose."""
-    return (np.kron(gm, gm).T @ du.reshape(du.shape[0], -1)).reshape(3, 3, *du.shape[1:])
+    kron_t = np.ascontiguousarray(np.kron(gm, gm).T)  # as _filter_transform: our pool's GEMM
+    return gemm.matmul(kron_t, du.reshape(du.shape[0], -1)).reshape(3, 3, *du.shape[1:])
 
 
 # ---------------------------------------------------------------- the backend
