@@ -45,10 +45,11 @@ so dX and dW both cost one batched GEMM of the forward's size. The transforms ar
 over tiles, vectorised along the contiguous channel axis of NHWC; the GEMMs are numpy matmuls
 split over the cores (kernels/gemm.py).
 
-With 16 or more channels in and out, F(2x2, 3x3) runs fused instead (kernels/winograd_tiles.py):
-every stage on a few tiles of one sample while they are in cache, the 16 GEMMs in numba register
-tiles. Over the whole batch each stage above streams megabytes through memory, and the
-transforms, not the multiplies, set its speed.
+With 16 or more channels in and out but fewer than 64 in, F(2x2, 3x3) runs fused instead
+(kernels/winograd_tiles.py): every stage on a few tiles of one sample while they are in cache,
+the 16 GEMMs in numba register tiles. With so short a reduction (K = C_in) the batched GEMMs run
+far from the BLAS peak and the transforms, streaming megabytes, set the batched path's speed;
+from 64 input channels on the batched path is the faster (winograd_tiles.MAX_C_IN).
 
 Numerical error: the transforms add and subtract products of different magnitudes, so float32
 results differ from the direct sum by more than rounding of the same sum would: the relative
