@@ -45,10 +45,11 @@ so dX and dW both cost one batched GEMM of the forward's size. The transforms ar
 over tiles, vectorised along the contiguous channel axis of NHWC; the GEMMs are numpy matmuls
 split over the cores (kernels/gemm.py).
 
-With 16 or more channels in and out, F(2x2, 3x3) runs fused instead (kernels/winograd_tiles.py):
-every stage on a few tiles of one sample while they are in cache, the 16 GEMMs in numba register
-tiles. Over the whole batch each stage above streams megabytes through memory, and the
-transforms, not the multiplies, set its speed.
+With 16 or more channels in and out but fewer than 64 in, F(2x2, 3x3) runs fused instead
+(kernels/winograd_tiles.py): every stage on a few tiles of one sample while they are in cache,
+the 16 GEMMs in numba register tiles. With so short a reduction (K = C_in) the batched GEMMs run
+far from the BLAS peak and the transforms, streaming megabytes, set the batched path's speed;
+from 64 input channels on the batched path is the faster (winograd_tiles.MAX_C_IN).
 
 Numerical error: the transforms add and subtract products of different magnitudes, so float32
 results differ from the direct sum by more than rounding of the same sum would: the relative
@@ -64,6 +65,7 @@ ctx's `path` says which path ran, with the fallback's own path where it has one
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -305,22 +307,47 @@ def _input_transform_adjoint(dv, b_mat, ph, pw, m, tiles_h, tiles_w, dx):
                                     dx[ni, r, col, c] += out[i, j, c]
 
 
-def _filter_transform(gm: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """w (3, 3, C_in, C_out) -> u (a*a, C_in, C_out): G g G^T for every channel pair.
+def _filter_transform(gm: np.ndarray, w: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """w (3, 3, C_in, C_out) -> u (a*a, C_in, C_out): G g G^T for every channel pair (into
+    `out`, (a*a, C_in, C_out) C-contiguous, when given).
 
     G g G^T at position (a, b) is sum_ij G[a, i] G[b, j] g[i, j], i.e. the Kronecker product
-    G (x) G (a*a, 9) times the 9 taps: one small GEMM over all channel pairs at once.
+    G (x) G (a*a, 9) times the 9 taps: one small GEMM over all channel pairs at once, split over
+    our pool (gemm.matmul) rather than numpy's threaded BLAS, whose workers keep spinning after
+    the call and take the cores from the transforms and GEMMs that follow
+    (`mb8ic256ih14oc256oh14kh3ph1`, resnet50:res4a_branch2b, with BLAS at its default threads).
     """
     a = gm.shape[0]
-    return (np.kron(gm, gm) @ w.reshape(9, -1)).reshape(a * a, *w.shape[2:])
+    w2 = np.ascontiguousarray(w).reshape(9, -1)
+    flat = None if out is None else out.reshape(a * a, -1)
+    return gemm.matmul(np.kron(gm, gm), w2, flat).reshape(a * a, *w.shape[2:])
 
 
 def _filter_transform_adjoint(gm: np.ndarray, du: np.ndarray) -> np.ndarray:
     """du (a*a, C_in, C_out) -> dw (3, 3, C_in, C_out) = G^T dU G, _filter_transform's transpose."""
-    return (np.kron(gm, gm).T @ du.reshape(du.shape[0], -1)).reshape(3, 3, *du.shape[1:])
+    kron_t = np.ascontiguousarray(np.kron(gm, gm).T)  # as _filter_transform: our pool's GEMM
+    return gemm.matmul(kron_t, du.reshape(du.shape[0], -1)).reshape(3, 3, *du.shape[1:])
 
 
 # ---------------------------------------------------------------- the backend
+
+_SCRATCH = threading.local()
+
+
+def _scratch(name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """An uninitialised `shape` array of `dtype` in this thread's reusable buffer `name`, grown
+    to the largest size asked for and never shrunk: the batched path's per-call temporaries
+    (U, M, dM, dV, dU), used within one call and never handed to the caller or kept in a ctx.
+
+    Fresh multi-megabyte arrays are mapped anew by malloc on most calls, and every page then
+    faults on first touch: over the transforms and GEMMs of `mb8ic256ih14oc256oh14kh3ph1`
+    (resnet50:res4a_branch2b) that cost as much as the GEMMs."""
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    buffers = _SCRATCH.__dict__.setdefault("buffers", {})
+    buf = buffers.get(name)
+    if buf is None or buf.nbytes < nbytes:
+        buf = buffers[name] = np.empty(max(nbytes, 1) // 8 + 1, np.float64)  # 8-byte aligned
+    return buf.view(np.uint8)[:nbytes].view(dtype).reshape(shape)
 
 
 def _fallback():
@@ -335,15 +362,15 @@ class WinogradConvCtx(ConvCtx):
 
     geometry: the call's ConvGeometry; path: "winograd F(mxm,3x3)" or "fallback:<backend>";
     m: output tile size; tiles: (tiles_h, tiles_w) per sample;
-    v: (a*a, P, C_in) transformed input tiles; u: (a*a, C_in, C_out) transformed filters;
-    inner: the fallback backend's ctx when path is a fallback (v and u are then None).
+    v: (a*a, P, C_in) transformed input tiles; w: (3, 3, C_in, C_out) the filters;
+    inner: the fallback backend's ctx when path is a fallback (v and w are then None).
     """
 
     path: str
     m: int = 0
     tiles: tuple[int, int] = (0, 0)
     v: np.ndarray | None = None
-    u: np.ndarray | None = None
+    w: np.ndarray | None = None
     inner: Any = None
 
 
@@ -440,12 +467,15 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
     n_tiles = g.n * tiles_h * tiles_w
     v = np.empty((alpha * alpha, n_tiles, g.c_in), dtype=g.dtype)
     _input_transform(np.ascontiguousarray(x), bt, g.ph, g.pw, m, tiles_h, tiles_w, v)
-    u = _filter_transform(gm, w)
-    mm = gemm.batched_matmul(v, u, np.empty((alpha * alpha, n_tiles, g.c_out), dtype=g.dtype))
+    u = _filter_transform(gm, w, _scratch("u", (alpha * alpha, g.c_in, g.c_out), g.dtype))
+    mm = gemm.batched_matmul(v, u, _scratch("m", (alpha * alpha, n_tiles, g.c_out), g.dtype))
     bias = np.zeros(g.c_out, dtype=g.dtype) if b is None else np.ascontiguousarray(b)
     y = np.empty(g.y_shape, dtype=g.dtype)
     _output_transform(mm, at, m, tiles_h, tiles_w, bias, y)
-    return y, WinogradConvCtx(g, f"winograd F({m}x{m},3x3)", m, (tiles_h, tiles_w), v, u)
+    # U is not kept: the backward recomputes it from w into scratch, cheaper than a fresh
+    # (a*a, C_in, C_out) array per call (see _scratch)
+    ctx = WinogradConvCtx(g, f"winograd F({m}x{m},3x3)", m, (tiles_h, tiles_w), v, w=w)
+    return y, ctx
 
 
 def conv2d_backward_ctx(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
@@ -473,22 +503,23 @@ def conv2d_backward(dy, ctx: WinogradConvCtx | FusedWinogradCtx, need_dx=True):
     if ctx.inner is not None:
         return _fallback().conv2d_backward(dy, ctx.inner, need_dx=need_dx)
     check_grad(dy, g.y_shape, g.dtype)
-    m, (tiles_h, tiles_w), v, u = ctx.m, ctx.tiles, ctx.v, ctx.u
-    assert v is not None and u is not None
+    m, (tiles_h, tiles_w), v, w = ctx.m, ctx.tiles, ctx.v, ctx.w
+    assert v is not None and w is not None
     alpha = m + 2
     bt, gm, at = transforms(m, g.dtype)
-    dmm = np.empty((alpha * alpha, v.shape[1], g.c_out), dtype=g.dtype)
+    dmm = _scratch("m", (alpha * alpha, v.shape[1], g.c_out), g.dtype)
     db_parts = np.empty((g.n, g.c_out))
     _output_transform_adjoint(
         np.ascontiguousarray(dy), np.ascontiguousarray(at.T), m, tiles_h, tiles_w, dmm, db_parts
     )
-    du = np.empty_like(u)
+    du = _scratch("du", (alpha * alpha, g.c_in, g.c_out), g.dtype)
     db = db_parts.sum(axis=0).astype(g.dtype) if g.has_bias else None
     if not need_dx:
         gemm.batched_matmul(v.transpose(0, 2, 1), dmm, du)
         return None, _filter_transform_adjoint(gm, du), db
     # dU and dV are independent and equally large: one thread each (gemm.batched_pair)
-    dv = np.empty_like(v)
+    u = _filter_transform(gm, w, _scratch("u", (alpha * alpha, g.c_in, g.c_out), g.dtype))
+    dv = _scratch("dv", v.shape, g.dtype)
     gemm.batched_pair((v.transpose(0, 2, 1), dmm, du), (dmm, u.transpose(0, 2, 1), dv))
     dw = _filter_transform_adjoint(gm, du)
     dx = np.zeros(g.x_shape, dtype=g.dtype)

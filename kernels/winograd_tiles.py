@@ -44,14 +44,25 @@ MIN_CHANNELS = LANES
 # the share of a core's L2 the filter transform U (16, C_in, C_out) may fill for the fused path
 L2_SHARE_FOR_U = 8
 
+# input channels from which the batched path (BLAS GEMMs with K = C_in over every tile of the
+# batch, its temporaries in reused scratch) beats the fused one, forward + backward, alternating
+# processes: batched F(4x4) is faster at `mb8ic64ih56oc64oh56kh3ph1` (resnet50:res2a_branch2b),
+# `mb32ic64ih32oc64oh32kh3ph1` (the `big` case), `mb8ic64ih28oc64oh28kh3ph1` and
+# `mb64ic64ih14oc64oh14kh3ph1`, even with `mb8ic64ih224oc64oh224kh3ph1` (vgg16:conv1_2); with 32
+# input channels the fused path is faster at `mb64ic32ih14oc64oh14kh3ph1` (the `deep_conv2` case)
+# and even at `mb8ic32ih28oc32oh28kh3ph1`
+MAX_C_IN = 4 * LANES
+
 
 def applies(g: ConvGeometry) -> bool:
     """True when the fused F(2x2) runs geometry g (3x3, stride 1, checked by the caller):
-    LANES channels in and out, U small enough for the cache (u_fits_cache), TILE tiles per
-    sample, and padding of at most 2 (dX's full correlation pads dy by 2 - padding)."""
+    LANES channels in and out but fewer than MAX_C_IN in, U small enough for the cache
+    (u_fits_cache), TILE tiles per sample, and padding of at most 2 (dX's full correlation pads
+    dy by 2 - padding)."""
     tiles = -(-g.out_h // 2) * -(-g.out_w // 2)
     return (
         min(g.c_in, g.c_out) >= MIN_CHANNELS
+        and g.c_in < MAX_C_IN
         and u_fits_cache(g.c_in, g.c_out, g.dtype.itemsize)
         and tiles >= TILE
         and g.height >= 2  # dX's output, computed as tiles too
@@ -67,9 +78,8 @@ def u_fits_cache(c_in: int, c_out: int, itemsize: int) -> bool:
     core's L2. forward() reads all of U for every TILE tiles, and dw_tiles adds into a dU as
     large for every block of tiles: only in cache do so few tiles per pass keep the multiplies
     busy. Past it the batched path's BLAS GEMMs over every tile of the batch run faster
-    (forward + backward, one process, interleaved, on a 2 MB L2: fused 0.63x of batched at
-    `mb8ic64ih56oc64oh56kh3ph1` (U 256 KB), 1.3x at `mb2ic64ih112oc128oh112kh3ph1` (512 KB),
-    1.4x at `mb8ic128ih28oc128oh28kh3ph1` (1 MB), 1.8x at `mb8ic256ih14oc256oh14kh3ph1`)."""
+    (forward + backward, one process, interleaved, on a 2 MB L2: `mb2ic64ih112oc128oh112kh3ph1`
+    (U 512 KB), `mb8ic128ih28oc128oh28kh3ph1` (1 MB), `mb8ic256ih14oc256oh14kh3ph1`)."""
     return 16 * c_in * c_out * itemsize <= isa.l2_bytes() // L2_SHARE_FOR_U
 
 

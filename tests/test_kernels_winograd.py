@@ -204,3 +204,32 @@ def test_tile_size_rule_avoids_wasted_tiles():
     assert winograd.tile_size(geometry_for(32)) == 4
     assert winograd.tile_size(geometry_for(14)) == 4  # 16x16 computed: 1.31x, still faster
     assert winograd.tile_size(geometry_for(6)) == 2  # 8x8 for 6x6 would be 1.78x
+
+
+@pytest.mark.parametrize("m", winograd.TILE_SIZES)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+def test_batched_path_ctx_survives_later_calls_of_the_same_shape(dtype, m, force_tile):
+    """The batched path reuses per-thread scratch (U, M, dM, dV, dU) across calls: two forwards
+    of one shape, then their backwards in reverse order (as a network runs them), each still
+    matches naive, and no returned array shares memory with another call's."""
+    rng = np.random.default_rng(7)
+    shape, w_shape = (2, 10, 10, 40), (3, 3, 40, 48)
+    force_tile(m)
+    calls = []
+    for _ in range(2):
+        x = rng.standard_normal(shape).astype(dtype)
+        w = (rng.standard_normal(w_shape) * 0.1).astype(dtype)
+        dy = rng.standard_normal((2, 10, 10, 48)).astype(dtype)
+        calls.append((x, w, dy, *winograd.conv2d_forward(x, w, None, 1, 1)))
+    rtol = F64_RTOL if dtype == np.float64 else F32_RTOL[m]
+    outputs = []
+    for x, w, dy, y, ctx in reversed(calls):
+        assert ctx.path == f"winograd F({m}x{m},3x3)"
+        y_ref, ctx_ref = naive.conv2d_forward(x, w, None, 1, 1)
+        _assert_close(y, y_ref, rtol, "y")
+        grads = winograd.conv2d_backward(dy, ctx)
+        for name, ref, got in zip(("dx", "dw"), naive.conv2d_backward(dy, ctx_ref), grads):
+            _assert_close(got, ref, rtol, name)
+        outputs += [y, *grads[:2]]
+    for i, a in enumerate(outputs):
+        assert not any(np.shares_memory(a, b) for b in outputs[i + 1 :])
