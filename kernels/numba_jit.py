@@ -371,7 +371,8 @@ def _tiled_forward(g: ConvGeometry, x: np.ndarray, w: np.ndarray, b: np.ndarray 
     bias = np.zeros(g.c_out, dtype=g.dtype) if b is None else np.ascontiguousarray(b)
     y = np.empty(g.y_shape, dtype=g.dtype)
     w2 = w.reshape(g.kh, g.kw * g.c_in, g.c_out)
-    _launch_tiles(numba_tiles.forward, g, (x, y), w2, bias, g.sh, g.sw, g.ph, g.pw)
+    kernel = numba_tiles.forward_for(g.c_out)
+    _launch_tiles(kernel, g, (x, y), w2, bias, g.sh, g.sw, g.ph, g.pw)
     return y, TiledConvCtx(g, x, w)
 
 
@@ -404,7 +405,8 @@ def _tiled_dx(dy: np.ndarray, ctx: TiledConvCtx) -> np.ndarray:
         w_flipped = w_flipped.reshape(g.kh, g.kw * g.c_out, g.c_in)
         no_bias = np.zeros(g.c_in, dtype=g.dtype)
         pad_h, pad_w = g.kh - 1 - g.ph, g.kw - 1 - g.pw
-        _launch_tiles(numba_tiles.forward, g, (dy, dx), w_flipped, no_bias, 1, 1, pad_h, pad_w)
+        kernel = numba_tiles.forward_for(g.c_in)
+        _launch_tiles(kernel, g, (dy, dx), w_flipped, no_bias, 1, 1, pad_h, pad_w)
         return dx
     if numba_tiles.phases_apply(g):
         wp = numba_tiles.phase_kernels(w, g.sh, g.sw)
@@ -814,13 +816,22 @@ def warmup(dtypes=None, ops=None) -> None:
             w = np.ones((2, 2, 1, 1), dtype=dtype)
             y, conv_ctx = conv2d_forward(x, w, np.ones(1, dtype=dtype), padding=1)
             conv2d_backward(np.ones_like(y), conv_ctx)
-            # the many-channel path (numba_tiles), dX each way: stride 1 (forward), stride 2
-            # on 12 columns (dx_phases) and on 9 (too narrow for its tiles: dx_cols)
+            # the many-channel path (numba_tiles): forward's tiles of LANES and of WIDE_LANES
+            # channels, dX by forward (stride 1) and by dx_phases (stride 2), and by dx_cols
+            # (stride 2 with fewer input channels than LANES)
+            size = 2 * numba_tiles.FORWARD_TILE + 2
+            for lanes in sorted({numba_tiles.LANES, numba_tiles.WIDE_LANES}):
+                w = np.ones((3, 3, lanes, lanes), dtype=dtype)
+                for stride in (1, 2):
+                    many = np.ones((1, size, size, lanes), dtype=dtype)
+                    y, conv_ctx = conv2d_forward(many, w, None, stride, 1)
+                    conv2d_backward(np.ones_like(y), conv_ctx)
+            few = np.ones((1, size, size, numba_tiles.MIN_C_IN), dtype=dtype)
+            w = np.ones((3, 3, numba_tiles.MIN_C_IN, numba_tiles.LANES), dtype=dtype)
+            y, conv_ctx = conv2d_forward(few, w, None, 2, 1)
+            conv2d_backward(np.ones_like(y), conv_ctx)
             w = np.ones((3, 3, numba_tiles.LANES, numba_tiles.LANES), dtype=dtype)
-            for stride, size in ((1, 9), (2, 12), (2, 9)):
-                many = np.ones((1, size, size, numba_tiles.LANES), dtype=dtype)
-                y, conv_ctx = conv2d_forward(many, w, None, stride, 1)
-                conv2d_backward(np.ones_like(y), conv_ctx)
+            many = np.ones((1, size, size, numba_tiles.LANES), dtype=dtype)
             if "maxpool2d" in ops:  # the fused conv + 2x2 max-pool forward
                 conv2d_maxpool2d_forward(many, w, None, 1, 1, 2, 2)
             # the depthwise kernels (kernels/depthwise.py): 3x3 (multiplier 1), by rows (2x2,

@@ -69,9 +69,19 @@ from numba.extending import intrinsic
 from . import gemm, isa
 from .geometry import ConvGeometry
 
-TILE = 5  # output pixels per tile (forward, dX)
+TILE = 5  # output pixels per tile (dX by phases or columns, matmul_tiles)
 DW_TILE = 6  # patch entries per dW tile
 LANES = 16  # channels per tile: two AVX2 vectors of float32
+# forward()'s tile, chosen for the machine's vector registers (LLVM emits 256-bit vectors on
+# both AVX2 and AVX-512 hosts, preferring them over 512-bit ones): a tile of FORWARD_TILE pixels
+# x lanes channels holds FORWARD_TILE * lanes / 8 accumulator registers, plus a weight vector
+# per 8 lanes and a broadcast input. AVX2's 16 registers fit 5 x 16 (10 accumulators); AVX-512's
+# 32 fit 7 x 16 and 7 x 32 (28), which load each weight vector once per 7 pixels instead of 5 and
+# each input once per 32 channels instead of 16 (the `mid`, `deep_conv2` and `big` benchmark
+# cases' forward; their dX by forward() at stride 1).
+VECTOR_REGISTERS = 32 if isa.vector_bits() >= 512 else 16
+FORWARD_TILE = 7 if VECTOR_REGISTERS >= 32 else TILE
+WIDE_LANES = 2 * LANES if VECTOR_REGISTERS >= 32 else LANES
 L2_BYTES = isa.l2_bytes()  # a compile-time constant of the kernels that block for it
 
 # The tiled backward (dW, dX) takes a geometry with at least this many input channels; below it
@@ -88,9 +98,15 @@ JIT_OPTIONS: dict[str, Any] = dict(cache=True, nogil=True, fastmath={"contract"}
 
 
 def forward_applies(g: ConvGeometry) -> bool:
-    """True when forward() runs geometry g: the tiles' LANES output channels and TILE output
-    columns fit."""
-    return g.c_out >= LANES and g.out_w >= TILE
+    """True when forward() runs geometry g: the tiles' LANES output channels and FORWARD_TILE
+    output columns fit."""
+    return g.c_out >= LANES and g.out_w >= FORWARD_TILE
+
+
+def forward_for(channels: int) -> Any:
+    """The forward() kernel for an output of `channels` channels (C_out, or C_in when it runs
+    dX): the WIDE_LANES tile where that many channels fill it, else the LANES one."""
+    return forward_wide if channels >= WIDE_LANES else forward
 
 
 def backward_applies(g: ConvGeometry) -> bool:
@@ -112,7 +128,7 @@ def dx_by_forward(g: ConvGeometry) -> bool:
     return (
         (g.sh, g.sw) == (1, 1)
         and g.c_in >= LANES
-        and g.width >= TILE
+        and g.width >= FORWARD_TILE
         and g.ph < g.kh
         and g.pw < g.kw
     )
@@ -208,46 +224,59 @@ def load_sample(sample, rows, ph, pw):
             dst[k] = src[k]
 
 
-@njit(**JIT_OPTIONS)
-def forward(x, y, w2, bias, sh, sw, ph, pw):
-    """y (N, OH, OW, C_out) = bias (C_out,) + x (N, H, W, C_in) zero-padded by (ph, pw) and
-    convolved with w2 (KH, KW*C_in, C_out), in TILE x LANES register tiles.
+def _forward_kernel(pixels: int, lanes: int) -> Any:
+    """forward() compiled for tiles of `pixels` output pixels x `lanes` output channels (both
+    constants of the compiled kernel: the tile must be a fixed-size stack array)."""
+    values = pixels * lanes
 
-    Needs OW >= TILE and C_out >= LANES (see forward_applies)."""
-    n, out_h, out_w, c_out = y.shape
-    kh_all, run, _ = w2.shape
-    c_in = x.shape[3]
-    rows = _padded_rows(x, ph, pw)
-    step, size = sw * c_in, x.itemsize
-    tile = carray(stack_array(80, y.dtype), (TILE, LANES))
-    for ni in range(n):
-        load_sample(x[ni], rows, ph, pw)
-        for oh in range(out_h):
-            for ow0 in range(0, out_w, TILE):
-                first = min(ow0, out_w - TILE)  # the last tile ends at the last pixel
-                for c0 in range(0, c_out, LANES):
-                    cb = min(c0, c_out - LANES)
-                    for p in range(TILE):
-                        for c in range(LANES):
-                            tile[p, c] = bias[cb + c]
-                    for kh in range(kh_all):
-                        # the TILE pixels' input runs: strided rows of one view, so every index
-                        # below is a non-negative loop counter (no wraparound code, which stops
-                        # vectorising)
-                        pixels = np.lib.stride_tricks.as_strided(
-                            rows[oh * sh + kh, first * step :], (TILE, run), (step * size, size)
-                        )
-                        w_rows = w2[kh]
-                        for j in range(run):
-                            w_row = w_rows[j, cb : cb + LANES]
-                            for p in range(TILE):
-                                a = pixels[p, j]
-                                for c in range(LANES):
-                                    tile[p, c] += a * w_row[c]
-                    for p in range(TILE):
-                        out = y[ni, oh, first + p, cb : cb + LANES]
-                        for c in range(LANES):
-                            out[c] = tile[p, c]
+    @njit(**JIT_OPTIONS)
+    def forward(x, y, w2, bias, sh, sw, ph, pw):
+        """y (N, OH, OW, C_out) = bias (C_out,) + x (N, H, W, C_in) zero-padded by (ph, pw) and
+        convolved with w2 (KH, KW*C_in, C_out), in pixels x lanes register tiles.
+
+        Needs OW >= pixels and C_out >= lanes (see forward_applies)."""
+        n, out_h, out_w, c_out = y.shape
+        kh_all, run, _ = w2.shape
+        c_in = x.shape[3]
+        rows = _padded_rows(x, ph, pw)
+        step, size = sw * c_in, x.itemsize
+        tile = carray(stack_array(values, y.dtype), (pixels, lanes))
+        for ni in range(n):
+            load_sample(x[ni], rows, ph, pw)
+            for oh in range(out_h):
+                for ow0 in range(0, out_w, pixels):
+                    first = min(ow0, out_w - pixels)  # the last tile ends at the last pixel
+                    for c0 in range(0, c_out, lanes):
+                        cb = min(c0, c_out - lanes)
+                        for p in range(pixels):
+                            for c in range(lanes):
+                                tile[p, c] = bias[cb + c]
+                        for kh in range(kh_all):
+                            # the tile's pixels' input runs: strided rows of one view, so every index
+                            # below is a non-negative loop counter (no wraparound code, which stops
+                            # vectorising)
+                            runs = np.lib.stride_tricks.as_strided(
+                                rows[oh * sh + kh, first * step :],
+                                (pixels, run),
+                                (step * size, size),
+                            )
+                            w_rows = w2[kh]
+                            for j in range(run):
+                                w_row = w_rows[j, cb : cb + lanes]
+                                for p in range(pixels):
+                                    a = runs[p, j]
+                                    for c in range(lanes):
+                                        tile[p, c] += a * w_row[c]
+                        for p in range(pixels):
+                            out = y[ni, oh, first + p, cb : cb + lanes]
+                            for c in range(lanes):
+                                out[c] = tile[p, c]
+
+    return forward
+
+
+forward = _forward_kernel(FORWARD_TILE, LANES)
+forward_wide = _forward_kernel(FORWARD_TILE, WIDE_LANES)
 
 
 @njit(**JIT_OPTIONS)

@@ -2,8 +2,9 @@
 sums as one pass over the plane."""
 
 import numpy as np
+import pytest
 
-from kernels import einsum, numba_jit, numba_tiles
+from kernels import einsum, naive, numba_jit, numba_tiles
 
 
 def test_dw_over_several_bands_matches_einsum():
@@ -19,3 +20,34 @@ def test_dw_over_several_bands_matches_einsum():
     _, ctx_ref = einsum.conv2d_forward(x, w, None, 1, 1)
     _, dw_ref, _ = einsum.conv2d_backward(dy, ctx_ref, need_dx=False)
     np.testing.assert_allclose(dw, dw_ref, rtol=1e-10, atol=1e-10 * np.abs(dw_ref).max())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("c_in, c_out", [(16, 16), (16, 35), (35, 16), (40, 67)])
+def test_forward_tiles_of_both_widths_match_naive(dtype, c_in, c_out):
+    """forward() in LANES- and WIDE_LANES-channel tiles (the wide one where C_out, or C_in for
+    dX at stride 1, fills it), on planes and channel counts the tiles do not divide: the last
+    tile moved back over pixels and channels already computed."""
+    rng = np.random.default_rng(c_in * 100 + c_out)
+    side = numba_tiles.FORWARD_TILE + 3
+    x = rng.standard_normal((2, side, side, c_in)).astype(dtype)
+    w = rng.standard_normal((3, 3, c_in, c_out)).astype(dtype)
+    b = rng.standard_normal(c_out).astype(dtype)
+    assert numba_tiles.forward_applies(numba_jit.conv_geometry(x, w, b, 1, 1))
+    y, ctx = numba_jit.conv2d_forward(x, w, b, 1, 1)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx, dw, db = numba_jit.conv2d_backward(dy, ctx)
+    y_ref, ctx_ref = naive.conv2d_forward(x, w, b, 1, 1)
+    dx_ref, dw_ref, db_ref = naive.conv2d_backward(dy, ctx_ref)
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    for got, ref in ((y, y_ref), (dx, dx_ref), (dw, dw_ref), (db, db_ref)):
+        np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * np.abs(ref).max())
+
+
+def test_forward_kernel_by_channels():
+    assert numba_tiles.forward_for(numba_tiles.LANES) is (
+        numba_tiles.forward_wide
+        if numba_tiles.WIDE_LANES == numba_tiles.LANES
+        else numba_tiles.forward
+    )
+    assert numba_tiles.forward_for(numba_tiles.WIDE_LANES) is numba_tiles.forward_wide
