@@ -26,6 +26,8 @@ never materialised), and the taps of a window are (dil_h, dil_w) apart.
     dx_strided_kernel  the same rows, for a stride > 1, walking the output pixels instead
     dw_kernel       prange over blocks of output rows, each block with its own partial dW,
                     summed afterwards (no shared accumulator)
+    dw3x3_kernel    the same for 3x3 kernels with multiplier 1, a row's nine dW sums (and db)
+                    held in SIMD registers (see "explicit SIMD vectors" below)
 kernels/numba_jit.py (the numba backend) calls them and decides the thread count.
 """
 
@@ -35,8 +37,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic, models, register_model
 
+from . import isa
 from .contract import ConvCtx
 from .geometry import ConvGeometry
 
@@ -54,6 +60,112 @@ class DepthwiseCtx(ConvCtx):
     path: str
     x: np.ndarray  # (N, H, W, C_in), C-contiguous
     wt: np.ndarray  # (KH, KW, M, C_in), C-contiguous, M = C_out // C_in
+
+
+# ------------------------------------------------------------------ explicit SIMD vectors
+#
+# The 3x3 kernels below keep their sums in vector registers across a whole output row. LLVM's
+# loop vectoriser cannot do that here: it vectorises only the innermost loop (the channels,
+# entered once per pixel, with a runtime alias check of every array on each entry), and the SLP
+# vectoriser gives up on a fixed-length channel block because the arrays might alias. So the
+# kernels spell the vectors out: Vec is one machine vector of the array's float type, as many
+# lanes as isa.vector_bits() holds (16 float32 with AVX-512), and vload / vstore / vfma / vadd
+# are single LLVM vector instructions. A load or store has no bounds check: the kernels index
+# only whole vectors inside their rows. Compiled once per CPU (numba's cache is keyed on it).
+
+
+class Vec(types.Type):
+    """One SIMD register of `lanes` values of float type `dtype` (numba's type, not an array)."""
+
+    def __init__(self, dtype: types.Float, lanes: int):
+        self.dtype, self.lanes = dtype, lanes
+        super().__init__(name=f"Vec({dtype} x {lanes})")
+
+
+@register_model(Vec)
+class _VecModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        element = dmm.lookup(fe_type.dtype).get_value_type()
+        super().__init__(dmm, fe_type, ir.VectorType(element, fe_type.lanes))
+
+
+def _vec_type(dtype: types.Float) -> Vec:
+    return Vec(dtype, isa.vector_bits() // dtype.bitwidth)
+
+
+def _vec_pointer(context, builder, array_type, array, index, index_type, vec_type):
+    data = context.make_array(array_type)(context, builder, array).data
+    start = builder.gep(data, [context.cast(builder, index, index_type, types.intp)])
+    return builder.bitcast(start, context.get_value_type(vec_type).as_pointer())
+
+
+@intrinsic
+def lanes(typingctx, array):
+    """The number of values of array's dtype in one Vec (a compile-time constant)."""
+    count = _vec_type(array.dtype).lanes
+
+    def codegen(context, builder, sig, args):
+        return context.get_constant(types.intp, count)
+
+    return types.intp(array), codegen
+
+
+@intrinsic
+def vload(typingctx, array, index):
+    """array.flat[index : index + lanes] as a Vec; array is a C-contiguous 1-D array."""
+    vec_type = _vec_type(array.dtype)
+
+    def codegen(context, builder, sig, args):
+        ptr = _vec_pointer(context, builder, array, args[0], args[1], index, vec_type)
+        return builder.load(ptr, align=array.dtype.bitwidth // 8)
+
+    return vec_type(array, index), codegen
+
+
+@intrinsic
+def vstore(typingctx, array, index, value):
+    """array[index : index + lanes] = value (a Vec); array is a C-contiguous 1-D array."""
+
+    def codegen(context, builder, sig, args):
+        ptr = _vec_pointer(context, builder, array, args[0], args[1], index, value)
+        builder.store(args[2], ptr, align=array.dtype.bitwidth // 8)
+        return context.get_dummy_value()
+
+    return types.none(array, index, value), codegen
+
+
+@intrinsic
+def vzero(typingctx, array):
+    """A Vec of zeros of array's dtype."""
+    vec_type = _vec_type(array.dtype)
+
+    def codegen(context, builder, sig, args):
+        return cgutils.get_null_value(context.get_value_type(vec_type))
+
+    return vec_type(array), codegen
+
+
+@intrinsic
+def vfma(typingctx, a, b, c):
+    """a * b + c, lane by lane, rounded once (llvm.fma)."""
+
+    def codegen(context, builder, sig, args):
+        vec = context.get_value_type(a)
+        name = f"llvm.fma.v{a.lanes}f{a.dtype.bitwidth}"
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3), name)
+        return builder.call(fma, args)
+
+    return a(a, b, c), codegen
+
+
+@intrinsic
+def vadd(typingctx, a, b):
+    """a + b, lane by lane."""
+
+    def codegen(context, builder, sig, args):
+        return builder.fadd(*args)
+
+    return a(a, b), codegen
 
 
 def to_m_major(a: np.ndarray, c_in: int) -> np.ndarray:
@@ -281,6 +393,116 @@ def dw_kernel(x, dy, sh, sw, pt, pl, dh, dw, dw_parts, db_parts):
                                 row[c] += pixel[c] * g_m[c]
         dw_parts[p] += acc
         db_parts[p] += bias_acc
+
+
+@njit(cache=True)
+def interior_columns(out_w, width, sw, pl, dw):
+    """(lo, hi): the output columns lo <= ow < hi whose three taps ow*sw - pl + j*dw (j = 0, 1,
+    2) all lie inside a row of `width` columns; lo == hi when none do."""
+    lo = min(out_w, (pl + sw - 1) // sw)
+    last = width - 1 - 2 * dw + pl  # the largest ow * sw whose last tap is inside
+    hi = min(out_w, last // sw + 1) if last >= 0 else 0
+    return lo, max(lo, hi)
+
+
+@njit(cache=True)
+def add_vec(sums, k, value):
+    """sums[k : k + lanes] += value (a Vec)."""
+    vstore(sums, k, vadd(vload(sums, k), value))
+
+
+@njit(**_JIT)
+def dw3x3_kernel(x, dy, sh, sw, pt, pl, dh, dw, dw_parts, db_parts):
+    """dw_kernel for a 3x3 kernel and multiplier 1 (dw_parts (P, 3, 3, 1, C), db_parts (P, 1,
+    C), x (N, H, W, C), dy (N, OH, OW, 1, C)); any stride, dilation and padding.
+
+    Per output row and block of `lanes` channels, the row's interior pixels (all nine taps
+    inside x) are summed into nine dW vectors and one db vector held in registers: a pixel
+    loads its dy vector and nine x vectors, and nothing is stored until the row ends, where
+    dw_kernel loads and stores every sum per tap and pixel, in a channel loop entered once per
+    tap (`python -m bench.conv g32mb8ic32ih112oc32oh112kh3ph1`, bwd_w). The other pixels (the
+    border, and rows whose taps leave x) and channels (C not a multiple of the lanes) are added
+    into the part's sums in memory, a vector and then a value at a time."""
+    n, height, width, c_all = x.shape
+    n_parts = dw_parts.shape[0]
+    out_h, out_w = dy.shape[1], dy.shape[2]
+    rows = n * out_h
+    step = lanes(x)
+    c_main = c_all - c_all % step  # the channels in whole vectors
+    lo, hi = interior_columns(out_w, width, sw, pl, dw)
+    row_x, row_dy = width * c_all, out_w * c_all
+    s1, s2, pixel_step = dw * c_all, 2 * dw * c_all, sw * c_all  # taps j = 1, 2; the stride
+    xf, gf = x.reshape(x.size), dy.reshape(dy.size)
+    for p in prange(n_parts):
+        # the part's sums, of the thread's own allocation (see dw_kernel): tap (i, j) at
+        # (3*i + j) * C, db at 9 * C
+        sums = np.zeros(10 * c_all, dtype=dw_parts.dtype)
+        for t in range(p * rows // n_parts, (p + 1) * rows // n_parts):
+            ni, oh = t // out_h, t % out_h
+            r0 = oh * sh - pt
+            rows_inside = r0 >= 0 and r0 + 2 * dh < height
+            for cb in range(0, c_main if rows_inside else 0, step):
+                a00, a01, a02 = vzero(xf), vzero(xf), vzero(xf)
+                a10, a11, a12 = vzero(xf), vzero(xf), vzero(xf)
+                a20, a21, a22 = vzero(xf), vzero(xf), vzero(xf)
+                bias_sum = vzero(xf)
+                k0 = (ni * height + r0) * row_x + (lo * sw - pl) * c_all + cb
+                k1, k2 = k0 + dh * row_x, k0 + 2 * dh * row_x
+                kg = t * row_dy + lo * c_all + cb
+                for _ in range(lo, hi):
+                    g = vload(gf, kg)
+                    bias_sum = vadd(bias_sum, g)
+                    a00 = vfma(vload(xf, k0), g, a00)
+                    a01 = vfma(vload(xf, k0 + s1), g, a01)
+                    a02 = vfma(vload(xf, k0 + s2), g, a02)
+                    a10 = vfma(vload(xf, k1), g, a10)
+                    a11 = vfma(vload(xf, k1 + s1), g, a11)
+                    a12 = vfma(vload(xf, k1 + s2), g, a12)
+                    a20 = vfma(vload(xf, k2), g, a20)
+                    a21 = vfma(vload(xf, k2 + s1), g, a21)
+                    a22 = vfma(vload(xf, k2 + s2), g, a22)
+                    k0 += pixel_step
+                    k1 += pixel_step
+                    k2 += pixel_step
+                    kg += c_all
+                add_vec(sums, cb, a00)
+                add_vec(sums, cb + c_all, a01)
+                add_vec(sums, cb + 2 * c_all, a02)
+                add_vec(sums, cb + 3 * c_all, a10)
+                add_vec(sums, cb + 4 * c_all, a11)
+                add_vec(sums, cb + 5 * c_all, a12)
+                add_vec(sums, cb + 6 * c_all, a20)
+                add_vec(sums, cb + 7 * c_all, a21)
+                add_vec(sums, cb + 8 * c_all, a22)
+                add_vec(sums, cb + 9 * c_all, bias_sum)
+            for ow in range(out_w):
+                done = rows_inside and lo <= ow < hi  # its whole vectors summed above
+                if done and c_main == c_all:
+                    continue
+                c_from = c_main if done else 0
+                kg = t * row_dy + ow * c_all
+                for cb in range(c_from, c_main, step):
+                    add_vec(sums, 9 * c_all + cb, vload(gf, kg + cb))
+                for c in range(c_main, c_all):
+                    sums[9 * c_all + c] += gf[kg + c]
+                for i in range(3):
+                    r = r0 + i * dh
+                    if r < 0 or r >= height:
+                        continue
+                    for j in range(3):
+                        col = ow * sw - pl + j * dw
+                        if col < 0 or col >= width:
+                            continue
+                        o, kx = (3 * i + j) * c_all, ((ni * height + r) * width + col) * c_all
+                        for cb in range(c_from, c_main, step):
+                            k = o + cb
+                            product = vfma(vload(xf, kx + cb), vload(gf, kg + cb), vload(sums, k))
+                            vstore(sums, k, product)
+                        for c in range(c_main, c_all):
+                            sums[o + c] += xf[kx + c] * gf[kg + c]
+        for tap in range(9):
+            dw_parts[p, tap // 3, tap % 3, 0] += sums[tap * c_all : (tap + 1) * c_all]
+        db_parts[p, 0] += sums[9 * c_all :]
 
 
 # ------------------------------------------------------------ one output row as one long vector

@@ -511,7 +511,8 @@ def _depthwise_backward(
     dw_parts = np.zeros((n_parts,) + ctx.wt.shape, dtype=g.dtype)
     db_parts = np.zeros((n_parts,) + ctx.wt.shape[2:], dtype=g.dtype)
     dw_args = (*depthwise.geometry_args(g), dw_parts, db_parts)
-    _launch(depthwise.dw_kernel, work, ctx.x, dy_m, *dw_args)
+    dw_kernel = depthwise.dw3x3_kernel if depthwise.fused3x3_applies(g) else depthwise.dw_kernel
+    _launch(dw_kernel, work, ctx.x, dy_m, *dw_args)
     dw = depthwise.from_m_major(dw_parts.sum(axis=0)).reshape(g.w_shape)
     db = depthwise.from_m_major(db_parts.sum(axis=0)) if g.has_bias else None
     if not need_dx:
