@@ -411,24 +411,69 @@ def add_vec(sums, k, value):
     vstore(sums, k, vadd(vload(sums, k), value))
 
 
+@njit(cache=True, inline="always")
+def zero_sums(like):
+    """Ten Vecs of zeros of like's dtype: one output row's db and nine dW sums (dw_pixel)."""
+    z = vzero(like)
+    return (z, z, z, z, z, z, z, z, z, z)
+
+
+@njit(cache=True, inline="always")
+def dw_pixel(xf, gf, k0, k1, k2, kg, s1, s2, a):
+    """The sums `a` (db, then dW tap (i, j) at 1 + 3*i + j, all Vecs) plus one pixel's terms:
+    its dy vector gf[kg:], the x vectors of tap row i at k_i, k_i + s1 and k_i + s2 in xf."""
+    g = vload(gf, kg)
+    return (
+        vadd(a[0], g),
+        vfma(vload(xf, k0), g, a[1]),
+        vfma(vload(xf, k0 + s1), g, a[2]),
+        vfma(vload(xf, k0 + s2), g, a[3]),
+        vfma(vload(xf, k1), g, a[4]),
+        vfma(vload(xf, k1 + s1), g, a[5]),
+        vfma(vload(xf, k1 + s2), g, a[6]),
+        vfma(vload(xf, k2), g, a[7]),
+        vfma(vload(xf, k2 + s1), g, a[8]),
+        vfma(vload(xf, k2 + s2), g, a[9]),
+    )
+
+
+@njit(cache=True, inline="always")
+def add_sums(sums, cb, c_all, a):
+    """sums (10*C: tap (i, j) at (3*i + j) * C, db at 9 * C) += dw_pixel's sums `a` for the
+    channel vector starting at cb."""
+    add_vec(sums, 9 * c_all + cb, a[0])
+    add_vec(sums, cb, a[1])
+    add_vec(sums, c_all + cb, a[2])
+    add_vec(sums, 2 * c_all + cb, a[3])
+    add_vec(sums, 3 * c_all + cb, a[4])
+    add_vec(sums, 4 * c_all + cb, a[5])
+    add_vec(sums, 5 * c_all + cb, a[6])
+    add_vec(sums, 6 * c_all + cb, a[7])
+    add_vec(sums, 7 * c_all + cb, a[8])
+    add_vec(sums, 8 * c_all + cb, a[9])
+
+
 @njit(**_JIT)
 def dw3x3_kernel(x, dy, sh, sw, pt, pl, dh, dw, dw_parts, db_parts):
     """dw_kernel for a 3x3 kernel and multiplier 1 (dw_parts (P, 3, 3, 1, C), db_parts (P, 1,
     C), x (N, H, W, C), dy (N, OH, OW, 1, C)); any stride, dilation and padding.
 
-    Per output row and block of `lanes` channels, the row's interior pixels (all nine taps
-    inside x) are summed into nine dW vectors and one db vector held in registers: a pixel
-    loads its dy vector and nine x vectors, and nothing is stored until the row ends, where
-    dw_kernel loads and stores every sum per tap and pixel, in a channel loop entered once per
-    tap (`python -m bench.conv g32mb8ic32ih112oc32oh112kh3ph1`, bwd_w). The other pixels (the
-    border, and rows whose taps leave x) and channels (C not a multiple of the lanes) are added
-    into the part's sums in memory, a vector and then a value at a time."""
+    Per output row, the row's interior pixels (all nine taps inside x) are summed two channel
+    vectors at a time into 2 x 10 Vecs held in registers (nine dW sums and db each): a pixel
+    loads its dy vectors and nine x vectors per channel vector, one pass over the row reads
+    each of its cache lines once, and nothing is stored until the row ends. dw_kernel loads and
+    stores every sum per tap and pixel, in a channel loop entered once per tap; one vector a
+    pass re-reads the rows once per vector (`python -m bench.conv
+    g32mb8ic32ih112oc32oh112kh3ph1`, bwd_w). The other pixels (the border, and rows whose taps
+    leave x) and channels (C not a multiple of the lanes) are added into the part's sums in
+    memory, a vector and then a value at a time."""
     n, height, width, c_all = x.shape
     n_parts = dw_parts.shape[0]
     out_h, out_w = dy.shape[1], dy.shape[2]
     rows = n * out_h
     step = lanes(x)
     c_main = c_all - c_all % step  # the channels in whole vectors
+    c_pairs = c_all - c_all % (2 * step)  # ... in pairs of vectors
     lo, hi = interior_columns(out_w, width, sw, pl, dw)
     row_x, row_dy = width * c_all, out_w * c_all
     s1, s2, pixel_step = dw * c_all, 2 * dw * c_all, sw * c_all  # taps j = 1, 2; the stride
@@ -441,44 +486,35 @@ def dw3x3_kernel(x, dy, sh, sw, pt, pl, dh, dw, dw_parts, db_parts):
             ni, oh = t // out_h, t % out_h
             r0 = oh * sh - pt
             rows_inside = r0 >= 0 and r0 + 2 * dh < height
-            for cb in range(0, c_main if rows_inside else 0, step):
-                a00, a01, a02 = vzero(xf), vzero(xf), vzero(xf)
-                a10, a11, a12 = vzero(xf), vzero(xf), vzero(xf)
-                a20, a21, a22 = vzero(xf), vzero(xf), vzero(xf)
-                bias_sum = vzero(xf)
-                k0 = (ni * height + r0) * row_x + (lo * sw - pl) * c_all + cb
+            first = (ni * height + r0) * row_x + (lo * sw - pl) * c_all
+            for cb in range(0, c_main if rows_inside else 0, 2 * step):
+                pair = cb < c_pairs  # else the one vector left
+                a, b = zero_sums(xf), zero_sums(xf)
+                k0 = first + cb
                 k1, k2 = k0 + dh * row_x, k0 + 2 * dh * row_x
                 kg = t * row_dy + lo * c_all + cb
-                for _ in range(lo, hi):
-                    g = vload(gf, kg)
-                    bias_sum = vadd(bias_sum, g)
-                    a00 = vfma(vload(xf, k0), g, a00)
-                    a01 = vfma(vload(xf, k0 + s1), g, a01)
-                    a02 = vfma(vload(xf, k0 + s2), g, a02)
-                    a10 = vfma(vload(xf, k1), g, a10)
-                    a11 = vfma(vload(xf, k1 + s1), g, a11)
-                    a12 = vfma(vload(xf, k1 + s2), g, a12)
-                    a20 = vfma(vload(xf, k2), g, a20)
-                    a21 = vfma(vload(xf, k2 + s1), g, a21)
-                    a22 = vfma(vload(xf, k2 + s2), g, a22)
-                    k0 += pixel_step
-                    k1 += pixel_step
-                    k2 += pixel_step
-                    kg += c_all
-                add_vec(sums, cb, a00)
-                add_vec(sums, cb + c_all, a01)
-                add_vec(sums, cb + 2 * c_all, a02)
-                add_vec(sums, cb + 3 * c_all, a10)
-                add_vec(sums, cb + 4 * c_all, a11)
-                add_vec(sums, cb + 5 * c_all, a12)
-                add_vec(sums, cb + 6 * c_all, a20)
-                add_vec(sums, cb + 7 * c_all, a21)
-                add_vec(sums, cb + 8 * c_all, a22)
-                add_vec(sums, cb + 9 * c_all, bias_sum)
-            for ow in range(out_w):
+                if pair:
+                    for _ in range(lo, hi):
+                        a = dw_pixel(xf, gf, k0, k1, k2, kg, s1, s2, a)
+                        b = dw_pixel(xf, gf, k0 + step, k1 + step, k2 + step, kg + step, s1, s2, b)
+                        k0 += pixel_step
+                        k1 += pixel_step
+                        k2 += pixel_step
+                        kg += c_all
+                    add_sums(sums, cb + step, c_all, b)
+                else:
+                    for _ in range(lo, hi):
+                        a = dw_pixel(xf, gf, k0, k1, k2, kg, s1, s2, a)
+                        k0 += pixel_step
+                        k1 += pixel_step
+                        k2 += pixel_step
+                        kg += c_all
+                add_sums(sums, cb, c_all, a)
+            # the pixels left: all but the interior ones done in whole vectors above
+            skip = hi - lo if rows_inside and c_main == c_all else 0
+            for e in range(out_w - skip):
+                ow = e if e < lo else e + skip
                 done = rows_inside and lo <= ow < hi  # its whole vectors summed above
-                if done and c_main == c_all:
-                    continue
                 c_from = c_main if done else 0
                 kg = t * row_dy + ow * c_all
                 for cb in range(c_from, c_main, step):

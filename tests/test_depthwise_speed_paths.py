@@ -42,7 +42,11 @@ def parallel_threshold(request, monkeypatch):
 def depthwise3x3_cases(draw, dtype):
     """A 3x3 depthwise conv2d call (multiplier 1) whose channels reach the vector loops."""
     lanes = vector_lanes(dtype)
-    c = draw(st.sampled_from([lanes, 2 * lanes, lanes + 3, 2 * lanes + 1, max(1, lanes - 1)]))
+    c = draw(
+        st.sampled_from(
+            [lanes, 2 * lanes, 3 * lanes + 2, lanes + 3, 2 * lanes + 1, max(1, lanes - 1)]
+        )
+    )
     n, h, w = draw(st.integers(1, 2)), draw(st.integers(1, 9)), draw(st.integers(1, 9))
     sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     dh, dw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
