@@ -18,6 +18,9 @@ never materialised), and the taps of a window are (dil_h, dil_w) apart.
     forward3x3_kernel  the same for 3x3 kernels (MobileNet's), the nine taps of an interior
                     pixel summed in one pass; at stride 1 it also runs dX, the full correlation
                     of dy with the kernel turned by 180 degrees
+    forward3x3_vec_kernel  the same on rows of VEC_MIN_COLUMNS or more at stride 1 along the
+                    width, two channel vectors' weights held in SIMD registers along a row
+                    (forward3x3_for picks; see "explicit SIMD vectors" below)
     forward_rows_kernel  the same for other kernel sizes, each output row as one long vector
                     (few channels, M = 1, stride 1 along the width; see ROW_BLOCK); at stride
                     1 it also runs dX
@@ -159,6 +162,16 @@ def vfma(typingctx, a, b, c):
 
 
 @intrinsic
+def vmul(typingctx, a, b):
+    """a * b, lane by lane."""
+
+    def codegen(context, builder, sig, args):
+        return builder.fmul(*args)
+
+    return a(a, b), codegen
+
+
+@intrinsic
 def vadd(typingctx, a, b):
     """a + b, lane by lane."""
 
@@ -281,6 +294,129 @@ def forward3x3_kernel(x, wt, bias, sh, sw, pt, pl, dh, dw, out):
                     pixel, tap = x[ni, r, col], wt[i, j, 0]
                     for c in range(c_all):
                         acc[c] += pixel[c] * tap[c]
+
+
+# forward3x3_vec_kernel loads its twenty weight and bias vectors again for every row and pair
+# of channel vectors, and walks a row once per pair; forward3x3_kernel takes each pixel's
+# channels in one contiguous loop. In interleaved A/B of the forward the vector kernel is the
+# faster at stride 1 on rows of 28 or more output columns (`python -m bench.conv
+# g32mb8ic32ih112oc32oh112kh3ph1`, `g144mb8ic144ih56oc144oh56kh3ph1`,
+# `g192mb8ic192ih28oc192oh28kh3ph1`) and the slower on 14 and 7 columns
+# (`g384mb8ic384ih14oc384oh14kh3ph1`, `g960mb8ic960ih7oc960oh7kh3ph1`) and at stride 2 (`g96mb8ic96ih112oc96oh56kh3sh2ph1`).
+VEC_MIN_COLUMNS = 28
+
+
+def forward3x3_for(out_columns: int, stride_w: int):
+    """The 3x3 kernel (fused3x3_applies) for a forward with out_columns output columns and
+    stride stride_w along the width: forward3x3_vec_kernel or forward3x3_kernel (see
+    VEC_MIN_COLUMNS). Both take the same arguments."""
+    if stride_w == 1 and out_columns >= VEC_MIN_COLUMNS:
+        return forward3x3_vec_kernel
+    return forward3x3_kernel
+
+
+@njit(cache=True, inline="always")
+def tap_vectors(wf, bf, cb, c_all):
+    """The nine weight Vecs (tap (i, j) at 3*i + j), then the bias Vec, of the channel vector
+    at cb: wf (9*C,) the 3x3 weights, bf (C,) the bias."""
+    return (
+        vload(wf, cb),
+        vload(wf, c_all + cb),
+        vload(wf, 2 * c_all + cb),
+        vload(wf, 3 * c_all + cb),
+        vload(wf, 4 * c_all + cb),
+        vload(wf, 5 * c_all + cb),
+        vload(wf, 6 * c_all + cb),
+        vload(wf, 7 * c_all + cb),
+        vload(wf, 8 * c_all + cb),
+        vload(bf, cb),
+    )
+
+
+@njit(cache=True, inline="always")
+def forward_pixel(xf, k0, k1, k2, s1, s2, w):
+    """The bias w[9] + the nine taps w[3*i + j] (tap_vectors) times the x vectors of tap row i at
+    k_i, k_i + s1 and k_i + s2 in xf: one row per partial sum, so that the longest chain of
+    dependent multiply-adds is three, not nine."""
+    top = vfma(vload(xf, k0), w[0], vfma(vload(xf, k0 + s1), w[1], w[9]))
+    top = vfma(vload(xf, k0 + s2), w[2], top)
+    mid = vfma(vload(xf, k1), w[3], vmul(vload(xf, k1 + s1), w[4]))
+    mid = vfma(vload(xf, k1 + s2), w[5], mid)
+    low = vfma(vload(xf, k2), w[6], vmul(vload(xf, k2 + s1), w[7]))
+    low = vfma(vload(xf, k2 + s2), w[8], low)
+    return vadd(vadd(top, mid), low)
+
+
+@njit(**_JIT)
+def forward3x3_vec_kernel(x, wt, bias, sh, sw, pt, pl, dh, dw, out):
+    """forward_kernel for a 3x3 kernel and multiplier 1 (wt (3, 3, 1, C), bias (1, C), out (N,
+    OH, OW, 1, C)); any stride, dilation and padding.
+
+    Per output row, the weights and bias of two channel vectors stay in registers while the
+    row's interior pixels (all nine taps inside x) are computed: nine x vectors loaded and one
+    output vector stored per pixel and channel vector. The other pixels and channels (C not a
+    multiple of the lanes) sum their taps into the output in memory, a vector and then a value
+    at a time."""
+    n, height, width, c_all = x.shape
+    out_h, out_w = out.shape[1], out.shape[2]
+    step = lanes(x)
+    c_main = c_all - c_all % step  # the channels in whole vectors
+    c_pairs = c_all - c_all % (2 * step)  # ... in pairs of vectors
+    lo, hi = interior_columns(out_w, width, sw, pl, dw)
+    row_x, row_y = width * c_all, out_w * c_all
+    s1, s2, pixel_step = dw * c_all, 2 * dw * c_all, sw * c_all  # taps j = 1, 2; the stride
+    xf, wf, yf = x.reshape(x.size), wt.reshape(wt.size), out.reshape(out.size)
+    bf = bias.reshape(c_all)
+    for t in prange(n * out_h):
+        ni, oh = t // out_h, t % out_h
+        r0 = oh * sh - pt
+        rows_inside = r0 >= 0 and r0 + 2 * dh < height
+        first = (ni * height + r0) * row_x + (lo * sw - pl) * c_all
+        for cb in range(0, c_main if rows_inside else 0, 2 * step):
+            w = tap_vectors(wf, bf, cb, c_all)
+            k0 = first + cb
+            k1, k2 = k0 + dh * row_x, k0 + 2 * dh * row_x
+            ky = t * row_y + lo * c_all + cb
+            if cb < c_pairs:
+                w_next = tap_vectors(wf, bf, cb + step, c_all)
+                for _ in range(lo, hi):
+                    vstore(yf, ky, forward_pixel(xf, k0, k1, k2, s1, s2, w))
+                    y_next = forward_pixel(xf, k0 + step, k1 + step, k2 + step, s1, s2, w_next)
+                    vstore(yf, ky + step, y_next)
+                    k0 += pixel_step
+                    k1 += pixel_step
+                    k2 += pixel_step
+                    ky += c_all
+            else:  # the one vector left
+                for _ in range(lo, hi):
+                    vstore(yf, ky, forward_pixel(xf, k0, k1, k2, s1, s2, w))
+                    k0 += pixel_step
+                    k1 += pixel_step
+                    k2 += pixel_step
+                    ky += c_all
+        # the pixels left: all but the interior ones done in whole vectors above
+        skip = hi - lo if rows_inside and c_main == c_all else 0
+        for e in range(out_w - skip):
+            ow = e if e < lo else e + skip
+            done = rows_inside and lo <= ow < hi  # its whole vectors written above
+            c_from = c_main if done else 0
+            ky = t * row_y + ow * c_all
+            for c in range(c_from, c_all):
+                yf[ky + c] = bf[c]
+            for i in range(3):
+                r = r0 + i * dh
+                if r < 0 or r >= height:
+                    continue
+                for j in range(3):
+                    col = ow * sw - pl + j * dw
+                    if col < 0 or col >= width:
+                        continue
+                    tap, kx = (3 * i + j) * c_all, ((ni * height + r) * width + col) * c_all
+                    for cb in range(c_from, c_main, step):
+                        k = ky + cb
+                        vstore(yf, k, vfma(vload(xf, kx + cb), vload(wf, tap + cb), vload(yf, k)))
+                    for c in range(c_main, c_all):
+                        yf[ky + c] += xf[kx + c] * wf[tap + c]
 
 
 @njit(**_JIT)

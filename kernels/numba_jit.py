@@ -475,7 +475,8 @@ def _depthwise_forward(
     if depthwise.fused3x3_applies(g):
         y = np.empty(g.y_shape, dtype=g.dtype)
         fused_args = (*depthwise.geometry_args(g), y[:, :, :, None, :])  # (N, OH, OW, 1, C)
-        _launch(depthwise.forward3x3_kernel, g.flops // 2, ctx.x, ctx.wt, bias[None], *fused_args)
+        kernel = depthwise.forward3x3_for(g.out_w, g.sw)
+        _launch(kernel, g.flops // 2, ctx.x, ctx.wt, bias[None], *fused_args)
         return y, ctx
     if depthwise.rows_apply(g):
         block = depthwise.block_pixels(g.c_in)
@@ -524,7 +525,8 @@ def _depthwise_backward(
         no_bias = np.zeros((1, g.c_in), dtype=g.dtype)
         pads = (2 * g.dil_h - g.ph, 2 * g.dil_w - g.pw)
         fused_args = (1, 1, *pads, g.dil_h, g.dil_w, dx[:, :, :, None, :])
-        _launch(depthwise.forward3x3_kernel, work, dy, w_turned, no_bias, *fused_args)
+        kernel = depthwise.forward3x3_for(g.width, 1)
+        _launch(kernel, work, dy, w_turned, no_bias, *fused_args)
         return dx, dw, db
     if depthwise.rows_apply(g) and g.sh == 1:
         block = depthwise.block_pixels(g.c_in)

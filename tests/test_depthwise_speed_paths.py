@@ -1,7 +1,8 @@
 """numba's 3x3 depthwise kernels on their vector paths (kernels/depthwise.py): naive's numbers.
 
 The hypothesis properties in test_kernels_equality.py draw 1-5 channels, fewer than one SIMD
-vector, so they reach only the per-value remainder loops of dw3x3_kernel and forward3x3_kernel.
+vector, so they reach only the per-value remainder loops of dw3x3_kernel and
+forward3x3_vec_kernel.
 Here the channels are whole vectors (depthwise.lanes of the dtype), whole vectors plus a
 remainder, or fewer than one vector, with every stride, dilation and padding (asymmetric
 included) and images narrow enough that no column, or no row, has all its taps inside.
@@ -35,6 +36,18 @@ def parallel_threshold(request, monkeypatch):
         from kernels import numba_jit
 
         monkeypatch.setattr(numba_jit, "PARALLEL_MIN_WORK", 0)
+    return request.param
+
+
+@pytest.fixture(autouse=True, params=["vec-forward-by-width", "vec-forward-always"])
+def vec_forward(request, monkeypatch):
+    """The forward (and stride-1 dX) on the kernel depthwise.forward3x3_for picks for the width,
+    and on forward3x3_vec_kernel for every width (the drawn images are narrower than
+    depthwise.VEC_MIN_COLUMNS)."""
+    if request.param == "vec-forward-always":
+        from kernels import depthwise
+
+        monkeypatch.setattr(depthwise, "VEC_MIN_COLUMNS", 0)
     return request.param
 
 
@@ -111,6 +124,7 @@ def test_vector_paths_match_naive(dtype):
         ((2, 14, 14, 32), 1),  # MobileNetV2's block0 layout: two float32 vectors a pixel
         ((1, 12, 11, 48), 2),  # stride 2, odd width
         ((1, 7, 7, 40), 1),  # a remainder after whole vectors in both dtypes
+        ((1, 5, 30, 48), 1),  # rows as wide as VEC_MIN_COLUMNS: forward3x3_vec_kernel
     ],
 )
 def test_layer_shapes_match_naive(x_shape, stride, dtype):
