@@ -31,6 +31,7 @@ never materialised), and the taps of a window are (dil_h, dil_w) apart.
                     summed afterwards (no shared accumulator)
     dw3x3_kernel    the same for 3x3 kernels with multiplier 1, a row's nine dW sums (and db)
                     held in SIMD registers (see "explicit SIMD vectors" below)
+    backward3x3_kernel  dw3x3_kernel and the stride-1 dX of a 3x3 kernel in one parallel region
 kernels/numba_jit.py (the numba backend) calls them and decides the thread count.
 """
 
@@ -243,20 +244,16 @@ def fused3x3_applies(g: ConvGeometry) -> bool:
     return (g.kh, g.kw) == (3, 3) and g.c_out == g.c_in
 
 
-@njit(**_JIT)
-def forward3x3_kernel(x, wt, bias, sh, sw, pt, pl, dh, dw, out):
-    """forward_kernel for a 3x3 kernel and multiplier 1 (wt (3, 3, 1, C), bias (1, C), out (N,
-    OH, OW, 1, C)): a pixel whose nine taps all lie inside x sums them in one pass over the
-    channels, writing its output once instead of loading and storing it per tap. Faster than
-    forward_kernel and forward_rows_kernel in one-thread interleaved A/B on MobileNetV2's
-    depthwise layers (`python -m bench.conv --set mobilenetv2 --mb 8`, its g = C layers)."""
+@njit(cache=True)
+def forward3x3_rows(x, wt, bias, sh, sw, pt, pl, dh, dw, out, t_first, t_end):
+    """forward3x3_kernel's output rows t_first <= t < t_end (t = n * OH + oh)."""
     n, height, width, c_all = x.shape
     out_h, out_w = out.shape[1], out.shape[2]
     w00, w01, w02 = wt[0, 0, 0], wt[0, 1, 0], wt[0, 2, 0]
     w10, w11, w12 = wt[1, 0, 0], wt[1, 1, 0], wt[1, 2, 0]
     w20, w21, w22 = wt[2, 0, 0], wt[2, 1, 0], wt[2, 2, 0]
     b = bias[0]
-    for t in prange(n * out_h):
+    for t in range(t_first, t_end):
         ni, oh = t // out_h, t % out_h
         r0 = oh * sh - pt
         rows_inside = r0 >= 0 and r0 + 2 * dh < height
@@ -294,6 +291,18 @@ def forward3x3_kernel(x, wt, bias, sh, sw, pt, pl, dh, dw, out):
                     pixel, tap = x[ni, r, col], wt[i, j, 0]
                     for c in range(c_all):
                         acc[c] += pixel[c] * tap[c]
+
+
+@njit(**_JIT)
+def forward3x3_kernel(x, wt, bias, sh, sw, pt, pl, dh, dw, out):
+    """forward_kernel for a 3x3 kernel and multiplier 1 (wt (3, 3, 1, C), bias (1, C), out (N,
+    OH, OW, 1, C)): a pixel whose nine taps all lie inside x sums them in one pass over the
+    channels, writing its output once instead of loading and storing it per tap. Faster than
+    forward_kernel and forward_rows_kernel in one-thread interleaved A/B on MobileNetV2's
+    depthwise layers (`python -m bench.conv --set mobilenetv2 --mb 8`, its g = C layers)."""
+    rows = x.shape[0] * out.shape[1]
+    for t in prange(rows):  # one row a call: numba's prange splits the rows evenly
+        forward3x3_rows(x, wt, bias, sh, sw, pt, pl, dh, dw, out, t, t + 1)
 
 
 # forward3x3_vec_kernel loads its twenty weight and bias vectors again for every row and pair
@@ -347,16 +356,9 @@ def forward_pixel(xf, k0, k1, k2, s1, s2, w):
     return vadd(vadd(top, mid), low)
 
 
-@njit(**_JIT)
-def forward3x3_vec_kernel(x, wt, bias, sh, sw, pt, pl, dh, dw, out):
-    """forward_kernel for a 3x3 kernel and multiplier 1 (wt (3, 3, 1, C), bias (1, C), out (N,
-    OH, OW, 1, C)); any stride, dilation and padding.
-
-    Per output row, the weights and bias of two channel vectors stay in registers while the
-    row's interior pixels (all nine taps inside x) are computed: nine x vectors loaded and one
-    output vector stored per pixel and channel vector. The other pixels and channels (C not a
-    multiple of the lanes) sum their taps into the output in memory, a vector and then a value
-    at a time."""
+@njit(cache=True)
+def forward3x3_vec_rows(x, wt, bias, sh, sw, pt, pl, dh, dw, out, t_first, t_end):
+    """forward3x3_vec_kernel's output rows t_first <= t < t_end (t = n * OH + oh)."""
     n, height, width, c_all = x.shape
     out_h, out_w = out.shape[1], out.shape[2]
     step = lanes(x)
@@ -367,7 +369,7 @@ def forward3x3_vec_kernel(x, wt, bias, sh, sw, pt, pl, dh, dw, out):
     s1, s2, pixel_step = dw * c_all, 2 * dw * c_all, sw * c_all  # taps j = 1, 2; the stride
     xf, wf, yf = x.reshape(x.size), wt.reshape(wt.size), out.reshape(out.size)
     bf = bias.reshape(c_all)
-    for t in prange(n * out_h):
+    for t in range(t_first, t_end):
         ni, oh = t // out_h, t % out_h
         r0 = oh * sh - pt
         rows_inside = r0 >= 0 and r0 + 2 * dh < height
@@ -417,6 +419,21 @@ def forward3x3_vec_kernel(x, wt, bias, sh, sw, pt, pl, dh, dw, out):
                         vstore(yf, k, vfma(vload(xf, kx + cb), vload(wf, tap + cb), vload(yf, k)))
                     for c in range(c_main, c_all):
                         yf[ky + c] += xf[kx + c] * wf[tap + c]
+
+
+@njit(**_JIT)
+def forward3x3_vec_kernel(x, wt, bias, sh, sw, pt, pl, dh, dw, out):
+    """forward_kernel for a 3x3 kernel and multiplier 1 (wt (3, 3, 1, C), bias (1, C), out (N,
+    OH, OW, 1, C)); any stride, dilation and padding.
+
+    Per output row, the weights and bias of two channel vectors stay in registers while the
+    row's interior pixels (all nine taps inside x) are computed: nine x vectors loaded and one
+    output vector stored per pixel and channel vector. The other pixels and channels (C not a
+    multiple of the lanes) sum their taps into the output in memory, a vector and then a value
+    at a time."""
+    rows = x.shape[0] * out.shape[1]
+    for t in prange(rows):  # one row a call: numba's prange splits the rows evenly
+        forward3x3_vec_rows(x, wt, bias, sh, sw, pt, pl, dh, dw, out, t, t + 1)
 
 
 @njit(**_JIT)
@@ -589,6 +606,75 @@ def add_sums(sums, cb, c_all, a):
     add_vec(sums, 8 * c_all + cb, a[9])
 
 
+@njit(cache=True)
+def dw3x3_rows(x, dy, sh, sw, pt, pl, dh, dw, t_first, t_end, sums):
+    """sums (10*C: tap (i, j) at (3*i + j) * C, db at 9 * C) += dw3x3_kernel's terms of the
+    output rows t_first <= t < t_end (t = n * OH + oh) of dy."""
+    n, height, width, c_all = x.shape
+    out_h, out_w = dy.shape[1], dy.shape[2]
+    step = lanes(x)
+    c_main = c_all - c_all % step  # the channels in whole vectors
+    c_pairs = c_all - c_all % (2 * step)  # ... in pairs of vectors
+    lo, hi = interior_columns(out_w, width, sw, pl, dw)
+    row_x, row_dy = width * c_all, out_w * c_all
+    s1, s2, pixel_step = dw * c_all, 2 * dw * c_all, sw * c_all  # taps j = 1, 2; the stride
+    xf, gf = x.reshape(x.size), dy.reshape(dy.size)
+    for t in range(t_first, t_end):
+        ni, oh = t // out_h, t % out_h
+        r0 = oh * sh - pt
+        rows_inside = r0 >= 0 and r0 + 2 * dh < height
+        first = (ni * height + r0) * row_x + (lo * sw - pl) * c_all
+        for cb in range(0, c_main if rows_inside else 0, 2 * step):
+            pair = cb < c_pairs  # else the one vector left
+            a, b = zero_sums(xf), zero_sums(xf)
+            k0 = first + cb
+            k1, k2 = k0 + dh * row_x, k0 + 2 * dh * row_x
+            kg = t * row_dy + lo * c_all + cb
+            if pair:
+                for _ in range(lo, hi):
+                    a = dw_pixel(xf, gf, k0, k1, k2, kg, s1, s2, a)
+                    b = dw_pixel(xf, gf, k0 + step, k1 + step, k2 + step, kg + step, s1, s2, b)
+                    k0 += pixel_step
+                    k1 += pixel_step
+                    k2 += pixel_step
+                    kg += c_all
+                add_sums(sums, cb + step, c_all, b)
+            else:
+                for _ in range(lo, hi):
+                    a = dw_pixel(xf, gf, k0, k1, k2, kg, s1, s2, a)
+                    k0 += pixel_step
+                    k1 += pixel_step
+                    k2 += pixel_step
+                    kg += c_all
+            add_sums(sums, cb, c_all, a)
+        # the pixels left: all but the interior ones done in whole vectors above
+        skip = hi - lo if rows_inside and c_main == c_all else 0
+        for e in range(out_w - skip):
+            ow = e if e < lo else e + skip
+            done = rows_inside and lo <= ow < hi  # its whole vectors summed above
+            c_from = c_main if done else 0
+            kg = t * row_dy + ow * c_all
+            for cb in range(c_from, c_main, step):
+                add_vec(sums, 9 * c_all + cb, vload(gf, kg + cb))
+            for c in range(c_main, c_all):
+                sums[9 * c_all + c] += gf[kg + c]
+            for i in range(3):
+                r = r0 + i * dh
+                if r < 0 or r >= height:
+                    continue
+                for j in range(3):
+                    col = ow * sw - pl + j * dw
+                    if col < 0 or col >= width:
+                        continue
+                    o, kx = (3 * i + j) * c_all, ((ni * height + r) * width + col) * c_all
+                    for cb in range(c_from, c_main, step):
+                        k = o + cb
+                        product = vfma(vload(xf, kx + cb), vload(gf, kg + cb), vload(sums, k))
+                        vstore(sums, k, product)
+                    for c in range(c_main, c_all):
+                        sums[o + c] += xf[kx + c] * gf[kg + c]
+
+
 @njit(**_JIT)
 def dw3x3_kernel(x, dy, sh, sw, pt, pl, dh, dw, dw_parts, db_parts):
     """dw_kernel for a 3x3 kernel and multiplier 1 (dw_parts (P, 3, 3, 1, C), db_parts (P, 1,
@@ -603,78 +689,46 @@ def dw3x3_kernel(x, dy, sh, sw, pt, pl, dh, dw, dw_parts, db_parts):
     g32mb8ic32ih112oc32oh112kh3ph1`, bwd_w). The other pixels (the border, and rows whose taps
     leave x) and channels (C not a multiple of the lanes) are added into the part's sums in
     memory, a vector and then a value at a time."""
-    n, height, width, c_all = x.shape
-    n_parts = dw_parts.shape[0]
-    out_h, out_w = dy.shape[1], dy.shape[2]
-    rows = n * out_h
-    step = lanes(x)
-    c_main = c_all - c_all % step  # the channels in whole vectors
-    c_pairs = c_all - c_all % (2 * step)  # ... in pairs of vectors
-    lo, hi = interior_columns(out_w, width, sw, pl, dw)
-    row_x, row_dy = width * c_all, out_w * c_all
-    s1, s2, pixel_step = dw * c_all, 2 * dw * c_all, sw * c_all  # taps j = 1, 2; the stride
-    xf, gf = x.reshape(x.size), dy.reshape(dy.size)
+    n_parts, c_all = dw_parts.shape[0], x.shape[3]
+    rows = dy.shape[0] * dy.shape[1]
     for p in prange(n_parts):
-        # the part's sums, of the thread's own allocation (see dw_kernel): tap (i, j) at
-        # (3*i + j) * C, db at 9 * C
+        # the part's sums, of the thread's own allocation (see dw_kernel)
         sums = np.zeros(10 * c_all, dtype=dw_parts.dtype)
-        for t in range(p * rows // n_parts, (p + 1) * rows // n_parts):
-            ni, oh = t // out_h, t % out_h
-            r0 = oh * sh - pt
-            rows_inside = r0 >= 0 and r0 + 2 * dh < height
-            first = (ni * height + r0) * row_x + (lo * sw - pl) * c_all
-            for cb in range(0, c_main if rows_inside else 0, 2 * step):
-                pair = cb < c_pairs  # else the one vector left
-                a, b = zero_sums(xf), zero_sums(xf)
-                k0 = first + cb
-                k1, k2 = k0 + dh * row_x, k0 + 2 * dh * row_x
-                kg = t * row_dy + lo * c_all + cb
-                if pair:
-                    for _ in range(lo, hi):
-                        a = dw_pixel(xf, gf, k0, k1, k2, kg, s1, s2, a)
-                        b = dw_pixel(xf, gf, k0 + step, k1 + step, k2 + step, kg + step, s1, s2, b)
-                        k0 += pixel_step
-                        k1 += pixel_step
-                        k2 += pixel_step
-                        kg += c_all
-                    add_sums(sums, cb + step, c_all, b)
-                else:
-                    for _ in range(lo, hi):
-                        a = dw_pixel(xf, gf, k0, k1, k2, kg, s1, s2, a)
-                        k0 += pixel_step
-                        k1 += pixel_step
-                        k2 += pixel_step
-                        kg += c_all
-                add_sums(sums, cb, c_all, a)
-            # the pixels left: all but the interior ones done in whole vectors above
-            skip = hi - lo if rows_inside and c_main == c_all else 0
-            for e in range(out_w - skip):
-                ow = e if e < lo else e + skip
-                done = rows_inside and lo <= ow < hi  # its whole vectors summed above
-                c_from = c_main if done else 0
-                kg = t * row_dy + ow * c_all
-                for cb in range(c_from, c_main, step):
-                    add_vec(sums, 9 * c_all + cb, vload(gf, kg + cb))
-                for c in range(c_main, c_all):
-                    sums[9 * c_all + c] += gf[kg + c]
-                for i in range(3):
-                    r = r0 + i * dh
-                    if r < 0 or r >= height:
-                        continue
-                    for j in range(3):
-                        col = ow * sw - pl + j * dw
-                        if col < 0 or col >= width:
-                            continue
-                        o, kx = (3 * i + j) * c_all, ((ni * height + r) * width + col) * c_all
-                        for cb in range(c_from, c_main, step):
-                            k = o + cb
-                            product = vfma(vload(xf, kx + cb), vload(gf, kg + cb), vload(sums, k))
-                            vstore(sums, k, product)
-                        for c in range(c_main, c_all):
-                            sums[o + c] += xf[kx + c] * gf[kg + c]
+        t_first, t_end = p * rows // n_parts, (p + 1) * rows // n_parts
+        dw3x3_rows(x, dy, sh, sw, pt, pl, dh, dw, t_first, t_end, sums)
         for tap in range(9):
             dw_parts[p, tap // 3, tap % 3, 0] += sums[tap * c_all : (tap + 1) * c_all]
         db_parts[p, 0] += sums[9 * c_all :]
+
+
+@njit(**_JIT)
+def backward3x3_kernel(
+    x, dy, dy_m, w_turned, no_bias, dx_pt, dx_pl, dh, dw, vec, dw_parts, db_parts, dx
+):
+    """dw3x3_kernel and the stride-1 dX (the forward of dy, (N, OH, OW, C), with the kernel
+    turned, w_turned (3, 3, 1, C), padding (dx_pt, dx_pl), into dx (N, H, W, 1, C); by
+    forward3x3_vec_rows if vec else forward3x3_rows) in one parallel region: part p sums its
+    band of dy rows into dw_parts[p], db_parts[p], then writes its band of dx rows. One region
+    instead of two saves a wake-up of the sleeping worker threads (kernels/threads.py), a
+    visible share of the small layers' backward (`python -m bench.conv
+    g960mb8ic960ih7oc960oh7kh3ph1`); dy_m is dy as (N, OH, OW, 1, C)."""
+    n_parts, c_all = dw_parts.shape[0], x.shape[3]
+    rows_dy, rows_dx = dy.shape[0] * dy.shape[1], dx.shape[0] * dx.shape[1]
+    pt, pl = 2 * dh - dx_pt, 2 * dw - dx_pl  # the forward's padding
+    for p in prange(n_parts):
+        sums = np.zeros(10 * c_all, dtype=dw_parts.dtype)
+        t_first, t_end = p * rows_dy // n_parts, (p + 1) * rows_dy // n_parts
+        dw3x3_rows(x, dy_m, 1, 1, pt, pl, dh, dw, t_first, t_end, sums)
+        for tap in range(9):
+            dw_parts[p, tap // 3, tap % 3, 0] += sums[tap * c_all : (tap + 1) * c_all]
+        db_parts[p, 0] += sums[9 * c_all :]
+        t_first, t_end = p * rows_dx // n_parts, (p + 1) * rows_dx // n_parts
+        if vec:
+            forward3x3_vec_rows(
+                dy, w_turned, no_bias, 1, 1, dx_pt, dx_pl, dh, dw, dx, t_first, t_end
+            )
+        else:
+            forward3x3_rows(dy, w_turned, no_bias, 1, 1, dx_pt, dx_pl, dh, dw, dx, t_first, t_end)
 
 
 # ------------------------------------------------------------ one output row as one long vector
