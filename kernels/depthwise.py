@@ -18,6 +18,9 @@ never materialised), and the taps of a window are (dil_h, dil_w) apart.
     forward3x3_kernel  the same for 3x3 kernels (MobileNet's), the nine taps of an interior
                     pixel summed in one pass; at stride 1 it also runs dX, the full correlation
                     of dy with the kernel turned by 180 degrees
+    forward3x3_vec_kernel  the same on rows of VEC_MIN_COLUMNS or more at stride 1 along the
+                    width, two channel vectors' weights held in SIMD registers along a row
+                    (forward3x3_for picks; see "explicit SIMD vectors" below)
     forward_rows_kernel  the same for other kernel sizes, each output row as one long vector
                     (few channels, M = 1, stride 1 along the width; see ROW_BLOCK); at stride
                     1 it also runs dX
@@ -26,6 +29,9 @@ never materialised), and the taps of a window are (dil_h, dil_w) apart.
     dx_strided_kernel  the same rows, for a stride > 1, walking the output pixels instead
     dw_kernel       prange over blocks of output rows, each block with its own partial dW,
                     summed afterwards (no shared accumulator)
+    dw3x3_kernel    the same for 3x3 kernels with multiplier 1, a row's nine dW sums (and db)
+                    held in SIMD registers (see "explicit SIMD vectors" below)
+    backward3x3_kernel  dw3x3_kernel and the stride-1 dX of a 3x3 kernel in one parallel region
 kernels/numba_jit.py (the numba backend) calls them and decides the thread count.
 """
 
@@ -35,8 +41,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic, models, register_model
 
+from . import isa
 from .contract import ConvCtx
 from .geometry import ConvGeometry
 
@@ -54,6 +64,122 @@ class DepthwiseCtx(ConvCtx):
     path: str
     x: np.ndarray  # (N, H, W, C_in), C-contiguous
     wt: np.ndarray  # (KH, KW, M, C_in), C-contiguous, M = C_out // C_in
+
+
+# ------------------------------------------------------------------ explicit SIMD vectors
+#
+# The 3x3 kernels below keep their sums in vector registers across a whole output row. LLVM's
+# loop vectoriser cannot do that here: it vectorises only the innermost loop (the channels,
+# entered once per pixel, with a runtime alias check of every array on each entry), and the SLP
+# vectoriser gives up on a fixed-length channel block because the arrays might alias. So the
+# kernels spell the vectors out: Vec is one machine vector of the array's float type, as many
+# lanes as isa.vector_bits() holds (16 float32 with AVX-512), and vload / vstore / vfma / vadd
+# are single LLVM vector instructions. A load or store has no bounds check: the kernels index
+# only whole vectors inside their rows. Compiled once per CPU (numba's cache is keyed on it).
+
+
+class Vec(types.Type):
+    """One SIMD register of `lanes` values of float type `dtype` (numba's type, not an array)."""
+
+    def __init__(self, dtype: types.Float, lanes: int):
+        self.dtype, self.lanes = dtype, lanes
+        super().__init__(name=f"Vec({dtype} x {lanes})")
+
+
+@register_model(Vec)
+class _VecModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        element = dmm.lookup(fe_type.dtype).get_value_type()
+        super().__init__(dmm, fe_type, ir.VectorType(element, fe_type.lanes))
+
+
+def _vec_type(dtype: types.Float) -> Vec:
+    return Vec(dtype, isa.vector_bits() // dtype.bitwidth)
+
+
+def _vec_pointer(context, builder, array_type, array, index, index_type, vec_type):
+    data = context.make_array(array_type)(context, builder, array).data
+    start = builder.gep(data, [context.cast(builder, index, index_type, types.intp)])
+    return builder.bitcast(start, context.get_value_type(vec_type).as_pointer())
+
+
+@intrinsic
+def lanes(typingctx, array):
+    """The number of values of array's dtype in one Vec (a compile-time constant)."""
+    count = _vec_type(array.dtype).lanes
+
+    def codegen(context, builder, sig, args):
+        return context.get_constant(types.intp, count)
+
+    return types.intp(array), codegen
+
+
+@intrinsic
+def vload(typingctx, array, index):
+    """array.flat[index : index + lanes] as a Vec; array is a C-contiguous 1-D array."""
+    vec_type = _vec_type(array.dtype)
+
+    def codegen(context, builder, sig, args):
+        ptr = _vec_pointer(context, builder, array, args[0], args[1], index, vec_type)
+        return builder.load(ptr, align=array.dtype.bitwidth // 8)
+
+    return vec_type(array, index), codegen
+
+
+@intrinsic
+def vstore(typingctx, array, index, value):
+    """array[index : index + lanes] = value (a Vec); array is a C-contiguous 1-D array."""
+
+    def codegen(context, builder, sig, args):
+        ptr = _vec_pointer(context, builder, array, args[0], args[1], index, value)
+        builder.store(args[2], ptr, align=array.dtype.bitwidth // 8)
+        return context.get_dummy_value()
+
+    return types.none(array, index, value), codegen
+
+
+@intrinsic
+def vzero(typingctx, array):
+    """A Vec of zeros of array's dtype."""
+    vec_type = _vec_type(array.dtype)
+
+    def codegen(context, builder, sig, args):
+        return cgutils.get_null_value(context.get_value_type(vec_type))
+
+    return vec_type(array), codegen
+
+
+@intrinsic
+def vfma(typingctx, a, b, c):
+    """a * b + c, lane by lane, rounded once (llvm.fma)."""
+
+    def codegen(context, builder, sig, args):
+        vec = context.get_value_type(a)
+        name = f"llvm.fma.v{a.lanes}f{a.dtype.bitwidth}"
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3), name)
+        return builder.call(fma, args)
+
+    return a(a, b, c), codegen
+
+
+@intrinsic
+def vmul(typingctx, a, b):
+    """a * b, lane by lane."""
+
+    def codegen(context, builder, sig, args):
+        return builder.fmul(*args)
+
+    return a(a, b), codegen
+
+
+@intrinsic
+def vadd(typingctx, a, b):
+    """a + b, lane by lane."""
+
+    def codegen(context, builder, sig, args):
+        return builder.fadd(*args)
+
+    return a(a, b), codegen
 
 
 def to_m_major(a: np.ndarray, c_in: int) -> np.ndarray:
@@ -118,20 +244,16 @@ def fused3x3_applies(g: ConvGeometry) -> bool:
     return (g.kh, g.kw) == (3, 3) and g.c_out == g.c_in
 
 
-@njit(**_JIT)
-def forward3x3_kernel(x, wt, bias, sh, sw, pt, pl, dh, dw, out):
-    """forward_kernel for a 3x3 kernel and multiplier 1 (wt (3, 3, 1, C), bias (1, C), out (N,
-    OH, OW, 1, C)): a pixel whose nine taps all lie inside x sums them in one pass over the
-    channels, writing its output once instead of loading and storing it per tap. Faster than
-    forward_kernel and forward_rows_kernel in one-thread interleaved A/B on MobileNetV2's
-    depthwise layers (`python -m bench.conv --set mobilenetv2 --mb 8`, its g = C layers)."""
+@njit(cache=True)
+def forward3x3_rows(x, wt, bias, sh, sw, pt, pl, dh, dw, out, t_first, t_end):
+    """forward3x3_kernel's output rows t_first <= t < t_end (t = n * OH + oh)."""
     n, height, width, c_all = x.shape
     out_h, out_w = out.shape[1], out.shape[2]
     w00, w01, w02 = wt[0, 0, 0], wt[0, 1, 0], wt[0, 2, 0]
     w10, w11, w12 = wt[1, 0, 0], wt[1, 1, 0], wt[1, 2, 0]
     w20, w21, w22 = wt[2, 0, 0], wt[2, 1, 0], wt[2, 2, 0]
     b = bias[0]
-    for t in prange(n * out_h):
+    for t in range(t_first, t_end):
         ni, oh = t // out_h, t % out_h
         r0 = oh * sh - pt
         rows_inside = r0 >= 0 and r0 + 2 * dh < height
@@ -169,6 +291,149 @@ def forward3x3_kernel(x, wt, bias, sh, sw, pt, pl, dh, dw, out):
                     pixel, tap = x[ni, r, col], wt[i, j, 0]
                     for c in range(c_all):
                         acc[c] += pixel[c] * tap[c]
+
+
+@njit(**_JIT)
+def forward3x3_kernel(x, wt, bias, sh, sw, pt, pl, dh, dw, out):
+    """forward_kernel for a 3x3 kernel and multiplier 1 (wt (3, 3, 1, C), bias (1, C), out (N,
+    OH, OW, 1, C)): a pixel whose nine taps all lie inside x sums them in one pass over the
+    channels, writing its output once instead of loading and storing it per tap. Faster than
+    forward_kernel and forward_rows_kernel in one-thread interleaved A/B on MobileNetV2's
+    depthwise layers (`python -m bench.conv --set mobilenetv2 --mb 8`, its g = C layers)."""
+    rows = x.shape[0] * out.shape[1]
+    for t in prange(rows):  # one row a call: numba's prange splits the rows evenly
+        forward3x3_rows(x, wt, bias, sh, sw, pt, pl, dh, dw, out, t, t + 1)
+
+
+# forward3x3_vec_kernel loads its twenty weight and bias vectors again for every row and pair
+# of channel vectors, and walks a row once per pair; forward3x3_kernel takes each pixel's
+# channels in one contiguous loop. In interleaved A/B of the forward the vector kernel is the
+# faster at stride 1 on rows of 28 or more output columns (`python -m bench.conv
+# g32mb8ic32ih112oc32oh112kh3ph1`, `g144mb8ic144ih56oc144oh56kh3ph1`,
+# `g192mb8ic192ih28oc192oh28kh3ph1`) and the slower on 14 and 7 columns
+# (`g384mb8ic384ih14oc384oh14kh3ph1`, `g960mb8ic960ih7oc960oh7kh3ph1`) and at stride 2 (`g96mb8ic96ih112oc96oh56kh3sh2ph1`).
+VEC_MIN_COLUMNS = 28
+
+
+def forward3x3_for(out_columns: int, stride_w: int):
+    """The 3x3 kernel (fused3x3_applies) for a forward with out_columns output columns and
+    stride stride_w along the width: forward3x3_vec_kernel or forward3x3_kernel (see
+    VEC_MIN_COLUMNS). Both take the same arguments."""
+    if stride_w == 1 and out_columns >= VEC_MIN_COLUMNS:
+        return forward3x3_vec_kernel
+    return forward3x3_kernel
+
+
+@njit(cache=True, inline="always")
+def tap_vectors(wf, bf, cb, c_all):
+    """The nine weight Vecs (tap (i, j) at 3*i + j), then the bias Vec, of the channel vector
+    at cb: wf (9*C,) the 3x3 weights, bf (C,) the bias."""
+    return (
+        vload(wf, cb),
+        vload(wf, c_all + cb),
+        vload(wf, 2 * c_all + cb),
+        vload(wf, 3 * c_all + cb),
+        vload(wf, 4 * c_all + cb),
+        vload(wf, 5 * c_all + cb),
+        vload(wf, 6 * c_all + cb),
+        vload(wf, 7 * c_all + cb),
+        vload(wf, 8 * c_all + cb),
+        vload(bf, cb),
+    )
+
+
+@njit(cache=True, inline="always")
+def forward_pixel(xf, k0, k1, k2, s1, s2, w):
+    """The bias w[9] + the nine taps w[3*i + j] (tap_vectors) times the x vectors of tap row i at
+    k_i, k_i + s1 and k_i + s2 in xf: one row per partial sum, so that the longest chain of
+    dependent multiply-adds is three, not nine."""
+    top = vfma(vload(xf, k0), w[0], vfma(vload(xf, k0 + s1), w[1], w[9]))
+    top = vfma(vload(xf, k0 + s2), w[2], top)
+    mid = vfma(vload(xf, k1), w[3], vmul(vload(xf, k1 + s1), w[4]))
+    mid = vfma(vload(xf, k1 + s2), w[5], mid)
+    low = vfma(vload(xf, k2), w[6], vmul(vload(xf, k2 + s1), w[7]))
+    low = vfma(vload(xf, k2 + s2), w[8], low)
+    return vadd(vadd(top, mid), low)
+
+
+@njit(cache=True)
+def forward3x3_vec_rows(x, wt, bias, sh, sw, pt, pl, dh, dw, out, t_first, t_end):
+    """forward3x3_vec_kernel's output rows t_first <= t < t_end (t = n * OH + oh)."""
+    n, height, width, c_all = x.shape
+    out_h, out_w = out.shape[1], out.shape[2]
+    step = lanes(x)
+    c_main = c_all - c_all % step  # the channels in whole vectors
+    c_pairs = c_all - c_all % (2 * step)  # ... in pairs of vectors
+    lo, hi = interior_columns(out_w, width, sw, pl, dw)
+    row_x, row_y = width * c_all, out_w * c_all
+    s1, s2, pixel_step = dw * c_all, 2 * dw * c_all, sw * c_all  # taps j = 1, 2; the stride
+    xf, wf, yf = x.reshape(x.size), wt.reshape(wt.size), out.reshape(out.size)
+    bf = bias.reshape(c_all)
+    for t in range(t_first, t_end):
+        ni, oh = t // out_h, t % out_h
+        r0 = oh * sh - pt
+        rows_inside = r0 >= 0 and r0 + 2 * dh < height
+        first = (ni * height + r0) * row_x + (lo * sw - pl) * c_all
+        for cb in range(0, c_main if rows_inside else 0, 2 * step):
+            w = tap_vectors(wf, bf, cb, c_all)
+            k0 = first + cb
+            k1, k2 = k0 + dh * row_x, k0 + 2 * dh * row_x
+            ky = t * row_y + lo * c_all + cb
+            if cb < c_pairs:
+                w_next = tap_vectors(wf, bf, cb + step, c_all)
+                for _ in range(lo, hi):
+                    vstore(yf, ky, forward_pixel(xf, k0, k1, k2, s1, s2, w))
+                    y_next = forward_pixel(xf, k0 + step, k1 + step, k2 + step, s1, s2, w_next)
+                    vstore(yf, ky + step, y_next)
+                    k0 += pixel_step
+                    k1 += pixel_step
+                    k2 += pixel_step
+                    ky += c_all
+            else:  # the one vector left
+                for _ in range(lo, hi):
+                    vstore(yf, ky, forward_pixel(xf, k0, k1, k2, s1, s2, w))
+                    k0 += pixel_step
+                    k1 += pixel_step
+                    k2 += pixel_step
+                    ky += c_all
+        # the pixels left: all but the interior ones done in whole vectors above
+        skip = hi - lo if rows_inside and c_main == c_all else 0
+        for e in range(out_w - skip):
+            ow = e if e < lo else e + skip
+            done = rows_inside and lo <= ow < hi  # its whole vectors written above
+            c_from = c_main if done else 0
+            ky = t * row_y + ow * c_all
+            for c in range(c_from, c_all):
+                yf[ky + c] = bf[c]
+            for i in range(3):
+                r = r0 + i * dh
+                if r < 0 or r >= height:
+                    continue
+                for j in range(3):
+                    col = ow * sw - pl + j * dw
+                    if col < 0 or col >= width:
+                        continue
+                    tap, kx = (3 * i + j) * c_all, ((ni * height + r) * width + col) * c_all
+                    for cb in range(c_from, c_main, step):
+                        k = ky + cb
+                        vstore(yf, k, vfma(vload(xf, kx + cb), vload(wf, tap + cb), vload(yf, k)))
+                    for c in range(c_main, c_all):
+                        yf[ky + c] += xf[kx + c] * wf[tap + c]
+
+
+@njit(**_JIT)
+def forward3x3_vec_kernel(x, wt, bias, sh, sw, pt, pl, dh, dw, out):
+    """forward_kernel for a 3x3 kernel and multiplier 1 (wt (3, 3, 1, C), bias (1, C), out (N,
+    OH, OW, 1, C)); any stride, dilation and padding.
+
+    Per output row, the weights and bias of two channel vectors stay in registers while the
+    row's interior pixels (all nine taps inside x) are computed: nine x vectors loaded and one
+    output vector stored per pixel and channel vector. The other pixels and channels (C not a
+    multiple of the lanes) sum their taps into the output in memory, a vector and then a value
+    at a time."""
+    rows = x.shape[0] * out.shape[1]
+    for t in prange(rows):  # one row a call: numba's prange splits the rows evenly
+        forward3x3_vec_rows(x, wt, bias, sh, sw, pt, pl, dh, dw, out, t, t + 1)
 
 
 @njit(**_JIT)
@@ -281,6 +546,189 @@ def dw_kernel(x, dy, sh, sw, pt, pl, dh, dw, dw_parts, db_parts):
                                 row[c] += pixel[c] * g_m[c]
         dw_parts[p] += acc
         db_parts[p] += bias_acc
+
+
+@njit(cache=True)
+def interior_columns(out_w, width, sw, pl, dw):
+    """(lo, hi): the output columns lo <= ow < hi whose three taps ow*sw - pl + j*dw (j = 0, 1,
+    2) all lie inside a row of `width` columns; lo == hi when none do."""
+    lo = min(out_w, (pl + sw - 1) // sw)
+    last = width - 1 - 2 * dw + pl  # the largest ow * sw whose last tap is inside
+    hi = min(out_w, last // sw + 1) if last >= 0 else 0
+    return lo, max(lo, hi)
+
+
+@njit(cache=True)
+def add_vec(sums, k, value):
+    """sums[k : k + lanes] += value (a Vec)."""
+    vstore(sums, k, vadd(vload(sums, k), value))
+
+
+@njit(cache=True, inline="always")
+def zero_sums(like):
+    """Ten Vecs of zeros of like's dtype: one output row's db and nine dW sums (dw_pixel)."""
+    z = vzero(like)
+    return (z, z, z, z, z, z, z, z, z, z)
+
+
+@njit(cache=True, inline="always")
+def dw_pixel(xf, gf, k0, k1, k2, kg, s1, s2, a):
+    """The sums `a` (db, then dW tap (i, j) at 1 + 3*i + j, all Vecs) plus one pixel's terms:
+    its dy vector gf[kg:], the x vectors of tap row i at k_i, k_i + s1 and k_i + s2 in xf."""
+    g = vload(gf, kg)
+    return (
+        vadd(a[0], g),
+        vfma(vload(xf, k0), g, a[1]),
+        vfma(vload(xf, k0 + s1), g, a[2]),
+        vfma(vload(xf, k0 + s2), g, a[3]),
+        vfma(vload(xf, k1), g, a[4]),
+        vfma(vload(xf, k1 + s1), g, a[5]),
+        vfma(vload(xf, k1 + s2), g, a[6]),
+        vfma(vload(xf, k2), g, a[7]),
+        vfma(vload(xf, k2 + s1), g, a[8]),
+        vfma(vload(xf, k2 + s2), g, a[9]),
+    )
+
+
+@njit(cache=True, inline="always")
+def add_sums(sums, cb, c_all, a):
+    """sums (10*C: tap (i, j) at (3*i + j) * C, db at 9 * C) += dw_pixel's sums `a` for the
+    channel vector starting at cb."""
+    add_vec(sums, 9 * c_all + cb, a[0])
+    add_vec(sums, cb, a[1])
+    add_vec(sums, c_all + cb, a[2])
+    add_vec(sums, 2 * c_all + cb, a[3])
+    add_vec(sums, 3 * c_all + cb, a[4])
+    add_vec(sums, 4 * c_all + cb, a[5])
+    add_vec(sums, 5 * c_all + cb, a[6])
+    add_vec(sums, 6 * c_all + cb, a[7])
+    add_vec(sums, 7 * c_all + cb, a[8])
+    add_vec(sums, 8 * c_all + cb, a[9])
+
+
+@njit(cache=True)
+def dw3x3_rows(x, dy, sh, sw, pt, pl, dh, dw, t_first, t_end, sums):
+    """sums (10*C: tap (i, j) at (3*i + j) * C, db at 9 * C) += dw3x3_kernel's terms of the
+    output rows t_first <= t < t_end (t = n * OH + oh) of dy."""
+    n, height, width, c_all = x.shape
+    out_h, out_w = dy.shape[1], dy.shape[2]
+    step = lanes(x)
+    c_main = c_all - c_all % step  # the channels in whole vectors
+    c_pairs = c_all - c_all % (2 * step)  # ... in pairs of vectors
+    lo, hi = interior_columns(out_w, width, sw, pl, dw)
+    row_x, row_dy = width * c_all, out_w * c_all
+    s1, s2, pixel_step = dw * c_all, 2 * dw * c_all, sw * c_all  # taps j = 1, 2; the stride
+    xf, gf = x.reshape(x.size), dy.reshape(dy.size)
+    for t in range(t_first, t_end):
+        ni, oh = t // out_h, t % out_h
+        r0 = oh * sh - pt
+        rows_inside = r0 >= 0 and r0 + 2 * dh < height
+        first = (ni * height + r0) * row_x + (lo * sw - pl) * c_all
+        for cb in range(0, c_main if rows_inside else 0, 2 * step):
+            pair = cb < c_pairs  # else the one vector left
+            a, b = zero_sums(xf), zero_sums(xf)
+            k0 = first + cb
+            k1, k2 = k0 + dh * row_x, k0 + 2 * dh * row_x
+            kg = t * row_dy + lo * c_all + cb
+            if pair:
+                for _ in range(lo, hi):
+                    a = dw_pixel(xf, gf, k0, k1, k2, kg, s1, s2, a)
+                    b = dw_pixel(xf, gf, k0 + step, k1 + step, k2 + step, kg + step, s1, s2, b)
+                    k0 += pixel_step
+                    k1 += pixel_step
+                    k2 += pixel_step
+                    kg += c_all
+                add_sums(sums, cb + step, c_all, b)
+            else:
+                for _ in range(lo, hi):
+                    a = dw_pixel(xf, gf, k0, k1, k2, kg, s1, s2, a)
+                    k0 += pixel_step
+                    k1 += pixel_step
+                    k2 += pixel_step
+                    kg += c_all
+            add_sums(sums, cb, c_all, a)
+        # the pixels left: all but the interior ones done in whole vectors above
+        skip = hi - lo if rows_inside and c_main == c_all else 0
+        for e in range(out_w - skip):
+            ow = e if e < lo else e + skip
+            done = rows_inside and lo <= ow < hi  # its whole vectors summed above
+            c_from = c_main if done else 0
+            kg = t * row_dy + ow * c_all
+            for cb in range(c_from, c_main, step):
+                add_vec(sums, 9 * c_all + cb, vload(gf, kg + cb))
+            for c in range(c_main, c_all):
+                sums[9 * c_all + c] += gf[kg + c]
+            for i in range(3):
+                r = r0 + i * dh
+                if r < 0 or r >= height:
+                    continue
+                for j in range(3):
+                    col = ow * sw - pl + j * dw
+                    if col < 0 or col >= width:
+                        continue
+                    o, kx = (3 * i + j) * c_all, ((ni * height + r) * width + col) * c_all
+                    for cb in range(c_from, c_main, step):
+                        k = o + cb
+                        product = vfma(vload(xf, kx + cb), vload(gf, kg + cb), vload(sums, k))
+                        vstore(sums, k, product)
+                    for c in range(c_main, c_all):
+                        sums[o + c] += xf[kx + c] * gf[kg + c]
+
+
+@njit(**_JIT)
+def dw3x3_kernel(x, dy, sh, sw, pt, pl, dh, dw, dw_parts, db_parts):
+    """dw_kernel for a 3x3 kernel and multiplier 1 (dw_parts (P, 3, 3, 1, C), db_parts (P, 1,
+    C), x (N, H, W, C), dy (N, OH, OW, 1, C)); any stride, dilation and padding.
+
+    Per output row, the row's interior pixels (all nine taps inside x) are summed two channel
+    vectors at a time into 2 x 10 Vecs held in registers (nine dW sums and db each): a pixel
+    loads its dy vectors and nine x vectors per channel vector, one pass over the row reads
+    each of its cache lines once, and nothing is stored until the row ends. dw_kernel loads and
+    stores every sum per tap and pixel, in a channel loop entered once per tap; one vector a
+    pass re-reads the rows once per vector (`python -m bench.conv
+    g32mb8ic32ih112oc32oh112kh3ph1`, bwd_w). The other pixels (the border, and rows whose taps
+    leave x) and channels (C not a multiple of the lanes) are added into the part's sums in
+    memory, a vector and then a value at a time."""
+    n_parts, c_all = dw_parts.shape[0], x.shape[3]
+    rows = dy.shape[0] * dy.shape[1]
+    for p in prange(n_parts):
+        # the part's sums, of the thread's own allocation (see dw_kernel)
+        sums = np.zeros(10 * c_all, dtype=dw_parts.dtype)
+        t_first, t_end = p * rows // n_parts, (p + 1) * rows // n_parts
+        dw3x3_rows(x, dy, sh, sw, pt, pl, dh, dw, t_first, t_end, sums)
+        for tap in range(9):
+            dw_parts[p, tap // 3, tap % 3, 0] += sums[tap * c_all : (tap + 1) * c_all]
+        db_parts[p, 0] += sums[9 * c_all :]
+
+
+@njit(**_JIT)
+def backward3x3_kernel(
+    x, dy, dy_m, w_turned, no_bias, dx_pt, dx_pl, dh, dw, vec, dw_parts, db_parts, dx
+):
+    """dw3x3_kernel and the stride-1 dX (the forward of dy, (N, OH, OW, C), with the kernel
+    turned, w_turned (3, 3, 1, C), padding (dx_pt, dx_pl), into dx (N, H, W, 1, C); by
+    forward3x3_vec_rows if vec else forward3x3_rows) in one parallel region: part p sums its
+    band of dy rows into dw_parts[p], db_parts[p], then writes its band of dx rows. One region
+    instead of two saves a wake-up of the sleeping worker threads (kernels/threads.py), a
+    visible share of the small layers' backward (`python -m bench.conv
+    g960mb8ic960ih7oc960oh7kh3ph1`); dy_m is dy as (N, OH, OW, 1, C)."""
+    n_parts, c_all = dw_parts.shape[0], x.shape[3]
+    rows_dy, rows_dx = dy.shape[0] * dy.shape[1], dx.shape[0] * dx.shape[1]
+    pt, pl = 2 * dh - dx_pt, 2 * dw - dx_pl  # the forward's padding
+    for p in prange(n_parts):
+        sums = np.zeros(10 * c_all, dtype=dw_parts.dtype)
+        t_first, t_end = p * rows_dy // n_parts, (p + 1) * rows_dy // n_parts
+        dw3x3_rows(x, dy_m, 1, 1, pt, pl, dh, dw, t_first, t_end, sums)
+        for tap in range(9):
+            dw_parts[p, tap // 3, tap % 3, 0] += sums[tap * c_all : (tap + 1) * c_all]
+        db_parts[p, 0] += sums[9 * c_all :]
+        t_first, t_end = p * rows_dx // n_parts, (p + 1) * rows_dx // n_parts
+        if vec:
+            forward3x3_vec_rows(
+                dy, w_turned, no_bias, 1, 1, dx_pt, dx_pl, dh, dw, dx, t_first, t_end
+            )
+        else:
+            forward3x3_rows(dy, w_turned, no_bias, 1, 1, dx_pt, dx_pl, dh, dw, dx, t_first, t_end)
 
 
 # ------------------------------------------------------------ one output row as one long vector

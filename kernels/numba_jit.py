@@ -477,7 +477,8 @@ def _depthwise_forward(
     if depthwise.fused3x3_applies(g):
         y = np.empty(g.y_shape, dtype=g.dtype)
         fused_args = (*depthwise.geometry_args(g), y[:, :, :, None, :])  # (N, OH, OW, 1, C)
-        _launch(depthwise.forward3x3_kernel, g.flops // 2, ctx.x, ctx.wt, bias[None], *fused_args)
+        kernel = depthwise.forward3x3_for(g.out_w, g.sw)
+        _launch(kernel, g.flops // 2, ctx.x, ctx.wt, bias[None], *fused_args)
         return y, ctx
     if depthwise.rows_apply(g):
         block = depthwise.block_pixels(g.c_in)
@@ -513,19 +514,32 @@ def _depthwise_backward(
     dw_parts = np.zeros((n_parts,) + ctx.wt.shape, dtype=g.dtype)
     db_parts = np.zeros((n_parts,) + ctx.wt.shape[2:], dtype=g.dtype)
     dw_args = (*depthwise.geometry_args(g), dw_parts, db_parts)
-    _launch(depthwise.dw_kernel, work, ctx.x, dy_m, *dw_args)
+    dx = np.empty(g.x_shape, dtype=g.dtype) if need_dx else None
+    fused = need_dx and depthwise.fused3x3_applies(g) and (g.sh, g.sw) == (1, 1)
+    if fused:  # dW and dX in one parallel region (depthwise.backward3x3_kernel)
+        w_turned = np.ascontiguousarray(ctx.wt[::-1, ::-1])
+        no_bias = np.zeros((1, g.c_in), dtype=g.dtype)
+        vec = depthwise.forward3x3_for(g.width, 1) is depthwise.forward3x3_vec_kernel
+        pads = (2 * g.dil_h - g.ph, 2 * g.dil_w - g.pw, g.dil_h, g.dil_w, vec)
+        args = (ctx.x, dy, dy_m, w_turned, no_bias, *pads, dw_parts, db_parts, dx[..., None, :])
+        _launch(depthwise.backward3x3_kernel, work, *args)
+    else:
+        dw_kernel = depthwise.dw3x3_kernel if depthwise.fused3x3_applies(g) else depthwise.dw_kernel
+        _launch(dw_kernel, work, ctx.x, dy_m, *dw_args)
     dw = depthwise.from_m_major(dw_parts.sum(axis=0)).reshape(g.w_shape)
     db = depthwise.from_m_major(db_parts.sum(axis=0)) if g.has_bias else None
     if not need_dx:
         return None, dw, db
-    dx = np.empty(g.x_shape, dtype=g.dtype)
+    if fused:
+        return dx, dw, db
     if depthwise.fused3x3_applies(g) and (g.sh, g.sw) == (1, 1):
         # the full correlation: dy padded by 2*dilation - padding, the kernel turned
         w_turned = np.ascontiguousarray(ctx.wt[::-1, ::-1])
         no_bias = np.zeros((1, g.c_in), dtype=g.dtype)
         pads = (2 * g.dil_h - g.ph, 2 * g.dil_w - g.pw)
         fused_args = (1, 1, *pads, g.dil_h, g.dil_w, dx[:, :, :, None, :])
-        _launch(depthwise.forward3x3_kernel, work, dy, w_turned, no_bias, *fused_args)
+        kernel = depthwise.forward3x3_for(g.width, 1)
+        _launch(kernel, work, dy, w_turned, no_bias, *fused_args)
         return dx, dw, db
     if depthwise.rows_apply(g) and g.sh == 1:
         block = depthwise.block_pixels(g.c_in)
