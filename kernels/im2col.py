@@ -207,10 +207,14 @@ def conv2d_backward(
         return None, dw, db
     if _pointwise(g):  # dcols is dx itself (cols held x beside a ones column, see forward)
         return (dy_mat @ w_mat.T).reshape(g.x_shape), dw, db
-    # for C_in == 1 the same (M, K) matrix is computed transposed, offset-major like the columns
-    # (see im2col): each of col2im's per-offset adds then reads one contiguous block
     dcols = _column_matrix(len(dy_mat), len(w_mat), g.c_in, dy.dtype, _take("dcols"))
-    np.matmul(dy_mat, w_mat.T, out=dcols)
+    if g.c_in == 1:
+        # the same (M, K) matrix, computed transposed so it is offset-major like the columns
+        # (see im2col): each of col2im's per-offset adds then reads one contiguous block; BLAS
+        # writes only a row-major output, so the product is taken as (K, M) into dcols.T
+        np.matmul(w_mat, dy_mat.T, out=dcols.T)
+    else:
+        np.matmul(dy_mat, w_mat.T, out=dcols)
     dcols = dcols.reshape(g.n, g.out_h, g.out_w, g.kh, g.kw, g.c_in)
     return _col2im_cropped(dcols, g), dw, db
 
