@@ -6,6 +6,10 @@ Backward:  [dw; db] = cols.T @ dy,   dcols = dy @ w.T,   dx = col2im(dcols)
 Dilation: each kernel offset's view steps (dh, dw) taps apart (windows.offset_view). Groups > 1:
 im2col per group (each group's channel slice unfolded on its own), one batched GEMM over the
 groups, the bias added after it.
+1x1, stride 1, unpadded: x is already the column matrix (copied beside a ones column only when
+C_in < C_out, see conv2d_forward). The column matrix, dcols and the padded input are workspace
+buffers (kernels/workspace.py: reused per shape, never while a ctx still holds them); y, dx, dw
+and db are always fresh arrays of the caller's own.
 Pooling walks the same kernel offsets without materialising columns (max/mean per offset),
 and col2im's per-offset accumulation for the gradient.
 """

@@ -11,8 +11,9 @@ malloc setting:
     cols = workspace.take("im2col.cols", (rows, width), np.float32)
 
 Ownership: take() hands out only an array that nobody holds any more. Each pooled buffer's
-array is created over a bytearray the workspace keeps (np.ndarray(buffer=...)), and numpy makes
-every view of that array keep it alive (a view's base is the array, not the bytearray), so
+array is created over an anonymous mapping the workspace keeps (np.ndarray(buffer=...)), and
+numpy makes every view of that array keep it alive (a view's base is the array, not the
+mapping), so
 the workspace's weak reference to it dies exactly when the caller and every view of it are gone.
 A ctx may therefore keep a taken array for the backward: the next forward of the same shape (a
 second layer of that shape in the network) finds the buffer still held and takes another one.
@@ -30,6 +31,7 @@ dropped.
 from __future__ import annotations
 
 import math
+import mmap
 import threading
 import weakref
 from collections import OrderedDict
@@ -37,12 +39,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-MAX_SHAPES = 8
+# a network's distinct conv shapes (ResNet-50 has about twenty); LIMIT_BYTES bounds the memory
+MAX_SHAPES = 32
 MAX_PER_SHAPE = 4
 # retained bytes in all: a few of ResNet-50's largest column matrices at batch 8 (3x3 over
 # 56x56x64, `bench.conv --set resnet50 --layers res2a_branch2b`)
 LIMIT_BYTES = 512 << 20
-ALIGN = 64  # bytes: a cache line and an AVX-512 register, so BLAS packs from aligned rows
 
 _lock = threading.Lock()
 _pool: OrderedDict[tuple, list[_Slot]] = OrderedDict()
@@ -51,10 +53,10 @@ _limit = LIMIT_BYTES
 
 @dataclass
 class _Slot:
-    # a bytearray, not a numpy array: numpy then makes the handed-out array the base of every
-    # view of it (a view of an array over numpy memory would skip to that memory's owner)
-    memory: bytearray
-    offset: int  # where the ALIGN-aligned bytes start
+    # an anonymous mapping, not a numpy array: numpy then makes the handed-out array the base
+    # of every view of it (a view of an array over numpy memory would skip to that memory's
+    # owner); page-aligned, its pages first touched by the first call that writes them
+    memory: mmap.mmap
     nbytes: int
     handed: weakref.ref | None = None  # the array last handed out over them
 
@@ -64,8 +66,7 @@ def _pooled_bytes() -> int:
 
 
 def _new_slot(nbytes: int) -> _Slot:
-    memory = bytearray(nbytes + ALIGN)  # zero-filled: its pages fault here, once
-    return _Slot(memory, -np.frombuffer(memory, np.uint8).ctypes.data % ALIGN, nbytes)
+    return _Slot(mmap.mmap(-1, nbytes), nbytes)
 
 
 def take(name: str, shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
@@ -100,7 +101,7 @@ def take(name: str, shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarra
 
 
 def _hand_out(slot: _Slot, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    array = np.ndarray(shape, dtype, buffer=slot.memory, offset=slot.offset)
+    array = np.ndarray(shape, dtype, buffer=slot.memory)
     slot.handed = weakref.ref(array)
     return array
 
