@@ -6,16 +6,22 @@ Backward:  [dw; db] = cols.T @ dy,   dcols = dy @ w.T,   dx = col2im(dcols)
 Dilation: each kernel offset's view steps (dh, dw) taps apart (windows.offset_view). Groups > 1:
 im2col per group (each group's channel slice unfolded on its own), one batched GEMM over the
 groups, the bias added after it.
+1x1, stride 1, unpadded: x is already the column matrix (copied beside a ones column only when
+C_in < C_out, see conv2d_forward). The column matrix, dcols and the padded input are workspace
+buffers (kernels/workspace.py: reused per shape, never while a ctx still holds them); y, dx, dw
+and db are always fresh arrays of the caller's own.
 Pooling walks the same kernel offsets without materialising columns (max/mean per offset),
 and col2im's per-offset accumulation for the gradient.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from . import workspace
 from .contract import ConvCtx, MaxPoolCtx, PoolCtx, check_ctx
 from .geometry import (
     ConvGeometry,
@@ -28,7 +34,6 @@ from .geometry import (
     check_grad,
     conv_geometry,
     crop_conv_input,
-    pad_conv_input,
     pool_geometry,
     pool_padded,
     pool_scales,
@@ -58,8 +63,11 @@ def im2col(
     ones: bool = False,
     dh: int = 1,
     dw: int = 1,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """x_padded: (N, Hp, Wp, C) -> cols: (N*OH*OW, KH*KW*C), plus a last column of ones if `ones`.
+
+    Written into `out` if given (that shape, any memory order), else into a fresh array.
 
     Tap (i, j) of window (oh, ow) reads x_padded[:, oh*sh + i*dh, ow*sw + j*dw]: (dh, dw) is the
     dilation.
@@ -77,10 +85,7 @@ def im2col(
     """
     n, _, _, c = x_padded.shape
     rows, width = n * out_h * out_w, kh * kw * c + (1 if ones else 0)
-    if c == 1:
-        cols = np.empty((width, rows), dtype=x_padded.dtype).T
-    else:
-        cols = np.empty((rows, width), dtype=x_padded.dtype)
+    cols = _column_matrix(rows, width, c, x_padded.dtype, np.empty) if out is None else out
     for i in range(kh):
         for j in range(kw):
             first = (i * kw + j) * c
@@ -90,6 +95,34 @@ def im2col(
     if ones:
         cols[:, -1] = 1
     return cols
+
+
+def _column_matrix(
+    rows: int, width: int, c: int, dtype: np.dtype, new: Callable[..., np.ndarray]
+) -> np.ndarray:
+    """A (rows, width) array from new(shape, dtype): row-major, or for c == 1 the transposed
+    view of a (width, rows) one (im2col's memory order, see there)."""
+    return new((width, rows), dtype).T if c == 1 else new((rows, width), dtype)
+
+
+def _take(name: str) -> Callable[..., np.ndarray]:
+    """new(shape, dtype) for _column_matrix: a workspace buffer of this backend named `name`."""
+    return lambda shape, dtype: workspace.take(f"im2col.{name}", shape, dtype)
+
+
+def _padded_input(x: np.ndarray, g: ConvGeometry) -> np.ndarray:
+    """x (N, H, W, C_in) -> g.padded_shape, zeros around: geometry.pad_conv_input's result in a
+    workspace buffer, x copied in and only the border strips zeroed (no fresh padded array)."""
+    if (g.ph, g.ph_end, g.pw, g.pw_end) == (0, 0, 0, 0):
+        return x
+    x_padded = workspace.take("im2col.x_padded", g.padded_shape, x.dtype)
+    bottom, right = g.ph + g.height, g.pw + g.width
+    x_padded[:, : g.ph] = 0
+    x_padded[:, bottom:] = 0
+    x_padded[:, g.ph : bottom, : g.pw] = 0
+    x_padded[:, g.ph : bottom, right:] = 0
+    crop_conv_input(x_padded, g)[...] = x
+    return x_padded
 
 
 def _pointwise(g: ConvGeometry) -> bool:
@@ -110,32 +143,47 @@ def conv2d_forward(
     """x: (N, H, W, C_in), w: (KH, KW, C_in // groups, C_out), b: (C_out,) or None
     -> y: (N, OH, OW, C_out) (kernels/contract.py states stride, padding, dilation, groups)."""
     g = conv_geometry(x, w, b, stride, padding, dilation, groups)
-    x_padded = pad_conv_input(x, g)
+    # the column matrices and the padded input come from kernels/workspace.py, y never does
+    x_padded = _padded_input(x, g)
     unfold = (g.kh, g.kw, g.sh, g.sw, g.out_h, g.out_w)
+    rows = g.n * g.out_h * g.out_w
     if g.groups > 1:
         cg = g.c_in_group
-        cols = np.stack(
-            [
-                im2col(x_padded[..., k * cg : (k + 1) * cg], *unfold, dh=g.dil_h, dw=g.dil_w)
-                for k in range(g.groups)
-            ]
-        )
+        cols = workspace.take("im2col.group_cols", (g.groups, rows, g.kh * g.kw * cg), x.dtype)
+        for k in range(g.groups):
+            group_x = x_padded[..., k * cg : (k + 1) * cg]
+            im2col(group_x, *unfold, dh=g.dil_h, dw=g.dil_w, out=cols[k])
         w_mat = w.reshape(-1, g.groups, g.c_out_group).transpose(1, 0, 2)
-        y = (cols @ w_mat).transpose(1, 0, 2).reshape(g.y_shape)  # (G, M, C_out/G) -> NHWC
+        y_groups = workspace.take("im2col.y_groups", (g.groups, rows, g.c_out_group), x.dtype)
+        np.matmul(cols, w_mat, out=y_groups)
+        y = np.empty(g.y_shape, dtype=x.dtype)
+        # (G, M, C_out/G) -> NHWC, written straight into the caller's y
+        np.copyto(y.reshape(rows, g.groups, g.c_out_group).transpose(1, 0, 2), y_groups)
         if b is not None:
             y += b
         return y, Im2colConvCtx(g, cols, w_mat)
     w_mat = w.reshape(-1, g.c_out)
     if _pointwise(g):
-        # x's pixels already are the column matrix's rows: a view, nothing unfolded or copied
-        # (the 1x1 layers of ResNet-50's bottlenecks, `bench.conv --set resnet50 --layers
-        # branch2a`); the bias is added, not multiplied in through a ones column
-        cols = np.ascontiguousarray(x).reshape(-1, g.c_in)
-        y = cols @ w_mat
-        if b is not None:
-            y += b
+        # x's pixels already are the column matrix's rows: nothing unfolded (the 1x1 layers of
+        # ResNet-50's bottlenecks, `bench.conv --set resnet50 --layers branch2a`)
+        x_mat = x.reshape(-1, g.c_in)
+        if b is not None and g.c_in < g.c_out:
+            # x copied beside a column of ones (im2col's bias column) is a smaller pass than
+            # adding b to the wider y, and backward's one GEMM then gives db with dW
+            # (`bench.conv --set resnet50 --layers branch2c`, 64 -> 256 channels)
+            cols = workspace.take("im2col.cols", (len(x_mat), g.c_in + 1), x.dtype)
+            cols[:, : g.c_in] = x_mat
+            cols[:, g.c_in] = 1
+            y = cols @ np.vstack([w_mat, b])
+        else:  # C_in >= C_out: copying x costs more than the bias pass (`--layers branch2a`)
+            cols = x_mat
+            y = cols @ w_mat
+            if b is not None:
+                y += b
         return y.reshape(g.y_shape), Im2colConvCtx(g, cols, w_mat)
-    cols = im2col(x_padded, *unfold, ones=g.has_bias, dh=g.dil_h, dw=g.dil_w)
+    width = g.kh * g.kw * g.c_in + (1 if g.has_bias else 0)
+    cols = _column_matrix(rows, width, g.c_in, x.dtype, _take("cols"))
+    im2col(x_padded, *unfold, ones=g.has_bias, dh=g.dil_h, dw=g.dil_w, out=cols)
     # with a bias, its row under w_mat meets the ones column of cols (see im2col)
     y = cols @ (w_mat if b is None else np.vstack([w_mat, b]))
     return y.reshape(g.y_shape), Im2colConvCtx(g, cols, w_mat)
@@ -151,22 +199,26 @@ def conv2d_backward(
     if g.groups > 1:
         return _grouped_backward(dy, g, cols, w_mat, need_dx)
     dy_mat = dy.reshape(-1, g.c_out)
-    if _pointwise(g):  # cols is x as a matrix, without a ones column (see conv2d_forward)
+    if _pointwise(g) and cols.shape[1] == g.c_in:  # x as it is, no ones column: db apart
         dw = (cols.T @ dy_mat).reshape(g.w_shape)
-        db = dy_mat.sum(axis=0) if g.has_bias else None
-        dx = (dy_mat @ w_mat.T).reshape(g.x_shape) if need_dx else None
-        return dx, dw, db
+        # a GEMV: BLAS sums dy's columns faster than numpy's axis-0 sum (`--layers branch2a`)
+        db = np.ones(len(dy_mat), dy_mat.dtype) @ dy_mat if g.has_bias else None
+        return (dy_mat @ w_mat.T).reshape(g.x_shape) if need_dx else None, dw, db
     grads = cols.T @ dy_mat  # (KH*KW*C_in [+ 1], C_out): dw, then db's row
     dw = grads[: len(w_mat)].reshape(g.w_shape)
     db = grads[-1] if g.has_bias else None
     if not need_dx:
         return None, dw, db
+    if _pointwise(g):  # dcols is dx itself (cols held x beside a ones column, see forward)
+        return (dy_mat @ w_mat.T).reshape(g.x_shape), dw, db
+    dcols = _column_matrix(len(dy_mat), len(w_mat), g.c_in, dy.dtype, _take("dcols"))
     if g.c_in == 1:
         # the same (M, K) matrix, computed transposed so it is offset-major like the columns
-        # (see im2col): each of col2im's per-offset adds then reads one contiguous block
-        dcols = (w_mat @ dy_mat.T).T
+        # (see im2col): each of col2im's per-offset adds then reads one contiguous block; BLAS
+        # writes only a row-major output, so the product is taken as (K, M) into dcols.T
+        np.matmul(w_mat, dy_mat.T, out=dcols.T)
     else:
-        dcols = dy_mat @ w_mat.T
+        np.matmul(dy_mat, w_mat.T, out=dcols)
     dcols = dcols.reshape(g.n, g.out_h, g.out_w, g.kh, g.kw, g.c_in)
     return _col2im_cropped(dcols, g), dw, db
 
@@ -186,10 +238,20 @@ def _grouped_backward(
     db = dy.sum(axis=(0, 1, 2)) if g.has_bias else None
     if not need_dx:
         return None, dw, db
-    dcols = (dy_groups @ w_mat.transpose(0, 2, 1)).reshape(
-        g.groups, g.n, g.out_h, g.out_w, g.kh, g.kw, g.c_in_group
+    taps = g.kh * g.kw * g.c_in_group
+    dcols_groups = workspace.take("im2col.group_dcols", (g.groups, len(cols[0]), taps), dy.dtype)
+    np.matmul(dy_groups, w_mat.transpose(0, 2, 1), out=dcols_groups)
+    # (G, N, OH, OW, KH, KW, C_in/G) -> (N, OH, OW, KH, KW, G, C_in/G): col2im's layout
+    dcols = workspace.take(
+        "im2col.dcols", (*g.y_shape[:3], g.kh, g.kw, g.groups, g.c_in_group), dy.dtype
     )
-    dcols = dcols.transpose(1, 2, 3, 4, 5, 0, 6).reshape(*g.y_shape[:3], g.kh, g.kw, g.c_in)
+    np.copyto(
+        dcols,
+        dcols_groups.reshape(g.groups, *g.y_shape[:3], g.kh, g.kw, g.c_in_group).transpose(
+            1, 2, 3, 4, 5, 0, 6
+        ),
+    )
+    dcols = dcols.reshape(*g.y_shape[:3], g.kh, g.kw, g.c_in)
     return _col2im_cropped(dcols, g), dw, db
 
 

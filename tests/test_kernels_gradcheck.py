@@ -21,6 +21,9 @@ CONV_CONFIGS = [  # x shape, (KH, KW, C_out), stride, padding
     ((2, 5, 6, 3), (3, 2, 2), (2, 1), (1, 2)),
     ((1, 7, 7, 2), (3, 3, 3), 2, 1),
     ((2, 4, 4, 1), (2, 2, 4), 3, 2),
+    # 1x1 (im2col: x beside a ones column when C_in < C_out, else x as it is and db apart)
+    ((2, 4, 5, 2), (1, 1, 5), 1, 0),
+    ((2, 4, 5, 5), (1, 1, 2), 1, 0),
 ]
 # numba's register tiles (kernels/numba_tiles.py): dX by the forward kernel (stride 1, C_in
 # >= 16), by dx_cols (stride 2, C_in 8) and by dx_phases (strides 2 and 3, C_in >= 16; with a
