@@ -50,6 +50,10 @@ from . import isa
 from .contract import ConvCtx
 from .geometry import ConvGeometry
 
+# typed Any: numba's intrinsic wraps a typing function whose parameters mypy would otherwise
+# take for the call's
+numba_intrinsic: Any = intrinsic
+
 # reassoc and contract let LLVM fuse and vectorise the multiply-adds; nnan/ninf stay off, so NaN
 # and inf keep their IEEE meaning (as in kernels/numba_conv.py).
 _JIT: dict[str, Any] = dict(cache=True, parallel=True, fastmath={"reassoc", "contract"})
@@ -103,7 +107,7 @@ def _vec_pointer(context, builder, array_type, array, index, index_type, vec_typ
     return builder.bitcast(start, context.get_value_type(vec_type).as_pointer())
 
 
-@intrinsic
+@numba_intrinsic
 def lanes(typingctx, array):
     """The number of values of array's dtype in one Vec (a compile-time constant)."""
     count = _vec_type(array.dtype).lanes
@@ -114,7 +118,7 @@ def lanes(typingctx, array):
     return types.intp(array), codegen
 
 
-@intrinsic
+@numba_intrinsic
 def vload(typingctx, array, index):
     """array.flat[index : index + lanes] as a Vec; array is a C-contiguous 1-D array."""
     vec_type = _vec_type(array.dtype)
@@ -126,7 +130,7 @@ def vload(typingctx, array, index):
     return vec_type(array, index), codegen
 
 
-@intrinsic
+@numba_intrinsic
 def vstore(typingctx, array, index, value):
     """array[index : index + lanes] = value (a Vec); array is a C-contiguous 1-D array."""
 
@@ -138,7 +142,7 @@ def vstore(typingctx, array, index, value):
     return types.none(array, index, value), codegen
 
 
-@intrinsic
+@numba_intrinsic
 def vzero(typingctx, array):
     """A Vec of zeros of array's dtype."""
     vec_type = _vec_type(array.dtype)
@@ -149,7 +153,7 @@ def vzero(typingctx, array):
     return vec_type(array), codegen
 
 
-@intrinsic
+@numba_intrinsic
 def vfma(typingctx, a, b, c):
     """a * b + c, lane by lane, rounded once (llvm.fma)."""
 
@@ -162,7 +166,7 @@ def vfma(typingctx, a, b, c):
     return a(a, b, c), codegen
 
 
-@intrinsic
+@numba_intrinsic
 def vmul(typingctx, a, b):
     """a * b, lane by lane."""
 
@@ -172,7 +176,7 @@ def vmul(typingctx, a, b):
     return a(a, b), codegen
 
 
-@intrinsic
+@numba_intrinsic
 def vadd(typingctx, a, b):
     """a + b, lane by lane."""
 

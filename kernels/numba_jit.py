@@ -514,14 +514,24 @@ def _depthwise_backward(
     dw_parts = np.zeros((n_parts,) + ctx.wt.shape, dtype=g.dtype)
     db_parts = np.zeros((n_parts,) + ctx.wt.shape[2:], dtype=g.dtype)
     dw_args = (*depthwise.geometry_args(g), dw_parts, db_parts)
-    dx = np.empty(g.x_shape, dtype=g.dtype) if need_dx else None
+    dx = np.empty(g.x_shape, dtype=g.dtype)  # not filled (nor returned) without need_dx
     fused = need_dx and depthwise.fused3x3_applies(g) and (g.sh, g.sw) == (1, 1)
     if fused:  # dW and dX in one parallel region (depthwise.backward3x3_kernel)
         w_turned = np.ascontiguousarray(ctx.wt[::-1, ::-1])
         no_bias = np.zeros((1, g.c_in), dtype=g.dtype)
         vec = depthwise.forward3x3_for(g.width, 1) is depthwise.forward3x3_vec_kernel
-        pads = (2 * g.dil_h - g.ph, 2 * g.dil_w - g.pw, g.dil_h, g.dil_w, vec)
-        args = (ctx.x, dy, dy_m, w_turned, no_bias, *pads, dw_parts, db_parts, dx[..., None, :])
+        fused_pads = (2 * g.dil_h - g.ph, 2 * g.dil_w - g.pw, g.dil_h, g.dil_w, vec)
+        args = (
+            ctx.x,
+            dy,
+            dy_m,
+            w_turned,
+            no_bias,
+            *fused_pads,
+            dw_parts,
+            db_parts,
+            dx[..., None, :],
+        )
         _launch(depthwise.backward3x3_kernel, work, *args)
     else:
         dw_kernel = depthwise.dw3x3_kernel if depthwise.fused3x3_applies(g) else depthwise.dw_kernel
@@ -545,8 +555,8 @@ def _depthwise_backward(
         block = depthwise.block_pixels(g.c_in)
         w_turned = depthwise.tiled_weights(ctx.wt, block, flip=True)
         no_bias = np.zeros(block * g.c_in, dtype=g.dtype)
-        pads = (g.kh_span - 1 - g.ph, g.kw_span - 1 - g.pw)
-        rows_args = (1, *pads, g.dil_h, g.dil_w, dx)
+        row_pads = (g.kh_span - 1 - g.ph, g.kw_span - 1 - g.pw)
+        rows_args = (1, *row_pads, g.dil_h, g.dil_w, dx)
         _launch(depthwise.forward_rows_kernel, work, dy, w_turned, no_bias, *rows_args)
         return dx, dw, db
     dx_kernel = depthwise.dx_kernel if (g.sh, g.sw) == (1, 1) else depthwise.dx_strided_kernel
