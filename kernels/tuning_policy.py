@@ -33,7 +33,13 @@ CLOSE_CALL_ROUNDS = 3
 def time_candidates(runs: Runs, key: str) -> dict[str, float | None]:
     """The best of TIMING_REPEATS timings of each run (None: it raised), taken in rounds (A B C,
     A B C, ...) so that a busy moment on a shared machine slows every candidate alike rather
-    than all of one candidate's samples."""
+    than all of one candidate's samples.
+
+    Each timed call follows an untimed call of the same run: what a candidate leaves behind
+    would otherwise be charged to the next one. OpenBLAS's idle workers spin on both cores for
+    a while after an im2col call, and a winograd or numba call timed right after it ran at
+    about half its speed (`python -m bench.conv 'mb8ic512ih14oc512oh14kh3ph1n"vgg16:conv5_1"'`:
+    auto chose im2col over the faster winograd)."""
     seconds: dict[str, float | None] = {}
     for name, run in runs.items():
         try:
@@ -46,6 +52,7 @@ def time_candidates(runs: Runs, key: str) -> dict[str, float | None]:
         for name, run in runs.items():
             best = seconds[name]
             if best is not None:
+                run()
                 start = time.perf_counter()
                 run()
                 seconds[name] = min(best, time.perf_counter() - start)

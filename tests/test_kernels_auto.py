@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 
 import numpy as np
 import pytest
@@ -418,3 +419,25 @@ def test_no_mix_predicted_faster_is_not_timed_whole(cached, monkeypatch):
     assert passes == ["forward", "backward"]
     (record,) = cached.choices().values()
     assert auto.describe(record) == "winograd" and "whole_seconds" not in record
+
+
+def test_a_candidate_is_not_charged_for_what_the_one_before_left_behind(monkeypatch):
+    """A run that slows whatever runs next (OpenBLAS's spinning workers after an im2col call)
+    must not make the candidate timed after it look slow: each timed call follows an untimed
+    call of the same run."""
+    clock = [0.0]
+    monkeypatch.setattr(tuning_policy, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    last = [None]
+
+    def run_of(name, cost):
+        def run():
+            slowed = last[0] == "blas" and name != "blas"
+            clock[0] += cost + (10.0 if slowed else 0.0)
+            last[0] = name
+
+        return run
+
+    seconds = tuning_policy.time_candidates(
+        {"blas": run_of("blas", 2.0), "tiles": run_of("tiles", 1.0)}, "k"
+    )
+    assert seconds == {"blas": 2.0, "tiles": 1.0}
