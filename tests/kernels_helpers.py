@@ -197,3 +197,19 @@ def numeric_grad(loss, a, eps=1e-6):
         a[idx] = original
         grad[idx] = (plus - minus) / (2 * eps)
     return grad
+
+
+def assert_conv_gradients(be, x, w, b, conv_args, rng, tol, label=""):
+    """be's conv2d_backward (dx, dw, db) against float64 central differences of
+    L = sum(conv2d_forward(x, w, b, **conv_args) * R), R a random projection from rng."""
+    y, ctx = be.conv2d_forward(x, w, b, **conv_args)
+    projection = rng.standard_normal(y.shape)
+    dx, dw, db = be.conv2d_backward(projection, ctx)
+
+    def loss():
+        return float(np.sum(be.conv2d_forward(x, w, b, **conv_args)[0] * projection))
+
+    for name, analytic, param in (("dx", dx, x), ("dw", dw, w), ("db", db, b)):
+        np.testing.assert_allclose(
+            analytic, numeric_grad(loss, param), rtol=tol, atol=tol, err_msg=f"{label} {name}"
+        )

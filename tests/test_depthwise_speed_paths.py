@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kernels_helpers import DTYPES, assert_close, numeric_grad, run_conv
+from kernels_helpers import DTYPES, assert_close, assert_conv_gradients, run_conv
 
 from kernels import isa
 
@@ -157,16 +157,5 @@ def test_vector_paths_gradients_match_finite_differences(x_shape, stride, paddin
     b = rng.standard_normal(c)
     from kernels import get_backend
 
-    be = get_backend("numba")
     extra = dict(stride=stride, padding=padding, dilation=dilation, groups=c)
-    y, ctx = be.conv2d_forward(x, w, b, **extra)
-    r = rng.standard_normal(y.shape)
-    dx, dw, db = be.conv2d_backward(r, ctx)
-
-    def loss():
-        return float(np.sum(be.conv2d_forward(x, w, b, **extra)[0] * r))
-
-    for name, analytic, a in (("dx", dx, x), ("dw", dw, w), ("db", db, b)):
-        np.testing.assert_allclose(
-            analytic, numeric_grad(loss, a), rtol=1e-6, atol=1e-6, err_msg=name
-        )
+    assert_conv_gradients(get_backend("numba"), x, w, b, extra, rng, 1e-6, "numba depthwise")

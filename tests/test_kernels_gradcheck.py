@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from kernels_helpers import BACKENDS, numeric_grad, takes_groups
+from kernels_helpers import BACKENDS, assert_conv_gradients, numeric_grad, takes_groups
 
 from kernels import get_backend
 
@@ -66,17 +66,7 @@ def test_conv_gradients_match_finite_differences(backend, x_shape, kernel, strid
     x = rng.standard_normal(x_shape)
     w = rng.standard_normal(kernel[:2] + (x_shape[3], kernel[2]))
     b = rng.standard_normal(kernel[2])
-    y, ctx = be.conv2d_forward(x, w, b, stride, padding)
-    projection = rng.standard_normal(y.shape)
-    dx, dw, db = be.conv2d_backward(projection, ctx)
-
-    def loss():
-        return float(np.sum(be.conv2d_forward(x, w, b, stride, padding)[0] * projection))
-
-    for name, analytic, param in (("dx", dx, x), ("dw", dw, w), ("db", db, b)):
-        np.testing.assert_allclose(
-            analytic, numeric_grad(loss, param), rtol=TOL, atol=TOL, err_msg=f"{backend} {name}"
-        )
+    assert_conv_gradients(be, x, w, b, dict(stride=stride, padding=padding), rng, TOL, backend)
 
 
 @pytest.mark.parametrize(
@@ -94,17 +84,7 @@ def test_general_conv_gradients_match_finite_differences(
     w = rng.standard_normal(kernel[:2] + (x_shape[3] // groups, kernel[2]))
     b = rng.standard_normal(kernel[2])
     args = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
-    y, ctx = be.conv2d_forward(x, w, b, **args)
-    projection = rng.standard_normal(y.shape)
-    dx, dw, db = be.conv2d_backward(projection, ctx)
-
-    def loss():
-        return float(np.sum(be.conv2d_forward(x, w, b, **args)[0] * projection))
-
-    for name, analytic, param in (("dx", dx, x), ("dw", dw, w), ("db", db, b)):
-        np.testing.assert_allclose(
-            analytic, numeric_grad(loss, param), rtol=TOL, atol=TOL, err_msg=f"{backend} {name}"
-        )
+    assert_conv_gradients(be, x, w, b, args, rng, TOL, backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
