@@ -105,7 +105,16 @@ def _check(case, dtype):
             assert_close(got_a, want_a, f"numba {name} {case}")
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
+# float64's eight rule combinations run in the slow tier (`pytest -m slow`): each compiles its
+# own kernels, which the fast tier's time cannot afford; float64 stays in the fast tier through
+# test_layer_shapes_match_naive and the finite-difference test below
+@pytest.mark.parametrize(
+    "dtype",
+    [
+        pytest.param(np.float64, marks=pytest.mark.slow, id="float64"),
+        pytest.param(np.float32, id="float32"),
+    ],
+)
 def test_vector_paths_match_naive(dtype):
     """Hypothesis over depthwise3x3_cases: numba's y, dx, dw, db equal naive's."""
 
