@@ -68,20 +68,26 @@ from numba.extending import intrinsic
 
 from . import gemm, isa
 from .geometry import ConvGeometry
+from .vector_width import full_width
 
 TILE = 5  # output pixels per tile (dX by phases or columns, matmul_tiles)
-DW_TILE = 6  # patch entries per dW tile
 LANES = 16  # channels per tile: two AVX2 vectors of float32
-# forward()'s tile, chosen for the machine's vector registers (LLVM emits 256-bit vectors on
-# both AVX2 and AVX-512 hosts, preferring them over 512-bit ones): a tile of FORWARD_TILE pixels
-# x lanes channels holds FORWARD_TILE * lanes / 8 accumulator registers, plus a weight vector
-# per 8 lanes and a broadcast input. AVX2's 16 registers fit 5 x 16 (10 accumulators); AVX-512's
-# 32 fit 7 x 16 and 7 x 32 (28), which load each weight vector once per 7 pixels instead of 5 and
-# each input once per 32 channels instead of 16 (the `mid`, `deep_conv2` and `big` benchmark
-# cases' forward; their dX by forward() at stride 1).
+# forward()'s tile, chosen for the machine's vector registers (every kernel here is compiled for
+# the full vector width: kernels/vector_width.py): a tile of FORWARD_TILE pixels x lanes channels
+# holds FORWARD_TILE * lanes * 4 / (vector bytes) float32 accumulators, plus the weight vectors
+# of one step and a broadcast input. AVX2's 16 ymm registers fit 5 x 16 (10 accumulators);
+# AVX-512's 32 zmm fit 7 x 16 and 7 x 32 (14), which load each weight vector once per 7 pixels
+# instead of 5 and each input once per 32 channels instead of 16 (the `mid`, `deep_conv2` and
+# `big` benchmark cases' forward; their dX by forward() at stride 1). 14 x 32 spills: slower on
+# all three.
 VECTOR_REGISTERS = 32 if isa.vector_bits() >= 512 else 16
 FORWARD_TILE = 7 if VECTOR_REGISTERS >= 32 else TILE
 WIDE_LANES = 2 * LANES if VECTOR_REGISTERS >= 32 else LANES
+# dw_tiles' tile: DW_TILE patch entries x LANES channels, one accumulator register per entry with
+# AVX-512 (12 of its 32 registers; the `big`, `deep_conv2` and `mid` cases' backward-weights
+# against a tile of 6), two per entry with AVX2 (6 entries fill 12 of its 16).
+DW_TILE = 12 if VECTOR_REGISTERS >= 32 else 6
+DW_VALUES = DW_TILE * LANES
 L2_BYTES = isa.l2_bytes()  # a compile-time constant of the kernels that block for it
 
 # The tiled backward (dW, dX) takes a geometry with at least this many input channels; below it
@@ -235,6 +241,7 @@ def _forward_kernel(pixels: int, lanes: int) -> Any:
         convolved with w2 (KH, KW*C_in, C_out), in pixels x lanes register tiles.
 
         Needs OW >= pixels and C_out >= lanes (see forward_applies)."""
+        full_width()
         n, out_h, out_w, c_out = y.shape
         kh_all, run, _ = w2.shape
         c_in = x.shape[3]
@@ -283,6 +290,7 @@ forward_wide = _forward_kernel(FORWARD_TILE, WIDE_LANES)
 def matmul_tiles(a, b, out):
     """out (M, N) = a (M, K) @ b (K, N), in TILE x LANES register tiles (M >= TILE, N >= LANES);
     a tile past the last row or column is moved back and recomputes what it overlaps."""
+    full_width()
     m, k = a.shape
     n = b.shape[1]
     tile = carray(stack_array(80, out.dtype), (TILE, LANES))
@@ -314,6 +322,7 @@ def dx_cols(dy, dx, wt, kh_all, sh, sw, ph, pw):
 
     dcols holds one sample (tens of kilobytes, in L2). Needs OH*OW >= TILE and
     KH*KW*C_in >= LANES."""
+    full_width()
     n, out_h, out_w, c_out = dy.shape
     height, width, c_in = dx.shape[1], dx.shape[2], dx.shape[3]
     run = wt.shape[1] // kh_all
@@ -350,6 +359,7 @@ def dw_tiles(x, dy, dw, db, sh, sw, ph, pw):
     pass over them: a whole 224x224 sample's rows (`vgg16:conv1_2`, 13 MB at 64 channels) were
     read from memory once per tile column, 8-15x slower than the same work on a 56x56 plane.
     Needs KW*C_in >= DW_TILE and C_out >= LANES (see backward_applies)."""
+    full_width()
     n, out_h, out_w, c_out = dy.shape
     kh_all, run, _ = dw.shape
     c_in = x.shape[3]
@@ -381,7 +391,7 @@ def _dw_band(rows, dy_band, dw, row0, strides):
     whose first output row reads padded input row row0 + kh."""
     out_h, out_w, c_out = dy_band.shape
     kh_all, run, _ = dw.shape
-    tile = carray(stack_array(96, dy_band.dtype), (DW_TILE, LANES))
+    tile = carray(stack_array(DW_VALUES, dy_band.dtype), (DW_TILE, LANES))
     for c0 in range(0, c_out, LANES):
         cb = min(c0, c_out - LANES)
         for kh in range(kh_all):
@@ -431,6 +441,7 @@ def dx_phases(dy, dx, wp, kh_all, kw_all, sh, sw, ph, pw):
     runs of u' = T_b-1-u blocks of C_out (phase_kernels builds it; unused entries are never
     read). dy is copied per sample into zero-padded rows, TH-1 rows above and TW-1 pixels left.
     Needs C_in >= LANES and every phase TILE or more columns wide (see phases_apply)."""
+    full_width()
     n, out_h, out_w, c_out = dy.shape
     height, width, c_in = dx.shape[1], dx.shape[2], dx.shape[3]
     th, tw = wp.shape[2], wp.shape[3] // c_out
@@ -513,6 +524,7 @@ def forward_maxpool2(x, y, argmax, w2, bias, sh, sw, ph, pw):
     to the bit (the same sums in the same order), reduced to the window's maximum in registers.
 
     Needs C_out >= LANES."""
+    full_width()
     n, pooled_h, pooled_w, c_out = y.shape
     kh_all, run, _ = w2.shape
     c_in = x.shape[3]
