@@ -24,6 +24,7 @@ Files:
                     zero-inserted taps, explicit padding) for backends without a native path
     windows.py      window helpers shared by the NumPy backends: per-offset views, col2im
     isa.py          the machine's vector width, ISA flags and cache sizes (blocking decisions)
+    vector_width.py full_width(): compile a numba kernel for the full vector width (zmm on AVX-512)
     memory.py       keep_freed_memory(): glibc malloc tuning a training run opts into
     gemm.py         matrix products split over the cores by us (Dense layers, Winograd's tiles)
     threads.py      numba's worker threads, started so they sleep between kernels
