@@ -220,6 +220,17 @@ def _padded_rows(a, ph, pw):
 
 
 @njit(**JIT_OPTIONS)
+def sample_rows(sample, rows, ph, pw):
+    """The padded rows of sample (H, W, C) to read: with no padding the sample itself as
+    (H, W*C), not copied (ResNet's 1x1 layers, `bench.conv --set resnet50 --layers branch2a`,
+    whose whole runtime the copy would add to); otherwise copied into rows (load_sample)."""
+    if ph == 0 and pw == 0:
+        return sample.reshape((sample.shape[0], sample.shape[1] * sample.shape[2]))
+    load_sample(sample, rows, ph, pw)
+    return rows
+
+
+@njit(**JIT_OPTIONS)
 def load_sample(sample, rows, ph, pw):
     """Copy sample (H, W, C) into the interior of its padded rows (from _padded_rows)."""
     height, width, c = sample.shape
@@ -245,11 +256,11 @@ def _forward_kernel(pixels: int, lanes: int) -> Any:
         n, out_h, out_w, c_out = y.shape
         kh_all, run, _ = w2.shape
         c_in = x.shape[3]
-        rows = _padded_rows(x, ph, pw)
+        padded = _padded_rows(x, ph, pw)
         step, size = sw * c_in, x.itemsize
         tile = carray(stack_array(values, y.dtype), (pixels, lanes))
         for ni in range(n):
-            load_sample(x[ni], rows, ph, pw)
+            rows = sample_rows(x[ni], padded, ph, pw)
             for oh in range(out_h):
                 for ow0 in range(0, out_w, pixels):
                     first = min(ow0, out_w - pixels)  # the last tile ends at the last pixel
@@ -363,12 +374,12 @@ def dw_tiles(x, dy, dw, db, sh, sw, ph, pw):
     n, out_h, out_w, c_out = dy.shape
     kh_all, run, _ = dw.shape
     c_in = x.shape[3]
-    rows = _padded_rows(x, ph, pw)
+    padded = _padded_rows(x, ph, pw)
     size = x.itemsize
-    strides = (sh * rows.shape[1] * size, sw * c_in * size, size)
-    band = dw_band_rows(rows.shape[1] * size, sh, out_w * LANES * size)
+    strides = (sh * padded.shape[1] * size, sw * c_in * size, size)
+    band = dw_band_rows(padded.shape[1] * size, sh, out_w * LANES * size)
     for ni in range(n):
-        load_sample(x[ni], rows, ph, pw)
+        rows = sample_rows(x[ni], padded, ph, pw)
         for oh in range(out_h):
             for ow in range(out_w):
                 g = dy[ni, oh, ow]
