@@ -7,9 +7,9 @@ Dilation: each kernel offset's view steps (dh, dw) taps apart (windows.offset_vi
 im2col per group (each group's channel slice unfolded on its own), one batched GEMM over the
 groups, the bias added after it.
 1x1, stride 1, unpadded: x is already the column matrix (copied beside a ones column only when
-C_in < C_out, see conv2d_forward). The column matrix, dcols and the padded input are workspace
-buffers (kernels/workspace.py: reused per shape, never while a ctx still holds them); y, dx, dw
-and db are always fresh arrays of the caller's own.
+C_in < C_out, see conv2d_forward). The column matrix, dcols, the padded input, y and dx are
+workspace buffers (kernels/workspace.py: reused per shape, never while a ctx or the caller still
+holds them); the GEMMs run on both cores whatever numpy's BLAS thread setting (gemm.product).
 Pooling walks the same kernel offsets without materialising columns (max/mean per offset),
 and col2im's per-offset accumulation for the gradient.
 """
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import workspace
+from . import gemm, workspace
 from .contract import ConvCtx, MaxPoolCtx, PoolCtx, check_ctx
 from .geometry import (
     ConvGeometry,
@@ -156,7 +156,7 @@ def conv2d_forward(
         w_mat = w.reshape(-1, g.groups, g.c_out_group).transpose(1, 0, 2)
         y_groups = workspace.take("im2col.y_groups", (g.groups, rows, g.c_out_group), x.dtype)
         np.matmul(cols, w_mat, out=y_groups)
-        y = np.empty(g.y_shape, dtype=x.dtype)
+        y = workspace.take("im2col.y", g.y_shape, x.dtype)
         # (G, M, C_out/G) -> NHWC, written straight into the caller's y
         np.copyto(y.reshape(rows, g.groups, g.c_out_group).transpose(1, 0, 2), y_groups)
         if b is not None:
@@ -174,10 +174,10 @@ def conv2d_forward(
             cols = workspace.take("im2col.cols", (len(x_mat), g.c_in + 1), x.dtype)
             cols[:, : g.c_in] = x_mat
             cols[:, g.c_in] = 1
-            y = cols @ np.vstack([w_mat, b])
+            y = gemm.product(cols, np.vstack([w_mat, b]), _result_rows(g))
         else:  # C_in >= C_out: copying x costs more than the bias pass (`--layers branch2a`)
             cols = x_mat
-            y = cols @ w_mat
+            y = gemm.product(cols, w_mat, _result_rows(g))
             if b is not None:
                 y += b
         return y.reshape(g.y_shape), Im2colConvCtx(g, cols, w_mat)
@@ -185,8 +185,19 @@ def conv2d_forward(
     cols = _column_matrix(rows, width, g.c_in, x.dtype, _take("cols"))
     im2col(x_padded, *unfold, ones=g.has_bias, dh=g.dil_h, dw=g.dil_w, out=cols)
     # with a bias, its row under w_mat meets the ones column of cols (see im2col)
-    y = cols @ (w_mat if b is None else np.vstack([w_mat, b]))
+    y = gemm.product(cols, w_mat if b is None else np.vstack([w_mat, b]), _result_rows(g))
     return y.reshape(g.y_shape), Im2colConvCtx(g, cols, w_mat)
+
+
+def _result_rows(g: ConvGeometry) -> np.ndarray:
+    """y as the forward GEMM's (N*OH*OW, C_out) output, from the workspace: the caller's own
+    while held, its pages not faulted again on the next call (kernels/workspace.py)."""
+    return workspace.take("im2col.y", (g.n * g.out_h * g.out_w, g.c_out), g.dtype)
+
+
+def _dx_rows(g: ConvGeometry) -> np.ndarray:
+    """A 1x1 layer's dx as the (N*H*W, C_in) output of dy @ w.T, from the workspace."""
+    return workspace.take("im2col.dx", (g.n * g.height * g.width, g.c_in), g.dtype)
 
 
 def conv2d_backward(
@@ -200,32 +211,34 @@ def conv2d_backward(
         return _grouped_backward(dy, g, cols, w_mat, need_dx)
     dy_mat = dy.reshape(-1, g.c_out)
     if _pointwise(g) and cols.shape[1] == g.c_in:  # x as it is, no ones column: db apart
-        dw = (cols.T @ dy_mat).reshape(g.w_shape)
+        dw = gemm.product(cols.T, dy_mat).reshape(g.w_shape)
         # a GEMV: BLAS sums dy's columns faster than numpy's axis-0 sum (`--layers branch2a`)
         db = np.ones(len(dy_mat), dy_mat.dtype) @ dy_mat if g.has_bias else None
-        return (dy_mat @ w_mat.T).reshape(g.x_shape) if need_dx else None, dw, db
-    grads = cols.T @ dy_mat  # (KH*KW*C_in [+ 1], C_out): dw, then db's row
+        dx = gemm.product(dy_mat, w_mat.T, _dx_rows(g)).reshape(g.x_shape) if need_dx else None
+        return dx, dw, db
+    grads = gemm.product(cols.T, dy_mat)  # (KH*KW*C_in [+ 1], C_out): dw, then db's row
     dw = grads[: len(w_mat)].reshape(g.w_shape)
     db = grads[-1] if g.has_bias else None
     if not need_dx:
         return None, dw, db
     if _pointwise(g):  # dcols is dx itself (cols held x beside a ones column, see forward)
-        return (dy_mat @ w_mat.T).reshape(g.x_shape), dw, db
+        return gemm.product(dy_mat, w_mat.T, _dx_rows(g)).reshape(g.x_shape), dw, db
     dcols = _column_matrix(len(dy_mat), len(w_mat), g.c_in, dy.dtype, _take("dcols"))
     if g.c_in == 1:
         # the same (M, K) matrix, computed transposed so it is offset-major like the columns
         # (see im2col): each of col2im's per-offset adds then reads one contiguous block; BLAS
         # writes only a row-major output, so the product is taken as (K, M) into dcols.T
-        np.matmul(w_mat, dy_mat.T, out=dcols.T)
+        gemm.product(w_mat, dy_mat.T, out=dcols.T)
     else:
-        np.matmul(dy_mat, w_mat.T, out=dcols)
+        gemm.product(dy_mat, w_mat.T, out=dcols)
     dcols = dcols.reshape(g.n, g.out_h, g.out_w, g.kh, g.kw, g.c_in)
     return _col2im_cropped(dcols, g), dw, db
 
 
 def _col2im_cropped(dcols: np.ndarray, g: ConvGeometry) -> np.ndarray:
     """dcols (N, OH, OW, KH, KW, C_in) -> dx (N, H, W, C_in): scattered back, padding cropped."""
-    dx_padded = col2im(dcols, g.padded_shape, g.sh, g.sw, g.dil_h, g.dil_w)
+    out = workspace.take("im2col.dx", g.padded_shape, dcols.dtype)  # see _result_rows
+    dx_padded = col2im(dcols, g.padded_shape, g.sh, g.sw, g.dil_h, g.dil_w, out)
     return crop_conv_input(dx_padded, g)
 
 

@@ -35,7 +35,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from . import decompose, depthwise, jitcache, numba_conv, numba_tiles, threads
+from . import decompose, depthwise, jitcache, numba_conv, numba_tiles, threads, workspace
 from .contract import ConvCtx, MaxPoolCtx, PoolCtx, check_ctx
 from .geometry import (
     ConvGeometry,
@@ -369,7 +369,7 @@ def _tiled_forward(g: ConvGeometry, x: np.ndarray, w: np.ndarray, b: np.ndarray 
     """conv2d_forward by register tiles (numba_tiles.forward_applies(g))."""
     x, w = np.ascontiguousarray(x), np.ascontiguousarray(w)
     bias = np.zeros(g.c_out, dtype=g.dtype) if b is None else np.ascontiguousarray(b)
-    y = np.empty(g.y_shape, dtype=g.dtype)
+    y = workspace.take("numba.y", g.y_shape, g.dtype)
     w2 = w.reshape(g.kh, g.kw * g.c_in, g.c_out)
     kernel = numba_tiles.forward_for(g.c_out)
     _launch_tiles(kernel, g, (x, y), w2, bias, g.sh, g.sw, g.ph, g.pw)
@@ -397,7 +397,7 @@ def _tiled_dx(dy: np.ndarray, ctx: TiledConvCtx) -> np.ndarray:
     """dX (N, H, W, C_in) by forward() (stride 1), dx_phases (stride > 1, 16+ input channels)
     or dx_cols (numba_tiles.backward_applies)."""
     g, w = ctx.geometry, ctx.w
-    dx = np.empty(g.x_shape, dtype=g.dtype)
+    dx = workspace.take("numba.dx", g.x_shape, g.dtype)
     if numba_tiles.dx_by_forward(g):
         # the full correlation: dy padded by KH-1-ph rows (KW-1-pw columns) on each side, the
         # kernel flipped in both axes with C_in and C_out swapped
@@ -450,7 +450,7 @@ def conv2d_forward(
     lay = numba_conv.plane_layout(g)
     offsets, weights = numba_conv.forward_taps(g, lay, w)
     bias = np.zeros(g.c_out, dtype=g.dtype) if b is None else np.ascontiguousarray(b)
-    y = np.empty(g.y_shape, dtype=g.dtype)
+    y = workspace.take("numba.y", g.y_shape, g.dtype)
     _launch(
         numba_conv.forward_kernel,
         g.flops // 2,
@@ -475,14 +475,14 @@ def _depthwise_forward(
     multiplier = g.c_out // g.c_in
     bias = np.zeros(g.c_out, dtype=g.dtype) if b is None else b
     if depthwise.fused3x3_applies(g):
-        y = np.empty(g.y_shape, dtype=g.dtype)
+        y = workspace.take("numba.y", g.y_shape, g.dtype)
         fused_args = (*depthwise.geometry_args(g), y[:, :, :, None, :])  # (N, OH, OW, 1, C)
         kernel = depthwise.forward3x3_for(g.out_w, g.sw)
         _launch(kernel, g.flops // 2, ctx.x, ctx.wt, bias[None], *fused_args)
         return y, ctx
     if depthwise.rows_apply(g):
         block = depthwise.block_pixels(g.c_in)
-        y = np.empty(g.y_shape, dtype=g.dtype)
+        y = workspace.take("numba.y", g.y_shape, g.dtype)
         w_tiled = depthwise.tiled_weights(ctx.wt, block)
         rows_args = (g.sh, g.ph, g.pw, g.dil_h, g.dil_w, y)
         bias_tiled = np.tile(bias, block)
@@ -514,7 +514,7 @@ def _depthwise_backward(
     dw_parts = np.zeros((n_parts,) + ctx.wt.shape, dtype=g.dtype)
     db_parts = np.zeros((n_parts,) + ctx.wt.shape[2:], dtype=g.dtype)
     dw_args = (*depthwise.geometry_args(g), dw_parts, db_parts)
-    dx = np.empty(g.x_shape, dtype=g.dtype)  # not filled (nor returned) without need_dx
+    dx = workspace.take("numba.dx", g.x_shape, g.dtype)  # not filled (nor returned) without need_dx
     fused = need_dx and depthwise.fused3x3_applies(g) and (g.sh, g.sw) == (1, 1)
     if fused:  # dW and dX in one parallel region (depthwise.backward3x3_kernel)
         w_turned = np.ascontiguousarray(ctx.wt[::-1, ::-1])
@@ -636,7 +636,7 @@ def _plane_backward(
     dw_parts = np.zeros((n_parts, len(offsets), g.c_out), dtype=g.dtype)
     db_parts = np.zeros((n_parts, g.c_out), dtype=g.dtype)
     # without dX the kernel still takes an array of dx's type, an empty one it never touches
-    dx = np.empty(g.x_shape if need_dx else (0,) + g.x_shape[1:], dtype=g.dtype)
+    dx = workspace.take("numba.dx", g.x_shape if need_dx else (0,) + g.x_shape[1:], g.dtype)
     _launch(
         numba_conv.backward_kernel,
         g.flops // 2 * (2 if need_dx else 1),
@@ -672,8 +672,9 @@ def maxpool2d_forward(
     """x: (N, H, W, C) -> y: (N, OH, OW, C). Ties go to the first maximum in row-major order;
     padding never wins a window."""
     g = pool_geometry(x, size, stride, padding, ceil_mode)
-    y = np.empty(g.y_shape, dtype=g.dtype)
-    argmax = np.empty(g.y_shape, dtype=argmax_dtype(g.kh, g.kw))  # flat index i*KW + j
+    y = workspace.take("numba.pool_y", g.y_shape, g.dtype)
+    # flat index i*KW + j; the ctx holds it until the backward
+    argmax = workspace.take("numba.argmax", g.y_shape, argmax_dtype(g.kh, g.kw))
     x = np.ascontiguousarray(x)
     if not g.plain:
         args = (g.kh, g.kw, g.sh, g.sw, g.pad_top, g.pad_left, y, argmax)
@@ -772,7 +773,7 @@ def maxpool2d_backward(dy: np.ndarray, ctx: MaxPoolCtx) -> np.ndarray:
         _launch(_maxpool_backward_padded, dx.size, dy, argmax, *args)
         return dx
     if (g.sh, g.sw) == (g.kh, g.kw) and (height, width) == (g.out_h * g.kh, g.out_w * g.kw):
-        dx = np.empty(g.x_shape, dtype=g.dtype)
+        dx = workspace.take("numba.pool_dx", g.x_shape, g.dtype)
         if (g.kh, g.kw) == (2, 2):
             _launch(_maxpool2x2_backward_tiled, dx.size, dy, argmax, dx)
         else:

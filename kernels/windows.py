@@ -21,9 +21,16 @@ def offset_view(a: np.ndarray, i: int, j: int, sh: int, sw: int, out_h: int, out
 
 
 def col2im(
-    dcols: np.ndarray, padded_shape: tuple[int, ...], sh: int, sw: int, dh: int = 1, dw: int = 1
+    dcols: np.ndarray,
+    padded_shape: tuple[int, ...],
+    sh: int,
+    sw: int,
+    dh: int = 1,
+    dw: int = 1,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """dcols: (N, OH, OW, KH, KW, C) -> dx_padded: padded_shape, summing overlapping windows.
+    """dcols: (N, OH, OW, KH, KW, C) -> dx_padded: padded_shape, summing overlapping windows
+    (into `out`, zeroed first, when given).
 
     Tap (i, j) of window (oh, ow) is element (oh*sh + i*dh, ow*sw + j*dw): (dh, dw) is the
     convolution's dilation.
@@ -32,7 +39,11 @@ def col2im(
     positions touch the same input element, so there is no need for a slow np.add.at.
     """
     _, out_h, out_w, kh, kw, _ = dcols.shape
-    dx_padded = np.zeros(padded_shape, dtype=dcols.dtype)
+    if out is None:
+        dx_padded = np.zeros(padded_shape, dtype=dcols.dtype)
+    else:
+        dx_padded = out
+        dx_padded.fill(0)
     for i in range(kh):
         for j in range(kw):
             dx_view = offset_view(dx_padded, i * dh, j * dw, sh, sw, out_h, out_w)

@@ -72,7 +72,7 @@ from typing import Any
 import numpy as np
 from numba import njit, prange
 
-from . import gemm, jitcache, numba_tiles, threads, winograd_tiles
+from . import gemm, jitcache, numba_tiles, threads, winograd_tiles, workspace
 from .contract import ConvCtx, check_ctx
 from .geometry import ConvGeometry, check_grad, conv_geometry, flipped_kernel
 
@@ -400,7 +400,7 @@ def _fused_forward(g: ConvGeometry, x, w, b) -> tuple[np.ndarray, FusedWinogradC
     x = np.ascontiguousarray(x)
     u = _filter_transform(gm, w)
     bias = np.zeros(g.c_out, dtype=g.dtype) if b is None else np.ascontiguousarray(b)
-    y = np.empty(g.y_shape, dtype=g.dtype)
+    y = workspace.take("winograd.y", g.y_shape, g.dtype)
     numba_tiles.run_blocks(
         winograd_tiles.forward, _fused_parts(g), (x, y), winograd_tiles.pack(u), bias, g.ph, g.pw
     )
@@ -430,7 +430,7 @@ def _fused_backward(dy, ctx: FusedWinogradCtx, need_dx: bool):
     # dX: the full correlation of dy with the kernel flipped in both axes, C_in and C_out
     # swapped: a 3x3 stride-1 convolution padded by 2 - padding
     u_flipped = _filter_transform(gm, np.ascontiguousarray(flipped_kernel(ctx.w)))
-    dx = np.empty(g.x_shape, dtype=g.dtype)
+    dx = workspace.take("winograd.dx", g.x_shape, g.dtype)
     no_bias = np.zeros(g.c_in, dtype=g.dtype)
     packed = winograd_tiles.pack(u_flipped)  # dX's "output" is x: C_in channels from C_out
     numba_tiles.run_blocks(
@@ -470,7 +470,7 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
     u = _filter_transform(gm, w, _scratch("u", (alpha * alpha, g.c_in, g.c_out), g.dtype))
     mm = gemm.batched_matmul(v, u, _scratch("m", (alpha * alpha, n_tiles, g.c_out), g.dtype))
     bias = np.zeros(g.c_out, dtype=g.dtype) if b is None else np.ascontiguousarray(b)
-    y = np.empty(g.y_shape, dtype=g.dtype)
+    y = workspace.take("winograd.y", g.y_shape, g.dtype)
     _output_transform(mm, at, m, tiles_h, tiles_w, bias, y)
     # U is not kept: the backward recomputes it from w into scratch, cheaper than a fresh
     # (a*a, C_in, C_out) array per call (see _scratch)
@@ -522,7 +522,8 @@ def conv2d_backward(dy, ctx: WinogradConvCtx | FusedWinogradCtx, need_dx=True):
     dv = _scratch("dv", v.shape, g.dtype)
     gemm.batched_pair((v.transpose(0, 2, 1), dmm, du), (dmm, u.transpose(0, 2, 1), dv))
     dw = _filter_transform_adjoint(gm, du)
-    dx = np.zeros(g.x_shape, dtype=g.dtype)
+    dx = workspace.take("winograd.dx", g.x_shape, g.dtype)
+    dx.fill(0)
     _input_transform_adjoint(dv, np.ascontiguousarray(bt.T), g.ph, g.pw, m, tiles_h, tiles_w, dx)
     return dx, dw, db
 

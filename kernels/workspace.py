@@ -1,12 +1,14 @@
-"""Scratch arrays reused from call to call, per shape, so a steady-state call allocates none.
+"""Arrays reused from call to call, per shape, so a steady-state call allocates none.
 
-A backend's large internal arrays (im2col's column matrix and its gradient, the zero-padded
-input, the per-thread partial sums of a split reduction) have the same shapes on every call of
-a layer. Allocated afresh, a multi-megabyte array is mapped by glibc on allocation and returned
-to the kernel on free unless the process tunes malloc (kernels.memory.keep_freed_memory, which
-bench.conv's worker processes do not call), and every page then faults and is zeroed again on
-its first touch. Taken from here, the memory stays in the process without any process-wide
-malloc setting:
+A backend's large arrays (im2col's column matrix and its gradient, the zero-padded input, the
+per-thread partial sums of a split reduction, and the y and dx it returns) have the same shapes
+on every call of a layer. Allocated afresh, a multi-megabyte array is mapped by glibc on
+allocation and returned to the kernel on free unless the process tunes malloc
+(kernels.memory.keep_freed_memory, which bench.conv's worker processes do not call), and every
+page then faults and is zeroed again on its first touch (the faults cost several times the
+arithmetic of a forward + backward of ResNet-50's 1x1 res2a_branch2a: `python -m bench.conv
+--set resnet50 --layers res2a_branch2a`). Taken from here, the memory stays in the process without any
+process-wide malloc setting:
 
     cols = workspace.take("im2col.cols", (rows, width), np.float32)
 
@@ -17,8 +19,8 @@ mapping), so
 the workspace's weak reference to it dies exactly when the caller and every view of it are gone.
 A ctx may therefore keep a taken array for the backward: the next forward of the same shape (a
 second layer of that shape in the network) finds the buffer still held and takes another one.
-Arrays the caller gets back as results (y, dx, dw) are never taken from here: a taken buffer
-serves again as soon as nobody holds it, and a result must stay the caller's own.
+The same rule makes a result (y, dx) taken from here the caller's own: no later call writes
+into it while the caller, or any view of it, still holds it.
 
 Bounds: at most MAX_SHAPES keys (least recently used evicted first) holding at most
 MAX_PER_SHAPE buffers each, and at most LIMIT_BYTES in all (`set_limit` changes it; 0 turns the
@@ -39,12 +41,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# a network's distinct conv shapes (ResNet-50 has about twenty); LIMIT_BYTES bounds the memory
-MAX_SHAPES = 32
+# a network's distinct conv shapes (ResNet-50 has about twenty) times the roles of a layer's
+# arrays (columns, padded input, y, dx); LIMIT_BYTES bounds the memory
+MAX_SHAPES = 128
 MAX_PER_SHAPE = 4
 # retained bytes in all: a few of ResNet-50's largest column matrices at batch 8 (3x3 over
 # 56x56x64, `bench.conv --set resnet50 --layers res2a_branch2b`)
 LIMIT_BYTES = 512 << 20
+# numpy's threshold for advising huge pages on an array (its hugepage madvise)
+HUGE_PAGE_BYTES = 4 << 20
 
 _lock = threading.Lock()
 _pool: OrderedDict[tuple, list[_Slot]] = OrderedDict()
@@ -66,7 +71,13 @@ def _pooled_bytes() -> int:
 
 
 def _new_slot(nbytes: int) -> _Slot:
-    return _Slot(mmap.mmap(-1, nbytes), nbytes)
+    memory = mmap.mmap(-1, nbytes)
+    if nbytes >= HUGE_PAGE_BYTES and hasattr(mmap, "MADV_HUGEPAGE"):
+        # as numpy advises its own large arrays: transparent huge pages where the system
+        # gives them on request, so streaming a multi-megabyte y or dx does not miss the TLB
+        # every 4 KiB
+        memory.madvise(mmap.MADV_HUGEPAGE)
+    return _Slot(memory, nbytes)
 
 
 def take(name: str, shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:

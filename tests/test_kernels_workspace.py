@@ -1,5 +1,6 @@
-"""kernels/workspace.py (per-shape scratch buffers) and im2col's use of it: results never alias
-a workspace buffer or an earlier call's results, and a ctx keeps its columns from the next call."""
+"""kernels/workspace.py (per-shape buffers) and the backends' use of it: results never alias a
+workspace buffer the caller does not hold or an earlier call's results still held, and a ctx
+keeps its columns from the next call."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from kernels import im2col, naive, workspace
+from kernels import get_backend, im2col, naive, workspace
 
 DTYPES = [np.float64, np.float32]
 
@@ -146,3 +147,55 @@ def test_steady_state_calls_take_no_new_memory():
     for seed in range(3):
         _call(x, w, b, kw, seed)
     assert workspace.pooled_bytes() == pooled
+
+
+# numba's and winograd's paths whose y and dx come from the workspace: the register tiles (dX
+# by the forward's kernel at stride 1, by phases at stride 2), depthwise, the plane kernels (one
+# input channel), winograd's fused F(2x2) (under 64 input channels) and batched F(4x4)
+BACKEND_CASES = [
+    ("numba", ((2, 9, 9, 16), (3, 3, 16), 1, 1, 1)),
+    ("numba", ((2, 16, 16, 16), (3, 3, 16), 2, 1, 1)),
+    ("numba", ((2, 8, 8, 8), (3, 3, 8), 1, 1, 8)),
+    ("numba", ((2, 8, 8, 1), (3, 3, 4), 1, 1, 1)),
+    ("winograd", ((2, 8, 8, 16), (3, 3, 16), 1, 1, 1)),
+    ("winograd", ((2, 8, 8, 64), (3, 3, 16), 1, 1, 1)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
+@pytest.mark.parametrize("name, case", BACKEND_CASES)
+def test_results_taken_from_the_workspace_stay_the_callers(name, case, dtype):
+    """A later call of the same shape never writes into y, dx, dw or db the caller still holds,
+    and each call's results are right (against naive's)."""
+    be = get_backend(name)
+    calls = []
+    for seed in (0, 2):
+        x, w, b, kw = _problem(case, dtype, seed)
+        y, ctx = be.conv2d_forward(x, w, b, **kw)
+        dy = np.random.default_rng(seed + 1).standard_normal(y.shape).astype(dtype)
+        got = (y, *be.conv2d_backward(dy, ctx))
+        y_ref, ref_ctx = naive.conv2d_forward(x, w, b, **kw)
+        calls.append((got, [a.copy() for a in got], (y_ref, *naive.conv2d_backward(dy, ref_ctx))))
+    rtol = 1e-4 if dtype == np.float32 else 1e-10
+    (first, kept, _), (second, _, _) = calls
+    for a, before in zip(first, kept):
+        np.testing.assert_array_equal(a, before)  # the second call wrote nothing into it
+        assert all(not np.shares_memory(a, c) for c in second)
+    for got, _, want in calls:
+        for g_, w_ in zip(got, want):
+            np.testing.assert_allclose(g_, w_, rtol=rtol, atol=rtol * 10)
+
+
+def test_pool_results_stay_the_callers():
+    be = get_backend("numba")
+    rng = np.random.default_rng(0)
+    x1, x2 = rng.standard_normal((2, 2, 8, 8, 4)).astype(np.float32)
+    y1, ctx1 = be.maxpool2d_forward(x1)
+    dx1 = be.maxpool2d_backward(np.ones_like(y1), ctx1)
+    kept = y1.copy(), dx1.copy()
+    y2, ctx2 = be.maxpool2d_forward(x2)
+    dx2 = be.maxpool2d_backward(2 * np.ones_like(y2), ctx2)
+    np.testing.assert_array_equal(y1, kept[0])
+    np.testing.assert_array_equal(dx1, kept[1])
+    assert not np.shares_memory(y1, y2) and not np.shares_memory(dx1, dx2)
+    np.testing.assert_array_equal(y2, naive.maxpool2d_forward(x2)[0])
