@@ -89,6 +89,13 @@ WIDE_LANES = 2 * LANES if VECTOR_REGISTERS >= 32 else LANES
 DW_TILE = 12 if VECTOR_REGISTERS >= 32 else 6
 DW_VALUES = DW_TILE * LANES
 L2_BYTES = isa.l2_bytes()  # a compile-time constant of the kernels that block for it
+# dw_tiles' band for a 1x1 kernel whose output row fits it: about an L1 data cache (32-48 KiB
+# on AVX2 and AVX-512 cores). Its pixels share no input, so every tile reads each pixel's input
+# line afresh, and from L2 a band of the L2 budget runs at a third of the speed on ResNet-50's
+# 56x56 64 -> 256 layer's dW (`bench.conv --set resnet50 --layers res2a_branch2c`,
+# backward-weights). With rows wider than it (hundreds of input channels: `--layers
+# res4b_branch2a`) the L2 band stays faster.
+POINTWISE_BAND_BYTES = 32 << 10
 
 # The tiled backward (dW, dX) takes a geometry with at least this many input channels; below it
 # the plane kernels of kernels/numba_conv.py are faster there (the `small_conv` and `deep_conv1`
@@ -377,7 +384,7 @@ def dw_tiles(x, dy, dw, db, sh, sw, ph, pw):
     padded = _padded_rows(x, ph, pw)
     size = x.itemsize
     strides = (sh * padded.shape[1] * size, sw * c_in * size, size)
-    band = dw_band_rows(padded.shape[1] * size, sh, out_w * LANES * size)
+    band = dw_band_rows(padded.shape[1] * size, sh, out_w * LANES * size, kh_all * run == c_in)
     for ni in range(n):
         rows = sample_rows(x[ni], padded, ph, pw)
         for oh in range(out_h):
@@ -390,10 +397,15 @@ def dw_tiles(x, dy, dw, db, sh, sw, ph, pw):
 
 
 @njit(inline="always", **JIT_OPTIONS)
-def dw_band_rows(row_bytes, sh, dy_row_bytes):
+def dw_band_rows(row_bytes, sh, dy_row_bytes, pointwise):
     """Output rows per band of dw_tiles: as many as keep the band's input rows (sh per output
-    row, row_bytes each) and its dy columns of one channel block in half of a core's L2."""
-    return max(1, (L2_BYTES // 2) // (sh * row_bytes + dy_row_bytes))
+    row, row_bytes each) and its dy columns of one channel block in half of a core's L2, or
+    for a 1x1 kernel (pointwise) whose output row fits it, in POINTWISE_BAND_BYTES."""
+    per_row = sh * row_bytes + dy_row_bytes
+    budget = (
+        POINTWISE_BAND_BYTES if pointwise and per_row <= POINTWISE_BAND_BYTES else L2_BYTES // 2
+    )
+    return max(1, budget // per_row)
 
 
 @njit(inline="always", **JIT_OPTIONS)

@@ -13,13 +13,33 @@ def test_dw_over_several_bands_matches_einsum():
     width = numba_tiles.L2_BYTES // (c * 8)
     x = np.random.default_rng(0).standard_normal((1, 5, width, c))
     w = np.random.default_rng(1).standard_normal((3, 3, c, 16))
-    assert numba_tiles.dw_band_rows((width + 2) * c * 8, 1, width * 16 * 8) < 5
+    assert numba_tiles.dw_band_rows((width + 2) * c * 8, 1, width * 16 * 8, False) < 5
     y, ctx = numba_jit.conv2d_forward(x, w, None, 1, 1)
     dy = np.random.default_rng(2).standard_normal(y.shape)
     _, dw, _ = numba_jit.conv2d_backward(dy, ctx, need_dx=False)
     _, ctx_ref = einsum.conv2d_forward(x, w, None, 1, 1)
     _, dw_ref, _ = einsum.conv2d_backward(dy, ctx_ref, need_dx=False)
     np.testing.assert_allclose(dw, dw_ref, rtol=1e-10, atol=1e-10 * np.abs(dw_ref).max())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_a_1x1_layers_dw_over_bands_of_the_l1_budget_matches_einsum(dtype, stride):
+    # a 1x1 kernel's band is POINTWISE_BAND_BYTES: these rows are split into many bands
+    c, width = 24, 40
+    assert numba_tiles.dw_band_rows(width * c * 8, stride, width * 16 * 8, True) < 12
+    rng = np.random.default_rng(stride)
+    x = rng.standard_normal((3, 24, width, c)).astype(dtype)
+    w = rng.standard_normal((1, 1, c, 40)).astype(dtype)
+    y, ctx = numba_jit.conv2d_forward(x, w, None, stride, 0)
+    assert numba_tiles.backward_applies(ctx.geometry)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx, dw, _ = numba_jit.conv2d_backward(dy, ctx)
+    _, ctx_ref = einsum.conv2d_forward(x, w, None, stride, 0)
+    dx_ref, dw_ref, _ = einsum.conv2d_backward(dy, ctx_ref)
+    rtol = 1e-4 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(dw, dw_ref, rtol=rtol, atol=rtol * np.abs(dw_ref).max())
+    np.testing.assert_allclose(dx, dx_ref, rtol=rtol, atol=rtol * np.abs(dx_ref).max())
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
