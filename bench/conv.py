@@ -20,8 +20,10 @@ tolerance of the algorithm that ran; a wrong answer fails the run (exit status 1
 Process isolation: every implementation runs in a process of its own (and the matmul peak in
 another): OpenBLAS's and OpenMP's idle workers spin after a call, which would slow whatever ran
 next in the same process. The processes take turns: per problem, each round takes one sample of
-every implementation, in alternating order, so a busy moment of the shared machine (or a peer's
-spinning workers) falls on all of them alike; the median over --repeat rounds is reported.
+every implementation, in alternating order, so a busy moment of the shared machine falls on
+all of them alike; the median over --repeat rounds is reported. Each sample starts with a
+fraction of a second of untimed calls (WARM_SECONDS), so it times the passes on busy cores and
+after the previous sample's spinning workers have gone idle.
 """
 
 from __future__ import annotations
@@ -50,6 +52,14 @@ MIN_SAMPLE, MAX_NUMBER = 0.02, 1000
 _worker: dict = {}  # worker_setup's prepared problem, inside an implementation's process
 
 DEFAULT_BACKENDS = ("im2col", "numba", "winograd")
+# Each sample starts with this long of untimed forward + backward calls of its own pass. Cores
+# that idled (the other implementations' samples run in between) run a short pass several times
+# slower for the first tens of milliseconds: the numba backend's fwd_bwd on `bench.conv --set
+# mobilenetv2 --layers block0/project` reached its steady time only after about 0.1 s of work.
+# The same time lets the previous sample's process go idle: OpenBLAS's workers keep spinning
+# for about 2**28 cycles after a call, and an implementation sampled right after im2col in
+# another process would run with one core.
+WARM_SECONDS = 0.15
 PEER_LABELS = {"torch": "PyTorch", "tensorflow": "TensorFlow"}
 
 
@@ -112,8 +122,12 @@ def worker_setup(
 
 def worker_sample() -> dict[str, float]:
     """In the implementation's own process: one sample of each pass of the problem prepared by
-    worker_setup(), in seconds per call."""
+    worker_setup(), in seconds per call, after WARM_SECONDS of untimed forward + backward
+    calls (a sample measures the passes on busy cores, as a training loop runs them)."""
     ops, numbers = _worker["ops"], _worker["numbers"]
+    warm_until = time.perf_counter() + WARM_SECONDS
+    while time.perf_counter() < warm_until:
+        ops.passes["fwd_bwd"]()
     seconds = {}
     for name in PASSES:
         fn, number = ops.passes[name], numbers[name]
