@@ -19,7 +19,8 @@ tolerance of the algorithm that ran; a wrong answer fails the run (exit status 1
 
 Process isolation: every implementation runs in a process of its own (and the matmul peak in
 another): OpenBLAS's and OpenMP's idle workers spin after a call, which would slow whatever ran
-next in the same process. The processes take turns: per problem, each round takes one sample of
+next in the same process. Our backends run with numpy's BLAS on one thread, as model.train
+runs them (they split their GEMMs over the cores themselves); the peers at their best. The processes take turns: per problem, each round takes one sample of
 every implementation, in alternating order, so a busy moment of the shared machine falls on
 all of them alike; the median over --repeat rounds is reported. Each sample starts with a
 fraction of a second of untimed calls (WARM_SECONDS), so it times the passes on busy cores and
@@ -74,6 +75,19 @@ def _warm_up(name: str, dtype) -> None:
         be.warmup(dtypes=[dtype], ops=["conv2d"])
 
 
+def _hold_blas_as_training_does() -> None:
+    """For the rest of this worker process, numpy's BLAS on model.train's thread count (one):
+    our backends split their GEMMs over the cores themselves (kernels/gemm.py). With BLAS's own
+    threads, its workers spin on both cores for about 2**28 cycles after each call, and auto's
+    tuning timed numba and winograd right after im2col at about half their speed (auto chose
+    einsum for `--set resnet50 --layers res4a_branch2b`, where winograd alone was 1.7x faster)."""
+    from threadpoolctl import threadpool_limits
+
+    from model.training import TRAIN_BLAS_THREADS
+
+    _worker["blas_limit"] = threadpool_limits(limits=TRAIN_BLAS_THREADS, user_api="blas")
+
+
 def worker_setup(
     impl: str, descriptor: str, dtype_name: str = "float32", reference_dir: str | None = None
 ) -> dict:
@@ -82,6 +96,7 @@ def worker_setup(
     the passes for worker_sample(). Returns the problem's row, without timings."""
     dtype = np.dtype(dtype_name)
     if impl not in PEERS and not _worker.get("warm"):
+        _hold_blas_as_training_does()
         _warm_up(impl, dtype)
         _worker["warm"] = True
     _worker.pop("ops", None)  # the previous problem's arrays go before this one's are made
