@@ -25,6 +25,7 @@ import concurrent.futures
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -62,10 +63,26 @@ def _blas_threads() -> int:
     """numpy's BLAS thread count now (threadpoolctl asks the library: microseconds, not a scan)."""
     global _blas
     if _blas is None:
-        from threadpoolctl import ThreadpoolController
-
-        _blas = ThreadpoolController().select(user_api="blas")
+        _blas = _numpy_blas()
     return max((lib.num_threads for lib in _blas.lib_controllers), default=1)
+
+
+def _numpy_blas() -> Any:
+    """threadpoolctl's controller of the BLAS numpy calls: only numpy's own library where it
+    can be told apart. scipy loads a second OpenBLAS of its own (scipy.libs) with its own thread
+    count, which numpy's products never use; counted in, a process whose numpy BLAS was held to
+    one thread (as model.train holds it) read as two, and product() then ran one-threaded BLAS
+    calls instead of splitting them."""
+    from threadpoolctl import ThreadpoolController
+
+    blas = ThreadpoolController().select(user_api="blas")
+    numpy_dirs = {Path(np.__file__).parent, Path(np.__file__).parent.with_name("numpy.libs")}
+    own = [
+        lib.filepath
+        for lib in blas.lib_controllers
+        if numpy_dirs & set(Path(lib.filepath or "").parents)
+    ]
+    return blas.select(filepath=own) if own else blas
 
 
 def run_pieces(kernel: Callable[..., Any], pieces: list[tuple[Any, ...]]) -> None:

@@ -116,3 +116,30 @@ def test_batched_pair_computes_both_stacks(n_threads):
         numba.set_num_threads(threads)
     np.testing.assert_allclose(du, np.matmul(v.transpose(0, 2, 1), dm), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(dv, np.matmul(dm, u.transpose(0, 2, 1)), rtol=1e-4, atol=1e-4)
+
+
+def test_the_blas_thread_count_is_numpys_own(monkeypatch):
+    """scipy ships an OpenBLAS of its own; holding numpy's to one thread (as model.train does)
+    must read as one, or product() would run one-threaded BLAS calls instead of splitting."""
+    import scipy.linalg  # noqa: F401  (loads scipy's BLAS where it has its own)
+    from threadpoolctl import ThreadpoolController
+
+    monkeypatch.setattr(gemm, "_blas", None)  # found again, with scipy's library loaded
+
+    every = ThreadpoolController().select(user_api="blas")
+    numpy_blas = gemm._numpy_blas()
+    if len(numpy_blas.lib_controllers) == len(every.lib_controllers):
+        pytest.skip("numpy and scipy share one BLAS library here")
+    with (
+        numpy_blas.limit(limits=1),
+        every.select(
+            filepath=[
+                lib.filepath
+                for lib in every.lib_controllers
+                if lib.filepath not in {n.filepath for n in numpy_blas.lib_controllers}
+            ]
+        ).limit(limits=2),
+    ):
+        assert gemm._blas_threads() == 1
+        a = np.ones((256, 64), np.float32)
+        np.testing.assert_array_equal(gemm.product(a, a.T), a @ a.T)
