@@ -2,7 +2,8 @@
 a shared machine does not decide the choice.
 
     time_candidates(runs, key)          each run's best of TIMING_REPEATS, taken in interleaved
-                                        rounds (A B C, A B C, ...)
+                                        rounds (A B C, A B C, ...); one HOPELESS after the
+                                        first round is not timed again
     settle_close_call(runs, s, key)     the best two timed again when within CLOSE_CALL
     settled_times(runs, key)            both
     fastest(runs, key)                  and the winner: {"backend", "seconds"}
@@ -28,6 +29,12 @@ TIMING_REPEATS = 5
 # swapped places between auto's timing and the layer timing of one run).
 CLOSE_CALL = 1.15
 CLOSE_CALL_ROUNDS = 3
+# A candidate slower than HOPELESS times the best in the first round is not timed in the
+# others: it cannot win, and on a large batch its calls are what tuning costs (the MobileNet-
+# style spec of docs/training.md: its test evaluation at batch 1000 timed im2col and einsum on
+# every grouped layer five times over, most of the run's time). Far above the round-to-round
+# noise, which stays within 2-3x even on cores that have just woken.
+HOPELESS = 4.0
 
 
 def time_candidates(runs: Runs, key: str) -> dict[str, float | None]:
@@ -48,14 +55,17 @@ def time_candidates(runs: Runs, key: str) -> dict[str, float | None]:
         except Exception as exc:  # a candidate that cannot run this shape is not a choice
             seconds[name] = None
             warnings.warn(f"autotune: {name} failed on {key}: {exc}", RuntimeWarning, 3)
-    for _ in range(TIMING_REPEATS):
-        for name, run in runs.items():
-            best = seconds[name]
-            if best is not None:
-                run()
-                start = time.perf_counter()
-                run()
-                seconds[name] = min(best, time.perf_counter() - start)
+    timed = [name for name, s in seconds.items() if s is not None]
+    for round_ in range(TIMING_REPEATS):
+        for name in timed:
+            run = runs[name]
+            run()
+            start = time.perf_counter()
+            run()
+            seconds[name] = min(seconds[name] or np.inf, time.perf_counter() - start)
+        if round_ == 0 and timed:
+            best = min(seconds[name] or np.inf for name in timed)
+            timed = [name for name in timed if (seconds[name] or np.inf) <= HOPELESS * best]
     return seconds
 
 

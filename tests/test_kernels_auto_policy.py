@@ -66,3 +66,34 @@ def test_fastest_with_no_runnable_candidate_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(policy, "time_candidates", lambda runs, key: dict.fromkeys(runs))
     with pytest.raises(RuntimeError, match="autotune: no backend could run k"):
         policy.fastest({"a": None, "b": None}, "k")
+
+
+def test_a_hopeless_candidate_is_not_timed_after_the_first_round(monkeypatch):
+    """A candidate more than HOPELESS times slower than the best in the first round keeps that
+    time and is not called again; the others run every round."""
+    import types
+
+    clock = [0.0]
+    monkeypatch.setattr(policy, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    order = []
+
+    def make(name, cost):
+        def run():
+            order.append(name)
+            clock[0] += cost
+
+        return run
+
+    slow_cost = 1.5 * policy.HOPELESS
+    near_cost = 0.9 * policy.HOPELESS
+    seconds = policy.time_candidates(
+        {
+            "fast": make("fast", 1.0),
+            "slow": make("slow", slow_cost),
+            "near": make("near", near_cost),
+        },
+        "k",
+    )
+    assert order.count("slow") == 3  # the warm-up call, then one untimed and one timed
+    assert order.count("fast") == order.count("near") == 1 + 2 * policy.TIMING_REPEATS
+    assert seconds == pytest.approx({"fast": 1.0, "slow": slow_cost, "near": near_cost})
