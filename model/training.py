@@ -35,6 +35,8 @@ from .optim import STEP_EPOCHS, STEP_FACTOR, WARMUP_STEPS, lr_at, warmup_factor
 # epoch on a 2-core machine (the benchmark's training epoch, `python -m bench.compare`, runs the
 # NumPy backends with this setting too).
 TRAIN_BLAS_THREADS = 1
+# Network.evaluate()'s batch for the test set after each epoch (but see _evaluation_batch)
+EVALUATION_BATCH = 1000
 HISTORY_KEYS = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds")
 DEFAULT_MAX_SHIFT, DEFAULT_MAX_DEGREES = 2, 10.0  # augmentation: pixels, degrees
 DEFAULT_PATIENCE = 5  # early stopping: epochs without a lower test loss
@@ -175,7 +177,9 @@ def fit(
             seconds = time.perf_counter() - start
             optimizer.lr = epoch_lr
             test_loss, test_acc = (
-                net.evaluate(x_test, y_test) if x_test is not None else (None, None)
+                net.evaluate(x_test, y_test, _evaluation_batch(net, batch_size))
+                if x_test is not None
+                else (None, None)
             )
             for key, value in zip(
                 HISTORY_KEYS,
@@ -217,6 +221,16 @@ def _best_so_far(history):
         return math.inf, 0
     best = int(np.argmin(losses))
     return losses[best], len(losses) - 1 - best
+
+
+def _evaluation_batch(net, batch_size: int) -> int:
+    """The test set's batch size: the training batch where a layer runs on auto, so that the
+    evaluation reuses the shapes auto timed for training (at evaluate()'s default of 1000, auto
+    timed every layer's candidates again at that batch, most of a first run's time on the
+    MobileNet-style spec of docs/training.md); evaluate()'s default otherwise."""
+    if any(getattr(layer, "backend_name", None) == "auto" for layer in net.layers):
+        return batch_size
+    return EVALUATION_BATCH
 
 
 def _train_epoch(

@@ -591,3 +591,17 @@ def test_cli_auto_backend_reports_and_records_its_choices(
     assert any(key.startswith("conv2d") for key in recorded)
     assert all(r["source"] == source for r in recorded.values())
     auto.configure(mode="off")
+
+
+def test_the_test_set_is_evaluated_at_the_training_batch_where_a_layer_runs_on_auto():
+    """auto has timed the training batch's shapes: evaluating at that batch reuses them rather
+    than timing every layer again at evaluate()'s default batch."""
+    from types import SimpleNamespace
+
+    from model import training
+
+    def net(*backends):
+        return SimpleNamespace(layers=[SimpleNamespace(backend_name=b) for b in backends])
+
+    assert training._evaluation_batch(net("numba", None, "auto"), 64) == 64
+    assert training._evaluation_batch(net("numba", None), 64) == training.EVALUATION_BATCH
