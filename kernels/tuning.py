@@ -284,11 +284,24 @@ _SHOWN = {"n", "height", "width", "c_in", "c", "kh", "kw", "c_out", "sh", "sw", 
 
 
 def _key(op: str, g: Any, options: dict[str, Any]) -> str:
-    if not options:  # every call of a layer asks again: built once per geometry
+    # every call of a layer asks again: built once per geometry and options (a depthwise
+    # layer's groups= option made the key a per-call cost: MobileNetV2's 7x7 depthwise layers
+    # ran measurably slower on auto than on the numba backend it chose)
+    if not options:
         return _plain_key(op, g)
+    try:
+        return _optioned_key(op, g, tuple(sorted(options.items())))
+    except TypeError:  # an unhashable option value (a list): built afresh
+        return _build_optioned_key(op, g, tuple(sorted(options.items())))
+
+
+def _build_optioned_key(op: str, g: Any, options: tuple) -> str:
     names = [f.name for f in dataclasses.fields(g)]
-    rest = [f"{name}={value}" for name, value in sorted(options.items()) if name not in names]
+    rest = [f"{name}={value}" for name, value in options if name not in names]
     return " ".join([_plain_key(op, g), *rest])
+
+
+_optioned_key = functools.lru_cache(maxsize=4096)(_build_optioned_key)
 
 
 @functools.lru_cache(maxsize=4096)
