@@ -72,7 +72,7 @@ from typing import Any
 import numpy as np
 from numba import njit, prange
 
-from . import gemm, jitcache, numba_tiles, threads, winograd_tiles, workspace
+from . import gemm, isa, jitcache, numba_tiles, threads, winograd_tiles, workspace
 from .contract import ConvCtx, check_ctx
 from .geometry import ConvGeometry, check_grad, conv_geometry, flipped_kernel
 
@@ -123,16 +123,39 @@ def native(g: ConvGeometry) -> bool:
     return g.plain and (g.kh, g.kw, g.sh, g.sw) == (3, 3, 1, 1)
 
 
+# The fused F(2x2) path (winograd_tiles) runs where it applies on machines without AVX-512
+# only. With AVX-512, numba's register tiles run at the full vector width
+# (kernels/vector_width.py) and are the faster on the layers it takes (fewer than
+# winograd_tiles.MAX_C_IN input channels: the `mid` and `deep_conv2` benchmark cases, forward +
+# backward), while the fused path's own tiles, sized for AVX2, hold too few accumulators to
+# gain from zmm registers; those layers are declined to FALLBACK there.
+FUSED_ON_THIS_MACHINE = isa.vector_bits() < 512
+
+
+def _fused(g: ConvGeometry) -> bool:
+    """True when the fused F(2x2) path runs geometry g (a native one)."""
+    return FUSED_ON_THIS_MACHINE and winograd_tiles.applies(g)
+
+
 def declined(g: ConvGeometry) -> str:
-    """Why a 3x3 stride-1 convolution runs on FALLBACK instead ("" when Winograd runs it): the
+    """Why a 3x3 stride-1 convolution runs on FALLBACK instead ("" when Winograd runs it): a
+    layer the fused path would take, on an AVX-512 machine (FUSED_ON_THIS_MACHINE); or the
     batched path with fewer than winograd_tiles.MIN_CHANNELS channels in or out. Its GEMMs
     then have a K or N of a few channels and its transforms a vector or two per tile, and the
     direct tiles were 5-15x faster (forward + backward, one process, interleaved:
     `mb64ic1ih28oc16oh28kh3ph1` (small_conv), `mb8ic16ih28oc8oh28kh3ph1`,
     `mb2ic3ih224oc64oh224kh3ph1` (vgg16:conv1_1)); from 32 channels on (`mb8ic32ih28oc512oh28kh3ph1`)
     the batched path is the faster."""
-    few = min(g.c_in, g.c_out) < winograd_tiles.MIN_CHANNELS
-    if not native(g) or winograd_tiles.applies(g) or not few:
+    if not native(g):
+        return ""
+    if winograd_tiles.applies(g):
+        if FUSED_ON_THIS_MACHINE:
+            return ""
+        return (
+            f"declined: fewer than {winograd_tiles.MAX_C_IN} input channels with AVX-512, "
+            f"on {FALLBACK}"
+        )
+    if min(g.c_in, g.c_out) >= winograd_tiles.MIN_CHANNELS:
         return ""
     return f"declined: fewer than {winograd_tiles.MIN_CHANNELS} channels in or out, on {FALLBACK}"
 
@@ -450,14 +473,15 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
     -> y: (N, OH, OW, C_out) (kernels/contract.py states stride, padding, dilation, groups).
 
     Same dtype as x. Plain 3x3 stride-1 convolutions run as Winograd: fused F(2x2, 3x3) per
-    sample where winograd_tiles.applies (16 channels and more), else F(m x m, 3 x 3) over the
+    sample where winograd_tiles.applies (16 channels and more) and FUSED_ON_THIS_MACHINE, else
+    F(m x m, 3 x 3) over the
     batch (m from tile_size); others on the FALLBACK backend (native(g)).
     """
     g = conv_geometry(x, w, b, stride, padding, dilation, groups)
     if not native(g) or declined(g):
         y, inner = _fallback().conv2d_forward(x, w, b, stride, padding, dilation, groups)
         return y, WinogradConvCtx(g, declined(g) or _fallback_path(inner), inner=inner)
-    if winograd_tiles.applies(g):
+    if _fused(g):
         return _fused_forward(g, x, w, b)
     threads.launch()  # before the first parallel kernel (kernels/threads.py)
     m = tile_size(g)
@@ -488,7 +512,7 @@ def conv2d_backward_ctx(x, w, b=None, stride=1, padding=0, dilation=1, groups=1)
         if inner is None:
             return None
         return WinogradConvCtx(g, declined(g) or _fallback_path(inner), inner=inner)
-    if winograd_tiles.applies(g):
+    if _fused(g):
         return FusedWinogradCtx(g, FUSED_PATH, np.ascontiguousarray(x), np.ascontiguousarray(w))
     return None
 

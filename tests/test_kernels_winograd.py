@@ -34,6 +34,39 @@ def _assert_close(actual, expected, rtol, what, scale=None):
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale, err_msg=what)
 
 
+@pytest.fixture(autouse=True)
+def fused_everywhere(monkeypatch):
+    """The fused F(2x2) path on every machine, so that its tests run on AVX-512 machines too
+    (where winograd declines those layers to numba by default: FUSED_ON_THIS_MACHINE)."""
+    monkeypatch.setattr(winograd, "FUSED_ON_THIS_MACHINE", True)
+
+
+def test_without_the_fused_path_its_layers_are_declined_to_the_fallback(monkeypatch):
+    """As on an AVX-512 machine: a layer the fused path takes runs on FALLBACK, says so in
+    ctx.path, and matches naive; the batched path's layers (64+ input channels) still run it."""
+    monkeypatch.setattr(winograd, "FUSED_ON_THIS_MACHINE", False)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 8, 8, 16))
+    w = rng.standard_normal((3, 3, 16, 16))
+    g = geometry.conv_geometry(x, w, None, 1, 1)
+    assert winograd_tiles.applies(g) and winograd.declined(g).endswith(f"on {winograd.FALLBACK}")
+    y, ctx = winograd.conv2d_forward(x, w, None, 1, 1)
+    assert ctx.path == winograd.declined(g)
+    y_ref, ctx_ref = naive.conv2d_forward(x, w, None, 1, 1)
+    _assert_close(y, y_ref, F64_RTOL, "y")
+    dy = rng.standard_normal(y.shape)
+    for got, want, what in zip(
+        winograd.conv2d_backward(dy, ctx), naive.conv2d_backward(dy, ctx_ref), ("dx", "dw", "db")
+    ):
+        if want is not None:
+            _assert_close(got, want, F64_RTOL, what)
+    wide = np.ones((1, 8, 8, winograd_tiles.MAX_C_IN))
+    _, wide_ctx = winograd.conv2d_forward(
+        wide, np.ones((3, 3, winograd_tiles.MAX_C_IN, 16)), None, 1, 1
+    )
+    assert wide_ctx.path.startswith("winograd F(")
+
+
 @pytest.fixture
 def force_tile(monkeypatch):
     """force(m): the batched F(m x m) path on every 3x3 stride-1 shape (not the fused one)."""
