@@ -132,11 +132,6 @@ def native(g: ConvGeometry) -> bool:
 FUSED_ON_THIS_MACHINE = isa.vector_bits() < 512
 
 
-def _fused(g: ConvGeometry) -> bool:
-    """True when the fused F(2x2) path runs geometry g (a native one)."""
-    return FUSED_ON_THIS_MACHINE and winograd_tiles.applies(g)
-
-
 def declined(g: ConvGeometry) -> str:
     """Why a 3x3 stride-1 convolution runs on FALLBACK instead ("" when Winograd runs it): a
     layer the fused path would take, on an AVX-512 machine (FUSED_ON_THIS_MACHINE); or the
@@ -473,15 +468,15 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
     -> y: (N, OH, OW, C_out) (kernels/contract.py states stride, padding, dilation, groups).
 
     Same dtype as x. Plain 3x3 stride-1 convolutions run as Winograd: fused F(2x2, 3x3) per
-    sample where winograd_tiles.applies (16 channels and more) and FUSED_ON_THIS_MACHINE, else
-    F(m x m, 3 x 3) over the
-    batch (m from tile_size); others on the FALLBACK backend (native(g)).
+    sample where winograd_tiles.applies (16 channels and more) on a machine that runs it
+    (FUSED_ON_THIS_MACHINE), else F(m x m, 3 x 3) over the batch (m from tile_size); others,
+    and the layers declined(g) names, on the FALLBACK backend.
     """
     g = conv_geometry(x, w, b, stride, padding, dilation, groups)
     if not native(g) or declined(g):
         y, inner = _fallback().conv2d_forward(x, w, b, stride, padding, dilation, groups)
         return y, WinogradConvCtx(g, declined(g) or _fallback_path(inner), inner=inner)
-    if _fused(g):
+    if winograd_tiles.applies(g):  # not declined: this machine runs the fused path
         return _fused_forward(g, x, w, b)
     threads.launch()  # before the first parallel kernel (kernels/threads.py)
     m = tile_size(g)
@@ -512,7 +507,7 @@ def conv2d_backward_ctx(x, w, b=None, stride=1, padding=0, dilation=1, groups=1)
         if inner is None:
             return None
         return WinogradConvCtx(g, declined(g) or _fallback_path(inner), inner=inner)
-    if _fused(g):
+    if winograd_tiles.applies(g):  # not declined: this machine runs the fused path
         return FusedWinogradCtx(g, FUSED_PATH, np.ascontiguousarray(x), np.ascontiguousarray(w))
     return None
 
