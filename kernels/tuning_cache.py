@@ -120,8 +120,9 @@ def threads_in_force() -> str:
     numba_threads = 0
     if _has_numba():
         # threads.count(), not numba.get_num_threads(): the first of them starts numba's
-        # workers, and only kernels/threads.py starts them sleeping between kernels; started
-        # spinning here, they slow the `deep` training step on auto (bench.compare's breakdown)
+        # workers, and only kernels/threads.py starts them with a short idle spin; started
+        # with libgomp's long one here, they slow the `deep` training step on auto
+        # (bench.compare's breakdown)
         numba_threads = threads.count()
     return f"blas={_blas_threads()} numba={numba_threads}"
 

@@ -162,8 +162,8 @@ def test_the_machine_fingerprint_follows_the_kernels_source(monkeypatch):
 
 def test_the_thread_settings_start_numba_threads_sleeping():
     """The key reads numba's thread count, and whoever first asks starts numba's workers: it
-    must go through kernels/threads.py, which starts them with GOMP_SPINCOUNT=0 (started by
-    numba.get_num_threads() they spin between kernels and take a core from the GEMMs). Run in
+    must go through kernels/threads.py, which starts them with a short GOMP_SPINCOUNT (started
+    by numba.get_num_threads() they spin for milliseconds and take a core from the GEMMs). Run in
     a fresh process, where nothing has started them yet."""
     code = (
         "from kernels import threads, tuning_cache\n"

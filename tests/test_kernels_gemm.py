@@ -95,6 +95,41 @@ def _spin_setting_in_child(env_extra: dict[str, str]) -> str:
     return done.stdout.strip()
 
 
+def _spin_count_libgomp_read(env_extra: dict[str, str]) -> str:
+    """GOMP_SPINCOUNT as it stood when numba's OpenMP layer loaded in a child (the moment
+    libgomp reads it)."""
+    code = (
+        "import os\n"
+        "from numba.np.ufunc import parallel\n"
+        "seen, load = [], parallel._launch_threads\n"
+        "def spy():\n"
+        "    seen.append(os.environ.get('GOMP_SPINCOUNT'))\n"
+        "    load()\n"
+        "parallel._launch_threads = spy\n"
+        "import kernels.threads as t\n"
+        "t.launch()\n"
+        "print(seen[0])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**env, **env_extra},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+def test_launch_gives_libgomp_the_short_spin_unless_the_user_set_one():
+    from kernels import threads
+
+    assert _spin_count_libgomp_read({}) == str(threads.SPIN_COUNT) != "0"
+    assert _spin_count_libgomp_read({"GOMP_SPINCOUNT": "1000"}) == "1000"
+    assert _spin_count_libgomp_read({"OMP_WAIT_POLICY": "passive"}) == "None"
+
+
 def test_launch_leaves_the_environment_as_it_found_it():
     layer, spin = _spin_setting_in_child({}).split()
     assert spin == "None"  # set only while numba's OpenMP layer loaded, then removed
