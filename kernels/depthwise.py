@@ -27,6 +27,8 @@ never materialised), and the taps of a window are (dil_h, dil_w) apart.
     dx_kernel       prange over input rows (n, r): a gather, each input pixel summing the
                     taps that read it, so no two threads write one element
     dx_strided_kernel  the same rows, for a stride > 1, walking the output pixels instead
+                    (a strided 3x3 layer with multiplier 1 and whole channel vectors runs
+                    kernels/depthwise_strided.py's instead, each input pixel written once)
     dw_kernel       prange over blocks of output rows, each block with its own partial dW,
                     summed afterwards (no shared accumulator)
     dw3x3_kernel    the same for 3x3 kernels with multiplier 1, a row's nine dW sums (and db)

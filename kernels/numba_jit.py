@@ -35,7 +35,16 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from . import decompose, depthwise, jitcache, numba_conv, numba_tiles, threads, workspace
+from . import (
+    decompose,
+    depthwise,
+    depthwise_strided,
+    jitcache,
+    numba_conv,
+    numba_tiles,
+    threads,
+    workspace,
+)
 from .contract import ConvCtx, MaxPoolCtx, PoolCtx, check_ctx
 from .geometry import (
     ConvGeometry,
@@ -507,7 +516,8 @@ def _depthwise_backward(
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
     """conv2d_backward by kernels/depthwise.py: dW and db in one pass; dX at stride 1 as the
     full correlation (a forward with the kernel turned) on the 3x3 or row kernel where they
-    apply, else by dx_kernel (stride 1) or dx_strided_kernel."""
+    apply, else by dx_kernel (stride 1), depthwise_strided's 3x3 kernel (where it applies) or
+    dx_strided_kernel."""
     g = ctx.geometry
     n_parts, work = _parts(g), g.flops // 2
     dy_m = depthwise.to_m_major(dy, g.c_in)  # (N, OH, OW, M, C_in); a view for M = 1
@@ -559,7 +569,12 @@ def _depthwise_backward(
         rows_args = (1, *row_pads, g.dil_h, g.dil_w, dx)
         _launch(depthwise.forward_rows_kernel, work, dy, w_turned, no_bias, *rows_args)
         return dx, dw, db
-    dx_kernel = depthwise.dx_kernel if (g.sh, g.sw) == (1, 1) else depthwise.dx_strided_kernel
+    if depthwise_strided.applies(g):
+        dx_kernel = depthwise_strided.dx3x3_strided_kernel
+    elif (g.sh, g.sw) == (1, 1):
+        dx_kernel = depthwise.dx_kernel
+    else:
+        dx_kernel = depthwise.dx_strided_kernel
     _launch(dx_kernel, work, dy_m, ctx.wt, *depthwise.geometry_args(g), dx)
     return dx, dw, db
 

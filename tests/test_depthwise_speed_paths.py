@@ -1,4 +1,5 @@
-"""numba's 3x3 depthwise kernels on their vector paths (kernels/depthwise.py): naive's numbers.
+"""numba's 3x3 depthwise kernels on their vector paths (kernels/depthwise.py, and the strided
+dX of kernels/depthwise_strided.py): naive's numbers.
 
 The hypothesis properties in test_kernels_equality.py draw 1-5 channels, fewer than one SIMD
 vector, so they reach only the per-value remainder loops of dw3x3_kernel and
@@ -155,6 +156,8 @@ def test_layer_shapes_match_naive(x_shape, stride, dtype):
     [
         ((1, 5, 6, 8), 1, 1, 1),  # whole float64 vectors (AVX-512), interior pixels
         ((1, 6, 7, 11), (2, 1), ((1, 0), (2, 1)), (1, 2)),  # a vector plus a remainder
+        ((2, 7, 6, 8), 2, 1, 1),  # stride 2, whole vectors: depthwise_strided's dX
+        ((1, 9, 8, 16), (3, 2), ((2, 0), (0, 1)), (2, 1)),  # the same at other strides
     ],
 )
 def test_vector_paths_gradients_match_finite_differences(x_shape, stride, padding, dilation):
@@ -168,3 +171,62 @@ def test_vector_paths_gradients_match_finite_differences(x_shape, stride, paddin
 
     extra = dict(stride=stride, padding=padding, dilation=dilation, groups=c)
     assert_conv_gradients(get_backend("numba"), x, w, b, extra, rng, 1e-6, "numba depthwise")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
+@pytest.mark.parametrize(
+    "x_shape, stride, padding, dilation",
+    [
+        ((2, 12, 11, 48), 2, 1, 1),  # MobileNet's strided layers: whole vectors
+        ((1, 13, 13, 20), 2, 1, 1),  # a remainder after a whole vector
+        ((1, 15, 9, 35), (3, 2), ((2, 1), (0, 2)), (2, 1)),  # other strides, dilation, padding
+        ((1, 4, 5, 3), (1, 2), 0, 1),  # fewer channels than a vector, stride along one axis
+        ((1, 3, 3, 16), 2, 0, 1),  # one output pixel: most input pixels read by no tap
+    ],
+)
+def test_strided_dx_kernel_matches_naive(x_shape, stride, padding, dilation, dtype):
+    """depthwise_strided.dx3x3_strided_kernel called directly, remainder channels included
+    (the backend sends it only whole vectors), against naive's dx."""
+    from kernels import depthwise, depthwise_strided, get_backend
+    from kernels.geometry import conv_geometry
+
+    rng = np.random.default_rng(sum(x_shape))
+    c = x_shape[3]
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal((3, 3, 1, c)).astype(dtype)
+    extra = dict(dilation=dilation, groups=c)
+    y, ctx = get_backend("naive").conv2d_forward(x, w, None, stride, padding, **extra)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    want, _, _ = get_backend("naive").conv2d_backward(dy, ctx)
+    g = conv_geometry(x, w, None, stride, padding, dilation, c)
+    got = np.full_like(x, np.nan)  # every element must be written
+    wt = np.ascontiguousarray(w.reshape(3, 3, 1, c))
+    depthwise_strided.dx3x3_strided_kernel(dy[..., None, :], wt, *depthwise.geometry_args(g), got)
+    assert_close(got, want, f"dx3x3_strided_kernel {x_shape} {stride}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
+def test_the_backend_sends_strided_whole_vector_dx_to_depthwise_strided(dtype, monkeypatch):
+    """numba's backward on a strided 3x3 layer of whole vectors runs dx3x3_strided_kernel (so
+    the equality tests above reach it through the backend), and with a remainder it does not."""
+    from kernels import depthwise_strided, numba_jit
+
+    ran = []
+    launch = numba_jit._launch
+    monkeypatch.setattr(
+        numba_jit, "_launch", lambda kernel, *a: (ran.append(kernel), launch(kernel, *a))
+    )
+    lanes = vector_lanes(dtype)
+    for c, expected in ((2 * lanes, True), (lanes + 3, False)):
+        ran.clear()
+        case = dict(
+            x_shape=(1, 8, 8, c),
+            stride=2,
+            padding=1,
+            dilation=1,
+            bias=False,
+            need_dx=True,
+            seed=c,
+        )
+        _check(case, dtype)
+        assert (depthwise_strided.dx3x3_strided_kernel in ran) == expected, c
