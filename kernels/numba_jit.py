@@ -39,9 +39,11 @@ from . import (
     decompose,
     depthwise,
     depthwise_strided,
+    isa,
     jitcache,
     numba_conv,
     numba_tiles,
+    pointwise_dw,
     threads,
     workspace,
 )
@@ -386,8 +388,22 @@ def _tiled_forward(g: ConvGeometry, x: np.ndarray, w: np.ndarray, b: np.ndarray 
 
 
 def _tiled_dw(dy: np.ndarray, ctx: TiledConvCtx) -> tuple[np.ndarray, np.ndarray | None]:
-    """dW (KH, KW, C_in, C_out) and db by numba_tiles.dw_tiles (numba_tiles.backward_applies)."""
+    """dW (KH, KW, C_in, C_out) and db by numba_tiles.dw_tiles (numba_tiles.backward_applies),
+    or pointwise_dw.dw_packed for an unpadded 1x1 kernel."""
     g = ctx.geometry
+    if pointwise_dw.applies(g):
+        chunk = pointwise_dw.chunk_pixels(g.c_in, g.c_out, np.dtype(g.dtype).itemsize)
+        dw, db_sum = numba_tiles.run_blocks(
+            pointwise_dw.dw_packed,
+            _parts(g),
+            (ctx.x, dy),
+            g.sh,
+            g.sw,
+            chunk,
+            sums=((1, g.c_in, g.c_out), (g.c_out,)),
+            dtype=g.dtype,
+        )
+        return dw.reshape(g.w_shape), (db_sum if g.has_bias else None)
     dw, db_sum = numba_tiles.run_blocks(
         numba_tiles.dw_tiles,
         _parts(g),
@@ -870,6 +886,11 @@ def warmup(dtypes=None, ops=None) -> None:
             w = np.ones((3, 3, numba_tiles.MIN_C_IN, numba_tiles.LANES), dtype=dtype)
             y, conv_ctx = conv2d_forward(few, w, None, 2, 1)
             conv2d_backward(np.ones_like(y), conv_ctx)
+            # a wide 1x1 layer's dW from packed panels (kernels/pointwise_dw.py)
+            wide = 2 * pointwise_dw.MIN_MACS_PER_VALUE
+            many = np.ones((1, size, size, wide), dtype=dtype)
+            y, conv_ctx = conv2d_forward(many, np.ones((1, 1, wide, wide), dtype=dtype))
+            conv2d_backward(np.ones_like(y), conv_ctx)
             w = np.ones((3, 3, numba_tiles.LANES, numba_tiles.LANES), dtype=dtype)
             many = np.ones((1, size, size, numba_tiles.LANES), dtype=dtype)
             if "maxpool2d" in ops:  # the fused conv + 2x2 max-pool forward
@@ -881,6 +902,12 @@ def warmup(dtypes=None, ops=None) -> None:
                 w_depthwise = np.ones((k, k, 1, c_out), dtype)
                 y, conv_ctx = conv2d_forward(channels, w_depthwise, None, stride, 1, 1, 2)
                 conv2d_backward(np.ones_like(y), conv_ctx)
+            # ... and the strided 3x3 dX of whole channel vectors (kernels/depthwise_strided.py)
+            lanes = isa.vector_bits() // (8 * np.dtype(dtype).itemsize)
+            vectors = np.ones((1, 4, 4, lanes), dtype=dtype)
+            w_depthwise = np.ones((3, 3, 1, lanes), dtype)
+            y, conv_ctx = conv2d_forward(vectors, w_depthwise, None, 2, 1, 1, lanes)
+            conv2d_backward(np.ones_like(y), conv_ctx)
         if "maxpool2d" in ops:
             tiled = np.ones((1, 4, 4, 1), dtype=dtype)
             for window_input, size, stride in ((x, 2, 1), (tiled, 2, 2), (x, 3, 3), (x, 3, 1)):
@@ -899,7 +926,14 @@ def warmup(dtypes=None, ops=None) -> None:
 
 
 # the files whose kernels warmup() compiles (numba's cache is keyed on them)
-_SOURCES = (__file__, numba_conv.__file__, numba_tiles.__file__, depthwise.__file__)
+_SOURCES = (
+    __file__,
+    numba_conv.__file__,
+    numba_tiles.__file__,
+    pointwise_dw.__file__,
+    depthwise.__file__,
+    depthwise_strided.__file__,
+)
 
 
 def _warmup_args(dtypes, ops) -> tuple[tuple, tuple[str, ...]]:

@@ -30,7 +30,8 @@ stores of their output planes.
                                                 into the rows they came from (col2im)
     dw_tiles(x, dy, dw, db, sh, sw, ph, pw)     dW = im2col(x).T @ dy: tiles of DW_TILE run
                                                 entries x LANES channels, summed over pixels;
-                                                db = dy summed over pixels
+                                                db = dy summed over pixels (a wide 1x1
+                                                layer's: kernels/pointwise_dw.py)
     forward_maxpool2(x, y, argmax, w2, bias, sh, sw, ph, pw)
                                                 forward() and a 2x2 max-pool of stride 2 in one
                                                 pass: a tile is one pooling window
@@ -434,17 +435,25 @@ def _dw_band(rows, dy_band, dw, row0, strides):
                             a = inputs[oh, ow, e]
                             for c in range(LANES):
                                 tile[e, c] += a * g[c]
-                if jb == j0 and cb == c0:
-                    for e in range(DW_TILE):
-                        out = dw[kh, jb + e, cb : cb + LANES]
-                        for c in range(LANES):
-                            out[c] += tile[e, c]
-                else:  # a moved-back tile: add only what no earlier tile added
-                    for e in range(DW_TILE):
-                        if jb + e >= j0:
-                            for c in range(LANES):
-                                if cb + c >= c0:
-                                    dw[kh, jb + e, cb + c] += tile[e, c]
+                add_dw_tile(dw[kh], tile, jb, j0, cb, c0)
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def add_dw_tile(dw_rows, tile, jb, j0, cb, c0):
+    """dw_rows (entries, C_out) += tile (DW_TILE, LANES), the tile's entries starting at jb and
+    its channels at cb; a tile moved back from j0 (c0) to fit the end of the entries (channels)
+    adds only what no earlier tile added."""
+    if jb == j0 and cb == c0:
+        for e in range(DW_TILE):
+            out = dw_rows[jb + e, cb : cb + LANES]
+            for c in range(LANES):
+                out[c] += tile[e, c]
+    else:
+        for e in range(DW_TILE):
+            if jb + e >= j0:
+                for c in range(LANES):
+                    if cb + c >= c0:
+                        dw_rows[jb + e, cb + c] += tile[e, c]
 
 
 @njit(**JIT_OPTIONS)
