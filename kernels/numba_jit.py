@@ -383,7 +383,8 @@ def _tiled_forward(g: ConvGeometry, x: np.ndarray, w: np.ndarray, b: np.ndarray 
     y = workspace.take("numba.y", g.y_shape, g.dtype)
     w2 = w.reshape(g.kh, g.kw * g.c_in, g.c_out)
     kernel = numba_tiles.forward_for(g.c_out)
-    _launch_tiles(kernel, g, (x, y), w2, bias, g.sh, g.sw, g.ph, g.pw)
+    packed = numba_tiles.pack_columns(w2, numba_tiles.forward_lanes(g.c_out))
+    _launch_tiles(kernel, g, (x, y), packed, bias, g.sh, g.sw, g.ph, g.pw)
     return y, TiledConvCtx(g, x, w)
 
 
@@ -426,12 +427,12 @@ def _tiled_dx(dy: np.ndarray, ctx: TiledConvCtx) -> np.ndarray:
     if numba_tiles.dx_by_forward(g):
         # the full correlation: dy padded by KH-1-ph rows (KW-1-pw columns) on each side, the
         # kernel flipped in both axes with C_in and C_out swapped
-        w_flipped = np.ascontiguousarray(flipped_kernel(w))
-        w_flipped = w_flipped.reshape(g.kh, g.kw * g.c_out, g.c_in)
+        w_flipped = flipped_kernel(w).reshape(g.kh, g.kw * g.c_out, g.c_in)
+        packed = numba_tiles.pack_columns(w_flipped, numba_tiles.forward_lanes(g.c_in))
         no_bias = np.zeros(g.c_in, dtype=g.dtype)
         pad_h, pad_w = g.kh - 1 - g.ph, g.kw - 1 - g.pw
         kernel = numba_tiles.forward_for(g.c_in)
-        _launch_tiles(kernel, g, (dy, dx), w_flipped, no_bias, 1, 1, pad_h, pad_w)
+        _launch_tiles(kernel, g, (dy, dx), packed, no_bias, 1, 1, pad_h, pad_w)
         return dx
     if numba_tiles.phases_apply(g):
         wp = numba_tiles.phase_kernels(w, g.sh, g.sw)

@@ -16,7 +16,8 @@ benchmark cases' forward this runs near numpy's matmul peak per core (the report
 gives GFLOP/s and % peak), where the loops of kernels/numba_conv.py are bound by loads and
 stores of their output planes.
 
-    forward(x, y, w2, bias, sh, sw, ph, pw)     y = conv(x) + bias, as above
+    forward(x, y, wk, bias, sh, sw, ph, pw)     y = conv(x) + bias, as above (wk: w2 with each
+                                                tile's channels packed, pack_columns)
     dx for stride 1                             forward() again: the gradient of a stride-1
                                                 convolution is the "full" correlation of dy
                                                 with the flipped kernel, C_in and C_out swapped
@@ -121,6 +122,35 @@ def forward_for(channels: int) -> Any:
     """The forward() kernel for an output of `channels` channels (C_out, or C_in when it runs
     dX): the WIDE_LANES tile where that many channels fill it, else the LANES one."""
     return forward_wide if channels >= WIDE_LANES else forward
+
+
+def forward_lanes(channels: int) -> int:
+    """The channels per tile of forward_for(channels): what its weights are packed for."""
+    return WIDE_LANES if channels >= WIDE_LANES else LANES
+
+
+def pack_columns(w2: np.ndarray, lanes: int) -> np.ndarray:
+    """w2 (..., K, C) -> (blocks, ..., K, lanes): block b holds columns cb .. cb + lanes - 1 of
+    w2, cb = min(b * lanes, C - lanes) (the last block moved back to end at the last column,
+    as the tiles are), contiguous, so a tile streams its weights in order.
+
+    Read in place, a tile's weights are lanes columns of rows C values apart: with C a power of
+    two of a thousand or more (ResNet-50's 1024 and 2048 channels) those rows fall into a few
+    cache sets and every tile read them from L3 (`python -m bench.conv --set resnet50 --mb 8
+    --layers res5a_branch1 --backends numba`: forward and backward-data at a fifth to a third
+    of the speed of the same layer with 16 more channels)."""
+    c = w2.shape[-1]
+    blocks = -(-c // lanes)
+    if c == lanes:
+        return np.ascontiguousarray(w2)[None]
+    if c % lanes == 0:
+        split = w2.reshape(*w2.shape[:-1], blocks, lanes)
+        return np.ascontiguousarray(np.moveaxis(split, -2, 0))
+    packed = np.empty((blocks, *w2.shape[:-1], lanes), dtype=w2.dtype)
+    whole = c - c % lanes
+    packed[:-1] = np.moveaxis(w2[..., :whole].reshape(*w2.shape[:-1], blocks - 1, lanes), -2, 0)
+    packed[-1] = w2[..., c - lanes :]
+    return packed
 
 
 def backward_applies(g: ConvGeometry) -> bool:
@@ -249,54 +279,86 @@ def load_sample(sample, rows, ph, pw):
             dst[k] = src[k]
 
 
+# forward()'s weight columns (KH*KW*C_in values per output channel) are read once per tile of
+# output pixels; where all of them exceed this, the output channels run in groups whose columns
+# stay in L2 while every pixel of the samples passes (ResNet-50's res5a_branch1, 1024 -> 2048
+# channels, 8 MB of weights: `python -m bench.conv --set resnet50 --mb 8 --layers res5
+# --backends numba`, forward; and the dX by forward() of the same layers).
+WEIGHT_GROUP_BYTES = L2_BYTES // 2
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def weight_group(column_bytes, lanes, c_out):
+    """Output channels per group of forward(): as many tiles of `lanes` channels as keep their
+    weight columns (column_bytes each) within WEIGHT_GROUP_BYTES, at least one tile; all of
+    c_out when everything fits."""
+    tiles = max(1, WEIGHT_GROUP_BYTES // (column_bytes * lanes))
+    return min(tiles * lanes, c_out)
+
+
 def _forward_kernel(pixels: int, lanes: int) -> Any:
     """forward() compiled for tiles of `pixels` output pixels x `lanes` output channels (both
     constants of the compiled kernel: the tile must be a fixed-size stack array)."""
     values = pixels * lanes
 
-    @njit(**JIT_OPTIONS)
-    def forward(x, y, w2, bias, sh, sw, ph, pw):
-        """y (N, OH, OW, C_out) = bias (C_out,) + x (N, H, W, C_in) zero-padded by (ph, pw) and
-        convolved with w2 (KH, KW*C_in, C_out), in pixels x lanes register tiles.
+    @njit(inline="always", **JIT_OPTIONS)
+    def _forward_group(sample, padded, y_sample, wk, bias, sh, ph, pw, step, size, tile, g0, group):
+        """forward()'s tiles of one sample and output channels g0 .. g0 + group - 1."""
+        out_h, out_w, c_out = y_sample.shape
+        kh_all, run = wk.shape[1], wk.shape[2]
+        rows = sample_rows(sample, padded, ph, pw)
+        for oh in range(out_h):
+            for ow0 in range(0, out_w, pixels):
+                first = min(ow0, out_w - pixels)  # the last tile ends at the last pixel
+                for c0 in range(g0, min(g0 + group, c_out), lanes):
+                    cb = min(c0, c_out - lanes)
+                    for p in range(pixels):
+                        for c in range(lanes):
+                            tile[p, c] = bias[cb + c]
+                    for kh in range(kh_all):
+                        # the tile's pixels' input runs: strided rows of one view, so every index
+                        # below is a non-negative loop counter (no wraparound code, which stops
+                        # vectorising)
+                        runs = np.lib.stride_tricks.as_strided(
+                            rows[oh * sh + kh, first * step :],
+                            (pixels, run),
+                            (step * size, size),
+                        )
+                        w_rows = wk[c0 // lanes, kh]
+                        for j in range(run):
+                            w_row = w_rows[j]
+                            for p in range(pixels):
+                                a = runs[p, j]
+                                for c in range(lanes):
+                                    tile[p, c] += a * w_row[c]
+                    for p in range(pixels):
+                        out = y_sample[oh, first + p, cb : cb + lanes]
+                        for c in range(lanes):
+                            out[c] = tile[p, c]
 
-        Needs OW >= pixels and C_out >= lanes (see forward_applies)."""
+    @njit(**JIT_OPTIONS)
+    def forward(x, y, wk, bias, sh, sw, ph, pw):
+        """y (N, OH, OW, C_out) = bias (C_out,) + x (N, H, W, C_in) zero-padded by (ph, pw) and
+        convolved with w2 (KH, KW*C_in, C_out), in pixels x lanes register tiles; wk is w2
+        packed by pack_columns(w2, lanes): (blocks, KH, KW*C_in, lanes).
+
+        Needs OW >= pixels and C_out >= lanes (see forward_applies). Every tile reads its
+        channels' whole weight columns, so with more weights than half of L2 the output
+        channels are taken in groups whose columns fit it (weight_group), each group over
+        all the samples (see WEIGHT_GROUP_BYTES)."""
         full_width()
         n, out_h, out_w, c_out = y.shape
-        kh_all, run, _ = w2.shape
+        kh_all, run = wk.shape[1], wk.shape[2]
         c_in = x.shape[3]
         padded = _padded_rows(x, ph, pw)
         step, size = sw * c_in, x.itemsize
         tile = carray(stack_array(values, y.dtype), (pixels, lanes))
-        for ni in range(n):
-            rows = sample_rows(x[ni], padded, ph, pw)
-            for oh in range(out_h):
-                for ow0 in range(0, out_w, pixels):
-                    first = min(ow0, out_w - pixels)  # the last tile ends at the last pixel
-                    for c0 in range(0, c_out, lanes):
-                        cb = min(c0, c_out - lanes)
-                        for p in range(pixels):
-                            for c in range(lanes):
-                                tile[p, c] = bias[cb + c]
-                        for kh in range(kh_all):
-                            # the tile's pixels' input runs: strided rows of one view, so every index
-                            # below is a non-negative loop counter (no wraparound code, which stops
-                            # vectorising)
-                            runs = np.lib.stride_tricks.as_strided(
-                                rows[oh * sh + kh, first * step :],
-                                (pixels, run),
-                                (step * size, size),
-                            )
-                            w_rows = w2[kh]
-                            for j in range(run):
-                                w_row = w_rows[j, cb : cb + lanes]
-                                for p in range(pixels):
-                                    a = runs[p, j]
-                                    for c in range(lanes):
-                                        tile[p, c] += a * w_row[c]
-                        for p in range(pixels):
-                            out = y[ni, oh, first + p, cb : cb + lanes]
-                            for c in range(lanes):
-                                out[c] = tile[p, c]
+        group = weight_group(kh_all * run * size, lanes, c_out)
+        for g0 in range(0, c_out, group):
+            for ni in range(n):
+                _forward_group(
+                    x[ni], padded, y[ni], wk, bias, sh, ph, pw, step, size, tile, g0, group
+                )
 
     return forward
 
@@ -469,70 +531,99 @@ def dx_phases(dy, dx, wp, kh_all, kw_all, sh, sw, ph, pw):
     tiles over its own grid (R, C) and writes its pixels straight into dx: no column matrix and
     no scatter-add, and the sh*sw phases do exactly the direct convolution's multiply-adds.
 
-    wp (sh, sw, TH, TW*C_out, C_in): phase (a, b)'s flipped sub-kernel, rows t' = T_a-1-t and
-    runs of u' = T_b-1-u blocks of C_out (phase_kernels builds it; unused entries are never
-    read). dy is copied per sample into zero-padded rows, TH-1 rows above and TW-1 pixels left.
-    Needs C_in >= LANES and every phase TILE or more columns wide (see phases_apply)."""
+    wp (sh, sw, blocks, TH, TW*C_out, LANES): phase (a, b)'s flipped sub-kernel, rows t' =
+    T_a-1-t and runs of u' = T_b-1-u blocks of C_out, its C_in columns packed LANES at a time
+    (phase_kernels builds it; unused entries are never read). dy is copied per sample into zero-padded rows, TH-1 rows above and TW-1 pixels left.
+    Needs C_in >= LANES and every phase TILE or more columns wide (see phases_apply). With
+    more weights than WEIGHT_GROUP_BYTES the input channels run in groups, as in forward()
+    (ResNet-50's res5a_branch1 backward-data)."""
     full_width()
     n, out_h, out_w, c_out = dy.shape
     height, width, c_in = dx.shape[1], dx.shape[2], dx.shape[3]
-    th, tw = wp.shape[2], wp.shape[3] // c_out
+    th, tw = wp.shape[3], wp.shape[4] // c_out
     size = dy.itemsize
     last_r = (height - 1 + ph) // sh  # the largest R (or C) of any phase
     last_c = (width - 1 + pw) // sw
     rows = np.zeros((max(out_h, last_r + 1) + th, (max(out_w, last_c + 1) + tw) * c_out), dy.dtype)
     tile = carray(stack_array(80, dx.dtype), (TILE, LANES))
-    for ni in range(n):
-        load_sample(dy[ni], rows, th - 1, tw - 1)
-        for a in range(sh):
-            taps_h = (kh_all - a + sh - 1) // sh
-            r_first = max(0, (ph - a + sh - 1) // sh)
-            r_last = (height - 1 + ph - a) // sh
-            for b in range(sw):
-                taps_w = (kw_all - b + sw - 1) // sw
-                c_first = max(0, (pw - b + sw - 1) // sw)
-                c_last = (width - 1 + pw - b) // sw
-                run = taps_w * c_out
-                w_phase = wp[a, b]
-                for big_r in range(r_first, r_last + 1):
-                    line = big_r + th - taps_h  # padded row of the phase's first tap row
-                    out_rows = dx[ni, sh * big_r + a - ph]
-                    for col0 in range(c_first, c_last + 1, TILE):
-                        first = min(col0, c_last + 1 - TILE)
-                        start = (first + tw - taps_w) * c_out
-                        for c0 in range(0, c_in, LANES):
-                            cb = min(c0, c_in - LANES)
-                            for p in range(TILE):
-                                for c in range(LANES):
-                                    tile[p, c] = 0
-                            for t in range(taps_h):
-                                pixels = np.lib.stride_tricks.as_strided(
-                                    rows[line + t, start:], (TILE, run), (c_out * size, size)
-                                )
-                                w_rows = w_phase[t]
-                                for j in range(run):
-                                    w_row = w_rows[j, cb : cb + LANES]
-                                    for p in range(TILE):
-                                        v = pixels[p, j]
-                                        for c in range(LANES):
-                                            tile[p, c] += v * w_row[c]
-                            for p in range(TILE):
-                                out = out_rows[sw * (first + p) + b - pw, cb : cb + LANES]
-                                for c in range(LANES):
-                                    out[c] = tile[p, c]
+    group = weight_group(th * tw * c_out * size, LANES, c_in)  # see WEIGHT_GROUP_BYTES
+    for g0 in range(0, c_in, group):
+        for ni in range(n):
+            load_sample(dy[ni], rows, th - 1, tw - 1)
+            for a in range(sh):
+                taps_h = (kh_all - a + sh - 1) // sh
+                r_first = max(0, (ph - a + sh - 1) // sh)
+                r_last = (height - 1 + ph - a) // sh
+                for b in range(sw):
+                    taps_w = (kw_all - b + sw - 1) // sw
+                    c_first = max(0, (pw - b + sw - 1) // sw)
+                    c_last = (width - 1 + pw - b) // sw
+                    run = taps_w * c_out
+                    w_phase = wp[a, b]  # (blocks, TH, TW*C_out, LANES)
+                    for big_r in range(r_first, r_last + 1):
+                        line = big_r + th - taps_h  # padded row of the phase's first tap row
+                        out_rows = dx[ni, sh * big_r + a - ph]
+                        for col0 in range(c_first, c_last + 1, TILE):
+                            first = min(col0, c_last + 1 - TILE)
+                            start = (first + tw - taps_w) * c_out
+                            for c0 in range(g0, min(g0 + group, c_in), LANES):
+                                cb = min(c0, c_in - LANES)
+                                for p in range(TILE):
+                                    for c in range(LANES):
+                                        tile[p, c] = 0
+                                for t in range(taps_h):
+                                    pixels = np.lib.stride_tricks.as_strided(
+                                        rows[line + t, start:], (TILE, run), (c_out * size, size)
+                                    )
+                                    w_rows = w_phase[c0 // LANES, t]
+                                    for j in range(run):
+                                        w_row = w_rows[j]
+                                        for p in range(TILE):
+                                            v = pixels[p, j]
+                                            for c in range(LANES):
+                                                tile[p, c] += v * w_row[c]
+                                for p in range(TILE):
+                                    out = out_rows[sw * (first + p) + b - pw, cb : cb + LANES]
+                                    for c in range(LANES):
+                                        out[c] = tile[p, c]
 
 
 def phase_kernels(w: np.ndarray, sh: int, sw: int) -> np.ndarray:
-    """dx_phases' weights: w (KH, KW, C_in, C_out) -> (sh, sw, TH, TW*C_out, C_in), zeros
-    where a phase has fewer taps than TH = ceil(KH/sh) (TW = ceil(KW/sw))."""
+    """dx_phases' weights: w (KH, KW, C_in, C_out) -> (sh, sw, blocks, TH, TW*C_out, LANES),
+    each tap's (C_out, C_in) matrix with its C_in columns packed LANES at a time as
+    pack_columns packs them; TH = ceil(KH/sh), TW = ceil(KW/sw), and the entries a phase with
+    fewer taps does not have are left unset (dx_phases never reads them)."""
     kh, kw, c_in, c_out = w.shape
     th, tw = -(-kh // sh), -(-kw // sw)
-    wp = np.zeros((sh, sw, th, tw, c_out, c_in), dtype=w.dtype)
+    blocks = -(-c_in // LANES)
+    packed = np.empty((sh, sw, blocks, th, tw * c_out, LANES), dtype=w.dtype)
+    _pack_phases(np.ascontiguousarray(w), sh, sw, packed)
+    return packed
+
+
+@njit(**JIT_OPTIONS)
+def _pack_phases(w, sh, sw, packed):
+    """phase_kernels' packing in one pass over w, written in order: packed[a, b, block, t', u' *
+    C_out + o, lane] = w[a + sh*t, b + sw*u, cb + lane, o] for phase (a, b)'s taps (t, u),
+    t' = T_a - 1 - t, u' = T_b - 1 - u (the sub-kernel turned), cb = min(block * LANES, C_in -
+    LANES). Built with numpy (zeros, a turned transposed view, then packing) it took longer
+    than dx_phases itself on ResNet-50's res5a_branch1 (8 MB of weights)."""
+    kh, kw, c_in, c_out = w.shape
     for a in range(sh):
+        taps_h = (kh - a + sh - 1) // sh
         for b in range(sw):
-            sub = w[a::sh, b::sw].transpose(0, 1, 3, 2)[::-1, ::-1]  # (T_a, T_b, C_out, C_in)
-            wp[a, b, : sub.shape[0], : sub.shape[1]] = sub
-    return wp.reshape(sh, sw, th, tw * c_out, c_in)
+            taps_w = (kw - b + sw - 1) // sw
+            for t in range(taps_h):
+                for u in range(taps_w):
+                    tap = w[a + sh * t, b + sw * u]  # (C_in, C_out)
+                    column = (taps_w - 1 - u) * c_out
+                    for block in range(packed.shape[2]):
+                        cb = min(block * LANES, c_in - LANES)
+                        rows = packed[a, b, block, taps_h - 1 - t]
+                        for o in range(c_out):
+                            row = rows[column + o]
+                            for lane in range(LANES):
+                                row[lane] = tap[cb + lane, o]
 
 
 def phases_apply(g: ConvGeometry) -> bool:

@@ -71,3 +71,68 @@ def test_forward_kernel_by_channels():
         else numba_tiles.forward
     )
     assert numba_tiles.forward_for(numba_tiles.WIDE_LANES) is numba_tiles.forward_wide
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_forward_in_weight_groups_matches_einsum(dtype, monkeypatch):
+    """A layer whose weights exceed WEIGHT_GROUP_BYTES runs forward() (and dX by forward())
+    in groups of output channels, the last one shorter: the same numbers as one pass."""
+    lanes = numba_tiles.WIDE_LANES
+    item = np.dtype(dtype).itemsize
+    # enough input channels that one tile's weight columns (9 * C_in values each) fill a group
+    c_in = -(-numba_tiles.WEIGHT_GROUP_BYTES // (9 * item * lanes))
+    c_out = 2 * lanes + 5
+    assert numba_tiles.weight_group(9 * c_in * item, lanes, c_out) < c_out
+    rng = np.random.default_rng(7)
+    side = numba_tiles.FORWARD_TILE + 2
+    x = rng.standard_normal((1, side, side, c_in)).astype(dtype)
+    w = (rng.standard_normal((3, 3, c_in, c_out)) / np.sqrt(9 * c_in)).astype(dtype)
+    b = rng.standard_normal(c_out).astype(dtype)
+    ran = []
+    run_blocks = numba_tiles.run_blocks
+    monkeypatch.setattr(
+        numba_tiles,
+        "run_blocks",
+        lambda kernel, *a, **k: ran.append(kernel) or run_blocks(kernel, *a, **k),
+    )
+    y, ctx = numba_jit.conv2d_forward(x, w, b, 1, 1)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx, _, _ = numba_jit.conv2d_backward(dy, ctx)
+    assert numba_tiles.forward_for(c_out) in ran
+    f64 = [a.astype(np.float64) for a in (x, w, b)]
+    y_ref, ctx_ref = einsum.conv2d_forward(*f64, 1, 1)
+    dx_ref, _, _ = einsum.conv2d_backward(dy.astype(np.float64), ctx_ref)
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    for got, ref in ((y, y_ref), (dx, dx_ref)):
+        np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dx_phases_in_weight_groups_matches_einsum(dtype, monkeypatch):
+    """A strided layer whose phase weights exceed WEIGHT_GROUP_BYTES runs dx_phases in groups
+    of input channels, the last one shorter: the same dX as one pass."""
+    lanes = numba_tiles.LANES
+    item = np.dtype(dtype).itemsize
+    # a 3x3 kernel at stride 2: phase weights of 2 x 2 taps per input channel
+    c_out = -(-numba_tiles.WEIGHT_GROUP_BYTES // (4 * item * lanes))
+    c_in = 2 * lanes + 5
+    assert numba_tiles.weight_group(4 * c_out * item, lanes, c_in) < c_in
+    rng = np.random.default_rng(8)
+    side = 2 * numba_tiles.FORWARD_TILE + 2  # the tiled forward's and the phases' widths
+    x = rng.standard_normal((1, side, side, c_in)).astype(dtype)
+    w = (rng.standard_normal((3, 3, c_in, c_out)) / np.sqrt(9 * c_in)).astype(dtype)
+    ran = []
+    run_blocks = numba_tiles.run_blocks
+    monkeypatch.setattr(
+        numba_tiles,
+        "run_blocks",
+        lambda kernel, *a, **k: ran.append(kernel) or run_blocks(kernel, *a, **k),
+    )
+    y, ctx = numba_jit.conv2d_forward(x, w, None, 2, 1)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx, _, _ = numba_jit.conv2d_backward(dy, ctx)
+    assert numba_tiles.dx_phases in ran
+    _, ctx_ref = einsum.conv2d_forward(x.astype(np.float64), w.astype(np.float64), None, 2, 1)
+    dx_ref, _, _ = einsum.conv2d_backward(dy.astype(np.float64), ctx_ref)
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(dx, dx_ref, rtol=tol, atol=tol * np.abs(dx_ref).max())
