@@ -53,14 +53,12 @@ MIN_SAMPLE, MAX_NUMBER = 0.02, 1000
 _worker: dict = {}  # worker_setup's prepared problem, inside an implementation's process
 
 DEFAULT_BACKENDS = ("im2col", "numba", "winograd")
-# Each sample starts with this long of untimed forward + backward calls of its own pass. Cores
-# that idled (the other implementations' samples run in between) run a short pass several times
-# slower for the first tens of milliseconds: the numba backend's fwd_bwd on `bench.conv --set
-# mobilenetv2 --layers block0/project` reached its steady time only after about 0.1 s of work.
-# The same time lets the previous sample's process go idle: OpenBLAS's workers keep spinning
-# for about 2**28 cycles after a call, and an implementation sampled right after im2col in
-# another process would run with one core.
-WARM_SECONDS = 0.15
+# Each sample starts with timing.WARM_SECONDS of untimed forward + backward calls of its own
+# pass: cores that idled while the other implementations' samples ran are slow at first. The
+# same time lets the previous sample's process go idle: OpenBLAS's workers keep spinning for
+# about 2**28 cycles after a call, and an implementation sampled right after im2col in another
+# process would run with one core.
+WARM_SECONDS = timing.WARM_SECONDS
 PEER_LABELS = {"torch": "PyTorch", "tensorflow": "TensorFlow"}
 
 

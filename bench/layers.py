@@ -29,7 +29,7 @@ from .cases import Case, get_case, resolve_cases
 from .results import round_medians
 from .stats import median_interval
 from .status import OK, error_status
-from .timing import measure, rotated, summarize
+from .timing import WARM_SECONDS, measure, rotated, summarize
 
 if TYPE_CHECKING:
     from .context import Context, Options
@@ -161,7 +161,7 @@ def _time_passes(ops, threads, repeat, pooled, key, rnd: int = 0) -> None:
             if isinstance(pooled.get(k), str):
                 continue
             try:
-                t = measure(ops[p], repeat=repeat)
+                t = measure(ops[p], repeat=repeat, warm_seconds=WARM_SECONDS)
                 _pool(pooled, k, t.samples, t.number, rnd)
             except Exception as exc:
                 pooled[k] = error_status(exc)

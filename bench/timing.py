@@ -59,20 +59,37 @@ def pooled(samples, rounds) -> dict:
     }
 
 
+# Untimed work before a measurement's samples. Cores that idled (another implementation's turn,
+# a cooldown) run a short pass several times slower for the first tens of milliseconds: the
+# numba backend's fwd_bwd on `bench.conv --set mobilenetv2 --layers block0/project` reached its
+# steady time only after about 0.1 s of work, and the layer section's `mid` forward read with
+# an interquartile range half its median without it.
+WARM_SECONDS = 0.15
+
+
 def measure(
-    fn, repeat: int = 5, warmup: int = 1, min_sample: float = 0.02, max_number: int = 1000
+    fn,
+    repeat: int = 5,
+    warmup: int = 1,
+    min_sample: float = 0.02,
+    max_number: int = 1000,
+    warm_seconds: float = 0.0,
 ) -> Timing:
-    """Call `fn()` `warmup` times untimed, then time `repeat` samples of `number` calls each.
+    """Call `fn()` untimed `warmup` times and for at least `warm_seconds`, then time `repeat`
+    samples of `number` calls each.
 
     `number` is chosen from the last warm-up call so one sample lasts about `min_sample` seconds.
     """
     if repeat < 1:
         raise ValueError(f"repeat must be >= 1, got {repeat}")
     elapsed = 0.0
-    for _ in range(max(warmup, 1)):
+    warm_until = time.perf_counter() + warm_seconds
+    calls = 0
+    while calls < max(warmup, 1) or time.perf_counter() < warm_until:
         start = time.perf_counter()
         fn()
         elapsed = time.perf_counter() - start
+        calls += 1
     number = int(min(max_number, max(1, np.ceil(min_sample / max(elapsed, 1e-9)))))
     samples = []
     for _ in range(repeat):

@@ -515,6 +515,24 @@ def test_summarize_median_iqr_and_measure():
         measure(lambda: None, repeat=0)
 
 
+def test_measure_warms_up_for_warm_seconds(monkeypatch):
+    """Untimed calls go on until warm_seconds have passed (a fake clock: each call takes 10 ms),
+    then the samples are timed as usual."""
+    from bench import timing
+
+    now = [0.0]
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: now[0])
+    calls = []
+
+    def call():
+        calls.append(1)
+        now[0] += 0.01
+
+    m = timing.measure(call, repeat=2, warmup=1, min_sample=0.0, warm_seconds=0.1)
+    assert len(calls) - 2 * m.number >= 10  # 0.1 s of 10 ms calls before the samples
+    assert m.median == pytest.approx(0.01)
+
+
 def test_loglog_exponent():
     sizes = [8, 16, 32, 64]
     assert loglog_exponent(sizes, [3e-3 * s**2 for s in sizes]) == pytest.approx(2.0)
