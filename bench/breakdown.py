@@ -92,7 +92,8 @@ def _fused_pairs(net, pass_: str = "forward") -> list[int]:
 
 
 def _has_fused(layer, pass_: str) -> bool:
-    """A Conv2D fuses where its backend has the fused function; BatchNorm's are its own."""
+    """A Conv2D fuses where its backend has the fused function; BatchNorm's are its own (both
+    with a max-pool, and with a ReLU)."""
     backend = getattr(layer, "backend", None)
     return backend is None or getattr(backend, f"conv2d_maxpool2d_{pass_}", None) is not None
 
@@ -100,19 +101,19 @@ def _has_fused(layer, pass_: str) -> bool:
 def instrument(net, clock: StepClock) -> None:
     """Time every layer's forward and backward into `clock`, by instance attributes that shadow
     the class's methods (Sequential calls layer.forward / layer.backward, and a fused pair's
-    forward_maxpool / backward_maxpool, timed only when the fused call ran: they say when it
-    does not apply)."""
+    forward_maxpool / backward_maxpool or forward_relu / backward_relu, timed only when the
+    fused call ran: they say when it does not apply)."""
     for i, layer in enumerate(net.layers):
         layer.forward = clock.wrap(part_name(i, layer, "forward"), layer.forward)
         layer.backward = clock.wrap(part_name(i, layer, "backward"), layer.backward)
-    for i in _fused_pairs(net, "forward"):
-        layer = net.layers[i]
-        name = fused_name(i, net.layers, "forward")
-        layer.forward_maxpool = _timed_if_run(clock, name, layer.forward_maxpool, _not_none)
-    for i in _fused_pairs(net, "backward"):
-        layer = net.layers[i]
-        name = fused_name(i, net.layers, "backward")
-        layer.backward_maxpool = _timed_if_run(clock, name, layer.backward_maxpool, _first)
+    from model.layers import pair_kind
+
+    for pass_, ran in (("forward", _not_none), ("backward", _first)):
+        for i in _fused_pairs(net, pass_):
+            layer = net.layers[i]
+            method = f"{pass_}_{pair_kind(layer, net.layers[i + 1])}"  # e.g. forward_relu
+            name = fused_name(i, net.layers, pass_)
+            setattr(layer, method, _timed_if_run(clock, name, getattr(layer, method), ran))
 
 
 def _not_none(result) -> bool:

@@ -16,6 +16,12 @@ The sums accumulate in float64 whatever the data's dtype (a float32 running sum 
 values per channel would lose digits that NumPy's pairwise summation keeps), and the variance's
 sum of squares is taken around a per-channel shift (the first row) so that a large mean does not
 cancel it away. model.layers.BatchNorm uses these functions; shapes are (R, C) with R = N*H*W.
+
+With relu=True the forward and backward are those of batch norm followed by a ReLU, in the same
+two passes each way (model.layers.BatchNorm.forward_relu): y = max(gamma * x_hat + beta, 0), and
+the backward masks dy where that was <= 0, recomputing it from x_hat, gamma and beta (the same
+expression, so the same values) instead of keeping y. A MobileNet-style network's every block
+is conv, bn, relu; the separate ReLU read and wrote each activation once more each way.
 """
 
 from __future__ import annotations
@@ -56,21 +62,25 @@ def _moments(x, shift, bounds):
 
 
 @njit(**_JIT)
-def _normalise(x, mean, inv_std, gamma, beta, bounds, x_hat, y):
-    """x_hat = (x - mean) * inv_std and y = gamma * x_hat + beta, row by row; all (R, C) or (C,)."""
+def _normalise(x, mean, inv_std, gamma, beta, bounds, x_hat, y, relu):
+    """x_hat = (x - mean) * inv_std and y = gamma * x_hat + beta (relu: max(that, 0)), row by
+    row; all (R, C) or (C,)."""
     parts = bounds.shape[0] - 1
     chans = x.shape[1]
+    zero = y.dtype.type(0)
     for part in prange(parts):
         for r in range(bounds[part], bounds[part + 1]):
             for c in range(chans):
                 h = (x[r, c] - mean[c]) * inv_std[c]
                 x_hat[r, c] = h
-                y[r, c] = gamma[c] * h + beta[c]
+                v = gamma[c] * h + beta[c]
+                y[r, c] = zero if relu and v <= zero else v
 
 
 @njit(**_JIT)
-def _grad_sums(dy, x_hat, bounds):
-    """Per-part float64 sums of dy and dy * x_hat: (parts, 2, C)."""
+def _grad_sums(dy, x_hat, gamma, beta, bounds, relu):
+    """Per-part float64 sums of g and g * x_hat, g = dy (relu: masked by ReLU's gradient):
+    (parts, 2, C)."""
     parts = bounds.shape[0] - 1
     chans = dy.shape[1]
     out = np.zeros((parts, 2, chans))
@@ -79,28 +89,36 @@ def _grad_sums(dy, x_hat, bounds):
         sx = np.zeros(chans)
         for r in range(bounds[part], bounds[part + 1]):
             for c in range(chans):
+                h = x_hat[r, c]
                 g = np.float64(dy[r, c])
+                if relu and gamma[c] * h + beta[c] <= 0:  # the forward's y, recomputed
+                    g = 0.0
                 s[c] += g
-                sx[c] += g * x_hat[r, c]
+                sx[c] += g * h
         out[part, 0] = s
         out[part, 1] = sx
     return out
 
 
 @njit(**_JIT)
-def _input_grad(dy, x_hat, scale, mean_dy, mean_dy_xhat, bounds, dx):
-    """dx = scale * (dy - mean_dy - x_hat * mean_dy_xhat), scale = gamma * inv_std; (C,) each."""
+def _input_grad(dy, x_hat, scale, mean_dy, mean_dy_xhat, gamma, beta, bounds, dx, relu):
+    """dx = scale * (g - mean_dy - x_hat * mean_dy_xhat), scale = gamma * inv_std, g = dy
+    (relu: masked as in _grad_sums); (C,) each."""
     parts = bounds.shape[0] - 1
     chans = dy.shape[1]
+    zero = dx.dtype.type(0)
     for part in prange(parts):
         for r in range(bounds[part], bounds[part + 1]):
             for c in range(chans):
-                dx[r, c] = scale[c] * (dy[r, c] - mean_dy[c] - x_hat[r, c] * mean_dy_xhat[c])
+                h = x_hat[r, c]
+                g = zero if relu and gamma[c] * h + beta[c] <= 0 else dy[r, c]
+                dx[r, c] = scale[c] * (g - mean_dy[c] - h * mean_dy_xhat[c])
 
 
-def forward_train(x, gamma, beta, eps, shift=None, reduce=None):
+def forward_train(x, gamma, beta, eps, shift=None, reduce=None, relu=False):
     """x: (R, C) C-contiguous -> (y, x_hat (R, C), mean (C,), biased var (C,), inv_std (C,),
-    count), the arrays in x's dtype; count = the rows the statistics cover.
+    count), the arrays in x's dtype; count = the rows the statistics cover; relu: y is
+    max(batch norm, 0).
 
     shift: (C,) the value the sums are taken around (default: x's first row); reduce: for
     batch norm across processes, a function summing a float64 array over all of them (then
@@ -108,7 +126,7 @@ def forward_train(x, gamma, beta, eps, shift=None, reduce=None):
     normalises by the statistics of the whole batch."""
     mean, var, inv_std, rows = statistics(x, eps, shift, reduce)
     x_hat, y = np.empty_like(x), np.empty_like(x)
-    _normalise(x, mean, inv_std, gamma, beta, row_bounds(x.shape[0]), x_hat, y)
+    _normalise(x, mean, inv_std, gamma, beta, row_bounds(x.shape[0]), x_hat, y, relu)
     return y, x_hat, mean, var, inv_std, rows
 
 
@@ -141,23 +159,28 @@ def forward_eval(x, mean, var, gamma, beta, eps):
     inv_std = (1.0 / np.sqrt(var.astype(np.float64) + eps)).astype(x.dtype)
     y = np.empty_like(x)
     # evaluation keeps no x_hat: _normalise writes each element's x_hat, then y, to the same place
-    _normalise(x, mean.astype(x.dtype), inv_std, gamma, beta, row_bounds(x.shape[0]), y, y)
+    _normalise(x, mean.astype(x.dtype), inv_std, gamma, beta, row_bounds(x.shape[0]), y, y, False)
     return y
 
 
-def backward(dy, x_hat, inv_std, gamma, count=None, reduce=None):
+def backward(dy, x_hat, inv_std, gamma, count=None, reduce=None, beta=None, relu=False):
     """dy, x_hat: (R, C) C-contiguous -> (dx (R, C), dgamma (C,), dbeta (C,)), dy's dtype.
 
     count and reduce as forward_train's: the forward's row count and the same cross-process
     sum. dx then follows the whole batch's statistics, while dgamma and dbeta stay this
-    process's share (the data-parallel step sums every parameter's gradient once)."""
+    process's share (the data-parallel step sums every parameter's gradient once). relu: the
+    backward of forward_train(..., relu=True), which needs beta."""
     dtype = dy.dtype
     bounds = row_bounds(dy.shape[0])
-    local = sums = _grad_sums(dy, x_hat, bounds).sum(axis=0)
+    if beta is None:
+        if relu:
+            raise ValueError("backward with relu=True needs beta (the forward's shift)")
+        beta = gamma  # not read without relu
+    local = sums = _grad_sums(dy, x_hat, gamma, beta, bounds, relu).sum(axis=0)
     if reduce is not None:
         sums = reduce(local)
     rows = dy.shape[0] if count is None else count
     dx = np.empty_like(dy)
     scale, mean_dy, mean_dy_xhat = input_grad_terms(sums, inv_std, gamma, rows, dtype)
-    _input_grad(dy, x_hat, scale, mean_dy, mean_dy_xhat, bounds, dx)
+    _input_grad(dy, x_hat, scale, mean_dy, mean_dy_xhat, gamma, beta, bounds, dx, relu)
     return dx, local[1].astype(dtype), local[0].astype(dtype)

@@ -299,11 +299,21 @@ class AvgPool2D(_Pool2D):
         return options
 
 
+def pair_kind(layer: Layer, following: Layer) -> str | None:
+    """How Sequential may run `layer` and `following` as one call each way: "maxpool" (a Conv2D
+    or a BatchNorm, then a MaxPool2D: forward_maxpool, backward_maxpool), "relu" (a BatchNorm,
+    then a ReLU: forward_relu, backward_relu), or None. Those methods say when they do not
+    apply."""
+    if isinstance(layer, (Conv2D, BatchNorm)) and isinstance(following, MaxPool2D):
+        return "maxpool"
+    if isinstance(layer, BatchNorm) and type(following) is ReLU:
+        return "relu"
+    return None
+
+
 def fusable(layer: Layer, following: Layer) -> bool:
-    """True when Sequential may run `layer` and `following` as one call each way
-    (forward_maxpool, backward_maxpool, which say when they do not apply): a Conv2D or a
-    BatchNorm, then a MaxPool2D."""
-    return isinstance(layer, (Conv2D, BatchNorm)) and isinstance(following, MaxPool2D)
+    """True when Sequential may run `layer` and `following` as one call each way (pair_kind)."""
+    return pair_kind(layer, following) is not None
 
 
 class Dense(Layer):
@@ -406,6 +416,16 @@ class Dropout(Layer):
         return f"Dropout({self.rate})"
 
 
+class _ReluCache(NamedTuple):
+    """What BatchNorm.forward_relu keeps for backward_relu: x_hat (R, C), inv_std (C,), the
+    input's shape and the rows the statistics cover."""
+
+    x_hat: np.ndarray
+    inv_std: np.ndarray
+    shape: tuple
+    rows: float
+
+
 class _PooledCache(NamedTuple):
     """What BatchNorm.forward_maxpool keeps for backward_maxpool: its input x (N, H, W, C), the
     pool's argmax (N, H/2, W/2, C), the batch mean and inv_std (C,) and the rows they cover (the count)."""
@@ -492,6 +512,46 @@ class BatchNorm(Layer):
         pool._ctx = None
         return y
 
+    def forward_relu(self, x: np.ndarray, relu: ReLU, training: bool = False) -> np.ndarray | None:
+        """relu.forward(self.forward(x, training)) in batch norm's two passes
+        (kernels/batchnorm.py, relu=True): the same numbers, one pass over the activation less
+        each way. Training only, without cross-process statistics; None (nothing run)
+        otherwise. The ReLU layer then keeps nothing: backward_relu runs the pair's backward."""
+        if not training or self.reduce is not None:
+            return None
+        _check_features(x, self.num_features, "BatchNorm", "channels/features")
+        rows = np.ascontiguousarray(x).reshape(-1, self.num_features)
+        gamma, beta = self.params["gamma"], self.params["beta"]
+        y, x_hat, mean, var, inv_std, count = batchnorm.forward_train(
+            rows, gamma, beta, self.eps, relu=True
+        )
+        self._update_running(mean, var, count, x.dtype)
+        self._cache = _ReluCache(x_hat, inv_std, x.shape, count)
+        relu._y = None
+        return y.reshape(x.shape)
+
+    def backward_relu(self, dy: np.ndarray, relu: ReLU) -> tuple[bool, np.ndarray | None]:
+        """The pair's backward after forward_relu: (True, dx); (False, None), nothing run,
+        after a forward of this layer alone."""
+        cache = self._cache
+        if not isinstance(cache, _ReluCache):
+            return False, None
+        if dy.shape != cache.shape:
+            raise ValueError(
+                f"BatchNorm + ReLU: dy must have the output's shape {cache.shape}, got {dy.shape}"
+            )
+        dy_rows = np.ascontiguousarray(dy).reshape(-1, self.num_features)
+        dx, self.grads["gamma"], self.grads["beta"] = batchnorm.backward(
+            dy_rows,
+            cache.x_hat,
+            cache.inv_std,
+            self.params["gamma"],
+            count=cache.rows,
+            beta=self.params["beta"],
+            relu=True,
+        )
+        return True, dx.reshape(cache.shape)
+
     def backward_maxpool(self, dy: np.ndarray, pool: MaxPool2D) -> tuple[bool, np.ndarray | None]:
         """The pair's backward after forward_maxpool: (True, dx); (False, None), nothing run,
         after a forward of this layer alone."""
@@ -521,6 +581,11 @@ class BatchNorm(Layer):
             raise RuntimeError(
                 "BatchNorm.backward after forward_maxpool: the pair's backward is "
                 "backward_maxpool(dy, pool)"
+            )
+        if isinstance(self._cache, _ReluCache):
+            raise RuntimeError(
+                "BatchNorm.backward after forward_relu: the pair's backward is "
+                "backward_relu(dy, relu)"
             )
         x_hat, inv_std, shape, count = self._cache
         dy_rows = np.ascontiguousarray(dy).reshape(-1, self.num_features)

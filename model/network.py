@@ -23,7 +23,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from .atomic import write_atomically
-from .layers import fusable
+from .layers import pair_kind
 from .losses import NonFiniteLoss, class_indices, softmax, softmax_cross_entropy
 from .npyfiles import not_an_npz
 from .optim import OPTIMIZERS, Optimizer
@@ -127,10 +127,12 @@ class Sequential:
         i = 0
         while i < len(self.layers):
             layer = self.layers[i]
-            if i + 1 < len(self.layers) and fusable(layer, self.layers[i + 1]):
-                # Conv2D or BatchNorm + MaxPool2D in one pass where it applies (see their
-                # forward_maxpool); the same numbers as the two calls
-                y = layer.forward_maxpool(x, self.layers[i + 1], training)
+            kind = pair_kind(layer, self.layers[i + 1]) if i + 1 < len(self.layers) else None
+            if kind is not None:
+                # Conv2D or BatchNorm + MaxPool2D, BatchNorm + ReLU, in one pass where it
+                # applies (see their forward_maxpool, forward_relu); the same numbers as the
+                # two calls
+                y = getattr(layer, f"forward_{kind}")(x, self.layers[i + 1], training)
                 if y is not None:
                     x, i = y, i + 2
                     continue
@@ -145,10 +147,11 @@ class Sequential:
         i = len(self.layers) - 1
         while i >= 0 and dy is not None:
             layer = self.layers[i]
-            if i > 0 and fusable(self.layers[i - 1], layer):
-                # MaxPool2D and the Conv2D or BatchNorm before it in one call where it applies
-                # (see their backward_maxpool); the same numbers as the two calls
-                fused, dx = self.layers[i - 1].backward_maxpool(dy, layer)
+            kind = pair_kind(self.layers[i - 1], layer) if i > 0 else None
+            if kind is not None:
+                # the pair's backward in one call where its forward ran as one (see
+                # backward_maxpool, backward_relu); the same numbers as the two calls
+                fused, dx = getattr(self.layers[i - 1], f"backward_{kind}")(dy, layer)
                 if fused:
                     dy, i = dx, i - 2
                     continue

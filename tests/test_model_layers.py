@@ -280,7 +280,7 @@ def test_sequential_fuses_conv_and_maxpool_to_the_same_numbers(backend, dtype, m
     monkeypatch.setattr(L.Conv2D, "backward_maxpool", spy_backward)
 
     def run(fuse: bool):
-        monkeypatch.setattr(network, "fusable", network.fusable if fuse else lambda a, b: False)
+        monkeypatch.setattr(network, "pair_kind", L.pair_kind if fuse else lambda a, b: None)
         net = build_network("small", backend=backend, dtype=dtype, seed=0)
         logits = np.concatenate([net.forward(x, training=True) for _ in range(2)])  # auto: 2nd
         _, dlogits = softmax_cross_entropy(logits[6:], labels)
@@ -324,7 +324,7 @@ def test_sequential_fuses_batchnorm_and_maxpool_to_the_same_numbers(backend, dty
     monkeypatch.setattr(L.BatchNorm, "backward_maxpool", spy)
 
     def run(fuse: bool):
-        monkeypatch.setattr(network, "fusable", network.fusable if fuse else lambda a, b: False)
+        monkeypatch.setattr(network, "pair_kind", L.pair_kind if fuse else lambda a, b: None)
         net = build_network("deep", backend=backend, dtype=dtype, seed=0)
         for layer in net.layers:
             if isinstance(layer, L.Dropout):
@@ -364,3 +364,60 @@ def test_batchnorm_pool_fusion_declines_and_says_what_to_call():
         bn.backward_maxpool(np.ones_like(x), pool)
     fused, dx = bn.backward_maxpool(np.ones_like(y), pool)
     assert fused and dx.shape == x.shape
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sequential_fuses_batchnorm_and_relu_to_the_same_numbers(dtype, monkeypatch):
+    """Sequential runs BatchNorm + ReLU as one call each way in training (BatchNorm.forward_relu,
+    backward_relu): logits, every gradient and the running statistics equal the two separate
+    calls', including activations exactly at 0 (a zero input channel with beta 0)."""
+    import model.network as network
+
+    spec = "conv(8,3,pad=1,bias=false),bn,relu,conv(8,1),bn,relu,flatten,dense(10)"
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 28, 28, 1)).astype(dtype)
+    labels = rng.integers(0, 10, 3)
+    calls = []
+    real = L.BatchNorm.forward_relu
+
+    def spy(self, x, relu, training=False):
+        y = real(self, x, relu, training)
+        calls.append(y is not None)
+        return y
+
+    monkeypatch.setattr(L.BatchNorm, "forward_relu", spy)
+
+    def run(fuse: bool):
+        monkeypatch.setattr(network, "pair_kind", L.pair_kind if fuse else lambda a, b: None)
+        net = build_network(spec, backend="numba", dtype=dtype, seed=0)
+        net.layers[1].params["beta"][0] = 0  # channel 0 of a zero map: y exactly 0
+        net.layers[0].params["w"][..., 0] = 0
+        logits = net.forward(x, training=True)
+        _, dlogits = softmax_cross_entropy(logits, labels)
+        net.backward(dlogits)
+        grads = [g.copy() for layer in net.layers for g in layer.grads.values()]
+        stats = [b.copy() for layer in net.layers for b in layer.buffers.values()]
+        return logits, grads, stats, net.forward(x, training=False)
+
+    fused = run(True)
+    assert calls == [True, True, False, False]  # two pairs in training, none in evaluation
+    separate = run(False)
+    for got, want in zip(fused, separate):
+        for a, b in zip(
+            got if isinstance(got, list) else [got], want if isinstance(want, list) else [want]
+        ):
+            np.testing.assert_allclose(a, b, rtol=1e-6 if dtype == np.float32 else 1e-13, atol=0)
+
+
+def test_batchnorm_backward_after_forward_relu_is_refused():
+    bn, relu = L.BatchNorm(4), L.ReLU()
+    x = np.random.default_rng(0).standard_normal((2, 3, 3, 4)).astype(np.float32)
+    y = bn.forward_relu(x, relu, training=True)
+    assert y.shape == x.shape and (y >= 0).all()
+    with pytest.raises(RuntimeError, match="backward_relu"):
+        bn.backward(np.ones_like(y))
+    with pytest.raises(ValueError, match="dy must have the output's shape"):
+        bn.backward_relu(np.ones((2, 3, 3, 5), np.float32), relu)
+    done, dx = bn.backward_relu(np.ones_like(y), relu)
+    assert done and dx.shape == x.shape
+    assert bn.forward_relu(x, relu, training=False) is None  # evaluation: the two layers
