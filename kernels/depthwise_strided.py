@@ -28,8 +28,8 @@ def applies(g: ConvGeometry) -> bool:
     instead), and channels in whole vectors. With channels left over, their value-at-a-time
     sums branch per tap and make it the slower (C_in = 20 at 13x13, stride 2); MobileNet's
     channel counts are all whole vectors."""
-    lanes_here = isa.vector_bits() // (8 * np.dtype(g.dtype).itemsize)
-    return depthwise.fused3x3_applies(g) and (g.sh, g.sw) != (1, 1) and g.c_in % lanes_here == 0
+    whole_vectors = g.c_in % isa.lanes(g.dtype) == 0
+    return depthwise.fused3x3_applies(g) and (g.sh, g.sw) != (1, 1) and whole_vectors
 
 
 @njit(cache=True)

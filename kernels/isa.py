@@ -15,6 +15,8 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+import numpy as np
+
 DEFAULT_L2_BYTES = 1 << 20
 _CACHE_DIR = Path("/sys/devices/system/cpu/cpu0/cache")
 _UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -41,6 +43,11 @@ def vector_bits() -> int:
     if "avx2" in flags or "avx" in flags:
         return 256
     return 128
+
+
+def lanes(dtype) -> int:
+    """Values of `dtype` in one vector of vector_bits() (16 float32 with AVX-512)."""
+    return vector_bits() // (8 * np.dtype(dtype).itemsize)
 
 
 @functools.cache

@@ -904,7 +904,7 @@ def warmup(dtypes=None, ops=None) -> None:
                 y, conv_ctx = conv2d_forward(channels, w_depthwise, None, stride, 1, 1, 2)
                 conv2d_backward(np.ones_like(y), conv_ctx)
             # ... and the strided 3x3 dX of whole channel vectors (kernels/depthwise_strided.py)
-            lanes = isa.vector_bits() // (8 * np.dtype(dtype).itemsize)
+            lanes = isa.lanes(dtype)
             vectors = np.ones((1, 4, 4, lanes), dtype=dtype)
             w_depthwise = np.ones((3, 3, 1, lanes), dtype)
             y, conv_ctx = conv2d_forward(vectors, w_depthwise, None, 2, 1, 1, lanes)

@@ -5,9 +5,9 @@ GEMMs split over a thread pool (kernels/gemm.py) and numpy's own single-threaded
 default threading layer on Linux is OpenMP (GNU libgomp), whose idle workers poll for the next
 region GOMP_SPINCOUNT times (300 000 by default) before they sleep. Both ends of that setting
 lose on 2 cores:
-- the default polls for milliseconds (about 25 ns a poll on a 2-vCPU AVX-512 Xeon), taking a
-  core from every GEMM that follows: the `deep` epoch (`python -m model.train --arch deep
-  --backend numba`) runs about 1.5x as long as with SPIN_COUNT;
+- the default polls for milliseconds, taking a core from every GEMM that follows: the `deep`
+  epoch (`python -m model.train --arch deep --backend numba`) runs far longer than with
+  SPIN_COUNT;
 - 0 puts them to sleep at once, and waking them costs tens of microseconds per parallel region,
   which small layers pay many times a step: MobileNetV2's 7x7x960 depthwise layer (`python -m
   bench.conv g960mb8ic960ih7oc960oh7kh3ph1`) and the MobileNet-style spec of docs/training.md run

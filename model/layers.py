@@ -359,6 +359,8 @@ class ReLU(Layer):
     """y = max(x, 0), any shape (compiled: kernels/activations.py). The gradient at exactly 0 is
     taken as 0."""
 
+    _y: np.ndarray | None = None
+
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         # y, not a mask, is kept: y > 0 exactly where x > 0, and prediction, which never calls
         # backward, then makes one pass over x rather than two
@@ -366,6 +368,11 @@ class ReLU(Layer):
         return self._y
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
+        if self._y is None:
+            raise RuntimeError(
+                "ReLU.backward called before forward (after a BatchNorm + ReLU pair's forward, "
+                "the pair's backward is BatchNorm.backward_relu)"
+            )
         return activations.relu_backward(self._y, dy)
 
 

@@ -27,7 +27,7 @@ EXAMPLES = settings(
 
 def vector_lanes(dtype) -> int:
     """Values of dtype in one SIMD vector (what depthwise.lanes compiles to)."""
-    return isa.vector_bits() // (8 * np.dtype(dtype).itemsize)
+    return isa.lanes(dtype)
 
 
 @pytest.fixture(autouse=True, params=["threads-by-size", "threads-always"])
