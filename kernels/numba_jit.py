@@ -394,27 +394,13 @@ def _tiled_dw(dy: np.ndarray, ctx: TiledConvCtx) -> tuple[np.ndarray, np.ndarray
     g = ctx.geometry
     if pointwise_dw.applies(g):
         chunk = pointwise_dw.chunk_pixels(g.c_in, g.c_out, np.dtype(g.dtype).itemsize)
-        dw, db_sum = numba_tiles.run_blocks(
-            pointwise_dw.dw_packed,
-            _parts(g),
-            (ctx.x, dy),
-            g.sh,
-            g.sw,
-            chunk,
-            sums=((1, g.c_in, g.c_out), (g.c_out,)),
-            dtype=g.dtype,
-        )
-        return dw.reshape(g.w_shape), (db_sum if g.has_bias else None)
+        kernel: Any = pointwise_dw.dw_packed
+        args: tuple[int, ...] = (g.sh, g.sw, chunk)
+    else:
+        kernel, args = numba_tiles.dw_tiles, (g.sh, g.sw, g.ph, g.pw)
+    sums = ((g.kh, g.kw * g.c_in, g.c_out), (g.c_out,))  # dw_packed's (1, C_in, C_out) for 1x1
     dw, db_sum = numba_tiles.run_blocks(
-        numba_tiles.dw_tiles,
-        _parts(g),
-        (ctx.x, dy),
-        g.sh,
-        g.sw,
-        g.ph,
-        g.pw,
-        sums=((g.kh, g.kw * g.c_in, g.c_out), (g.c_out,)),
-        dtype=g.dtype,
+        kernel, _parts(g), (ctx.x, dy), *args, sums=sums, dtype=g.dtype
     )
     return dw.reshape(g.w_shape), (db_sum if g.has_bias else None)
 

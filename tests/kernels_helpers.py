@@ -213,3 +213,19 @@ def assert_conv_gradients(be, x, w, b, conv_args, rng, tol, label=""):
         np.testing.assert_allclose(
             analytic, numeric_grad(loss, param), rtol=tol, atol=tol, err_msg=f"{label} {name}"
         )
+
+
+def record_tile_kernels(monkeypatch) -> list:
+    """The kernels numba_tiles.run_blocks runs from now on (the numba backend's tile kernels and
+    kernels/pointwise_dw.py's), appended to the returned list as they run."""
+    from kernels import numba_tiles
+
+    ran: list = []
+    run_blocks = numba_tiles.run_blocks
+
+    def recording(kernel, *args, **kwargs):
+        ran.append(kernel)
+        return run_blocks(kernel, *args, **kwargs)
+
+    monkeypatch.setattr(numba_tiles, "run_blocks", recording)
+    return ran

@@ -76,13 +76,9 @@ def test_thread_count_follows_numba():
     assert gemm.threads() == threads
 
 
-def _spin_setting_in_child(env_extra: dict[str, str]) -> str:
-    """What libgomp's GOMP_SPINCOUNT reads as in a child that launched numba's threads, and
-    whether the variable is left in the environment afterwards."""
-    code = (
-        "import os, kernels.threads as t; t.launch(); import numba; "
-        "print(numba.threading_layer(), os.environ.get('GOMP_SPINCOUNT'))"
-    )
+def _child_output(code: str, env_extra: dict[str, str]) -> str:
+    """What `code` prints in a child Python whose environment has no OpenMP wait settings but
+    env_extra's."""
     env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
     done = subprocess.run(
         [sys.executable, "-c", code],
@@ -93,6 +89,16 @@ def _spin_setting_in_child(env_extra: dict[str, str]) -> str:
         check=True,
     )
     return done.stdout.strip()
+
+
+def _spin_setting_in_child(env_extra: dict[str, str]) -> str:
+    """What libgomp's GOMP_SPINCOUNT reads as in a child that launched numba's threads, and
+    whether the variable is left in the environment afterwards."""
+    code = (
+        "import os, kernels.threads as t; t.launch(); import numba; "
+        "print(numba.threading_layer(), os.environ.get('GOMP_SPINCOUNT'))"
+    )
+    return _child_output(code, env_extra)
 
 
 def _spin_count_libgomp_read(env_extra: dict[str, str]) -> str:
@@ -110,16 +116,7 @@ def _spin_count_libgomp_read(env_extra: dict[str, str]) -> str:
         "t.launch()\n"
         "print(seen[0])\n"
     )
-    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**env, **env_extra},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    return done.stdout.strip()
+    return _child_output(code, env_extra)
 
 
 def test_launch_gives_libgomp_the_short_spin_unless_the_user_set_one():

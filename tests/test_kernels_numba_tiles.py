@@ -3,6 +3,7 @@ sums as one pass over the plane."""
 
 import numpy as np
 import pytest
+from kernels_helpers import record_tile_kernels
 
 from kernels import einsum, naive, numba_jit, numba_tiles
 
@@ -88,13 +89,7 @@ def test_forward_in_weight_groups_matches_einsum(dtype, monkeypatch):
     x = rng.standard_normal((1, side, side, c_in)).astype(dtype)
     w = (rng.standard_normal((3, 3, c_in, c_out)) / np.sqrt(9 * c_in)).astype(dtype)
     b = rng.standard_normal(c_out).astype(dtype)
-    ran = []
-    run_blocks = numba_tiles.run_blocks
-    monkeypatch.setattr(
-        numba_tiles,
-        "run_blocks",
-        lambda kernel, *a, **k: ran.append(kernel) or run_blocks(kernel, *a, **k),
-    )
+    ran = record_tile_kernels(monkeypatch)
     y, ctx = numba_jit.conv2d_forward(x, w, b, 1, 1)
     dy = rng.standard_normal(y.shape).astype(dtype)
     dx, _, _ = numba_jit.conv2d_backward(dy, ctx)
@@ -121,13 +116,7 @@ def test_dx_phases_in_weight_groups_matches_einsum(dtype, monkeypatch):
     side = 2 * numba_tiles.FORWARD_TILE + 2  # the tiled forward's and the phases' widths
     x = rng.standard_normal((1, side, side, c_in)).astype(dtype)
     w = (rng.standard_normal((3, 3, c_in, c_out)) / np.sqrt(9 * c_in)).astype(dtype)
-    ran = []
-    run_blocks = numba_tiles.run_blocks
-    monkeypatch.setattr(
-        numba_tiles,
-        "run_blocks",
-        lambda kernel, *a, **k: ran.append(kernel) or run_blocks(kernel, *a, **k),
-    )
+    ran = record_tile_kernels(monkeypatch)
     y, ctx = numba_jit.conv2d_forward(x, w, None, 2, 1)
     dy = rng.standard_normal(y.shape).astype(dtype)
     dx, _, _ = numba_jit.conv2d_backward(dy, ctx)

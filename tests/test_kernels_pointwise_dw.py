@@ -3,6 +3,7 @@ strides and channel counts the tiles do not divide."""
 
 import numpy as np
 import pytest
+from kernels_helpers import record_tile_kernels
 
 from kernels import einsum, numba_jit, numba_tiles, pointwise_dw
 
@@ -45,13 +46,7 @@ def test_dw_packed_matches_einsum(dtype, c_in, c_out, stride, chunk):
 def test_the_backend_runs_it_on_wide_1x1_layers(dtype, stride, monkeypatch):
     """numba's backward on a 1x1 layer wide enough (MIN_MACS_PER_VALUE) takes its dW from
     dw_packed, and one narrower or padded from dw_tiles, both equal to einsum's."""
-    ran = []
-    run_blocks = numba_tiles.run_blocks
-    monkeypatch.setattr(
-        numba_tiles,
-        "run_blocks",
-        lambda kernel, *a, **k: ran.append(kernel) or run_blocks(kernel, *a, **k),
-    )
+    ran = record_tile_kernels(monkeypatch)
     rng = np.random.default_rng(stride)
     assert pointwise_dw.MIN_MACS_PER_VALUE == 40  # the cases below straddle it
     for c_in, c_out, padding, packed in (
