@@ -3,7 +3,7 @@ TensorFlow), with the machine's matmul peak as the roofline; write <out>/<name>/
 results.json, PNGs) and <out>/latest.md.
 
     python -m bench.compare               # every backend x layer case, both epochs, vs PyTorch
-                                          # (3.5 minutes on a 2-vCPU AVX-512 Xeon)
+                                          # (5 minutes on a 2-vCPU AVX-512 Xeon)
     python -m bench.compare --quick       # 3 layer cases, short epoch rounds (2 minutes there;
                                           # CI's smoke test)
     python -m bench.compare --full        # every section, whole epochs (15 minutes there; the
