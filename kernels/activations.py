@@ -21,9 +21,10 @@ from numba import njit, prange
 
 from . import threads
 
-# From this many elements on both cores take part. Waking numba's sleeping workers costs tens of
-# microseconds: a (64, 14, 14, 32) float32 activation's backward (the `deep` network's second
-# block) is no faster on two threads than on one, a (64, 28, 28, 16) one's (`small`) is.
+# From this many elements on both cores take part. Waking numba's workers once they sleep
+# (kernels/threads.py) costs tens of microseconds: a (64, 14, 14, 32) float32 activation's
+# backward (the `deep` network's second block) is no faster on two threads than on one, a
+# (64, 28, 28, 16) one's (`small`) is.
 PARALLEL_MIN = 1 << 19
 
 _JIT: dict[str, Any] = dict(cache=True, nogil=True)

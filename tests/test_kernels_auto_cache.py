@@ -160,7 +160,7 @@ def test_the_machine_fingerprint_follows_the_kernels_source(monkeypatch):
     assert tuning_cache.machine_fingerprint()["kernels"] == "changed" != before
 
 
-def test_the_thread_settings_start_numba_threads_sleeping():
+def test_the_thread_settings_start_numba_threads_through_kernels_threads():
     """The key reads numba's thread count, and whoever first asks starts numba's workers: it
     must go through kernels/threads.py, which starts them with a short GOMP_SPINCOUNT (started
     by numba.get_num_threads() they spin for milliseconds and take a core from the GEMMs). Run in
