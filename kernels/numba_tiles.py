@@ -136,9 +136,9 @@ def pack_columns(w2: np.ndarray, lanes: int) -> np.ndarray:
 
     Read in place, a tile's weights are lanes columns of rows C values apart: with C a power of
     two of a thousand or more (ResNet-50's 1024 and 2048 channels) those rows fall into a few
-    cache sets and every tile read them from L3 (`python -m bench.conv --set resnet50 --mb 8
-    --layers res5a_branch1 --backends numba`: forward and backward-data at a fifth to a third
-    of the speed of the same layer with 16 more channels)."""
+    cache sets and every tile reads them from L3 (`python -m bench.conv --set resnet50 --mb 8
+    --layers res5a_branch1 --backends numba`: its forward at about half the speed of the same
+    layer with 16 more channels)."""
     c = w2.shape[-1]
     blocks = -(-c // lanes)
     if c == lanes:
