@@ -6,7 +6,7 @@ results.json, PNGs) and <out>/latest.md.
                                           # (5 minutes on a 2-vCPU AVX-512 Xeon)
     python -m bench.compare --quick       # 3 layer cases, short epoch rounds (2 minutes there;
                                           # CI's smoke test)
-    python -m bench.compare --full        # every section, whole epochs (15 minutes there; the
+    python -m bench.compare --full        # every section, whole epochs (18 minutes there; the
                                           # committed runs: --full --out reports)
     python -m bench.compare --compare OLD.json            # run, then compare with OLD
     python -m bench.compare --compare OLD.json NEW.json   # compare two runs, no timing
@@ -96,7 +96,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--full",
         action="store_true",
         help="every section (breakdown, inference, memory, compile, scaling, ...), whole "
-        "60 000-image epochs with their test accuracy, 7 x 3 layer samples; 15 minutes on a 2-vCPU AVX-512 Xeon",
+        "60 000-image epochs with their test accuracy, 7 x 3 layer samples; 18 minutes on a 2-vCPU AVX-512 Xeon",
     )
     p.add_argument(
         "--sections",
