@@ -175,7 +175,7 @@ def backward(dy, x_hat, inv_std, gamma, count=None, reduce=None, beta=None, relu
     if beta is None:
         if relu:
             raise ValueError("backward with relu=True needs beta (the forward's shift)")
-        beta = gamma  # not read without relu
+        beta = np.zeros_like(gamma)  # not read without relu
     local = sums = _grad_sums(dy, x_hat, gamma, beta, bounds, relu).sum(axis=0)
     if reduce is not None:
         sums = reduce(local)

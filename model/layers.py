@@ -423,14 +423,16 @@ class Dropout(Layer):
         return f"Dropout({self.rate})"
 
 
-class _ReluCache(NamedTuple):
-    """What BatchNorm.forward_relu keeps for backward_relu: x_hat (R, C), inv_std (C,), the
-    input's shape and the rows the statistics cover."""
+class _RowsCache(NamedTuple):
+    """What BatchNorm's training forward keeps for its backward: x_hat (R, C), inv_std (C,), the
+    input's shape, the rows the statistics cover, and whether a ReLU ran in the same passes
+    (forward_relu: then backward_relu is the pair's backward)."""
 
     x_hat: np.ndarray
     inv_std: np.ndarray
     shape: tuple
     rows: float
+    relu: bool
 
 
 class _PooledCache(NamedTuple):
@@ -468,26 +470,45 @@ class BatchNorm(Layer):
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         _check_features(x, self.num_features, "BatchNorm", "channels/features")
+        if training:
+            return self._train(x, relu=False)
+        self._cache = None
+        y = batchnorm.forward_eval(
+            np.ascontiguousarray(x).reshape(-1, self.num_features),  # (N*H*W, C)
+            self.buffers["running_mean"],
+            self.buffers["running_var"],
+            self.params["gamma"],
+            self.params["beta"],
+            self.eps,
+        )
+        return y.reshape(x.shape)
+
+    def _train(self, x: np.ndarray, relu: bool) -> np.ndarray:
+        """The training forward (with relu: followed by a ReLU in the same passes), its running
+        statistics updated and its _RowsCache kept."""
         rows = np.ascontiguousarray(x).reshape(-1, self.num_features)  # (N*H*W, C)
-        gamma, beta = self.params["gamma"], self.params["beta"]
-        if not training:
-            self._cache = None
-            y = batchnorm.forward_eval(
-                rows,
-                self.buffers["running_mean"],
-                self.buffers["running_var"],
-                gamma,
-                beta,
-                self.eps,
-            )
-            return y.reshape(x.shape)
         shift = None if self.reduce is None else self.buffers["running_mean"]
         y, x_hat, mean, var, inv_std, count = batchnorm.forward_train(
-            rows, gamma, beta, self.eps, shift=shift, reduce=self.reduce
+            rows, self.params["gamma"], self.params["beta"], self.eps, shift, self.reduce, relu
         )
         self._update_running(mean, var, count, x.dtype)
-        self._cache = (x_hat, inv_std, x.shape, count)
+        self._cache = _RowsCache(x_hat, inv_std, x.shape, count, relu)
         return y.reshape(x.shape)
+
+    def _backward_rows(self, dy: np.ndarray, cache: _RowsCache) -> np.ndarray:
+        """dx for dy of _train's output shape; fills grads."""
+        dy_rows = np.ascontiguousarray(dy).reshape(-1, self.num_features)
+        dx, self.grads["gamma"], self.grads["beta"] = batchnorm.backward(
+            dy_rows,
+            cache.x_hat,
+            cache.inv_std,
+            self.params["gamma"],
+            count=cache.rows,
+            reduce=self.reduce,
+            beta=self.params["beta"],
+            relu=cache.relu,
+        )
+        return dx.reshape(cache.shape)
 
     def _update_running(self, mean, var, count, dtype) -> None:
         m = dtype.type(self.momentum)
@@ -527,37 +548,20 @@ class BatchNorm(Layer):
         if not training or self.reduce is not None:
             return None
         _check_features(x, self.num_features, "BatchNorm", "channels/features")
-        rows = np.ascontiguousarray(x).reshape(-1, self.num_features)
-        gamma, beta = self.params["gamma"], self.params["beta"]
-        y, x_hat, mean, var, inv_std, count = batchnorm.forward_train(
-            rows, gamma, beta, self.eps, relu=True
-        )
-        self._update_running(mean, var, count, x.dtype)
-        self._cache = _ReluCache(x_hat, inv_std, x.shape, count)
         relu._y = None
-        return y.reshape(x.shape)
+        return self._train(x, relu=True)
 
     def backward_relu(self, dy: np.ndarray, relu: ReLU) -> tuple[bool, np.ndarray | None]:
         """The pair's backward after forward_relu: (True, dx); (False, None), nothing run,
         after a forward of this layer alone."""
         cache = self._cache
-        if not isinstance(cache, _ReluCache):
+        if not (isinstance(cache, _RowsCache) and cache.relu):
             return False, None
         if dy.shape != cache.shape:
             raise ValueError(
                 f"BatchNorm + ReLU: dy must have the output's shape {cache.shape}, got {dy.shape}"
             )
-        dy_rows = np.ascontiguousarray(dy).reshape(-1, self.num_features)
-        dx, self.grads["gamma"], self.grads["beta"] = batchnorm.backward(
-            dy_rows,
-            cache.x_hat,
-            cache.inv_std,
-            self.params["gamma"],
-            count=cache.rows,
-            beta=self.params["beta"],
-            relu=True,
-        )
-        return True, dx.reshape(cache.shape)
+        return True, self._backward_rows(dy, cache)
 
     def backward_maxpool(self, dy: np.ndarray, pool: MaxPool2D) -> tuple[bool, np.ndarray | None]:
         """The pair's backward after forward_maxpool: (True, dx); (False, None), nothing run,
@@ -589,17 +593,12 @@ class BatchNorm(Layer):
                 "BatchNorm.backward after forward_maxpool: the pair's backward is "
                 "backward_maxpool(dy, pool)"
             )
-        if isinstance(self._cache, _ReluCache):
+        if self._cache.relu:
             raise RuntimeError(
                 "BatchNorm.backward after forward_relu: the pair's backward is "
                 "backward_relu(dy, relu)"
             )
-        x_hat, inv_std, shape, count = self._cache
-        dy_rows = np.ascontiguousarray(dy).reshape(-1, self.num_features)
-        dx, self.grads["gamma"], self.grads["beta"] = batchnorm.backward(
-            dy_rows, x_hat, inv_std, self.params["gamma"], count=count, reduce=self.reduce
-        )
-        return dx.reshape(shape)
+        return self._backward_rows(dy, self._cache)
 
     def __repr__(self):
         return f"BatchNorm({self.num_features})"
